@@ -1,0 +1,94 @@
+//! Actions: what a step does in the world.
+//!
+//! An [`Action`] gets the step's rendered input and an [`ActionContext`] and returns an output
+//! (JSON) or an [`ActionFailure`] that says whether another attempt may succeed. Core actions
+//! with no external effect (`noop`, `wait`, `window`, `approval`) are decided by the state machine
+//! itself; `exec` lives here; domain actions (`rocketmq.*`) are registered by the `runbooks`
+//! crate.
+
+mod exec;
+mod log;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use self::exec::Exec;
+pub use self::log::LogSink;
+pub use crate::machine::ActionFailure;
+
+pub type ActionFuture = Pin<Box<dyn Future<Output = Result<Value, ActionFailure>> + Send>>;
+
+/// Everything an action may know about the call it serves.
+#[derive(Clone)]
+pub struct ActionContext {
+    pub run_id: Uuid,
+    pub step: String,
+    pub attempt: u32,
+    pub undo: bool,
+    /// Cancelled on timeout, cancel and rollback; an action must stop promptly and clean up.
+    pub cancel: CancellationToken,
+    /// The step's log (what `runbook logs` shows).
+    pub log: LogSink,
+    /// A directory private to this call, under the data dir.
+    pub state_dir: PathBuf,
+}
+
+pub trait Action: Send + Sync + 'static {
+    fn call(&self, input: Value, context: ActionContext) -> ActionFuture;
+}
+
+/// The actions a daemon knows, by name.
+#[derive(Clone)]
+pub struct Registry {
+    actions: BTreeMap<String, Arc<dyn Action>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl Registry {
+    /// A registry with the core `exec` action.
+    pub fn new() -> Registry {
+        let mut registry = Registry { actions: BTreeMap::new() };
+        registry.register("exec", Exec);
+        registry
+    }
+
+    pub fn register(&mut self, name: &str, action: impl Action) {
+        self.actions.insert(name.to_owned(), Arc::new(action));
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<dyn Action>> {
+        self.actions.get(name).cloned()
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.actions.contains_key(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.actions.keys().map(String::as_str)
+    }
+}
+
+impl ActionFailure {
+    /// A failure another attempt will not cure (bad input).
+    pub fn permanent(message: impl Into<String>) -> ActionFailure {
+        ActionFailure { message: message.into(), retryable: false }
+    }
+
+    /// A failure another attempt may cure (a command's exit code, the cluster being busy).
+    pub fn retryable(message: impl Into<String>) -> ActionFailure {
+        ActionFailure { message: message.into(), retryable: true }
+    }
+}

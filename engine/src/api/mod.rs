@@ -1,0 +1,341 @@
+//! The HTTP/JSON API the CLI (and `curl --unix-socket`) talks to; see `docs/api.md`.
+//!
+//! Request bodies are read as bytes and decoded here, so that every malformed request gets the
+//! same error shape: `{"error": {"code", "message", "field"}}`, 4xx for the caller's mistakes and
+//! 5xx only for ours. The caller's uid comes from the socket's peer credentials.
+
+mod views;
+
+use std::fmt::Write as _;
+
+use axum::body::Bytes;
+use axum::extract::connect_info::{ConnectInfo, Connected};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+pub use views::{RunSummary, RunView, StepView, UndoView};
+use crate::catalog::{Catalog, Source};
+use crate::machine::{Actor, Input};
+use crate::runtime::{self, Engine, Error, Slot};
+
+/// The largest request body accepted.
+const MAX_BODY: usize = 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub catalog: Catalog,
+}
+
+/// The caller, from the Unix socket's peer credentials.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub uid: u32,
+}
+
+impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        // SAFETY: getuid has no preconditions.
+        let own = unsafe { libc::getuid() };
+        Peer { uid: stream.io().peer_cred().map(|cred| cred.uid()).unwrap_or(own) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/runbooks", get(list_runbooks))
+        .route("/v1/runbooks/{name}", get(describe_runbook))
+        .route("/v1/plan", post(plan))
+        .route("/v1/runs", post(start_run).get(list_runs))
+        .route("/v1/runs/{id}", get(show_run))
+        .route("/v1/runs/{id}/events", get(run_events))
+        .route("/v1/runs/{id}/steps/{step}/log", get(step_log))
+        .route("/v1/runs/{id}/steps/{step}/{verb}", post(step_verb))
+        .route("/v1/runs/{id}/{verb}", post(run_verb))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route".to_owned(), None) })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+// ----- errors -----------------------------------------------------------------------------------
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: String, field: Option<String>) -> ApiError {
+        ApiError { status, code, message, field }
+    }
+
+    fn invalid(message: String, field: Option<&str>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message, field.map(str::to_owned))
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> ApiError {
+        match error {
+            Error::NotFound(message) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message, None),
+            Error::Ambiguous(message) => ApiError::new(StatusCode::CONFLICT, "ambiguous", message, None),
+            Error::Invalid { message, field } => ApiError::new(StatusCode::BAD_REQUEST, "invalid", message, field),
+            Error::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message, None),
+            Error::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
+            Error::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = Value::String(field);
+        }
+        (self.status, Json(json!({ "error": error }))).into_response()
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|error| ApiError::invalid(format!("request body: {error}"), Some("body")))
+}
+
+fn ok(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+// ----- runbooks ---------------------------------------------------------------------------------
+
+async fn list_runbooks(State(app): State<AppState>) -> ApiResult {
+    let runbooks: Vec<Value> = app
+        .catalog
+        .entries()
+        .into_values()
+        .map(|entry| match &entry.definition {
+            Ok(definition) => json!({"name": entry.name, "version": definition.version, "description": definition.description,
+                                     "source": entry.source, "error": null}),
+            Err(error) => json!({"name": entry.name, "version": null, "description": "", "source": entry.source, "error": error}),
+        })
+        .collect();
+    ok(json!({ "runbooks": runbooks }))
+}
+
+async fn describe_runbook(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    let entry = app.catalog.get(&name).ok_or_else(|| ApiError::from(Error::NotFound(format!("no runbook {name:?} (see `runbook list`)"))))?;
+    match entry.definition {
+        Ok(definition) => ok(&*definition),
+        Err(error) => Err(ApiError::invalid(error, Some("runbook"))),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StartRequest {
+    runbook: Option<String>,
+    source: Option<SourceBody>,
+    #[serde(default)]
+    params: Map<String, Value>,
+    comment: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SourceBody {
+    file: String,
+    text: String,
+}
+
+fn definition_of(app: &AppState, request: &StartRequest) -> Result<std::sync::Arc<crate::definition::Definition>, ApiError> {
+    match (&request.runbook, &request.source) {
+        (Some(name), None) => {
+            let entry = app.catalog.get(name).ok_or_else(|| ApiError::from(Error::NotFound(format!("no runbook {name:?} (see `runbook list`)"))))?;
+            entry.definition.map_err(|error| ApiError::invalid(error, Some("runbook")))
+        }
+        (None, Some(source)) => app
+            .catalog
+            .load_source(&Source { file: source.file.clone(), text: source.text.clone() })
+            .map_err(|error| ApiError::invalid(error.to_string(), Some("source"))),
+        _ => Err(ApiError::invalid("give exactly one of `runbook` (a name) or `source` (a file)".to_owned(), Some("runbook"))),
+    }
+}
+
+async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
+    let request: StartRequest = body(&bytes)?;
+    let definition = definition_of(&app, &request)?;
+    ok(runtime::plan(&definition, &request.params)?)
+}
+
+// ----- runs -------------------------------------------------------------------------------------
+
+async fn start_run(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Peer>, bytes: Bytes) -> ApiResult {
+    let request: StartRequest = body(&bytes)?;
+    let definition = definition_of(&app, &request)?;
+    let state = app.engine.create_run(definition, &request.params, Actor::uid(peer.uid), request.comment).await?;
+    Ok((StatusCode::CREATED, Json(RunView::from_state(&state))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    all: bool,
+    state: Option<String>,
+}
+
+async fn list_runs(State(app): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult {
+    let runs: Vec<RunSummary> = app
+        .engine
+        .list()
+        .await
+        .iter()
+        .map(|(id, slot)| RunView::of(*id, slot).summary())
+        .filter(|run| match &query.state {
+            Some(state) => &run.state == state,
+            None => query.all || !matches!(run.state.as_str(), "succeeded" | "failed" | "canceled" | "rolled_back"),
+        })
+        .collect();
+    ok(json!({ "runs": runs }))
+}
+
+async fn show_run(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let run_id = app.engine.resolve(&id)?;
+    let slot = app.engine.get(run_id).await?;
+    ok(RunView::of(run_id, &slot))
+}
+
+async fn run_events(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let run_id = app.engine.resolve(&id)?;
+    ok(json!({ "events": app.engine.events(run_id)? }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    undo: bool,
+}
+
+async fn step_log(State(app): State<AppState>, Path((id, step)): Path<(String, String)>, Query(query): Query<LogQuery>) -> ApiResult {
+    let run_id = app.engine.resolve(&id)?;
+    let Slot::Live(state) = app.engine.get(run_id).await? else {
+        return Err(Error::Conflict(format!("run {run_id} is corrupt")).into());
+    };
+    let Some(step_state) = state.step(&step) else {
+        return Err(Error::NotFound(format!("run {run_id} has no started step {step:?}")).into());
+    };
+    let path = app.engine.log_path(run_id, &step, query.undo);
+    let data = read_from(&path, query.offset).map_err(|error| Error::Internal(format!("reading {}: {error}", path.display())))?;
+    let next_offset = query.offset + data.len() as u64;
+    let done = !step_state.status.is_active() || state.status.is_terminal();
+    ok(json!({
+        "step": step, "attempt": step_state.attempts, "offset": query.offset, "next_offset": next_offset,
+        "data": String::from_utf8_lossy(&data), "done": done,
+    }))
+}
+
+/// At most 1 MiB of the file from `offset`; nothing if it does not exist yet.
+fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error),
+    };
+    file.seek(SeekFrom::Start(offset))?;
+    let mut data = Vec::new();
+    file.take(1024 * 1024).read_to_end(&mut data)?;
+    // Do not split a UTF-8 character across two reads.
+    while !data.is_empty() && std::str::from_utf8(&data).is_err() && data.len() > 3 {
+        data.pop();
+    }
+    Ok(data)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OperatorRequest {
+    comment: Option<String>,
+    step: Option<String>,
+}
+
+async fn run_verb(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Peer>, Path((id, verb)): Path<(String, String)>, bytes: Bytes) -> ApiResult {
+    let request: OperatorRequest = body(&bytes)?;
+    let by = Actor::uid(peer.uid);
+    let comment = request.comment;
+    let input = match verb.as_str() {
+        "approve" => Input::Approve { step: request.step, by, comment },
+        "pause" => Input::Pause { by, comment },
+        "resume" => Input::Resume { by, comment },
+        "cancel" => Input::Cancel { by, comment },
+        "rollback" => Input::Rollback { by, comment },
+        other => return Err(Error::NotFound(format!("no run action {other:?} (approve, pause, resume, cancel, rollback)")).into()),
+    };
+    let run_id = app.engine.resolve(&id)?;
+    let state = app.engine.handle(run_id, input).await?;
+    ok(RunView::from_state(&state))
+}
+
+async fn step_verb(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((id, step, verb)): Path<(String, String, String)>,
+    bytes: Bytes,
+) -> ApiResult {
+    let request: OperatorRequest = body(&bytes)?;
+    let by = Actor::uid(peer.uid);
+    let input = match verb.as_str() {
+        "retry" => Input::Retry { step, by, comment: request.comment },
+        "skip" => Input::Skip { step, by, comment: request.comment },
+        other => return Err(Error::NotFound(format!("no step action {other:?} (retry, skip)")).into()),
+    };
+    let run_id = app.engine.resolve(&id)?;
+    let state = app.engine.handle(run_id, input).await?;
+    ok(RunView::from_state(&state))
+}
+
+// ----- metrics ----------------------------------------------------------------------------------
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let mut by_state: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+    let mut pending_timers = 0usize;
+    for (_, slot) in app.engine.list().await {
+        let state = match &slot {
+            Slot::Live(state) => {
+                pending_timers += state.timers.len();
+                state.status.name().to_owned()
+            }
+            Slot::Corrupt { .. } => "corrupt".to_owned(),
+        };
+        *by_state.entry(state).or_default() += 1;
+    }
+    let stats = app.engine.writer().stats();
+    let mut text = String::new();
+    let _ = writeln!(text, "# HELP runbook_runs Runs by state.\n# TYPE runbook_runs gauge");
+    for (state, count) in by_state {
+        let _ = writeln!(text, "runbook_runs{{state=\"{state}\"}} {count}");
+    }
+    let _ = writeln!(text, "# HELP runbook_timers_pending Armed durable timers.\n# TYPE runbook_timers_pending gauge");
+    let _ = writeln!(text, "runbook_timers_pending {pending_timers}");
+    let _ = writeln!(text, "# HELP runbook_store_commits_total Transitions committed.\n# TYPE runbook_store_commits_total counter");
+    let _ = writeln!(text, "runbook_store_commits_total {}", stats.commits);
+    let _ = writeln!(text, "# HELP runbook_store_syncs_total Durable syncs (group commits).\n# TYPE runbook_store_syncs_total counter");
+    let _ = writeln!(text, "runbook_store_syncs_total {}", stats.syncs);
+    let _ = writeln!(text, "# HELP runbook_store_sync_seconds_total Time spent in syncs.\n# TYPE runbook_store_sync_seconds_total counter");
+    let _ = writeln!(text, "runbook_store_sync_seconds_total {:.6}", stats.sync_seconds_total);
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}

@@ -1,0 +1,111 @@
+//! The runbooks a daemon knows: the built-in ones (embedded by the `runbooks` crate) and the
+//! user's files in `--runbooks-dir`, re-read on every request so that an edited file is seen
+//! without a restart (runs in flight keep the definition they pinned).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::action::Registry;
+use crate::definition::{self, Definition};
+
+/// A runbook file's name and text.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `builtin:<file name>` or a path.
+    pub file: String,
+    pub text: String,
+}
+
+/// A runbook as listed: valid, or the error that keeps it from running.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub name: String,
+    pub source: String,
+    pub definition: Result<Arc<Definition>, String>,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    builtin: Vec<Entry>,
+    user_dir: Option<PathBuf>,
+    actions: Registry,
+}
+
+impl Catalog {
+    pub fn new(builtin: &[Source], user_dir: Option<PathBuf>, actions: Registry) -> Catalog {
+        let builtin = builtin.iter().map(|source| load(source, &actions)).collect();
+        Catalog { builtin, user_dir, actions }
+    }
+
+    /// Checks a definition sent with a request (`start ./file.toml`).
+    pub fn load_source(&self, source: &Source) -> Result<Arc<Definition>, definition::Error> {
+        let definition = definition::parse(&source.file, &source.text)?;
+        definition::validate(&definition, &|name| self.actions.contains(name))?;
+        Ok(Arc::new(definition))
+    }
+
+    /// Every runbook by name; a user file may not shadow a built-in.
+    pub fn entries(&self) -> BTreeMap<String, Entry> {
+        let mut entries: BTreeMap<String, Entry> = self.builtin.iter().map(|entry| (entry.name.clone(), entry.clone())).collect();
+        for entry in self.user_entries() {
+            match entries.get(&entry.name) {
+                Some(existing) if existing.definition.is_ok() && entry.definition.is_ok() => {
+                    let shadowing = Entry {
+                        name: format!("{} ({})", entry.name, entry.source),
+                        source: entry.source.clone(),
+                        definition: Err(format!(
+                            "{}: runbook name {:?} is already taken by {}; rename it",
+                            entry.source, entry.name, existing.source
+                        )),
+                    };
+                    entries.insert(shadowing.name.clone(), shadowing);
+                }
+                _ => {
+                    entries.insert(entry.name.clone(), entry);
+                }
+            }
+        }
+        entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<Entry> {
+        self.entries().remove(name)
+    }
+
+    fn user_entries(&self) -> Vec<Entry> {
+        let Some(dir) = &self.user_dir else { return Vec::new() };
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|ext| ext == "toml")).collect(),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "cannot read the runbooks dir");
+                return Vec::new();
+            }
+        };
+        files.sort();
+        files
+            .iter()
+            .map(|path| match std::fs::read_to_string(path) {
+                Ok(text) => load(&Source { file: path.display().to_string(), text }, &self.actions),
+                Err(error) => Entry {
+                    name: file_stem(path),
+                    source: path.display().to_string(),
+                    definition: Err(format!("{}: cannot read: {error}", path.display())),
+                },
+            })
+            .collect()
+    }
+}
+
+fn load(source: &Source, actions: &Registry) -> Entry {
+    let parsed = definition::parse(&source.file, &source.text)
+        .and_then(|definition| definition::validate(&definition, &|name| actions.contains(name)).map(|()| definition));
+    match parsed {
+        Ok(definition) => Entry { name: definition.name.clone(), source: source.file.clone(), definition: Ok(Arc::new(definition)) },
+        Err(error) => Entry { name: file_stem(Path::new(&source.file)), source: source.file.clone(), definition: Err(error.to_string()) },
+    }
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
+}

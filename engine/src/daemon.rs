@@ -1,0 +1,121 @@
+//! The daemon's life cycle: lock the data dir, open the store, recover, serve, drain.
+//!
+//! Layout of a data dir:
+//!
+//! ```text
+//! <data-dir>/daemon.lock     flock'ed by the running daemon; holds its pid
+//! <data-dir>/runbook.sock    the API (mode 0600)
+//! <data-dir>/store/          the journal (sled)
+//! <data-dir>/runs/<id>/      step logs and per-call state
+//! ```
+
+use std::future::Future;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::action::Registry;
+use crate::catalog::{Catalog, Source};
+use crate::clock::SystemClock;
+use crate::runtime::{self, Engine};
+use crate::store::{SledStore, Writer};
+
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub runbooks_dir: Option<PathBuf>,
+    pub builtin: Vec<Source>,
+    pub actions: Registry,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("data dir {dir} is in use by daemon pid {pid}")]
+    InUse { dir: String, pid: String },
+    #[error("{0}")]
+    Io(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::Error),
+    #[error(transparent)]
+    Runtime(#[from] runtime::Error),
+}
+
+/// The socket path for a data dir.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("runbook.sock")
+}
+
+/// Runs the daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(|error| Error::Io(format!("cannot create data dir {}: {error}", data_dir.display())))?;
+    let _lock = lock_data_dir(&data_dir)?;
+
+    let store = SledStore::open(&data_dir.join("store"))?;
+    let writer = Writer::start(Arc::new(store));
+    let engine = Engine::open(writer, Arc::new(SystemClock), config.actions.clone(), &data_dir)?;
+    let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
+
+    let socket = socket_path(&data_dir);
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(Error::Io(format!("cannot remove stale socket {}: {error}", socket.display()))),
+    }
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|error| Error::Io(format!("cannot listen on {}: {error}", socket.display())))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|error| Error::Io(format!("cannot restrict {}: {error}", socket.display())))?;
+
+    engine.recover().await;
+    let stop_timers = CancellationToken::new();
+    let timers = tokio::spawn(runtime::run_timers(engine.clone(), stop_timers.clone()));
+    tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
+
+    let app = crate::api::router(crate::api::AppState { engine: engine.clone(), catalog });
+    let drain_engine = engine.clone();
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<crate::api::Peer>())
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!("shutting down: no new work; running steps keep running");
+            drain_engine.stop_accepting();
+        })
+        .await;
+    stop_timers.cancel();
+    let _ = timers.await;
+    let _ = std::fs::remove_file(&socket);
+    served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
+    engine.writer().store().sync()?;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+/// Takes the data dir's exclusive lock, or names the pid that holds it.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
+    let path = data_dir.join("daemon.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|error| Error::Io(format!("cannot open {}: {error}", path.display())))?;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim();
+        return Err(Error::InUse { dir: data_dir.display().to_string(), pid: if pid.is_empty() { "unknown".to_owned() } else { pid.to_owned() } });
+    }
+    let write = (|| -> std::io::Result<()> {
+        file.set_len(0)?;
+        file.rewind()?;
+        write!(file, "{}", std::process::id())?;
+        file.sync_all()
+    })();
+    write.map_err(|error| Error::Io(format!("cannot write {}: {error}", path.display())))?;
+    Ok(file)
+}

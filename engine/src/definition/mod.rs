@@ -1,0 +1,217 @@
+//! Runbook definitions: the validated, serializable form of a runbook file.
+//!
+//! A [`Definition`] is what a run pins: it is stored in the run's first event, so editing or
+//! deleting the file later never changes a run in flight. [`parse`] turns TOML text into a
+//! definition and checks everything that can be checked before a run starts (actions, step ids,
+//! durations, cron expressions, template variables); every error names the file, line and field.
+
+mod params;
+mod parse;
+mod validate;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use params::{resolve as resolve_params, ParamError};
+pub use parse::parse;
+pub use validate::{validate, CORE_ACTIONS};
+
+/// A definition error: what was wrong and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: {message}")]
+pub struct Error {
+    pub file: String,
+    pub line: usize,
+    pub message: String,
+}
+
+/// A validated runbook.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Definition {
+    pub name: String,
+    pub version: u32,
+    #[serde(default)]
+    pub description: String,
+    /// `builtin:<file>` or the path of the user file it came from.
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub params: Vec<ParamSpec>,
+    /// Templates of the resources a run holds exclusively, e.g. `broker:{{ params.broker }}`.
+    #[serde(default)]
+    pub locks: Vec<String>,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamSpec {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: ParamKind,
+    pub required: bool,
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub description: String,
+    pub pattern: Option<String>,
+    /// The allowed values of an `enum` param.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamKind {
+    String,
+    Int,
+    Bool,
+    /// Kept as the operator wrote it (`72h`), checked to parse.
+    Duration,
+    /// A JSON array, or a comma-separated string.
+    List,
+    Enum,
+    /// `host:port`, or several separated by `;` (a RocketMQ NameServer list).
+    HostPort,
+}
+
+impl ParamKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ParamKind::String => "string",
+            ParamKind::Int => "int",
+            ParamKind::Bool => "bool",
+            ParamKind::Duration => "duration",
+            ParamKind::List => "list",
+            ParamKind::Enum => "enum",
+            ParamKind::HostPort => "host_port",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub id: String,
+    /// `exec`, `wait`, `approval`, `window`, `noop`, a domain action, or `for_each`.
+    pub action: String,
+    #[serde(default)]
+    pub description: String,
+    /// The action's input; strings in it are templates.
+    #[serde(default)]
+    pub with: Value,
+    /// Bounds the whole step (all attempts and polls) from its first start; durable.
+    #[serde(default, with = "crate::duration::opt_ms")]
+    pub timeout: Option<Duration>,
+    pub retry: Option<RetryPolicy>,
+    /// A condition (minijinja expression); the step is skipped when false.
+    pub when: Option<String>,
+    /// A condition on `output`; the action is polled every `every` until it holds.
+    pub until: Option<String>,
+    #[serde(default, with = "crate::duration::opt_ms")]
+    pub every: Option<Duration>,
+    /// A name under which later steps see this step's output.
+    pub capture: Option<String>,
+    #[serde(default)]
+    pub on_failure: OnFailure,
+    /// May the step be re-run blindly when a crash left its outcome unknown?
+    #[serde(default)]
+    pub idempotent: bool,
+    pub undo: Option<Box<Undo>>,
+    pub for_each: Option<ForEach>,
+    /// Line of the step in its file, for messages.
+    #[serde(default)]
+    pub line: usize,
+}
+
+/// The compensating action of a step, run by `rollback`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Undo {
+    pub action: String,
+    #[serde(default)]
+    pub with: Value,
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    #[serde(with = "crate::duration::ms")]
+    pub backoff: Duration,
+    #[serde(with = "crate::duration::ms")]
+    pub max_backoff: Duration,
+}
+
+impl RetryPolicy {
+    /// The pause before attempt `next_attempt` (2, 3, ...): `backoff` doubling, capped.
+    pub fn delay_before(&self, next_attempt: u32) -> Duration {
+        let doublings = next_attempt.saturating_sub(2).min(30);
+        self.backoff.saturating_mul(1u32 << doublings).min(self.max_backoff)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Stop and ask the operator (`needs_attention`): retry, skip, cancel or rollback.
+    #[default]
+    Pause,
+    /// Fail the run.
+    Abort,
+    /// Record the failure and go on.
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// A template that yields a list, or a literal list.
+    pub items: Value,
+    /// The name of the loop variable in nested templates.
+    #[serde(rename = "as")]
+    pub var: String,
+    pub mode: Concurrency,
+    /// Iterations at a time: a batch size (`serial`) or a window (`parallel`).
+    pub width: u32,
+    pub steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// Batches of `width`: the next batch starts when the whole batch has finished.
+    Serial,
+    /// A sliding window: up to `width` iterations run at once.
+    Parallel,
+}
+
+impl Definition {
+    /// The definition of the step instance `key` (`loop[2].child`), if any.
+    pub fn step(&self, key: &str) -> Option<&Step> {
+        let mut steps = &self.steps;
+        let mut found = None;
+        for segment in key.split('.') {
+            let id = segment.split('[').next().unwrap_or(segment);
+            let step = steps.iter().find(|step| step.id == id)?;
+            found = Some(step);
+            if let Some(for_each) = &step.for_each {
+                steps = &for_each.steps;
+            }
+        }
+        found
+    }
+
+    /// Every step, depth first.
+    pub fn all_steps(&self) -> Vec<&Step> {
+        fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
+            for step in steps {
+                out.push(step);
+                if let Some(for_each) = &step.for_each {
+                    walk(&for_each.steps, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        out
+    }
+}

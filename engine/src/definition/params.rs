@@ -1,0 +1,104 @@
+//! Run parameters: the values an operator passes, checked and typed against the definition.
+
+use serde_json::{Map, Value};
+
+use super::{Definition, ParamKind, ParamSpec};
+
+/// A parameter that is missing, unknown or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("param {param:?}: {message}")]
+pub struct ParamError {
+    pub param: String,
+    pub message: String,
+}
+
+/// Resolves the given values against the definition: unknown names, missing required params and
+/// malformed values are errors; defaults fill the rest. Strings are parsed by the param's type.
+pub fn resolve(definition: &Definition, given: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+    for name in given.keys() {
+        if !definition.params.iter().any(|spec| &spec.name == name) {
+            let known: Vec<_> = definition.params.iter().map(|spec| spec.name.as_str()).collect();
+            return Err(ParamError {
+                param: name.clone(),
+                message: format!(
+                    "unknown param for runbook {} (it takes: {})",
+                    definition.name,
+                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                ),
+            });
+        }
+    }
+    let mut resolved = Map::new();
+    for spec in &definition.params {
+        let value = match given.get(&spec.name) {
+            Some(value) => check_value(spec, value).map_err(|message| ParamError { param: spec.name.clone(), message })?,
+            None => match &spec.default {
+                Some(default) => default.clone(),
+                None if spec.required => {
+                    let about = if spec.description.is_empty() { String::new() } else { format!(": {}", spec.description) };
+                    return Err(ParamError {
+                        param: spec.name.clone(),
+                        message: format!("missing required param ({}{about}); pass -p {}=...", spec.kind.name(), spec.name),
+                    });
+                }
+                None => Value::Null,
+            },
+        };
+        resolved.insert(spec.name.clone(), value);
+    }
+    Ok(resolved)
+}
+
+/// Checks one value against its spec and returns it in its typed form.
+pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, String> {
+    let typed = match (spec.kind, value) {
+        (ParamKind::String, Value::String(_)) => value.clone(),
+        (ParamKind::String, Value::Number(number)) => Value::String(number.to_string()),
+        (ParamKind::Int, Value::Number(number)) if number.is_i64() => value.clone(),
+        (ParamKind::Int, Value::String(text)) => {
+            Value::from(text.trim().parse::<i64>().map_err(|_| format!("{text:?} is not an integer"))?)
+        }
+        (ParamKind::Bool, Value::Bool(_)) => value.clone(),
+        (ParamKind::Bool, Value::String(text)) => match text.trim() {
+            "true" | "yes" | "1" => Value::Bool(true),
+            "false" | "no" | "0" => Value::Bool(false),
+            other => return Err(format!("{other:?} is not a bool (true or false)")),
+        },
+        (ParamKind::Duration, Value::String(text)) => {
+            crate::duration::parse(text)?;
+            value.clone()
+        }
+        (ParamKind::List, Value::Array(_)) => value.clone(),
+        (ParamKind::List, Value::String(text)) => Value::Array(
+            text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| Value::String(item.to_owned())).collect(),
+        ),
+        (ParamKind::Enum, Value::String(text)) => {
+            if !spec.values.iter().any(|allowed| allowed == text) {
+                return Err(format!("{text:?} is not one of {}", spec.values.join(", ")));
+            }
+            value.clone()
+        }
+        (ParamKind::HostPort, Value::String(text)) => {
+            for address in text.split(';') {
+                check_host_port(address.trim())?;
+            }
+            value.clone()
+        }
+        (kind, other) => return Err(format!("expected a {}, got {other}", kind.name())),
+    };
+    if let (Some(pattern), Value::String(text)) = (&spec.pattern, &typed) {
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|error| format!("bad pattern: {error}"))?;
+        if !regex.is_match(text) {
+            return Err(format!("{text:?} does not match the pattern {pattern:?}"));
+        }
+    }
+    Ok(typed)
+}
+
+fn check_host_port(address: &str) -> Result<(), String> {
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("{address:?} is not host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |port| port == 0) {
+        return Err(format!("{address:?} is not host:port"));
+    }
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Checks that need more than the file: which actions exist, and the inputs of core actions.
+
+use serde_json::Value;
+
+use super::{Definition, Error};
+
+/// The actions the engine itself implements; domain actions are registered by `runbooks`.
+pub const CORE_ACTIONS: &[&str] = &["exec", "wait", "wait_until", "approval", "window", "noop"];
+
+/// Checks every action name (steps and undos) against the core actions and `is_known`.
+pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    for step in definition.all_steps() {
+        let mut actions = vec![("action", step.action.as_str())];
+        if let Some(undo) = &step.undo {
+            actions.push(("undo.action", undo.action.as_str()));
+        }
+        for (field, action) in actions {
+            if action != "for_each" && !CORE_ACTIONS.contains(&action) && !is_known(action) {
+                return Err(Error {
+                    file: definition.source.clone(),
+                    line: step.line,
+                    message: format!("step {:?}: {field}: unknown action {action:?} (core actions: {})", step.id, CORE_ACTIONS.join(", ")),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%")
+}
+
+/// Static checks of a core action's input (the parts that are not templates).
+pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String> {
+    let field = |name: &str| with.get(name);
+    let text_field = |name: &str| -> Result<Option<&str>, String> {
+        match field(name) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.as_str())),
+            Some(_) => Err(format!("{name}: must be a string")),
+        }
+    };
+    match action {
+        "exec" => {
+            match field("command") {
+                Some(Value::String(command)) if !command.trim().is_empty() => {}
+                Some(Value::Array(argv)) if !argv.is_empty() && argv.iter().all(Value::is_string) => {}
+                _ => return Err("command: exec needs `command`, a shell string or an argv list of strings".to_owned()),
+            }
+            if let Some(parse) = text_field("parse")? {
+                if !is_template(parse) && !matches!(parse, "text" | "json" | "lines") {
+                    return Err(format!("parse: unknown value {parse:?} (text, json, lines)"));
+                }
+            }
+            if let Some(pattern) = text_field("regex")? {
+                if !is_template(pattern) {
+                    regex::Regex::new(pattern).map_err(|error| format!("regex: {error}"))?;
+                }
+            }
+            if let Some(grace) = text_field("grace")? {
+                if !is_template(grace) {
+                    crate::duration::parse(grace).map_err(|message| format!("grace: {message}"))?;
+                }
+            }
+            if let Some(env) = field("env") {
+                if !env.as_object().is_some_and(|env| env.values().all(Value::is_string)) {
+                    return Err("env: must be a table of strings".to_owned());
+                }
+            }
+            text_field("cwd")?;
+        }
+        "wait" => match (text_field("duration")?, text_field("until")?) {
+            (Some(duration), None) => {
+                if !is_template(duration) {
+                    crate::duration::parse(duration).map_err(|message| format!("duration: {message}"))?;
+                }
+            }
+            (None, Some(until)) => {
+                if !is_template(until) {
+                    chrono::DateTime::parse_from_rfc3339(until).map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
+                }
+            }
+            _ => return Err("wait needs exactly one of `duration` (e.g. \"72h\") or `until` (an RFC 3339 instant)".to_owned()),
+        },
+        "window" => {
+            let cron = text_field("cron")?.ok_or("cron: window needs `cron` (e.g. \"0 4 * * *\")")?;
+            let zone = text_field("tz")?;
+            if !is_template(cron) && !zone.is_some_and(is_template) {
+                crate::calendar::Calendar::parse(cron, zone.unwrap_or("UTC"))?;
+            }
+        }
+        "approval" => {
+            text_field("prompt")?;
+            if field("distinct_approver").is_some_and(|value| !value.is_boolean()) {
+                return Err("distinct_approver: must be true or false".to_owned());
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! Durations as operators write them (`72h`, `90s`, `1h30m`, `250ms`) and as the store keeps them
+//! (whole milliseconds).
+
+use std::time::Duration;
+
+/// Parses `72h`, `3s`, `1h 30m`, `250ms`, `2days`. A bare number is rejected: a unit is required,
+/// so that `wait = 72` cannot mean seconds to one reader and hours to another.
+pub fn parse(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("empty duration".to_owned());
+    }
+    if trimmed.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("duration {trimmed:?} has no unit (write e.g. \"{trimmed}s\" or \"{trimmed}h\")"));
+    }
+    humantime::parse_duration(trimmed).map_err(|error| format!("bad duration {trimmed:?}: {error}"))
+}
+
+/// Formats a duration compactly: `72h`, `1m30s`, `250ms`.
+pub fn format(duration: Duration) -> String {
+    let total_ms = duration.as_millis();
+    if total_ms == 0 {
+        return "0s".to_owned();
+    }
+    if total_ms < 1000 {
+        return format!("{total_ms}ms");
+    }
+    let mut secs = duration.as_secs();
+    let mut out = String::new();
+    let hours = secs / 3600;
+    secs %= 3600;
+    let minutes = secs / 60;
+    secs %= 60;
+    if hours > 0 {
+        out.push_str(&format!("{hours}h"));
+    }
+    if minutes > 0 {
+        out.push_str(&format!("{minutes}m"));
+    }
+    let millis = duration.subsec_millis();
+    if secs > 0 || millis > 0 {
+        if millis > 0 && hours == 0 {
+            out.push_str(&format!("{secs}.{:01}s", millis / 100));
+        } else if secs > 0 {
+            out.push_str(&format!("{secs}s"));
+        }
+    }
+    out
+}
+
+/// Serde helpers that store an optional duration as whole milliseconds.
+pub mod opt_ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(duration) => serializer.serialize_some(&(duration.as_millis() as u64)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
+    }
+}
+
+/// Serde helpers that store a duration as whole milliseconds.
+pub mod ms {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(value.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(deserializer)?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_operator_durations() {
+        assert_eq!(parse("72h").unwrap(), Duration::from_secs(72 * 3600));
+        assert_eq!(parse("1h 30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse("72").unwrap_err().contains("no unit"));
+        assert!(parse("3 fortnights").is_err());
+        assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn formats_compactly() {
+        assert_eq!(format(Duration::from_secs(72 * 3600)), "72h");
+        assert_eq!(format(Duration::from_secs(90)), "1m30s");
+        assert_eq!(format(Duration::from_millis(250)), "250ms");
+        assert_eq!(format(Duration::from_millis(3100)), "3.1s");
+    }
+}

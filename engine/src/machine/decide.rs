@@ -1,0 +1,872 @@
+//! `decide`: what an input means for a run, as events to journal and effects to run after.
+//!
+//! Every function here is pure: time comes in as `now`, and nothing is read or written outside
+//! the state. The events of one decision are journaled in one commit; the effects run only
+//! after that commit is durable.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{json, Map, Value};
+use uuid::Uuid;
+
+use super::context;
+use super::event::{Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose};
+use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
+use crate::definition::{Concurrency, Definition, OnFailure, Step};
+use crate::{calendar, template};
+
+/// Something that happens to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An action call ended (or was canceled).
+    ActionFinished { call: u32, result: Result<Value, ActionFailure> },
+    /// A durable timer is due.
+    TimerFired { timer: u64 },
+    /// After a restart: the call was in flight and cannot be re-attached.
+    Interrupted { call: u32 },
+    Approve { step: Option<String>, by: Actor, comment: Option<String> },
+    Pause { by: Actor, comment: Option<String> },
+    Resume { by: Actor, comment: Option<String> },
+    Cancel { by: Actor, comment: Option<String> },
+    Rollback { by: Actor, comment: Option<String> },
+    Retry { step: String, by: Actor, comment: Option<String> },
+    Skip { step: String, by: Actor, comment: Option<String> },
+}
+
+/// How an action call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionFailure {
+    pub message: String,
+    /// May another attempt succeed? (A command's non-zero exit may; a malformed input never.)
+    pub retryable: bool,
+}
+
+/// Work for the shell, to do once the decision's events are durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Call(Call),
+    /// Cancel an action call in flight (timeout, cancel, rollback).
+    Abort { call: u32 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub run_id: Uuid,
+    pub call: u32,
+    pub step: String,
+    pub attempt: u32,
+    pub undo: bool,
+    pub action: String,
+    pub input: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub effects: Vec<Effect>,
+}
+
+/// Why an operator's request was refused; nothing was journaled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// A guard against a definition that would make `advance` loop forever (it cannot, but a bug
+/// must not hang the daemon).
+const MAX_EVENTS_PER_DECISION: usize = 100_000;
+
+/// Creates a run: `RunCreated`, then everything that can start at once.
+pub fn create(
+    run_id: Uuid,
+    definition: Arc<Definition>,
+    params: Map<String, Value>,
+    locks: Vec<String>,
+    by: Actor,
+    comment: Option<String>,
+    now: DateTime<Utc>,
+) -> (RunState, Decision) {
+    let mut decider = Decider::new(RunState::empty(run_id), now);
+    decider.emit(EventKind::RunCreated { run_id, definition: (*definition).clone(), params, locks, by, comment });
+    decider.advance();
+    decider.finish()
+}
+
+/// Decides what `input` means for the run in `state`. Returns the new state and the decision, or
+/// a rejection when an operator's request does not fit the run.
+pub fn decide(state: &RunState, input: Input, now: DateTime<Utc>) -> Result<(RunState, Decision), Rejection> {
+    let mut decider = Decider::new(state.clone(), now);
+    decider.apply(input)?;
+    decider.advance();
+    Ok(decider.finish())
+}
+
+struct Decider {
+    state: RunState,
+    now: DateTime<Utc>,
+    events: Vec<Event>,
+    effects: Vec<Effect>,
+}
+
+/// What a sequence of steps is doing.
+enum Progress {
+    Done,
+    Busy,
+    Blocked { reason: AttentionReason, step: String, message: String },
+    Abort { error: String },
+}
+
+impl Decider {
+    fn new(state: RunState, now: DateTime<Utc>) -> Decider {
+        Decider { state, now, events: Vec::new(), effects: Vec::new() }
+    }
+
+    fn finish(self) -> (RunState, Decision) {
+        (self.state, Decision { events: self.events, effects: self.effects })
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        let event = Event { seq: self.state.last_seq + 1, at: self.now, kind };
+        evolve(&mut self.state, &event);
+        self.events.push(event);
+    }
+
+    fn definition(&self) -> Arc<Definition> {
+        self.state.definition.clone()
+    }
+
+    fn arm(&mut self, purpose: TimerPurpose, step: &str, fire_at: DateTime<Utc>) {
+        let timer = self.state.last_seq + 1;
+        self.emit(EventKind::TimerArmed { timer, fire_at, purpose, step: step.to_owned() });
+    }
+
+    /// Cancels the timers of `key` and of every step nested under it.
+    fn cancel_timers(&mut self, key: Option<&str>) {
+        let timers: Vec<_> = self
+            .state
+            .timers
+            .iter()
+            .filter(|timer| key.is_none_or(|key| timer.step == key || timer.step.starts_with(&format!("{key}["))))
+            .map(|timer| (timer.timer, timer.fire_at))
+            .collect();
+        for (timer, fire_at) in timers {
+            self.emit(EventKind::TimerCanceled { timer, fire_at });
+        }
+    }
+
+    /// Stops every active step under `key` (or all): aborts calls in flight, marks them canceled.
+    fn cancel_active(&mut self, key: Option<&str>) {
+        self.cancel_timers(key);
+        let active: Vec<(String, Option<u32>)> = self
+            .state
+            .steps
+            .iter()
+            .filter(|step| step.status.is_active())
+            .filter(|step| key.is_none_or(|key| step.key == key || step.key.starts_with(&format!("{key}["))))
+            .map(|step| (step.key.clone(), step.call))
+            .collect();
+        for (step, call) in active {
+            if let Some(call) = call {
+                self.effects.push(Effect::Abort { call });
+            }
+            self.emit(EventKind::StepCanceled { step });
+        }
+        let undo_calls: Vec<u32> =
+            self.state.steps.iter().filter_map(|step| step.undo.as_ref().and_then(|undo| undo.call)).collect();
+        if key.is_none() {
+            for call in undo_calls {
+                self.effects.push(Effect::Abort { call });
+            }
+        }
+    }
+
+    fn ensure_not_finished(&self) -> Result<(), Rejection> {
+        if self.state.status.is_terminal() {
+            return Err(Rejection::Conflict(format!("run {} has already ended ({})", self.state.id, self.state.status.name())));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, input: Input) -> Result<(), Rejection> {
+        match input {
+            Input::ActionFinished { call, result } => self.on_call_finished(call, result),
+            Input::TimerFired { timer } => self.on_timer(timer),
+            Input::Interrupted { call } => self.on_interrupted(call),
+            Input::Approve { step, by, comment } => return self.approve(step, by, comment),
+            Input::Pause { by, comment } => {
+                self.ensure_not_finished()?;
+                if self.state.paused.is_some() {
+                    return Err(Rejection::Conflict(format!("run {} is already paused", self.state.id)));
+                }
+                let suspended: Vec<SuspendedTimer> = self
+                    .state
+                    .timers
+                    .iter()
+                    .map(|timer| SuspendedTimer {
+                        purpose: timer.purpose,
+                        step: timer.step.clone(),
+                        remaining_ms: (timer.fire_at - self.now).num_milliseconds().max(0),
+                    })
+                    .collect();
+                self.cancel_timers(None);
+                self.emit(EventKind::Paused { by, comment, suspended });
+            }
+            Input::Resume { by, comment } => {
+                self.ensure_not_finished()?;
+                let Some(pause) = self.state.paused.clone() else {
+                    return Err(Rejection::Conflict(format!("run {} is not paused", self.state.id)));
+                };
+                self.emit(EventKind::Resumed { by, comment });
+                for timer in pause.suspended {
+                    let fire_at = self.now + chrono::Duration::milliseconds(timer.remaining_ms);
+                    self.arm(timer.purpose, &timer.step, fire_at);
+                }
+            }
+            Input::Cancel { by, comment } => {
+                self.ensure_not_finished()?;
+                self.emit(EventKind::CancelRequested { by, comment });
+                self.cancel_active(None);
+                self.emit(EventKind::RunFinished { state: FinalState::Canceled, error: None });
+            }
+            Input::Rollback { by, comment } => return self.rollback(by, comment),
+            Input::Retry { step, by, comment } => return self.retry(step, by, comment),
+            Input::Skip { step, by, comment } => return self.skip(step, by, comment),
+        }
+        Ok(())
+    }
+
+    // ----- results ---------------------------------------------------------------------------
+
+    fn on_call_finished(&mut self, call: u32, result: Result<Value, ActionFailure>) {
+        if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)).map(|step| step.key.clone()) {
+            self.complete(&step, result);
+            return;
+        }
+        let undo_of = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call)));
+        if let Some(step) = undo_of.map(|step| step.key.clone()) {
+            match result {
+                Ok(output) => self.emit(EventKind::UndoSucceeded { step, output }),
+                Err(failure) => self.emit(EventKind::UndoFailed { step, error: failure.message }),
+            }
+        }
+        // Otherwise the call was aborted (timeout, cancel) or is a duplicate: nothing to record.
+    }
+
+    /// An attempt (or poll) of `key` ended.
+    fn complete(&mut self, key: &str, result: Result<Value, ActionFailure>) {
+        let definition = self.definition();
+        let Some(step) = definition.step(key) else { return };
+        match result {
+            Ok(output) => match &step.until {
+                None => self.succeed(key, output),
+                Some(condition) => {
+                    let mut scope = context::for_step(&self.state, key);
+                    if let Some(map) = scope.as_object_mut() {
+                        map.insert("output".to_owned(), output.clone());
+                    }
+                    match template::is_true(condition, &scope) {
+                        Ok(true) => self.succeed(key, output),
+                        Ok(false) => {
+                            self.emit(EventKind::StepPolled { step: key.to_owned(), output });
+                            let every = step.every.unwrap_or(std::time::Duration::from_secs(5));
+                            self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
+                        }
+                        Err(message) => self.fail(key, format!("until: {message}"), false),
+                    }
+                }
+            },
+            Err(failure) => self.fail(key, failure.message, failure.retryable),
+        }
+    }
+
+    fn succeed(&mut self, key: &str, output: Value) {
+        self.emit(EventKind::StepSucceeded { step: key.to_owned(), output });
+        self.cancel_timers(Some(key));
+    }
+
+    fn fail(&mut self, key: &str, error: String, retryable: bool) {
+        let definition = self.definition();
+        let attempts = self.state.step(key).map_or(1, |step| step.attempts);
+        let retry = definition.step(key).and_then(|step| step.retry.clone());
+        let will_retry = retryable && retry.as_ref().is_some_and(|retry| attempts < retry.max_attempts);
+        self.emit(EventKind::StepFailed { step: key.to_owned(), error, will_retry });
+        match retry.filter(|_| will_retry) {
+            Some(retry) => self.arm(TimerPurpose::Retry, key, self.now + to_chrono(retry.delay_before(attempts + 1))),
+            None => self.cancel_active_children_and_timers(key),
+        }
+    }
+
+    fn cancel_active_children_and_timers(&mut self, key: &str) {
+        let nested_prefix = format!("{key}[");
+        if self.state.steps.iter().any(|step| step.key.starts_with(&nested_prefix) && step.status.is_active()) {
+            let children: Vec<String> = self
+                .state
+                .steps
+                .iter()
+                .filter(|step| step.key.starts_with(&nested_prefix) && step.status.is_active())
+                .map(|step| step.key.clone())
+                .collect();
+            for child in children {
+                self.cancel_active(Some(&child));
+            }
+        }
+        self.cancel_timers(Some(key));
+    }
+
+    fn on_timer(&mut self, timer: u64) {
+        let Some(active) = self.state.timers.iter().find(|active| active.timer == timer).cloned() else { return };
+        let late_by_ms = (self.now - active.fire_at).num_milliseconds().max(0);
+        self.emit(EventKind::TimerFired { timer, fire_at: active.fire_at, late_by_ms });
+        let key = active.step.as_str();
+        let definition = self.definition();
+        let Some(step) = definition.step(key) else { return };
+        match active.purpose {
+            TimerPurpose::Wait | TimerPurpose::Window => {
+                let output = json!({"fire_at": active.fire_at, "fired_at": self.now, "late_by_ms": late_by_ms});
+                self.succeed(key, output);
+            }
+            TimerPurpose::Retry => {
+                let attempt = self.state.step(key).map_or(1, |step| step.attempts) + 1;
+                self.start_attempt(step, key, attempt);
+            }
+            TimerPurpose::Poll => {
+                let attempt = self.state.step(key).map_or(1, |step| step.attempts);
+                self.start_attempt(step, key, attempt);
+            }
+            TimerPurpose::Timeout => {
+                let still_going = self.state.step(key).is_some_and(|state| state.status.is_active());
+                if still_going {
+                    if let Some(call) = self.state.step(key).and_then(|state| state.call) {
+                        self.effects.push(Effect::Abort { call });
+                    }
+                    let limit = step.timeout.map(crate::duration::format).unwrap_or_default();
+                    let what = if self.state.step(key).is_some_and(|state| state.waiting_for == Some(WaitingFor::Approval)) {
+                        "no approval"
+                    } else {
+                        "timed out"
+                    };
+                    self.emit(EventKind::StepFailed { step: key.to_owned(), error: format!("{what} after {limit}"), will_retry: false });
+                    self.cancel_active_children_and_timers(key);
+                }
+            }
+        }
+    }
+
+    fn on_interrupted(&mut self, call: u32) {
+        let definition = self.definition();
+        if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)).cloned() {
+            let rerun = definition.step(&step.key).is_some_and(|definition| definition.idempotent);
+            self.emit(EventKind::StepInterrupted { step: step.key.clone(), call, rerun });
+            if rerun {
+                if let Some(step_definition) = definition.step(&step.key) {
+                    self.start_attempt(step_definition, &step.key, step.attempts + 1);
+                }
+            }
+            return;
+        }
+        if let Some(step) = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call))).cloned() {
+            let rerun = definition.step(&step.key).and_then(|definition| definition.undo.as_ref()).is_some_and(|undo| undo.idempotent);
+            self.emit(EventKind::UndoInterrupted { step: step.key.clone(), call, rerun });
+            if rerun {
+                self.start_undo(&step.key);
+            }
+        }
+    }
+
+    // ----- operator requests -----------------------------------------------------------------
+
+    /// Resolves what an operator typed to a step instance: an exact key, or an id that names
+    /// exactly one instance in the state `wanted` accepts.
+    fn resolve_step(&self, typed: &str, wanted: impl Fn(&super::state::StepState) -> bool) -> Result<String, Rejection> {
+        if self.state.step(typed).is_some() {
+            return Ok(typed.to_owned());
+        }
+        let matches: Vec<&str> = self
+            .state
+            .steps
+            .iter()
+            .filter(|step| step.key.rsplit('.').next() == Some(typed) && wanted(step))
+            .map(|step| step.key.as_str())
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok((*one).to_owned()),
+            [] => Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id))),
+            many => Err(Rejection::Conflict(format!("step {typed:?} is ambiguous in run {}: {}", self.state.id, many.join(", ")))),
+        }
+    }
+
+    fn approve(&mut self, step: Option<String>, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+        self.ensure_not_finished()?;
+        let waiting = |step: &super::state::StepState| step.waiting_for == Some(WaitingFor::Approval) && step.status == StepStatus::Waiting;
+        let key = match step {
+            Some(typed) => {
+                let key = self.resolve_step(&typed, waiting)?;
+                if !self.state.step(&key).is_some_and(waiting) {
+                    return Err(Rejection::Conflict(format!("step {key} of run {} is not waiting for an approval", self.state.id)));
+                }
+                key
+            }
+            None => {
+                let pending: Vec<String> = self.state.steps.iter().filter(|step| waiting(step)).map(|step| step.key.clone()).collect();
+                match pending.as_slice() {
+                    [one] => one.clone(),
+                    [] => return Err(Rejection::Conflict(format!("run {} is not waiting for an approval", self.state.id))),
+                    many => {
+                        return Err(Rejection::Conflict(format!(
+                            "run {} waits for several approvals ({}): name one with --step",
+                            self.state.id,
+                            many.join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        let distinct = self.state.step(&key).is_some_and(|step| step.input.get("distinct_approver") == Some(&Value::Bool(true)));
+        if distinct && by.uid == self.state.started_by.uid {
+            return Err(Rejection::Conflict(format!(
+                "step {key} of run {} must be approved by someone other than uid {}, who started the run",
+                self.state.id, by.uid
+            )));
+        }
+        self.emit(EventKind::Approved { step: key.clone(), by: by.clone(), comment: comment.clone() });
+        self.succeed(&key, json!({"approved_by": by.uid, "comment": comment}));
+        Ok(())
+    }
+
+    fn retry(&mut self, typed: String, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+        self.ensure_not_finished()?;
+        let definition = self.definition();
+        if self.state.rollback.is_some() {
+            let failed_undo = |step: &super::state::StepState| {
+                step.undo.as_ref().is_some_and(|undo| matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted))
+            };
+            let key = self.resolve_step(&typed, failed_undo)?;
+            if !self.state.step(&key).is_some_and(failed_undo) {
+                return Err(Rejection::Conflict(format!("run {} is rolling back and the undo of {key} has not failed", self.state.id)));
+            }
+            self.emit(EventKind::RetryRequested { step: key.clone(), by, comment });
+            self.start_undo(&key);
+            return Ok(());
+        }
+        let retryable = |step: &super::state::StepState| matches!(step.status, StepStatus::Failed | StepStatus::Interrupted);
+        let key = self.resolve_step(&typed, retryable)?;
+        let Some(state) = self.state.step(&key).cloned() else {
+            return Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id)));
+        };
+        if !retryable(&state) {
+            return Err(Rejection::Conflict(format!(
+                "step {key} of run {} is {}: only a failed or interrupted step can be retried",
+                self.state.id,
+                state.status.name()
+            )));
+        }
+        let Some(step) = definition.step(&key) else {
+            return Err(Rejection::NotFound(format!("step {key} is not in the definition of run {}", self.state.id)));
+        };
+        if step.for_each.is_some() && state.iterations.as_ref().is_some_and(|iterations| !iterations.is_empty()) {
+            return Err(Rejection::Conflict(format!("step {key} is a loop that already ran iterations: retry the failed step inside it")));
+        }
+        self.emit(EventKind::RetryRequested { step: key.clone(), by, comment });
+        if step.for_each.is_some() {
+            self.start_step(step, &key);
+        } else {
+            self.start_attempt(step, &key, state.attempts + 1);
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, typed: String, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+        self.ensure_not_finished()?;
+        if self.state.rollback.is_some() {
+            let failed_undo = |step: &super::state::StepState| {
+                step.undo.as_ref().is_some_and(|undo| matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted))
+            };
+            let key = self.resolve_step(&typed, failed_undo)?;
+            if !self.state.step(&key).is_some_and(failed_undo) {
+                return Err(Rejection::Conflict(format!("run {} is rolling back and the undo of {key} has not failed", self.state.id)));
+            }
+            self.emit(EventKind::UndoSkipped { step: key, by, comment });
+            return Ok(());
+        }
+        let skippable = |step: &super::state::StepState| {
+            matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
+                || (step.status == StepStatus::Waiting
+                    && matches!(step.waiting_for, Some(WaitingFor::Timer | WaitingFor::Poll | WaitingFor::Retry)))
+        };
+        let key = self.resolve_step(&typed, skippable)?;
+        let Some(state) = self.state.step(&key).cloned() else {
+            return Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id)));
+        };
+        if !skippable(&state) {
+            let hint = match state.waiting_for {
+                Some(WaitingFor::Approval) => " (approve it instead)",
+                _ => "",
+            };
+            return Err(Rejection::Conflict(format!(
+                "step {key} of run {} is {}: only a failed, interrupted or waiting step can be skipped{hint}",
+                self.state.id,
+                state.status.name()
+            )));
+        }
+        self.cancel_timers(Some(&key));
+        self.emit(EventKind::StepSkipped { step: key, reason: "skipped by operator".to_owned(), by: Some(by), comment });
+        Ok(())
+    }
+
+    fn rollback(&mut self, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+        if matches!(self.state.status, super::state::RunStatus::Canceled | super::state::RunStatus::RolledBack) {
+            return Err(Rejection::Conflict(format!("run {} has already ended ({})", self.state.id, self.state.status.name())));
+        }
+        if self.state.rollback.is_some() {
+            return Err(Rejection::Conflict(format!("run {} is already rolling back", self.state.id)));
+        }
+        let definition = self.definition();
+        let queue: Vec<String> = self
+            .state
+            .completed
+            .iter()
+            .rev()
+            .filter(|key| definition.step(key).is_some_and(|step| step.undo.is_some()))
+            .cloned()
+            .collect();
+        self.emit(EventKind::RollbackStarted { by, comment, queue });
+        self.cancel_active(None);
+        Ok(())
+    }
+
+    // ----- starting steps ----------------------------------------------------------------------
+
+    fn start_step(&mut self, step: &Step, key: &str) {
+        let scope = context::for_step(&self.state, key);
+        if let Some(condition) = &step.when {
+            match template::is_true(condition, &scope) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.emit(EventKind::StepSkipped { step: key.to_owned(), reason: format!("when: {condition}"), by: None, comment: None });
+                    return;
+                }
+                Err(message) => {
+                    self.emit(EventKind::StepStarted { step: key.to_owned(), attempt: 1, call: 0, action: "noop".to_owned(), input: Value::Null });
+                    self.fail(key, format!("when: {message}"), false);
+                    return;
+                }
+            }
+        }
+        if let Some(for_each) = &step.for_each {
+            let items = template::render(&for_each.items, &scope).and_then(|items| match items {
+                Value::Array(items) => Ok(items),
+                Value::Null => Ok(Vec::new()),
+                other => Err(format!("for_each: expected a list, got {other}")),
+            });
+            match items {
+                Ok(items) => {
+                    self.emit(EventKind::StepStarted {
+                        step: key.to_owned(),
+                        attempt: 1,
+                        call: 0,
+                        action: "for_each".to_owned(),
+                        input: Value::Array(items),
+                    });
+                    self.arm_timeout(step, key);
+                }
+                Err(message) => {
+                    self.emit(EventKind::StepStarted { step: key.to_owned(), attempt: 1, call: 0, action: "for_each".to_owned(), input: Value::Null });
+                    self.fail(key, message, false);
+                }
+            }
+            return;
+        }
+        self.start_attempt(step, key, 1);
+    }
+
+    fn arm_timeout(&mut self, step: &Step, key: &str) {
+        let armed = self.state.timers.iter().any(|timer| timer.step == key && timer.purpose == TimerPurpose::Timeout);
+        if let (Some(timeout), false) = (step.timeout, armed) {
+            self.arm(TimerPurpose::Timeout, key, self.now + to_chrono(timeout));
+        }
+    }
+
+    /// Starts attempt (or poll) `attempt` of an action step.
+    fn start_attempt(&mut self, step: &Step, key: &str, attempt: u32) {
+        let scope = context::for_step(&self.state, key);
+        let input = match template::render(&step.with, &scope) {
+            Ok(input) => input,
+            Err(message) => {
+                self.emit(EventKind::StepStarted { step: key.to_owned(), attempt, call: 0, action: step.action.clone(), input: Value::Null });
+                self.fail(key, format!("with: {message}"), false);
+                return;
+            }
+        };
+        let call = self.state.next_call;
+        self.emit(EventKind::StepStarted { step: key.to_owned(), attempt, call, action: step.action.clone(), input: input.clone() });
+        self.arm_timeout(step, key);
+        match step.action.as_str() {
+            "noop" => self.complete(key, Ok(input)),
+            "wait" => match wait_deadline(&input, self.now) {
+                Ok(fire_at) => self.arm(TimerPurpose::Wait, key, fire_at),
+                Err(message) => self.fail(key, message, false),
+            },
+            "window" => {
+                let expression = input.get("cron").and_then(Value::as_str).unwrap_or_default();
+                let zone = input.get("tz").and_then(Value::as_str).unwrap_or("UTC");
+                match calendar::Calendar::parse(expression, zone).map(|calendar| calendar.next_after(self.now)) {
+                    Ok(Some(fire_at)) => self.arm(TimerPurpose::Window, key, fire_at),
+                    Ok(None) => self.fail(key, format!("cron {expression:?} never matches again"), false),
+                    Err(message) => self.fail(key, message, false),
+                }
+            }
+            "approval" => {
+                let prompt = input.get("prompt").and_then(Value::as_str).unwrap_or("approve to continue").to_owned();
+                self.emit(EventKind::ApprovalRequested { step: key.to_owned(), prompt });
+            }
+            action => self.effects.push(Effect::Call(Call {
+                run_id: self.state.id,
+                call,
+                step: key.to_owned(),
+                attempt,
+                undo: false,
+                action: action.to_owned(),
+                input,
+            })),
+        }
+    }
+
+    fn start_undo(&mut self, key: &str) {
+        let definition = self.definition();
+        let Some(undo) = definition.step(key).and_then(|step| step.undo.as_ref()) else { return };
+        let mut scope = context::for_step(&self.state, key);
+        let output = self.state.step(key).and_then(|step| step.output.clone()).unwrap_or(Value::Null);
+        if let Some(map) = scope.as_object_mut() {
+            map.insert("output".to_owned(), output);
+        }
+        let attempt = self.state.step(key).and_then(|step| step.undo.as_ref()).map_or(1, |undo| undo.attempts + 1);
+        let call = self.state.next_call;
+        match template::render(&undo.with, &scope) {
+            Ok(input) => {
+                self.emit(EventKind::UndoStarted { step: key.to_owned(), attempt, call, action: undo.action.clone(), input: input.clone() });
+                if undo.action == "noop" {
+                    self.emit(EventKind::UndoSucceeded { step: key.to_owned(), output: input });
+                } else {
+                    self.effects.push(Effect::Call(Call {
+                        run_id: self.state.id,
+                        call,
+                        step: key.to_owned(),
+                        attempt,
+                        undo: true,
+                        action: undo.action.clone(),
+                        input,
+                    }));
+                }
+            }
+            Err(message) => {
+                self.emit(EventKind::UndoStarted { step: key.to_owned(), attempt, call, action: undo.action.clone(), input: Value::Null });
+                self.emit(EventKind::UndoFailed { step: key.to_owned(), error: format!("undo.with: {message}") });
+            }
+        }
+    }
+
+    // ----- advancing -----------------------------------------------------------------------------
+
+    /// Starts everything that can start, until nothing changes.
+    fn advance(&mut self) {
+        loop {
+            let before = self.events.len();
+            self.advance_once();
+            if self.events.len() == before || self.events.len() > MAX_EVENTS_PER_DECISION {
+                return;
+            }
+        }
+    }
+
+    fn advance_once(&mut self) {
+        if self.state.status.is_terminal() {
+            return;
+        }
+        if self.state.rollback.is_some() {
+            self.advance_rollback();
+            return;
+        }
+        if self.state.paused.is_some() || self.state.attention.is_some() {
+            return;
+        }
+        let definition = self.definition();
+        match self.advance_sequence(&definition.steps, "") {
+            Progress::Done => self.emit(EventKind::RunFinished { state: FinalState::Succeeded, error: None }),
+            Progress::Busy => {}
+            Progress::Blocked { reason, step, message } => self.emit(EventKind::NeedsAttention { reason, step, message }),
+            Progress::Abort { error } => {
+                self.cancel_active(None);
+                self.emit(EventKind::RunFinished { state: FinalState::Failed, error: Some(error) });
+            }
+        }
+    }
+
+    fn advance_sequence(&mut self, steps: &[Step], prefix: &str) -> Progress {
+        for step in steps {
+            let key = if prefix.is_empty() { step.id.clone() } else { format!("{prefix}.{}", step.id) };
+            let Some(state) = self.state.step(&key) else {
+                self.start_step(step, &key);
+                return Progress::Busy;
+            };
+            match state.status {
+                StepStatus::Succeeded | StepStatus::Skipped => continue,
+                StepStatus::Failed => match step.on_failure {
+                    OnFailure::Continue => continue,
+                    OnFailure::Abort => {
+                        return Progress::Abort { error: format!("step {key} failed: {}", state.error.clone().unwrap_or_default()) }
+                    }
+                    OnFailure::Pause => {
+                        return Progress::Blocked {
+                            reason: AttentionReason::StepFailed,
+                            step: key.clone(),
+                            message: format!(
+                                "step {key} failed: {}; decide: runbook retry|skip <run> {key}, or cancel|rollback",
+                                state.error.clone().unwrap_or_default()
+                            ),
+                        }
+                    }
+                },
+                StepStatus::Interrupted => {
+                    return Progress::Blocked {
+                        reason: AttentionReason::Interrupted,
+                        step: key.clone(),
+                        message: format!(
+                            "step {key} was running when the daemon stopped and is not idempotent, so its outcome is unknown; \
+                             check it, then: runbook retry|skip <run> {key}, or cancel"
+                        ),
+                    }
+                }
+                StepStatus::Canceled => return Progress::Busy,
+                StepStatus::Running | StepStatus::Waiting => {
+                    return match &step.for_each {
+                        Some(_) => self.advance_loop(step, &key),
+                        None => Progress::Busy,
+                    }
+                }
+            }
+        }
+        Progress::Done
+    }
+
+    fn advance_loop(&mut self, step: &Step, key: &str) -> Progress {
+        let Some(for_each) = &step.for_each else { return Progress::Busy };
+        let iterations = self.state.step(key).and_then(|state| state.iterations.clone()).unwrap_or_default();
+        let mut blocked = None;
+        for (index, iteration) in iterations.iter().enumerate() {
+            if iteration.status != IterationStatus::Running {
+                continue;
+            }
+            let before = self.events.len();
+            match self.advance_sequence(&for_each.steps, &format!("{key}[{index}]")) {
+                Progress::Done => {
+                    self.emit(EventKind::IterationFinished { step: key.to_owned(), index });
+                    return Progress::Busy;
+                }
+                Progress::Busy => {}
+                Progress::Blocked { reason, step, message } => {
+                    blocked.get_or_insert(Progress::Blocked { reason, step, message });
+                }
+                Progress::Abort { error } => return Progress::Abort { error },
+            }
+            if self.events.len() != before {
+                return Progress::Busy;
+            }
+        }
+        if let Some(blocked) = blocked {
+            return blocked;
+        }
+        let running = iterations.iter().filter(|iteration| iteration.status == IterationStatus::Running).count();
+        let pending: Vec<usize> =
+            iterations.iter().enumerate().filter(|(_, iteration)| iteration.status == IterationStatus::Pending).map(|(index, _)| index).collect();
+        if pending.is_empty() {
+            if running == 0 {
+                let outputs: Vec<Value> = (0..iterations.len())
+                    .map(|index| {
+                        let prefix = format!("{key}[{index}].");
+                        let outputs: Map<String, Value> = self
+                            .state
+                            .steps
+                            .iter()
+                            .filter_map(|state| {
+                                let id = state.key.strip_prefix(&prefix)?;
+                                (!id.contains('.')).then(|| (id.to_owned(), state.output.clone().unwrap_or(Value::Null)))
+                            })
+                            .collect();
+                        Value::Object(outputs)
+                    })
+                    .collect();
+                self.succeed(key, json!({ "iterations": outputs }));
+            }
+            return Progress::Busy;
+        }
+        let width = for_each.width as usize;
+        let to_start = match for_each.mode {
+            Concurrency::Serial if running == 0 => width.min(pending.len()),
+            Concurrency::Serial => 0,
+            Concurrency::Parallel => width.saturating_sub(running).min(pending.len()),
+        };
+        for &index in pending.iter().take(to_start) {
+            self.emit(EventKind::IterationStarted { step: key.to_owned(), index });
+        }
+        Progress::Busy
+    }
+
+    fn advance_rollback(&mut self) {
+        let Some(rollback) = self.state.rollback.clone() else { return };
+        if self.state.paused.is_some() || self.state.attention.is_some() {
+            return;
+        }
+        if self.state.steps.iter().any(|step| step.call.is_some()) {
+            return; // an aborted call has not reported yet; its result is ignored, but wait for it
+        }
+        for key in &rollback.queue {
+            let undo = self.state.step(key).and_then(|step| step.undo.clone());
+            match undo.map(|undo| undo.status) {
+                None => {
+                    self.start_undo(key);
+                    return;
+                }
+                Some(StepStatus::Succeeded | StepStatus::Skipped) => continue,
+                Some(StepStatus::Failed) => {
+                    let error = self.state.step(key).and_then(|step| step.undo.as_ref()).and_then(|undo| undo.error.clone()).unwrap_or_default();
+                    self.emit(EventKind::NeedsAttention {
+                        reason: AttentionReason::UndoFailed,
+                        step: key.clone(),
+                        message: format!("the undo of {key} failed: {error}; decide: runbook retry|skip <run> {key}"),
+                    });
+                    return;
+                }
+                Some(StepStatus::Interrupted) => {
+                    self.emit(EventKind::NeedsAttention {
+                        reason: AttentionReason::Interrupted,
+                        step: key.clone(),
+                        message: format!("the undo of {key} was running when the daemon stopped; check it, then: runbook retry|skip <run> {key}"),
+                    });
+                    return;
+                }
+                Some(_) => return,
+            }
+        }
+        self.emit(EventKind::RunFinished { state: FinalState::RolledBack, error: None });
+    }
+}
+
+fn wait_deadline(input: &Value, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if let Some(duration) = input.get("duration").and_then(Value::as_str) {
+        return crate::duration::parse(duration).map(|duration| now + to_chrono(duration)).map_err(|message| format!("duration: {message}"));
+    }
+    if let Some(until) = input.get("until").and_then(Value::as_str) {
+        return DateTime::parse_from_rfc3339(until)
+            .map(|instant| instant.with_timezone(&Utc))
+            .map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"));
+    }
+    Err("wait needs `duration` or `until`".to_owned())
+}
+
+fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}

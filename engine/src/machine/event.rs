@@ -1,0 +1,148 @@
+//! The journal's vocabulary: what happened to a run, in order.
+//!
+//! Events are facts, never requests: the shell journals them before it acts on them, and a run's
+//! state is the fold of its events (see [`super::evolve`]). Field names are part of the stored
+//! format; add fields with `#[serde(default)]`, never rename.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::definition::Definition;
+
+/// Who asked for something: the peer uid of the API caller (or the daemon's own uid for work it
+/// starts by itself, with a `name` such as `schedule:nightly`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl Actor {
+    pub fn uid(uid: u32) -> Actor {
+        Actor { uid, name: None }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Why a durable timer exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimerPurpose {
+    /// A `wait` step.
+    Wait,
+    /// A `window` step: the next instant matching its cron expression.
+    Window,
+    /// The pause before the next attempt of a failed step.
+    Retry,
+    /// The pause before the next poll of an `until` step.
+    Poll,
+    /// The step's overall `timeout`.
+    Timeout,
+}
+
+/// A timer taken off the clock by `pause`, with the time it had left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspendedTimer {
+    pub purpose: TimerPurpose,
+    pub step: String,
+    pub remaining_ms: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttentionReason {
+    /// A step's outcome is unknown: it was running when the daemon stopped.
+    Interrupted,
+    /// A step failed and its `on_failure` is `pause`.
+    StepFailed,
+    /// An undo failed during rollback.
+    UndoFailed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalState {
+    Succeeded,
+    Failed,
+    Canceled,
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    RunCreated {
+        run_id: Uuid,
+        definition: Definition,
+        params: Map<String, Value>,
+        /// The rendered lock resources the run holds until it ends.
+        locks: Vec<String>,
+        by: Actor,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// An attempt (or a poll) of a step began; for actions, `call` identifies the invocation.
+    StepStarted { step: String, attempt: u32, call: u32, action: String, input: Value },
+    StepSucceeded { step: String, output: Value },
+    StepFailed { step: String, error: String, will_retry: bool },
+    /// An `until` condition did not hold yet; the next poll is armed.
+    StepPolled { step: String, output: Value },
+    /// The daemon stopped while the call ran; `rerun` when the step is idempotent.
+    StepInterrupted { step: String, call: u32, rerun: bool },
+    StepSkipped {
+        step: String,
+        reason: String,
+        #[serde(default)]
+        by: Option<Actor>,
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    StepCanceled { step: String },
+    TimerArmed { timer: u64, fire_at: DateTime<Utc>, purpose: TimerPurpose, step: String },
+    TimerFired { timer: u64, fire_at: DateTime<Utc>, late_by_ms: i64 },
+    TimerCanceled { timer: u64, fire_at: DateTime<Utc> },
+    ApprovalRequested { step: String, prompt: String },
+    Approved { step: String, by: Actor, comment: Option<String> },
+    IterationStarted { step: String, index: usize },
+    IterationFinished { step: String, index: usize },
+    NeedsAttention { reason: AttentionReason, step: String, message: String },
+    Paused { by: Actor, comment: Option<String>, suspended: Vec<SuspendedTimer> },
+    Resumed { by: Actor, comment: Option<String> },
+    RetryRequested { step: String, by: Actor, comment: Option<String> },
+    CancelRequested { by: Actor, comment: Option<String> },
+    RollbackStarted { by: Actor, comment: Option<String>, queue: Vec<String> },
+    UndoStarted { step: String, attempt: u32, call: u32, action: String, input: Value },
+    UndoSucceeded { step: String, output: Value },
+    UndoFailed { step: String, error: String },
+    UndoInterrupted { step: String, call: u32, rerun: bool },
+    UndoSkipped { step: String, by: Actor, comment: Option<String> },
+    RunFinished { state: FinalState, error: Option<String> },
+}
+
+impl EventKind {
+    /// The operator who caused this event, if one did.
+    pub fn actor(&self) -> Option<&Actor> {
+        match self {
+            EventKind::RunCreated { by, .. }
+            | EventKind::Approved { by, .. }
+            | EventKind::Paused { by, .. }
+            | EventKind::Resumed { by, .. }
+            | EventKind::RetryRequested { by, .. }
+            | EventKind::CancelRequested { by, .. }
+            | EventKind::RollbackStarted { by, .. }
+            | EventKind::UndoSkipped { by, .. } => Some(by),
+            EventKind::StepSkipped { by, .. } => by.as_ref(),
+            _ => None,
+        }
+    }
+}

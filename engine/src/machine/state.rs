@@ -1,0 +1,570 @@
+//! A run's state: the fold of its events. [`evolve`] is total: it never fails, so a journal that
+//! was accepted once can always be replayed.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::event::{Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose};
+use crate::definition::Definition;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    /// An action is in flight.
+    Running,
+    /// Nothing in flight: waiting on a timer, a poll or an approval.
+    Waiting,
+    Paused,
+    NeedsAttention,
+    Succeeded,
+    Failed,
+    Canceled,
+    RolledBack,
+}
+
+impl RunStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled | RunStatus::RolledBack)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Paused => "paused",
+            RunStatus::NeedsAttention => "needs_attention",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Canceled => "canceled",
+            RunStatus::RolledBack => "rolled_back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Running,
+    Waiting,
+    Succeeded,
+    Failed,
+    Skipped,
+    Interrupted,
+    Canceled,
+}
+
+impl StepStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            StepStatus::Running => "running",
+            StepStatus::Waiting => "waiting",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Interrupted => "interrupted",
+            StepStatus::Canceled => "canceled",
+        }
+    }
+
+    /// Still going: running or waiting.
+    pub fn is_active(self) -> bool {
+        matches!(self, StepStatus::Running | StepStatus::Waiting)
+    }
+}
+
+/// What a waiting step waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WaitingFor {
+    Timer,
+    Approval,
+    Poll,
+    Retry,
+    Iterations,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub by: Actor,
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IterationStatus {
+    Pending,
+    Running,
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Iteration {
+    pub item: Value,
+    pub status: IterationStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UndoState {
+    pub status: StepStatus,
+    pub attempts: u32,
+    pub call: Option<u32>,
+    pub action: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepState {
+    /// `id`, or `loop[2].id` inside a for_each iteration.
+    pub key: String,
+    pub action: String,
+    pub status: StepStatus,
+    pub attempts: u32,
+    /// The action call in flight, if any.
+    pub call: Option<u32>,
+    pub polls: u32,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub input: Value,
+    pub output: Option<Value>,
+    pub error: Option<String>,
+    pub waiting_for: Option<WaitingFor>,
+    pub fire_at: Option<DateTime<Utc>>,
+    pub late_by_ms: Option<i64>,
+    pub prompt: Option<String>,
+    pub approval: Option<ApprovalRecord>,
+    pub skipped_by: Option<Actor>,
+    pub iterations: Option<Vec<Iteration>>,
+    pub undo: Option<UndoState>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ActiveTimer {
+    pub timer: u64,
+    pub fire_at: DateTime<Utc>,
+    pub purpose: TimerPurpose,
+    pub step: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attention {
+    pub reason: AttentionReason,
+    pub step: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pause {
+    pub by: Actor,
+    pub at: DateTime<Utc>,
+    pub suspended: Vec<SuspendedTimer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollback {
+    pub by: Actor,
+    pub at: DateTime<Utc>,
+    /// Steps whose undo runs, in order (reverse order of completion).
+    pub queue: Vec<String>,
+}
+
+/// One operator action, for `show`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor: Actor,
+    pub action: String,
+    pub step: Option<String>,
+    pub comment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    pub id: Uuid,
+    /// The pinned definition; stored once, in the `RunCreated` event, not in every snapshot.
+    #[serde(skip)]
+    pub definition: Arc<Definition>,
+    pub runbook: String,
+    pub version: u32,
+    pub params: Map<String, Value>,
+    pub locks: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub started_by: Actor,
+    pub last_seq: u64,
+    pub next_call: u32,
+    pub status: RunStatus,
+    pub paused: Option<Pause>,
+    pub attention: Option<Attention>,
+    pub steps: Vec<StepState>,
+    /// Keys of succeeded steps in the order they succeeded (rollback runs it backwards).
+    pub completed: Vec<String>,
+    pub timers: Vec<ActiveTimer>,
+    pub rollback: Option<Rollback>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub error: Option<String>,
+    pub audit: Vec<AuditEntry>,
+}
+
+impl RunState {
+    /// The state before the first event: only `RunCreated` makes it meaningful.
+    pub fn empty(id: Uuid) -> RunState {
+        RunState {
+            id,
+            definition: Arc::new(Definition::default()),
+            runbook: String::new(),
+            version: 0,
+            params: Map::new(),
+            locks: Vec::new(),
+            created_at: DateTime::<Utc>::UNIX_EPOCH,
+            started_by: Actor::uid(0),
+            last_seq: 0,
+            next_call: 1,
+            status: RunStatus::Running,
+            paused: None,
+            attention: None,
+            steps: Vec::new(),
+            completed: Vec::new(),
+            timers: Vec::new(),
+            rollback: None,
+            finished_at: None,
+            error: None,
+            audit: Vec::new(),
+        }
+    }
+
+    pub fn step(&self, key: &str) -> Option<&StepState> {
+        self.steps.iter().find(|step| step.key == key)
+    }
+
+    fn step_mut(&mut self, key: &str) -> Option<&mut StepState> {
+        self.steps.iter_mut().find(|step| step.key == key)
+    }
+
+    /// Replays a journal from the start.
+    pub fn replay(id: Uuid, events: &[Event]) -> RunState {
+        let mut state = RunState::empty(id);
+        for event in events {
+            evolve(&mut state, event);
+        }
+        state
+    }
+}
+
+/// Applies one event. Events that do not fit (a journal written by a buggy build) are applied as
+/// far as they make sense and never panic.
+pub fn evolve(state: &mut RunState, event: &Event) {
+    state.last_seq = event.seq;
+    let at = event.at;
+    if let Some(actor) = event.kind.actor() {
+        let (action, step, comment) = audit_of(&event.kind);
+        state.audit.push(AuditEntry { seq: event.seq, at, actor: actor.clone(), action: action.to_owned(), step, comment });
+    }
+    match &event.kind {
+        EventKind::RunCreated { run_id, definition, params, locks, by, .. } => {
+            state.id = *run_id;
+            state.definition = Arc::new(definition.clone());
+            state.runbook = definition.name.clone();
+            state.version = definition.version;
+            state.params = params.clone();
+            state.locks = locks.clone();
+            state.created_at = at;
+            state.started_by = by.clone();
+        }
+        EventKind::StepStarted { step, attempt, call, action, input } => {
+            let is_call = !matches!(action.as_str(), "noop" | "wait" | "window" | "approval" | "for_each");
+            if is_call {
+                state.next_call = state.next_call.max(call + 1);
+            }
+            let iterations = (action == "for_each").then(|| {
+                input
+                    .as_array()
+                    .map(|items| items.iter().map(|item| Iteration { item: item.clone(), status: IterationStatus::Pending }).collect())
+                    .unwrap_or_default()
+            });
+            let status = if is_call { StepStatus::Running } else { StepStatus::Waiting };
+            match state.step_mut(step) {
+                Some(existing) => {
+                    existing.status = status;
+                    existing.attempts = *attempt;
+                    existing.call = is_call.then_some(*call);
+                    existing.input = input.clone();
+                    existing.finished_at = None;
+                    existing.error = None;
+                    existing.waiting_for = None;
+                    existing.fire_at = None;
+                    if iterations.is_some() {
+                        existing.iterations = iterations;
+                    }
+                }
+                None => state.steps.push(StepState {
+                    key: step.clone(),
+                    action: action.clone(),
+                    status,
+                    attempts: *attempt,
+                    call: is_call.then_some(*call),
+                    polls: 0,
+                    started_at: at,
+                    finished_at: None,
+                    input: input.clone(),
+                    output: None,
+                    error: None,
+                    waiting_for: (action == "for_each").then_some(WaitingFor::Iterations),
+                    fire_at: None,
+                    late_by_ms: None,
+                    prompt: None,
+                    approval: None,
+                    skipped_by: None,
+                    iterations,
+                    undo: None,
+                }),
+            }
+        }
+        EventKind::StepSucceeded { step, output } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.status = StepStatus::Succeeded;
+                existing.call = None;
+                existing.output = Some(output.clone());
+                existing.error = None;
+                existing.finished_at = Some(at);
+                existing.waiting_for = None;
+                state.completed.push(step.clone());
+            }
+        }
+        EventKind::StepFailed { step, error, will_retry } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.call = None;
+                existing.error = Some(error.clone());
+                if *will_retry {
+                    existing.status = StepStatus::Waiting;
+                    existing.waiting_for = Some(WaitingFor::Retry);
+                } else {
+                    existing.status = StepStatus::Failed;
+                    existing.finished_at = Some(at);
+                    existing.waiting_for = None;
+                }
+            }
+        }
+        EventKind::StepPolled { step, output } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.status = StepStatus::Waiting;
+                existing.call = None;
+                existing.polls += 1;
+                existing.output = Some(output.clone());
+                existing.waiting_for = Some(WaitingFor::Poll);
+            }
+        }
+        EventKind::StepInterrupted { step, rerun, .. } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.call = None;
+                if !rerun {
+                    existing.status = StepStatus::Interrupted;
+                    existing.error = Some("interrupted: the daemon stopped while this step ran; its outcome is unknown".to_owned());
+                }
+            }
+        }
+        EventKind::StepSkipped { step, reason, by, .. } => {
+            let action = state.definition.step(step).map(|definition| definition.action.clone()).unwrap_or_default();
+            let existing = match state.steps.iter().position(|existing| &existing.key == step) {
+                Some(index) => &mut state.steps[index],
+                None => {
+                    state.steps.push(StepState {
+                        key: step.clone(),
+                        action,
+                        status: StepStatus::Skipped,
+                        attempts: 0,
+                        call: None,
+                        polls: 0,
+                        started_at: at,
+                        finished_at: None,
+                        input: Value::Null,
+                        output: None,
+                        error: None,
+                        waiting_for: None,
+                        fire_at: None,
+                        late_by_ms: None,
+                        prompt: None,
+                        approval: None,
+                        skipped_by: None,
+                        iterations: None,
+                        undo: None,
+                    });
+                    let last = state.steps.len() - 1;
+                    &mut state.steps[last]
+                }
+            };
+            existing.status = StepStatus::Skipped;
+            existing.call = None;
+            existing.finished_at = Some(at);
+            existing.waiting_for = None;
+            existing.skipped_by = by.clone();
+            existing.output.get_or_insert_with(|| serde_json::json!({ "skipped": reason }));
+            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+                state.attention = None;
+            }
+        }
+        EventKind::StepCanceled { step } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.status = StepStatus::Canceled;
+                existing.call = None;
+                existing.finished_at = Some(at);
+                existing.waiting_for = None;
+            }
+        }
+        EventKind::TimerArmed { timer, fire_at, purpose, step } => {
+            state.timers.push(ActiveTimer { timer: *timer, fire_at: *fire_at, purpose: *purpose, step: step.clone() });
+            if *purpose != TimerPurpose::Timeout {
+                if let Some(existing) = state.step_mut(step) {
+                    existing.fire_at = Some(*fire_at);
+                    existing.status = StepStatus::Waiting;
+                    existing.waiting_for = Some(match purpose {
+                        TimerPurpose::Poll => WaitingFor::Poll,
+                        TimerPurpose::Retry => WaitingFor::Retry,
+                        _ => WaitingFor::Timer,
+                    });
+                }
+            }
+        }
+        EventKind::TimerFired { timer, late_by_ms, .. } => {
+            if let Some(index) = state.timers.iter().position(|active| active.timer == *timer) {
+                let fired = state.timers.remove(index);
+                if matches!(fired.purpose, TimerPurpose::Wait | TimerPurpose::Window) {
+                    if let Some(existing) = state.step_mut(&fired.step) {
+                        existing.late_by_ms = Some(*late_by_ms);
+                    }
+                }
+            }
+        }
+        EventKind::TimerCanceled { timer, .. } => {
+            state.timers.retain(|active| active.timer != *timer);
+        }
+        EventKind::ApprovalRequested { step, prompt } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.status = StepStatus::Waiting;
+                existing.waiting_for = Some(WaitingFor::Approval);
+                existing.prompt = Some(prompt.clone());
+            }
+        }
+        EventKind::Approved { step, by, comment } => {
+            if let Some(existing) = state.step_mut(step) {
+                existing.approval = Some(ApprovalRecord { by: by.clone(), comment: comment.clone(), at });
+            }
+        }
+        EventKind::IterationStarted { step, index } | EventKind::IterationFinished { step, index } => {
+            let status =
+                if matches!(event.kind, EventKind::IterationStarted { .. }) { IterationStatus::Running } else { IterationStatus::Done };
+            if let Some(iteration) = state.step_mut(step).and_then(|existing| existing.iterations.as_mut()).and_then(|all| all.get_mut(*index)) {
+                iteration.status = status;
+            }
+        }
+        EventKind::NeedsAttention { reason, step, message } => {
+            state.attention = Some(Attention { reason: *reason, step: step.clone(), message: message.clone() });
+        }
+        EventKind::Paused { by, suspended, .. } => {
+            state.paused = Some(Pause { by: by.clone(), at, suspended: suspended.clone() });
+        }
+        EventKind::Resumed { .. } => state.paused = None,
+        EventKind::RetryRequested { step, .. } => {
+            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+                state.attention = None;
+            }
+        }
+        EventKind::CancelRequested { .. } => {}
+        EventKind::RollbackStarted { by, queue, .. } => {
+            if state.status.is_terminal() {
+                // A finished run can still be rolled back: it is reopened for its undos.
+                state.status = RunStatus::Waiting;
+                state.finished_at = None;
+                state.error = None;
+            }
+            state.rollback = Some(Rollback { by: by.clone(), at, queue: queue.clone() });
+            state.attention = None;
+        }
+        EventKind::UndoStarted { step, attempt, call, action, .. } => {
+            state.next_call = state.next_call.max(call + 1);
+            if let Some(existing) = state.step_mut(step) {
+                existing.undo = Some(UndoState {
+                    status: StepStatus::Running,
+                    attempts: *attempt,
+                    call: Some(*call),
+                    action: action.clone(),
+                    started_at: at,
+                    finished_at: None,
+                    output: None,
+                    error: None,
+                });
+            }
+            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+                state.attention = None;
+            }
+        }
+        EventKind::UndoSucceeded { step, output } => finish_undo(state, step, StepStatus::Succeeded, Some(output.clone()), None, at),
+        EventKind::UndoFailed { step, error } => finish_undo(state, step, StepStatus::Failed, None, Some(error.clone()), at),
+        EventKind::UndoInterrupted { step, rerun, .. } => {
+            if !rerun {
+                let error = "interrupted: the daemon stopped while this undo ran; its outcome is unknown".to_owned();
+                finish_undo(state, step, StepStatus::Interrupted, None, Some(error), at);
+            }
+        }
+        EventKind::UndoSkipped { step, .. } => {
+            finish_undo(state, step, StepStatus::Skipped, None, None, at);
+            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+                state.attention = None;
+            }
+        }
+        EventKind::RunFinished { state: final_state, error } => {
+            state.finished_at = Some(at);
+            state.error = error.clone();
+            state.attention = None;
+            state.status = match final_state {
+                FinalState::Succeeded => RunStatus::Succeeded,
+                FinalState::Failed => RunStatus::Failed,
+                FinalState::Canceled => RunStatus::Canceled,
+                FinalState::RolledBack => RunStatus::RolledBack,
+            };
+        }
+    }
+    if !state.status.is_terminal() {
+        state.status = if state.attention.is_some() {
+            RunStatus::NeedsAttention
+        } else if state.paused.is_some() {
+            RunStatus::Paused
+        } else if state.steps.iter().any(|step| step.call.is_some() || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())) {
+            RunStatus::Running
+        } else {
+            RunStatus::Waiting
+        };
+    }
+}
+
+fn finish_undo(state: &mut RunState, step: &str, status: StepStatus, output: Option<Value>, error: Option<String>, at: DateTime<Utc>) {
+    if let Some(undo) = state.step_mut(step).and_then(|existing| existing.undo.as_mut()) {
+        undo.status = status;
+        undo.call = None;
+        undo.finished_at = Some(at);
+        undo.output = output;
+        undo.error = error;
+    }
+}
+
+fn audit_of(kind: &EventKind) -> (&'static str, Option<String>, Option<String>) {
+    match kind {
+        EventKind::RunCreated { comment, .. } => ("start", None, comment.clone()),
+        EventKind::Approved { step, comment, .. } => ("approve", Some(step.clone()), comment.clone()),
+        EventKind::Paused { comment, .. } => ("pause", None, comment.clone()),
+        EventKind::Resumed { comment, .. } => ("resume", None, comment.clone()),
+        EventKind::RetryRequested { step, comment, .. } => ("retry", Some(step.clone()), comment.clone()),
+        EventKind::CancelRequested { comment, .. } => ("cancel", None, comment.clone()),
+        EventKind::RollbackStarted { comment, .. } => ("rollback", None, comment.clone()),
+        EventKind::UndoSkipped { step, comment, .. } => ("skip_undo", Some(step.clone()), comment.clone()),
+        EventKind::StepSkipped { step, comment, .. } => ("skip", Some(step.clone()), comment.clone()),
+        _ => ("", None, None),
+    }
+}

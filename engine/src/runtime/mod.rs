@@ -1,0 +1,339 @@
+//! The imperative shell around the state machine.
+//!
+//! For every input of a run: take the run's lock, `decide`, journal the events (one commit,
+//! durable), adopt the new state, and only then run the effects. Action results, timer firings
+//! and operator requests all come back through [`Engine::handle`].
+//!
+//! # Contract
+//!
+//! - An effect runs only after the commit of the events that imply it is durable.
+//! - Inputs of one run are handled one at a time, in order; different runs commit concurrently
+//!   and share syncs (group commit in [`crate::store::Writer`]).
+//! - A run whose records cannot be read is reported `corrupt` and never touched; the others go on.
+
+mod plan;
+mod timers;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
+
+use serde_json::{Map, Value};
+use tokio::sync::{Mutex, Notify};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use plan::{plan, Plan, PlannedStep};
+pub use timers::run_timers;
+use crate::action::{ActionContext, LogSink, Registry};
+use crate::clock::Clock;
+use crate::definition::{self, Definition};
+use crate::machine::{self, ActionFailure, Actor, Call, Decision, Effect, Event, Input, Rejection, RunState};
+use crate::store::{self, Commit, Writer};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Ambiguous(String),
+    #[error("{message}")]
+    Invalid { message: String, field: Option<String> },
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<store::Error> for Error {
+    fn from(error: store::Error) -> Error {
+        match error {
+            store::Error::LockHeld { resource, holder } => {
+                Error::Conflict(format!("resource {resource:?} is held by run {holder}; wait for it to end or cancel it"))
+            }
+            store::Error::Full(_) | store::Error::Closed => Error::Unavailable(format!("{error}; nothing was changed")),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for Error {
+    fn from(rejection: Rejection) -> Error {
+        match rejection {
+            Rejection::NotFound(message) => Error::NotFound(message),
+            Rejection::Conflict(message) => Error::Conflict(message),
+        }
+    }
+}
+
+/// A run as the engine holds it.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Live(RunState),
+    /// Its records could not be read; `reason` names the key.
+    Corrupt { reason: String },
+}
+
+struct Inner {
+    writer: Writer,
+    clock: Arc<dyn Clock>,
+    actions: Registry,
+    data_dir: PathBuf,
+    runs: RwLock<BTreeMap<Uuid, Arc<Mutex<Slot>>>>,
+    calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
+    timer_wake: Notify,
+    accepting: AtomicBool,
+}
+
+/// A cheap, cloneable handle to the engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Loads every run from the store. Call [`Engine::recover`] next, then start the timers.
+    pub fn open(writer: Writer, clock: Arc<dyn Clock>, actions: Registry, data_dir: &Path) -> Result<Engine, Error> {
+        let mut runs = BTreeMap::new();
+        for loaded in writer.store().load_runs()? {
+            match loaded {
+                Ok(state) => {
+                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(state))));
+                }
+                Err((run_id, error)) => {
+                    tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
+                    runs.insert(run_id, Arc::new(Mutex::new(Slot::Corrupt { reason: error.to_string() })));
+                }
+            }
+        }
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                writer,
+                clock,
+                actions,
+                data_dir: data_dir.to_owned(),
+                runs: RwLock::new(runs),
+                calls: StdMutex::new(HashMap::new()),
+                timer_wake: Notify::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    pub fn actions(&self) -> &Registry {
+        &self.inner.actions
+    }
+
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    /// Stops taking new runs and operator requests (shutdown).
+    pub fn stop_accepting(&self) {
+        self.inner.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// After a restart: every action call that was in flight is reported interrupted (the
+    /// machine re-runs it when the step is idempotent, else asks the operator).
+    pub async fn recover(&self) {
+        let slots: Vec<_> = self.slots();
+        for (run_id, slot) in slots {
+            let calls: Vec<u32> = match &*slot.lock().await {
+                Slot::Live(state) if !state.status.is_terminal() => state
+                    .steps
+                    .iter()
+                    .flat_map(|step| step.call.into_iter().chain(step.undo.as_ref().and_then(|undo| undo.call)))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            for call in calls {
+                tracing::warn!(run = %run_id, call, "an action was in flight when the daemon stopped");
+                if let Err(error) = self.handle(run_id, Input::Interrupted { call }).await {
+                    tracing::error!(run = %run_id, %error, "cannot record an interrupted call");
+                }
+            }
+        }
+        self.inner.timer_wake.notify_one();
+    }
+
+    fn slots(&self) -> Vec<(Uuid, Arc<Mutex<Slot>>)> {
+        let runs = self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        runs.iter().map(|(id, slot)| (*id, slot.clone())).collect()
+    }
+
+    fn slot(&self, run_id: Uuid) -> Option<Arc<Mutex<Slot>>> {
+        self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&run_id).cloned()
+    }
+
+    /// Finds a run by its id or a unique prefix of it.
+    pub fn resolve(&self, typed: &str) -> Result<Uuid, Error> {
+        if let Ok(id) = Uuid::parse_str(typed) {
+            if self.slot(id).is_some() {
+                return Ok(id);
+            }
+            return Err(Error::NotFound(format!("no run {typed}")));
+        }
+        let needle = typed.to_ascii_lowercase();
+        if needle.is_empty() || !needle.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(Error::NotFound(format!("no run {typed:?} (a run id is a UUID or a unique prefix of one)")));
+        }
+        let runs = self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let matches: Vec<Uuid> = runs.keys().filter(|id| id.hyphenated().to_string().starts_with(&needle)).copied().collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(Error::NotFound(format!("no run {typed}"))),
+            many => Err(Error::Ambiguous(format!("run id prefix {typed} matches {} runs; type more of it", many.len()))),
+        }
+    }
+
+    /// Starts a run of `definition`.
+    pub async fn create_run(
+        &self,
+        definition: Arc<Definition>,
+        given: &Map<String, Value>,
+        by: Actor,
+        comment: Option<String>,
+    ) -> Result<RunState, Error> {
+        if !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("the daemon is shutting down; no new runs".to_owned()));
+        }
+        definition::validate(&definition, &|name| self.inner.actions.contains(name))
+            .map_err(|error| Error::Invalid { message: error.to_string(), field: Some("runbook".to_owned()) })?;
+        let params = definition::resolve_params(&definition, given)
+            .map_err(|error| Error::Invalid { field: Some(format!("params.{}", error.param)), message: error.to_string() })?;
+        let locks = plan::render_locks(&definition, &params)?;
+        let now = self.inner.clock.now();
+        let run_id = new_run_id(now);
+        let (state, decision) = machine::create(run_id, definition, params, locks, by, comment, now);
+        let commit = Commit::new(0, &decision.events, &state)?;
+        self.inner.writer.commit(commit).await?;
+        self.inner.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run_id, Arc::new(Mutex::new(Slot::Live(state.clone()))));
+        tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
+        self.after_commit(run_id, &decision);
+        Ok(state)
+    }
+
+    /// Feeds one input to a run: decide, commit, adopt, act.
+    pub async fn handle(&self, run_id: Uuid, input: Input) -> Result<RunState, Error> {
+        let operator = matches!(
+            input,
+            Input::Approve { .. } | Input::Pause { .. } | Input::Resume { .. } | Input::Cancel { .. } | Input::Rollback { .. } | Input::Retry { .. } | Input::Skip { .. }
+        );
+        if operator && !self.inner.accepting.load(Ordering::SeqCst) {
+            return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
+        }
+        let slot = self.slot(run_id).ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
+        let mut guard = slot.lock().await;
+        let state = match &*guard {
+            Slot::Live(state) => state,
+            Slot::Corrupt { reason } => return Err(Error::Conflict(format!("run {run_id} is corrupt ({reason}); it cannot change"))),
+        };
+        let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
+        if decision.events.is_empty() {
+            return Ok(next);
+        }
+        let commit = Commit::new(state.last_seq, &decision.events, &next)?;
+        self.inner.writer.commit(commit).await?;
+        *guard = Slot::Live(next.clone());
+        drop(guard);
+        crate::failpoint::hit("AfterFlushBeforeEffect");
+        self.after_commit(run_id, &decision);
+        Ok(next)
+    }
+
+    fn after_commit(&self, run_id: Uuid, decision: &Decision) {
+        let armed = decision.events.iter().any(|event| matches!(event.kind, machine::EventKind::TimerArmed { .. }));
+        if armed {
+            self.inner.timer_wake.notify_one();
+        }
+        for effect in &decision.effects {
+            match effect {
+                Effect::Call(call) => self.spawn_call(call.clone()),
+                Effect::Abort { call } => {
+                    let token = self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&(run_id, *call)).cloned();
+                    if let Some(token) = token {
+                        token.cancel();
+                    }
+                }
+            }
+        }
+    }
+
+    fn spawn_call(&self, call: Call) {
+        let engine = self.clone();
+        let token = CancellationToken::new();
+        self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((call.run_id, call.call), token.clone());
+        tokio::spawn(async move {
+            let result = match engine.inner.actions.get(&call.action) {
+                Some(action) => {
+                    let context = ActionContext {
+                        run_id: call.run_id,
+                        step: call.step.clone(),
+                        attempt: call.attempt,
+                        undo: call.undo,
+                        cancel: token,
+                        log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
+                        state_dir: engine.call_dir(call.run_id, call.call),
+                    };
+                    if call.undo || call.attempt > 1 {
+                        context.log.line(&format!("[runbook] {} attempt {}", if call.undo { "undo" } else { "step" }, call.attempt));
+                    }
+                    action.call(call.input.clone(), context).await
+                }
+                None => Err(ActionFailure::permanent(format!("unknown action {:?}", call.action))),
+            };
+            engine.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(call.run_id, call.call));
+            crate::failpoint::hit("AfterEffectBeforeRecord");
+            if let Err(error) = engine.handle(call.run_id, Input::ActionFinished { call: call.call, result }).await {
+                tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
+            }
+        });
+    }
+
+    /// Where a step's log lives: `<data>/runs/<run>/logs/<step>.log` (`<step>.undo.log`).
+    pub fn log_path(&self, run_id: Uuid, step: &str, undo: bool) -> PathBuf {
+        let name = if undo { format!("{step}.undo.log") } else { format!("{step}.log") };
+        self.inner.data_dir.join("runs").join(run_id.to_string()).join("logs").join(name)
+    }
+
+    fn call_dir(&self, run_id: Uuid, call: u32) -> PathBuf {
+        self.inner.data_dir.join("runs").join(run_id.to_string()).join("calls").join(call.to_string())
+    }
+
+    /// A run's current state (or its corruption).
+    pub async fn get(&self, run_id: Uuid) -> Result<Slot, Error> {
+        let slot = self.slot(run_id).ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
+        let guard = slot.lock().await;
+        Ok(guard.clone())
+    }
+
+    /// Every run, newest first.
+    pub async fn list(&self) -> Vec<(Uuid, Slot)> {
+        let mut all = Vec::new();
+        for (id, slot) in self.slots().into_iter().rev() {
+            all.push((id, slot.lock().await.clone()));
+        }
+        all
+    }
+
+    pub fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
+        Ok(self.inner.writer.store().events(run_id)?)
+    }
+
+    pub(crate) fn timer_wake(&self) -> &Notify {
+        &self.inner.timer_wake
+    }
+}
+
+/// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
+fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
+    let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
+    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, now.timestamp_subsec_nanos()))
+}

@@ -1,0 +1,82 @@
+//! The durable timer service.
+//!
+//! Deadlines live in the store's timer index as absolute UTC instants. The service sleeps until
+//! the earliest one, but never longer than a minute, because tokio sleeps on a monotonic clock
+//! that stops while the host is suspended; then it fires everything due by the wall clock. At
+//! start-up everything overdue fires at once, and each run journals how late its timer fired.
+//! Firing is at-least-once: the state machine ignores a timer that is no longer armed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Error};
+use crate::machine::Input;
+use crate::store::TimerKey;
+
+/// How many timers fire concurrently (their commits share syncs).
+const FIRING_CONCURRENCY: usize = 256;
+/// The longest the service sleeps without re-reading the wall clock.
+const MAX_SLEEP: Duration = Duration::from_secs(60);
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(FIRING_CONCURRENCY));
+    loop {
+        let now_ms = u64::try_from(engine.clock().now().timestamp_millis()).unwrap_or(0);
+        let due = match engine.writer().store().due_timers(now_ms, 4096) {
+            Ok(due) => due,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the timer index");
+                Vec::new()
+            }
+        };
+        if !due.is_empty() {
+            let mut firing = JoinSet::new();
+            for key in due {
+                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let engine = engine.clone();
+                firing.spawn(async move {
+                    fire(&engine, key).await;
+                    drop(permit);
+                });
+            }
+            while firing.join_next().await.is_some() {}
+            continue;
+        }
+        let sleep_for = match engine.writer().store().next_timer() {
+            Ok(Some(next)) => Duration::from_millis(next.fire_at_ms.saturating_sub(now_ms)).min(MAX_SLEEP),
+            _ => MAX_SLEEP,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep_for) => {}
+            _ = engine.timer_wake().notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn fire(engine: &Engine, key: TimerKey) {
+    crate::failpoint::hit("TimerFire");
+    let still_armed = match engine.handle(key.run_id, Input::TimerFired { timer: key.timer }).await {
+        Ok(state) => state.timers.iter().any(|timer| timer.timer == key.timer),
+        Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => {
+            tracing::warn!(run = %key.run_id, timer = key.timer, "dropping a timer of a run that is gone or corrupt");
+            false
+        }
+        Err(error) => {
+            tracing::error!(run = %key.run_id, %error, "cannot fire a timer; will try again");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    };
+    if !still_armed {
+        // Already fired or canceled in the journal: only the index entry is left, if anything.
+        if let Err(error) = engine.writer().store().remove_timer(&key) {
+            tracing::error!(%error, "cannot drop a stale timer entry");
+        }
+    }
+}

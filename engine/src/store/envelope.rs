@@ -1,0 +1,74 @@
+//! The envelope every stored value lives in: `magic, format, crc32, payload`.
+//!
+//! ```text
+//! byte 0      b'R'
+//! bytes 1..3  format version, u16 big-endian
+//! bytes 3..7  crc32 of the payload, big-endian
+//! bytes 7..   payload (JSON)
+//! ```
+//!
+//! A value whose magic, checksum or format does not fit is an error naming the key, never a
+//! panic; a format newer than this build is refused rather than misread.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::Error;
+
+/// The record format this build writes. Bump it, and keep a fixture store of the old format
+/// under `tests/fixtures`, whenever a stored type changes incompatibly.
+pub const FORMAT: u16 = 1;
+const MAGIC: u8 = b'R';
+const HEADER: usize = 7;
+
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    let payload = serde_json::to_vec(value).map_err(|error| Error::Io(format!("cannot encode a record: {error}")))?;
+    let mut bytes = Vec::with_capacity(HEADER + payload.len());
+    bytes.push(MAGIC);
+    bytes.extend_from_slice(&FORMAT.to_be_bytes());
+    bytes.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+    bytes.extend_from_slice(&payload);
+    Ok(bytes)
+}
+
+/// Checks the envelope and returns its payload.
+pub fn open<'a>(key: &dyn Fn() -> String, bytes: &'a [u8]) -> Result<&'a [u8], Error> {
+    if bytes.len() < HEADER || bytes[0] != MAGIC {
+        return Err(Error::Corrupt { key: key(), reason: "not a runbook record (bad magic or too short)".to_owned() });
+    }
+    let format = u16::from_be_bytes([bytes[1], bytes[2]]);
+    if format > FORMAT {
+        return Err(Error::FormatTooNew { found: u32::from(format), supported: u32::from(FORMAT) });
+    }
+    let checksum = u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]);
+    let payload = &bytes[HEADER..];
+    if crc32fast::hash(payload) != checksum {
+        return Err(Error::Corrupt { key: key(), reason: "checksum mismatch".to_owned() });
+    }
+    Ok(payload)
+}
+
+pub fn decode<T: DeserializeOwned>(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<T, Error> {
+    let payload = open(key, bytes)?;
+    serde_json::from_slice(payload).map_err(|error| Error::Corrupt { key: key(), reason: format!("undecodable payload: {error}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_detects_damage() {
+        let key = || "runs/x".to_owned();
+        let bytes = encode(&vec![1, 2, 3]).unwrap();
+        assert_eq!(decode::<Vec<i32>>(&key, &bytes).unwrap(), vec![1, 2, 3]);
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x40;
+        assert!(matches!(decode::<Vec<i32>>(&key, &flipped), Err(Error::Corrupt { .. })));
+        let mut newer = bytes;
+        newer[2] = 99;
+        assert!(matches!(decode::<Vec<i32>>(&key, &newer), Err(Error::FormatTooNew { found: 99, .. })));
+        assert!(matches!(decode::<Vec<i32>>(&key, b"xy"), Err(Error::Corrupt { .. })));
+    }
+}

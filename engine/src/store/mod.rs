@@ -1,0 +1,216 @@
+//! The journal: runs, their events, the timer index and the lock table, behind [`Store`].
+//!
+//! [`SledStore`] is the embedded default and [`MemoryStore`] serves tests; no sled type crosses
+//! the trait. [`Writer`] owns the store's write path and batches concurrent commits into one
+//! durable sync (group commit).
+//!
+//! # Contract
+//!
+//! - [`Store::apply`] makes one [`Commit`] visible atomically: all of its events, the snapshot,
+//!   the timer index changes and the lock changes, or none of them.
+//! - After [`Store::sync`] returns, everything applied before it survives a process crash *and*
+//!   a power cut.
+//! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
+
+mod envelope;
+mod memory;
+mod sled;
+mod writer;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+pub use self::memory::MemoryStore;
+pub use self::sled::SledStore;
+pub use envelope::FORMAT;
+pub use writer::Writer;
+use crate::machine::{Event, EventKind, RunState};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("store i/o error: {0}")]
+    Io(String),
+    #[error("the disk holding the store is full: {0}")]
+    Full(String),
+    #[error("corrupt record {key}: {reason}")]
+    Corrupt { key: String, reason: String },
+    #[error("the store has format {found}, newer than this build understands ({supported}): use a newer runbook binary")]
+    FormatTooNew { found: u32, supported: u32 },
+    #[error("run {run_id}: journal conflict (expected last event {expected}, found {found})")]
+    Conflict { run_id: Uuid, expected: u64, found: u64 },
+    #[error("resource {resource:?} is held by run {holder}")]
+    LockHeld { resource: String, holder: Uuid },
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// A timer index entry. Ordering contract: the encoded bytes sort exactly as
+/// `(fire_at_ms, run_id, timer)`, so a range scan from the start yields timers in firing order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerKey {
+    /// Milliseconds since the Unix epoch (instants before it are clamped to 0).
+    pub fire_at_ms: u64,
+    pub run_id: Uuid,
+    /// The seq of the `TimerArmed` event.
+    pub timer: u64,
+}
+
+impl TimerKey {
+    pub const LEN: usize = 8 + 16 + 8;
+
+    pub fn new(fire_at: DateTime<Utc>, run_id: Uuid, timer: u64) -> TimerKey {
+        TimerKey { fire_at_ms: u64::try_from(fire_at.timestamp_millis()).unwrap_or(0), run_id, timer }
+    }
+
+    pub fn fire_at(&self) -> DateTime<Utc> {
+        DateTime::from_timestamp_millis(i64::try_from(self.fire_at_ms).unwrap_or(i64::MAX)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+    }
+
+    pub fn encode(&self) -> [u8; Self::LEN] {
+        let mut bytes = [0u8; Self::LEN];
+        bytes[..8].copy_from_slice(&self.fire_at_ms.to_be_bytes());
+        bytes[8..24].copy_from_slice(self.run_id.as_bytes());
+        bytes[24..].copy_from_slice(&self.timer.to_be_bytes());
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<TimerKey> {
+        if bytes.len() != Self::LEN {
+            return None;
+        }
+        Some(TimerKey {
+            fire_at_ms: u64::from_be_bytes(bytes[..8].try_into().ok()?),
+            run_id: Uuid::from_slice(&bytes[8..24]).ok()?,
+            timer: u64::from_be_bytes(bytes[24..].try_into().ok()?),
+        })
+    }
+}
+
+/// One transition of one run, encoded, ready to apply atomically.
+#[derive(Debug, Clone)]
+pub struct Commit {
+    pub run_id: Uuid,
+    /// The seq of the last event already stored for the run (0 for a new run).
+    pub expected_seq: u64,
+    /// `(seq, envelope)` of each new event.
+    pub events: Vec<(u64, Vec<u8>)>,
+    /// The run's snapshot after the events.
+    pub snapshot: Vec<u8>,
+    pub timers_add: Vec<TimerKey>,
+    pub timers_remove: Vec<TimerKey>,
+    pub locks_acquire: Vec<String>,
+    pub locks_release: Vec<String>,
+}
+
+impl Commit {
+    /// Encodes a decision's events and the resulting state, deriving the timer index and lock
+    /// changes from the events themselves.
+    pub fn new(expected_seq: u64, events: &[Event], snapshot: &RunState) -> Result<Commit, Error> {
+        let run_id = snapshot.id;
+        let mut commit = Commit {
+            run_id,
+            expected_seq,
+            events: Vec::with_capacity(events.len()),
+            snapshot: envelope::encode(snapshot)?,
+            timers_add: Vec::new(),
+            timers_remove: Vec::new(),
+            locks_acquire: Vec::new(),
+            locks_release: Vec::new(),
+        };
+        for event in events {
+            commit.events.push((event.seq, envelope::encode(event)?));
+            match &event.kind {
+                EventKind::TimerArmed { timer, fire_at, .. } => commit.timers_add.push(TimerKey::new(*fire_at, run_id, *timer)),
+                EventKind::TimerFired { timer, fire_at, .. } | EventKind::TimerCanceled { timer, fire_at } => {
+                    let key = TimerKey::new(*fire_at, run_id, *timer);
+                    match commit.timers_add.iter().position(|added| *added == key) {
+                        Some(index) => {
+                            commit.timers_add.remove(index);
+                        }
+                        None => commit.timers_remove.push(key),
+                    }
+                }
+                EventKind::RunCreated { locks, .. } => commit.locks_acquire.extend(locks.iter().cloned()),
+                EventKind::RollbackStarted { .. } if !snapshot.locks.is_empty() => {
+                    // A finished run that is reopened for rollback takes its locks again.
+                    commit.locks_acquire.extend(snapshot.locks.iter().cloned());
+                }
+                EventKind::RunFinished { .. } => {
+                    commit.locks_acquire.clear();
+                    commit.locks_release.extend(snapshot.locks.iter().cloned());
+                }
+                _ => {}
+            }
+        }
+        Ok(commit)
+    }
+}
+
+/// A run read back at start-up: its state, or why it could not be read.
+pub type LoadedRun = Result<RunState, (Uuid, Error)>;
+
+/// The journal, in domain terms.
+pub trait Store: Send + Sync + 'static {
+    /// Applies one commit atomically (not yet durable: see [`Store::sync`]). Fails with
+    /// [`Error::Conflict`] when the run's last stored seq is not `expected_seq`, and with
+    /// [`Error::LockHeld`] when another run holds a resource to acquire.
+    fn apply(&self, commit: &Commit) -> Result<(), Error>;
+
+    /// Makes everything applied so far durable, power-safe.
+    fn sync(&self) -> Result<(), Error>;
+
+    /// Every run's latest snapshot (with its pinned definition), or the error that kept it
+    /// from being read. One bad run never hides the others.
+    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error>;
+
+    /// One run's latest snapshot.
+    fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error>;
+
+    /// One run's journal, in order.
+    fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error>;
+
+    /// The earliest timer, if any.
+    fn next_timer(&self) -> Result<Option<TimerKey>, Error>;
+
+    /// Timers due at or before `until_ms`, earliest first, at most `limit`.
+    fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error>;
+
+    /// Drops a timer entry no run claims (left by a run that could not be read, for example).
+    fn remove_timer(&self, key: &TimerKey) -> Result<(), Error>;
+
+    /// The run holding `resource`, if any.
+    fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error>;
+
+    /// Reads every record and reports each one that does not verify.
+    fn verify(&self) -> Result<Vec<String>, Error>;
+}
+
+/// Rebuilds a run's state from its snapshot payload and the first event (which pins the
+/// definition).
+pub(crate) fn restore(run_id: Uuid, snapshot: &[u8], first_event: Option<&[u8]>) -> Result<RunState, Error> {
+    let key = || format!("runs/{run_id}");
+    let mut state: RunState = envelope::decode(&key, snapshot)?;
+    let event_key = || format!("events/{run_id}/1");
+    let first = first_event.ok_or_else(|| Error::Corrupt { key: event_key(), reason: "missing RunCreated event".to_owned() })?;
+    match envelope::decode::<Event>(&event_key, first)?.kind {
+        EventKind::RunCreated { definition, .. } => state.definition = std::sync::Arc::new(definition),
+        _ => return Err(Error::Corrupt { key: event_key(), reason: "the first event is not RunCreated".to_owned() }),
+    }
+    Ok(state)
+}
+
+pub(crate) fn decode_event(run_id: Uuid, seq: u64, bytes: &[u8]) -> Result<Event, Error> {
+    envelope::decode(&|| format!("events/{run_id}/{seq}"), bytes)
+}
+
+pub(crate) fn check_envelope(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<(), Error> {
+    envelope::open(key, bytes).map(|_| ())
+}
+
+pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    envelope::encode(value)
+}
+
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<T, Error> {
+    envelope::decode(key, bytes)
+}

@@ -1,0 +1,35 @@
+//! `runbook-runbooks`: the built-in runbook catalogue and the domain actions.
+//!
+//! The catalogue is the TOML files in `runbooks/catalog/`, embedded into the binary; domain
+//! actions are registered into the engine's [`Registry`]. This crate knows nothing of HTTP or
+//! terminals.
+
+use runbook_engine::action::Registry;
+use runbook_engine::catalog::Source;
+
+/// The embedded catalogue, as `(file name, text)`.
+const CATALOG: &[(&str, &str)] = &[("demo.toml", include_str!("../catalog/demo.toml"))];
+
+/// The built-in runbooks.
+pub fn builtin() -> Vec<Source> {
+    CATALOG.iter().map(|(file, text)| Source { file: format!("builtin:{file}"), text: (*text).to_owned() }).collect()
+}
+
+/// Every action a daemon offers: the engine's core ones and the domain ones.
+pub fn actions() -> Registry {
+    Registry::new()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_runbook_validates() {
+        let actions = actions();
+        for source in builtin() {
+            let definition = runbook_engine::definition::parse(&source.file, &source.text).unwrap_or_else(|error| panic!("{error}"));
+            runbook_engine::definition::validate(&definition, &|name| actions.contains(name)).unwrap_or_else(|error| panic!("{error}"));
+        }
+    }
+}
