@@ -1,0 +1,23 @@
+//! `runbook cancel <run> [--comment C]`: cancel a run: running steps are stopped and the run ends
+//! `canceled` (no undo; see `rollback`).
+
+use anyhow::Result;
+
+use super::{comment_body, operator_action, run_label, run_path, Context};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run id, or any unique prefix of it
+    pub run: String,
+    /// Why: journaled with the action
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let path = format!("{}/cancel", run_path(&args.run));
+    operator_action(ctx, &path, comment_body(args.comment), |run| {
+        format!("asked to cancel {}", run_label(run))
+    })
+    .await
+}

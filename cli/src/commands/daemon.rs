@@ -1,0 +1,67 @@
+//! `runbook daemon [--runbooks-dir DIR] [--log-format text|json]`: host the engine. Sets up
+//! logging (`RUNBOOK_LOG`, default `info`, to stderr), hands the engine its config (the built-in
+//! catalogue and the domain actions of `runbook_runbooks`) and a shutdown future that resolves
+//! on SIGTERM or SIGINT, and runs until the engine has drained.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context as _, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tracing_subscriber::EnvFilter;
+
+use super::Context;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A directory of user runbook files (`*.toml`), in addition to the built-in ones
+    #[arg(long, value_name = "DIR")]
+    pub runbooks_dir: Option<PathBuf>,
+    /// The format of the daemon's log on stderr
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    init_logging(args.log_format)?;
+
+    // Register the handlers before the engine starts, so a signal sent while it recovers is
+    // not lost (and does not kill the process with the default action).
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+    };
+
+    let config = runbook_engine::daemon::Config {
+        data_dir: ctx.data_dir.clone(),
+        runbooks_dir: args.runbooks_dir,
+        builtin: runbook_runbooks::builtin(),
+        actions: runbook_runbooks::actions(),
+    };
+    runbook_engine::daemon::run(config, shutdown)
+        .await
+        .map_err(|err| anyhow!("{err}"))
+}
+
+fn init_logging(format: LogFormat) -> Result<()> {
+    let filter = EnvFilter::try_from_env("RUNBOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+    installed.map_err(|err| anyhow!("cannot set up logging: {err}"))
+}

@@ -1,0 +1,283 @@
+//! `runbook show <run>`: everything about one run: a header (id, runbook, state and why, what
+//! needs the operator's attention, params, locks, who started it, when), the step table (state,
+//! attempts, start, duration, and a note: the error, a countdown, lateness, who approved), and
+//! the audit list of operator actions.
+//!
+//! [`render_run`] and [`step_note`] are shared with `watch` and `demo`.
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use super::{run_path, Context};
+use crate::render;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run id, or any unique prefix of it
+    pub run: String,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let run = ctx.client.get(&run_path(&args.run)).await?;
+    if ctx.json {
+        return render::print_json(&run);
+    }
+    render::print(&render_run(&run, render::now()))
+}
+
+/// The states in which a run is over and will not change again.
+pub fn is_finished(state: &str) -> bool {
+    matches!(state, "succeeded" | "failed" | "canceled" | "rolled_back")
+}
+
+/// The whole run as text: header, step table, audit.
+pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
+    let id = render::text(&run["id"]);
+    let mut out = String::new();
+    let mut field = |label: &str, value: String| {
+        for (index, line) in value.lines().enumerate() {
+            let label = if index == 0 { label } else { "" };
+            out.push_str(&format!("{label:<10}{line}\n"));
+        }
+    };
+    field("run", id.clone());
+    field(
+        "runbook",
+        format!(
+            "{} v{}",
+            render::text(&run["runbook"]),
+            render::text(&run["version"])
+        ),
+    );
+    field("state", state_text(run));
+    if let Some(attention) = attention_text(run) {
+        field("attention", attention);
+    }
+    if let Some(error) = render::error_text(&run["error"]) {
+        field("error", error);
+    }
+    if let Some(params) = run["params"].as_object().filter(|params| !params.is_empty()) {
+        let lines: Vec<String> = params
+            .iter()
+            .map(|(key, value)| format!("{key} = {}", render::compact(value)))
+            .collect();
+        field("params", lines.join("\n"));
+    }
+    if let Some(locks) = run["locks"].as_array().filter(|locks| !locks.is_empty()) {
+        let locks: Vec<String> = locks.iter().map(render::text).collect();
+        field("locks", locks.join(", "));
+    }
+    let created = render::time(&run["created_at"]);
+    if let Some(created) = created {
+        field(
+            "created",
+            format!(
+                "{} by {} ({})",
+                render::timestamp(created),
+                actor(&run["started_by"]),
+                render::relative(created, now)
+            ),
+        );
+    }
+    if let Some(finished) = render::time(&run["finished_at"]) {
+        let took = created
+            .map(|created| format!(" (took {})", render::duration(finished - created)))
+            .unwrap_or_default();
+        field("finished", format!("{}{took}", render::timestamp(finished)));
+    } else if let Some(wakeup) = render::time(&run["next_wakeup"]) {
+        field(
+            "wakes up",
+            format!(
+                "{} ({}, step {})",
+                render::timestamp(wakeup),
+                render::relative(wakeup, now),
+                render::text(&run["current_step"])
+            ),
+        );
+    }
+
+    let steps = run["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let rows: Vec<Vec<String>> = steps.iter().map(|step| step_row(step, now)).collect();
+    out.push('\n');
+    out.push_str(&render::table(
+        &["STEP", "STATE", "ATTEMPTS", "STARTED", "DURATION", "NOTE"],
+        &rows,
+    ));
+
+    let audit = run["audit"].as_array().map(Vec::as_slice).unwrap_or_default();
+    if !audit.is_empty() {
+        out.push_str("\naudit:\n");
+        let rows: Vec<Vec<String>> = audit.iter().map(audit_row).collect();
+        for line in render::table(&["SEQ", "AT", "BY", "ACTION", "STEP", "COMMENT"], &rows).lines()
+        {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+/// `needs_attention (interrupted), paused`.
+fn state_text(run: &Value) -> String {
+    let mut state = render::text(&run["state"]);
+    if let Some(reason) = run["reason"].as_str().filter(|reason| !reason.is_empty()) {
+        state.push_str(&format!(" ({reason})"));
+    }
+    if run["paused"].as_bool() == Some(true) && run["state"].as_str() != Some("paused") {
+        state.push_str(", paused");
+    }
+    state
+}
+
+/// What the operator must decide, with the commands to do it.
+pub fn attention_text(run: &Value) -> Option<String> {
+    let attention = &run["attention"];
+    if !attention.is_object() {
+        return None;
+    }
+    let id = render::text(&run["id"]);
+    let message = render::text(&attention["message"]);
+    match attention["step"].as_str() {
+        Some(step) => Some(format!(
+            "{step}: {message}\ndecide with: runbook retry|skip|cancel {id} {step}"
+        )),
+        None => Some(format!("{message}\ndecide with: runbook resume|cancel {id}")),
+    }
+}
+
+fn step_row(step: &Value, now: DateTime<Utc>) -> Vec<String> {
+    let started = render::time(&step["started_at"]);
+    let duration = match (started, render::time(&step["finished_at"])) {
+        (Some(started), Some(finished)) => render::duration(finished - started),
+        (Some(started), None) => render::duration(now - started),
+        _ => String::new(),
+    };
+    let attempts = match step["attempts"].as_u64() {
+        Some(0) | None => String::new(),
+        Some(attempts) => attempts.to_string(),
+    };
+    vec![
+        render::text(&step["id"]),
+        render::text(&step["state"]),
+        attempts,
+        started.map(render::short_timestamp).unwrap_or_default(),
+        duration,
+        step_note(step, now),
+    ]
+}
+
+/// The note of a step: its error, what it waits for (with a countdown), how late its timer
+/// fired, who approved it, and the state of its undo.
+pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
+    let mut notes = Vec::new();
+    if let Some(error) = render::error_text(&step["error"]) {
+        notes.push(error);
+    }
+    let state = step["state"].as_str().unwrap_or_default();
+    if matches!(state, "waiting" | "running") {
+        let countdown = render::time(&step["fire_at"]).map(|at| {
+            if at > now {
+                format!("in {}", render::duration(at - now))
+            } else {
+                "now".to_string()
+            }
+        });
+        match (step["waiting_for"].as_str(), countdown) {
+            (Some("approval"), _) => notes.push("waiting for approval".to_string()),
+            (Some("poll"), Some(countdown)) => notes.push(format!("next poll {countdown}")),
+            (Some("retry"), Some(countdown)) => notes.push(format!("retry {countdown}")),
+            (_, Some(countdown)) => notes.push(format!("fires {countdown}")),
+            _ => {}
+        }
+    }
+    if let Some(late_ms) = step["late_by_ms"].as_i64() {
+        notes.push(format!("fired {} late", render::duration_ms(late_ms)));
+    }
+    let approval = &step["approval"];
+    if approval.is_object() {
+        let mut text = format!("approved by {}", actor(&approval["by"]));
+        if let Some(comment) = approval["comment"].as_str().filter(|c| !c.is_empty()) {
+            text.push_str(&format!(": {comment}"));
+        }
+        notes.push(text);
+    }
+    let undo = &step["undo"];
+    if undo.is_object() {
+        let mut text = format!("undo {}", render::text(&undo["state"]));
+        if let Some(error) = render::error_text(&undo["error"]) {
+            text.push_str(&format!(": {error}"));
+        }
+        notes.push(text);
+    }
+    notes.join("; ")
+}
+
+fn audit_row(entry: &Value) -> Vec<String> {
+    vec![
+        render::text(&entry["seq"]),
+        render::time(&entry["at"])
+            .map(render::timestamp)
+            .unwrap_or_default(),
+        actor(&entry["actor"]),
+        render::text(&entry["action"]),
+        entry["step"].as_str().unwrap_or_default().to_string(),
+        entry["comment"].as_str().unwrap_or_default().to_string(),
+    ]
+}
+
+/// `uid 1000` for an actor `{"uid": 1000}`; the daemon itself when there is none.
+pub fn actor(actor: &Value) -> String {
+    match actor["uid"].as_u64() {
+        Some(uid) => format!("uid {uid}"),
+        None if actor.is_null() => "the daemon".to_string(),
+        None => render::text(actor),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeDelta;
+    use serde_json::json;
+
+    fn now() -> DateTime<Utc> {
+        render::time(&json!("2026-01-01T12:00:00Z")).unwrap_or_default()
+    }
+
+    #[test]
+    fn notes_for_each_kind_of_step() {
+        let now = now();
+        let check = |step: Value, expect: &str| assert_eq!(step_note(&step, now), expect);
+        let in_2m3s = (now + TimeDelta::seconds(123)).to_rfc3339();
+        check(
+            json!({"state": "waiting", "waiting_for": "timer", "fire_at": in_2m3s}),
+            "fires in 2m3s",
+        );
+        check(
+            json!({"state": "succeeded", "fire_at": in_2m3s, "late_by_ms": 3100}),
+            "fired 3.1s late",
+        );
+        check(
+            json!({"state": "waiting", "waiting_for": "approval"}),
+            "waiting for approval",
+        );
+        check(
+            json!({"state": "succeeded", "approval": {"by": {"uid": 1000}, "comment": "ok"}}),
+            "approved by uid 1000: ok",
+        );
+        check(
+            json!({"state": "failed", "error": "exit status 1", "undo": {"state": "succeeded"}}),
+            "exit status 1; undo succeeded",
+        );
+    }
+
+    #[test]
+    fn attention_names_the_commands() {
+        let run = json!({"id": "0193", "attention": {"reason": "interrupted", "step": "build",
+                          "message": "outcome unknown"}});
+        assert_eq!(
+            attention_text(&run).as_deref(),
+            Some("build: outcome unknown\ndecide with: runbook retry|skip|cancel 0193 build")
+        );
+    }
+}

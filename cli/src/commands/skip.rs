@@ -1,0 +1,32 @@
+//! `runbook skip <run> <step> [--comment C]`: mark a failed or interrupted step as skipped and go
+//! on with the next one. This is the operator's decision on a step the daemon will not decide on
+//! alone (e.g. "interrupted: outcome unknown").
+
+use anyhow::Result;
+
+use super::{comment_body, operator_action, run_label, run_path, Context};
+use crate::client::segment;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The run id, or any unique prefix of it
+    pub run: String,
+    /// The step id (as shown by `runbook show`, e.g. `brokers[1].restart`)
+    pub step: String,
+    /// Why: journaled with the decision
+    #[arg(long)]
+    pub comment: Option<String>,
+}
+
+pub async fn run(ctx: &Context, args: Args) -> Result<()> {
+    let path = format!(
+        "{}/steps/{}/skip",
+        run_path(&args.run),
+        segment(&args.step)
+    );
+    let step = args.step;
+    operator_action(ctx, &path, comment_body(args.comment), |run| {
+        format!("skipped {step} of {}", run_label(run))
+    })
+    .await
+}

@@ -1,0 +1,98 @@
+//! Exit codes of the `runbook` binary, and how an error maps to one.
+//!
+//! | code | meaning |
+//! |---|---|
+//! | 0 | success |
+//! | 1 | any other error (the daemon's `internal` or `unavailable`, an I/O failure, ...) |
+//! | 2 | usage error: a bad command line (clap's default) |
+//! | 3 | not found: unknown run, runbook or step (`not_found`) |
+//! | 4 | invalid input: a bad definition, param or body (`invalid`), a bad `-p key=value`, a missing or unreadable file |
+//! | 5 | conflict: the request does not fit the run's state, a lock is held, or a run id prefix is ambiguous (`conflict`, `ambiguous`) |
+//! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
+//! | 7 | the watched run ended in a state other than `succeeded` |
+//!
+//! # Contract
+//!
+//! [`code_of`] walks the whole error chain, so wrapping an error in `anyhow::Context` never
+//! changes the exit code it maps to.
+
+use std::fmt;
+
+use crate::client::ApiError;
+
+pub const SUCCESS: u8 = 0;
+pub const OTHER: u8 = 1;
+/// Not returned by [`code_of`]: clap exits with it itself on a bad command line.
+#[allow(dead_code)]
+pub const USAGE: u8 = 2;
+pub const NOT_FOUND: u8 = 3;
+pub const INVALID: u8 = 4;
+pub const CONFLICT: u8 = 5;
+pub const UNREACHABLE: u8 = 6;
+pub const RUN_NOT_SUCCEEDED: u8 = 7;
+
+/// An error raised by the CLI itself (not by the daemon) that carries its own exit code.
+#[derive(Debug)]
+pub struct Error {
+    pub code: u8,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// An invalid-input error (exit code 4): a bad `-p`, an unreadable file, a definition error.
+pub fn invalid(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Error {
+        code: INVALID,
+        message: message.into(),
+    })
+}
+
+/// A watched run that ended in a state other than `succeeded` (exit code 7).
+pub fn run_not_succeeded(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Error {
+        code: RUN_NOT_SUCCEEDED,
+        message: message.into(),
+    })
+}
+
+/// The exit code for `err`: the first error in its chain that knows its code wins.
+pub fn code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(own) = cause.downcast_ref::<Error>() {
+            return own.code;
+        }
+        if let Some(api) = cause.downcast_ref::<ApiError>() {
+            return api_code(api);
+        }
+    }
+    OTHER
+}
+
+fn api_code(err: &ApiError) -> u8 {
+    match err {
+        ApiError::Unreachable { .. } => UNREACHABLE,
+        ApiError::Api { code, .. } => match code.as_str() {
+            "not_found" => NOT_FOUND,
+            "invalid" => INVALID,
+            "conflict" | "ambiguous" => CONFLICT,
+            _ => OTHER,
+        },
+        ApiError::Protocol(_) => OTHER,
+    }
+}
+
+/// True when `err` is a broken pipe on stdout (`runbook logs ... | head`): not worth reporting.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

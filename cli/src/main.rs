@@ -1,0 +1,159 @@
+//! `runbook`: the command-line client of the runbook daemon, and the daemon itself
+//! (`runbook daemon`). Every command but `daemon` and `validate` is a thin client of the
+//! daemon's HTTP/JSON API on `<data-dir>/runbook.sock` (see `docs/api.md`).
+//!
+//! Data goes to stdout (`--json`: the daemon's JSON, pretty); progress, confirmations and
+//! errors go to stderr, errors as `error: <message>`. Exit codes are documented in [`exit`].
+
+mod client;
+mod commands;
+mod exit;
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::client::Client;
+use crate::commands::Context;
+
+/// Durable, resumable operational runbooks: a daemon and its CLI.
+#[derive(Debug, Parser)]
+#[command(name = "runbook", version, about, propagate_version = true)]
+struct Cli {
+    /// The daemon's data dir (store, socket `runbook.sock`, logs) [default:
+    /// $XDG_DATA_HOME/runbook, else $HOME/.local/share/runbook]
+    #[arg(long, env = "RUNBOOK_DATA_DIR", value_name = "DIR", global = true)]
+    data_dir: Option<PathBuf>,
+    /// Machine output: print the daemon's JSON response on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: the store, the timers, the executor and the API on the socket
+    Daemon(commands::daemon::Args),
+    /// Check a runbook file locally (no daemon needed)
+    Validate(commands::validate::Args),
+    /// List the runbooks the daemon knows
+    List(commands::list::Args),
+    /// Show a runbook's params and steps
+    Describe(commands::describe::Args),
+    /// Dry run: the fully rendered steps of a runbook, nothing executed
+    Plan(commands::plan::Args),
+    /// Start a run of a runbook; prints its id
+    Start(commands::start::Args),
+    /// List runs: state, current step, next wake-up
+    Ps(commands::ps::Args),
+    /// Show a run: steps, timings, notes, who did what
+    Show(commands::show::Args),
+    /// Follow a run live until it finishes (exit 7 unless it succeeds)
+    Watch(commands::watch::Args),
+    /// Print the stdout/stderr of a run's steps
+    Logs(commands::logs::Args),
+    /// Pass an approval gate of a run
+    Approve(commands::approve::Args),
+    /// Pause a run (its waits stop counting)
+    Pause(commands::pause::Args),
+    /// Resume a paused run
+    Resume(commands::resume::Args),
+    /// Cancel a run
+    Cancel(commands::cancel::Args),
+    /// Roll a run back: run the undo of its done steps
+    Rollback(commands::rollback::Args),
+    /// Run a failed or interrupted step again
+    Retry(commands::retry::Args),
+    /// Skip a failed or interrupted step and go on
+    Skip(commands::skip::Args),
+    /// Start a daemon if needed and run the built-in `demo` runbook end to end
+    Demo(commands::demo::Args),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::from(exit::SUCCESS),
+        // `runbook logs ... | head`: the reader is gone, which is not an error worth a word.
+        Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::SUCCESS),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::code_of(&err))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let data_dir = match cli.data_dir {
+        Some(data_dir) => data_dir,
+        None => default_data_dir()?,
+    };
+    let ctx = Context {
+        client: Client::new(data_dir.join("runbook.sock")),
+        data_dir,
+        json: cli.json,
+    };
+    match cli.command {
+        Command::Daemon(args) => commands::daemon::run(&ctx, args).await,
+        Command::Validate(args) => commands::validate::run(&ctx, args).await,
+        Command::List(args) => commands::list::run(&ctx, args).await,
+        Command::Describe(args) => commands::describe::run(&ctx, args).await,
+        Command::Plan(args) => commands::plan::run(&ctx, args).await,
+        Command::Start(args) => commands::start::run(&ctx, args).await,
+        Command::Ps(args) => commands::ps::run(&ctx, args).await,
+        Command::Show(args) => commands::show::run(&ctx, args).await,
+        Command::Watch(args) => commands::watch::run(&ctx, args).await,
+        Command::Logs(args) => commands::logs::run(&ctx, args).await,
+        Command::Approve(args) => commands::approve::run(&ctx, args).await,
+        Command::Pause(args) => commands::pause::run(&ctx, args).await,
+        Command::Resume(args) => commands::resume::run(&ctx, args).await,
+        Command::Cancel(args) => commands::cancel::run(&ctx, args).await,
+        Command::Rollback(args) => commands::rollback::run(&ctx, args).await,
+        Command::Retry(args) => commands::retry::run(&ctx, args).await,
+        Command::Skip(args) => commands::skip::run(&ctx, args).await,
+        Command::Demo(args) => commands::demo::run(&ctx, args).await,
+    }
+}
+
+/// `$XDG_DATA_HOME/runbook`, else `$HOME/.local/share/runbook` (relative values are ignored,
+/// as the XDG spec asks).
+fn default_data_dir() -> Result<PathBuf> {
+    let absolute = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    if let Some(xdg) = absolute("XDG_DATA_HOME") {
+        return Ok(xdg.join("runbook"));
+    }
+    if let Some(home) = absolute("HOME") {
+        return Ok(home.join(".local/share/runbook"));
+    }
+    bail!("no data dir: pass --data-dir DIR or set RUNBOOK_DATA_DIR (neither XDG_DATA_HOME nor HOME is set)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_options_go_after_the_verb() {
+        let cli = Cli::try_parse_from(["runbook", "ps", "--json", "--data-dir", "/tmp/x"]);
+        let cli = cli.map_err(|err| err.to_string());
+        assert!(matches!(
+            cli,
+            Ok(Cli { json: true, data_dir: Some(_), command: Command::Ps(_) })
+        ));
+    }
+}

@@ -1,0 +1,1546 @@
+//! Tests of the pure run state machine (`engine::machine`) through a small deterministic driver.
+//!
+//! The driver plays the part of the runtime: it journals each decision's events, keeps the action
+//! calls in flight, fires durable timers from a manual clock, and simulates a daemon crash and
+//! restart (replay the journal, forget the calls in flight, report them `Interrupted`, exactly as
+//! `runtime::Engine::recover` does). Every decision is checked against a simple model (see
+//! [`Model`]), so the snapshot tests and the property test share the same invariants.
+//!
+//! - Snapshot tests: canonical runs written as a tiny script, snapshotted as a transcript of the
+//!   operations, the events they journaled and the effects they asked for. The run id and the
+//!   clock start are fixed and times are printed relative to the start, so nothing is redacted.
+//! - A property test: random definitions from a small space, random operations (including
+//!   `Restart`), then a settle phase that must bring every run to an end.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use chrono::{DateTime, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use runbook_engine::definition::{self, Definition, OnFailure};
+use runbook_engine::machine::{
+    self, evolve, ActionFailure, Actor, Call, Decision, Effect, Event, EventKind, Input, Rejection,
+    RunState, RunStatus, StepStatus, WaitingFor,
+};
+
+// ----- the driver ------------------------------------------------------------------------------
+
+fn operator() -> Actor {
+    Actor::uid(1000)
+}
+
+fn clock_start() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).unwrap()
+}
+
+fn ms(duration: chrono::Duration) -> i64 {
+    duration.num_milliseconds()
+}
+
+/// A run, its journal, its calls in flight and a manual clock.
+struct Driver {
+    run_id: Uuid,
+    start: DateTime<Utc>,
+    now: DateTime<Utc>,
+    state: RunState,
+    journal: Vec<Event>,
+    /// Calls started and not yet finished, aborted or lost in a restart.
+    pending: Vec<Call>,
+    /// Calls the machine asked to abort: they still report (and the report must change nothing).
+    aborted: Vec<Call>,
+    /// Every operation, event and effect, for snapshots and failure messages.
+    transcript: Vec<String>,
+    model: Model,
+}
+
+impl Driver {
+    fn new(toml: &str) -> Driver {
+        let definition = definition::parse("test.toml", toml)
+            .unwrap_or_else(|error| panic!("bad test definition: {error}\n{toml}"));
+        definition::validate(&definition, &|_| false)
+            .unwrap_or_else(|error| panic!("bad test definition: {error}\n{toml}"));
+        let run_id = Uuid::from_u128(1);
+        let start = clock_start();
+        let mut driver = Driver {
+            run_id,
+            start,
+            now: start,
+            state: RunState::empty(run_id),
+            journal: Vec::new(),
+            pending: Vec::new(),
+            aborted: Vec::new(),
+            transcript: Vec::new(),
+            model: Model::default(),
+        };
+        driver.log("> create".to_owned());
+        let before = driver.state.clone();
+        let (next, decision) = machine::create(
+            run_id,
+            Arc::new(definition),
+            serde_json::Map::new(),
+            Vec::new(),
+            operator(),
+            None,
+            start,
+        );
+        driver.commit(None, &before, next, decision);
+        driver
+    }
+
+    fn log(&mut self, line: String) {
+        self.transcript.push(line);
+    }
+
+    fn relative(&self, at: DateTime<Utc>) -> String {
+        let offset = ms(at - self.start);
+        if offset % 1000 == 0 {
+            format!("+{}s", offset / 1000)
+        } else {
+            format!("+{offset}ms")
+        }
+    }
+
+    /// Fails the test with the end of the transcript, which shows how the run got there.
+    fn violation(&self, message: &str) -> ! {
+        let tail = self.transcript.len().saturating_sub(60);
+        panic!(
+            "invariant violated: {message}\n--- transcript (last lines) ---\n{}",
+            self.transcript[tail..].join("\n")
+        );
+    }
+
+    /// Decides `input` at the current time and, unless it is rejected, commits the decision.
+    fn feed(&mut self, input: Input) -> Result<(), Rejection> {
+        let before = self.state.clone();
+        let now = self.now;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            machine::decide(&before, input.clone(), now)
+        }));
+        match outcome {
+            Err(_) => self.violation(&format!("decide panicked on {input:?}")),
+            Ok(Err(rejection)) => {
+                self.log(format!("  ! rejected: {rejection}"));
+                Err(rejection)
+            }
+            Ok(Ok((next, decision))) => {
+                self.commit(Some(&input), &before, next, decision);
+                Ok(())
+            }
+        }
+    }
+
+    fn commit(
+        &mut self,
+        input: Option<&Input>,
+        before: &RunState,
+        next: RunState,
+        decision: Decision,
+    ) {
+        for event in &decision.events {
+            let line = self.render_event(event);
+            self.log(line);
+        }
+        for effect in &decision.effects {
+            let line = match effect {
+                Effect::Call(call) => format!(
+                    "  -> call #{} {}{} attempt={} {} {}",
+                    call.call,
+                    if call.undo { "undo " } else { "" },
+                    call.step,
+                    call.attempt,
+                    call.action,
+                    call.input
+                ),
+                Effect::Abort { call } => format!("  -> abort #{call}"),
+            };
+            self.log(line);
+        }
+        if let Err(message) = self
+            .model
+            .check_decision(input, before, &next, &decision, self.now)
+        {
+            self.violation(&message);
+        }
+        self.journal.extend(decision.events.iter().cloned());
+        for effect in decision.effects {
+            match effect {
+                Effect::Call(call) => self.pending.push(call),
+                Effect::Abort { call } => {
+                    match self.pending.iter().position(|pending| pending.call == call) {
+                        Some(index) => {
+                            let aborted = self.pending.remove(index);
+                            self.aborted.push(aborted);
+                        }
+                        None => self
+                            .violation(&format!("abort of call #{call}, which is not in flight")),
+                    }
+                }
+            }
+        }
+        self.state = next;
+        if let Err(message) = self.check_state() {
+            self.violation(&message);
+        }
+    }
+
+    /// Invariants of the run as a whole, after every decision.
+    fn check_state(&self) -> Result<(), String> {
+        for (index, event) in self.journal.iter().enumerate() {
+            if event.seq != index as u64 + 1 {
+                return Err(format!(
+                    "journal seqs are not 1..n: position {index} holds seq {}",
+                    event.seq
+                ));
+            }
+        }
+        if self.state.last_seq != self.journal.len() as u64 {
+            return Err(format!(
+                "state.last_seq {} but the journal has {} events",
+                self.state.last_seq,
+                self.journal.len()
+            ));
+        }
+        let replayed = RunState::replay(self.run_id, &self.journal);
+        let (replayed_json, state_json) = (to_json(&replayed), to_json(&self.state));
+        if replayed_json != state_json {
+            return Err(format!("replaying the journal does not give the state:\nreplayed: {replayed_json}\nstate:    {state_json}"));
+        }
+        if replayed.definition != self.state.definition {
+            return Err("replaying the journal does not give the pinned definition".to_owned());
+        }
+        let in_state: BTreeSet<u32> = calls_in_state(&self.state).into_iter().collect();
+        let in_flight: BTreeSet<u32> = self.pending.iter().map(|call| call.call).collect();
+        if in_state != in_flight {
+            return Err(format!(
+                "calls in the state {in_state:?} are not the calls in flight {in_flight:?}"
+            ));
+        }
+        if self.state.status.is_terminal() {
+            if !self.state.timers.is_empty() {
+                return Err(format!(
+                    "the run ended ({}) with armed timers: {:?}",
+                    self.state.status.name(),
+                    self.state.timers
+                ));
+            }
+            if !self.pending.is_empty() {
+                return Err(format!(
+                    "the run ended ({}) with calls in flight",
+                    self.state.status.name()
+                ));
+            }
+            if let Some(step) = self.state.steps.iter().find(|step| step.status.is_active()) {
+                return Err(format!(
+                    "the run ended ({}) with step {} still {}",
+                    self.state.status.name(),
+                    step.key,
+                    step.status.name()
+                ));
+            }
+        }
+        if self.state.status == RunStatus::Succeeded {
+            let definition = self.state.definition.clone();
+            for step in &self.state.steps {
+                let tolerated = match step.status {
+                    StepStatus::Succeeded | StepStatus::Skipped => true,
+                    StepStatus::Failed => definition
+                        .step(&step.key)
+                        .is_some_and(|step| step.on_failure == OnFailure::Continue),
+                    _ => false,
+                };
+                if !tolerated {
+                    return Err(format!(
+                        "the run succeeded with step {} {}",
+                        step.key,
+                        step.status.name()
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn render_event(&self, event: &Event) -> String {
+        let mut value = to_json(&event.kind);
+        let object = value
+            .as_object_mut()
+            .expect("an event kind serializes to an object");
+        let kind = object
+            .remove("kind")
+            .and_then(|kind| kind.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        object.remove("definition");
+        let fields: Vec<String> = object
+            .iter()
+            .filter(|(_, value)| !value.is_null())
+            .map(|(name, value)| match (name.as_str(), value) {
+                ("by", Value::Object(actor)) => format!(
+                    "by=uid:{}",
+                    actor.get("uid").cloned().unwrap_or(Value::Null)
+                ),
+                (_, Value::String(text)) => match DateTime::parse_from_rfc3339(text) {
+                    Ok(at) => format!("{name}={}", self.relative(at.with_timezone(&Utc))),
+                    Err(_) => format!("{name}={value}"),
+                },
+                _ => format!("{name}={}", self.relativize(value)),
+            })
+            .collect();
+        format!(
+            "  #{} {} {kind} {}",
+            event.seq,
+            self.relative(event.at),
+            fields.join(" ")
+        )
+        .trim_end()
+        .to_owned()
+    }
+
+    /// Timestamps inside a JSON value (a wait's output) as offsets from the clock start.
+    fn relativize(&self, value: &Value) -> Value {
+        match value {
+            Value::String(text) => match DateTime::parse_from_rfc3339(text) {
+                Ok(at) => Value::String(self.relative(at.with_timezone(&Utc))),
+                Err(_) => value.clone(),
+            },
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|item| self.relativize(item)).collect())
+            }
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(key, item)| (key.clone(), self.relativize(item)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    // ----- operations --------------------------------------------------------------------------
+
+    /// An action call ended.
+    fn finish_call(
+        &mut self,
+        call: u32,
+        result: Result<Value, ActionFailure>,
+    ) -> Result<(), Rejection> {
+        let Some(index) = self.pending.iter().position(|pending| pending.call == call) else {
+            self.violation(&format!("finish_call: call #{call} is not in flight"));
+        };
+        self.pending.remove(index);
+        self.feed(Input::ActionFinished { call, result })
+    }
+
+    /// The pending call of `step` (its undo when `undo`).
+    fn call_of(&self, step: &str, undo: bool) -> u32 {
+        match self
+            .pending
+            .iter()
+            .find(|pending| pending.step == step && pending.undo == undo)
+        {
+            Some(pending) => pending.call,
+            None => self.violation(&format!(
+                "no {} call of {step} is in flight (in flight: {:?})",
+                if undo { "undo" } else { "step" },
+                self.pending
+                    .iter()
+                    .map(|pending| format!("#{} {}", pending.call, pending.step))
+                    .collect::<Vec<_>>()
+            )),
+        }
+    }
+
+    /// An aborted call reports after all: the machine must ignore it.
+    fn late_report(&mut self, index: usize) {
+        if self.aborted.is_empty() {
+            return;
+        }
+        let call = self.aborted.remove(index % self.aborted.len());
+        self.log(format!("> late report of aborted call #{}", call.call));
+        let before_len = self.journal.len();
+        let _ = self.feed(Input::ActionFinished {
+            call: call.call,
+            result: Err(ActionFailure {
+                message: "canceled".to_owned(),
+                retryable: false,
+            }),
+        });
+        if self.journal.len() != before_len {
+            self.violation(&format!(
+                "the late report of aborted call #{} changed the run",
+                call.call
+            ));
+        }
+    }
+
+    /// Advances the clock by `duration`, firing every timer that falls due on the way, in
+    /// `fire_at` order, each at its own time (as a daemon that is up would).
+    fn advance_time(&mut self, duration: chrono::Duration) {
+        let target = self.now + duration;
+        self.log(format!(
+            "> advance {} (to {})",
+            runbook_engine::duration::format(duration.to_std().unwrap_or_default()),
+            self.relative(target)
+        ));
+        for _ in 0..10_000 {
+            let due = self
+                .state
+                .timers
+                .iter()
+                .filter(|timer| timer.fire_at <= target)
+                .min_by_key(|timer| (timer.fire_at, timer.timer))
+                .cloned();
+            let Some(due) = due else {
+                self.now = target;
+                return;
+            };
+            self.now = self.now.max(due.fire_at);
+            if self.feed(Input::TimerFired { timer: due.timer }).is_err() {
+                self.violation("a timer firing was rejected");
+            }
+        }
+        self.violation("more than 10000 timers fired within one advance");
+    }
+
+    fn operator(&mut self, label: &str, input: Input) -> Result<(), Rejection> {
+        self.log(format!("> {label}"));
+        self.feed(input)
+    }
+
+    fn approve(&mut self, step: Option<&str>) -> Result<(), Rejection> {
+        let label = step.map_or("approve".to_owned(), |step| format!("approve {step}"));
+        self.operator(
+            &label,
+            Input::Approve {
+                step: step.map(str::to_owned),
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn pause(&mut self) -> Result<(), Rejection> {
+        self.operator(
+            "pause",
+            Input::Pause {
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn resume(&mut self) -> Result<(), Rejection> {
+        self.operator(
+            "resume",
+            Input::Resume {
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn cancel(&mut self) -> Result<(), Rejection> {
+        self.operator(
+            "cancel",
+            Input::Cancel {
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn rollback(&mut self) -> Result<(), Rejection> {
+        self.operator(
+            "rollback",
+            Input::Rollback {
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn retry(&mut self, step: &str) -> Result<(), Rejection> {
+        self.operator(
+            &format!("retry {step}"),
+            Input::Retry {
+                step: step.to_owned(),
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    fn skip(&mut self, step: &str) -> Result<(), Rejection> {
+        self.operator(
+            &format!("skip {step}"),
+            Input::Skip {
+                step: step.to_owned(),
+                by: operator(),
+                comment: None,
+            },
+        )
+    }
+
+    /// A daemon crash and restart: the in-memory state and the calls in flight are lost; the state
+    /// is rebuilt from the journal, and every call it shows in flight is reported `Interrupted`.
+    fn restart(&mut self) {
+        self.log("> restart".to_owned());
+        self.state = RunState::replay(self.run_id, &self.journal);
+        self.pending.clear();
+        self.aborted.clear();
+        if self.state.status.is_terminal() {
+            return;
+        }
+        let mut lost = Vec::new();
+        for step in &self.state.steps {
+            if let Some(call) = step.call {
+                lost.push((call, step.key.clone(), false));
+            }
+            if let Some(call) = step.undo.as_ref().and_then(|undo| undo.call) {
+                lost.push((call, step.key.clone(), true));
+            }
+        }
+        let definition = self.state.definition.clone();
+        for (_, key, undo) in &lost {
+            let idempotent = idempotent(&definition, key, *undo);
+            if !idempotent {
+                self.model.unknown_outcome.insert((key.clone(), *undo));
+            }
+        }
+        for (call, _, _) in &lost {
+            if self.feed(Input::Interrupted { call: *call }).is_err() {
+                self.violation(&format!("Interrupted {{ call: {call} }} was rejected"));
+            }
+        }
+        // An idempotent step (or undo) is re-run at once; a non-idempotent one waits for an operator.
+        for (_, key, undo) in &lost {
+            let Some(step) = self.state.step(key) else {
+                continue;
+            };
+            let status = if *undo {
+                step.undo.as_ref().map(|undo| undo.status)
+            } else {
+                Some(step.status)
+            };
+            let interrupted = status == Some(StepStatus::Interrupted);
+            if idempotent(&definition, key, *undo) == interrupted
+                && !self.state.status.is_terminal()
+            {
+                self.violation(&format!(
+                    "after a restart, {key}{} is {:?} (idempotent: {})",
+                    if *undo { " (undo)" } else { "" },
+                    status,
+                    idempotent(&definition, key, *undo)
+                ));
+            }
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("serializes to JSON")
+}
+
+fn calls_in_state(state: &RunState) -> Vec<u32> {
+    state
+        .steps
+        .iter()
+        .flat_map(|step| {
+            step.call
+                .into_iter()
+                .chain(step.undo.as_ref().and_then(|undo| undo.call))
+        })
+        .collect()
+}
+
+fn idempotent(definition: &Definition, key: &str, undo: bool) -> bool {
+    match definition.step(key) {
+        Some(step) if undo => step.undo.as_ref().is_some_and(|undo| undo.idempotent),
+        Some(step) => step.idempotent,
+        None => false,
+    }
+}
+
+// ----- the model -------------------------------------------------------------------------------
+
+/// What the driver remembers across decisions to check them.
+#[derive(Default)]
+struct Model {
+    /// Non-idempotent steps (key, undo) whose call was in flight at a restart: the outcome is
+    /// unknown, so no new call of them may start before an operator's `retry`.
+    unknown_outcome: BTreeSet<(String, bool)>,
+    /// (key, attempt) of every call of a non-idempotent step that does not poll.
+    attempts_called: BTreeSet<(String, u32)>,
+    /// The un-paused time each wait step has been waiting.
+    waits: BTreeMap<String, WaitClock>,
+}
+
+struct WaitClock {
+    required_ms: i64,
+    elapsed_ms: i64,
+    since: Option<DateTime<Utc>>,
+    done: bool,
+}
+
+impl Model {
+    fn check_decision(
+        &mut self,
+        input: Option<&Input>,
+        before: &RunState,
+        next: &RunState,
+        decision: &Decision,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let definition = next.definition.clone();
+        let mut scratch = before.clone();
+        let mut retried: BTreeSet<(String, bool)> = BTreeSet::new();
+        for event in &decision.events {
+            if event.seq != scratch.last_seq + 1 {
+                return Err(format!(
+                    "event seq {} follows seq {}",
+                    event.seq, scratch.last_seq
+                ));
+            }
+            if event.at != now {
+                return Err(format!(
+                    "event #{} is stamped {} but the decision was made at {now}",
+                    event.seq, event.at
+                ));
+            }
+            if scratch.status.is_terminal()
+                && !matches!(event.kind, EventKind::RollbackStarted { .. })
+            {
+                return Err(format!(
+                    "event #{} {:?} after the run ended ({})",
+                    event.seq,
+                    event.kind,
+                    scratch.status.name()
+                ));
+            }
+            match &event.kind {
+                EventKind::StepStarted { step, action, .. } => {
+                    if let Some(call) = scratch.step(step).and_then(|state| state.call) {
+                        return Err(format!(
+                            "step {step} started again while its call #{call} is in flight"
+                        ));
+                    }
+                    if action == "wait" {
+                        let required_ms = definition
+                            .step(step)
+                            .and_then(|step| step.with.get("duration"))
+                            .and_then(Value::as_str)
+                            .and_then(|text| runbook_engine::duration::parse(text).ok())
+                            .map_or(0, |duration| duration.as_millis() as i64);
+                        let since = scratch.paused.is_none().then_some(event.at);
+                        self.waits.insert(
+                            step.clone(),
+                            WaitClock {
+                                required_ms,
+                                elapsed_ms: 0,
+                                since,
+                                done: false,
+                            },
+                        );
+                    }
+                }
+                EventKind::StepSucceeded { step, .. } => {
+                    let status = scratch.step(step).map(|state| state.status);
+                    if !status.is_some_and(StepStatus::is_active) {
+                        return Err(format!(
+                            "step {step} succeeded while it was {status:?}, not running or waiting"
+                        ));
+                    }
+                    if let Some(clock) = self.waits.get_mut(step) {
+                        let elapsed =
+                            clock.elapsed_ms + clock.since.map_or(0, |since| ms(event.at - since));
+                        if elapsed < clock.required_ms {
+                            return Err(format!(
+                                "wait step {step} succeeded after {elapsed} ms of un-paused waiting; it must wait {} ms",
+                                clock.required_ms
+                            ));
+                        }
+                        clock.done = true;
+                    }
+                }
+                EventKind::TimerFired { timer, fire_at, .. } => {
+                    if !scratch.timers.iter().any(|active| active.timer == *timer) {
+                        return Err(format!("timer {timer} fired but is not armed"));
+                    }
+                    if *fire_at > event.at {
+                        return Err(format!("timer {timer} fired before its time"));
+                    }
+                }
+                EventKind::TimerArmed { step, purpose, .. } => {
+                    let status = scratch.step(step).map(|state| state.status);
+                    if !status.is_some_and(StepStatus::is_active) {
+                        return Err(format!(
+                            "a {purpose:?} timer was armed for step {step}, which is {status:?}"
+                        ));
+                    }
+                }
+                EventKind::Paused { .. } => {
+                    for clock in self.waits.values_mut() {
+                        if let Some(since) = clock.since.take() {
+                            clock.elapsed_ms += ms(event.at - since);
+                        }
+                    }
+                }
+                EventKind::Resumed { .. } => {
+                    for clock in self.waits.values_mut().filter(|clock| !clock.done) {
+                        clock.since = Some(event.at);
+                    }
+                }
+                EventKind::RetryRequested { step, .. } => {
+                    retried.insert((step.clone(), scratch.rollback.is_some()));
+                }
+                _ => {}
+            }
+            evolve(&mut scratch, event);
+        }
+        if to_json(&scratch) != to_json(next) {
+            return Err("the decision's state is not the fold of its events".to_owned());
+        }
+        for effect in &decision.effects {
+            let Effect::Call(call) = effect else { continue };
+            let restart_rerun = matches!(input, Some(Input::Interrupted { .. }));
+            if next.paused.is_some() && !restart_rerun {
+                return Err(format!(
+                    "the run is paused but call #{} of {} started",
+                    call.call, call.step
+                ));
+            }
+            let Some(step) = definition.step(&call.step) else {
+                return Err(format!(
+                    "call #{} of {}, which is not in the definition",
+                    call.call, call.step
+                ));
+            };
+            let attempts = if call.undo {
+                next.step(&call.step)
+                    .and_then(|state| state.undo.as_ref())
+                    .map(|undo| undo.attempts)
+            } else {
+                next.step(&call.step).map(|state| state.attempts)
+            };
+            if attempts != Some(call.attempt) {
+                return Err(format!(
+                    "call #{} of {} is attempt {} but the state says {attempts:?}",
+                    call.call, call.step, call.attempt
+                ));
+            }
+            let key = (call.step.clone(), call.undo);
+            if !idempotent(&definition, &call.step, call.undo) {
+                if self.unknown_outcome.contains(&key) && !retried.contains(&key) {
+                    return Err(format!(
+                        "non-idempotent {}{} was called again after a restart without an operator's retry",
+                        call.step,
+                        if call.undo { " (undo)" } else { "" }
+                    ));
+                }
+                if !call.undo
+                    && step.until.is_none()
+                    && !self
+                        .attempts_called
+                        .insert((call.step.clone(), call.attempt))
+                {
+                    return Err(format!(
+                        "non-idempotent {} was called twice in attempt {}",
+                        call.step, call.attempt
+                    ));
+                }
+            }
+        }
+        for key in retried {
+            self.unknown_outcome.remove(&key);
+        }
+        Ok(())
+    }
+}
+
+// ----- snapshot tests --------------------------------------------------------------------------
+
+/// Runs `script` against a run of `toml` and snapshots the transcript.
+///
+/// Script lines: `ok STEP [JSON]`, `fail STEP` (retryable), `fail! STEP` (permanent),
+/// `undo-ok STEP`, `undo-fail STEP`, `advance DURATION`, `approve`, `pause`, `resume`, `cancel`,
+/// `rollback`, `retry STEP`, `skip STEP`, `restart`, and `expect STATUS` (checks the run status).
+fn check(name: &str, toml: &str, script: &str) {
+    let mut driver = Driver::new(toml);
+    for line in script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+    {
+        let (verb, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let rest = rest.trim();
+        let failure = |retryable| {
+            Err(ActionFailure {
+                message: "exit status 1".to_owned(),
+                retryable,
+            })
+        };
+        // Rejections are part of the transcript; the snapshot shows them.
+        let _ = match verb {
+            "ok" | "undo-ok" => {
+                let (step, output) = rest.split_once(' ').unwrap_or((rest, ""));
+                let output = if output.is_empty() {
+                    json!({"exit_code": 0})
+                } else {
+                    serde_json::from_str(output)
+                        .unwrap_or_else(|error| panic!("{line}: bad JSON: {error}"))
+                };
+                let call = driver.call_of(step, verb == "undo-ok");
+                driver.log(format!("> {line}"));
+                driver.finish_call(call, Ok(output))
+            }
+            "fail" | "fail!" | "undo-fail" => {
+                let call = driver.call_of(rest, verb == "undo-fail");
+                driver.log(format!("> {line}"));
+                driver.finish_call(call, failure(verb != "fail!"))
+            }
+            "advance" => {
+                let duration = runbook_engine::duration::parse(rest)
+                    .unwrap_or_else(|error| panic!("{line}: {error}"));
+                driver
+                    .advance_time(chrono::Duration::from_std(duration).expect("a short duration"));
+                Ok(())
+            }
+            "approve" => driver.approve((!rest.is_empty()).then_some(rest)),
+            "pause" => driver.pause(),
+            "resume" => driver.resume(),
+            "cancel" => driver.cancel(),
+            "rollback" => driver.rollback(),
+            "retry" => driver.retry(rest),
+            "skip" => driver.skip(rest),
+            "restart" => {
+                driver.restart();
+                Ok(())
+            }
+            "expect" => {
+                assert_eq!(
+                    driver.state.status.name(),
+                    rest,
+                    "{name}: status after the script so far\n{}",
+                    driver.transcript.join("\n")
+                );
+                Ok(())
+            }
+            other => panic!("unknown script verb {other:?} in {line:?}"),
+        };
+    }
+    driver.log(format!(
+        "= {} (timers: {}, calls in flight: {})",
+        driver.state.status.name(),
+        driver.state.timers.len(),
+        driver.pending.len()
+    ));
+    let mut settings = insta::Settings::clone_current();
+    settings.set_description(format!(
+        "{}\n--- script ---\n{}",
+        toml.trim(),
+        script.trim()
+    ));
+    settings.set_omit_expression(true);
+    settings.bind(|| insta::assert_json_snapshot!(name, driver.transcript));
+}
+
+#[test]
+fn happy_path_exec_wait_exec() {
+    check(
+        "happy_path_exec_wait_exec",
+        r#"
+name = "happy"
+
+[[steps]]
+id = "first"
+action = "exec"
+with = { command = "echo first" }
+
+[[steps]]
+id = "settle"
+action = "wait"
+with = { duration = "3s" }
+
+[[steps]]
+id = "last"
+action = "exec"
+with = { command = "echo after {{ steps.settle.output.late_by_ms }}" }
+"#,
+        "
+ok first
+expect waiting
+advance 2s
+expect waiting
+advance 1s
+expect running
+ok last
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn retry_with_backoff_then_success() {
+    check(
+        "retry_with_backoff_then_success",
+        r#"
+name = "flaky"
+
+[[steps]]
+id = "flaky"
+action = "exec"
+with = { command = "flaky-thing" }
+retry = { max_attempts = 3, backoff = "1s" }
+"#,
+        "
+fail flaky
+# attempt 2 after 1s
+advance 999ms
+advance 1ms
+fail flaky
+# attempt 3 after 2s (backoff doubles)
+advance 1s
+advance 1s
+ok flaky
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn retry_exhausted_needs_attention() {
+    check(
+        "retry_exhausted_needs_attention",
+        r#"
+name = "flaky"
+
+[[steps]]
+id = "flaky"
+action = "exec"
+with = { command = "flaky-thing" }
+retry = { max_attempts = 2, backoff = "1s" }
+"#,
+        "
+fail flaky
+advance 1s
+fail flaky
+expect needs_attention
+retry flaky
+ok flaky
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn until_every_polls_three_times() {
+    check(
+        "until_every_polls_three_times",
+        r#"
+name = "poll"
+
+[[steps]]
+id = "lag"
+action = "exec"
+with = { command = "lag", parse = "json" }
+until = "output.lag == 0"
+every = "2s"
+idempotent = true
+
+[[steps]]
+id = "after"
+action = "noop"
+with = { polls = "{{ steps.lag.output.lag }}" }
+"#,
+        r#"
+ok lag {"lag": 7}
+advance 1s
+advance 1s
+ok lag {"lag": 3}
+advance 2s
+ok lag {"lag": 0}
+expect succeeded
+"#,
+    );
+}
+
+#[test]
+fn serial_for_each_three_items_two_nested_steps() {
+    check(
+        "serial_for_each_three_items_two_nested_steps",
+        r#"
+name = "rolling"
+
+[[steps]]
+id = "rolling"
+for_each = ["a", "b", "c"]
+as = "host"
+serial = 1
+
+  [[steps.steps]]
+  id = "drain"
+  action = "exec"
+  with = { command = "drain {{ host }} ({{ index }})" }
+
+  [[steps.steps]]
+  id = "check"
+  action = "exec"
+  with = { command = "check {{ host }} after {{ steps.drain.output.exit_code }}" }
+
+[[steps]]
+id = "done"
+action = "noop"
+"#,
+        "
+ok rolling[0].drain
+ok rolling[0].check
+ok rolling[1].drain
+ok rolling[1].check
+ok rolling[2].drain
+ok rolling[2].check
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn parallel_for_each_window_of_two() {
+    check(
+        "parallel_for_each_window_of_two",
+        r#"
+name = "parallel"
+
+[[steps]]
+id = "fan"
+for_each = ["a", "b", "c"]
+parallel = 2
+
+  [[steps.steps]]
+  id = "work"
+  action = "exec"
+  with = { command = "work {{ item }}" }
+"#,
+        "
+ok fan[1].work
+ok fan[0].work
+ok fan[2].work
+expect succeeded
+",
+    );
+}
+
+const ROLLBACK: &str = r#"
+name = "rollback"
+
+[[steps]]
+id = "one"
+action = "exec"
+with = { command = "create one" }
+undo = { action = "exec", with = { command = "delete one ({{ output.exit_code }})" } }
+
+[[steps]]
+id = "two"
+action = "exec"
+with = { command = "create two" }
+undo = { action = "exec", with = { command = "delete two" } }
+
+[[steps]]
+id = "gate"
+action = "approval"
+with = { prompt = "go on?" }
+
+[[steps]]
+id = "three"
+action = "exec"
+with = { command = "create three" }
+undo = { action = "exec", with = { command = "delete three" } }
+"#;
+
+#[test]
+fn approval_then_failure_then_rollback_in_reverse_order() {
+    check(
+        "approval_then_failure_then_rollback_in_reverse_order",
+        ROLLBACK,
+        "
+ok one
+ok two
+expect waiting
+approve
+fail! three
+expect needs_attention
+rollback
+undo-ok two
+undo-ok one
+expect rolled_back
+",
+    );
+}
+
+#[test]
+fn rollback_of_a_succeeded_run() {
+    check(
+        "rollback_of_a_succeeded_run",
+        ROLLBACK,
+        "
+ok one
+ok two
+approve
+ok three
+expect succeeded
+rollback
+undo-ok three
+undo-fail two
+expect needs_attention
+retry two
+undo-ok two
+undo-ok one
+expect rolled_back
+",
+    );
+}
+
+#[test]
+fn rollback_while_a_step_runs_aborts_it() {
+    check(
+        "rollback_while_a_step_runs_aborts_it",
+        ROLLBACK,
+        "
+ok one
+rollback
+undo-ok one
+expect rolled_back
+",
+    );
+}
+
+#[test]
+fn pause_during_wait_and_resume_rearms_remaining_time() {
+    check(
+        "pause_during_wait_and_resume_rearms_remaining_time",
+        r#"
+name = "pause"
+
+[[steps]]
+id = "soak"
+action = "wait"
+with = { duration = "10s" }
+
+[[steps]]
+id = "after"
+action = "exec"
+with = { command = "after" }
+"#,
+        "
+advance 4s
+pause
+expect paused
+advance 1m
+expect paused
+resume
+# 6s were left
+advance 5s
+expect waiting
+advance 1s
+expect running
+ok after
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn crash_during_non_idempotent_exec_needs_attention_then_retry() {
+    check(
+        "crash_during_non_idempotent_exec_needs_attention_then_retry",
+        r#"
+name = "crash"
+
+[[steps]]
+id = "migrate"
+action = "exec"
+with = { command = "migrate --once" }
+
+[[steps]]
+id = "report"
+action = "exec"
+with = { command = "report" }
+idempotent = true
+"#,
+        "
+restart
+expect needs_attention
+retry migrate
+ok migrate
+restart
+# report is idempotent: re-run at once
+expect running
+ok report
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn crash_keeps_durable_timers() {
+    check(
+        "crash_keeps_durable_timers",
+        r#"
+name = "crash-wait"
+
+[[steps]]
+id = "soak"
+action = "wait"
+with = { duration = "1h" }
+
+[[steps]]
+id = "after"
+action = "noop"
+"#,
+        "
+advance 10m
+restart
+expect waiting
+advance 50m
+expect succeeded
+",
+    );
+}
+
+#[test]
+fn cancel_aborts_the_call_and_disarms_timers() {
+    check(
+        "cancel_aborts_the_call_and_disarms_timers",
+        r#"
+name = "cancel"
+
+[[steps]]
+id = "slow"
+action = "exec"
+with = { command = "sleep 100" }
+timeout = "1m"
+"#,
+        "
+advance 10s
+cancel
+expect canceled
+",
+    );
+}
+
+// ----- regression tests for behaviour found by the property test ------------------------------
+
+// ----- the property test -----------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Leaf {
+    Exec { idempotent: bool },
+    Wait { secs: u8 },
+}
+
+#[derive(Debug, Clone)]
+struct Policy {
+    on_failure: &'static str,
+    /// (max_attempts, backoff in ms)
+    retry: Option<(u32, u32)>,
+    /// An undo: `Some(idempotent)`.
+    undo: Option<bool>,
+}
+
+#[derive(Debug, Clone)]
+enum Kind {
+    Noop,
+    Exec {
+        idempotent: bool,
+    },
+    Wait {
+        secs: u8,
+    },
+    Approval,
+    Poll {
+        idempotent: bool,
+    },
+    Loop {
+        parallel: bool,
+        items: u8,
+        width: u8,
+        steps: Vec<(Leaf, Policy)>,
+    },
+}
+
+fn policy() -> impl Strategy<Value = Policy> {
+    (
+        prop_oneof![Just("pause"), Just("abort"), Just("continue")],
+        prop::option::weighted(0.4, (1u32..=3, prop_oneof![Just(500u32), Just(1000u32)])),
+        prop::option::weighted(0.4, any::<bool>()),
+    )
+        .prop_map(|(on_failure, retry, undo)| Policy {
+            on_failure,
+            retry,
+            undo,
+        })
+}
+
+fn leaf() -> impl Strategy<Value = Leaf> {
+    prop_oneof![
+        any::<bool>().prop_map(|idempotent| Leaf::Exec { idempotent }),
+        (0u8..=3).prop_map(|secs| Leaf::Wait { secs })
+    ]
+}
+
+fn kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        1 => Just(Kind::Noop),
+        3 => any::<bool>().prop_map(|idempotent| Kind::Exec { idempotent }),
+        2 => (0u8..=3).prop_map(|secs| Kind::Wait { secs }),
+        1 => Just(Kind::Approval),
+        2 => any::<bool>().prop_map(|idempotent| Kind::Poll { idempotent }),
+        2 => (any::<bool>(), 1u8..=3, 1u8..=2, prop::collection::vec((leaf(), policy()), 1..=2))
+            .prop_map(|(parallel, items, width, steps)| Kind::Loop { parallel, items, width, steps }),
+    ]
+}
+
+fn definition_text(steps: &[(Kind, Policy)]) -> String {
+    fn policy_lines(id: &str, policy: &Policy, indent: &str, out: &mut String) {
+        out.push_str(&format!("{indent}on_failure = \"{}\"\n", policy.on_failure));
+        if let Some((max_attempts, backoff_ms)) = policy.retry {
+            out.push_str(&format!("{indent}retry = {{ max_attempts = {max_attempts}, backoff = \"{backoff_ms}ms\" }}\n"));
+        }
+        if let Some(idempotent) = policy.undo {
+            out.push_str(&format!(
+                "{indent}undo = {{ action = \"exec\", with = {{ command = \"undo {id}\" }}, idempotent = {idempotent} }}\n"
+            ));
+        }
+    }
+    let mut out = String::from("name = \"prop\"\n");
+    for (index, (kind, policy)) in steps.iter().enumerate() {
+        let id = format!("s{index}");
+        out.push_str(&format!("\n[[steps]]\nid = \"{id}\"\n"));
+        match kind {
+            Kind::Noop => out.push_str("action = \"noop\"\n"),
+            Kind::Exec { idempotent } => {
+                out.push_str(&format!("action = \"exec\"\nwith = {{ command = \"do {id}\" }}\nidempotent = {idempotent}\n"))
+            }
+            Kind::Wait { secs } => out.push_str(&format!("action = \"wait\"\nwith = {{ duration = \"{secs}s\" }}\n")),
+            Kind::Approval => out.push_str("action = \"approval\"\nwith = { prompt = \"go?\" }\n"),
+            Kind::Poll { idempotent } => out.push_str(&format!(
+                "action = \"exec\"\nwith = {{ command = \"poll {id}\" }}\nuntil = \"output.done\"\nevery = \"1s\"\nidempotent = {idempotent}\n"
+            )),
+            Kind::Loop { .. } => {}
+        }
+        match kind {
+            Kind::Loop {
+                parallel,
+                items,
+                width,
+                steps,
+            } => {
+                let items: Vec<String> = (0..*items).map(|item| format!("\"i{item}\"")).collect();
+                out.push_str(&format!(
+                    "for_each = [{}]\nas = \"host\"\n{} = {width}\non_failure = \"{}\"\n",
+                    items.join(", "),
+                    if *parallel { "parallel" } else { "serial" },
+                    policy.on_failure
+                ));
+                for (nested_index, (leaf, policy)) in steps.iter().enumerate() {
+                    let nested_id = format!("{id}n{nested_index}");
+                    out.push_str(&format!("\n  [[steps.steps]]\n  id = \"{nested_id}\"\n"));
+                    match leaf {
+                        Leaf::Exec { idempotent } => out.push_str(&format!(
+                            "  action = \"exec\"\n  with = {{ command = \"do {nested_id} {{{{ host }}}}\" }}\n  idempotent = {idempotent}\n"
+                        )),
+                        Leaf::Wait { secs } => out.push_str(&format!("  action = \"wait\"\n  with = {{ duration = \"{secs}s\" }}\n")),
+                    }
+                    policy_lines(&nested_id, policy, "  ", &mut out);
+                }
+            }
+            _ => policy_lines(&id, policy, "", &mut out),
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone)]
+enum Outcome {
+    Ok { done: bool },
+    Fail { retryable: bool },
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Finish {
+        pick: usize,
+        outcome: Outcome,
+    },
+    LateReport {
+        pick: usize,
+    },
+    Advance {
+        ms: u32,
+    },
+    Approve,
+    Pause,
+    Resume,
+    Cancel,
+    Rollback,
+    /// `None`: the step that needs attention; `Some`: any started step.
+    Retry {
+        pick: Option<usize>,
+    },
+    Skip {
+        pick: Option<usize>,
+    },
+    Restart,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let outcome = prop_oneof![
+        3 => any::<bool>().prop_map(|done| Outcome::Ok { done }),
+        2 => any::<bool>().prop_map(|retryable| Outcome::Fail { retryable }),
+    ];
+    prop_oneof![
+        16 => (any::<usize>(), outcome).prop_map(|(pick, outcome)| Op::Finish { pick, outcome }),
+        1 => any::<usize>().prop_map(|pick| Op::LateReport { pick }),
+        10 => prop_oneof![Just(0u32), 1u32..=1500, 1500u32..=4000].prop_map(|ms| Op::Advance { ms }),
+        4 => Just(Op::Approve),
+        3 => Just(Op::Pause),
+        4 => Just(Op::Resume),
+        1 => Just(Op::Cancel),
+        1 => Just(Op::Rollback),
+        4 => prop::option::weighted(0.6, any::<usize>()).prop_map(|pick| Op::Retry { pick }),
+        2 => prop::option::weighted(0.6, any::<usize>()).prop_map(|pick| Op::Skip { pick }),
+        4 => Just(Op::Restart),
+    ]
+}
+
+impl Driver {
+    /// A step key for an operator's retry or skip.
+    fn target(&self, pick: Option<usize>) -> Option<String> {
+        match pick {
+            None => self
+                .state
+                .attention
+                .as_ref()
+                .map(|attention| attention.step.clone()),
+            Some(pick) if !self.state.steps.is_empty() => {
+                Some(self.state.steps[pick % self.state.steps.len()].key.clone())
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        // Rejections of operator requests are expected here; they are in the transcript.
+        let _ = match op {
+            Op::Finish { pick, outcome } => {
+                if self.pending.is_empty() {
+                    return;
+                }
+                let call = self.pending[pick % self.pending.len()].clone();
+                let result = match outcome {
+                    Outcome::Ok { done } => Ok(json!({"exit_code": 0, "done": done})),
+                    Outcome::Fail { retryable } => Err(ActionFailure {
+                        message: "exit status 1".to_owned(),
+                        retryable: *retryable,
+                    }),
+                };
+                self.log(format!(
+                    "> finish #{} {}{} {:?}",
+                    call.call,
+                    if call.undo { "undo " } else { "" },
+                    call.step,
+                    outcome
+                ));
+                self.finish_call(call.call, result)
+            }
+            Op::LateReport { pick } => {
+                self.late_report(*pick);
+                Ok(())
+            }
+            Op::Advance { ms } => {
+                self.advance_time(chrono::Duration::milliseconds(i64::from(*ms)));
+                Ok(())
+            }
+            Op::Approve => self.approve(None),
+            Op::Pause => self.pause(),
+            Op::Resume => self.resume(),
+            Op::Cancel => self.cancel(),
+            Op::Rollback => self.rollback(),
+            Op::Retry { pick } => match self.target(*pick) {
+                Some(key) => self.retry(&key),
+                None => Ok(()),
+            },
+            Op::Skip { pick } => match self.target(*pick) {
+                Some(key) => self.skip(&key),
+                None => Ok(()),
+            },
+            Op::Restart => {
+                self.restart();
+                Ok(())
+            }
+        };
+    }
+
+    /// Resolves everything until the run ends: calls succeed, timers fire, approvals are given,
+    /// failed or interrupted steps are retried (or skipped), a pause is lifted.
+    fn settle(&mut self) {
+        self.log("> settle".to_owned());
+        for _ in 0..1000 {
+            if self.state.status.is_terminal() {
+                return;
+            }
+            if let Some(call) = self.pending.first().cloned() {
+                self.log(format!(
+                    "> finish #{} {}{} ok",
+                    call.call,
+                    if call.undo { "undo " } else { "" },
+                    call.step
+                ));
+                let _ = self.finish_call(call.call, Ok(json!({"exit_code": 0, "done": true})));
+            } else if self.state.paused.is_some() {
+                if self.resume().is_err() {
+                    self.violation("settle: resume was rejected");
+                }
+            } else if let Some(attention) = self.state.attention.clone() {
+                if self.retry(&attention.step).is_err() && self.skip(&attention.step).is_err() {
+                    self.violation(&format!(
+                        "settle: {} needs attention but can be neither retried nor skipped",
+                        attention.step
+                    ));
+                }
+            } else if self.state.steps.iter().any(|step| {
+                step.status == StepStatus::Waiting && step.waiting_for == Some(WaitingFor::Approval)
+            }) {
+                if self.approve(None).is_err() {
+                    self.violation("settle: approve was rejected");
+                }
+            } else if let Some(next) = self.state.timers.iter().map(|timer| timer.fire_at).min() {
+                self.advance_time((next - self.now).max(chrono::Duration::zero()));
+            } else {
+                self.violation(&format!(
+                    "settle: the run is {} with nothing in flight, no timer and nothing to decide",
+                    self.state.status.name()
+                ));
+            }
+        }
+        self.violation("settle: the run did not end within 1000 steps");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_runs_keep_the_invariants(
+        steps in prop::collection::vec((kind(), policy()), 1..=6),
+        ops in prop::collection::vec(op(), 0..40),
+    ) {
+        let text = definition_text(&steps);
+        let mut driver = Driver::new(&text);
+        for op in &ops {
+            driver.apply(op);
+        }
+        driver.settle();
+        prop_assert!(driver.state.status.is_terminal());
+    }
+}

@@ -1,0 +1,112 @@
+//! Operator decisions: approvals with who and why, rollback through the undos.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use runbook_tests::{lines, step_of, Daemon};
+
+const LONG: Duration = Duration::from_secs(60);
+
+#[test]
+fn approval_records_the_approvers_uid_and_comment() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "gate.toml",
+        r#"
+name = "gate-test"
+[[steps]]
+id = "gate"
+action = "approval"
+with = { prompt = "go?" }
+[[steps]]
+id = "after"
+action = "noop"
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    let waiting = daemon.wait_step(&run, "gate", "waiting", LONG)?;
+    assert_eq!(waiting["state"], "waiting");
+    assert_eq!(step_of(&waiting, "gate").unwrap()["waiting_for"], "approval");
+    let approved = daemon.cli(&["approve", &run, "--comment", "lag is zero, go"])?;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    let gate = step_of(&shown, "gate").unwrap();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert_eq!(gate["approval"]["by"]["uid"], uid);
+    assert_eq!(gate["approval"]["comment"], "lag is zero, go");
+    assert!(shown["audit"].as_array().unwrap().iter().any(|entry| entry["action"] == "approve" && entry["comment"] == "lag is zero, go"));
+
+    // A second approval has nothing to approve.
+    let again = daemon.cli(&["approve", &run])?;
+    assert_eq!(again.status.code(), Some(5), "{}", String::from_utf8_lossy(&again.stderr));
+    Ok(())
+}
+
+#[test]
+fn rollback_runs_the_undos_of_completed_steps_in_reverse_order() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let marker = daemon.path("rollback.marker");
+    let file = daemon.write_file(
+        "rollback.toml",
+        &format!(
+            r#"
+name = "rollback-test"
+[[steps]]
+id = "first"
+action = "exec"
+with = {{ command = "echo do-first >> {marker}" }}
+undo = {{ action = "exec", with = {{ command = "echo undo-first >> {marker}" }} }}
+[[steps]]
+id = "second"
+action = "exec"
+with = {{ command = "echo do-second >> {marker}; echo second-output" }}
+undo = {{ action = "exec", with = {{ command = "echo 'undo-second after {{{{ output.stdout | trim }}}}' >> {marker}" }} }}
+[[steps]]
+id = "gate"
+action = "approval"
+[[steps]]
+id = "never"
+action = "exec"
+with = {{ command = "echo never >> {marker}" }}
+"#
+        ),
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    daemon.wait_step(&run, "gate", "waiting", LONG)?;
+    let rolled = daemon.cli(&["rollback", &run, "--comment", "abandon"])?;
+    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    let shown = daemon.wait_state(&run, "rolled_back", LONG)?;
+    assert_eq!(lines(&marker), ["do-first", "do-second", "undo-second after second-output", "undo-first"]);
+    assert_eq!(step_of(&shown, "second").unwrap()["undo"]["state"], "succeeded");
+    assert_eq!(step_of(&shown, "gate").unwrap()["state"], "canceled");
+    Ok(())
+}
+
+#[test]
+fn a_held_lock_refuses_a_second_run_naming_the_holder() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "locked.toml",
+        r#"
+name = "locked"
+locks = ["broker:{{ params.broker }}"]
+[params.broker]
+required = true
+[[steps]]
+id = "gate"
+action = "approval"
+"#,
+    )?;
+    let holder = daemon.start_run(&file, &[("broker", "broker-c")])?;
+    let refused = daemon.cli(&["start", &file, "-p", "broker=broker-c"])?;
+    assert_eq!(refused.status.code(), Some(5));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains(&holder) && stderr.contains("broker:broker-c"), "{stderr}");
+    // Another broker is free.
+    daemon.start_run(&file, &[("broker", "broker-d")])?;
+    // The lock is released when the holder ends.
+    assert!(daemon.cli(&["cancel", &holder])?.status.success());
+    daemon.start_run(&file, &[("broker", "broker-c")])?;
+    Ok(())
+}
