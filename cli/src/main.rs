@@ -153,7 +153,11 @@ mod tests {
         let cli = cli.map_err(|err| err.to_string());
         assert!(matches!(
             cli,
-            Ok(Cli { json: true, data_dir: Some(_), command: Command::Ps(_) })
+            Ok(Cli {
+                json: true,
+                data_dir: Some(_),
+                command: Command::Ps(_)
+            })
         ));
     }
 }

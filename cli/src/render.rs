@@ -79,7 +79,9 @@ pub fn timestamp(at: DateTime<Utc>) -> String {
 
 /// Local date and time, short: `01-02 12:00:01` (for table cells of multi-day runs).
 pub fn short_timestamp(at: DateTime<Utc>) -> String {
-    at.with_timezone(&Local).format("%m-%d %H:%M:%S").to_string()
+    at.with_timezone(&Local)
+        .format("%m-%d %H:%M:%S")
+        .to_string()
 }
 
 /// A JSON value as text: strings without quotes, `null` as `-`, anything else as compact JSON.

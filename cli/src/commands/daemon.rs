@@ -3,6 +3,7 @@
 //! catalogue and the domain actions of `runbook_runbooks`) and a shutdown future that resolves
 //! on SIGTERM or SIGINT, and runs until the engine has drained.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{anyhow, Context as _, Result};
@@ -58,6 +59,7 @@ fn init_logging(format: LogFormat) -> Result<()> {
     let filter = EnvFilter::try_from_env("RUNBOOK_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

@@ -68,9 +68,13 @@ async fn run_demo(ctx: &Context) -> Result<()> {
 
     let final_run = watch::follow(ctx, &id, true).await?;
     if !ctx.json {
-        render::print(&format!("\n{}", show::render_run(&final_run, render::now())))?;
+        render::print(&format!(
+            "\n{}",
+            show::render_run(&final_run, render::now())
+        ))?;
+        let short = render::short_id(&id);
         eprintln!(
-            "\ndemo: more with `runbook show {id}`, `runbook logs {id}`, `runbook ps --all`"
+            "\ndemo: more with `runbook show {short}`, `runbook logs {short}`, `runbook ps --all`"
         );
     }
     watch::outcome(ctx, &final_run)

@@ -48,8 +48,11 @@ pub fn describe(definition: &Value) -> String {
         out.push_str("  (none)\n");
     } else {
         let rows: Vec<Vec<String>> = params.iter().map(param_row).collect();
-        for line in render::table(&["NAME", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"], &rows)
-            .lines()
+        for line in render::table(
+            &["NAME", "TYPE", "REQUIRED", "DEFAULT", "DESCRIPTION"],
+            &rows,
+        )
+        .lines()
         {
             out.push_str(&format!("  {line}\n"));
         }
@@ -111,7 +114,10 @@ fn steps_tree(steps: &[Value], depth: usize, out: &mut String) {
 
         let detail = format!("{indent}    ");
         if !is_empty(&step["with"]) {
-            out.push_str(&format!("{detail}with: {}\n", render::compact(&step["with"])));
+            out.push_str(&format!(
+                "{detail}with: {}\n",
+                render::compact(&step["with"])
+            ));
         }
         let attributes = attributes(step);
         if !attributes.is_empty() {
@@ -220,12 +226,25 @@ mod tests {
         });
         let text = describe(&definition);
         assert!(text.contains("demo v1 (builtin:demo.toml)"), "{text}");
-        assert!(text.contains("NAME  TYPE    REQUIRED  DEFAULT  DESCRIPTION"), "{text}");
-        assert!(text.contains(
-            "      timeout: 5m, retry: max_attempts=3, idempotent\n"
-        ), "{text}");
-        assert!(text.contains("      undo: exec {\"argv\":[\"true\"]}\n"), "{text}");
-        assert!(text.contains("      for_each n in [1, 2] (serial):\n"), "{text}");
-        assert!(text.contains("        - inner  [noop]\n            when: n > 1\n"), "{text}");
+        assert!(
+            text.contains("NAME  TYPE    REQUIRED  DEFAULT  DESCRIPTION"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      timeout: 5m, retry: max_attempts=3, idempotent\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      undo: exec {\"argv\":[\"true\"]}\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("      for_each n in [1, 2] (serial):\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("        - inner  [noop]\n            when: n > 1\n"),
+            "{text}"
+        );
     }
 }

@@ -68,7 +68,10 @@ impl Target {
         } else {
             body.insert("runbook".to_string(), json!(self.runbook));
         }
-        body.insert("params".to_string(), Value::Object(parse_params(&self.params)?));
+        body.insert(
+            "params".to_string(),
+            Value::Object(parse_params(&self.params)?),
+        );
         Ok(body)
     }
 }

@@ -34,7 +34,11 @@ pub fn render_plan(plan: &Value) -> String {
     out.push_str("\nparams:\n");
     match plan["params"].as_object() {
         Some(params) if !params.is_empty() => {
-            let width = params.keys().map(|key| key.chars().count()).max().unwrap_or(0);
+            let width = params
+                .keys()
+                .map(|key| key.chars().count())
+                .max()
+                .unwrap_or(0);
             for (key, value) in params {
                 out.push_str(&format!("  {key:width$} = {}\n", render::compact(value)));
             }
@@ -50,7 +54,10 @@ pub fn render_plan(plan: &Value) -> String {
     }
 
     out.push_str("\nsteps:\n");
-    let steps = plan["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let steps = plan["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let number_width = steps.len().to_string().len();
     let detail = " ".repeat(number_width + 4);
     for (index, step) in steps.iter().enumerate() {
@@ -61,7 +68,10 @@ pub fn render_plan(plan: &Value) -> String {
             render::text(&step["action"])
         ));
         if !step["input"].is_null() {
-            out.push_str(&format!("{detail}input: {}\n", render::compact(&step["input"])));
+            out.push_str(&format!(
+                "{detail}input: {}\n",
+                render::compact(&step["input"])
+            ));
         }
         if !step["when"].is_null() {
             out.push_str(&format!("{detail}when: {}\n", render::text(&step["when"])));

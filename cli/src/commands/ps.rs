@@ -84,7 +84,14 @@ mod tests {
         });
         assert_eq!(
             row(&run, now),
-            vec!["0193a8c4-5e2f", "demo", "waiting", "wait", "in 71h59m", "1m30s"]
+            vec![
+                "0193a8c4-5e2f",
+                "demo",
+                "waiting",
+                "wait",
+                "in 71h59m",
+                "1m30s"
+            ]
         );
     }
 }

@@ -57,7 +57,10 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
     if let Some(error) = render::error_text(&run["error"]) {
         field("error", error);
     }
-    if let Some(params) = run["params"].as_object().filter(|params| !params.is_empty()) {
+    if let Some(params) = run["params"]
+        .as_object()
+        .filter(|params| !params.is_empty())
+    {
         let lines: Vec<String> = params
             .iter()
             .map(|(key, value)| format!("{key} = {}", render::compact(value)))
@@ -97,7 +100,10 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
         );
     }
 
-    let steps = run["steps"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let steps = run["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     let rows: Vec<Vec<String>> = steps.iter().map(|step| step_row(step, now)).collect();
     out.push('\n');
     out.push_str(&render::table(
@@ -105,7 +111,10 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
         &rows,
     ));
 
-    let audit = run["audit"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let audit = run["audit"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     if !audit.is_empty() {
         out.push_str("\naudit:\n");
         let rows: Vec<Vec<String>> = audit.iter().map(audit_row).collect();
@@ -141,7 +150,9 @@ pub fn attention_text(run: &Value) -> Option<String> {
         Some(step) => Some(format!(
             "{step}: {message}\ndecide with: runbook retry|skip|cancel {id} {step}"
         )),
-        None => Some(format!("{message}\ndecide with: runbook resume|cancel {id}")),
+        None => Some(format!(
+            "{message}\ndecide with: runbook resume|cancel {id}"
+        )),
     }
 }
 

@@ -19,11 +19,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
-    let path = format!(
-        "{}/steps/{}/skip",
-        run_path(&args.run),
-        segment(&args.step)
-    );
+    let path = format!("{}/steps/{}/skip", run_path(&args.run), segment(&args.step));
     let step = args.step;
     operator_action(ctx, &path, comment_body(args.comment), |run| {
         format!("skipped {step} of {}", run_label(run))

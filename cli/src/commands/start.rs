@@ -38,10 +38,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     if ctx.json {
         render::print_json(&run)
     } else {
-        eprintln!(
-            "started run {id} of {}",
-            render::text(&run["runbook"])
-        );
+        eprintln!("started run {id} of {}", render::text(&run["runbook"]));
         render::print(&format!("{id}\n"))
     }
 }

@@ -113,7 +113,10 @@ fn awaiting_approval(run: &Value) -> Option<String> {
 }
 
 fn steps(run: &Value) -> &[Value] {
-    run["steps"].as_array().map(Vec::as_slice).unwrap_or_default()
+    run["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Reports what changed between two polls of a run: as lines, and on a terminal as a spinner.
@@ -170,9 +173,7 @@ impl Progress {
             let attempts = step["attempts"].as_u64().unwrap_or(0);
             let seen = self.step_states.get(&id);
             let changed = match seen {
-                Some((old_state, old_attempts)) => {
-                    *old_state != state || *old_attempts != attempts
-                }
+                Some((old_state, old_attempts)) => *old_state != state || *old_attempts != attempts,
                 None => state != "pending",
             };
             if changed {
@@ -223,7 +224,9 @@ impl Progress {
         }
         let finished = render::time(&run["finished_at"]);
         let took = match (render::time(&run["created_at"]), finished) {
-            (Some(created), Some(finished)) => format!(" in {}", render::duration(finished - created)),
+            (Some(created), Some(finished)) => {
+                format!(" in {}", render::duration(finished - created))
+            }
             _ => String::new(),
         };
         let at = finished.unwrap_or_else(render::now);
@@ -261,7 +264,11 @@ fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
         }
     }
     let note = step_note(step, now);
-    if !note.is_empty() {
+    if state == "waiting" && note.starts_with("waiting") {
+        // `gate       waiting for approval`, not `waiting: waiting for approval`.
+        line.truncate(line.len() - state.len());
+        line.push_str(&note);
+    } else if !note.is_empty() {
         line.push_str(&format!(": {note}"));
     }
     line
@@ -283,7 +290,11 @@ fn status(run: &Value, now: DateTime<Utc>) -> String {
         return format!("{id}  paused");
     }
     if step["waiting_for"].as_str() == Some("approval") {
-        return format!("{id}  waiting for approval: runbook approve {}", render::text(&run["id"]));
+        let run_id = render::text(&run["id"]);
+        return format!(
+            "{id}  waiting for approval: runbook approve {}",
+            render::short_id(&run_id)
+        );
     }
     let wakeup = render::time(&run["next_wakeup"]).or_else(|| render::time(&step["fire_at"]));
     if let Some(wakeup) = wakeup.filter(|_| step["state"] == "waiting") {

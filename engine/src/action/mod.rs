@@ -36,12 +36,44 @@ pub struct ActionContext {
     pub cancel: CancellationToken,
     /// The step's log (what `runbook logs` shows).
     pub log: LogSink,
-    /// A directory private to this call, under the data dir.
+    /// A directory private to this call, under the data dir (the same after a restart).
     pub state_dir: PathBuf,
+    /// On re-attach: the last note journaled for this call.
+    pub note: Option<Value>,
+    /// Journals a note about this call, durably.
+    pub recorder: Recorder,
 }
 
 pub trait Action: Send + Sync + 'static {
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture;
+
+    /// After a daemon restart, for a call that was in flight: follow it to its real end if
+    /// that can be known (it still runs, or it left its result behind), or `None` when its
+    /// outcome is unknown (the step is then `interrupted`).
+    fn reattach(&self, _input: Value, _context: ActionContext) -> Option<ActionFuture> {
+        None
+    }
+}
+
+type RecordFn = dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+
+/// Journals a note about a call in flight (`EventKind::CallNoted`); resolves once it is durable.
+#[derive(Clone)]
+pub struct Recorder(Arc<RecordFn>);
+
+impl Recorder {
+    pub fn new(record: impl Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static) -> Recorder {
+        Recorder(Arc::new(record))
+    }
+
+    /// A recorder that keeps nothing, for tests of actions outside a daemon.
+    pub fn discard() -> Recorder {
+        Recorder::new(|_| Box::pin(async { Ok(()) }))
+    }
+
+    pub async fn record(&self, note: Value) -> Result<(), String> {
+        (self.0)(note).await
+    }
 }
 
 /// The actions a daemon knows, by name.

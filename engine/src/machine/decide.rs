@@ -25,6 +25,8 @@ pub enum Input {
     TimerFired { timer: u64 },
     /// After a restart: the call was in flight and cannot be re-attached.
     Interrupted { call: u32 },
+    /// An action journals a note about its call in flight (see `EventKind::CallNoted`).
+    CallNote { call: u32, note: Value },
     Approve { step: Option<String>, by: Actor, comment: Option<String> },
     Pause { by: Actor, comment: Option<String> },
     Resume { by: Actor, comment: Option<String> },
@@ -196,6 +198,17 @@ impl Decider {
             Input::ActionFinished { call, result } => self.on_call_finished(call, result),
             Input::TimerFired { timer } => self.on_timer(timer),
             Input::Interrupted { call } => self.on_interrupted(call),
+            Input::CallNote { call, note } => {
+                if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
+                    let step = step.key.clone();
+                    self.emit(EventKind::CallNoted { step, call, undo: false, note });
+                } else if let Some(step) = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call))) {
+                    let step = step.key.clone();
+                    self.emit(EventKind::CallNoted { step, call, undo: true, note });
+                } else {
+                    return Err(Rejection::Conflict(format!("call {call} of run {} is not in flight", self.state.id)));
+                }
+            }
             Input::Approve { step, by, comment } => return self.approve(step, by, comment),
             Input::Pause { by, comment } => {
                 self.ensure_not_finished()?;

@@ -108,6 +108,15 @@ pub enum EventKind {
         comment: Option<String>,
     },
     StepCanceled { step: String },
+    /// What an action journaled about a call in flight (the exec supervisor's pid and start
+    /// time), so that a restarted daemon can re-attach to it.
+    CallNoted {
+        step: String,
+        call: u32,
+        #[serde(default)]
+        undo: bool,
+        note: Value,
+    },
     TimerArmed { timer: u64, fire_at: DateTime<Utc>, purpose: TimerPurpose, step: String },
     TimerFired { timer: u64, fire_at: DateTime<Utc>, late_by_ms: i64 },
     TimerCanceled { timer: u64, fire_at: DateTime<Utc> },

@@ -114,6 +114,10 @@ pub struct UndoState {
     pub attempts: u32,
     pub call: Option<u32>,
     pub action: String,
+    #[serde(default)]
+    pub input: Value,
+    #[serde(default)]
+    pub note: Option<Value>,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub output: Option<Value>,
@@ -143,6 +147,9 @@ pub struct StepState {
     pub skipped_by: Option<Actor>,
     pub iterations: Option<Vec<Iteration>>,
     pub undo: Option<UndoState>,
+    /// The latest note of the call in flight (see `EventKind::CallNoted`).
+    #[serde(default)]
+    pub note: Option<Value>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -300,6 +307,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     existing.error = None;
                     existing.waiting_for = None;
                     existing.fire_at = None;
+                    existing.note = None;
                     if iterations.is_some() {
                         existing.iterations = iterations;
                     }
@@ -324,6 +332,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     skipped_by: None,
                     iterations,
                     undo: None,
+                    note: None,
                 }),
             }
         }
@@ -395,6 +404,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         skipped_by: None,
                         iterations: None,
                         undo: None,
+                        note: None,
                     });
                     let last = state.steps.len() - 1;
                     &mut state.steps[last]
@@ -408,6 +418,17 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             existing.output.get_or_insert_with(|| serde_json::json!({ "skipped": reason }));
             if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
                 state.attention = None;
+            }
+        }
+        EventKind::CallNoted { step, call, undo, note } => {
+            if let Some(existing) = state.step_mut(step) {
+                if *undo {
+                    if let Some(undo_state) = existing.undo.as_mut().filter(|undo_state| undo_state.call == Some(*call)) {
+                        undo_state.note = Some(note.clone());
+                    }
+                } else if existing.call == Some(*call) {
+                    existing.note = Some(note.clone());
+                }
             }
         }
         EventKind::StepCanceled { step } => {
@@ -487,7 +508,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             state.rollback = Some(Rollback { by: by.clone(), at, queue: queue.clone() });
             state.attention = None;
         }
-        EventKind::UndoStarted { step, attempt, call, action, .. } => {
+        EventKind::UndoStarted { step, attempt, call, action, input } => {
             state.next_call = state.next_call.max(call + 1);
             if let Some(existing) = state.step_mut(step) {
                 existing.undo = Some(UndoState {
@@ -495,6 +516,8 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     attempts: *attempt,
                     call: Some(*call),
                     action: action.clone(),
+                    input: input.clone(),
+                    note: None,
                     started_at: at,
                     finished_at: None,
                     output: None,

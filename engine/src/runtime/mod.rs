@@ -26,7 +26,7 @@ use uuid::Uuid;
 
 pub use plan::{plan, Plan, PlannedStep};
 pub use timers::run_timers;
-use crate::action::{ActionContext, LogSink, Registry};
+use crate::action::{ActionContext, LogSink, Recorder, Registry};
 use crate::clock::Clock;
 use crate::definition::{self, Definition};
 use crate::machine::{self, ActionFailure, Actor, Call, Decision, Effect, Event, Input, Rejection, RunState};
@@ -140,24 +140,51 @@ impl Engine {
         self.inner.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// After a restart: every action call that was in flight is reported interrupted (the
-    /// machine re-runs it when the step is idempotent, else asks the operator).
+    /// After a restart: every action call that was in flight is offered to its action to
+    /// re-attach; one that cannot be is reported interrupted (the machine re-runs it when the
+    /// step is idempotent, else asks the operator).
     pub async fn recover(&self) {
         let slots: Vec<_> = self.slots();
         for (run_id, slot) in slots {
-            let calls: Vec<u32> = match &*slot.lock().await {
+            let in_flight: Vec<(Call, Option<Value>)> = match &*slot.lock().await {
                 Slot::Live(state) if !state.status.is_terminal() => state
                     .steps
                     .iter()
-                    .flat_map(|step| step.call.into_iter().chain(step.undo.as_ref().and_then(|undo| undo.call)))
+                    .flat_map(|step| {
+                        let main = step.call.map(|call| {
+                            let call = Call {
+                                run_id,
+                                call,
+                                step: step.key.clone(),
+                                attempt: step.attempts,
+                                undo: false,
+                                action: step.action.clone(),
+                                input: step.input.clone(),
+                            };
+                            (call, step.note.clone())
+                        });
+                        let undo = step.undo.as_ref().and_then(|undo| {
+                            undo.call.map(|call| {
+                                let call = Call {
+                                    run_id,
+                                    call,
+                                    step: step.key.clone(),
+                                    attempt: undo.attempts,
+                                    undo: true,
+                                    action: undo.action.clone(),
+                                    input: undo.input.clone(),
+                                };
+                                (call, undo.note.clone())
+                            })
+                        });
+                        main.into_iter().chain(undo)
+                    })
                     .collect(),
                 _ => Vec::new(),
             };
-            for call in calls {
-                tracing::warn!(run = %run_id, call, "an action was in flight when the daemon stopped");
-                if let Err(error) = self.handle(run_id, Input::Interrupted { call }).await {
-                    tracing::error!(run = %run_id, %error, "cannot record an interrupted call");
-                }
+            for (call, note) in in_flight {
+                tracing::warn!(run = %run_id, step = %call.step, call = call.call, "an action was in flight when the daemon stopped");
+                self.spawn(call, Some(note));
             }
         }
         self.inner.timer_wake.notify_one();
@@ -255,7 +282,7 @@ impl Engine {
         }
         for effect in &decision.effects {
             match effect {
-                Effect::Call(call) => self.spawn_call(call.clone()),
+                Effect::Call(call) => self.spawn(call.clone(), None),
                 Effect::Abort { call } => {
                     let token = self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&(run_id, *call)).cloned();
                     if let Some(token) = token {
@@ -266,32 +293,56 @@ impl Engine {
         }
     }
 
-    fn spawn_call(&self, call: Call) {
+    /// Runs an action call, or (with `reattach`, after a restart) re-attaches to one, and feeds
+    /// its end back as an input.
+    fn spawn(&self, call: Call, reattach: Option<Option<Value>>) {
         let engine = self.clone();
         let token = CancellationToken::new();
         self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((call.run_id, call.call), token.clone());
         tokio::spawn(async move {
-            let result = match engine.inner.actions.get(&call.action) {
-                Some(action) => {
-                    let context = ActionContext {
-                        run_id: call.run_id,
-                        step: call.step.clone(),
-                        attempt: call.attempt,
-                        undo: call.undo,
-                        cancel: token,
-                        log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
-                        state_dir: engine.call_dir(call.run_id, call.call),
-                    };
+            let recorder = {
+                let engine = engine.clone();
+                let (run_id, number) = (call.run_id, call.call);
+                Recorder::new(move |note| {
+                    let engine = engine.clone();
+                    Box::pin(async move {
+                        engine.handle(run_id, Input::CallNote { call: number, note }).await.map(|_| ()).map_err(|error| error.to_string())
+                    })
+                })
+            };
+            let context = ActionContext {
+                run_id: call.run_id,
+                step: call.step.clone(),
+                attempt: call.attempt,
+                undo: call.undo,
+                cancel: token,
+                log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
+                state_dir: engine.call_dir(call.run_id, call.call),
+                note: reattach.clone().flatten(),
+                recorder,
+            };
+            let action = engine.inner.actions.get(&call.action);
+            let future = match (&action, reattach.is_some()) {
+                (None, _) => None,
+                (Some(action), false) => {
                     if call.undo || call.attempt > 1 {
                         context.log.line(&format!("[runbook] {} attempt {}", if call.undo { "undo" } else { "step" }, call.attempt));
                     }
-                    action.call(call.input.clone(), context).await
+                    Some(action.call(call.input.clone(), context))
                 }
-                None => Err(ActionFailure::permanent(format!("unknown action {:?}", call.action))),
+                (Some(action), true) => action.reattach(call.input.clone(), context),
+            };
+            let input = match (future, action.is_some()) {
+                (Some(future), _) => Input::ActionFinished { call: call.call, result: future.await },
+                (None, true) => Input::Interrupted { call: call.call },
+                (None, false) => Input::ActionFinished {
+                    call: call.call,
+                    result: Err(ActionFailure::permanent(format!("unknown action {:?}", call.action))),
+                },
             };
             engine.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(call.run_id, call.call));
             crate::failpoint::hit("AfterEffectBeforeRecord");
-            if let Err(error) = engine.handle(call.run_id, Input::ActionFinished { call: call.call, result }).await {
+            if let Err(error) = engine.handle(call.run_id, input).await {
                 tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
             }
         });
