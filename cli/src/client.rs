@@ -54,7 +54,8 @@ impl fmt::Display for ApiError {
                 let data_dir = socket.parent().unwrap_or(Path::new("."));
                 write!(
                     f,
-                    "cannot reach the daemon at {}: {cause} (is `runbook daemon --data-dir {}` running?)",
+                    "cannot reach the daemon at {}: {cause} \
+                     (is `runbook daemon --data-dir {}` running?)",
                     socket.display(),
                     data_dir.display()
                 )
@@ -95,6 +96,11 @@ impl Client {
     /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, body: Value) -> Result<Value, ApiError> {
         self.request(Method::POST, path, Some(&body)).await
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<Value, ApiError> {
+        self.request(Method::DELETE, path, None).await
     }
 
     /// `GET path`, riding out a daemon restart: while the daemon is unreachable, retry every

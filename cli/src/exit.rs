@@ -6,8 +6,8 @@
 //! | 1 | any other error (the daemon's `internal` or `unavailable`, an I/O failure, ...) |
 //! | 2 | usage error: a bad command line (clap's default) |
 //! | 3 | not found: unknown run, runbook or step (`not_found`) |
-//! | 4 | invalid input: a bad definition, param or body (`invalid`), a bad `-p key=value`, a missing or unreadable file |
-//! | 5 | conflict: the request does not fit the run's state, a lock is held, or a run id prefix is ambiguous (`conflict`, `ambiguous`) |
+//! | 4 | invalid input (`invalid`): bad definition, param or body; bad `-p`; unreadable file |
+//! | 5 | conflict (`conflict`, `ambiguous`): wrong run state, lock held, ambiguous id prefix |
 //! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
 //! | 7 | the watched run ended in a state other than `succeeded` |
 //!

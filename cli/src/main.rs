@@ -70,8 +70,14 @@ enum Command {
     Retry(commands::retry::Args),
     /// Skip a failed or interrupted step and go on
     Skip(commands::skip::Args),
+    /// Cron triggers that launch runbooks: add, ls, show, pause, resume, rm, trigger, backfill
+    #[command(subcommand)]
+    Schedule(commands::schedule::Command),
     /// Start a daemon if needed and run the built-in `demo` runbook end to end
     Demo(commands::demo::Args),
+    /// Internal: the supervisor of one `exec` command (started by the daemon)
+    #[command(hide = true)]
+    Shim(commands::shim::Args),
 }
 
 #[tokio::main]
@@ -89,6 +95,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    // Before the data dir is resolved: the shim needs none.
+    if let Command::Shim(args) = &cli.command {
+        commands::shim::run(args);
+    }
     let data_dir = match cli.data_dir {
         Some(data_dir) => data_dir,
         None => default_data_dir()?,
@@ -116,7 +126,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Rollback(args) => commands::rollback::run(&ctx, args).await,
         Command::Retry(args) => commands::retry::run(&ctx, args).await,
         Command::Skip(args) => commands::skip::run(&ctx, args).await,
+        Command::Schedule(command) => commands::schedule::run(&ctx, command).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
+        Command::Shim(args) => commands::shim::run(&args),
     }
 }
 
@@ -134,7 +146,10 @@ fn default_data_dir() -> Result<PathBuf> {
     if let Some(home) = absolute("HOME") {
         return Ok(home.join(".local/share/runbook"));
     }
-    bail!("no data dir: pass --data-dir DIR or set RUNBOOK_DATA_DIR (neither XDG_DATA_HOME nor HOME is set)")
+    bail!(
+        "no data dir: pass --data-dir DIR or set RUNBOOK_DATA_DIR \
+         (neither XDG_DATA_HOME nor HOME is set)"
+    )
 }
 
 #[cfg(test)]

@@ -34,17 +34,21 @@ pub fn duration_ms(ms: i64) -> String {
     if ms < 1_000 {
         return format!("{:.2}s", ms as f64 / 1000.0);
     }
-    if ms < 10_000 {
+    if ms < 10_000 && ms % 1000 != 0 {
         return format!("{:.1}s", ms as f64 / 1000.0);
     }
     let secs = ms / 1000;
     if secs < 60 {
         return format!("{secs}s");
     }
-    if secs < 3600 {
-        return format!("{}m{}s", secs / 60, secs % 60);
+    // Zero tails are dropped: `5m`, `72h`, but `2m3s` and `71h59m`.
+    let (hours, minutes, seconds) = (secs / 3600, (secs % 3600) / 60, secs % 60);
+    match (hours, minutes, seconds) {
+        (0, minutes, 0) => format!("{minutes}m"),
+        (0, minutes, seconds) => format!("{minutes}m{seconds}s"),
+        (hours, 0, _) => format!("{hours}h"),
+        (hours, minutes, _) => format!("{hours}h{minutes}m"),
     }
-    format!("{}h{}m", secs / 3600, (secs % 3600) / 60)
 }
 
 /// A [`TimeDelta`] rendered like [`duration_ms`].
@@ -190,6 +194,9 @@ mod tests {
         check(123_000, "2m3s");
         check(119_400, "1m59s");
         check((71 * 3600 + 59 * 60 + 30) * 1000, "71h59m");
+        check(1_000, "1s");
+        check(300_000, "5m");
+        check(72 * 3600 * 1000, "72h");
     }
 
     #[test]
@@ -197,7 +204,7 @@ mod tests {
         let now = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
             .map(|at| at.with_timezone(&Utc))
             .unwrap_or_default();
-        assert_eq!(relative(now + TimeDelta::minutes(2), now), "in 2m0s");
+        assert_eq!(relative(now + TimeDelta::minutes(2), now), "in 2m");
         assert_eq!(relative(now - TimeDelta::seconds(30), now), "30s ago");
         assert_eq!(relative(now, now), "now");
     }

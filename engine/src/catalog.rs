@@ -34,8 +34,15 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(builtin: &[Source], user_dir: Option<PathBuf>, actions: Registry) -> Catalog {
-        let builtin = builtin.iter().map(|source| load(source, &actions)).collect();
-        Catalog { builtin, user_dir, actions }
+        let builtin = builtin
+            .iter()
+            .map(|source| load(source, &actions))
+            .collect();
+        Catalog {
+            builtin,
+            user_dir,
+            actions,
+        }
     }
 
     /// Checks a definition sent with a request (`start ./file.toml`).
@@ -47,7 +54,11 @@ impl Catalog {
 
     /// Every runbook by name; a user file may not shadow a built-in.
     pub fn entries(&self) -> BTreeMap<String, Entry> {
-        let mut entries: BTreeMap<String, Entry> = self.builtin.iter().map(|entry| (entry.name.clone(), entry.clone())).collect();
+        let mut entries: BTreeMap<String, Entry> = self
+            .builtin
+            .iter()
+            .map(|entry| (entry.name.clone(), entry.clone()))
+            .collect();
         for entry in self.user_entries() {
             match entries.get(&entry.name) {
                 Some(existing) if existing.definition.is_ok() && entry.definition.is_ok() => {
@@ -69,14 +80,24 @@ impl Catalog {
         entries
     }
 
+    pub fn actions(&self) -> &Registry {
+        &self.actions
+    }
+
     pub fn get(&self, name: &str) -> Option<Entry> {
         self.entries().remove(name)
     }
 
     fn user_entries(&self) -> Vec<Entry> {
-        let Some(dir) = &self.user_dir else { return Vec::new() };
+        let Some(dir) = &self.user_dir else {
+            return Vec::new();
+        };
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries.flatten().map(|entry| entry.path()).filter(|path| path.extension().is_some_and(|ext| ext == "toml")).collect(),
+            Ok(entries) => entries
+                .flatten()
+                .map(|entry| entry.path())
+                .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+                .collect(),
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "cannot read the runbooks dir");
                 return Vec::new();
@@ -86,7 +107,13 @@ impl Catalog {
         files
             .iter()
             .map(|path| match std::fs::read_to_string(path) {
-                Ok(text) => load(&Source { file: path.display().to_string(), text }, &self.actions),
+                Ok(text) => load(
+                    &Source {
+                        file: path.display().to_string(),
+                        text,
+                    },
+                    &self.actions,
+                ),
                 Err(error) => Entry {
                     name: file_stem(path),
                     source: path.display().to_string(),
@@ -98,14 +125,25 @@ impl Catalog {
 }
 
 fn load(source: &Source, actions: &Registry) -> Entry {
-    let parsed = definition::parse(&source.file, &source.text)
-        .and_then(|definition| definition::validate(&definition, &|name| actions.contains(name)).map(|()| definition));
+    let parsed = definition::parse(&source.file, &source.text).and_then(|definition| {
+        definition::validate(&definition, &|name| actions.contains(name)).map(|()| definition)
+    });
     match parsed {
-        Ok(definition) => Entry { name: definition.name.clone(), source: source.file.clone(), definition: Ok(Arc::new(definition)) },
-        Err(error) => Entry { name: file_stem(Path::new(&source.file)), source: source.file.clone(), definition: Err(error.to_string()) },
+        Ok(definition) => Entry {
+            name: definition.name.clone(),
+            source: source.file.clone(),
+            definition: Ok(Arc::new(definition)),
+        },
+        Err(error) => Entry {
+            name: file_stem(Path::new(&source.file)),
+            source: source.file.clone(),
+            definition: Err(error.to_string()),
+        },
     }
 }
 
 fn file_stem(path: &Path) -> String {
-    path.file_stem().map(|stem| stem.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|stem| stem.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -49,23 +49,37 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 }
 
 /// Runs the daemon until `shutdown` resolves.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), Error> {
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|error| Error::Io(format!("cannot create data dir {}: {error}", data_dir.display())))?;
+    std::fs::create_dir_all(&data_dir).map_err(|error| {
+        Error::Io(format!(
+            "cannot create data dir {}: {error}",
+            data_dir.display()
+        ))
+    })?;
     let _lock = lock_data_dir(&data_dir)?;
 
     let store = SledStore::open(&data_dir.join("store"))?;
     let writer = Writer::start(Arc::new(store));
-    let engine = Engine::open(writer, Arc::new(SystemClock), config.actions.clone(), &data_dir)?;
     let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
+    let engine = Engine::open(writer, Arc::new(SystemClock), catalog.clone(), &data_dir)?;
 
     let socket = socket_path(&data_dir);
     match std::fs::remove_file(&socket) {
         Ok(()) => {}
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(Error::Io(format!("cannot remove stale socket {}: {error}", socket.display()))),
+        Err(error) => {
+            return Err(Error::Io(format!(
+                "cannot remove stale socket {}: {error}",
+                socket.display()
+            )))
+        }
     }
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|error| Error::Io(format!("cannot listen on {}: {error}", socket.display())))?;
+    let listener = tokio::net::UnixListener::bind(&socket)
+        .map_err(|error| Error::Io(format!("cannot listen on {}: {error}", socket.display())))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|error| Error::Io(format!("cannot restrict {}: {error}", socket.display())))?;
 
@@ -74,15 +88,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'st
     let timers = tokio::spawn(runtime::run_timers(engine.clone(), stop_timers.clone()));
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
 
-    let app = crate::api::router(crate::api::AppState { engine: engine.clone(), catalog });
+    let app = crate::api::router(crate::api::AppState {
+        engine: engine.clone(),
+        catalog,
+    });
     let drain_engine = engine.clone();
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<crate::api::Peer>())
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: no new work; running steps keep running");
-            drain_engine.stop_accepting();
-        })
-        .await;
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::api::Peer>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new work; running steps keep running");
+        drain_engine.stop_accepting();
+    })
+    .await;
     stop_timers.cancel();
     let _ = timers.await;
     let _ = std::fs::remove_file(&socket);
@@ -108,7 +128,14 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
         let mut pid = String::new();
         let _ = file.read_to_string(&mut pid);
         let pid = pid.trim();
-        return Err(Error::InUse { dir: data_dir.display().to_string(), pid: if pid.is_empty() { "unknown".to_owned() } else { pid.to_owned() } });
+        return Err(Error::InUse {
+            dir: data_dir.display().to_string(),
+            pid: if pid.is_empty() {
+                "unknown".to_owned()
+            } else {
+                pid.to_owned()
+            },
+        });
     }
     let write = (|| -> std::io::Result<()> {
         file.set_len(0)?;

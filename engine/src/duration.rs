@@ -11,7 +11,9 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         return Err("empty duration".to_owned());
     }
     if trimmed.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!("duration {trimmed:?} has no unit (write e.g. \"{trimmed}s\" or \"{trimmed}h\")"));
+        return Err(format!(
+            "duration {trimmed:?} has no unit (write e.g. \"{trimmed}s\" or \"{trimmed}h\")"
+        ));
     }
     humantime::parse_duration(trimmed).map_err(|error| format!("bad duration {trimmed:?}: {error}"))
 }
@@ -54,14 +56,19 @@ pub mod opt_ms {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(value: &Option<Duration>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         match value {
             Some(duration) => serializer.serialize_some(&(duration.as_millis() as u64)),
             None => serializer.serialize_none(),
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Ok(Option::<u64>::deserialize(deserializer)?.map(Duration::from_millis))
     }
 }

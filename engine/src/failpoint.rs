@@ -18,7 +18,10 @@ pub fn hit(name: &str) {
     static PASSES: AtomicU64 = AtomicU64::new(0);
     let armed = ARMED.get_or_init(|| {
         let point = std::env::var("RUNBOOK_FAILPOINT").ok()?;
-        let skip = std::env::var("RUNBOOK_FAILPOINT_SKIP").ok().and_then(|skip| skip.parse().ok()).unwrap_or(0);
+        let skip = std::env::var("RUNBOOK_FAILPOINT_SKIP")
+            .ok()
+            .and_then(|skip| skip.parse().ok())
+            .unwrap_or(0);
         Some((point, skip))
     });
     if let Some((point, skip)) = armed {

@@ -29,5 +29,6 @@ pub mod duration;
 pub mod failpoint;
 pub mod machine;
 pub mod runtime;
+pub mod schedule;
 pub mod store;
 pub mod template;

@@ -14,7 +14,9 @@ use minijinja::{Environment, UndefinedBehavior};
 use serde_json::Value;
 
 /// Names a runbook cannot use for a capture or loop variable.
-pub const RESERVED_NAMES: &[&str] = &["params", "steps", "run", "item", "index", "output", "loop", "true", "false", "none"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "params", "steps", "run", "item", "index", "output", "loop", "true", "false", "none",
+];
 
 /// minijinja's global functions, which look like variables to the checker.
 pub const GLOBAL_FUNCTIONS: &[&str] = &["range", "dict", "namespace", "debug"];
@@ -36,8 +38,14 @@ static ENVIRONMENT: LazyLock<Environment<'static>> = LazyLock::new(|| {
 /// The variables (with one level of attribute, `params.broker`) a template refers to.
 pub fn referenced_names(text: &str, kind: TemplateKind) -> Result<BTreeSet<String>, String> {
     let names = match kind {
-        TemplateKind::Text => ENVIRONMENT.template_from_str(text).map_err(describe)?.undeclared_variables(true),
-        TemplateKind::Expression => ENVIRONMENT.compile_expression(text).map_err(describe)?.undeclared_variables(true),
+        TemplateKind::Text => ENVIRONMENT
+            .template_from_str(text)
+            .map_err(describe)?
+            .undeclared_variables(true),
+        TemplateKind::Expression => ENVIRONMENT
+            .compile_expression(text)
+            .map_err(describe)?
+            .undeclared_variables(true),
     };
     Ok(names.into_iter().collect())
 }
@@ -46,7 +54,11 @@ pub fn referenced_names(text: &str, kind: TemplateKind) -> Result<BTreeSet<Strin
 pub fn render(value: &Value, context: &Value) -> Result<Value, String> {
     match value {
         Value::String(text) => render_text(text, context),
-        Value::Array(items) => items.iter().map(|item| render(item, context)).collect::<Result<Vec<_>, _>>().map(Value::Array),
+        Value::Array(items) => items
+            .iter()
+            .map(|item| render(item, context))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Array),
         Value::Object(map) => map
             .iter()
             .map(|(key, item)| Ok((key.clone(), render(item, context)?)))
@@ -61,7 +73,11 @@ fn render_text(text: &str, context: &Value) -> Result<Value, String> {
         return Ok(Value::String(text.to_owned()));
     }
     let trimmed = text.trim();
-    if trimmed.starts_with("{{") && trimmed.ends_with("}}") && trimmed.matches("{{").count() == 1 && !trimmed.contains("{%") {
+    if trimmed.starts_with("{{")
+        && trimmed.ends_with("}}")
+        && trimmed.matches("{{").count() == 1
+        && !trimmed.contains("{%")
+    {
         return eval(&trimmed[2..trimmed.len() - 2], context);
     }
     let context = minijinja::Value::from_serialize(context);
@@ -73,7 +89,9 @@ fn render_text(text: &str, context: &Value) -> Result<Value, String> {
 
 /// Evaluates an expression to a JSON value.
 pub fn eval(expression: &str, context: &Value) -> Result<Value, String> {
-    let compiled = ENVIRONMENT.compile_expression(expression).map_err(|error| format!("{expression:?}: {}", describe(error)))?;
+    let compiled = ENVIRONMENT
+        .compile_expression(expression)
+        .map_err(|error| format!("{expression:?}: {}", describe(error)))?;
     let value = compiled
         .eval(minijinja::Value::from_serialize(context))
         .map_err(|error| format!("{}: {}", expression.trim(), describe(error)))?;
@@ -85,7 +103,9 @@ pub fn eval(expression: &str, context: &Value) -> Result<Value, String> {
 
 /// Evaluates a condition; it must yield a bool (or a value with an obvious truth: see minijinja).
 pub fn is_true(expression: &str, context: &Value) -> Result<bool, String> {
-    let compiled = ENVIRONMENT.compile_expression(expression).map_err(|error| format!("{expression:?}: {}", describe(error)))?;
+    let compiled = ENVIRONMENT
+        .compile_expression(expression)
+        .map_err(|error| format!("{expression:?}: {}", describe(error)))?;
     let value = compiled
         .eval(minijinja::Value::from_serialize(context))
         .map_err(|error| format!("{}: {}", expression.trim(), describe(error)))?;
@@ -111,9 +131,18 @@ mod tests {
     #[test]
     fn a_lone_expression_keeps_its_type() {
         let context = json!({"params": {"brokers": ["a", "b"], "n": 3}});
-        assert_eq!(render(&json!("{{ params.brokers }}"), &context).unwrap(), json!(["a", "b"]));
-        assert_eq!(render(&json!("n={{ params.n }}"), &context).unwrap(), json!("n=3"));
-        assert_eq!(render(&json!({"x": ["{{ params.n + 1 }}"]}), &context).unwrap(), json!({"x": [4]}));
+        assert_eq!(
+            render(&json!("{{ params.brokers }}"), &context).unwrap(),
+            json!(["a", "b"])
+        );
+        assert_eq!(
+            render(&json!("n={{ params.n }}"), &context).unwrap(),
+            json!("n=3")
+        );
+        assert_eq!(
+            render(&json!({"x": ["{{ params.n + 1 }}"]}), &context).unwrap(),
+            json!({"x": [4]})
+        );
     }
 
     #[test]
@@ -126,8 +155,15 @@ mod tests {
 
     #[test]
     fn names_are_found() {
-        let names = referenced_names("{{ params.broker }} {{ steps.list.output }}", TemplateKind::Text).unwrap();
+        let names = referenced_names(
+            "{{ params.broker }} {{ steps.list.output }}",
+            TemplateKind::Text,
+        )
+        .unwrap();
         assert!(names.contains("params.broker"), "{names:?}");
-        assert!(names.iter().any(|name| name.starts_with("steps.list")), "{names:?}");
+        assert!(
+            names.iter().any(|name| name.starts_with("steps.list")),
+            "{names:?}"
+        );
     }
 }

@@ -4,6 +4,10 @@
 //! actions are registered into the engine's [`Registry`]. This crate knows nothing of HTTP or
 //! terminals.
 
+#![recursion_limit = "256"]
+
+pub mod rocketmq;
+
 use runbook_engine::action::Registry;
 use runbook_engine::catalog::Source;
 
@@ -12,12 +16,20 @@ const CATALOG: &[(&str, &str)] = &[("demo.toml", include_str!("../catalog/demo.t
 
 /// The built-in runbooks.
 pub fn builtin() -> Vec<Source> {
-    CATALOG.iter().map(|(file, text)| Source { file: format!("builtin:{file}"), text: (*text).to_owned() }).collect()
+    CATALOG
+        .iter()
+        .map(|(file, text)| Source {
+            file: format!("builtin:{file}"),
+            text: (*text).to_owned(),
+        })
+        .collect()
 }
 
 /// Every action a daemon offers: the engine's core ones and the domain ones.
 pub fn actions() -> Registry {
-    Registry::new()
+    let mut registry = Registry::new();
+    rocketmq::register(&mut registry);
+    registry
 }
 
 #[cfg(test)]
@@ -28,8 +40,10 @@ mod tests {
     fn every_builtin_runbook_validates() {
         let actions = actions();
         for source in builtin() {
-            let definition = runbook_engine::definition::parse(&source.file, &source.text).unwrap_or_else(|error| panic!("{error}"));
-            runbook_engine::definition::validate(&definition, &|name| actions.contains(name)).unwrap_or_else(|error| panic!("{error}"));
+            let definition = runbook_engine::definition::parse(&source.file, &source.text)
+                .unwrap_or_else(|error| panic!("{error}"));
+            runbook_engine::definition::validate(&definition, &|name| actions.contains(name))
+                .unwrap_or_else(|error| panic!("{error}"));
         }
     }
 }

@@ -17,9 +17,16 @@ pub fn binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test executable has a path");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
     let binary = profile_dir.join("runbook");
-    assert!(binary.exists(), "{} is missing: run the tests with `cargo test --workspace`", binary.display());
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        binary.display()
+    );
     binary
 }
 
@@ -39,13 +46,39 @@ impl Daemon {
     }
 
     pub fn start_with(extra_args: &[&str], env: &[(&str, &str)]) -> Result<Daemon> {
+        Daemon::start_full(extra_args, env, &[])
+    }
+
+    /// A daemon whose `--runbooks-dir` holds the given `(file name, text)` runbooks.
+    pub fn start_with_runbooks(files: &[(&str, &str)]) -> Result<Daemon> {
+        Daemon::start_full(&[], &[], files)
+    }
+
+    fn start_full(
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        runbooks: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let temp = tempfile::Builder::new().prefix("runbook-test-").tempdir()?;
+        let mut extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
+        if !runbooks.is_empty() {
+            let dir = temp.path().join("runbooks");
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in runbooks {
+                std::fs::write(dir.join(name), text)?;
+            }
+            extra_args.push("--runbooks-dir".to_owned());
+            extra_args.push(dir.display().to_string());
+        }
         let mut daemon = Daemon {
             data_dir: temp.path().to_owned(),
             _temp: Some(temp),
             child: None,
-            extra_args: extra_args.iter().map(|arg| arg.to_string()).collect(),
-            env: env.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect(),
+            extra_args,
+            env: env
+                .iter()
+                .map(|(key, value)| (key.to_string(), value.to_string()))
+                .collect(),
         };
         daemon.restart()?;
         Ok(daemon)
@@ -56,7 +89,10 @@ impl Daemon {
         if self.child.is_some() {
             bail!("the daemon is already running");
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data_dir.join("daemon.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("daemon.log"))?;
         let mut command = Command::new(binary());
         command
             .arg("--data-dir")
@@ -79,15 +115,25 @@ impl Daemon {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
                     self.child = None;
-                    bail!("the daemon exited during start-up ({status}); its log:\n{}", self.log());
+                    bail!(
+                        "the daemon exited during start-up ({status}); its log:\n{}",
+                        self.log()
+                    );
                 }
             }
-            if self.cli(&["list"]).map(|output| output.status.success()).unwrap_or(false) {
+            if self
+                .cli(&["list"])
+                .map(|output| output.status.success())
+                .unwrap_or(false)
+            {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("the daemon did not answer within 30 s; its log:\n{}", self.log())
+        bail!(
+            "the daemon did not answer within 30 s; its log:\n{}",
+            self.log()
+        )
     }
 
     /// The daemon's pid, while it runs.
@@ -119,7 +165,12 @@ impl Daemon {
 
     /// Runs `runbook --data-dir <dir> <args>`.
     pub fn cli(&self, args: &[&str]) -> Result<Output> {
-        Ok(Command::new(binary()).arg("--data-dir").arg(&self.data_dir).args(args).stdin(Stdio::null()).output()?)
+        Ok(Command::new(binary())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
     }
 
     /// Runs a CLI command with `--json` that must succeed, and parses its stdout.
@@ -135,7 +186,13 @@ impl Daemon {
                 String::from_utf8_lossy(&output.stderr)
             );
         }
-        serde_json::from_slice(&output.stdout).with_context(|| format!("stdout of runbook {}: {}", args.join(" "), String::from_utf8_lossy(&output.stdout)))
+        serde_json::from_slice(&output.stdout).with_context(|| {
+            format!(
+                "stdout of runbook {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
     }
 
     /// Starts a runbook (a name or a file) and returns the run id.
@@ -147,7 +204,10 @@ impl Daemon {
         }
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         let run = self.json(&refs)?;
-        run["id"].as_str().map(str::to_owned).ok_or_else(|| anyhow!("no run id in {run}"))
+        run["id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("no run id in {run}"))
     }
 
     pub fn show(&self, run: &str) -> Result<Value> {
@@ -155,7 +215,12 @@ impl Daemon {
     }
 
     /// Polls `show` until `done` holds (or the time runs out).
-    pub fn wait_for(&self, run: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Result<Value> {
+    pub fn wait_for(
+        &self,
+        run: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
         let deadline = Instant::now() + timeout;
         loop {
             let shown = self.show(run)?;
@@ -163,10 +228,26 @@ impl Daemon {
                 return Ok(shown);
             }
             if Instant::now() > deadline {
-                bail!("timed out; last state of run {run}:\n{}\ndaemon log:\n{}", serde_json::to_string_pretty(&shown)?, self.log());
+                bail!(
+                    "timed out; last state of run {run}:\n{}\ndaemon log:\n{}",
+                    serde_json::to_string_pretty(&shown)?,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Polls `done` until it holds (or the time runs out).
+    pub fn wait_until(&self, timeout: Duration, done: impl Fn() -> Result<bool>) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !done()? {
+            if Instant::now() > deadline {
+                bail!("timed out waiting; daemon log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
     }
 
     /// Waits until the run is in `state`.
@@ -175,8 +256,16 @@ impl Daemon {
     }
 
     /// Waits until the step is in `state`.
-    pub fn wait_step(&self, run: &str, step: &str, state: &str, timeout: Duration) -> Result<Value> {
-        self.wait_for(run, timeout, |shown| step_of(shown, step).is_some_and(|found| found["state"] == state))
+    pub fn wait_step(
+        &self,
+        run: &str,
+        step: &str,
+        state: &str,
+        timeout: Duration,
+    ) -> Result<Value> {
+        self.wait_for(run, timeout, |shown| {
+            step_of(shown, step).is_some_and(|found| found["state"] == state)
+        })
     }
 
     /// Writes a runbook file into the data dir's `files/` and returns its path.
@@ -202,10 +291,309 @@ impl Drop for Daemon {
 
 /// The step `id` of a `show --json` result.
 pub fn step_of<'a>(shown: &'a Value, id: &str) -> Option<&'a Value> {
-    shown["steps"].as_array()?.iter().find(|step| step["id"] == id)
+    shown["steps"]
+        .as_array()?
+        .iter()
+        .find(|step| step["id"] == id)
 }
 
 /// The lines of a marker file (empty when it does not exist).
 pub fn lines(path: &str) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+pub mod cluster;
+// ----- processes: what a step leaves running, and a real sshd (exec supervisor tests) -----------
+
+/// A process as `/proc/<pid>/stat` and `/proc/<pid>/cmdline` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgrp: i32,
+    /// `R`, `S`, `D`, ... or `Z` for a zombie (ended, not yet reaped).
+    pub state: char,
+    pub cmdline: Vec<String>,
+}
+
+impl Proc {
+    /// Reads one process; `None` if it is gone (or unreadable).
+    pub fn read(pid: i32) -> Option<Proc> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid pgrp ...`: the comm may hold spaces; the last `)` ends it.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        Some(Proc {
+            pid,
+            state: fields.first()?.chars().next()?,
+            ppid: fields.get(1)?.parse().ok()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            cmdline: cmdline
+                .split(|byte| *byte == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect(),
+        })
+    }
+
+    pub fn is_zombie(&self) -> bool {
+        self.state == 'Z'
+    }
+
+    /// Whether its environment holds `key=value` (a zombie has none left).
+    pub fn has_env(&self, key: &str, value: &str) -> bool {
+        let wanted = format!("{key}={value}");
+        std::fs::read(format!("/proc/{}/environ", self.pid))
+            .unwrap_or_default()
+            .split(|byte| *byte == 0)
+            .any(|entry| entry == wanted.as_bytes())
+    }
+}
+
+/// Every process of the host (those that end while being read are skipped).
+pub fn processes() -> Vec<Proc> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(Proc::read)
+        .collect()
+}
+
+/// Every process in process group `pgid`, zombies included (a zombie still holds the group).
+pub fn group_members(pgid: i32) -> Vec<Proc> {
+    processes()
+        .into_iter()
+        .filter(|process| process.pgrp == pgid)
+        .collect()
+}
+
+/// The processes whose environment holds `key=value`: a marker a test puts on a command, which
+/// every descendant inherits.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<Proc> {
+    processes()
+        .into_iter()
+        .filter(|process| process.has_env(key, value))
+        .collect()
+}
+
+/// Makes this test process adopt the orphans of its subtree (`PR_SET_CHILD_SUBREAPER`): after a
+/// `kill -9` of the daemon, its shims become children of the test, which can then reap them.
+pub fn become_subreaper() -> Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts orphans.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// SIGKILL to `pid`, a child of this process (see [`become_subreaper`]), and reap it, so that
+/// its pid is free again.
+pub fn kill_and_reap(pid: i32) -> Result<()> {
+    // SAFETY: kill(2) and waitpid(2) on a pid that is our child; `status` is a valid int.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        if libc::waitpid(pid, &mut status, 0) != pid {
+            bail!("cannot reap pid {pid}: {}", std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Starts `argv` as a process whose pid is exactly `pid` (a free one), through
+/// `/proc/sys/kernel/ns_last_pid` (needs root); retries when another process takes it first.
+pub fn spawn_with_pid(pid: i32, argv: &[&str]) -> Result<Child> {
+    let Some((program, args)) = argv.split_first() else {
+        bail!("empty argv")
+    };
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string())
+            .context("writing /proc/sys/kernel/ns_last_pid (the test needs root)")?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .spawn()?;
+        if child.id() == pid as u32 {
+            return Ok(child);
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    bail!("could not start a process with pid {pid}: another process kept taking it")
+}
+
+impl Daemon {
+    /// The live (not zombie) `runbook shim` processes working for this data dir.
+    pub fn shims(&self) -> Vec<Proc> {
+        let data_dir = self.data_dir.display().to_string();
+        processes()
+            .into_iter()
+            .filter(|process| !process.is_zombie())
+            .filter(|process| process.cmdline.get(1).is_some_and(|verb| verb == "shim"))
+            .filter(|process| {
+                process
+                    .cmdline
+                    .get(2)
+                    .is_some_and(|dir| dir.starts_with(&data_dir))
+            })
+            .collect()
+    }
+
+    /// The call dirs of a run (`<data>/runs/<run>/calls/<n>`), in call order.
+    pub fn call_dirs(&self, run: &str) -> Result<Vec<PathBuf>> {
+        let calls = self.data_dir.join("runs").join(run).join("calls");
+        let mut numbered: Vec<(u32, PathBuf)> = std::fs::read_dir(&calls)
+            .with_context(|| format!("reading {}", calls.display()))?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                Some((entry.file_name().to_str()?.parse().ok()?, entry.path()))
+            })
+            .collect();
+        numbered.sort();
+        Ok(numbered.into_iter().map(|(_, path)| path).collect())
+    }
+
+    /// A step's log as stored (`<data>/runs/<run>/logs/<step>.log`); empty if not written yet.
+    pub fn step_log(&self, run: &str, step: &str) -> String {
+        let path = self
+            .data_dir
+            .join("runs")
+            .join(run)
+            .join("logs")
+            .join(format!("{step}.log"));
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A real OpenSSH server on 127.0.0.1, for this test only: its own host key, an authorized user
+/// key, a known_hosts file that trusts it, running as root in the foreground. Killed by pid on
+/// drop.
+pub struct Sshd {
+    pub port: u16,
+    /// `<user>@127.0.0.1:<port>`, the `host` of an exec step.
+    pub host: String,
+    /// The private key sshd accepts.
+    pub user_key: PathBuf,
+    /// A known_hosts file holding sshd's host key for `[127.0.0.1]:<port>`.
+    pub known_hosts: PathBuf,
+    pub dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl Sshd {
+    pub const BINARY: &'static str = "/usr/sbin/sshd";
+
+    pub fn start() -> Result<Sshd> {
+        if !Path::new(Sshd::BINARY).exists() {
+            bail!("{} is missing: install openssh-server (`.ci/run` does, or apt-get install openssh-server)", Sshd::BINARY);
+        }
+        let dir = tempfile::Builder::new().prefix("runbook-sshd-").tempdir()?;
+        let host_key = dir.path().join("host_key");
+        let user_key = dir.path().join("user_key");
+        keygen(&host_key)?;
+        keygen(&user_key)?;
+        let authorized_keys = dir.path().join("authorized_keys");
+        std::fs::copy(user_key.with_extension("pub"), &authorized_keys)?;
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").context("creating /run/sshd (the test needs root)")?;
+        let port = free_port()?;
+        let config = dir.path().join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nStrictModes no\nUsePAM no\n\
+                 PidFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                host_key.display(),
+                authorized_keys.display()
+            ),
+        )?;
+        let log = std::fs::File::create(dir.path().join("sshd.log"))?;
+        let child = Command::new(Sshd::BINARY)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting sshd")?;
+        let host_public = std::fs::read_to_string(host_key.with_extension("pub"))?;
+        let host_public: Vec<&str> = host_public.split_whitespace().take(2).collect();
+        let known_hosts = dir.path().join("known_hosts");
+        std::fs::write(
+            &known_hosts,
+            format!("[127.0.0.1]:{port} {}\n", host_public.join(" ")),
+        )?;
+        let user = String::from_utf8(Command::new("id").arg("-un").output()?.stdout)?
+            .trim()
+            .to_owned();
+        let mut sshd = Sshd {
+            port,
+            host: format!("{user}@127.0.0.1:{port}"),
+            user_key,
+            known_hosts,
+            dir,
+            child,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = sshd.child.try_wait()? {
+                bail!(
+                    "sshd exited during start-up ({status}); its log:\n{}",
+                    sshd.log()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "sshd did not listen on 127.0.0.1:{port} within 15 s; its log:\n{}",
+                    sshd.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(sshd)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A new ed25519 key pair without passphrase at `path` (+ `.pub`).
+pub fn keygen(path: &Path) -> Result<()> {
+    let output = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "runbook-test", "-f"])
+        .arg(path)
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "ssh-keygen -f {} failed: {}",
+            path.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }

@@ -41,9 +41,14 @@ with = {{ command = "echo b >> {marker}" }}
     let downtime_ms = down.elapsed().as_millis() as i64;
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(lines(&marker), ["a", "b"]);
-    let late = step_of(&shown, "pause").unwrap()["late_by_ms"].as_i64().unwrap();
+    let late = step_of(&shown, "pause").unwrap()["late_by_ms"]
+        .as_i64()
+        .unwrap();
     // The deadline passed about 2 s into the 6 s+ downtime.
-    assert!(late >= 1500 && late <= downtime_ms, "late_by_ms = {late}, downtime {downtime_ms} ms");
+    assert!(
+        late >= 1500 && late <= downtime_ms,
+        "late_by_ms = {late}, downtime {downtime_ms} ms"
+    );
     Ok(())
 }
 
@@ -82,9 +87,23 @@ fn a_non_idempotent_step_cut_by_kill_9_waits_for_the_operator() -> Result<()> {
     assert_eq!(shown["reason"], "interrupted");
     assert_eq!(step_of(&shown, "slow").unwrap()["state"], "interrupted");
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(lines(&marker).len(), 1, "an interrupted non-idempotent step must not re-run by itself");
-    let retried = daemon.cli(&["retry", &first, "slow", "--comment", "checked: it did not finish"])?;
-    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    assert_eq!(
+        lines(&marker).len(),
+        1,
+        "an interrupted non-idempotent step must not re-run by itself"
+    );
+    let retried = daemon.cli(&[
+        "retry",
+        &first,
+        "slow",
+        "--comment",
+        "checked: it did not finish",
+    ])?;
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
     daemon.wait_state(&first, "succeeded", LONG)?;
     assert_eq!(lines(&marker).len(), 2);
 
@@ -96,7 +115,11 @@ fn a_non_idempotent_step_cut_by_kill_9_waits_for_the_operator() -> Result<()> {
     daemon.restart()?;
     daemon.wait_state(&second, "needs_attention", LONG)?;
     let skipped = daemon.cli(&["skip", &second, "slow"])?;
-    assert!(skipped.status.success(), "{}", String::from_utf8_lossy(&skipped.stderr));
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
     let shown = daemon.wait_state(&second, "succeeded", LONG)?;
     assert_eq!(step_of(&shown, "slow").unwrap()["state"], "skipped");
     assert_eq!(lines(&marker).len(), 1);
@@ -153,7 +176,10 @@ serial = 1
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(lines(&marker), ["one", "two", "three"]);
     for index in 0..3 {
-        assert_eq!(step_of(&shown, &format!("each[{index}].mark")).unwrap()["attempts"], 1);
+        assert_eq!(
+            step_of(&shown, &format!("each[{index}].mark")).unwrap()["attempts"],
+            1
+        );
     }
     Ok(())
 }
@@ -175,17 +201,28 @@ with = { duration = "3s" }
     daemon.wait_step(&run, "pause", "waiting", LONG)?;
     std::thread::sleep(Duration::from_secs(1));
     let paused = daemon.cli(&["pause", &run])?;
-    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
     let paused_at = Instant::now();
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(daemon.show(&run)?["state"], "paused");
     let resumed = daemon.cli(&["resume", &run])?;
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
     let resumed_at = Instant::now();
     daemon.wait_state(&run, "succeeded", LONG)?;
     let after_resume = resumed_at.elapsed();
     // About 2 s were left when it was paused; the wait must not end at resume, nor 3 s after it.
-    assert!(after_resume >= Duration::from_millis(1500) && after_resume < Duration::from_millis(3500), "ended {after_resume:?} after resume");
+    assert!(
+        after_resume >= Duration::from_millis(1500) && after_resume < Duration::from_millis(3500),
+        "ended {after_resume:?} after resume"
+    );
     assert!(paused_at.elapsed() >= Duration::from_secs(6));
     Ok(())
 }

@@ -26,20 +26,36 @@ action = "noop"
     let run = daemon.start_run(&file, &[])?;
     let waiting = daemon.wait_step(&run, "gate", "waiting", LONG)?;
     assert_eq!(waiting["state"], "waiting");
-    assert_eq!(step_of(&waiting, "gate").unwrap()["waiting_for"], "approval");
+    assert_eq!(
+        step_of(&waiting, "gate").unwrap()["waiting_for"],
+        "approval"
+    );
     let approved = daemon.cli(&["approve", &run, "--comment", "lag is zero, go"])?;
-    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     let gate = step_of(&shown, "gate").unwrap();
     // SAFETY: getuid has no preconditions.
     let uid = unsafe { libc::getuid() };
     assert_eq!(gate["approval"]["by"]["uid"], uid);
     assert_eq!(gate["approval"]["comment"], "lag is zero, go");
-    assert!(shown["audit"].as_array().unwrap().iter().any(|entry| entry["action"] == "approve" && entry["comment"] == "lag is zero, go"));
+    assert!(shown["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|entry| entry["action"] == "approve" && entry["comment"] == "lag is zero, go"));
 
     // A second approval has nothing to approve.
     let again = daemon.cli(&["approve", &run])?;
-    assert_eq!(again.status.code(), Some(5), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(
+        again.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
     Ok(())
 }
 
@@ -75,10 +91,25 @@ with = {{ command = "echo never >> {marker}" }}
     let run = daemon.start_run(&file, &[])?;
     daemon.wait_step(&run, "gate", "waiting", LONG)?;
     let rolled = daemon.cli(&["rollback", &run, "--comment", "abandon"])?;
-    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
     let shown = daemon.wait_state(&run, "rolled_back", LONG)?;
-    assert_eq!(lines(&marker), ["do-first", "do-second", "undo-second after second-output", "undo-first"]);
-    assert_eq!(step_of(&shown, "second").unwrap()["undo"]["state"], "succeeded");
+    assert_eq!(
+        lines(&marker),
+        [
+            "do-first",
+            "do-second",
+            "undo-second after second-output",
+            "undo-first"
+        ]
+    );
+    assert_eq!(
+        step_of(&shown, "second").unwrap()["undo"]["state"],
+        "succeeded"
+    );
     assert_eq!(step_of(&shown, "gate").unwrap()["state"], "canceled");
     Ok(())
 }
@@ -102,7 +133,10 @@ action = "approval"
     let refused = daemon.cli(&["start", &file, "-p", "broker=broker-c"])?;
     assert_eq!(refused.status.code(), Some(5));
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(stderr.contains(&holder) && stderr.contains("broker:broker-c"), "{stderr}");
+    assert!(
+        stderr.contains(&holder) && stderr.contains("broker:broker-c"),
+        "{stderr}"
+    );
     // Another broker is free.
     daemon.start_run(&file, &[("broker", "broker-d")])?;
     // The lock is released when the holder ends.

@@ -153,14 +153,22 @@ fn attributes(step: &Value) -> Vec<String> {
     if !is_empty(&step["until"]) {
         let mut until = format!("until: {}", render::text(&step["until"]));
         if !is_empty(&step["every"]) {
-            until.push_str(&format!(" every {}", render::text(&step["every"])));
+            until.push_str(&format!(" every {}", duration(&step["every"])));
         }
         items.push(until);
     }
-    for key in ["timeout", "retry", "on_failure", "capture"] {
-        if !is_empty(&step[key]) {
-            items.push(format!("{key}: {}", inline(&step[key])));
-        }
+    if !is_empty(&step["timeout"]) {
+        items.push(format!("timeout: {}", duration(&step["timeout"])));
+    }
+    if !is_empty(&step["retry"]) {
+        items.push(format!("retry: {}", retry(&step["retry"])));
+    }
+    // `pause` is the default: only say something when a step differs.
+    if !is_empty(&step["on_failure"]) && step["on_failure"] != "pause" {
+        items.push(format!("on_failure: {}", render::text(&step["on_failure"])));
+    }
+    if !is_empty(&step["capture"]) {
+        items.push(format!("capture: {}", render::text(&step["capture"])));
     }
     if step["idempotent"].as_bool() == Some(true) {
         items.push("idempotent".to_string());
@@ -177,17 +185,33 @@ fn undo(value: &Value) -> String {
     }
 }
 
-/// An object as `key=value key=value` (retry policies), anything else as text.
-fn inline(value: &Value) -> String {
-    match value.as_object() {
-        Some(fields) => fields
-            .iter()
-            .filter(|(_, field)| !field.is_null())
-            .map(|(key, field)| format!("{key}={}", render::text(field)))
-            .collect::<Vec<_>>()
-            .join(" "),
+/// A duration of a definition: the API gives milliseconds; a string is shown as is.
+fn duration(value: &Value) -> String {
+    match value.as_i64() {
+        Some(ms) => render::duration_ms(ms),
         None => render::text(value),
     }
+}
+
+/// A retry policy as `max_attempts=3 backoff=1.0s max_backoff=1m0s` (the API gives the
+/// durations in milliseconds), anything else as text.
+fn retry(value: &Value) -> String {
+    if !value.is_object() {
+        return render::text(value);
+    }
+    let mut parts = Vec::new();
+    if !value["max_attempts"].is_null() {
+        parts.push(format!(
+            "max_attempts={}",
+            render::text(&value["max_attempts"])
+        ));
+    }
+    for key in ["backoff", "max_backoff"] {
+        if !value[key].is_null() {
+            parts.push(format!("{key}={}", duration(&value[key])));
+        }
+    }
+    parts.join(" ")
 }
 
 fn is_empty(value: &Value) -> bool {
@@ -218,7 +242,8 @@ mod tests {
             "locks": ["demo:{{ params.name }}"],
             "steps": [
                 {"id": "hello", "action": "exec", "with": {"argv": ["echo", "hi"]},
-                 "timeout": "5m", "retry": {"max_attempts": 3},
+                 "timeout": 300000, "retry": {"max_attempts": 3, "backoff": 1000},
+                 "on_failure": "abort",
                  "idempotent": true, "undo": {"action": "exec", "with": {"argv": ["true"]}}},
                 {"id": "each", "for_each": {"items": "[1, 2]", "as": "n", "mode": "serial",
                  "steps": [{"id": "inner", "action": "noop", "when": "n > 1"}]}}
@@ -231,7 +256,10 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("      timeout: 5m, retry: max_attempts=3, idempotent\n"),
+            text.contains(
+                "      timeout: 5m, retry: max_attempts=3 backoff=1s, on_failure: abort, \
+                 idempotent\n"
+            ),
             "{text}"
         );
         assert!(

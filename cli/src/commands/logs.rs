@@ -1,10 +1,13 @@
-//! `runbook logs <run> [<step>] [-f]`: the stdout and stderr of steps (their last attempt), raw
-//! bytes to stdout. Without a step, every started step in order, each under a header line
+//! `runbook logs <run> [<step>] [-f]`: the stdout and stderr of steps, raw bytes to stdout.
+//! Without a step, every started step in order, each under a header line
 //! `== <step> (attempt N) ==`. With `-f`, follow: poll from the last offset every 200 ms until
 //! the step is done, and ride out a daemon restart (retry for up to 60 s, then go on from the
 //! same offset: the log is stored, so nothing is lost or repeated).
+//!
+//! A step's log is one file across its attempts (the daemon marks where a new attempt begins),
+//! so a retry while following prints a new header and goes on from the same offset.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -35,15 +38,18 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     // The full id from here on: a prefix could become ambiguous while we follow.
     let id = render::text(&run["id"]);
     if let Some(step) = &args.step {
-        return print_step_log(ctx, &id, step, args.follow, false).await;
+        let mut cursor = Cursor::default();
+        return print_step_log(ctx, &id, step, args.follow, false, &mut cursor).await;
     }
     print_all_logs(ctx, &id, run, args.follow).await
 }
 
 /// Every started step in order; while following, also the steps that start meanwhile.
 async fn print_all_logs(ctx: &Context, id: &str, mut run: Value, follow: bool) -> Result<()> {
-    // A step is shown once per attempt: a retried step is shown again under its new attempt.
+    // A step is visited once per attempt: a retried step is visited again, from where its log
+    // was left.
     let mut shown: HashSet<(String, u64)> = HashSet::new();
+    let mut cursors: HashMap<String, Cursor> = HashMap::new();
     loop {
         let finished = is_finished(run["state"].as_str().unwrap_or_default());
         let mut printed_any = false;
@@ -56,7 +62,8 @@ async fn print_all_logs(ctx: &Context, id: &str, mut run: Value, follow: bool) -
                 continue;
             }
             printed_any = true;
-            print_step_log(ctx, id, &step_id, follow, true).await?;
+            let cursor = cursors.entry(step_id.clone()).or_default();
+            print_step_log(ctx, id, &step_id, follow, true, cursor).await?;
         }
         if !follow || (finished && !printed_any) {
             return Ok(());
@@ -69,39 +76,40 @@ async fn print_all_logs(ctx: &Context, id: &str, mut run: Value, follow: bool) -
     }
 }
 
-/// One step's log from the start; with `follow`, until the daemon says the step is done.
+/// Where printing a step's log got to.
+#[derive(Debug, Default)]
+struct Cursor {
+    offset: u64,
+    /// The attempt under whose header the output is; `None` before the first chunk.
+    attempt: Option<Value>,
+}
+
+/// One step's log from `cursor`; with `follow`, until the daemon says the step is done.
 async fn print_step_log(
     ctx: &Context,
     id: &str,
     step: &str,
     follow: bool,
     with_header: bool,
+    cursor: &mut Cursor,
 ) -> Result<()> {
     let base = format!("{}/steps/{}/log", run_path(id), segment(step));
-    let mut offset: u64 = 0;
-    // The attempt whose log is being printed; a new attempt restarts from offset 0.
-    let mut attempt: Option<Value> = None;
+    // So that the next header starts on its own line even if the log ends without a newline.
+    let mut at_line_start = true;
     loop {
+        let offset = cursor.offset;
         let path = format!("{base}?offset={offset}");
         let chunk = if follow {
             ctx.client.get_patient(&path, DAEMON_PATIENCE).await?
         } else {
             ctx.client.get(&path).await?
         };
-        match &attempt {
-            Some(shown) if *shown != chunk["attempt"] => {
-                attempt = None;
-                offset = 0;
-                continue;
+        if cursor.attempt.as_ref() != Some(&chunk["attempt"]) {
+            if with_header && !ctx.json {
+                let number = render::text(&chunk["attempt"]);
+                render::print(&format!("== {step} (attempt {number}) ==\n"))?;
             }
-            Some(_) => {}
-            None => {
-                if with_header && !ctx.json {
-                    let number = render::text(&chunk["attempt"]);
-                    render::print(&format!("== {step} (attempt {number}) ==\n"))?;
-                }
-                attempt = Some(chunk["attempt"].clone());
-            }
+            cursor.attempt = Some(chunk["attempt"].clone());
         }
 
         let data = chunk["data"].as_str().unwrap_or_default();
@@ -109,18 +117,22 @@ async fn print_step_log(
             render::print_json(&chunk)?;
         } else if !data.is_empty() {
             render::print_bytes(data.as_bytes())?;
+            at_line_start = data.ends_with('\n');
         }
         let next_offset = chunk["next_offset"]
             .as_u64()
             .unwrap_or(offset + data.len() as u64);
         let advanced = next_offset > offset;
-        offset = next_offset;
+        cursor.offset = next_offset;
         // Drain what is there without waiting; stop once the step is done and drained.
         if advanced {
             continue;
         }
         let done = chunk["done"].as_bool().unwrap_or(true);
         if !follow || done {
+            if with_header && !at_line_start {
+                render::print("\n")?;
+            }
             return Ok(());
         }
         tokio::time::sleep(POLL_EVERY).await;

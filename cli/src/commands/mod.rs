@@ -19,6 +19,8 @@ pub mod ps;
 pub mod resume;
 pub mod retry;
 pub mod rollback;
+pub mod schedule;
+pub mod shim;
 pub mod show;
 pub mod skip;
 pub mod start;

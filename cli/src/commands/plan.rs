@@ -101,7 +101,8 @@ mod tests {
             ]
         });
         let expect = "plan of demo v1 (nothing is executed)\n\nparams:\n  name = \"world\"\n\n\
-            locks:\n  demo:world\n\nsteps:\n  1. hello  [exec]\n     input: {\"argv\":[\"echo\",\"hello world\"]}\n\
+            locks:\n  demo:world\n\nsteps:\n  1. hello  [exec]\n\
+            \x20    input: {\"argv\":[\"echo\",\"hello world\"]}\n\
             \x20 2. gate  [approval]\n     input: {}\n     when: params.name != ''\n\
             \x20    note: waits for `runbook approve`\n";
         assert_eq!(render_plan(&plan), expect);

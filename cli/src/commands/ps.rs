@@ -79,7 +79,7 @@ mod tests {
         let run = json!({
             "id": "0193a8c4-5e2f-7abc-8def-0123456789ab", "runbook": "demo",
             "state": "waiting", "reason": null, "current_step": "wait",
-            "next_wakeup": (now + TimeDelta::minutes(71 * 60 + 59) + TimeDelta::seconds(30)).to_rfc3339(),
+            "next_wakeup": (now + TimeDelta::seconds(71 * 3600 + 59 * 60 + 30)).to_rfc3339(),
             "created_at": (now - TimeDelta::seconds(90)).to_rfc3339(),
         });
         assert_eq!(

@@ -194,14 +194,22 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
             }
         });
         match (step["waiting_for"].as_str(), countdown) {
-            (Some("approval"), _) => notes.push("waiting for approval".to_string()),
+            (Some("approval"), _) => match step["prompt"].as_str().filter(|p| !p.is_empty()) {
+                Some(prompt) => notes.push(format!("waiting for approval: {prompt}")),
+                None => notes.push("waiting for approval".to_string()),
+            },
+            (Some("iterations"), _) => notes.push("running its iterations".to_string()),
             (Some("poll"), Some(countdown)) => notes.push(format!("next poll {countdown}")),
             (Some("retry"), Some(countdown)) => notes.push(format!("retry {countdown}")),
             (_, Some(countdown)) => notes.push(format!("fires {countdown}")),
             _ => {}
         }
     }
-    if let Some(late_ms) = step["late_by_ms"].as_i64() {
+    // Under 100 ms late is scheduling noise, not news.
+    if let Some(late_ms) = step["late_by_ms"]
+        .as_i64()
+        .filter(|late_ms| *late_ms >= 100)
+    {
         notes.push(format!("fired {} late", render::duration_ms(late_ms)));
     }
     let approval = &step["approval"];
@@ -211,6 +219,9 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
             text.push_str(&format!(": {comment}"));
         }
         notes.push(text);
+    }
+    if step["skipped_by"].is_object() {
+        notes.push(format!("skipped by {}", actor(&step["skipped_by"])));
     }
     let undo = &step["undo"];
     if undo.is_object() {
@@ -236,10 +247,14 @@ fn audit_row(entry: &Value) -> Vec<String> {
     ]
 }
 
-/// `uid 1000` for an actor `{"uid": 1000}`; the daemon itself when there is none.
+/// `uid 1000` for an actor `{"uid": 1000}` (`uid 0 (schedule:nightly)` with a name); the
+/// daemon itself when there is none.
 pub fn actor(actor: &Value) -> String {
     match actor["uid"].as_u64() {
-        Some(uid) => format!("uid {uid}"),
+        Some(uid) => match actor["name"].as_str() {
+            Some(name) => format!("uid {uid} ({name})"),
+            None => format!("uid {uid}"),
+        },
         None if actor.is_null() => "the daemon".to_string(),
         None => render::text(actor),
     }

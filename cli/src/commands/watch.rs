@@ -244,34 +244,35 @@ fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
     let started = render::time(&step["started_at"]);
     let finished = render::time(&step["finished_at"]);
     let state = render::text(&step["state"]);
+    // `started_at` is the first attempt's; a retry's `running` is stamped when it is seen.
     let at = match state.as_str() {
-        "running" => started.unwrap_or(now),
-        "waiting" => now,
-        _ => finished.or(started).unwrap_or(now),
+        "running" | "waiting" => now,
+        _ => finished.unwrap_or(now),
     };
-    let mut line = format!(
-        "[{}] {:width$} {state}",
-        render::clock(at),
-        render::text(&step["id"])
-    );
+    let note = step_note(step, now);
+    // `gate  waiting for approval`, not `gate  waiting: waiting for approval`.
+    let (mut status, note) = if note.starts_with(state.as_str()) {
+        (note, String::new())
+    } else {
+        (state.clone(), note)
+    };
     let attempts = step["attempts"].as_u64().unwrap_or(0);
     if state == "running" && attempts > 1 {
-        line.push_str(&format!(" (attempt {attempts})"));
+        status.push_str(&format!(" (attempt {attempts})"));
     }
     if let (Some(started), Some(finished)) = (started, finished) {
         if state != "running" && state != "waiting" {
-            line.push_str(&format!(" ({})", render::duration(finished - started)));
+            status.push_str(&format!(" ({})", render::duration(finished - started)));
         }
     }
-    let note = step_note(step, now);
-    if state == "waiting" && note.starts_with("waiting") {
-        // `gate       waiting for approval`, not `waiting: waiting for approval`.
-        line.truncate(line.len() - state.len());
-        line.push_str(&note);
-    } else if !note.is_empty() {
-        line.push_str(&format!(": {note}"));
+    if !note.is_empty() {
+        status.push_str(&format!(": {note}"));
     }
-    line
+    format!(
+        "[{}] {:width$} {status}",
+        render::clock(at),
+        render::text(&step["id"])
+    )
 }
 
 /// The spinner's message: the current step and what it is doing, with a countdown for waits.

@@ -1,30 +1,86 @@
-//! `exec`: run a command, capture its output, succeed by exit code.
+//! `exec`: run a command once, under a supervisor that outlives the daemon; capture its output;
+//! succeed by exit code.
 //!
-//! Input: `command` (a shell string, run by `sh -c`, or an argv list), `env` (table), `cwd`,
-//! `parse` (`text` default, `json`, `lines`), `regex` (named groups of the first match of stdout
-//! land in `output.match`), `grace` (between SIGTERM and SIGKILL on cancel, default 10s).
-//! Output: `exit_code`, `stdout` (the first 64 KiB), `stderr_tail`, and `json` / `lines` /
-//! `match` when asked for.
+//! # Input
 //!
-//! The command runs in its own process group; cancel (timeout, cancel, rollback) sends SIGTERM
-//! to the whole group, then SIGKILL after the grace period, so no grandchild outlives it. A
-//! command may leave background processes on purpose (a start script that launches a broker);
-//! once the command itself exits, its output is read for a short while more and then left.
+//! - `command`: a shell string (run by `sh -c`) or an argv list; `env` (a table of strings);
+//!   `cwd`.
+//! - `parse`: `text` (default), `json` or `lines`; `regex`: the named groups of the first match
+//!   in stdout land in `output.match`.
+//! - `grace`: between SIGTERM and SIGKILL when the step is stopped (timeout, cancel, rollback);
+//!   default 10s.
+//! - `host`: `[user@]host[:port]` (IPv6 in brackets: `[::1]:22`) runs the command on that host
+//!   over `ssh`. The command is quoted for the remote POSIX shell (a string runs as
+//!   `sh -c '<command>'`, a list word by word); `cwd` and `env` apply on the remote host
+//!   (`cd` and `env` in front of it). The local `ssh` client is the supervised command, so all
+//!   of the contract below holds for it.
+//! - `identity_file`: the ssh key (`-i`, with `IdentitiesOnly=yes`); default: ssh's own choice.
+//! - `known_hosts`, how the host's key is checked: `strict` (default; it must already be in the
+//!   user's known_hosts), `accept-new` (an unknown host's key is recorded on first use, a changed
+//!   one is refused), `off` (no check and nothing recorded: for throwaway hosts only), or the path
+//!   of a known_hosts file (it contains a `/`), checked strictly.
+//! - `connect_timeout`: how long ssh may take to connect and log in; default 10s.
+//!
+//! ssh always runs with `BatchMode=yes` (never a password prompt), `LogLevel=ERROR`, and
+//! `ServerAliveInterval=15`/`ServerAliveCountMax=4`, so that a dead connection ends the step
+//! (exit 255) within about a minute rather than never.
+//!
+//! # Output
+//!
+//! `exit_code`, `stdout` (the first 64 KiB), `stderr_tail`, and `json` / `lines` / `match` when
+//! asked for. A non-zero exit is a retryable failure whose message holds the end of stderr; over
+//! ssh, exit 255 is reported as a failure to connect or log in, naming the host.
+//!
+//! # Contract: a command never runs twice
+//!
+//! Each call runs under `runbook shim` ([`super::shim`]) in its own session, so the daemon's death
+//! does not end it. The shim's identity (pid, start time, boot id) is journaled (`CallNoted`)
+//! before the shim is allowed to start the command. After a daemon restart, [`Exec::reattach`]
+//! decides from the call dir and that note:
+//!
+//! 1. `status.json` exists → the command ended, maybe while the daemon was down: its real exit
+//!    status is the step's result.
+//! 2. else the journaled shim is alive (same pid, same start time, same boot) → re-attach: wait
+//!    for its status. It kept appending the command's output to the step log all along.
+//! 3. else → the outcome is unknown (the host rebooted, the shim was killed, its pid now belongs
+//!    to another process): the step is interrupted and the operator decides. So is a call whose
+//!    shim was never journaled or never released; its command did not start, which the step log
+//!    says.
+//!
+//! A pid that now belongs to another process is never followed nor signalled.
+//!
+//! Stopping (timeout, cancel, rollback) sends SIGTERM to the shim, which sends SIGTERM to the
+//! command's whole process group, SIGKILL after `grace`, and waits until the group is empty. If
+//! the shim has not ended `grace` + 5 s later, the daemon sends SIGKILL to the group (its id is in
+//! `child.json`, checked against the leader's start time) and to the shim. A command may leave
+//! background processes on purpose (a start script that launches a broker): once the command
+//! itself exits, they are left alone.
+//!
+//! Over ssh, stopping ends the local `ssh` client; sshd does not signal a remote command that has
+//! no terminal, so a remote command that writes nothing may outlive it. Give long remote
+//! commands their own limit (`timeout 600 ...`).
+//!
+//! The binary hosting the engine must offer the `shim` subcommand (the `runbook` binary does):
+//! the shim is `std::env::current_exe()` run as `<exe> shim <call dir>`.
 
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::io::AsyncWriteExt;
 
+use super::shim::{self, Outcome, ProcStat, ProcessIdentity, Status};
 use super::{Action, ActionContext, ActionFailure, ActionFuture};
 
 /// How much of stdout the output keeps (the log keeps more).
 const STDOUT_IN_OUTPUT: usize = 64 * 1024;
-/// How much stdout is kept for parsing.
-const STDOUT_FOR_PARSE: usize = 1024 * 1024;
-const STDERR_TAIL: usize = 2048;
+/// How often a re-attached daemon checks whether the shim still runs.
+const REATTACHED_POLL: Duration = Duration::from_millis(100);
+/// How long past the grace period a stopping shim may take before the daemon kills the group.
+const SHIM_PATIENCE: Duration = Duration::from_secs(5);
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Exec;
 
@@ -32,111 +88,516 @@ impl Action for Exec {
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
         Box::pin(run(input, context))
     }
+
+    fn reattach(&self, input: Value, context: ActionContext) -> Option<ActionFuture> {
+        let spec = match spec(&input) {
+            Ok(spec) => spec,
+            Err(failure) => return Some(Box::pin(async move { Err(failure) })),
+        };
+        match recovery(&context.state_dir, context.note.as_ref()) {
+            Recovery::Ended(status) => {
+                let how = describe(&status.outcome);
+                context.log.line(&format!(
+                    "[runbook] the daemon restarted; the command ended while it was down ({how})"
+                ));
+                tracing::info!(run = %context.run_id, step = %context.step, "the command ended while the daemon was down ({how})");
+                Some(Box::pin(async move {
+                    finish(status, &spec, &context.state_dir)
+                }))
+            }
+            Recovery::Running(identity) => {
+                let pid = identity.pid;
+                context.log.line(&format!("[runbook] the daemon restarted; re-attached to the running command (supervisor pid {pid})"));
+                tracing::info!(run = %context.run_id, step = %context.step, pid, "re-attached to a running command");
+                Some(Box::pin(async move {
+                    follow(
+                        Shim {
+                            identity,
+                            child: None,
+                        },
+                        &spec,
+                        &context,
+                    )
+                    .await
+                }))
+            }
+            Recovery::Unknown(why) => {
+                context
+                    .log
+                    .line(&format!("[runbook] the daemon restarted; {why}"));
+                tracing::warn!(run = %context.run_id, step = %context.step, "cannot re-attach: {why}");
+                None
+            }
+        }
+    }
 }
 
 /// The parsed input of an exec step.
 pub(crate) struct ExecSpec {
+    /// What the shim runs locally: the command, or the `ssh` client that runs it remotely.
     pub argv: Vec<String>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
     pub parse: String,
     pub regex: Option<regex::Regex>,
     pub grace: Duration,
+    /// `host` as written, when the command runs over ssh.
+    pub host: Option<String>,
 }
 
 pub(crate) fn spec(input: &Value) -> Result<ExecSpec, ActionFailure> {
+    let invalid = |message: String| ActionFailure::permanent(format!("exec: {message}"));
     let argv = match input.get("command") {
         Some(Value::String(command)) => vec!["sh".to_owned(), "-c".to_owned(), command.clone()],
         Some(Value::Array(argv)) if !argv.is_empty() => argv
             .iter()
             .map(|arg| match arg {
-                Value::String(text) => Ok(text.clone()),
-                other => Ok(other.to_string()),
+                Value::String(text) => text.clone(),
+                other => other.to_string(),
             })
-            .collect::<Result<Vec<_>, ActionFailure>>()?,
-        _ => return Err(ActionFailure::permanent("exec: `command` must be a string or a non-empty list")),
+            .collect(),
+        _ => {
+            return Err(invalid(
+                "`command` must be a string or a non-empty list".to_owned(),
+            ))
+        }
     };
-    let env = input
+    let env: Vec<(String, String)> = input
         .get("env")
         .and_then(Value::as_object)
-        .map(|env| env.iter().map(|(key, value)| (key.clone(), value.as_str().map_or_else(|| value.to_string(), str::to_owned))).collect())
+        .map(|env| {
+            env.iter()
+                .map(|(key, value)| {
+                    (
+                        key.clone(),
+                        value
+                            .as_str()
+                            .map_or_else(|| value.to_string(), str::to_owned),
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default();
-    let grace = match input.get("grace").and_then(Value::as_str) {
-        Some(text) => crate::duration::parse(text).map_err(|message| ActionFailure::permanent(format!("exec: grace: {message}")))?,
-        None => Duration::from_secs(10),
+    let duration = |field: &str, default: Duration| -> Result<Duration, ActionFailure> {
+        match input.get(field) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::String(text)) => crate::duration::parse(text)
+                .map_err(|message| invalid(format!("{field}: {message}"))),
+            Some(other) => Err(invalid(format!(
+                "{field}: must be a duration like \"10s\", not {other}"
+            ))),
+        }
     };
+    let grace = duration("grace", DEFAULT_GRACE)?;
     let regex = match input.get("regex").and_then(Value::as_str) {
-        Some(pattern) => Some(regex::Regex::new(pattern).map_err(|error| ActionFailure::permanent(format!("exec: regex: {error}")))?),
+        Some(pattern) => {
+            Some(regex::Regex::new(pattern).map_err(|error| invalid(format!("regex: {error}")))?)
+        }
         None => None,
     };
+    let cwd = input.get("cwd").and_then(Value::as_str).map(str::to_owned);
+    let parse = input
+        .get("parse")
+        .and_then(Value::as_str)
+        .unwrap_or("text")
+        .to_owned();
+    let text = |field: &str| -> Result<Option<&str>, ActionFailure> {
+        match input.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.as_str())),
+            Some(other) => Err(invalid(format!("{field}: must be a string, not {other}"))),
+        }
+    };
+    let Some(host) = text("host")? else {
+        for field in ["identity_file", "known_hosts", "connect_timeout"] {
+            if text(field)?.is_some() {
+                return Err(invalid(format!(
+                    "{field}: only means something with `host`"
+                )));
+            }
+        }
+        return Ok(ExecSpec {
+            argv,
+            env,
+            cwd,
+            parse,
+            regex,
+            grace,
+            host: None,
+        });
+    };
+    let target = parse_host(host).map_err(invalid)?;
+    let options = SshOptions {
+        identity_file: text("identity_file")?.map(str::to_owned),
+        known_hosts: KnownHosts::parse(text("known_hosts")?).map_err(invalid)?,
+        connect_timeout: duration("connect_timeout", DEFAULT_CONNECT_TIMEOUT)?,
+    };
+    let remote = remote_command(&argv, &env, cwd.as_deref()).map_err(invalid)?;
     Ok(ExecSpec {
-        argv,
-        env,
-        cwd: input.get("cwd").and_then(Value::as_str).map(str::to_owned),
-        parse: input.get("parse").and_then(Value::as_str).unwrap_or("text").to_owned(),
+        argv: ssh_argv(&target, &options, &remote),
+        env: Vec::new(),
+        cwd: None,
+        parse,
         regex,
         grace,
+        host: Some(host.to_owned()),
     })
 }
 
 async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let spec = spec(&input)?;
-    let mut command = Command::new(&spec.argv[0]);
-    command.args(&spec.argv[1..]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).process_group(0);
-    for (key, value) in &spec.env {
-        command.env(key, value);
-    }
-    if let Some(cwd) = &spec.cwd {
-        command.current_dir(cwd);
-    }
-    let mut child = command
-        .spawn()
-        .map_err(|error| ActionFailure::permanent(format!("cannot start {:?}: {error}", spec.argv[0])))?;
-    let pgid = child.id().map(|pid| pid as i32);
-    let stdout = child.stdout.take();
-    let stderr = child.stderr.take();
-    let log = context.log.clone();
-    let stdout_task = tokio::spawn(pump(stdout, log.clone(), STDOUT_FOR_PARSE, false));
-    let stderr_task = tokio::spawn(pump(stderr, log, STDERR_TAIL, true));
-
-    let status = tokio::select! {
-        status = child.wait() => status.map_err(|error| ActionFailure::retryable(format!("waiting for the command: {error}")))?,
-        _ = context.cancel.cancelled() => {
-            if let Some(pgid) = pgid {
-                kill_group(pgid, spec.grace, &mut child).await;
-            }
+    let mut child = start_shim(&spec, &context)?;
+    let identity = match child
+        .id()
+        .and_then(|pid| i32::try_from(pid).ok())
+        .map(ProcessIdentity::of)
+    {
+        Some(Ok(identity)) => identity,
+        other => {
+            let _ = child.start_kill();
             let _ = child.wait().await;
-            return Err(ActionFailure::permanent("canceled"));
+            let error = match other {
+                Some(Err(error)) => error,
+                _ => "it has no pid".to_owned(),
+            };
+            return Err(ActionFailure::retryable(format!(
+                "cannot identify the command's supervisor: {error}; the command was not started"
+            )));
         }
     };
-    // Output of background processes the command left behind is not waited for.
-    let stdout = collect(stdout_task).await;
-    let stderr = collect(stderr_task).await;
-    let stdout_text = String::from_utf8_lossy(&stdout).into_owned();
-    let stderr_tail = String::from_utf8_lossy(&stderr).into_owned();
+    // Write-ahead: the shim's identity is durable before the command may start; a daemon that
+    // dies before the go closes the pipe, and the shim then exits without running anything.
+    let go = child.stdin.take();
+    let journaled = context.recorder.record(json!({ "shim": identity })).await;
+    if let Err(error) = journaled {
+        drop(go);
+        let _ = child.wait().await;
+        return Err(ActionFailure::retryable(format!("cannot journal the command's supervisor (pid {}): {error}; the command was not started", identity.pid)));
+    }
+    if context.cancel.is_cancelled() {
+        drop(go);
+        let _ = child.wait().await;
+        return Err(ActionFailure::permanent("canceled"));
+    }
+    if let Some(mut go) = go {
+        // A shim that cannot be released has died; `follow` reports that.
+        if let Err(error) = go.write_all(&[shim::GO]).await {
+            tracing::warn!(run = %context.run_id, step = %context.step, %error, "cannot release the command's supervisor");
+        }
+    }
+    follow(
+        Shim {
+            identity,
+            child: Some(child),
+        },
+        &spec,
+        &context,
+    )
+    .await
+}
 
-    if !status.success() {
-        let cause = match (status.code(), std::os::unix::process::ExitStatusExt::signal(&status)) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(signal)) => format!("was killed by signal {signal}"),
-            _ => "failed".to_owned(),
-        };
+/// Writes the shim's spec into the call dir and starts the shim in a new session.
+fn start_shim(
+    spec: &ExecSpec,
+    context: &ActionContext,
+) -> Result<tokio::process::Child, ActionFailure> {
+    let dir = &context.state_dir;
+    let not_started =
+        |what: String| ActionFailure::retryable(format!("{what}; the command was not started"));
+    std::fs::create_dir_all(dir).map_err(|error| {
+        not_started(format!(
+            "cannot create the call dir {}: {error}",
+            dir.display()
+        ))
+    })?;
+    // The status the shim will leave must survive a power cut: so must the directories holding it.
+    for ancestor in dir.ancestors().skip(1).take(3) {
+        if let Err(error) = std::fs::File::open(ancestor).and_then(|directory| directory.sync_all())
+        {
+            tracing::warn!(dir = %ancestor.display(), %error, "cannot fsync a directory of the call dir");
+        }
+    }
+    let shim_spec = shim::Spec {
+        format: shim::FORMAT,
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        cwd: spec.cwd.clone(),
+        log: context.log.path().to_owned(),
+        grace_ms: u64::try_from(spec.grace.as_millis()).unwrap_or(u64::MAX),
+    };
+    let spec_path = dir.join(shim::SPEC_FILE);
+    serde_json::to_vec_pretty(&shim_spec)
+        .map_err(std::io::Error::other)
+        .and_then(|json| shim::write_atomic(&spec_path, &json))
+        .map_err(|error| not_started(format!("cannot write {}: {error}", spec_path.display())))?;
+    let program = shim_program().map_err(not_started)?;
+    let shim_log_path = dir.join(shim::SHIM_LOG_FILE);
+    let shim_log = std::fs::File::create(&shim_log_path).map_err(|error| {
+        not_started(format!(
+            "cannot create {}: {error}",
+            shim_log_path.display()
+        ))
+    })?;
+    let mut command = tokio::process::Command::new(&program);
+    command
+        .arg("shim")
+        .arg(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(shim_log));
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::setsid() < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(())
+            }
+        });
+    }
+    command.spawn().map_err(|error| {
+        not_started(format!(
+            "cannot start the supervisor `{} shim`: {error}",
+            program.display()
+        ))
+    })
+}
+
+/// The binary to run as `<exe> shim`: our own.
+fn shim_program() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|error| format!("cannot find the runbook binary to run its shim: {error}"))?;
+    if exe.exists() {
+        return Ok(exe);
+    }
+    // Replaced by an upgrade while the daemon runs: the link reads "<path> (deleted)".
+    if let Some(original) = exe
+        .to_str()
+        .and_then(|text| text.strip_suffix(" (deleted)"))
+        .map(PathBuf::from)
+    {
+        if original.exists() {
+            return Ok(original);
+        }
+    }
+    Err(format!(
+        "the runbook binary {} is gone; cannot run its shim",
+        exe.display()
+    ))
+}
+
+/// A running shim, as this daemon sees it.
+struct Shim {
+    identity: ProcessIdentity,
+    /// Set when this daemon started it: it must also reap it.
+    child: Option<tokio::process::Child>,
+}
+
+impl Shim {
+    /// Resolves once the shim has ended.
+    async fn exited(&mut self) {
+        if let Some(child) = &mut self.child {
+            if child.wait().await.is_ok() {
+                return;
+            }
+        }
+        while self.identity.is_alive() {
+            tokio::time::sleep(REATTACHED_POLL).await;
+        }
+    }
+}
+
+/// Follows a released shim to its end (or stops it when the call is canceled).
+async fn follow(
+    mut shim: Shim,
+    spec: &ExecSpec,
+    context: &ActionContext,
+) -> Result<Value, ActionFailure> {
+    let stop = tokio::select! {
+        () = shim.exited() => false,
+        () = context.cancel.cancelled() => true,
+    };
+    if stop {
+        return stop_command(shim, spec, context).await;
+    }
+    match shim::read_status(&context.state_dir) {
+        Ok(Some(status)) => finish(status, spec, &context.state_dir),
+        Ok(None) => Err(ActionFailure::permanent(format!(
+            "the command's supervisor (runbook shim, pid {}) ended without recording how the command ended in {}; its outcome is unknown{}",
+            shim.identity.pid,
+            context.state_dir.display(),
+            still_running(&context.state_dir)
+        ))),
+        Err(error) => Err(ActionFailure::permanent(format!("cannot read how the command ended: {error}; its outcome is unknown"))),
+    }
+}
+
+/// Timeout, cancel or rollback: the shim stops the command's group; if it does not, we do.
+async fn stop_command(
+    mut shim: Shim,
+    spec: &ExecSpec,
+    context: &ActionContext,
+) -> Result<Value, ActionFailure> {
+    shim.identity.signal(libc::SIGTERM);
+    if tokio::time::timeout(spec.grace + SHIM_PATIENCE, shim.exited())
+        .await
+        .is_err()
+    {
+        tracing::warn!(run = %context.run_id, step = %context.step, pid = shim.identity.pid, "the command's supervisor did not stop it; killing its process group");
+        context.log.line("[runbook] the supervisor did not stop the command in time: SIGKILL to its process group");
+        if let Ok(Some(leader)) =
+            shim::read_json::<ProcessIdentity>(&context.state_dir.join(shim::CHILD_FILE))
+        {
+            shim::signal_group(&leader, libc::SIGKILL);
+        }
+        shim.identity.signal(libc::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(2), shim.exited()).await;
+    }
+    Err(ActionFailure::permanent("canceled"))
+}
+
+/// What a restarted daemon can know of a call that was in flight.
+#[derive(Debug)]
+enum Recovery {
+    Ended(Status),
+    Running(ProcessIdentity),
+    Unknown(String),
+}
+
+fn recovery(call_dir: &Path, note: Option<&Value>) -> Recovery {
+    let ended = |status: Status| match status.outcome {
+        Outcome::NotStarted { reason } => Recovery::Unknown(format!(
+            "the command never started ({reason}); running it again is safe"
+        )),
+        _ => Recovery::Ended(status),
+    };
+    match shim::read_status(call_dir) {
+        Ok(Some(status)) => return ended(status),
+        Ok(None) => {}
+        Err(error) => {
+            return Recovery::Unknown(format!("{error}: the command's outcome is unknown"))
+        }
+    }
+    let journaled = note
+        .and_then(|note| note.get("shim"))
+        .and_then(|shim| serde_json::from_value::<ProcessIdentity>(shim.clone()).ok());
+    let Some(shim) = journaled else {
+        return Recovery::Unknown(
+            "the command's supervisor had not been journaled when the daemon stopped, so the command was never released: it did not start; running it again is safe"
+                .to_owned(),
+        );
+    };
+    if shim.is_alive() {
+        return Recovery::Running(shim);
+    }
+    // It may have written its status and ended since the first look.
+    match shim::read_status(call_dir) {
+        Ok(Some(status)) => return ended(status),
+        Ok(None) => {}
+        Err(error) => {
+            return Recovery::Unknown(format!("{error}: the command's outcome is unknown"))
+        }
+    }
+    let fate = if shim.boot_id != shim::boot_id() {
+        "did not survive a reboot of the host"
+    } else if ProcStat::read(shim.pid).is_some_and(|stat| stat.start_time != shim.start_time) {
+        "is gone (its pid now belongs to another process)"
+    } else {
+        "is gone"
+    };
+    Recovery::Unknown(format!(
+        "the command's supervisor (pid {}) {fate} and left no exit status in {}: the command's outcome is unknown{}",
+        shim.pid,
+        call_dir.display(),
+        still_running(call_dir)
+    ))
+}
+
+/// `"; the command (pid N) still runs, unsupervised"` if it does.
+fn still_running(call_dir: &Path) -> String {
+    match shim::read_json::<ProcessIdentity>(&call_dir.join(shim::CHILD_FILE)) {
+        Ok(Some(leader)) if leader.is_alive() => format!(
+            "; the command itself (pid {}, its process group) still runs, unsupervised",
+            leader.pid
+        ),
+        _ => String::new(),
+    }
+}
+
+fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Exited { code } => format!("exit code {code}"),
+        Outcome::Signaled { signal } => format!("killed by signal {signal}"),
+        Outcome::NotStarted { reason } => format!("not started: {reason}"),
+        Outcome::SpawnFailed { error } => error.clone(),
+    }
+}
+
+/// The step's result from the shim's status and the kept stdout.
+fn finish(status: Status, spec: &ExecSpec, call_dir: &Path) -> Result<Value, ActionFailure> {
+    let stderr_tail = status.stderr_tail;
+    let cause = match status.outcome {
+        Outcome::Exited { code: 0 } => None,
+        Outcome::Exited { code } => Some((format!("exited with code {code}"), Some(code))),
+        Outcome::Signaled { signal } => Some((format!("was killed by signal {signal}"), None)),
+        Outcome::NotStarted { reason } => {
+            return Err(ActionFailure::retryable(format!(
+                "the command was not started: {reason}"
+            )))
+        }
+        Outcome::SpawnFailed { error } => return Err(ActionFailure::permanent(error)),
+    };
+    if let Some((cause, code)) = cause {
         let tail = last_lines(&stderr_tail, 5);
-        let message = if tail.is_empty() { format!("command {cause}") } else { format!("command {cause}: {tail}") };
+        let message = match (&spec.host, code) {
+            (Some(host), Some(255)) => {
+                format!("ssh to {host} failed (exit 255: it could not connect or log in, or the remote command exited 255)")
+            }
+            (Some(host), _) => format!("command on {host} {cause}"),
+            (None, _) => format!("command {cause}"),
+        };
+        let message = if tail.is_empty() {
+            message
+        } else {
+            format!("{message}: {tail}")
+        };
         return Err(ActionFailure::retryable(message));
     }
+    let stdout_path = call_dir.join(shim::STDOUT_FILE);
+    let stdout = match std::fs::read(&stdout_path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(error) => {
+            return Err(ActionFailure::retryable(format!(
+                "cannot read the command's stdout {}: {error}",
+                stdout_path.display()
+            )))
+        }
+    };
+    let stdout_text = String::from_utf8_lossy(&stdout).into_owned();
     let mut output = Map::new();
-    output.insert("exit_code".to_owned(), json!(status.code().unwrap_or(0)));
-    output.insert("stdout".to_owned(), Value::String(truncate(&stdout_text, STDOUT_IN_OUTPUT)));
+    output.insert("exit_code".to_owned(), json!(0));
+    output.insert(
+        "stdout".to_owned(),
+        Value::String(truncate(&stdout_text, STDOUT_IN_OUTPUT)),
+    );
     output.insert("stderr_tail".to_owned(), Value::String(stderr_tail));
     match spec.parse.as_str() {
         "json" => {
-            let parsed: Value = serde_json::from_str(stdout_text.trim())
-                .map_err(|error| ActionFailure::permanent(format!("stdout is not JSON ({error}): {}", truncate(&stdout_text, 200))))?;
+            let parsed: Value = serde_json::from_str(stdout_text.trim()).map_err(|error| {
+                ActionFailure::permanent(format!(
+                    "stdout is not JSON ({error}): {}",
+                    truncate(&stdout_text, 200)
+                ))
+            })?;
             output.insert("json".to_owned(), parsed);
         }
         "lines" => {
-            let lines: Vec<Value> = stdout_text.lines().filter(|line| !line.trim().is_empty()).map(|line| json!(line)).collect();
+            let lines: Vec<Value> = stdout_text
+                .lines()
+                .filter(|line| !line.trim().is_empty())
+                .map(|line| json!(line))
+                .collect();
             output.insert("lines".to_owned(), Value::Array(lines));
         }
         _ => {}
@@ -146,75 +607,198 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
             regex
                 .capture_names()
                 .flatten()
-                .filter_map(|name| captures.name(name).map(|found| (name.to_owned(), json!(found.as_str()))))
+                .filter_map(|name| {
+                    captures
+                        .name(name)
+                        .map(|found| (name.to_owned(), json!(found.as_str())))
+                })
                 .collect::<Map<_, _>>()
         });
-        output.insert("match".to_owned(), captures.map(Value::Object).unwrap_or(Value::Null));
+        output.insert(
+            "match".to_owned(),
+            captures.map(Value::Object).unwrap_or(Value::Null),
+        );
     }
     Ok(Value::Object(output))
 }
 
-/// Copies a pipe into the log; keeps the first `keep` bytes (or the last, with `tail`).
-async fn pump(pipe: Option<impl AsyncRead + Unpin>, log: super::LogSink, keep: usize, tail: bool) -> Vec<u8> {
-    let mut kept = Vec::new();
-    let Some(mut pipe) = pipe else { return kept };
-    let mut buffer = vec![0u8; 16 * 1024];
-    loop {
-        match pipe.read(&mut buffer).await {
-            Ok(0) | Err(_) => break,
-            Ok(read) => {
-                log.append(&buffer[..read]);
-                if tail {
-                    kept.extend_from_slice(&buffer[..read]);
-                    if kept.len() > keep {
-                        kept.drain(..kept.len() - keep);
-                    }
-                } else if kept.len() < keep {
-                    let room = keep - kept.len();
-                    kept.extend_from_slice(&buffer[..read.min(room)]);
-                }
+// ----- ssh ---------------------------------------------------------------------------------------
+
+/// `[user@]host[:port]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SshTarget {
+    user: Option<String>,
+    host: String,
+    port: Option<u16>,
+}
+
+fn parse_host(text: &str) -> Result<SshTarget, String> {
+    let bad = |why: &str| format!("host: {text:?} is not [user@]host[:port] ({why})");
+    let (user, rest) = match text.trim().rsplit_once('@') {
+        Some((user, rest)) => (Some(user), rest),
+        None => (None, text.trim()),
+    };
+    if user.is_some_and(|user| {
+        user.is_empty() || user.starts_with('-') || user.contains(char::is_whitespace)
+    }) {
+        return Err(bad("bad user"));
+    }
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(bracketed) => {
+            let (address, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| bad("no closing `]`"))?;
+            match after {
+                "" => (address, None),
+                _ => (
+                    address,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("junk after `]`"))?,
+                    ),
+                ),
             }
         }
+        None if rest.matches(':').count() > 1 => {
+            return Err(bad("write an IPv6 address in brackets, [::1]:22"))
+        }
+        None => match rest.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        },
+    };
+    if host.is_empty() || host.starts_with('-') || host.contains(char::is_whitespace) {
+        return Err(bad("bad host name"));
     }
-    kept
+    let port = match port {
+        None => None,
+        Some(port) => Some(
+            port.parse::<u16>()
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| bad("the port must be 1-65535"))?,
+        ),
+    };
+    Ok(SshTarget {
+        user: user.map(str::to_owned),
+        host: host.to_owned(),
+        port,
+    })
 }
 
-/// The pipe's bytes, waiting at most a moment after the command exited.
-async fn collect(task: tokio::task::JoinHandle<Vec<u8>>) -> Vec<u8> {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(Duration::from_millis(300), task).await {
-        Ok(Ok(bytes)) => bytes,
-        _ => {
-            abort.abort();
-            Vec::new()
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum KnownHosts {
+    Strict,
+    AcceptNew,
+    Off,
+    File(String),
+}
+
+impl KnownHosts {
+    fn parse(text: Option<&str>) -> Result<KnownHosts, String> {
+        match text.map(str::trim) {
+            None | Some("strict") => Ok(KnownHosts::Strict),
+            Some("accept-new") => Ok(KnownHosts::AcceptNew),
+            Some("off") => Ok(KnownHosts::Off),
+            Some(path) if path.contains('/') => Ok(KnownHosts::File(path.to_owned())),
+            Some(other) => Err(format!("known_hosts: {other:?} is none of strict, accept-new, off, or a path (a path contains `/`)")),
         }
     }
 }
 
-/// SIGTERM to the group, then SIGKILL after `grace` if any member is left.
-pub(crate) async fn kill_group(pgid: i32, grace: Duration, leader: &mut tokio::process::Child) {
-    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
-    unsafe {
-        libc::kill(-pgid, libc::SIGTERM);
-    }
-    let deadline = tokio::time::Instant::now() + grace;
-    while tokio::time::Instant::now() < deadline {
-        // Reap the leader, so that a zombie does not count as a member.
-        let _ = leader.try_wait();
-        // SAFETY: signal 0 only checks whether the group still has members.
-        if unsafe { libc::kill(-pgid, 0) } != 0 {
-            return;
+struct SshOptions {
+    identity_file: Option<String>,
+    known_hosts: KnownHosts,
+    connect_timeout: Duration,
+}
+
+/// The local command: `ssh <options> -- host '<remote command>'`.
+fn ssh_argv(target: &SshTarget, options: &SshOptions, remote: &str) -> Vec<String> {
+    let mut argv = vec!["ssh".to_owned()];
+    let mut option = |text: String| {
+        argv.push("-o".to_owned());
+        argv.push(text);
+    };
+    let connect_secs = options.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+    option("BatchMode=yes".to_owned());
+    option(format!("ConnectTimeout={connect_secs}"));
+    option("ServerAliveInterval=15".to_owned());
+    option("ServerAliveCountMax=4".to_owned());
+    option("LogLevel=ERROR".to_owned());
+    match &options.known_hosts {
+        KnownHosts::Strict => option("StrictHostKeyChecking=yes".to_owned()),
+        KnownHosts::AcceptNew => option("StrictHostKeyChecking=accept-new".to_owned()),
+        KnownHosts::Off => {
+            option("StrictHostKeyChecking=no".to_owned());
+            option("UserKnownHostsFile=/dev/null".to_owned());
+            option("GlobalKnownHostsFile=/dev/null".to_owned());
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        KnownHosts::File(path) => {
+            option("StrictHostKeyChecking=yes".to_owned());
+            option(format!("UserKnownHostsFile=\"{path}\""));
+        }
     }
-    // SAFETY: as above.
-    unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+    if let Some(identity) = &options.identity_file {
+        option("IdentitiesOnly=yes".to_owned());
+        argv.push("-i".to_owned());
+        argv.push(identity.clone());
     }
+    if let Some(port) = target.port {
+        argv.push("-p".to_owned());
+        argv.push(port.to_string());
+    }
+    if let Some(user) = &target.user {
+        argv.push("-l".to_owned());
+        argv.push(user.clone());
+    }
+    argv.push("--".to_owned());
+    argv.push(target.host.clone());
+    argv.push(remote.to_owned());
+    argv
+}
+
+/// The command line the remote shell runs: `[cd '<cwd>' &&] exec [env 'K=V'...] '<word>'...`.
+fn remote_command(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+) -> Result<String, String> {
+    let mut words = Vec::new();
+    if let Some(cwd) = cwd {
+        words.push(format!("cd {} &&", shell_quote(cwd)));
+    }
+    words.push("exec".to_owned());
+    if !env.is_empty() {
+        words.push("env".to_owned());
+        for (key, value) in env {
+            let valid = key
+                .chars()
+                .next()
+                .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "env: {key:?} is not a variable name a remote shell accepts"
+                ));
+            }
+            words.push(shell_quote(&format!("{key}={value}")));
+        }
+    }
+    words.extend(argv.iter().map(|word| shell_quote(word)));
+    Ok(words.join(" "))
+}
+
+/// One word for a POSIX shell, whatever it holds.
+fn shell_quote(word: &str) -> String {
+    format!("'{}'", word.replace('\'', r"'\''"))
 }
 
 fn last_lines(text: &str, count: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|line| !line.trim().is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
     lines[lines.len().saturating_sub(count)..].join(" | ")
 }
 
@@ -227,4 +811,230 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(user: Option<&str>, host: &str, port: Option<u16>) -> SshTarget {
+        SshTarget {
+            user: user.map(str::to_owned),
+            host: host.to_owned(),
+            port,
+        }
+    }
+
+    #[test]
+    fn hosts_parse_or_say_what_is_wrong() {
+        let check = |text: &str, expect: Result<SshTarget, &str>| {
+            let parsed = parse_host(text);
+            match expect {
+                Ok(expected) => assert_eq!(parsed, Ok(expected), "{text}"),
+                Err(needle) => assert!(
+                    parsed
+                        .as_ref()
+                        .is_err_and(|message| message.contains(needle) && message.contains(text)),
+                    "{text}: {parsed:?}"
+                ),
+            }
+        };
+        check("broker-a", Ok(target(None, "broker-a", None)));
+        check("ops@10.0.0.7", Ok(target(Some("ops"), "10.0.0.7", None)));
+        check(
+            "ops@10.0.0.7:2222",
+            Ok(target(Some("ops"), "10.0.0.7", Some(2222))),
+        );
+        check("root@[::1]:22", Ok(target(Some("root"), "::1", Some(22))));
+        check("[fe80::1]", Ok(target(None, "fe80::1", None)));
+        check("::1", Err("brackets"));
+        check("ops@host:0", Err("port"));
+        check("ops@host:x", Err("port"));
+        check("@host", Err("user"));
+        check("-oProxyCommand=x", Err("host name"));
+        check("ops@", Err("host name"));
+    }
+
+    #[test]
+    fn remote_commands_survive_the_remote_shell() {
+        let argv = vec![
+            "sh".to_owned(),
+            "-c".to_owned(),
+            "echo \"$A\"; echo it's".to_owned(),
+        ];
+        let env = vec![("A".to_owned(), "x y".to_owned())];
+        assert_eq!(
+            remote_command(&argv, &env, Some("/tmp/a b")),
+            Ok(
+                r#"cd '/tmp/a b' && exec env 'A=x y' 'sh' '-c' 'echo "$A"; echo it'\''s'"#
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            remote_command(&["ls".to_owned()], &[], None),
+            Ok("exec 'ls'".to_owned())
+        );
+        assert!(remote_command(&argv, &[("A B".to_owned(), "1".to_owned())], None).is_err());
+    }
+
+    #[test]
+    fn ssh_never_prompts_and_checks_host_keys_as_asked() {
+        let options = |known_hosts| SshOptions {
+            identity_file: Some("/keys/id".to_owned()),
+            known_hosts,
+            connect_timeout: Duration::from_millis(4500),
+        };
+        let argv = ssh_argv(
+            &target(Some("ops"), "h", Some(2222)),
+            &options(KnownHosts::File("/k/known".to_owned())),
+            "exec 'true'",
+        );
+        let line = argv.join(" ");
+        for needle in [
+            "-o BatchMode=yes",
+            "-o ConnectTimeout=5",
+            "StrictHostKeyChecking=yes",
+            "UserKnownHostsFile=\"/k/known\"",
+            "-i /keys/id",
+            "-p 2222",
+            "-l ops",
+        ] {
+            assert!(line.contains(needle), "{needle} missing from {line}");
+        }
+        assert_eq!(&argv[argv.len() - 3..], ["--", "h", "exec 'true'"]);
+        let off = ssh_argv(&target(None, "h", None), &options(KnownHosts::Off), "x").join(" ");
+        assert!(
+            off.contains("StrictHostKeyChecking=no")
+                && off.contains("UserKnownHostsFile=/dev/null"),
+            "{off}"
+        );
+        assert_eq!(
+            KnownHosts::parse(Some("accept-new")),
+            Ok(KnownHosts::AcceptNew)
+        );
+        assert!(KnownHosts::parse(Some("stict")).is_err());
+    }
+
+    #[test]
+    fn ssh_options_without_a_host_are_refused() {
+        let refused = spec(&json!({"command": "true", "known_hosts": "off"}));
+        assert!(refused
+            .is_err_and(|failure| failure.message.contains("known_hosts") && !failure.retryable));
+        let over_ssh =
+            spec(&json!({"command": ["uptime"], "host": "ops@b1:22", "known_hosts": "accept-new"}));
+        assert!(over_ssh.is_ok_and(|spec| spec.argv[0] == "ssh"
+            && spec.env.is_empty()
+            && spec.host.as_deref() == Some("ops@b1:22")));
+    }
+
+    fn write(dir: &Path, name: &str, value: &impl serde::Serialize) {
+        let json = serde_json::to_vec(value).unwrap_or_default();
+        assert!(shim::write_atomic(&dir.join(name), &json).is_ok());
+    }
+
+    fn me() -> ProcessIdentity {
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        ProcessIdentity::of(pid).unwrap_or(ProcessIdentity {
+            pid,
+            start_time: 0,
+            boot_id: String::new(),
+        })
+    }
+
+    #[test]
+    fn recovery_follows_only_the_journaled_live_shim_and_prefers_a_recorded_end(
+    ) -> Result<(), std::io::Error> {
+        let dir = tempfile::tempdir()?;
+        let dir = dir.path();
+        let live = me();
+        let note = json!({ "shim": live });
+
+        // A live shim with no status yet: re-attach.
+        assert!(matches!(recovery(dir, Some(&note)), Recovery::Running(ref shim) if *shim == live));
+
+        // The same pid with another start time is another process: never followed.
+        let reused =
+            json!({ "shim": ProcessIdentity { start_time: live.start_time + 1, ..live.clone() } });
+        let unknown = recovery(dir, Some(&reused));
+        assert!(
+            matches!(unknown, Recovery::Unknown(ref why) if why.contains("another process")),
+            "{unknown:?}"
+        );
+
+        // Another boot: its processes are gone whatever /proc says now.
+        let rebooted =
+            json!({ "shim": ProcessIdentity { boot_id: "other".to_owned(), ..live.clone() } });
+        assert!(
+            matches!(recovery(dir, Some(&rebooted)), Recovery::Unknown(ref why) if why.contains("reboot"))
+        );
+
+        // Never journaled: never released.
+        assert!(
+            matches!(recovery(dir, None), Recovery::Unknown(ref why) if why.contains("did not start"))
+        );
+
+        // A recorded end wins, whatever the shim's state.
+        let status = Status {
+            format: shim::FORMAT,
+            outcome: Outcome::Exited { code: 3 },
+            stopped: false,
+            stderr_tail: String::new(),
+        };
+        write(dir, shim::STATUS_FILE, &status);
+        assert!(
+            matches!(recovery(dir, Some(&reused)), Recovery::Ended(ref ended) if ended.outcome == Outcome::Exited { code: 3 })
+        );
+        assert!(matches!(recovery(dir, None), Recovery::Ended(_)));
+
+        // Released too late: the command never ran.
+        let not_started = Status {
+            outcome: Outcome::NotStarted {
+                reason: "no go".to_owned(),
+            },
+            ..status
+        };
+        write(dir, shim::STATUS_FILE, &not_started);
+        assert!(
+            matches!(recovery(dir, Some(&note)), Recovery::Unknown(ref why) if why.contains("never started"))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_recorded_end_becomes_the_steps_result() -> Result<(), std::io::Error> {
+        let dir = tempfile::tempdir()?;
+        let dir = dir.path();
+        let spec_of =
+            |input: Value| spec(&input).map_err(|failure| std::io::Error::other(failure.message));
+        std::fs::write(dir.join(shim::STDOUT_FILE), "{\"lag\": 0}\n")?;
+        let exited = |code| Status {
+            format: shim::FORMAT,
+            outcome: Outcome::Exited { code },
+            stopped: false,
+            stderr_tail: "last words\n".to_owned(),
+        };
+        let output = finish(
+            exited(0),
+            &spec_of(json!({"command": "x", "parse": "json"}))?,
+            dir,
+        );
+        assert_eq!(
+            output.ok().map(|output| output["json"]["lag"].clone()),
+            Some(json!(0))
+        );
+        let failed = finish(exited(3), &spec_of(json!({"command": "x"}))?, dir);
+        assert!(
+            failed.as_ref().is_err_and(|failure| failure.retryable
+                && failure.message == "command exited with code 3: last words"),
+            "{:?}",
+            failed.err()
+        );
+        let ssh = finish(
+            exited(255),
+            &spec_of(json!({"command": "x", "host": "ops@b1:22"}))?,
+            dir,
+        );
+        assert!(ssh.is_err_and(|failure| failure.message.starts_with("ssh to ops@b1:22 failed")));
+        Ok(())
+    }
 }

@@ -18,7 +18,10 @@ impl LogSink {
     /// A sink appending to `path` (created with its directory on first write).
     pub fn new(path: PathBuf) -> LogSink {
         let written = std::fs::metadata(&path).map(|meta| meta.len()).unwrap_or(0);
-        LogSink { path, written: Arc::new(AtomicU64::new(written)) }
+        LogSink {
+            path,
+            written: Arc::new(AtomicU64::new(written)),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -32,12 +35,19 @@ impl LogSink {
             return;
         }
         let room = (LOG_CAP - before) as usize;
-        let (kept, truncated) = if bytes.len() > room { (&bytes[..room], true) } else { (bytes, false) };
+        let (kept, truncated) = if bytes.len() > room {
+            (&bytes[..room], true)
+        } else {
+            (bytes, false)
+        };
         let result = (|| -> std::io::Result<()> {
             if let Some(parent) = self.path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             file.write_all(kept)?;
             if truncated {
                 file.write_all(b"\n[runbook: log truncated at the size cap]\n")?;

@@ -8,6 +8,7 @@
 
 mod exec;
 mod log;
+pub mod shim;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -55,14 +56,20 @@ pub trait Action: Send + Sync + 'static {
     }
 }
 
-type RecordFn = dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+type RecordFn =
+    dyn Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
 
 /// Journals a note about a call in flight (`EventKind::CallNoted`); resolves once it is durable.
 #[derive(Clone)]
 pub struct Recorder(Arc<RecordFn>);
 
 impl Recorder {
-    pub fn new(record: impl Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync + 'static) -> Recorder {
+    pub fn new(
+        record: impl Fn(Value) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+            + Send
+            + Sync
+            + 'static,
+    ) -> Recorder {
         Recorder(Arc::new(record))
     }
 
@@ -91,7 +98,9 @@ impl Default for Registry {
 impl Registry {
     /// A registry with the core `exec` action.
     pub fn new() -> Registry {
-        let mut registry = Registry { actions: BTreeMap::new() };
+        let mut registry = Registry {
+            actions: BTreeMap::new(),
+        };
         registry.register("exec", Exec);
         registry
     }
@@ -116,11 +125,17 @@ impl Registry {
 impl ActionFailure {
     /// A failure another attempt will not cure (bad input).
     pub fn permanent(message: impl Into<String>) -> ActionFailure {
-        ActionFailure { message: message.into(), retryable: false }
+        ActionFailure {
+            message: message.into(),
+            retryable: false,
+        }
     }
 
     /// A failure another attempt may cure (a command's exit code, the cluster being busy).
     pub fn retryable(message: impl Into<String>) -> ActionFailure {
-        ActionFailure { message: message.into(), retryable: true }
+        ActionFailure {
+            message: message.into(),
+            retryable: true,
+        }
     }
 }

@@ -19,10 +19,10 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-pub use views::{RunSummary, RunView, StepView, UndoView};
 use crate::catalog::{Catalog, Source};
 use crate::machine::{Actor, Input};
 use crate::runtime::{self, Engine, Error, Slot};
+pub use views::{RunSummary, RunView, StepView, UndoView};
 
 /// The largest request body accepted.
 const MAX_BODY: usize = 1024 * 1024;
@@ -43,7 +43,13 @@ impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Pe
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
         // SAFETY: getuid has no preconditions.
         let own = unsafe { libc::getuid() };
-        Peer { uid: stream.io().peer_cred().map(|cred| cred.uid()).unwrap_or(own) }
+        Peer {
+            uid: stream
+                .io()
+                .peer_cred()
+                .map(|cred| cred.uid())
+                .unwrap_or(own),
+        }
     }
 }
 
@@ -58,8 +64,22 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/runs/{id}/steps/{step}/log", get(step_log))
         .route("/v1/runs/{id}/steps/{step}/{verb}", post(step_verb))
         .route("/v1/runs/{id}/{verb}", post(run_verb))
+        .route("/v1/schedules", get(list_schedules).post(add_schedule))
+        .route(
+            "/v1/schedules/{name}",
+            get(show_schedule).delete(remove_schedule),
+        )
+        .route("/v1/schedules/{name}/backfill", post(backfill_schedule))
+        .route("/v1/schedules/{name}/{verb}", post(schedule_verb))
         .route("/metrics", get(metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route".to_owned(), None) })
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such API route".to_owned(),
+                None,
+            )
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -74,24 +94,54 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: String, field: Option<String>) -> ApiError {
-        ApiError { status, code, message, field }
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: String,
+        field: Option<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message,
+            field,
+        }
     }
 
     fn invalid(message: String, field: Option<&str>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid", message, field.map(str::to_owned))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid",
+            message,
+            field.map(str::to_owned),
+        )
     }
 }
 
 impl From<Error> for ApiError {
     fn from(error: Error) -> ApiError {
         match error {
-            Error::NotFound(message) => ApiError::new(StatusCode::NOT_FOUND, "not_found", message, None),
-            Error::Ambiguous(message) => ApiError::new(StatusCode::CONFLICT, "ambiguous", message, None),
-            Error::Invalid { message, field } => ApiError::new(StatusCode::BAD_REQUEST, "invalid", message, field),
-            Error::Conflict(message) => ApiError::new(StatusCode::CONFLICT, "conflict", message, None),
-            Error::Unavailable(message) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message, None),
-            Error::Internal(message) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None),
+            Error::NotFound(message) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", message, None)
+            }
+            Error::Ambiguous(message) => {
+                ApiError::new(StatusCode::CONFLICT, "ambiguous", message, None)
+            }
+            Error::Invalid { message, field } => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", message, field)
+            }
+            Error::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", message, None)
+            }
+            Error::Unavailable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                message,
+                None,
+            ),
+            Error::Internal(message) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message, None)
+            }
         }
     }
 }
@@ -112,7 +162,8 @@ fn body<T: DeserializeOwned + Default>(bytes: &Bytes) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
-    serde_json::from_slice(bytes).map_err(|error| ApiError::invalid(format!("request body: {error}"), Some("body")))
+    serde_json::from_slice(bytes)
+        .map_err(|error| ApiError::invalid(format!("request body: {error}"), Some("body")))
 }
 
 fn ok(value: impl serde::Serialize) -> ApiResult {
@@ -136,7 +187,11 @@ async fn list_runbooks(State(app): State<AppState>) -> ApiResult {
 }
 
 async fn describe_runbook(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult {
-    let entry = app.catalog.get(&name).ok_or_else(|| ApiError::from(Error::NotFound(format!("no runbook {name:?} (see `runbook list`)"))))?;
+    let entry = app.catalog.get(&name).ok_or_else(|| {
+        ApiError::from(Error::NotFound(format!(
+            "no runbook {name:?} (see `runbook list`)"
+        )))
+    })?;
     match entry.definition {
         Ok(definition) => ok(&*definition),
         Err(error) => Err(ApiError::invalid(error, Some("runbook"))),
@@ -160,17 +215,32 @@ struct SourceBody {
     text: String,
 }
 
-fn definition_of(app: &AppState, request: &StartRequest) -> Result<std::sync::Arc<crate::definition::Definition>, ApiError> {
+fn definition_of(
+    app: &AppState,
+    request: &StartRequest,
+) -> Result<std::sync::Arc<crate::definition::Definition>, ApiError> {
     match (&request.runbook, &request.source) {
         (Some(name), None) => {
-            let entry = app.catalog.get(name).ok_or_else(|| ApiError::from(Error::NotFound(format!("no runbook {name:?} (see `runbook list`)"))))?;
-            entry.definition.map_err(|error| ApiError::invalid(error, Some("runbook")))
+            let entry = app.catalog.get(name).ok_or_else(|| {
+                ApiError::from(Error::NotFound(format!(
+                    "no runbook {name:?} (see `runbook list`)"
+                )))
+            })?;
+            entry
+                .definition
+                .map_err(|error| ApiError::invalid(error, Some("runbook")))
         }
         (None, Some(source)) => app
             .catalog
-            .load_source(&Source { file: source.file.clone(), text: source.text.clone() })
+            .load_source(&Source {
+                file: source.file.clone(),
+                text: source.text.clone(),
+            })
             .map_err(|error| ApiError::invalid(error.to_string(), Some("source"))),
-        _ => Err(ApiError::invalid("give exactly one of `runbook` (a name) or `source` (a file)".to_owned(), Some("runbook"))),
+        _ => Err(ApiError::invalid(
+            "give exactly one of `runbook` (a name) or `source` (a file)".to_owned(),
+            Some("runbook"),
+        )),
     }
 }
 
@@ -182,10 +252,22 @@ async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
 
 // ----- runs -------------------------------------------------------------------------------------
 
-async fn start_run(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Peer>, bytes: Bytes) -> ApiResult {
+async fn start_run(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
     let definition = definition_of(&app, &request)?;
-    let state = app.engine.create_run(definition, &request.params, Actor::uid(peer.uid), request.comment).await?;
+    let state = app
+        .engine
+        .create_run(
+            definition,
+            &request.params,
+            Actor::uid(peer.uid),
+            request.comment,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(RunView::from_state(&state))).into_response())
 }
 
@@ -205,7 +287,13 @@ async fn list_runs(State(app): State<AppState>, Query(query): Query<ListQuery>) 
         .map(|(id, slot)| RunView::of(*id, slot).summary())
         .filter(|run| match &query.state {
             Some(state) => &run.state == state,
-            None => query.all || !matches!(run.state.as_str(), "succeeded" | "failed" | "canceled" | "rolled_back"),
+            None => {
+                query.all
+                    || !matches!(
+                        run.state.as_str(),
+                        "succeeded" | "failed" | "canceled" | "rolled_back"
+                    )
+            }
         })
         .collect();
     ok(json!({ "runs": runs }))
@@ -230,7 +318,11 @@ struct LogQuery {
     undo: bool,
 }
 
-async fn step_log(State(app): State<AppState>, Path((id, step)): Path<(String, String)>, Query(query): Query<LogQuery>) -> ApiResult {
+async fn step_log(
+    State(app): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult {
     let run_id = app.engine.resolve(&id)?;
     let Slot::Live(state) = app.engine.get(run_id).await? else {
         return Err(Error::Conflict(format!("run {run_id} is corrupt")).into());
@@ -239,7 +331,8 @@ async fn step_log(State(app): State<AppState>, Path((id, step)): Path<(String, S
         return Err(Error::NotFound(format!("run {run_id} has no started step {step:?}")).into());
     };
     let path = app.engine.log_path(run_id, &step, query.undo);
-    let data = read_from(&path, query.offset).map_err(|error| Error::Internal(format!("reading {}: {error}", path.display())))?;
+    let data = read_from(&path, query.offset)
+        .map_err(|error| Error::Internal(format!("reading {}: {error}", path.display())))?;
     let next_offset = query.offset + data.len() as u64;
     let done = !step_state.status.is_active() || state.status.is_terminal();
     ok(json!({
@@ -273,17 +366,31 @@ struct OperatorRequest {
     step: Option<String>,
 }
 
-async fn run_verb(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Peer>, Path((id, verb)): Path<(String, String)>, bytes: Bytes) -> ApiResult {
+async fn run_verb(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((id, verb)): Path<(String, String)>,
+    bytes: Bytes,
+) -> ApiResult {
     let request: OperatorRequest = body(&bytes)?;
     let by = Actor::uid(peer.uid);
     let comment = request.comment;
     let input = match verb.as_str() {
-        "approve" => Input::Approve { step: request.step, by, comment },
+        "approve" => Input::Approve {
+            step: request.step,
+            by,
+            comment,
+        },
         "pause" => Input::Pause { by, comment },
         "resume" => Input::Resume { by, comment },
         "cancel" => Input::Cancel { by, comment },
         "rollback" => Input::Rollback { by, comment },
-        other => return Err(Error::NotFound(format!("no run action {other:?} (approve, pause, resume, cancel, rollback)")).into()),
+        other => {
+            return Err(Error::NotFound(format!(
+                "no run action {other:?} (approve, pause, resume, cancel, rollback)"
+            ))
+            .into())
+        }
     };
     let run_id = app.engine.resolve(&id)?;
     let state = app.engine.handle(run_id, input).await?;
@@ -299,13 +406,99 @@ async fn step_verb(
     let request: OperatorRequest = body(&bytes)?;
     let by = Actor::uid(peer.uid);
     let input = match verb.as_str() {
-        "retry" => Input::Retry { step, by, comment: request.comment },
-        "skip" => Input::Skip { step, by, comment: request.comment },
-        other => return Err(Error::NotFound(format!("no step action {other:?} (retry, skip)")).into()),
+        "retry" => Input::Retry {
+            step,
+            by,
+            comment: request.comment,
+        },
+        "skip" => Input::Skip {
+            step,
+            by,
+            comment: request.comment,
+        },
+        other => {
+            return Err(Error::NotFound(format!("no step action {other:?} (retry, skip)")).into())
+        }
     };
     let run_id = app.engine.resolve(&id)?;
     let state = app.engine.handle(run_id, input).await?;
     ok(RunView::from_state(&state))
+}
+
+// ----- schedules --------------------------------------------------------------------------------
+
+async fn list_schedules(State(app): State<AppState>) -> ApiResult {
+    ok(json!({ "schedules": app.engine.schedules().await }))
+}
+
+async fn add_schedule(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    bytes: Bytes,
+) -> ApiResult {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid(
+            "request body: a schedule needs name, runbook and cron".to_owned(),
+            Some("body"),
+        ));
+    }
+    let spec: runtime::ScheduleSpec = serde_json::from_slice(&bytes)
+        .map_err(|error| ApiError::invalid(format!("request body: {error}"), Some("body")))?;
+    let schedule = app.engine.add_schedule(spec, Actor::uid(peer.uid)).await?;
+    Ok((StatusCode::CREATED, Json(schedule)).into_response())
+}
+
+async fn show_schedule(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    ok(app.engine.schedule(&name).await?)
+}
+
+async fn remove_schedule(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult {
+    ok(app.engine.remove_schedule(&name).await?)
+}
+
+async fn schedule_verb(
+    State(app): State<AppState>,
+    Path((name, verb)): Path<(String, String)>,
+) -> ApiResult {
+    let schedule = match verb.as_str() {
+        "pause" => app.engine.set_schedule_paused(&name, true).await?,
+        "resume" => app.engine.set_schedule_paused(&name, false).await?,
+        "trigger" => app.engine.trigger_schedule(&name).await?,
+        other => {
+            return Err(Error::NotFound(format!(
+                "no schedule action {other:?} (pause, resume, trigger, backfill)"
+            ))
+            .into())
+        }
+    };
+    ok(schedule)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackfillRequest {
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn backfill_schedule(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    bytes: Bytes,
+) -> ApiResult {
+    let request: BackfillRequest = serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::invalid(
+            format!("request body: {error} (from and to are RFC 3339 instants)"),
+            Some("body"),
+        )
+    })?;
+    let (instants, firings) = app
+        .engine
+        .backfill_schedule(&name, request.from, request.to, request.dry_run)
+        .await?;
+    ok(json!({ "instants": instants, "firings": firings, "dry_run": request.dry_run }))
 }
 
 // ----- metrics ----------------------------------------------------------------------------------
@@ -325,17 +518,27 @@ async fn metrics(State(app): State<AppState>) -> Response {
     }
     let stats = app.engine.writer().stats();
     let mut text = String::new();
-    let _ = writeln!(text, "# HELP runbook_runs Runs by state.\n# TYPE runbook_runs gauge");
+    let _ = writeln!(
+        text,
+        "# HELP runbook_runs Runs by state.\n# TYPE runbook_runs gauge"
+    );
     for (state, count) in by_state {
         let _ = writeln!(text, "runbook_runs{{state=\"{state}\"}} {count}");
     }
-    let _ = writeln!(text, "# HELP runbook_timers_pending Armed durable timers.\n# TYPE runbook_timers_pending gauge");
+    let _ = writeln!(
+        text,
+        "# HELP runbook_timers_pending Armed durable timers.\n# TYPE runbook_timers_pending gauge"
+    );
     let _ = writeln!(text, "runbook_timers_pending {pending_timers}");
     let _ = writeln!(text, "# HELP runbook_store_commits_total Transitions committed.\n# TYPE runbook_store_commits_total counter");
     let _ = writeln!(text, "runbook_store_commits_total {}", stats.commits);
     let _ = writeln!(text, "# HELP runbook_store_syncs_total Durable syncs (group commits).\n# TYPE runbook_store_syncs_total counter");
     let _ = writeln!(text, "runbook_store_syncs_total {}", stats.syncs);
     let _ = writeln!(text, "# HELP runbook_store_sync_seconds_total Time spent in syncs.\n# TYPE runbook_store_sync_seconds_total counter");
-    let _ = writeln!(text, "runbook_store_sync_seconds_total {:.6}", stats.sync_seconds_total);
+    let _ = writeln!(
+        text,
+        "runbook_store_sync_seconds_total {:.6}",
+        stats.sync_seconds_total
+    );
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

@@ -5,7 +5,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::Step;
-use crate::machine::{Actor, ApprovalRecord, AuditEntry, Attention, RunState, StepState, WaitingFor};
+use crate::machine::{
+    Actor, ApprovalRecord, Attention, AuditEntry, RunState, StepState, WaitingFor,
+};
 use crate::runtime::Slot;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -109,7 +111,12 @@ impl RunView {
             runbook: state.runbook.clone(),
             version: state.version,
             state: state.status.name().to_owned(),
-            reason: state.attention.as_ref().map(|attention| serde_json::to_value(attention.reason).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()),
+            reason: state.attention.as_ref().map(|attention| {
+                serde_json::to_value(attention.reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            }),
             attention: state.attention.clone(),
             paused: state.paused.is_some(),
             params: state.params.clone(),
@@ -149,16 +156,28 @@ fn current_step(state: &RunState) -> Option<String> {
         .filter(|step| step.status.is_active() && step.action != "for_each")
         .map(|step| step.key.clone())
         .next_back()
-        .or_else(|| state.steps.iter().rev().find(|step| step.status.is_active()).map(|step| step.key.clone()))
+        .or_else(|| {
+            state
+                .steps
+                .iter()
+                .rev()
+                .find(|step| step.status.is_active())
+                .map(|step| step.key.clone())
+        })
 }
 
 fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Vec<StepView>) {
     for definition in definitions {
-        let key = if prefix.is_empty() { definition.id.clone() } else { format!("{prefix}.{}", definition.id) };
+        let key = if prefix.is_empty() {
+            definition.id.clone()
+        } else {
+            format!("{prefix}.{}", definition.id)
+        };
         match state.step(&key) {
             Some(step) => {
                 out.push(step_view(step));
-                if let (Some(for_each), Some(iterations)) = (&definition.for_each, &step.iterations) {
+                if let (Some(for_each), Some(iterations)) = (&definition.for_each, &step.iterations)
+                {
                     for (index, iteration) in iterations.iter().enumerate() {
                         if iteration.status != crate::machine::IterationStatus::Pending {
                             list_steps(state, &for_each.steps, &format!("{key}[{index}]"), out);

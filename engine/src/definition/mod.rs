@@ -146,7 +146,9 @@ impl RetryPolicy {
     /// The pause before attempt `next_attempt` (2, 3, ...): `backoff` doubling, capped.
     pub fn delay_before(&self, next_attempt: u32) -> Duration {
         let doublings = next_attempt.saturating_sub(2).min(30);
-        self.backoff.saturating_mul(1u32 << doublings).min(self.max_backoff)
+        self.backoff
+            .saturating_mul(1u32 << doublings)
+            .min(self.max_backoff)
     }
 }
 

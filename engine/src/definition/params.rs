@@ -14,16 +14,27 @@ pub struct ParamError {
 
 /// Resolves the given values against the definition: unknown names, missing required params and
 /// malformed values are errors; defaults fill the rest. Strings are parsed by the param's type.
-pub fn resolve(definition: &Definition, given: &Map<String, Value>) -> Result<Map<String, Value>, ParamError> {
+pub fn resolve(
+    definition: &Definition,
+    given: &Map<String, Value>,
+) -> Result<Map<String, Value>, ParamError> {
     for name in given.keys() {
         if !definition.params.iter().any(|spec| &spec.name == name) {
-            let known: Vec<_> = definition.params.iter().map(|spec| spec.name.as_str()).collect();
+            let known: Vec<_> = definition
+                .params
+                .iter()
+                .map(|spec| spec.name.as_str())
+                .collect();
             return Err(ParamError {
                 param: name.clone(),
                 message: format!(
                     "unknown param for runbook {} (it takes: {})",
                     definition.name,
-                    if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             });
         }
@@ -31,14 +42,25 @@ pub fn resolve(definition: &Definition, given: &Map<String, Value>) -> Result<Ma
     let mut resolved = Map::new();
     for spec in &definition.params {
         let value = match given.get(&spec.name) {
-            Some(value) => check_value(spec, value).map_err(|message| ParamError { param: spec.name.clone(), message })?,
+            Some(value) => check_value(spec, value).map_err(|message| ParamError {
+                param: spec.name.clone(),
+                message,
+            })?,
             None => match &spec.default {
                 Some(default) => default.clone(),
                 None if spec.required => {
-                    let about = if spec.description.is_empty() { String::new() } else { format!(": {}", spec.description) };
+                    let about = if spec.description.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {}", spec.description)
+                    };
                     return Err(ParamError {
                         param: spec.name.clone(),
-                        message: format!("missing required param ({}{about}); pass -p {}=...", spec.kind.name(), spec.name),
+                        message: format!(
+                            "missing required param ({}{about}); pass -p {}=...",
+                            spec.kind.name(),
+                            spec.name
+                        ),
                     });
                 }
                 None => Value::Null,
@@ -55,9 +77,11 @@ pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, Stri
         (ParamKind::String, Value::String(_)) => value.clone(),
         (ParamKind::String, Value::Number(number)) => Value::String(number.to_string()),
         (ParamKind::Int, Value::Number(number)) if number.is_i64() => value.clone(),
-        (ParamKind::Int, Value::String(text)) => {
-            Value::from(text.trim().parse::<i64>().map_err(|_| format!("{text:?} is not an integer"))?)
-        }
+        (ParamKind::Int, Value::String(text)) => Value::from(
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| format!("{text:?} is not an integer"))?,
+        ),
         (ParamKind::Bool, Value::Bool(_)) => value.clone(),
         (ParamKind::Bool, Value::String(text)) => match text.trim() {
             "true" | "yes" | "1" => Value::Bool(true),
@@ -70,7 +94,11 @@ pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, Stri
         }
         (ParamKind::List, Value::Array(_)) => value.clone(),
         (ParamKind::List, Value::String(text)) => Value::Array(
-            text.split(',').map(str::trim).filter(|item| !item.is_empty()).map(|item| Value::String(item.to_owned())).collect(),
+            text.split(',')
+                .map(str::trim)
+                .filter(|item| !item.is_empty())
+                .map(|item| Value::String(item.to_owned()))
+                .collect(),
         ),
         (ParamKind::Enum, Value::String(text)) => {
             if !spec.values.iter().any(|allowed| allowed == text) {
@@ -87,7 +115,8 @@ pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, Stri
         (kind, other) => return Err(format!("expected a {}, got {other}", kind.name())),
     };
     if let (Some(pattern), Value::String(text)) = (&spec.pattern, &typed) {
-        let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|error| format!("bad pattern: {error}"))?;
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|error| format!("bad pattern: {error}"))?;
         if !regex.is_match(text) {
             return Err(format!("{text:?} does not match the pattern {pattern:?}"));
         }
@@ -96,7 +125,9 @@ pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, Stri
 }
 
 fn check_host_port(address: &str) -> Result<(), String> {
-    let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("{address:?} is not host:port"))?;
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{address:?} is not host:port"))?;
     if host.is_empty() || port.parse::<u16>().map_or(true, |port| port == 0) {
         return Err(format!("{address:?} is not host:port"));
     }

@@ -12,7 +12,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
-use super::{Concurrency, Definition, Error, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy, Step, Undo};
+use super::{
+    Concurrency, Definition, Error, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy, Step,
+    Undo,
+};
 use crate::template::{self, TemplateKind};
 
 #[derive(Deserialize)]
@@ -147,11 +150,19 @@ struct Scope {
 impl Parser<'_> {
     fn line_of(&self, span: &Range<usize>) -> usize {
         let end = span.start.min(self.text.len());
-        self.text.as_bytes()[..end].iter().filter(|&&byte| byte == b'\n').count() + 1
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|&&byte| byte == b'\n')
+            .count()
+            + 1
     }
 
     fn error_at(&self, line: usize, message: String) -> Error {
-        Error { file: self.file.to_owned(), line, message }
+        Error {
+            file: self.file.to_owned(),
+            line,
+            message,
+        }
     }
 
     fn error<T>(&self, spanned: &Spanned<T>, message: String) -> Error {
@@ -160,15 +171,24 @@ impl Parser<'_> {
 
     fn convert(&self, raw: RawDefinition) -> Result<Definition, Error> {
         let name = raw.name.get_ref();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) {
-            return Err(self.error(&raw.name, format!("name {name:?}: use letters, digits, '.', '_' and '-'")));
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        {
+            return Err(self.error(
+                &raw.name,
+                format!("name {name:?}: use letters, digits, '.', '_' and '-'"),
+            ));
         }
         let version = match &raw.version {
             None => 1,
             Some(version) => u32::try_from(*version.get_ref())
                 .ok()
                 .filter(|&version| version > 0)
-                .ok_or_else(|| self.error(version, "version: must be a positive integer".to_owned()))?,
+                .ok_or_else(|| {
+                    self.error(version, "version: must be a positive integer".to_owned())
+                })?,
         };
         let params = raw
             .params
@@ -177,19 +197,35 @@ impl Parser<'_> {
             .map(|(name, param)| self.convert_param(name, param))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut scope = Scope { params: params.iter().map(|param| param.name.clone()).collect(), ..Scope::default() };
+        let mut scope = Scope {
+            params: params.iter().map(|param| param.name.clone()).collect(),
+            ..Scope::default()
+        };
         let mut seen = HashSet::new();
         self.collect_names(&raw.steps, &mut scope, &mut seen)?;
 
         let mut locks = Vec::new();
         for lock in &raw.locks {
-            self.check_template(lock, "locks", TemplateKind::Text, &Scope { steps: BTreeSet::new(), captures: BTreeSet::new(), ..scope.clone() })?;
+            self.check_template(
+                lock,
+                "locks",
+                TemplateKind::Text,
+                &Scope {
+                    steps: BTreeSet::new(),
+                    captures: BTreeSet::new(),
+                    ..scope.clone()
+                },
+            )?;
             locks.push(lock.get_ref().clone());
         }
         if raw.steps.is_empty() {
             return Err(self.error_at(1, "a runbook needs at least one [[steps]] entry".to_owned()));
         }
-        let steps = raw.steps.iter().map(|step| self.convert_step(step, &scope)).collect::<Result<Vec<_>, _>>()?;
+        let steps = raw
+            .steps
+            .iter()
+            .map(|step| self.convert_step(step, &scope))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Definition {
             name: name.clone(),
             version,
@@ -204,7 +240,12 @@ impl Parser<'_> {
     fn convert_param(&self, name: &str, raw: &Spanned<RawParam>) -> Result<ParamSpec, Error> {
         let param = raw.get_ref();
         if !is_identifier(name) {
-            return Err(self.error(raw, format!("param {name:?}: use letters, digits and '_' (it is used as params.{name})")));
+            return Err(self.error(
+                raw,
+                format!(
+                    "param {name:?}: use letters, digits and '_' (it is used as params.{name})"
+                ),
+            ));
         }
         let kind = match &param.kind {
             None => ParamKind::String,
@@ -225,7 +266,10 @@ impl Parser<'_> {
             },
         };
         if kind == ParamKind::Enum && param.values.is_empty() {
-            return Err(self.error(raw, format!("param {name:?}: an enum needs `values = [...]`")));
+            return Err(self.error(
+                raw,
+                format!("param {name:?}: an enum needs `values = [...]`"),
+            ));
         }
         if let Some(pattern) = &param.pattern {
             if let Err(error) = regex::Regex::new(pattern.get_ref()) {
@@ -238,28 +282,47 @@ impl Parser<'_> {
             required: param.required,
             default: None,
             description: param.description.clone(),
-            pattern: param.pattern.as_ref().map(|pattern| pattern.get_ref().clone()),
+            pattern: param
+                .pattern
+                .as_ref()
+                .map(|pattern| pattern.get_ref().clone()),
             values: param.values.clone(),
         };
         if let Some(default) = &param.default {
             let value = toml_to_json(default);
-            let checked = super::params::check_value(&spec, &value)
-                .map_err(|message| self.error(raw, format!("param {name:?}: default: {message}")))?;
+            let checked = super::params::check_value(&spec, &value).map_err(|message| {
+                self.error(raw, format!("param {name:?}: default: {message}"))
+            })?;
             spec.default = Some(checked);
         }
         Ok(spec)
     }
 
     /// First pass: step ids (unique in the whole file) and capture names.
-    fn collect_names(&self, steps: &[Spanned<RawStep>], scope: &mut Scope, seen: &mut HashSet<String>) -> Result<(), Error> {
+    fn collect_names(
+        &self,
+        steps: &[Spanned<RawStep>],
+        scope: &mut Scope,
+        seen: &mut HashSet<String>,
+    ) -> Result<(), Error> {
         for raw in steps {
             let step = raw.get_ref();
             let id = step.id.get_ref();
-            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(self.error(&step.id, format!("step id {id:?}: use letters, digits, '_' and '-'")));
+            if id.is_empty()
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(self.error(
+                    &step.id,
+                    format!("step id {id:?}: use letters, digits, '_' and '-'"),
+                ));
             }
             if !seen.insert(id.clone()) {
-                return Err(self.error(&step.id, format!("duplicate step id {id:?}: step ids must be unique in a runbook")));
+                return Err(self.error(
+                    &step.id,
+                    format!("duplicate step id {id:?}: step ids must be unique in a runbook"),
+                ));
             }
             scope.steps.insert(id.clone());
             if let Some(capture) = &step.capture {
@@ -271,7 +334,10 @@ impl Parser<'_> {
                     ));
                 }
                 if !scope.captures.insert(name.clone()) {
-                    return Err(self.error(capture, format!("step {id:?}: capture name {name:?} is used twice")));
+                    return Err(self.error(
+                        capture,
+                        format!("step {id:?}: capture name {name:?} is used twice"),
+                    ));
                 }
             }
             if let Some(nested) = &step.steps {
@@ -287,7 +353,9 @@ impl Parser<'_> {
         let line = self.line_of(&raw.span());
         let at = |field: &str| format!("step {id:?}: {field}");
 
-        let duration = |value: &Option<Spanned<String>>, field: &str| -> Result<Option<std::time::Duration>, Error> {
+        let duration = |value: &Option<Spanned<String>>,
+                        field: &str|
+         -> Result<Option<std::time::Duration>, Error> {
             match value {
                 None => Ok(None),
                 Some(text) => crate::duration::parse(text.get_ref())
@@ -303,7 +371,15 @@ impl Parser<'_> {
                 "pause" => OnFailure::Pause,
                 "abort" => OnFailure::Abort,
                 "continue" => OnFailure::Continue,
-                other => return Err(self.error(value, format!("{}: unknown value {other:?} (pause, abort, continue)", at("on_failure")))),
+                other => {
+                    return Err(self.error(
+                        value,
+                        format!(
+                            "{}: unknown value {other:?} (pause, abort, continue)",
+                            at("on_failure")
+                        ),
+                    ))
+                }
             },
         };
         let retry = match &step.retry {
@@ -319,33 +395,76 @@ impl Parser<'_> {
         // for_each: a loop with nested steps and no action of its own.
         if let Some(items) = &step.for_each {
             if step.action.is_some() {
-                return Err(self.error(raw, format!("{}: a for_each step has nested `steps` and no `action`", at("action"))));
+                return Err(self.error(
+                    raw,
+                    format!(
+                        "{}: a for_each step has nested `steps` and no `action`",
+                        at("action")
+                    ),
+                ));
             }
             let Some(nested) = &step.steps else {
-                return Err(self.error(items, format!("{}: needs nested [[steps.steps]]", at("for_each"))));
+                return Err(self.error(
+                    items,
+                    format!("{}: needs nested [[steps.steps]]", at("for_each")),
+                ));
             };
-            let var = step.var.as_ref().map(|var| var.get_ref().clone()).unwrap_or_else(|| "item".to_owned());
-            if !is_identifier(&var) || template::RESERVED_NAMES.contains(&var.as_str()) && var != "item" {
-                return Err(self.error(raw, format!("{}: {var:?} cannot be a loop variable", at("as"))));
+            let var = step
+                .var
+                .as_ref()
+                .map(|var| var.get_ref().clone())
+                .unwrap_or_else(|| "item".to_owned());
+            if !is_identifier(&var)
+                || template::RESERVED_NAMES.contains(&var.as_str()) && var != "item"
+            {
+                return Err(self.error(
+                    raw,
+                    format!("{}: {var:?} cannot be a loop variable", at("as")),
+                ));
             }
             let items_value = toml_to_json(items.get_ref());
             match &items_value {
-                Value::String(text) => self.check_text(items, text, &at("for_each"), TemplateKind::Text, scope)?,
+                Value::String(text) => {
+                    self.check_text(items, text, &at("for_each"), TemplateKind::Text, scope)?
+                }
                 Value::Array(_) => self.check_json(items, &items_value, &at("for_each"), scope)?,
-                _ => return Err(self.error(items, format!("{}: must be a list or a template that yields one", at("for_each")))),
+                _ => {
+                    return Err(self.error(
+                        items,
+                        format!(
+                            "{}: must be a list or a template that yields one",
+                            at("for_each")
+                        ),
+                    ))
+                }
             }
             let (mode, width) = match (&step.serial, &step.parallel) {
                 (Some(_), Some(parallel)) => {
-                    return Err(self.error(parallel, format!("{}: give `serial` or `parallel`, not both", at("parallel"))))
+                    return Err(self.error(
+                        parallel,
+                        format!("{}: give `serial` or `parallel`, not both", at("parallel")),
+                    ))
                 }
-                (Some(serial), None) => (Concurrency::Serial, self.positive(serial, &at("serial"))?),
-                (None, Some(parallel)) => (Concurrency::Parallel, self.positive(parallel, &at("parallel"))?),
+                (Some(serial), None) => {
+                    (Concurrency::Serial, self.positive(serial, &at("serial"))?)
+                }
+                (None, Some(parallel)) => (
+                    Concurrency::Parallel,
+                    self.positive(parallel, &at("parallel"))?,
+                ),
                 (None, None) => (Concurrency::Serial, 1),
             };
             let mut inner = scope.clone();
             inner.loop_vars.push(var.clone());
-            let steps = nested.iter().map(|nested| self.convert_step(nested, &inner)).collect::<Result<Vec<_>, _>>()?;
-            if step.until.is_some() || step.every.is_some() || step.with.is_some() || step.undo.is_some() {
+            let steps = nested
+                .iter()
+                .map(|nested| self.convert_step(nested, &inner))
+                .collect::<Result<Vec<_>, _>>()?;
+            if step.until.is_some()
+                || step.every.is_some()
+                || step.with.is_some()
+                || step.undo.is_some()
+            {
                 return Err(self.error(raw, format!("{}: a for_each step takes only for_each, as, serial/parallel, when, timeout, on_failure and steps", at("for_each"))));
             }
             return Ok(Step {
@@ -358,24 +477,52 @@ impl Parser<'_> {
                 when,
                 until: None,
                 every: None,
-                capture: step.capture.as_ref().map(|capture| capture.get_ref().clone()),
+                capture: step
+                    .capture
+                    .as_ref()
+                    .map(|capture| capture.get_ref().clone()),
                 on_failure,
                 idempotent: true,
                 undo: None,
-                for_each: Some(ForEach { items: items_value, var, mode, width, steps }),
+                for_each: Some(ForEach {
+                    items: items_value,
+                    var,
+                    mode,
+                    width,
+                    steps,
+                }),
                 line,
             });
         }
-        if step.steps.is_some() || step.var.is_some() || step.serial.is_some() || step.parallel.is_some() {
-            return Err(self.error(raw, format!("{}: `steps`, `as`, `serial` and `parallel` belong to a for_each step", at("for_each"))));
+        if step.steps.is_some()
+            || step.var.is_some()
+            || step.serial.is_some()
+            || step.parallel.is_some()
+        {
+            return Err(self.error(
+                raw,
+                format!(
+                    "{}: `steps`, `as`, `serial` and `parallel` belong to a for_each step",
+                    at("for_each")
+                ),
+            ));
         }
 
         let Some(action) = &step.action else {
             return Err(self.error(raw, format!("{}: missing (exec, wait, wait_until, approval, window, noop or a domain action)", at("action"))));
         };
         let mut action_name = action.get_ref().clone();
-        let mut with = step.with.as_ref().map(|with| toml_to_json(with.get_ref())).unwrap_or(Value::Object(Default::default()));
-        let with_span = Spanned::new(step.with.as_ref().map_or_else(|| action.span(), |with| with.span()), ());
+        let mut with = step
+            .with
+            .as_ref()
+            .map(|with| toml_to_json(with.get_ref()))
+            .unwrap_or(Value::Object(Default::default()));
+        let with_span = Spanned::new(
+            step.with
+                .as_ref()
+                .map_or_else(|| action.span(), |with| with.span()),
+            (),
+        );
         let with_span = &with_span;
         if !with.is_object() {
             return Err(self.error(with_span, format!("{}: must be a table", at("with"))));
@@ -386,62 +533,128 @@ impl Parser<'_> {
         // wait_until is sugar: poll the inner action until `condition` holds.
         if action_name == "wait_until" {
             let object = with.as_object().cloned().unwrap_or_default();
-            let inner_action = object.get("action").and_then(Value::as_str).ok_or_else(|| {
-                self.error(with_span, format!("{}: wait_until needs `with.action` (the action to poll)", at("with.action")))
-            })?;
-            let condition = object.get("condition").and_then(Value::as_str).ok_or_else(|| {
-                self.error(with_span, format!("{}: wait_until needs `with.condition` (an expression on `output`)", at("with.condition")))
-            })?;
+            let inner_action = object
+                .get("action")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    self.error(
+                        with_span,
+                        format!(
+                            "{}: wait_until needs `with.action` (the action to poll)",
+                            at("with.action")
+                        ),
+                    )
+                })?;
+            let condition = object
+                .get("condition")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    self.error(
+                        with_span,
+                        format!(
+                            "{}: wait_until needs `with.condition` (an expression on `output`)",
+                            at("with.condition")
+                        ),
+                    )
+                })?;
             if until.is_some() {
-                return Err(self.error(with_span, format!("{}: give the condition once, in with.condition", at("until"))));
+                return Err(self.error(
+                    with_span,
+                    format!(
+                        "{}: give the condition once, in with.condition",
+                        at("until")
+                    ),
+                ));
             }
             let parse_field = |field: &str| -> Result<Option<std::time::Duration>, Error> {
                 match object.get(field) {
                     None => Ok(None),
-                    Some(Value::String(text)) => crate::duration::parse(text)
-                        .map(Some)
-                        .map_err(|message| self.error(with_span, format!("{}: {message}", at(&format!("with.{field}"))))),
-                    Some(_) => Err(self.error(with_span, format!("{}: must be a duration string", at(&format!("with.{field}"))))),
+                    Some(Value::String(text)) => {
+                        crate::duration::parse(text).map(Some).map_err(|message| {
+                            self.error(
+                                with_span,
+                                format!("{}: {message}", at(&format!("with.{field}"))),
+                            )
+                        })
+                    }
+                    Some(_) => Err(self.error(
+                        with_span,
+                        format!(
+                            "{}: must be a duration string",
+                            at(&format!("with.{field}"))
+                        ),
+                    )),
                 }
             };
             every = parse_field("every")?.or(every);
             timeout = parse_field("timeout")?.or(timeout);
             if timeout.is_none() {
-                return Err(self.error(with_span, format!("{}: wait_until needs an overall `timeout`", at("with.timeout"))));
+                return Err(self.error(
+                    with_span,
+                    format!(
+                        "{}: wait_until needs an overall `timeout`",
+                        at("with.timeout")
+                    ),
+                ));
             }
             action_name = inner_action.to_owned();
             until = Some(condition.to_owned());
             until_span = Some(with_span.span());
-            with = object.get("with").cloned().unwrap_or(Value::Object(Default::default()));
+            with = object
+                .get("with")
+                .cloned()
+                .unwrap_or(Value::Object(Default::default()));
         }
         if action_name == "for_each" || action_name == "wait_until" {
-            return Err(self.error(action, format!("{}: {action_name:?} cannot be used here", at("action"))));
+            return Err(self.error(
+                action,
+                format!("{}: {action_name:?} cannot be used here", at("action")),
+            ));
         }
         self.check_json(with_span, &with, &at("with"), scope)?;
         if let Some(condition) = &until {
             let span = Spanned::new(until_span.clone().unwrap_or(0..0), ());
             let mut with_output = scope.clone();
             with_output.loop_vars.push("output".to_owned());
-            self.check_text(&span, condition, &at("until"), TemplateKind::Expression, &with_output)?;
+            self.check_text(
+                &span,
+                condition,
+                &at("until"),
+                TemplateKind::Expression,
+                &with_output,
+            )?;
             if every.is_none() {
                 every = Some(std::time::Duration::from_secs(5));
             }
         } else if every.is_some() {
-            return Err(self.error(step.every.as_ref().unwrap_or(action), format!("{}: `every` needs an `until` condition", at("every"))));
+            return Err(self.error(
+                step.every.as_ref().unwrap_or(action),
+                format!("{}: `every` needs an `until` condition", at("every")),
+            ));
         }
-        super::validate::check_core_input(&action_name, &with).map_err(|message| self.error(with_span, format!("{}: {message}", at("with"))))?;
+        super::validate::check_core_input(&action_name, &with)
+            .map_err(|message| self.error(with_span, format!("{}: {message}", at("with"))))?;
 
         let undo = match &step.undo {
             None => None,
             Some(undo) => {
                 let raw_undo = undo.get_ref();
-                let undo_with = raw_undo.with.as_ref().map(|with| toml_to_json(with.get_ref())).unwrap_or(Value::Object(Default::default()));
+                let undo_with = raw_undo
+                    .with
+                    .as_ref()
+                    .map(|with| toml_to_json(with.get_ref()))
+                    .unwrap_or(Value::Object(Default::default()));
                 let mut undo_scope = scope.clone();
                 undo_scope.loop_vars.push("output".to_owned());
                 self.check_json(undo, &undo_with, &at("undo.with"), &undo_scope)?;
-                super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with)
-                    .map_err(|message| self.error(undo, format!("{}: {message}", at("undo.with"))))?;
-                Some(Box::new(Undo { action: raw_undo.action.get_ref().clone(), with: undo_with, idempotent: raw_undo.idempotent }))
+                super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with).map_err(
+                    |message| self.error(undo, format!("{}: {message}", at("undo.with"))),
+                )?;
+                Some(Box::new(Undo {
+                    action: raw_undo.action.get_ref().clone(),
+                    with: undo_with,
+                    idempotent: raw_undo.idempotent,
+                }))
             }
         };
         Ok(Step {
@@ -454,7 +667,10 @@ impl Parser<'_> {
             when,
             until,
             every,
-            capture: step.capture.as_ref().map(|capture| capture.get_ref().clone()),
+            capture: step
+                .capture
+                .as_ref()
+                .map(|capture| capture.get_ref().clone()),
             on_failure,
             idempotent: step.idempotent,
             undo,
@@ -471,11 +687,20 @@ impl Parser<'_> {
             .ok_or_else(|| self.error(raw, format!("{field}.max_attempts: must be at least 1")))?;
         let parse = |text: &Option<String>, default: std::time::Duration, name: &str| match text {
             None => Ok(default),
-            Some(text) => crate::duration::parse(text).map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
+            Some(text) => crate::duration::parse(text)
+                .map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
         };
         let backoff = parse(&retry.backoff, std::time::Duration::from_secs(1), "backoff")?;
-        let max_backoff = parse(&retry.max_backoff, std::time::Duration::from_secs(300), "max_backoff")?;
-        Ok(RetryPolicy { max_attempts, backoff, max_backoff: max_backoff.max(backoff) })
+        let max_backoff = parse(
+            &retry.max_backoff,
+            std::time::Duration::from_secs(300),
+            "max_backoff",
+        )?;
+        Ok(RetryPolicy {
+            max_attempts,
+            backoff,
+            max_backoff: max_backoff.max(backoff),
+        })
     }
 
     fn positive(&self, value: &Spanned<i64>, field: &str) -> Result<u32, Error> {
@@ -485,13 +710,27 @@ impl Parser<'_> {
             .ok_or_else(|| self.error(value, format!("{field}: must be at least 1")))
     }
 
-    fn check_template(&self, text: &Spanned<String>, field: &str, kind: TemplateKind, scope: &Scope) -> Result<(), Error> {
+    fn check_template(
+        &self,
+        text: &Spanned<String>,
+        field: &str,
+        kind: TemplateKind,
+        scope: &Scope,
+    ) -> Result<(), Error> {
         self.check_text(text, text.get_ref(), field, kind, scope)
     }
 
     /// Checks that a template compiles and names only what exists at this place.
-    fn check_text<T>(&self, at: &Spanned<T>, text: &str, field: &str, kind: TemplateKind, scope: &Scope) -> Result<(), Error> {
-        let names = template::referenced_names(text, kind).map_err(|message| self.error(at, format!("{field}: {message}")))?;
+    fn check_text<T>(
+        &self,
+        at: &Spanned<T>,
+        text: &str,
+        field: &str,
+        kind: TemplateKind,
+        scope: &Scope,
+    ) -> Result<(), Error> {
+        let names = template::referenced_names(text, kind)
+            .map_err(|message| self.error(at, format!("{field}: {message}")))?;
         for name in names {
             let mut parts = name.split('.');
             let root = parts.next().unwrap_or_default();
@@ -505,7 +744,10 @@ impl Parser<'_> {
                     None => true,
                     Some(step) => scope.steps.contains(step),
                 },
-                "run" => matches!(second, None | Some("id") | Some("runbook") | Some("started_by")),
+                "run" => matches!(
+                    second,
+                    None | Some("id") | Some("runbook") | Some("started_by")
+                ),
                 _ => {
                     scope.captures.contains(root)
                         || scope.loop_vars.iter().any(|var| var == root)
@@ -519,17 +761,30 @@ impl Parser<'_> {
                     "steps" => format!(" (steps: {})", join(&scope.steps)),
                     _ => String::new(),
                 };
-                return Err(self.error(at, format!("{field}: unknown template variable `{name}`{hint}")));
+                return Err(self.error(
+                    at,
+                    format!("{field}: unknown template variable `{name}`{hint}"),
+                ));
             }
         }
         Ok(())
     }
 
-    fn check_json<T>(&self, at: &Spanned<T>, value: &Value, field: &str, scope: &Scope) -> Result<(), Error> {
+    fn check_json<T>(
+        &self,
+        at: &Spanned<T>,
+        value: &Value,
+        field: &str,
+        scope: &Scope,
+    ) -> Result<(), Error> {
         match value {
             Value::String(text) => self.check_text(at, text, field, TemplateKind::Text, scope),
-            Value::Array(items) => items.iter().try_for_each(|item| self.check_json(at, item, field, scope)),
-            Value::Object(map) => map.iter().try_for_each(|(key, item)| self.check_json(at, item, &format!("{field}.{key}"), scope)),
+            Value::Array(items) => items
+                .iter()
+                .try_for_each(|item| self.check_json(at, item, field, scope)),
+            Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+                self.check_json(at, item, &format!("{field}.{key}"), scope)
+            }),
             _ => Ok(()),
         }
     }
@@ -545,17 +800,25 @@ fn join(names: &BTreeSet<String>) -> String {
 
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 pub(crate) fn toml_to_json(value: &toml::Value) -> Value {
     match value {
         toml::Value::String(text) => Value::String(text.clone()),
         toml::Value::Integer(number) => Value::from(*number),
-        toml::Value::Float(number) => serde_json::Number::from_f64(*number).map(Value::Number).unwrap_or(Value::Null),
+        toml::Value::Float(number) => serde_json::Number::from_f64(*number)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         toml::Value::Boolean(flag) => Value::Bool(*flag),
         toml::Value::Datetime(datetime) => Value::String(datetime.to_string()),
         toml::Value::Array(items) => Value::Array(items.iter().map(toml_to_json).collect()),
-        toml::Value::Table(table) => Value::Object(table.iter().map(|(key, item)| (key.clone(), toml_to_json(item))).collect()),
+        toml::Value::Table(table) => Value::Object(
+            table
+                .iter()
+                .map(|(key, item)| (key.clone(), toml_to_json(item)))
+                .collect(),
+        ),
     }
 }

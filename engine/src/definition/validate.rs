@@ -19,7 +19,11 @@ pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Res
                 return Err(Error {
                     file: definition.source.clone(),
                     line: step.line,
-                    message: format!("step {:?}: {field}: unknown action {action:?} (core actions: {})", step.id, CORE_ACTIONS.join(", ")),
+                    message: format!(
+                        "step {:?}: {field}: unknown action {action:?} (core actions: {})",
+                        step.id,
+                        CORE_ACTIONS.join(", ")
+                    ),
                 });
             }
         }

@@ -35,7 +35,11 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
         });
         steps.insert(id.to_owned(), view);
         if step.status == StepStatus::Succeeded {
-            if let Some(capture) = state.definition.step(&step.key).and_then(|definition| definition.capture.as_ref()) {
+            if let Some(capture) = state
+                .definition
+                .step(&step.key)
+                .and_then(|definition| definition.capture.as_ref())
+            {
                 context.insert(capture.clone(), step.output.clone().unwrap_or(Value::Null));
             }
         }
@@ -44,8 +48,16 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
 
     // Loop variables of the enclosing loops, outermost first.
     for prefix in prefixes.iter().skip(1) {
-        let Some((loop_key, index)) = split_iteration(prefix) else { continue };
-        let Some(definition) = state.definition.step(loop_key).and_then(|step| step.for_each.as_ref()) else { continue };
+        let Some((loop_key, index)) = split_iteration(prefix) else {
+            continue;
+        };
+        let Some(definition) = state
+            .definition
+            .step(loop_key)
+            .and_then(|step| step.for_each.as_ref())
+        else {
+            continue;
+        };
         let item = state
             .step(loop_key)
             .and_then(|step| step.iterations.as_ref())

@@ -11,7 +11,9 @@ use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
 use super::context;
-use super::event::{Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose};
+use super::event::{
+    Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
+};
 use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
 use crate::definition::{Concurrency, Definition, OnFailure, Step};
 use crate::{calendar, template};
@@ -20,20 +22,54 @@ use crate::{calendar, template};
 #[derive(Debug, Clone, PartialEq)]
 pub enum Input {
     /// An action call ended (or was canceled).
-    ActionFinished { call: u32, result: Result<Value, ActionFailure> },
+    ActionFinished {
+        call: u32,
+        result: Result<Value, ActionFailure>,
+    },
     /// A durable timer is due.
-    TimerFired { timer: u64 },
+    TimerFired {
+        timer: u64,
+    },
     /// After a restart: the call was in flight and cannot be re-attached.
-    Interrupted { call: u32 },
+    Interrupted {
+        call: u32,
+    },
     /// An action journals a note about its call in flight (see `EventKind::CallNoted`).
-    CallNote { call: u32, note: Value },
-    Approve { step: Option<String>, by: Actor, comment: Option<String> },
-    Pause { by: Actor, comment: Option<String> },
-    Resume { by: Actor, comment: Option<String> },
-    Cancel { by: Actor, comment: Option<String> },
-    Rollback { by: Actor, comment: Option<String> },
-    Retry { step: String, by: Actor, comment: Option<String> },
-    Skip { step: String, by: Actor, comment: Option<String> },
+    CallNote {
+        call: u32,
+        note: Value,
+    },
+    Approve {
+        step: Option<String>,
+        by: Actor,
+        comment: Option<String>,
+    },
+    Pause {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Resume {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Cancel {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Rollback {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Retry {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+    Skip {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
 }
 
 /// How an action call failed.
@@ -49,7 +85,9 @@ pub struct ActionFailure {
 pub enum Effect {
     Call(Call),
     /// Cancel an action call in flight (timeout, cancel, rollback).
-    Abort { call: u32 },
+    Abort {
+        call: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,14 +131,25 @@ pub fn create(
     now: DateTime<Utc>,
 ) -> (RunState, Decision) {
     let mut decider = Decider::new(RunState::empty(run_id), now);
-    decider.emit(EventKind::RunCreated { run_id, definition: (*definition).clone(), params, locks, by, comment });
+    decider.emit(EventKind::RunCreated {
+        run_id,
+        definition: (*definition).clone(),
+        params,
+        locks,
+        by,
+        comment,
+    });
     decider.advance();
     decider.finish()
 }
 
 /// Decides what `input` means for the run in `state`. Returns the new state and the decision, or
 /// a rejection when an operator's request does not fit the run.
-pub fn decide(state: &RunState, input: Input, now: DateTime<Utc>) -> Result<(RunState, Decision), Rejection> {
+pub fn decide(
+    state: &RunState,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<(RunState, Decision), Rejection> {
     let mut decider = Decider::new(state.clone(), now);
     decider.apply(input)?;
     decider.advance();
@@ -118,21 +167,42 @@ struct Decider {
 enum Progress {
     Done,
     Busy,
-    Blocked { reason: AttentionReason, step: String, message: String },
-    Abort { error: String },
+    Blocked {
+        reason: AttentionReason,
+        step: String,
+        message: String,
+    },
+    Abort {
+        error: String,
+    },
 }
 
 impl Decider {
     fn new(state: RunState, now: DateTime<Utc>) -> Decider {
-        Decider { state, now, events: Vec::new(), effects: Vec::new() }
+        Decider {
+            state,
+            now,
+            events: Vec::new(),
+            effects: Vec::new(),
+        }
     }
 
     fn finish(self) -> (RunState, Decision) {
-        (self.state, Decision { events: self.events, effects: self.effects })
+        (
+            self.state,
+            Decision {
+                events: self.events,
+                effects: self.effects,
+            },
+        )
     }
 
     fn emit(&mut self, kind: EventKind) {
-        let event = Event { seq: self.state.last_seq + 1, at: self.now, kind };
+        let event = Event {
+            seq: self.state.last_seq + 1,
+            at: self.now,
+            kind,
+        };
         evolve(&mut self.state, &event);
         self.events.push(event);
     }
@@ -143,7 +213,12 @@ impl Decider {
 
     fn arm(&mut self, purpose: TimerPurpose, step: &str, fire_at: DateTime<Utc>) {
         let timer = self.state.last_seq + 1;
-        self.emit(EventKind::TimerArmed { timer, fire_at, purpose, step: step.to_owned() });
+        self.emit(EventKind::TimerArmed {
+            timer,
+            fire_at,
+            purpose,
+            step: step.to_owned(),
+        });
     }
 
     /// Cancels the timers of `key` and of every step nested under it.
@@ -152,7 +227,11 @@ impl Decider {
             .state
             .timers
             .iter()
-            .filter(|timer| key.is_none_or(|key| timer.step == key || timer.step.starts_with(&format!("{key}["))))
+            .filter(|timer| {
+                key.is_none_or(|key| {
+                    timer.step == key || timer.step.starts_with(&format!("{key}["))
+                })
+            })
             .map(|timer| (timer.timer, timer.fire_at))
             .collect();
         for (timer, fire_at) in timers {
@@ -168,7 +247,9 @@ impl Decider {
             .steps
             .iter()
             .filter(|step| step.status.is_active())
-            .filter(|step| key.is_none_or(|key| step.key == key || step.key.starts_with(&format!("{key}["))))
+            .filter(|step| {
+                key.is_none_or(|key| step.key == key || step.key.starts_with(&format!("{key}[")))
+            })
             .map(|step| (step.key.clone(), step.call))
             .collect();
         for (step, call) in active {
@@ -177,8 +258,12 @@ impl Decider {
             }
             self.emit(EventKind::StepCanceled { step });
         }
-        let undo_calls: Vec<u32> =
-            self.state.steps.iter().filter_map(|step| step.undo.as_ref().and_then(|undo| undo.call)).collect();
+        let undo_calls: Vec<u32> = self
+            .state
+            .steps
+            .iter()
+            .filter_map(|step| step.undo.as_ref().and_then(|undo| undo.call))
+            .collect();
         if key.is_none() {
             for call in undo_calls {
                 self.effects.push(Effect::Abort { call });
@@ -188,7 +273,11 @@ impl Decider {
 
     fn ensure_not_finished(&self) -> Result<(), Rejection> {
         if self.state.status.is_terminal() {
-            return Err(Rejection::Conflict(format!("run {} has already ended ({})", self.state.id, self.state.status.name())));
+            return Err(Rejection::Conflict(format!(
+                "run {} has already ended ({})",
+                self.state.id,
+                self.state.status.name()
+            )));
         }
         Ok(())
     }
@@ -201,19 +290,39 @@ impl Decider {
             Input::CallNote { call, note } => {
                 if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
                     let step = step.key.clone();
-                    self.emit(EventKind::CallNoted { step, call, undo: false, note });
-                } else if let Some(step) = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call))) {
+                    self.emit(EventKind::CallNoted {
+                        step,
+                        call,
+                        undo: false,
+                        note,
+                    });
+                } else if let Some(step) = self.state.steps.iter().find(|step| {
+                    step.undo
+                        .as_ref()
+                        .is_some_and(|undo| undo.call == Some(call))
+                }) {
                     let step = step.key.clone();
-                    self.emit(EventKind::CallNoted { step, call, undo: true, note });
+                    self.emit(EventKind::CallNoted {
+                        step,
+                        call,
+                        undo: true,
+                        note,
+                    });
                 } else {
-                    return Err(Rejection::Conflict(format!("call {call} of run {} is not in flight", self.state.id)));
+                    return Err(Rejection::Conflict(format!(
+                        "call {call} of run {} is not in flight",
+                        self.state.id
+                    )));
                 }
             }
             Input::Approve { step, by, comment } => return self.approve(step, by, comment),
             Input::Pause { by, comment } => {
                 self.ensure_not_finished()?;
                 if self.state.paused.is_some() {
-                    return Err(Rejection::Conflict(format!("run {} is already paused", self.state.id)));
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is already paused",
+                        self.state.id
+                    )));
                 }
                 let suspended: Vec<SuspendedTimer> = self
                     .state
@@ -226,12 +335,19 @@ impl Decider {
                     })
                     .collect();
                 self.cancel_timers(None);
-                self.emit(EventKind::Paused { by, comment, suspended });
+                self.emit(EventKind::Paused {
+                    by,
+                    comment,
+                    suspended,
+                });
             }
             Input::Resume { by, comment } => {
                 self.ensure_not_finished()?;
                 let Some(pause) = self.state.paused.clone() else {
-                    return Err(Rejection::Conflict(format!("run {} is not paused", self.state.id)));
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is not paused",
+                        self.state.id
+                    )));
                 };
                 self.emit(EventKind::Resumed { by, comment });
                 for timer in pause.suspended {
@@ -243,7 +359,10 @@ impl Decider {
                 self.ensure_not_finished()?;
                 self.emit(EventKind::CancelRequested { by, comment });
                 self.cancel_active(None);
-                self.emit(EventKind::RunFinished { state: FinalState::Canceled, error: None });
+                self.emit(EventKind::RunFinished {
+                    state: FinalState::Canceled,
+                    error: None,
+                });
             }
             Input::Rollback { by, comment } => return self.rollback(by, comment),
             Input::Retry { step, by, comment } => return self.retry(step, by, comment),
@@ -255,15 +374,28 @@ impl Decider {
     // ----- results ---------------------------------------------------------------------------
 
     fn on_call_finished(&mut self, call: u32, result: Result<Value, ActionFailure>) {
-        if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)).map(|step| step.key.clone()) {
+        if let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| step.call == Some(call))
+            .map(|step| step.key.clone())
+        {
             self.complete(&step, result);
             return;
         }
-        let undo_of = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call)));
+        let undo_of = self.state.steps.iter().find(|step| {
+            step.undo
+                .as_ref()
+                .is_some_and(|undo| undo.call == Some(call))
+        });
         if let Some(step) = undo_of.map(|step| step.key.clone()) {
             match result {
                 Ok(output) => self.emit(EventKind::UndoSucceeded { step, output }),
-                Err(failure) => self.emit(EventKind::UndoFailed { step, error: failure.message }),
+                Err(failure) => self.emit(EventKind::UndoFailed {
+                    step,
+                    error: failure.message,
+                }),
             }
         }
         // Otherwise the call was aborted (timeout, cancel) or is a duplicate: nothing to record.
@@ -272,7 +404,9 @@ impl Decider {
     /// An attempt (or poll) of `key` ended.
     fn complete(&mut self, key: &str, result: Result<Value, ActionFailure>) {
         let definition = self.definition();
-        let Some(step) = definition.step(key) else { return };
+        let Some(step) = definition.step(key) else {
+            return;
+        };
         match result {
             Ok(output) => match &step.until {
                 None => self.succeed(key, output),
@@ -284,7 +418,10 @@ impl Decider {
                     match template::is_true(condition, &scope) {
                         Ok(true) => self.succeed(key, output),
                         Ok(false) => {
-                            self.emit(EventKind::StepPolled { step: key.to_owned(), output });
+                            self.emit(EventKind::StepPolled {
+                                step: key.to_owned(),
+                                output,
+                            });
                             let every = step.every.unwrap_or(std::time::Duration::from_secs(5));
                             self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
                         }
@@ -297,7 +434,10 @@ impl Decider {
     }
 
     fn succeed(&mut self, key: &str, output: Value) {
-        self.emit(EventKind::StepSucceeded { step: key.to_owned(), output });
+        self.emit(EventKind::StepSucceeded {
+            step: key.to_owned(),
+            output,
+        });
         self.cancel_timers(Some(key));
     }
 
@@ -305,17 +445,33 @@ impl Decider {
         let definition = self.definition();
         let attempts = self.state.step(key).map_or(1, |step| step.attempts);
         let retry = definition.step(key).and_then(|step| step.retry.clone());
-        let will_retry = retryable && retry.as_ref().is_some_and(|retry| attempts < retry.max_attempts);
-        self.emit(EventKind::StepFailed { step: key.to_owned(), error, will_retry });
+        let will_retry = retryable
+            && retry
+                .as_ref()
+                .is_some_and(|retry| attempts < retry.max_attempts);
+        self.emit(EventKind::StepFailed {
+            step: key.to_owned(),
+            error,
+            will_retry,
+        });
         match retry.filter(|_| will_retry) {
-            Some(retry) => self.arm(TimerPurpose::Retry, key, self.now + to_chrono(retry.delay_before(attempts + 1))),
+            Some(retry) => self.arm(
+                TimerPurpose::Retry,
+                key,
+                self.now + to_chrono(retry.delay_before(attempts + 1)),
+            ),
             None => self.cancel_active_children_and_timers(key),
         }
     }
 
     fn cancel_active_children_and_timers(&mut self, key: &str) {
         let nested_prefix = format!("{key}[");
-        if self.state.steps.iter().any(|step| step.key.starts_with(&nested_prefix) && step.status.is_active()) {
+        if self
+            .state
+            .steps
+            .iter()
+            .any(|step| step.key.starts_with(&nested_prefix) && step.status.is_active())
+        {
             let children: Vec<String> = self
                 .state
                 .steps
@@ -331,12 +487,26 @@ impl Decider {
     }
 
     fn on_timer(&mut self, timer: u64) {
-        let Some(active) = self.state.timers.iter().find(|active| active.timer == timer).cloned() else { return };
+        let Some(active) = self
+            .state
+            .timers
+            .iter()
+            .find(|active| active.timer == timer)
+            .cloned()
+        else {
+            return;
+        };
         let late_by_ms = (self.now - active.fire_at).num_milliseconds().max(0);
-        self.emit(EventKind::TimerFired { timer, fire_at: active.fire_at, late_by_ms });
+        self.emit(EventKind::TimerFired {
+            timer,
+            fire_at: active.fire_at,
+            late_by_ms,
+        });
         let key = active.step.as_str();
         let definition = self.definition();
-        let Some(step) = definition.step(key) else { return };
+        let Some(step) = definition.step(key) else {
+            return;
+        };
         match active.purpose {
             TimerPurpose::Wait | TimerPurpose::Window => {
                 let output = json!({"fire_at": active.fire_at, "fired_at": self.now, "late_by_ms": late_by_ms});
@@ -351,18 +521,32 @@ impl Decider {
                 self.start_attempt(step, key, attempt);
             }
             TimerPurpose::Timeout => {
-                let still_going = self.state.step(key).is_some_and(|state| state.status.is_active());
+                let still_going = self
+                    .state
+                    .step(key)
+                    .is_some_and(|state| state.status.is_active());
                 if still_going {
                     if let Some(call) = self.state.step(key).and_then(|state| state.call) {
                         self.effects.push(Effect::Abort { call });
                     }
-                    let limit = step.timeout.map(crate::duration::format).unwrap_or_default();
-                    let what = if self.state.step(key).is_some_and(|state| state.waiting_for == Some(WaitingFor::Approval)) {
+                    let limit = step
+                        .timeout
+                        .map(crate::duration::format)
+                        .unwrap_or_default();
+                    let what = if self
+                        .state
+                        .step(key)
+                        .is_some_and(|state| state.waiting_for == Some(WaitingFor::Approval))
+                    {
                         "no approval"
                     } else {
                         "timed out"
                     };
-                    self.emit(EventKind::StepFailed { step: key.to_owned(), error: format!("{what} after {limit}"), will_retry: false });
+                    self.emit(EventKind::StepFailed {
+                        step: key.to_owned(),
+                        error: format!("{what} after {limit}"),
+                        will_retry: false,
+                    });
                     self.cancel_active_children_and_timers(key);
                 }
             }
@@ -371,9 +555,21 @@ impl Decider {
 
     fn on_interrupted(&mut self, call: u32) {
         let definition = self.definition();
-        if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)).cloned() {
-            let rerun = definition.step(&step.key).is_some_and(|definition| definition.idempotent);
-            self.emit(EventKind::StepInterrupted { step: step.key.clone(), call, rerun });
+        if let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| step.call == Some(call))
+            .cloned()
+        {
+            let rerun = definition
+                .step(&step.key)
+                .is_some_and(|definition| definition.idempotent);
+            self.emit(EventKind::StepInterrupted {
+                step: step.key.clone(),
+                call,
+                rerun,
+            });
             if rerun {
                 if let Some(step_definition) = definition.step(&step.key) {
                     self.start_attempt(step_definition, &step.key, step.attempts + 1);
@@ -381,9 +577,26 @@ impl Decider {
             }
             return;
         }
-        if let Some(step) = self.state.steps.iter().find(|step| step.undo.as_ref().is_some_and(|undo| undo.call == Some(call))).cloned() {
-            let rerun = definition.step(&step.key).and_then(|definition| definition.undo.as_ref()).is_some_and(|undo| undo.idempotent);
-            self.emit(EventKind::UndoInterrupted { step: step.key.clone(), call, rerun });
+        if let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| {
+                step.undo
+                    .as_ref()
+                    .is_some_and(|undo| undo.call == Some(call))
+            })
+            .cloned()
+        {
+            let rerun = definition
+                .step(&step.key)
+                .and_then(|definition| definition.undo.as_ref())
+                .is_some_and(|undo| undo.idempotent);
+            self.emit(EventKind::UndoInterrupted {
+                step: step.key.clone(),
+                call,
+                rerun,
+            });
             if rerun {
                 self.start_undo(&step.key);
             }
@@ -394,7 +607,11 @@ impl Decider {
 
     /// Resolves what an operator typed to a step instance: an exact key, or an id that names
     /// exactly one instance in the state `wanted` accepts.
-    fn resolve_step(&self, typed: &str, wanted: impl Fn(&super::state::StepState) -> bool) -> Result<String, Rejection> {
+    fn resolve_step(
+        &self,
+        typed: &str,
+        wanted: impl Fn(&super::state::StepState) -> bool,
+    ) -> Result<String, Rejection> {
         if self.state.step(typed).is_some() {
             return Ok(typed.to_owned());
         }
@@ -407,27 +624,55 @@ impl Decider {
             .collect();
         match matches.as_slice() {
             [one] => Ok((*one).to_owned()),
-            [] => Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id))),
-            many => Err(Rejection::Conflict(format!("step {typed:?} is ambiguous in run {}: {}", self.state.id, many.join(", ")))),
+            [] => Err(Rejection::NotFound(format!(
+                "run {} has no started step {typed:?}",
+                self.state.id
+            ))),
+            many => Err(Rejection::Conflict(format!(
+                "step {typed:?} is ambiguous in run {}: {}",
+                self.state.id,
+                many.join(", ")
+            ))),
         }
     }
 
-    fn approve(&mut self, step: Option<String>, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+    fn approve(
+        &mut self,
+        step: Option<String>,
+        by: Actor,
+        comment: Option<String>,
+    ) -> Result<(), Rejection> {
         self.ensure_not_finished()?;
-        let waiting = |step: &super::state::StepState| step.waiting_for == Some(WaitingFor::Approval) && step.status == StepStatus::Waiting;
+        let waiting = |step: &super::state::StepState| {
+            step.waiting_for == Some(WaitingFor::Approval) && step.status == StepStatus::Waiting
+        };
         let key = match step {
             Some(typed) => {
                 let key = self.resolve_step(&typed, waiting)?;
                 if !self.state.step(&key).is_some_and(waiting) {
-                    return Err(Rejection::Conflict(format!("step {key} of run {} is not waiting for an approval", self.state.id)));
+                    return Err(Rejection::Conflict(format!(
+                        "step {key} of run {} is not waiting for an approval",
+                        self.state.id
+                    )));
                 }
                 key
             }
             None => {
-                let pending: Vec<String> = self.state.steps.iter().filter(|step| waiting(step)).map(|step| step.key.clone()).collect();
+                let pending: Vec<String> = self
+                    .state
+                    .steps
+                    .iter()
+                    .filter(|step| waiting(step))
+                    .map(|step| step.key.clone())
+                    .collect();
                 match pending.as_slice() {
                     [one] => one.clone(),
-                    [] => return Err(Rejection::Conflict(format!("run {} is not waiting for an approval", self.state.id))),
+                    [] => {
+                        return Err(Rejection::Conflict(format!(
+                            "run {} is not waiting for an approval",
+                            self.state.id
+                        )))
+                    }
                     many => {
                         return Err(Rejection::Conflict(format!(
                             "run {} waits for several approvals ({}): name one with --step",
@@ -438,37 +683,63 @@ impl Decider {
                 }
             }
         };
-        let distinct = self.state.step(&key).is_some_and(|step| step.input.get("distinct_approver") == Some(&Value::Bool(true)));
+        let distinct = self
+            .state
+            .step(&key)
+            .is_some_and(|step| step.input.get("distinct_approver") == Some(&Value::Bool(true)));
         if distinct && by.uid == self.state.started_by.uid {
             return Err(Rejection::Conflict(format!(
                 "step {key} of run {} must be approved by someone other than uid {}, who started the run",
                 self.state.id, by.uid
             )));
         }
-        self.emit(EventKind::Approved { step: key.clone(), by: by.clone(), comment: comment.clone() });
+        self.emit(EventKind::Approved {
+            step: key.clone(),
+            by: by.clone(),
+            comment: comment.clone(),
+        });
         self.succeed(&key, json!({"approved_by": by.uid, "comment": comment}));
         Ok(())
     }
 
-    fn retry(&mut self, typed: String, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
+    fn retry(
+        &mut self,
+        typed: String,
+        by: Actor,
+        comment: Option<String>,
+    ) -> Result<(), Rejection> {
         self.ensure_not_finished()?;
         let definition = self.definition();
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
-                step.undo.as_ref().is_some_and(|undo| matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted))
+                step.undo.as_ref().is_some_and(|undo| {
+                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
             if !self.state.step(&key).is_some_and(failed_undo) {
-                return Err(Rejection::Conflict(format!("run {} is rolling back and the undo of {key} has not failed", self.state.id)));
+                return Err(Rejection::Conflict(format!(
+                    "run {} is rolling back and the undo of {key} has not failed",
+                    self.state.id
+                )));
             }
-            self.emit(EventKind::RetryRequested { step: key.clone(), by, comment });
+            self.emit(EventKind::RetryRequested {
+                step: key.clone(),
+                by,
+                comment,
+            });
             self.start_undo(&key);
             return Ok(());
         }
-        let retryable = |step: &super::state::StepState| matches!(step.status, StepStatus::Failed | StepStatus::Interrupted);
+        let retryable = |step: &super::state::StepState| {
+            matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
+        };
         let key = self.resolve_step(&typed, retryable)?;
         let Some(state) = self.state.step(&key).cloned() else {
-            return Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id)));
+            return Err(Rejection::NotFound(format!(
+                "run {} has no started step {typed:?}",
+                self.state.id
+            )));
         };
         if !retryable(&state) {
             return Err(Rejection::Conflict(format!(
@@ -478,12 +749,26 @@ impl Decider {
             )));
         }
         let Some(step) = definition.step(&key) else {
-            return Err(Rejection::NotFound(format!("step {key} is not in the definition of run {}", self.state.id)));
+            return Err(Rejection::NotFound(format!(
+                "step {key} is not in the definition of run {}",
+                self.state.id
+            )));
         };
-        if step.for_each.is_some() && state.iterations.as_ref().is_some_and(|iterations| !iterations.is_empty()) {
-            return Err(Rejection::Conflict(format!("step {key} is a loop that already ran iterations: retry the failed step inside it")));
+        if step.for_each.is_some()
+            && state
+                .iterations
+                .as_ref()
+                .is_some_and(|iterations| !iterations.is_empty())
+        {
+            return Err(Rejection::Conflict(format!(
+                "step {key} is a loop that already ran iterations: retry the failed step inside it"
+            )));
         }
-        self.emit(EventKind::RetryRequested { step: key.clone(), by, comment });
+        self.emit(EventKind::RetryRequested {
+            step: key.clone(),
+            by,
+            comment,
+        });
         if step.for_each.is_some() {
             self.start_step(step, &key);
         } else {
@@ -496,23 +781,38 @@ impl Decider {
         self.ensure_not_finished()?;
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
-                step.undo.as_ref().is_some_and(|undo| matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted))
+                step.undo.as_ref().is_some_and(|undo| {
+                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
             if !self.state.step(&key).is_some_and(failed_undo) {
-                return Err(Rejection::Conflict(format!("run {} is rolling back and the undo of {key} has not failed", self.state.id)));
+                return Err(Rejection::Conflict(format!(
+                    "run {} is rolling back and the undo of {key} has not failed",
+                    self.state.id
+                )));
             }
-            self.emit(EventKind::UndoSkipped { step: key, by, comment });
+            self.emit(EventKind::UndoSkipped {
+                step: key,
+                by,
+                comment,
+            });
             return Ok(());
         }
         let skippable = |step: &super::state::StepState| {
             matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
                 || (step.status == StepStatus::Waiting
-                    && matches!(step.waiting_for, Some(WaitingFor::Timer | WaitingFor::Poll | WaitingFor::Retry)))
+                    && matches!(
+                        step.waiting_for,
+                        Some(WaitingFor::Timer | WaitingFor::Poll | WaitingFor::Retry)
+                    ))
         };
         let key = self.resolve_step(&typed, skippable)?;
         let Some(state) = self.state.step(&key).cloned() else {
-            return Err(Rejection::NotFound(format!("run {} has no started step {typed:?}", self.state.id)));
+            return Err(Rejection::NotFound(format!(
+                "run {} has no started step {typed:?}",
+                self.state.id
+            )));
         };
         if !skippable(&state) {
             let hint = match state.waiting_for {
@@ -526,16 +826,31 @@ impl Decider {
             )));
         }
         self.cancel_timers(Some(&key));
-        self.emit(EventKind::StepSkipped { step: key, reason: "skipped by operator".to_owned(), by: Some(by), comment });
+        self.emit(EventKind::StepSkipped {
+            step: key,
+            reason: "skipped by operator".to_owned(),
+            by: Some(by),
+            comment,
+        });
         Ok(())
     }
 
     fn rollback(&mut self, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
-        if matches!(self.state.status, super::state::RunStatus::Canceled | super::state::RunStatus::RolledBack) {
-            return Err(Rejection::Conflict(format!("run {} has already ended ({})", self.state.id, self.state.status.name())));
+        if matches!(
+            self.state.status,
+            super::state::RunStatus::Canceled | super::state::RunStatus::RolledBack
+        ) {
+            return Err(Rejection::Conflict(format!(
+                "run {} has already ended ({})",
+                self.state.id,
+                self.state.status.name()
+            )));
         }
         if self.state.rollback.is_some() {
-            return Err(Rejection::Conflict(format!("run {} is already rolling back", self.state.id)));
+            return Err(Rejection::Conflict(format!(
+                "run {} is already rolling back",
+                self.state.id
+            )));
         }
         let definition = self.definition();
         let queue: Vec<String> = self
@@ -559,11 +874,22 @@ impl Decider {
             match template::is_true(condition, &scope) {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.emit(EventKind::StepSkipped { step: key.to_owned(), reason: format!("when: {condition}"), by: None, comment: None });
+                    self.emit(EventKind::StepSkipped {
+                        step: key.to_owned(),
+                        reason: format!("when: {condition}"),
+                        by: None,
+                        comment: None,
+                    });
                     return;
                 }
                 Err(message) => {
-                    self.emit(EventKind::StepStarted { step: key.to_owned(), attempt: 1, call: 0, action: "noop".to_owned(), input: Value::Null });
+                    self.emit(EventKind::StepStarted {
+                        step: key.to_owned(),
+                        attempt: 1,
+                        call: 0,
+                        action: "noop".to_owned(),
+                        input: Value::Null,
+                    });
                     self.fail(key, format!("when: {message}"), false);
                     return;
                 }
@@ -587,7 +913,13 @@ impl Decider {
                     self.arm_timeout(step, key);
                 }
                 Err(message) => {
-                    self.emit(EventKind::StepStarted { step: key.to_owned(), attempt: 1, call: 0, action: "for_each".to_owned(), input: Value::Null });
+                    self.emit(EventKind::StepStarted {
+                        step: key.to_owned(),
+                        attempt: 1,
+                        call: 0,
+                        action: "for_each".to_owned(),
+                        input: Value::Null,
+                    });
                     self.fail(key, message, false);
                 }
             }
@@ -597,7 +929,11 @@ impl Decider {
     }
 
     fn arm_timeout(&mut self, step: &Step, key: &str) {
-        let armed = self.state.timers.iter().any(|timer| timer.step == key && timer.purpose == TimerPurpose::Timeout);
+        let armed = self
+            .state
+            .timers
+            .iter()
+            .any(|timer| timer.step == key && timer.purpose == TimerPurpose::Timeout);
         if let (Some(timeout), false) = (step.timeout, armed) {
             self.arm(TimerPurpose::Timeout, key, self.now + to_chrono(timeout));
         }
@@ -609,13 +945,25 @@ impl Decider {
         let input = match template::render(&step.with, &scope) {
             Ok(input) => input,
             Err(message) => {
-                self.emit(EventKind::StepStarted { step: key.to_owned(), attempt, call: 0, action: step.action.clone(), input: Value::Null });
+                self.emit(EventKind::StepStarted {
+                    step: key.to_owned(),
+                    attempt,
+                    call: 0,
+                    action: step.action.clone(),
+                    input: Value::Null,
+                });
                 self.fail(key, format!("with: {message}"), false);
                 return;
             }
         };
         let call = self.state.next_call;
-        self.emit(EventKind::StepStarted { step: key.to_owned(), attempt, call, action: step.action.clone(), input: input.clone() });
+        self.emit(EventKind::StepStarted {
+            step: key.to_owned(),
+            attempt,
+            call,
+            action: step.action.clone(),
+            input: input.clone(),
+        });
         self.arm_timeout(step, key);
         match step.action.as_str() {
             "noop" => self.complete(key, Ok(input)),
@@ -624,17 +972,33 @@ impl Decider {
                 Err(message) => self.fail(key, message, false),
             },
             "window" => {
-                let expression = input.get("cron").and_then(Value::as_str).unwrap_or_default();
+                let expression = input
+                    .get("cron")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 let zone = input.get("tz").and_then(Value::as_str).unwrap_or("UTC");
-                match calendar::Calendar::parse(expression, zone).map(|calendar| calendar.next_after(self.now)) {
+                match calendar::Calendar::parse(expression, zone)
+                    .map(|calendar| calendar.next_after(self.now))
+                {
                     Ok(Some(fire_at)) => self.arm(TimerPurpose::Window, key, fire_at),
-                    Ok(None) => self.fail(key, format!("cron {expression:?} never matches again"), false),
+                    Ok(None) => self.fail(
+                        key,
+                        format!("cron {expression:?} never matches again"),
+                        false,
+                    ),
                     Err(message) => self.fail(key, message, false),
                 }
             }
             "approval" => {
-                let prompt = input.get("prompt").and_then(Value::as_str).unwrap_or("approve to continue").to_owned();
-                self.emit(EventKind::ApprovalRequested { step: key.to_owned(), prompt });
+                let prompt = input
+                    .get("prompt")
+                    .and_then(Value::as_str)
+                    .unwrap_or("approve to continue")
+                    .to_owned();
+                self.emit(EventKind::ApprovalRequested {
+                    step: key.to_owned(),
+                    prompt,
+                });
             }
             action => self.effects.push(Effect::Call(Call {
                 run_id: self.state.id,
@@ -650,19 +1014,38 @@ impl Decider {
 
     fn start_undo(&mut self, key: &str) {
         let definition = self.definition();
-        let Some(undo) = definition.step(key).and_then(|step| step.undo.as_ref()) else { return };
+        let Some(undo) = definition.step(key).and_then(|step| step.undo.as_ref()) else {
+            return;
+        };
         let mut scope = context::for_step(&self.state, key);
-        let output = self.state.step(key).and_then(|step| step.output.clone()).unwrap_or(Value::Null);
+        let output = self
+            .state
+            .step(key)
+            .and_then(|step| step.output.clone())
+            .unwrap_or(Value::Null);
         if let Some(map) = scope.as_object_mut() {
             map.insert("output".to_owned(), output);
         }
-        let attempt = self.state.step(key).and_then(|step| step.undo.as_ref()).map_or(1, |undo| undo.attempts + 1);
+        let attempt = self
+            .state
+            .step(key)
+            .and_then(|step| step.undo.as_ref())
+            .map_or(1, |undo| undo.attempts + 1);
         let call = self.state.next_call;
         match template::render(&undo.with, &scope) {
             Ok(input) => {
-                self.emit(EventKind::UndoStarted { step: key.to_owned(), attempt, call, action: undo.action.clone(), input: input.clone() });
+                self.emit(EventKind::UndoStarted {
+                    step: key.to_owned(),
+                    attempt,
+                    call,
+                    action: undo.action.clone(),
+                    input: input.clone(),
+                });
                 if undo.action == "noop" {
-                    self.emit(EventKind::UndoSucceeded { step: key.to_owned(), output: input });
+                    self.emit(EventKind::UndoSucceeded {
+                        step: key.to_owned(),
+                        output: input,
+                    });
                 } else {
                     self.effects.push(Effect::Call(Call {
                         run_id: self.state.id,
@@ -676,8 +1059,17 @@ impl Decider {
                 }
             }
             Err(message) => {
-                self.emit(EventKind::UndoStarted { step: key.to_owned(), attempt, call, action: undo.action.clone(), input: Value::Null });
-                self.emit(EventKind::UndoFailed { step: key.to_owned(), error: format!("undo.with: {message}") });
+                self.emit(EventKind::UndoStarted {
+                    step: key.to_owned(),
+                    attempt,
+                    call,
+                    action: undo.action.clone(),
+                    input: Value::Null,
+                });
+                self.emit(EventKind::UndoFailed {
+                    step: key.to_owned(),
+                    error: format!("undo.with: {message}"),
+                });
             }
         }
     }
@@ -708,19 +1100,37 @@ impl Decider {
         }
         let definition = self.definition();
         match self.advance_sequence(&definition.steps, "") {
-            Progress::Done => self.emit(EventKind::RunFinished { state: FinalState::Succeeded, error: None }),
+            Progress::Done => self.emit(EventKind::RunFinished {
+                state: FinalState::Succeeded,
+                error: None,
+            }),
             Progress::Busy => {}
-            Progress::Blocked { reason, step, message } => self.emit(EventKind::NeedsAttention { reason, step, message }),
+            Progress::Blocked {
+                reason,
+                step,
+                message,
+            } => self.emit(EventKind::NeedsAttention {
+                reason,
+                step,
+                message,
+            }),
             Progress::Abort { error } => {
                 self.cancel_active(None);
-                self.emit(EventKind::RunFinished { state: FinalState::Failed, error: Some(error) });
+                self.emit(EventKind::RunFinished {
+                    state: FinalState::Failed,
+                    error: Some(error),
+                });
             }
         }
     }
 
     fn advance_sequence(&mut self, steps: &[Step], prefix: &str) -> Progress {
         for step in steps {
-            let key = if prefix.is_empty() { step.id.clone() } else { format!("{prefix}.{}", step.id) };
+            let key = if prefix.is_empty() {
+                step.id.clone()
+            } else {
+                format!("{prefix}.{}", step.id)
+            };
             let Some(state) = self.state.step(&key) else {
                 self.start_step(step, &key);
                 return Progress::Busy;
@@ -766,8 +1176,14 @@ impl Decider {
     }
 
     fn advance_loop(&mut self, step: &Step, key: &str) -> Progress {
-        let Some(for_each) = &step.for_each else { return Progress::Busy };
-        let iterations = self.state.step(key).and_then(|state| state.iterations.clone()).unwrap_or_default();
+        let Some(for_each) = &step.for_each else {
+            return Progress::Busy;
+        };
+        let iterations = self
+            .state
+            .step(key)
+            .and_then(|state| state.iterations.clone())
+            .unwrap_or_default();
         let mut blocked = None;
         for (index, iteration) in iterations.iter().enumerate() {
             if iteration.status != IterationStatus::Running {
@@ -776,12 +1192,23 @@ impl Decider {
             let before = self.events.len();
             match self.advance_sequence(&for_each.steps, &format!("{key}[{index}]")) {
                 Progress::Done => {
-                    self.emit(EventKind::IterationFinished { step: key.to_owned(), index });
+                    self.emit(EventKind::IterationFinished {
+                        step: key.to_owned(),
+                        index,
+                    });
                     return Progress::Busy;
                 }
                 Progress::Busy => {}
-                Progress::Blocked { reason, step, message } => {
-                    blocked.get_or_insert(Progress::Blocked { reason, step, message });
+                Progress::Blocked {
+                    reason,
+                    step,
+                    message,
+                } => {
+                    blocked.get_or_insert(Progress::Blocked {
+                        reason,
+                        step,
+                        message,
+                    });
                 }
                 Progress::Abort { error } => return Progress::Abort { error },
             }
@@ -792,9 +1219,16 @@ impl Decider {
         if let Some(blocked) = blocked {
             return blocked;
         }
-        let running = iterations.iter().filter(|iteration| iteration.status == IterationStatus::Running).count();
-        let pending: Vec<usize> =
-            iterations.iter().enumerate().filter(|(_, iteration)| iteration.status == IterationStatus::Pending).map(|(index, _)| index).collect();
+        let running = iterations
+            .iter()
+            .filter(|iteration| iteration.status == IterationStatus::Running)
+            .count();
+        let pending: Vec<usize> = iterations
+            .iter()
+            .enumerate()
+            .filter(|(_, iteration)| iteration.status == IterationStatus::Pending)
+            .map(|(index, _)| index)
+            .collect();
         if pending.is_empty() {
             if running == 0 {
                 let outputs: Vec<Value> = (0..iterations.len())
@@ -806,7 +1240,9 @@ impl Decider {
                             .iter()
                             .filter_map(|state| {
                                 let id = state.key.strip_prefix(&prefix)?;
-                                (!id.contains('.')).then(|| (id.to_owned(), state.output.clone().unwrap_or(Value::Null)))
+                                (!id.contains('.')).then(|| {
+                                    (id.to_owned(), state.output.clone().unwrap_or(Value::Null))
+                                })
                             })
                             .collect();
                         Value::Object(outputs)
@@ -823,13 +1259,18 @@ impl Decider {
             Concurrency::Parallel => width.saturating_sub(running).min(pending.len()),
         };
         for &index in pending.iter().take(to_start) {
-            self.emit(EventKind::IterationStarted { step: key.to_owned(), index });
+            self.emit(EventKind::IterationStarted {
+                step: key.to_owned(),
+                index,
+            });
         }
         Progress::Busy
     }
 
     fn advance_rollback(&mut self) {
-        let Some(rollback) = self.state.rollback.clone() else { return };
+        let Some(rollback) = self.state.rollback.clone() else {
+            return;
+        };
         if self.state.paused.is_some() || self.state.attention.is_some() {
             return;
         }
@@ -845,7 +1286,12 @@ impl Decider {
                 }
                 Some(StepStatus::Succeeded | StepStatus::Skipped) => continue,
                 Some(StepStatus::Failed) => {
-                    let error = self.state.step(key).and_then(|step| step.undo.as_ref()).and_then(|undo| undo.error.clone()).unwrap_or_default();
+                    let error = self
+                        .state
+                        .step(key)
+                        .and_then(|step| step.undo.as_ref())
+                        .and_then(|undo| undo.error.clone())
+                        .unwrap_or_default();
                     self.emit(EventKind::NeedsAttention {
                         reason: AttentionReason::UndoFailed,
                         step: key.clone(),
@@ -864,13 +1310,18 @@ impl Decider {
                 Some(_) => return,
             }
         }
-        self.emit(EventKind::RunFinished { state: FinalState::RolledBack, error: None });
+        self.emit(EventKind::RunFinished {
+            state: FinalState::RolledBack,
+            error: None,
+        });
     }
 }
 
 fn wait_deadline(input: &Value, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if let Some(duration) = input.get("duration").and_then(Value::as_str) {
-        return crate::duration::parse(duration).map(|duration| now + to_chrono(duration)).map_err(|message| format!("duration: {message}"));
+        return crate::duration::parse(duration)
+            .map(|duration| now + to_chrono(duration))
+            .map_err(|message| format!("duration: {message}"));
     }
     if let Some(until) = input.get("until").and_then(Value::as_str) {
         return DateTime::parse_from_rfc3339(until)

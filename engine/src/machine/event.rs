@@ -92,13 +92,33 @@ pub enum EventKind {
         comment: Option<String>,
     },
     /// An attempt (or a poll) of a step began; for actions, `call` identifies the invocation.
-    StepStarted { step: String, attempt: u32, call: u32, action: String, input: Value },
-    StepSucceeded { step: String, output: Value },
-    StepFailed { step: String, error: String, will_retry: bool },
+    StepStarted {
+        step: String,
+        attempt: u32,
+        call: u32,
+        action: String,
+        input: Value,
+    },
+    StepSucceeded {
+        step: String,
+        output: Value,
+    },
+    StepFailed {
+        step: String,
+        error: String,
+        will_retry: bool,
+    },
     /// An `until` condition did not hold yet; the next poll is armed.
-    StepPolled { step: String, output: Value },
+    StepPolled {
+        step: String,
+        output: Value,
+    },
     /// The daemon stopped while the call ran; `rerun` when the step is idempotent.
-    StepInterrupted { step: String, call: u32, rerun: bool },
+    StepInterrupted {
+        step: String,
+        call: u32,
+        rerun: bool,
+    },
     StepSkipped {
         step: String,
         reason: String,
@@ -107,7 +127,9 @@ pub enum EventKind {
         #[serde(default)]
         comment: Option<String>,
     },
-    StepCanceled { step: String },
+    StepCanceled {
+        step: String,
+    },
     /// What an action journaled about a call in flight (the exec supervisor's pid and start
     /// time), so that a restarted daemon can re-attach to it.
     CallNoted {
@@ -117,25 +139,95 @@ pub enum EventKind {
         undo: bool,
         note: Value,
     },
-    TimerArmed { timer: u64, fire_at: DateTime<Utc>, purpose: TimerPurpose, step: String },
-    TimerFired { timer: u64, fire_at: DateTime<Utc>, late_by_ms: i64 },
-    TimerCanceled { timer: u64, fire_at: DateTime<Utc> },
-    ApprovalRequested { step: String, prompt: String },
-    Approved { step: String, by: Actor, comment: Option<String> },
-    IterationStarted { step: String, index: usize },
-    IterationFinished { step: String, index: usize },
-    NeedsAttention { reason: AttentionReason, step: String, message: String },
-    Paused { by: Actor, comment: Option<String>, suspended: Vec<SuspendedTimer> },
-    Resumed { by: Actor, comment: Option<String> },
-    RetryRequested { step: String, by: Actor, comment: Option<String> },
-    CancelRequested { by: Actor, comment: Option<String> },
-    RollbackStarted { by: Actor, comment: Option<String>, queue: Vec<String> },
-    UndoStarted { step: String, attempt: u32, call: u32, action: String, input: Value },
-    UndoSucceeded { step: String, output: Value },
-    UndoFailed { step: String, error: String },
-    UndoInterrupted { step: String, call: u32, rerun: bool },
-    UndoSkipped { step: String, by: Actor, comment: Option<String> },
-    RunFinished { state: FinalState, error: Option<String> },
+    TimerArmed {
+        timer: u64,
+        fire_at: DateTime<Utc>,
+        purpose: TimerPurpose,
+        step: String,
+    },
+    TimerFired {
+        timer: u64,
+        fire_at: DateTime<Utc>,
+        late_by_ms: i64,
+    },
+    TimerCanceled {
+        timer: u64,
+        fire_at: DateTime<Utc>,
+    },
+    ApprovalRequested {
+        step: String,
+        prompt: String,
+    },
+    Approved {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+    IterationStarted {
+        step: String,
+        index: usize,
+    },
+    IterationFinished {
+        step: String,
+        index: usize,
+    },
+    NeedsAttention {
+        reason: AttentionReason,
+        step: String,
+        message: String,
+    },
+    Paused {
+        by: Actor,
+        comment: Option<String>,
+        suspended: Vec<SuspendedTimer>,
+    },
+    Resumed {
+        by: Actor,
+        comment: Option<String>,
+    },
+    RetryRequested {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+    CancelRequested {
+        by: Actor,
+        comment: Option<String>,
+    },
+    RollbackStarted {
+        by: Actor,
+        comment: Option<String>,
+        queue: Vec<String>,
+    },
+    UndoStarted {
+        step: String,
+        attempt: u32,
+        call: u32,
+        action: String,
+        input: Value,
+    },
+    UndoSucceeded {
+        step: String,
+        output: Value,
+    },
+    UndoFailed {
+        step: String,
+        error: String,
+    },
+    UndoInterrupted {
+        step: String,
+        call: u32,
+        rerun: bool,
+    },
+    UndoSkipped {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+    RunFinished {
+        state: FinalState,
+        error: Option<String>,
+    },
 }
 
 impl EventKind {

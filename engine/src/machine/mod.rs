@@ -21,8 +21,10 @@ mod state;
 
 pub use context::for_step as context_for_step;
 pub use decide::{create, decide, ActionFailure, Call, Decision, Effect, Input, Rejection};
-pub use event::{Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose};
+pub use event::{
+    Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
+};
 pub use state::{
-    evolve, ActiveTimer, ApprovalRecord, Attention, AuditEntry, Iteration, IterationStatus, Pause, Rollback, RunState, RunStatus,
-    StepState, StepStatus, UndoState, WaitingFor,
+    evolve, ActiveTimer, ApprovalRecord, Attention, AuditEntry, Iteration, IterationStatus, Pause,
+    Rollback, RunState, RunStatus, StepState, StepStatus, UndoState, WaitingFor,
 };

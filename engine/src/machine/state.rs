@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::event::{Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose};
+use super::event::{
+    Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
+};
 use crate::definition::Definition;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,7 +30,10 @@ pub enum RunStatus {
 
 impl RunStatus {
     pub fn is_terminal(self) -> bool {
-        matches!(self, RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled | RunStatus::RolledBack)
+        matches!(
+            self,
+            RunStatus::Succeeded | RunStatus::Failed | RunStatus::Canceled | RunStatus::RolledBack
+        )
     }
 
     pub fn name(self) -> &'static str {
@@ -272,10 +277,24 @@ pub fn evolve(state: &mut RunState, event: &Event) {
     let at = event.at;
     if let Some(actor) = event.kind.actor() {
         let (action, step, comment) = audit_of(&event.kind);
-        state.audit.push(AuditEntry { seq: event.seq, at, actor: actor.clone(), action: action.to_owned(), step, comment });
+        state.audit.push(AuditEntry {
+            seq: event.seq,
+            at,
+            actor: actor.clone(),
+            action: action.to_owned(),
+            step,
+            comment,
+        });
     }
     match &event.kind {
-        EventKind::RunCreated { run_id, definition, params, locks, by, .. } => {
+        EventKind::RunCreated {
+            run_id,
+            definition,
+            params,
+            locks,
+            by,
+            ..
+        } => {
             state.id = *run_id;
             state.definition = Arc::new(definition.clone());
             state.runbook = definition.name.clone();
@@ -285,18 +304,39 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             state.created_at = at;
             state.started_by = by.clone();
         }
-        EventKind::StepStarted { step, attempt, call, action, input } => {
-            let is_call = !matches!(action.as_str(), "noop" | "wait" | "window" | "approval" | "for_each");
+        EventKind::StepStarted {
+            step,
+            attempt,
+            call,
+            action,
+            input,
+        } => {
+            let is_call = !matches!(
+                action.as_str(),
+                "noop" | "wait" | "window" | "approval" | "for_each"
+            );
             if is_call {
                 state.next_call = state.next_call.max(call + 1);
             }
             let iterations = (action == "for_each").then(|| {
                 input
                     .as_array()
-                    .map(|items| items.iter().map(|item| Iteration { item: item.clone(), status: IterationStatus::Pending }).collect())
+                    .map(|items| {
+                        items
+                            .iter()
+                            .map(|item| Iteration {
+                                item: item.clone(),
+                                status: IterationStatus::Pending,
+                            })
+                            .collect()
+                    })
                     .unwrap_or_default()
             });
-            let status = if is_call { StepStatus::Running } else { StepStatus::Waiting };
+            let status = if is_call {
+                StepStatus::Running
+            } else {
+                StepStatus::Waiting
+            };
             match state.step_mut(step) {
                 Some(existing) => {
                     existing.status = status;
@@ -347,7 +387,11 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 state.completed.push(step.clone());
             }
         }
-        EventKind::StepFailed { step, error, will_retry } => {
+        EventKind::StepFailed {
+            step,
+            error,
+            will_retry,
+        } => {
             if let Some(existing) = state.step_mut(step) {
                 existing.call = None;
                 existing.error = Some(error.clone());
@@ -379,9 +423,19 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 }
             }
         }
-        EventKind::StepSkipped { step, reason, by, .. } => {
-            let action = state.definition.step(step).map(|definition| definition.action.clone()).unwrap_or_default();
-            let existing = match state.steps.iter().position(|existing| &existing.key == step) {
+        EventKind::StepSkipped {
+            step, reason, by, ..
+        } => {
+            let action = state
+                .definition
+                .step(step)
+                .map(|definition| definition.action.clone())
+                .unwrap_or_default();
+            let existing = match state
+                .steps
+                .iter()
+                .position(|existing| &existing.key == step)
+            {
                 Some(index) => &mut state.steps[index],
                 None => {
                     state.steps.push(StepState {
@@ -415,15 +469,30 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             existing.finished_at = Some(at);
             existing.waiting_for = None;
             existing.skipped_by = by.clone();
-            existing.output.get_or_insert_with(|| serde_json::json!({ "skipped": reason }));
-            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+            existing
+                .output
+                .get_or_insert_with(|| serde_json::json!({ "skipped": reason }));
+            if state
+                .attention
+                .as_ref()
+                .is_some_and(|attention| &attention.step == step)
+            {
                 state.attention = None;
             }
         }
-        EventKind::CallNoted { step, call, undo, note } => {
+        EventKind::CallNoted {
+            step,
+            call,
+            undo,
+            note,
+        } => {
             if let Some(existing) = state.step_mut(step) {
                 if *undo {
-                    if let Some(undo_state) = existing.undo.as_mut().filter(|undo_state| undo_state.call == Some(*call)) {
+                    if let Some(undo_state) = existing
+                        .undo
+                        .as_mut()
+                        .filter(|undo_state| undo_state.call == Some(*call))
+                    {
                         undo_state.note = Some(note.clone());
                     }
                 } else if existing.call == Some(*call) {
@@ -439,8 +508,18 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.waiting_for = None;
             }
         }
-        EventKind::TimerArmed { timer, fire_at, purpose, step } => {
-            state.timers.push(ActiveTimer { timer: *timer, fire_at: *fire_at, purpose: *purpose, step: step.clone() });
+        EventKind::TimerArmed {
+            timer,
+            fire_at,
+            purpose,
+            step,
+        } => {
+            state.timers.push(ActiveTimer {
+                timer: *timer,
+                fire_at: *fire_at,
+                purpose: *purpose,
+                step: step.clone(),
+            });
             if *purpose != TimerPurpose::Timeout {
                 if let Some(existing) = state.step_mut(step) {
                     existing.fire_at = Some(*fire_at);
@@ -453,8 +532,14 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 }
             }
         }
-        EventKind::TimerFired { timer, late_by_ms, .. } => {
-            if let Some(index) = state.timers.iter().position(|active| active.timer == *timer) {
+        EventKind::TimerFired {
+            timer, late_by_ms, ..
+        } => {
+            if let Some(index) = state
+                .timers
+                .iter()
+                .position(|active| active.timer == *timer)
+            {
                 let fired = state.timers.remove(index);
                 if matches!(fired.purpose, TimerPurpose::Wait | TimerPurpose::Window) {
                     if let Some(existing) = state.step_mut(&fired.step) {
@@ -475,25 +560,53 @@ pub fn evolve(state: &mut RunState, event: &Event) {
         }
         EventKind::Approved { step, by, comment } => {
             if let Some(existing) = state.step_mut(step) {
-                existing.approval = Some(ApprovalRecord { by: by.clone(), comment: comment.clone(), at });
+                existing.approval = Some(ApprovalRecord {
+                    by: by.clone(),
+                    comment: comment.clone(),
+                    at,
+                });
             }
         }
-        EventKind::IterationStarted { step, index } | EventKind::IterationFinished { step, index } => {
-            let status =
-                if matches!(event.kind, EventKind::IterationStarted { .. }) { IterationStatus::Running } else { IterationStatus::Done };
-            if let Some(iteration) = state.step_mut(step).and_then(|existing| existing.iterations.as_mut()).and_then(|all| all.get_mut(*index)) {
+        EventKind::IterationStarted { step, index }
+        | EventKind::IterationFinished { step, index } => {
+            let status = if matches!(event.kind, EventKind::IterationStarted { .. }) {
+                IterationStatus::Running
+            } else {
+                IterationStatus::Done
+            };
+            if let Some(iteration) = state
+                .step_mut(step)
+                .and_then(|existing| existing.iterations.as_mut())
+                .and_then(|all| all.get_mut(*index))
+            {
                 iteration.status = status;
             }
         }
-        EventKind::NeedsAttention { reason, step, message } => {
-            state.attention = Some(Attention { reason: *reason, step: step.clone(), message: message.clone() });
+        EventKind::NeedsAttention {
+            reason,
+            step,
+            message,
+        } => {
+            state.attention = Some(Attention {
+                reason: *reason,
+                step: step.clone(),
+                message: message.clone(),
+            });
         }
         EventKind::Paused { by, suspended, .. } => {
-            state.paused = Some(Pause { by: by.clone(), at, suspended: suspended.clone() });
+            state.paused = Some(Pause {
+                by: by.clone(),
+                at,
+                suspended: suspended.clone(),
+            });
         }
         EventKind::Resumed { .. } => state.paused = None,
         EventKind::RetryRequested { step, .. } => {
-            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+            if state
+                .attention
+                .as_ref()
+                .is_some_and(|attention| &attention.step == step)
+            {
                 state.attention = None;
             }
         }
@@ -505,10 +618,20 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 state.finished_at = None;
                 state.error = None;
             }
-            state.rollback = Some(Rollback { by: by.clone(), at, queue: queue.clone() });
+            state.rollback = Some(Rollback {
+                by: by.clone(),
+                at,
+                queue: queue.clone(),
+            });
             state.attention = None;
         }
-        EventKind::UndoStarted { step, attempt, call, action, input } => {
+        EventKind::UndoStarted {
+            step,
+            attempt,
+            call,
+            action,
+            input,
+        } => {
             state.next_call = state.next_call.max(call + 1);
             if let Some(existing) = state.step_mut(step) {
                 existing.undo = Some(UndoState {
@@ -524,25 +647,52 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     error: None,
                 });
             }
-            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+            if state
+                .attention
+                .as_ref()
+                .is_some_and(|attention| &attention.step == step)
+            {
                 state.attention = None;
             }
         }
-        EventKind::UndoSucceeded { step, output } => finish_undo(state, step, StepStatus::Succeeded, Some(output.clone()), None, at),
-        EventKind::UndoFailed { step, error } => finish_undo(state, step, StepStatus::Failed, None, Some(error.clone()), at),
+        EventKind::UndoSucceeded { step, output } => finish_undo(
+            state,
+            step,
+            StepStatus::Succeeded,
+            Some(output.clone()),
+            None,
+            at,
+        ),
+        EventKind::UndoFailed { step, error } => finish_undo(
+            state,
+            step,
+            StepStatus::Failed,
+            None,
+            Some(error.clone()),
+            at,
+        ),
         EventKind::UndoInterrupted { step, rerun, .. } => {
             if !rerun {
-                let error = "interrupted: the daemon stopped while this undo ran; its outcome is unknown".to_owned();
+                let error =
+                    "interrupted: the daemon stopped while this undo ran; its outcome is unknown"
+                        .to_owned();
                 finish_undo(state, step, StepStatus::Interrupted, None, Some(error), at);
             }
         }
         EventKind::UndoSkipped { step, .. } => {
             finish_undo(state, step, StepStatus::Skipped, None, None, at);
-            if state.attention.as_ref().is_some_and(|attention| &attention.step == step) {
+            if state
+                .attention
+                .as_ref()
+                .is_some_and(|attention| &attention.step == step)
+            {
                 state.attention = None;
             }
         }
-        EventKind::RunFinished { state: final_state, error } => {
+        EventKind::RunFinished {
+            state: final_state,
+            error,
+        } => {
             state.finished_at = Some(at);
             state.error = error.clone();
             state.attention = None;
@@ -559,7 +709,9 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             RunStatus::NeedsAttention
         } else if state.paused.is_some() {
             RunStatus::Paused
-        } else if state.steps.iter().any(|step| step.call.is_some() || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())) {
+        } else if state.steps.iter().any(|step| {
+            step.call.is_some() || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())
+        }) {
             RunStatus::Running
         } else {
             RunStatus::Waiting
@@ -567,8 +719,18 @@ pub fn evolve(state: &mut RunState, event: &Event) {
     }
 }
 
-fn finish_undo(state: &mut RunState, step: &str, status: StepStatus, output: Option<Value>, error: Option<String>, at: DateTime<Utc>) {
-    if let Some(undo) = state.step_mut(step).and_then(|existing| existing.undo.as_mut()) {
+fn finish_undo(
+    state: &mut RunState,
+    step: &str,
+    status: StepStatus,
+    output: Option<Value>,
+    error: Option<String>,
+    at: DateTime<Utc>,
+) {
+    if let Some(undo) = state
+        .step_mut(step)
+        .and_then(|existing| existing.undo.as_mut())
+    {
         undo.status = status;
         undo.call = None;
         undo.finished_at = Some(at);
@@ -580,14 +742,22 @@ fn finish_undo(state: &mut RunState, step: &str, status: StepStatus, output: Opt
 fn audit_of(kind: &EventKind) -> (&'static str, Option<String>, Option<String>) {
     match kind {
         EventKind::RunCreated { comment, .. } => ("start", None, comment.clone()),
-        EventKind::Approved { step, comment, .. } => ("approve", Some(step.clone()), comment.clone()),
+        EventKind::Approved { step, comment, .. } => {
+            ("approve", Some(step.clone()), comment.clone())
+        }
         EventKind::Paused { comment, .. } => ("pause", None, comment.clone()),
         EventKind::Resumed { comment, .. } => ("resume", None, comment.clone()),
-        EventKind::RetryRequested { step, comment, .. } => ("retry", Some(step.clone()), comment.clone()),
+        EventKind::RetryRequested { step, comment, .. } => {
+            ("retry", Some(step.clone()), comment.clone())
+        }
         EventKind::CancelRequested { comment, .. } => ("cancel", None, comment.clone()),
         EventKind::RollbackStarted { comment, .. } => ("rollback", None, comment.clone()),
-        EventKind::UndoSkipped { step, comment, .. } => ("skip_undo", Some(step.clone()), comment.clone()),
-        EventKind::StepSkipped { step, comment, .. } => ("skip", Some(step.clone()), comment.clone()),
+        EventKind::UndoSkipped { step, comment, .. } => {
+            ("skip_undo", Some(step.clone()), comment.clone())
+        }
+        EventKind::StepSkipped { step, comment, .. } => {
+            ("skip", Some(step.clone()), comment.clone())
+        }
         _ => ("", None, None),
     }
 }

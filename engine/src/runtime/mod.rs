@@ -12,6 +12,7 @@
 //! - A run whose records cannot be read is reported `corrupt` and never touched; the others go on.
 
 mod plan;
+mod schedules;
 mod timers;
 
 use std::collections::{BTreeMap, HashMap};
@@ -24,13 +25,18 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use plan::{plan, Plan, PlannedStep};
-pub use timers::run_timers;
 use crate::action::{ActionContext, LogSink, Recorder, Registry};
+use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::definition::{self, Definition};
-use crate::machine::{self, ActionFailure, Actor, Call, Decision, Effect, Event, Input, Rejection, RunState};
+use crate::machine::{
+    self, ActionFailure, Actor, Call, Decision, Effect, Event, Input, Rejection, RunState,
+};
+use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
+pub use plan::{plan, Plan, PlannedStep};
+pub use schedules::ScheduleSpec;
+pub use timers::run_timers;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -39,7 +45,10 @@ pub enum Error {
     #[error("{0}")]
     Ambiguous(String),
     #[error("{message}")]
-    Invalid { message: String, field: Option<String> },
+    Invalid {
+        message: String,
+        field: Option<String>,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -51,10 +60,12 @@ pub enum Error {
 impl From<store::Error> for Error {
     fn from(error: store::Error) -> Error {
         match error {
-            store::Error::LockHeld { resource, holder } => {
-                Error::Conflict(format!("resource {resource:?} is held by run {holder}; wait for it to end or cancel it"))
+            store::Error::LockHeld { resource, holder } => Error::Conflict(format!(
+                "resource {resource:?} is held by run {holder}; wait for it to end or cancel it"
+            )),
+            store::Error::Full(_) | store::Error::Closed => {
+                Error::Unavailable(format!("{error}; nothing was changed"))
             }
-            store::Error::Full(_) | store::Error::Closed => Error::Unavailable(format!("{error}; nothing was changed")),
             other => Error::Internal(other.to_string()),
         }
     }
@@ -72,15 +83,19 @@ impl From<Rejection> for Error {
 /// A run as the engine holds it.
 #[derive(Debug, Clone)]
 pub enum Slot {
-    Live(RunState),
+    Live(Box<RunState>),
     /// Its records could not be read; `reason` names the key.
-    Corrupt { reason: String },
+    Corrupt {
+        reason: String,
+    },
 }
 
 struct Inner {
     writer: Writer,
     clock: Arc<dyn Clock>,
     actions: Registry,
+    catalog: Catalog,
+    schedules: Mutex<BTreeMap<String, Schedule>>,
     data_dir: PathBuf,
     runs: RwLock<BTreeMap<Uuid, Arc<Mutex<Slot>>>>,
     calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
@@ -96,16 +111,35 @@ pub struct Engine {
 
 impl Engine {
     /// Loads every run from the store. Call [`Engine::recover`] next, then start the timers.
-    pub fn open(writer: Writer, clock: Arc<dyn Clock>, actions: Registry, data_dir: &Path) -> Result<Engine, Error> {
+    pub fn open(
+        writer: Writer,
+        clock: Arc<dyn Clock>,
+        catalog: Catalog,
+        data_dir: &Path,
+    ) -> Result<Engine, Error> {
+        let mut schedules = BTreeMap::new();
+        for loaded in writer.store().load_schedules()? {
+            match loaded {
+                Ok(schedule) => {
+                    schedules.insert(schedule.name.clone(), schedule);
+                }
+                Err(error) => tracing::error!(%error, "a schedule is corrupt; it is left out"),
+            }
+        }
         let mut runs = BTreeMap::new();
         for loaded in writer.store().load_runs()? {
             match loaded {
                 Ok(state) => {
-                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(state))));
+                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(Box::new(state)))));
                 }
                 Err((run_id, error)) => {
                     tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
-                    runs.insert(run_id, Arc::new(Mutex::new(Slot::Corrupt { reason: error.to_string() })));
+                    runs.insert(
+                        run_id,
+                        Arc::new(Mutex::new(Slot::Corrupt {
+                            reason: error.to_string(),
+                        })),
+                    );
                 }
             }
         }
@@ -113,7 +147,9 @@ impl Engine {
             inner: Arc::new(Inner {
                 writer,
                 clock,
-                actions,
+                actions: catalog.actions().clone(),
+                catalog,
+                schedules: Mutex::new(schedules),
                 data_dir: data_dir.to_owned(),
                 runs: RwLock::new(runs),
                 calls: StdMutex::new(HashMap::new()),
@@ -129,6 +165,10 @@ impl Engine {
 
     pub fn actions(&self) -> &Registry {
         &self.inner.actions
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     pub fn writer(&self) -> &Writer {
@@ -191,12 +231,21 @@ impl Engine {
     }
 
     fn slots(&self) -> Vec<(Uuid, Arc<Mutex<Slot>>)> {
-        let runs = self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let runs = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         runs.iter().map(|(id, slot)| (*id, slot.clone())).collect()
     }
 
     fn slot(&self, run_id: Uuid) -> Option<Arc<Mutex<Slot>>> {
-        self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&run_id).cloned()
+        self.inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&run_id)
+            .cloned()
     }
 
     /// Finds a run by its id or a unique prefix of it.
@@ -209,14 +258,27 @@ impl Engine {
         }
         let needle = typed.to_ascii_lowercase();
         if needle.is_empty() || !needle.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-            return Err(Error::NotFound(format!("no run {typed:?} (a run id is a UUID or a unique prefix of one)")));
+            return Err(Error::NotFound(format!(
+                "no run {typed:?} (a run id is a UUID or a unique prefix of one)"
+            )));
         }
-        let runs = self.inner.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let matches: Vec<Uuid> = runs.keys().filter(|id| id.hyphenated().to_string().starts_with(&needle)).copied().collect();
+        let runs = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let matches: Vec<Uuid> = runs
+            .keys()
+            .filter(|id| id.hyphenated().to_string().starts_with(&needle))
+            .copied()
+            .collect();
         match matches.as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::NotFound(format!("no run {typed}"))),
-            many => Err(Error::Ambiguous(format!("run id prefix {typed} matches {} runs; type more of it", many.len()))),
+            many => Err(Error::Ambiguous(format!(
+                "run id prefix {typed} matches {} runs; type more of it",
+                many.len()
+            ))),
         }
     }
 
@@ -229,19 +291,36 @@ impl Engine {
         comment: Option<String>,
     ) -> Result<RunState, Error> {
         if !self.inner.accepting.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable("the daemon is shutting down; no new runs".to_owned()));
+            return Err(Error::Unavailable(
+                "the daemon is shutting down; no new runs".to_owned(),
+            ));
         }
-        definition::validate(&definition, &|name| self.inner.actions.contains(name))
-            .map_err(|error| Error::Invalid { message: error.to_string(), field: Some("runbook".to_owned()) })?;
-        let params = definition::resolve_params(&definition, given)
-            .map_err(|error| Error::Invalid { field: Some(format!("params.{}", error.param)), message: error.to_string() })?;
+        definition::validate(&definition, &|name| self.inner.actions.contains(name)).map_err(
+            |error| Error::Invalid {
+                message: error.to_string(),
+                field: Some("runbook".to_owned()),
+            },
+        )?;
+        let params =
+            definition::resolve_params(&definition, given).map_err(|error| Error::Invalid {
+                field: Some(format!("params.{}", error.param)),
+                message: error.to_string(),
+            })?;
         let locks = plan::render_locks(&definition, &params)?;
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
-        let (state, decision) = machine::create(run_id, definition, params, locks, by, comment, now);
+        let (state, decision) =
+            machine::create(run_id, definition, params, locks, by, comment, now);
         let commit = Commit::new(0, &decision.events, &state)?;
         self.inner.writer.commit(commit).await?;
-        self.inner.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(run_id, Arc::new(Mutex::new(Slot::Live(state.clone()))));
+        self.inner
+            .runs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(
+                run_id,
+                Arc::new(Mutex::new(Slot::Live(Box::new(state.clone())))),
+            );
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
         self.after_commit(run_id, &decision);
         Ok(state)
@@ -251,32 +330,58 @@ impl Engine {
     pub async fn handle(&self, run_id: Uuid, input: Input) -> Result<RunState, Error> {
         let operator = matches!(
             input,
-            Input::Approve { .. } | Input::Pause { .. } | Input::Resume { .. } | Input::Cancel { .. } | Input::Rollback { .. } | Input::Retry { .. } | Input::Skip { .. }
+            Input::Approve { .. }
+                | Input::Pause { .. }
+                | Input::Resume { .. }
+                | Input::Cancel { .. }
+                | Input::Rollback { .. }
+                | Input::Retry { .. }
+                | Input::Skip { .. }
         );
         if operator && !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
         }
-        let slot = self.slot(run_id).ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
+        let slot = self
+            .slot(run_id)
+            .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
         let mut guard = slot.lock().await;
         let state = match &*guard {
             Slot::Live(state) => state,
-            Slot::Corrupt { reason } => return Err(Error::Conflict(format!("run {run_id} is corrupt ({reason}); it cannot change"))),
+            Slot::Corrupt { reason } => {
+                return Err(Error::Conflict(format!(
+                    "run {run_id} is corrupt ({reason}); it cannot change"
+                )))
+            }
         };
         let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
         if decision.events.is_empty() {
             return Ok(next);
         }
         let commit = Commit::new(state.last_seq, &decision.events, &next)?;
+        let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
-        *guard = Slot::Live(next.clone());
+        *guard = Slot::Live(Box::new(next.clone()));
         drop(guard);
+        if let Some(schedule) = next
+            .started_by
+            .name
+            .as_deref()
+            .and_then(|name| name.strip_prefix("schedule:"))
+            .filter(|_| ended)
+        {
+            let (engine, schedule) = (self.clone(), schedule.to_owned());
+            tokio::spawn(async move { engine.schedule_run_ended(&schedule, run_id).await });
+        }
         crate::failpoint::hit("AfterFlushBeforeEffect");
         self.after_commit(run_id, &decision);
         Ok(next)
     }
 
     fn after_commit(&self, run_id: Uuid, decision: &Decision) {
-        let armed = decision.events.iter().any(|event| matches!(event.kind, machine::EventKind::TimerArmed { .. }));
+        let armed = decision
+            .events
+            .iter()
+            .any(|event| matches!(event.kind, machine::EventKind::TimerArmed { .. }));
         if armed {
             self.inner.timer_wake.notify_one();
         }
@@ -284,7 +389,13 @@ impl Engine {
             match effect {
                 Effect::Call(call) => self.spawn(call.clone(), None),
                 Effect::Abort { call } => {
-                    let token = self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&(run_id, *call)).cloned();
+                    let token = self
+                        .inner
+                        .calls
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(&(run_id, *call))
+                        .cloned();
                     if let Some(token) = token {
                         token.cancel();
                     }
@@ -298,7 +409,11 @@ impl Engine {
     fn spawn(&self, call: Call, reattach: Option<Option<Value>>) {
         let engine = self.clone();
         let token = CancellationToken::new();
-        self.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((call.run_id, call.call), token.clone());
+        self.inner
+            .calls
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert((call.run_id, call.call), token.clone());
         tokio::spawn(async move {
             let recorder = {
                 let engine = engine.clone();
@@ -306,7 +421,11 @@ impl Engine {
                 Recorder::new(move |note| {
                     let engine = engine.clone();
                     Box::pin(async move {
-                        engine.handle(run_id, Input::CallNote { call: number, note }).await.map(|_| ()).map_err(|error| error.to_string())
+                        engine
+                            .handle(run_id, Input::CallNote { call: number, note })
+                            .await
+                            .map(|_| ())
+                            .map_err(|error| error.to_string())
                     })
                 })
             };
@@ -326,21 +445,36 @@ impl Engine {
                 (None, _) => None,
                 (Some(action), false) => {
                     if call.undo || call.attempt > 1 {
-                        context.log.line(&format!("[runbook] {} attempt {}", if call.undo { "undo" } else { "step" }, call.attempt));
+                        context.log.line(&format!(
+                            "[runbook] {} attempt {}",
+                            if call.undo { "undo" } else { "step" },
+                            call.attempt
+                        ));
                     }
                     Some(action.call(call.input.clone(), context))
                 }
                 (Some(action), true) => action.reattach(call.input.clone(), context),
             };
             let input = match (future, action.is_some()) {
-                (Some(future), _) => Input::ActionFinished { call: call.call, result: future.await },
+                (Some(future), _) => Input::ActionFinished {
+                    call: call.call,
+                    result: future.await,
+                },
                 (None, true) => Input::Interrupted { call: call.call },
                 (None, false) => Input::ActionFinished {
                     call: call.call,
-                    result: Err(ActionFailure::permanent(format!("unknown action {:?}", call.action))),
+                    result: Err(ActionFailure::permanent(format!(
+                        "unknown action {:?}",
+                        call.action
+                    ))),
                 },
             };
-            engine.inner.calls.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&(call.run_id, call.call));
+            engine
+                .inner
+                .calls
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(&(call.run_id, call.call));
             crate::failpoint::hit("AfterEffectBeforeRecord");
             if let Err(error) = engine.handle(call.run_id, input).await {
                 tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
@@ -350,17 +484,33 @@ impl Engine {
 
     /// Where a step's log lives: `<data>/runs/<run>/logs/<step>.log` (`<step>.undo.log`).
     pub fn log_path(&self, run_id: Uuid, step: &str, undo: bool) -> PathBuf {
-        let name = if undo { format!("{step}.undo.log") } else { format!("{step}.log") };
-        self.inner.data_dir.join("runs").join(run_id.to_string()).join("logs").join(name)
+        let name = if undo {
+            format!("{step}.undo.log")
+        } else {
+            format!("{step}.log")
+        };
+        self.inner
+            .data_dir
+            .join("runs")
+            .join(run_id.to_string())
+            .join("logs")
+            .join(name)
     }
 
     fn call_dir(&self, run_id: Uuid, call: u32) -> PathBuf {
-        self.inner.data_dir.join("runs").join(run_id.to_string()).join("calls").join(call.to_string())
+        self.inner
+            .data_dir
+            .join("runs")
+            .join(run_id.to_string())
+            .join("calls")
+            .join(call.to_string())
     }
 
     /// A run's current state (or its corruption).
     pub async fn get(&self, run_id: Uuid) -> Result<Slot, Error> {
-        let slot = self.slot(run_id).ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
+        let slot = self
+            .slot(run_id)
+            .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
         let guard = slot.lock().await;
         Ok(guard.clone())
     }
@@ -384,7 +534,11 @@ impl Engine {
 }
 
 /// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
-fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
+pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
     let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
-    Uuid::new_v7(uuid::Timestamp::from_unix(uuid::NoContext, seconds, now.timestamp_subsec_nanos()))
+    Uuid::new_v7(uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        seconds,
+        now.timestamp_subsec_nanos(),
+    ))
 }

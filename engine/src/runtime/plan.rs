@@ -27,33 +27,53 @@ pub struct PlannedStep {
 }
 
 /// Renders the lock resources of a run.
-pub fn render_locks(definition: &Definition, params: &Map<String, Value>) -> Result<Vec<String>, Error> {
+pub fn render_locks(
+    definition: &Definition,
+    params: &Map<String, Value>,
+) -> Result<Vec<String>, Error> {
     let context = json!({ "params": params, "run": {"runbook": definition.name} });
     definition
         .locks
         .iter()
-        .map(|lock| match template::render(&Value::String(lock.clone()), &context) {
-            Ok(Value::String(resource)) => Ok(resource),
-            Ok(other) => Ok(other.to_string()),
-            Err(message) => Err(Error::Invalid { message: format!("locks: {message}"), field: Some("locks".to_owned()) }),
-        })
+        .map(
+            |lock| match template::render(&Value::String(lock.clone()), &context) {
+                Ok(Value::String(resource)) => Ok(resource),
+                Ok(other) => Ok(other.to_string()),
+                Err(message) => Err(Error::Invalid {
+                    message: format!("locks: {message}"),
+                    field: Some("locks".to_owned()),
+                }),
+            },
+        )
         .collect()
 }
 
 /// What a run of `definition` with `given` params would do.
 pub fn plan(definition: &Definition, given: &Map<String, Value>) -> Result<Plan, Error> {
-    let params = definition::resolve_params(definition, given)
-        .map_err(|error| Error::Invalid { field: Some(format!("params.{}", error.param)), message: error.to_string() })?;
+    let params = definition::resolve_params(definition, given).map_err(|error| Error::Invalid {
+        field: Some(format!("params.{}", error.param)),
+        message: error.to_string(),
+    })?;
     let locks = render_locks(definition, &params)?;
     let context = json!({ "params": params, "steps": {}, "run": {"id": "<run id>", "runbook": definition.name, "started_by": 0} });
     let mut steps = Vec::new();
     plan_steps(&definition.steps, "", &context, &mut steps);
-    Ok(Plan { runbook: definition.name.clone(), version: definition.version, params, locks, steps })
+    Ok(Plan {
+        runbook: definition.name.clone(),
+        version: definition.version,
+        params,
+        locks,
+        steps,
+    })
 }
 
 fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<PlannedStep>) {
     for step in definition {
-        let key = if prefix.is_empty() { step.id.clone() } else { format!("{prefix}.{}", step.id) };
+        let key = if prefix.is_empty() {
+            step.id.clone()
+        } else {
+            format!("{prefix}.{}", step.id)
+        };
         let mut note = step.description.clone();
         if let Some(for_each) = &step.for_each {
             match template::render(&for_each.items, context) {
@@ -67,7 +87,11 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
                         action: "for_each".to_owned(),
                         input: Value::Array(items.clone()),
                         when: step.when.clone(),
-                        note: Some(format!("{} iterations, {mode} {}", items.len(), for_each.width)),
+                        note: Some(format!(
+                            "{} iterations, {mode} {}",
+                            items.len(),
+                            for_each.width
+                        )),
                     });
                     for (index, item) in items.into_iter().enumerate() {
                         let mut inner = context.clone();
@@ -94,13 +118,19 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
         let input = match template::render(&step.with, context) {
             Ok(input) => input,
             Err(_) => {
-                note = format!("{note}{}rendered at run time (uses earlier steps)", if note.is_empty() { "" } else { "; " });
+                note = format!(
+                    "{note}{}rendered at run time (uses earlier steps)",
+                    if note.is_empty() { "" } else { "; " }
+                );
                 step.with.clone()
             }
         };
         if let Some(until) = &step.until {
             let every = step.every.map(crate::duration::format).unwrap_or_default();
-            note = format!("{note}{}polled every {every} until {until}", if note.is_empty() { "" } else { "; " });
+            note = format!(
+                "{note}{}polled every {every} until {until}",
+                if note.is_empty() { "" } else { "; " }
+            );
         }
         out.push(PlannedStep {
             key,

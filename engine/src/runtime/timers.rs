@@ -37,7 +37,9 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
         if !due.is_empty() {
             let mut firing = JoinSet::new();
             for key in due {
-                let Ok(permit) = permits.clone().acquire_owned().await else { return };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 let engine = engine.clone();
                 firing.spawn(async move {
                     fire(&engine, key).await;
@@ -48,7 +50,9 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
             continue;
         }
         let sleep_for = match engine.writer().store().next_timer() {
-            Ok(Some(next)) => Duration::from_millis(next.fire_at_ms.saturating_sub(now_ms)).min(MAX_SLEEP),
+            Ok(Some(next)) => {
+                Duration::from_millis(next.fire_at_ms.saturating_sub(now_ms)).min(MAX_SLEEP)
+            }
             _ => MAX_SLEEP,
         };
         tokio::select! {
@@ -61,7 +65,19 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
 
 async fn fire(engine: &Engine, key: TimerKey) {
     crate::failpoint::hit("TimerFire");
-    let still_armed = match engine.handle(key.run_id, Input::TimerFired { timer: key.timer }).await {
+    if let Some(armed) = engine.fire_schedule(key.run_id).await {
+        if armed.map(|fire_at| TimerKey::new(fire_at, key.run_id, 0)) != Some(key) {
+            // The schedule is armed elsewhere now: this entry is stale.
+            if let Err(error) = engine.writer().store().remove_timer(&key) {
+                tracing::error!(%error, "cannot drop a stale schedule timer");
+            }
+        }
+        return;
+    }
+    let still_armed = match engine
+        .handle(key.run_id, Input::TimerFired { timer: key.timer })
+        .await
+    {
         Ok(state) => state.timers.iter().any(|timer| timer.timer == key.timer),
         Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => {
             tracing::warn!(run = %key.run_id, timer = key.timer, "dropping a timer of a run that is gone or corrupt");

@@ -22,7 +22,8 @@ const MAGIC: u8 = b'R';
 const HEADER: usize = 7;
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    let payload = serde_json::to_vec(value).map_err(|error| Error::Io(format!("cannot encode a record: {error}")))?;
+    let payload = serde_json::to_vec(value)
+        .map_err(|error| Error::Io(format!("cannot encode a record: {error}")))?;
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.push(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_be_bytes());
@@ -34,23 +35,35 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 /// Checks the envelope and returns its payload.
 pub fn open<'a>(key: &dyn Fn() -> String, bytes: &'a [u8]) -> Result<&'a [u8], Error> {
     if bytes.len() < HEADER || bytes[0] != MAGIC {
-        return Err(Error::Corrupt { key: key(), reason: "not a runbook record (bad magic or too short)".to_owned() });
+        return Err(Error::Corrupt {
+            key: key(),
+            reason: "not a runbook record (bad magic or too short)".to_owned(),
+        });
     }
     let format = u16::from_be_bytes([bytes[1], bytes[2]]);
     if format > FORMAT {
-        return Err(Error::FormatTooNew { found: u32::from(format), supported: u32::from(FORMAT) });
+        return Err(Error::FormatTooNew {
+            found: u32::from(format),
+            supported: u32::from(FORMAT),
+        });
     }
     let checksum = u32::from_be_bytes([bytes[3], bytes[4], bytes[5], bytes[6]]);
     let payload = &bytes[HEADER..];
     if crc32fast::hash(payload) != checksum {
-        return Err(Error::Corrupt { key: key(), reason: "checksum mismatch".to_owned() });
+        return Err(Error::Corrupt {
+            key: key(),
+            reason: "checksum mismatch".to_owned(),
+        });
     }
     Ok(payload)
 }
 
 pub fn decode<T: DeserializeOwned>(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<T, Error> {
     let payload = open(key, bytes)?;
-    serde_json::from_slice(payload).map_err(|error| Error::Corrupt { key: key(), reason: format!("undecodable payload: {error}") })
+    serde_json::from_slice(payload).map_err(|error| Error::Corrupt {
+        key: key(),
+        reason: format!("undecodable payload: {error}"),
+    })
 }
 
 #[cfg(test)]
@@ -65,10 +78,19 @@ mod tests {
         let mut flipped = bytes.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 0x40;
-        assert!(matches!(decode::<Vec<i32>>(&key, &flipped), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode::<Vec<i32>>(&key, &flipped),
+            Err(Error::Corrupt { .. })
+        ));
         let mut newer = bytes;
         newer[2] = 99;
-        assert!(matches!(decode::<Vec<i32>>(&key, &newer), Err(Error::FormatTooNew { found: 99, .. })));
-        assert!(matches!(decode::<Vec<i32>>(&key, b"xy"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            decode::<Vec<i32>>(&key, &newer),
+            Err(Error::FormatTooNew { found: 99, .. })
+        ));
+        assert!(matches!(
+            decode::<Vec<i32>>(&key, b"xy"),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use super::{decode_event, restore, Commit, Error, LoadedRun, Store, TimerKey};
+use super::{
+    decode_event, decode_value, restore, Commit, Error, LoadedRun, ScheduleCommit, Store, TimerKey,
+};
 use crate::machine::{Event, RunState};
 
 #[derive(Default)]
@@ -14,6 +16,7 @@ struct Tables {
     events: BTreeMap<(Uuid, u64), Vec<u8>>,
     timers: BTreeMap<TimerKey, ()>,
     locks: BTreeMap<String, Uuid>,
+    schedules: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -27,22 +30,36 @@ impl MemoryStore {
     }
 
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
-        self.tables.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.tables
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Store for MemoryStore {
     fn apply(&self, commit: &Commit) -> Result<(), Error> {
         let mut tables = self.tables();
-        let next_taken = tables.events.contains_key(&(commit.run_id, commit.expected_seq + 1));
-        let last_present = commit.expected_seq == 0 || tables.events.contains_key(&(commit.run_id, commit.expected_seq));
+        let next_taken = tables
+            .events
+            .contains_key(&(commit.run_id, commit.expected_seq + 1));
+        let last_present = commit.expected_seq == 0
+            || tables
+                .events
+                .contains_key(&(commit.run_id, commit.expected_seq));
         if next_taken || !last_present {
-            return Err(Error::Conflict { run_id: commit.run_id, expected: commit.expected_seq, found: 0 });
+            return Err(Error::Conflict {
+                run_id: commit.run_id,
+                expected: commit.expected_seq,
+                found: 0,
+            });
         }
         for resource in &commit.locks_acquire {
             if let Some(holder) = tables.locks.get(resource) {
                 if *holder != commit.run_id {
-                    return Err(Error::LockHeld { resource: resource.clone(), holder: *holder });
+                    return Err(Error::LockHeld {
+                        resource: resource.clone(),
+                        holder: *holder,
+                    });
                 }
             }
         }
@@ -78,20 +95,32 @@ impl Store for MemoryStore {
             .iter()
             .map(|(run_id, snapshot)| {
                 let first = tables.events.get(&(*run_id, 1));
-                restore(*run_id, snapshot, first.map(Vec::as_slice)).map_err(|error| (*run_id, error))
+                restore(*run_id, snapshot, first.map(Vec::as_slice))
+                    .map_err(|error| (*run_id, error))
             })
             .collect())
     }
 
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
         let tables = self.tables();
-        let Some(snapshot) = tables.runs.get(&run_id) else { return Ok(None) };
-        restore(run_id, snapshot, tables.events.get(&(run_id, 1)).map(Vec::as_slice)).map(Some)
+        let Some(snapshot) = tables.runs.get(&run_id) else {
+            return Ok(None);
+        };
+        restore(
+            run_id,
+            snapshot,
+            tables.events.get(&(run_id, 1)).map(Vec::as_slice),
+        )
+        .map(Some)
     }
 
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
         let tables = self.tables();
-        tables.events.range((run_id, 0)..=(run_id, u64::MAX)).map(|((_, seq), bytes)| decode_event(run_id, *seq, bytes)).collect()
+        tables
+            .events
+            .range((run_id, 0)..=(run_id, u64::MAX))
+            .map(|((_, seq), bytes)| decode_event(run_id, *seq, bytes))
+            .collect()
     }
 
     fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
@@ -99,7 +128,14 @@ impl Store for MemoryStore {
     }
 
     fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error> {
-        Ok(self.tables().timers.keys().take_while(|key| key.fire_at_ms <= until_ms).take(limit).copied().collect())
+        Ok(self
+            .tables()
+            .timers
+            .keys()
+            .take_while(|key| key.fire_at_ms <= until_ms)
+            .take(limit)
+            .copied()
+            .collect())
     }
 
     fn remove_timer(&self, key: &TimerKey) -> Result<(), Error> {
@@ -111,8 +147,36 @@ impl Store for MemoryStore {
         Ok(self.tables().locks.get(resource).copied())
     }
 
+    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
+        let mut tables = self.tables();
+        match &commit.value {
+            Some(value) => tables.schedules.insert(commit.name.clone(), value.clone()),
+            None => tables.schedules.remove(&commit.name),
+        };
+        for key in &commit.timers_remove {
+            tables.timers.remove(key);
+        }
+        for key in &commit.timers_add {
+            tables.timers.insert(*key, ());
+        }
+        Ok(())
+    }
+
+    fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error> {
+        let tables = self.tables();
+        Ok(tables
+            .schedules
+            .iter()
+            .map(|(name, bytes)| decode_value(&|| format!("schedules/{name}"), bytes))
+            .collect())
+    }
+
     fn verify(&self) -> Result<Vec<String>, Error> {
         let runs = self.load_runs()?;
-        Ok(runs.into_iter().filter_map(|run| run.err()).map(|(_, error)| error.to_string()).collect())
+        Ok(runs
+            .into_iter()
+            .filter_map(|run| run.err())
+            .map(|(_, error)| error.to_string())
+            .collect())
     }
 }

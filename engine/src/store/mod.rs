@@ -22,9 +22,9 @@ use uuid::Uuid;
 
 pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
-pub use envelope::FORMAT;
-pub use writer::Writer;
 use crate::machine::{Event, EventKind, RunState};
+pub use envelope::FORMAT;
+pub use writer::{Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
@@ -37,7 +37,11 @@ pub enum Error {
     #[error("the store has format {found}, newer than this build understands ({supported}): use a newer runbook binary")]
     FormatTooNew { found: u32, supported: u32 },
     #[error("run {run_id}: journal conflict (expected last event {expected}, found {found})")]
-    Conflict { run_id: Uuid, expected: u64, found: u64 },
+    Conflict {
+        run_id: Uuid,
+        expected: u64,
+        found: u64,
+    },
     #[error("resource {resource:?} is held by run {holder}")]
     LockHeld { resource: String, holder: Uuid },
     #[error("the store is closed")]
@@ -59,11 +63,16 @@ impl TimerKey {
     pub const LEN: usize = 8 + 16 + 8;
 
     pub fn new(fire_at: DateTime<Utc>, run_id: Uuid, timer: u64) -> TimerKey {
-        TimerKey { fire_at_ms: u64::try_from(fire_at.timestamp_millis()).unwrap_or(0), run_id, timer }
+        TimerKey {
+            fire_at_ms: u64::try_from(fire_at.timestamp_millis()).unwrap_or(0),
+            run_id,
+            timer,
+        }
     }
 
     pub fn fire_at(&self) -> DateTime<Utc> {
-        DateTime::from_timestamp_millis(i64::try_from(self.fire_at_ms).unwrap_or(i64::MAX)).unwrap_or(DateTime::<Utc>::MAX_UTC)
+        DateTime::from_timestamp_millis(i64::try_from(self.fire_at_ms).unwrap_or(i64::MAX))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     pub fn encode(&self) -> [u8; Self::LEN] {
@@ -120,8 +129,11 @@ impl Commit {
         for event in events {
             commit.events.push((event.seq, envelope::encode(event)?));
             match &event.kind {
-                EventKind::TimerArmed { timer, fire_at, .. } => commit.timers_add.push(TimerKey::new(*fire_at, run_id, *timer)),
-                EventKind::TimerFired { timer, fire_at, .. } | EventKind::TimerCanceled { timer, fire_at } => {
+                EventKind::TimerArmed { timer, fire_at, .. } => commit
+                    .timers_add
+                    .push(TimerKey::new(*fire_at, run_id, *timer)),
+                EventKind::TimerFired { timer, fire_at, .. }
+                | EventKind::TimerCanceled { timer, fire_at } => {
                     let key = TimerKey::new(*fire_at, run_id, *timer);
                     match commit.timers_add.iter().position(|added| *added == key) {
                         Some(index) => {
@@ -130,7 +142,9 @@ impl Commit {
                         None => commit.timers_remove.push(key),
                     }
                 }
-                EventKind::RunCreated { locks, .. } => commit.locks_acquire.extend(locks.iter().cloned()),
+                EventKind::RunCreated { locks, .. } => {
+                    commit.locks_acquire.extend(locks.iter().cloned())
+                }
                 EventKind::RollbackStarted { .. } if !snapshot.locks.is_empty() => {
                     // A finished run that is reopened for rollback takes its locks again.
                     commit.locks_acquire.extend(snapshot.locks.iter().cloned());
@@ -143,6 +157,57 @@ impl Commit {
             }
         }
         Ok(commit)
+    }
+}
+
+/// A change to one schedule, with its timer index changes, to apply atomically.
+#[derive(Debug, Clone)]
+pub struct ScheduleCommit {
+    pub name: String,
+    /// The schedule's envelope, or `None` to delete it.
+    pub value: Option<Vec<u8>>,
+    pub timers_add: Vec<TimerKey>,
+    pub timers_remove: Vec<TimerKey>,
+}
+
+impl ScheduleCommit {
+    /// Stores `schedule` and moves its timer from `old_fire` to its `next_fire` (unless paused).
+    pub fn put(
+        schedule: &crate::schedule::Schedule,
+        old_fire: Option<DateTime<Utc>>,
+    ) -> Result<ScheduleCommit, Error> {
+        let new_fire = schedule.next_fire.filter(|_| !schedule.paused);
+        let mut commit = ScheduleCommit {
+            name: schedule.name.clone(),
+            value: Some(envelope::encode(schedule)?),
+            timers_add: Vec::new(),
+            timers_remove: Vec::new(),
+        };
+        if old_fire != new_fire {
+            commit
+                .timers_remove
+                .extend(old_fire.map(|fire| TimerKey::new(fire, schedule.id, 0)));
+            commit
+                .timers_add
+                .extend(new_fire.map(|fire| TimerKey::new(fire, schedule.id, 0)));
+        }
+        Ok(commit)
+    }
+
+    /// Deletes `schedule` and its timer.
+    pub fn delete(
+        schedule: &crate::schedule::Schedule,
+        old_fire: Option<DateTime<Utc>>,
+    ) -> ScheduleCommit {
+        ScheduleCommit {
+            name: schedule.name.clone(),
+            value: None,
+            timers_add: Vec::new(),
+            timers_remove: old_fire
+                .map(|fire| TimerKey::new(fire, schedule.id, 0))
+                .into_iter()
+                .collect(),
+        }
     }
 }
 
@@ -183,18 +248,38 @@ pub trait Store: Send + Sync + 'static {
 
     /// Reads every record and reports each one that does not verify.
     fn verify(&self) -> Result<Vec<String>, Error>;
+
+    /// Applies one schedule change atomically (not yet durable: see [`Store::sync`]).
+    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error>;
+
+    /// Every schedule, or the error that kept one from being read.
+    fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error>;
 }
 
 /// Rebuilds a run's state from its snapshot payload and the first event (which pins the
 /// definition).
-pub(crate) fn restore(run_id: Uuid, snapshot: &[u8], first_event: Option<&[u8]>) -> Result<RunState, Error> {
+pub(crate) fn restore(
+    run_id: Uuid,
+    snapshot: &[u8],
+    first_event: Option<&[u8]>,
+) -> Result<RunState, Error> {
     let key = || format!("runs/{run_id}");
     let mut state: RunState = envelope::decode(&key, snapshot)?;
     let event_key = || format!("events/{run_id}/1");
-    let first = first_event.ok_or_else(|| Error::Corrupt { key: event_key(), reason: "missing RunCreated event".to_owned() })?;
+    let first = first_event.ok_or_else(|| Error::Corrupt {
+        key: event_key(),
+        reason: "missing RunCreated event".to_owned(),
+    })?;
     match envelope::decode::<Event>(&event_key, first)?.kind {
-        EventKind::RunCreated { definition, .. } => state.definition = std::sync::Arc::new(definition),
-        _ => return Err(Error::Corrupt { key: event_key(), reason: "the first event is not RunCreated".to_owned() }),
+        EventKind::RunCreated { definition, .. } => {
+            state.definition = std::sync::Arc::new(definition)
+        }
+        _ => {
+            return Err(Error::Corrupt {
+                key: event_key(),
+                reason: "the first event is not RunCreated".to_owned(),
+            })
+        }
     }
     Ok(state)
 }
@@ -211,6 +296,9 @@ pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Er
     envelope::encode(value)
 }
 
-pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn decode_value<T: serde::de::DeserializeOwned>(
+    key: &dyn Fn() -> String,
+    bytes: &[u8],
+) -> Result<T, Error> {
     envelope::decode(key, bytes)
 }

@@ -18,8 +18,12 @@ use ::sled::transaction::{ConflictableTransactionError, TransactionError, Transa
 use ::sled::{Db, Tree};
 use uuid::Uuid;
 
-use super::{check_envelope, decode_event, decode_value, encode_value, restore, Commit, Error, LoadedRun, Store, TimerKey, FORMAT};
+use super::{
+    check_envelope, decode_event, decode_value, encode_value, restore, Commit, Error, LoadedRun,
+    ScheduleCommit, Store, TimerKey, FORMAT,
+};
 use crate::machine::{Event, RunState};
+use crate::schedule::Schedule;
 
 pub struct SledStore {
     db: Db,
@@ -27,6 +31,7 @@ pub struct SledStore {
     events: Tree,
     timers: Tree,
     locks: Tree,
+    schedules: Tree,
     meta: Tree,
     dir: PathBuf,
     log_file: File,
@@ -45,21 +50,29 @@ fn io(error: impl std::fmt::Display) -> Error {
 impl SledStore {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, Error> {
-        std::fs::create_dir_all(dir).map_err(|error| io(format!("cannot create {}: {error}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|error| io(format!("cannot create {}: {error}", dir.display())))?;
         let db = ::sled::Config::new()
             .path(dir)
             .mode(::sled::Mode::HighThroughput)
             .flush_every_ms(None)
             .open()
-            .map_err(|error| io(format!("cannot open the store in {}: {error}", dir.display())))?;
+            .map_err(|error| {
+                io(format!(
+                    "cannot open the store in {}: {error}",
+                    dir.display()
+                ))
+            })?;
         let tree = |name: &str| db.open_tree(name).map_err(io);
         let store = SledStore {
             runs: tree("runs")?,
             events: tree("events")?,
             timers: tree("timers")?,
             locks: tree("locks")?,
+            schedules: tree("schedules")?,
             meta: tree("meta")?,
-            log_file: File::open(dir.join("db")).map_err(|error| io(format!("cannot open {}/db: {error}", dir.display())))?,
+            log_file: File::open(dir.join("db"))
+                .map_err(|error| io(format!("cannot open {}/db: {error}", dir.display())))?,
             dir: dir.to_owned(),
             blobs_seen: Mutex::new(None),
             db,
@@ -78,11 +91,16 @@ impl SledStore {
             Some(bytes) => {
                 let found: u32 = decode_value(&|| "meta/format".to_owned(), &bytes)?;
                 if found > u32::from(FORMAT) {
-                    return Err(Error::FormatTooNew { found, supported: u32::from(FORMAT) });
+                    return Err(Error::FormatTooNew {
+                        found,
+                        supported: u32::from(FORMAT),
+                    });
                 }
             }
             None => {
-                self.meta.insert("format", encode_value(&u32::from(FORMAT))?).map_err(io)?;
+                self.meta
+                    .insert("format", encode_value(&u32::from(FORMAT))?)
+                    .map_err(io)?;
             }
         }
         Ok(())
@@ -101,8 +119,13 @@ impl SledStore {
 
     fn sync_blobs(&self) -> Result<(), Error> {
         let blobs = self.dir.join("blobs");
-        let Ok(modified) = std::fs::metadata(&blobs).and_then(|meta| meta.modified()) else { return Ok(()) };
-        let mut seen = self.blobs_seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let Ok(modified) = std::fs::metadata(&blobs).and_then(|meta| meta.modified()) else {
+            return Ok(());
+        };
+        let mut seen = self
+            .blobs_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if *seen == Some(modified) {
             return Ok(());
         }
@@ -111,7 +134,9 @@ impl SledStore {
                 file.sync_all().map_err(io)?;
             }
         }
-        File::open(&blobs).and_then(|directory| directory.sync_all()).map_err(io)?;
+        File::open(&blobs)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io)?;
         *seen = Some(modified);
         Ok(())
     }
@@ -119,47 +144,66 @@ impl SledStore {
 
 impl Store for SledStore {
     fn apply(&self, commit: &Commit) -> Result<(), Error> {
-        let result = (&self.runs, &self.events, &self.timers, &self.locks).transaction(|(runs, events, timers, locks)| {
-            let abort = |error: Error| ConflictableTransactionError::Abort(error);
-            // The journal must end exactly where the caller thinks it does.
-            let next_taken = events.get(Self::event_key(commit.run_id, commit.expected_seq + 1))?.is_some();
-            let last_present = commit.expected_seq == 0 || events.get(Self::event_key(commit.run_id, commit.expected_seq))?.is_some();
-            if next_taken || !last_present {
-                return Err(abort(Error::Conflict {
-                    run_id: commit.run_id,
-                    expected: commit.expected_seq,
-                    found: if next_taken { commit.expected_seq + 1 } else { 0 },
-                }));
-            }
-            for resource in &commit.locks_acquire {
-                if let Some(holder) = locks.get(resource.as_bytes())? {
-                    let holder: Uuid = decode_value(&|| format!("locks/{resource}"), &holder).map_err(abort)?;
-                    if holder != commit.run_id {
-                        return Err(abort(Error::LockHeld { resource: resource.clone(), holder }));
+        let result = (&self.runs, &self.events, &self.timers, &self.locks).transaction(
+            |(runs, events, timers, locks)| {
+                let abort = |error: Error| ConflictableTransactionError::Abort(error);
+                // The journal must end exactly where the caller thinks it does.
+                let next_taken = events
+                    .get(Self::event_key(commit.run_id, commit.expected_seq + 1))?
+                    .is_some();
+                let last_present = commit.expected_seq == 0
+                    || events
+                        .get(Self::event_key(commit.run_id, commit.expected_seq))?
+                        .is_some();
+                if next_taken || !last_present {
+                    return Err(abort(Error::Conflict {
+                        run_id: commit.run_id,
+                        expected: commit.expected_seq,
+                        found: if next_taken {
+                            commit.expected_seq + 1
+                        } else {
+                            0
+                        },
+                    }));
+                }
+                for resource in &commit.locks_acquire {
+                    if let Some(holder) = locks.get(resource.as_bytes())? {
+                        let holder: Uuid = decode_value(&|| format!("locks/{resource}"), &holder)
+                            .map_err(abort)?;
+                        if holder != commit.run_id {
+                            return Err(abort(Error::LockHeld {
+                                resource: resource.clone(),
+                                holder,
+                            }));
+                        }
+                    }
+                    locks.insert(
+                        resource.as_bytes(),
+                        encode_value(&commit.run_id).map_err(abort)?,
+                    )?;
+                }
+                for resource in &commit.locks_release {
+                    if let Some(holder) = locks.get(resource.as_bytes())? {
+                        let holder: Result<Uuid, _> =
+                            decode_value(&|| format!("locks/{resource}"), &holder);
+                        if holder.map_or(true, |holder| holder == commit.run_id) {
+                            locks.remove(resource.as_bytes())?;
+                        }
                     }
                 }
-                locks.insert(resource.as_bytes(), encode_value(&commit.run_id).map_err(abort)?)?;
-            }
-            for resource in &commit.locks_release {
-                if let Some(holder) = locks.get(resource.as_bytes())? {
-                    let holder: Result<Uuid, _> = decode_value(&|| format!("locks/{resource}"), &holder);
-                    if holder.map_or(true, |holder| holder == commit.run_id) {
-                        locks.remove(resource.as_bytes())?;
-                    }
+                for (seq, bytes) in &commit.events {
+                    events.insert(&Self::event_key(commit.run_id, *seq), bytes.as_slice())?;
                 }
-            }
-            for (seq, bytes) in &commit.events {
-                events.insert(&Self::event_key(commit.run_id, *seq), bytes.as_slice())?;
-            }
-            runs.insert(commit.run_id.as_bytes(), commit.snapshot.as_slice())?;
-            for key in &commit.timers_remove {
-                timers.remove(&key.encode())?;
-            }
-            for key in &commit.timers_add {
-                timers.insert(&key.encode(), &[])?;
-            }
-            Ok(())
-        });
+                runs.insert(commit.run_id.as_bytes(), commit.snapshot.as_slice())?;
+                for key in &commit.timers_remove {
+                    timers.remove(&key.encode())?;
+                }
+                for key in &commit.timers_add {
+                    timers.insert(&key.encode(), &[])?;
+                }
+                Ok(())
+            },
+        );
         match result {
             Ok(()) => Ok(()),
             Err(TransactionError::Abort(error)) => Err(error),
@@ -180,17 +224,27 @@ impl Store for SledStore {
         for entry in self.runs.iter() {
             let (key, snapshot) = entry.map_err(io)?;
             let Ok(run_id) = Uuid::from_slice(&key) else {
-                loaded.push(Err((Uuid::nil(), Error::Corrupt { key: format!("runs/{key:?}"), reason: "bad run id".to_owned() })));
+                loaded.push(Err((
+                    Uuid::nil(),
+                    Error::Corrupt {
+                        key: format!("runs/{key:?}"),
+                        reason: "bad run id".to_owned(),
+                    },
+                )));
                 continue;
             };
             let first = self.first_event(run_id)?;
-            loaded.push(restore(run_id, &snapshot, first.as_deref()).map_err(|error| (run_id, error)));
+            loaded.push(
+                restore(run_id, &snapshot, first.as_deref()).map_err(|error| (run_id, error)),
+            );
         }
         Ok(loaded)
     }
 
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
-        let Some(snapshot) = self.runs.get(run_id.as_bytes()).map_err(io)? else { return Ok(None) };
+        let Some(snapshot) = self.runs.get(run_id.as_bytes()).map_err(io)? else {
+            return Ok(None);
+        };
         let first = self.first_event(run_id)?;
         restore(run_id, &snapshot, first.as_deref()).map(Some)
     }
@@ -206,7 +260,11 @@ impl Store for SledStore {
     }
 
     fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
-        Ok(self.timers.first().map_err(io)?.and_then(|(key, _)| TimerKey::decode(&key)))
+        Ok(self
+            .timers
+            .first()
+            .map_err(io)?
+            .and_then(|(key, _)| TimerKey::decode(&key)))
     }
 
     fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error> {
@@ -273,6 +331,42 @@ impl Store for SledStore {
                 problems.push(format!("timers/{key:?}: bad key"));
             }
         }
+        for schedule in self.load_schedules()? {
+            if let Err(error) = schedule {
+                problems.push(error.to_string());
+            }
+        }
         Ok(problems)
+    }
+
+    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
+        let result = (&self.schedules, &self.timers).transaction(|(schedules, timers)| {
+            match &commit.value {
+                Some(value) => schedules.insert(commit.name.as_bytes(), value.as_slice())?,
+                None => schedules.remove(commit.name.as_bytes())?,
+            };
+            for key in &commit.timers_remove {
+                timers.remove(&key.encode())?;
+            }
+            for key in &commit.timers_add {
+                timers.insert(&key.encode(), &[])?;
+            }
+            Ok::<(), ConflictableTransactionError<Error>>(())
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => Err(io(error)),
+        }
+    }
+
+    fn load_schedules(&self) -> Result<Vec<Result<Schedule, Error>>, Error> {
+        let mut loaded = Vec::new();
+        for entry in self.schedules.iter() {
+            let (key, bytes) = entry.map_err(io)?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            loaded.push(decode_value(&|| format!("schedules/{name}"), &bytes));
+        }
+        Ok(loaded)
     }
 }

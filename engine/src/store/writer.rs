@@ -12,13 +12,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::{Commit, Error, Store};
+use super::{Commit, Error, ScheduleCommit, Store};
 
 /// The most commits that share one sync.
 const MAX_BATCH: usize = 512;
 
+enum Write {
+    Run(Commit),
+    Schedule(ScheduleCommit),
+}
+
 struct Request {
-    commit: Commit,
+    write: Write,
     reply: oneshot::Sender<Result<(), Error>>,
 }
 
@@ -50,13 +55,34 @@ impl Writer {
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the store writer thread");
         }
-        Writer { sender, store, stats }
+        Writer {
+            sender,
+            store,
+            stats,
+        }
     }
 
     /// Applies and syncs one commit; resolves when it is durable.
     pub async fn commit(&self, commit: Commit) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
-        self.sender.send(Request { commit, reply }).map_err(|_| Error::Closed)?;
+        self.sender
+            .send(Request {
+                write: Write::Run(commit),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
+        answer.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Applies and syncs one schedule change; resolves when it is durable.
+    pub async fn commit_schedule(&self, commit: ScheduleCommit) -> Result<(), Error> {
+        let (reply, answer) = oneshot::channel();
+        self.sender
+            .send(Request {
+                write: Write::Schedule(commit),
+                reply,
+            })
+            .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
@@ -65,11 +91,18 @@ impl Writer {
     }
 
     pub fn stats(&self) -> WriterStats {
-        *self.stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        *self
+            .stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
-fn write_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Request>, stats: Arc<std::sync::Mutex<WriterStats>>) {
+fn write_loop(
+    store: Arc<dyn Store>,
+    receiver: mpsc::Receiver<Request>,
+    stats: Arc<std::sync::Mutex<WriterStats>>,
+) {
     while let Ok(first) = receiver.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -81,7 +114,10 @@ fn write_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Request>, stats: A
         let mut results = Vec::with_capacity(batch.len());
         for request in &batch {
             crate::failpoint::hit("BeforeCommit");
-            results.push(store.apply(&request.commit));
+            results.push(match &request.write {
+                Write::Run(commit) => store.apply(commit),
+                Write::Schedule(commit) => store.apply_schedule(commit),
+            });
         }
         crate::failpoint::hit("AfterCommitBeforeFlush");
         let started = Instant::now();
@@ -94,7 +130,9 @@ fn write_loop(store: Arc<dyn Store>, receiver: mpsc::Receiver<Request>, stats: A
         }
         let elapsed: Duration = started.elapsed();
         {
-            let mut stats = stats.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut stats = stats
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             stats.commits += batch.len() as u64;
             stats.syncs += 1;
             stats.sync_seconds_total += elapsed.as_secs_f64();

@@ -1,0 +1,692 @@
+//! `runbook shim`: the supervisor of one `exec` command, in a process of its own.
+//!
+//! The daemon starts `runbook shim <call dir>` in a new session, so that the daemon's death
+//! (`kill -9`, a crash, a restart for an upgrade) does not take it down; journals the shim's pid,
+//! start time and boot id; and only then releases it (one byte, [`GO`], on the shim's stdin).
+//! The shim starts the command in its own process group, streams its stdout and stderr into the
+//! step log (capped, see [`LogSink`]), and when the command ends writes how it ended into the
+//! call dir. [`run`] is the whole process; it needs no async runtime.
+//!
+//! # The call dir
+//!
+//! `<data>/runs/<run>/calls/<call>/`, the same path after a daemon restart:
+//!
+//! - `spec.json` — what to run ([`Spec`]); written by the daemon before the shim starts.
+//! - `child.json` — the command's pid (which is also its process group id) and start time
+//!   ([`ProcessIdentity`]); written by the shim once the command runs.
+//! - `stdout` — the first MiB of the command's stdout (for `parse`); complete before `status.json`.
+//! - `status.json` — how the command ended ([`Status`]).
+//! - `shim.log` — the shim's own stderr (its complaints, never the command's output).
+//!
+//! # Contract
+//!
+//! - The command never starts before the daemon sent [`GO`], and the daemon sends it only once
+//!   the journal holds the shim's identity. EOF instead (the daemon died first) → the shim
+//!   records `not_started` and exits without running anything.
+//! - `status.json` is written last and atomically (temporary file, fsync, rename, fsync of the
+//!   directory): a reader sees all of it or nothing, and it survives a power cut. It exists ⇒
+//!   the command has ended (and, if it was stopped, no member of its process group is left);
+//!   the shim exits right after writing it.
+//! - SIGTERM or SIGINT to the shim means "stop the command": SIGTERM to its whole process group,
+//!   SIGKILL after the spec's grace period, then wait until the group is empty. The shim is a
+//!   child subreaper (`PR_SET_CHILD_SUBREAPER`), so the orphans of the group are re-parented to
+//!   it and reaped, rather than left as zombies that still count as members.
+//! - A command that ends by itself may leave processes in the background on purpose (a start
+//!   script that launches a broker): they are left alone; their output is read for
+//!   [`DRAIN_AFTER_EXIT`] more, then no longer.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::LogSink;
+
+/// The format of the files in a call dir; a reader refuses any other.
+pub(crate) const FORMAT: u32 = 1;
+/// The byte that releases the command.
+pub(crate) const GO: u8 = b'g';
+/// How much of stdout is kept for parsing (the log keeps more).
+pub(crate) const STDOUT_FOR_PARSE: usize = 1024 * 1024;
+/// How much of the end of stderr is kept for the step's error and output.
+pub(crate) const STDERR_TAIL: usize = 2048;
+/// How long the output of background processes is still read after the command exited.
+pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
+/// After SIGKILL, how long to wait for the group to empty before giving up on it.
+const AFTER_SIGKILL: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+
+pub(crate) const SPEC_FILE: &str = "spec.json";
+pub(crate) const CHILD_FILE: &str = "child.json";
+pub(crate) const STDOUT_FILE: &str = "stdout";
+pub(crate) const STATUS_FILE: &str = "status.json";
+pub(crate) const SHIM_LOG_FILE: &str = "shim.log";
+
+/// What the shim runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Spec {
+    pub format: u32,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: Option<String>,
+    /// The step log the output is appended to.
+    pub log: PathBuf,
+    /// Between SIGTERM and SIGKILL when the command is stopped.
+    pub grace_ms: u64,
+}
+
+/// How the command ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub(crate) enum Outcome {
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
+    /// The command was never started (so it had no effect).
+    NotStarted {
+        reason: String,
+    },
+    /// Starting it failed (no such program, bad `cwd`).
+    SpawnFailed {
+        error: String,
+    },
+}
+
+/// The content of `status.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Status {
+    pub format: u32,
+    pub outcome: Outcome,
+    /// The shim was told to stop the command (timeout, cancel, rollback).
+    pub stopped: bool,
+    pub stderr_tail: String,
+}
+
+impl Status {
+    fn new(outcome: Outcome) -> Status {
+        Status {
+            format: FORMAT,
+            outcome,
+            stopped: false,
+            stderr_tail: String::new(),
+        }
+    }
+}
+
+/// A process as the kernel knows it across time: a pid alone can be reused by another process
+/// once the first one is gone, a pid with its start time (clock ticks since boot) and the boot
+/// id cannot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ProcessIdentity {
+    pub pid: i32,
+    pub start_time: u64,
+    pub boot_id: String,
+}
+
+/// The fields of `/proc/<pid>/stat` this module needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProcStat {
+    pub state: char,
+    pub pgrp: i32,
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    /// Reads `/proc/<pid>/stat`; `None` when there is no such process.
+    pub fn read(pid: i32) -> Option<ProcStat> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid pgrp ...`: comm may hold spaces and parentheses; the last `)`
+        // ends it.
+        let rest = &text[text.rfind(')')? + 1..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        Some(ProcStat {
+            state: fields.first()?.chars().next()?,
+            pgrp: fields.get(2)?.parse().ok()?,
+            // Field 22 of the line; the 20th after the comm.
+            start_time: fields.get(19)?.parse().ok()?,
+        })
+    }
+
+    /// A zombie (or a dying task) has ended; only its parent's wait is missing.
+    pub fn has_ended(&self) -> bool {
+        matches!(self.state, 'Z' | 'X' | 'x')
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`); empty if unreadable.
+pub(crate) fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default()
+}
+
+impl ProcessIdentity {
+    /// The identity of the live process `pid`.
+    pub fn of(pid: i32) -> Result<ProcessIdentity, String> {
+        let stat = ProcStat::read(pid)
+            .ok_or_else(|| format!("cannot read /proc/{pid}/stat: no such process"))?;
+        Ok(ProcessIdentity {
+            pid,
+            start_time: stat.start_time,
+            boot_id: boot_id(),
+        })
+    }
+
+    /// Whether this very process still runs (not a zombie, not another process with its pid).
+    pub fn is_alive(&self) -> bool {
+        match ProcStat::read(self.pid) {
+            Some(stat) => {
+                stat.start_time == self.start_time && !stat.has_ended() && boot_id() == self.boot_id
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `signal` to this process if it is still alive; never to another process that has
+    /// reused its pid (the check and the signal go through one pidfd). True if it was sent.
+    pub fn signal(&self, signal: i32) -> bool {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, self.pid, 0) };
+        if fd < 0 {
+            // No pidfd (kernel < 5.3): check, then signal; the window is a few microseconds.
+            // SAFETY: kill(2) involves no memory.
+            return self.is_alive() && unsafe { libc::kill(self.pid, signal) } == 0;
+        }
+        let Ok(fd) = i32::try_from(fd) else {
+            return false;
+        };
+        // SAFETY: `fd` is a descriptor we just opened and own from here on.
+        let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        // The pidfd pins the process it was opened for: if that is ours now, a signal through it
+        // cannot reach a later process with the same pid.
+        if !self.is_alive() {
+            return false;
+        }
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        // SAFETY: pidfd_send_signal with a valid pidfd, no siginfo, no flags.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                raw,
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            ) == 0
+        }
+    }
+}
+
+/// Signals the process group led by the command `leader` (whose pid is the group id), unless
+/// that pid now belongs to an unrelated process. True if the signal was sent.
+pub(crate) fn signal_group(leader: &ProcessIdentity, signal: i32) -> bool {
+    if leader.boot_id != boot_id() {
+        return false;
+    }
+    // The leader may be gone while other members remain (the group id stays reserved then);
+    // a process with its pid and another start time means the group is gone and the pid reused.
+    if let Some(stat) = ProcStat::read(leader.pid) {
+        if stat.start_time != leader.start_time {
+            return false;
+        }
+    }
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe { libc::kill(-leader.pid, signal) == 0 }
+}
+
+/// Writes `bytes` to `path` atomically and durably: a temporary file, fsync, rename, fsync of
+/// the directory.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let directory = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    let mut file = File::create(&temporary)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)?;
+    File::open(directory)?.sync_all()
+}
+
+/// Reads a JSON file of the call dir; `Ok(None)` if it does not exist.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
+    };
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| format!("{} is not JSON: {error}", path.display()))?;
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|error| format!("{} is malformed: {error}", path.display()))
+}
+
+/// Like [`read_json`] for a file with a `format` field: any format but [`FORMAT`] is refused
+/// (a newer shim's status is not misread by an older daemon).
+fn read_versioned<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, String> {
+    let Some(value) = read_json::<serde_json::Value>(path)? else {
+        return Ok(None);
+    };
+    let format = value.get("format").and_then(serde_json::Value::as_u64);
+    if format != Some(u64::from(FORMAT)) {
+        let found = format.map_or_else(|| "none".to_owned(), |format| format.to_string());
+        return Err(format!(
+            "{} has format {found}; this runbook reads format {FORMAT}",
+            path.display()
+        ));
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|error| format!("{} is malformed: {error}", path.display()))
+}
+
+/// The command's end, if the shim recorded it.
+pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
+    read_versioned(&call_dir.join(STATUS_FILE))
+}
+
+/// Set by SIGTERM and SIGINT: stop the command.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// The shim process: runs the command described in `<call_dir>/spec.json` once released, and
+/// returns the process's exit code (0 once `status.json` is written).
+pub fn run(call_dir: &Path) -> i32 {
+    // SAFETY: the handler only stores to an atomic (async-signal-safe); handlers are reset to
+    // the default in the command by exec.
+    unsafe {
+        let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        libc::signal(libc::SIGTERM, handler);
+        libc::signal(libc::SIGINT, handler);
+    }
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        eprintln!(
+            "runbook shim: cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let (status, stdout) = supervise(call_dir, &mut std::io::stdin().lock());
+    let written = write_atomic(&call_dir.join(STDOUT_FILE), &stdout).and_then(|()| {
+        let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
+        write_atomic(&call_dir.join(STATUS_FILE), &json)
+    });
+    match written {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!(
+                "runbook shim: cannot record the command's end ({:?}) in {}: {error}",
+                status.outcome,
+                call_dir.display()
+            );
+            1
+        }
+    }
+}
+
+/// Waits for the go, runs the command to its end; the status and the kept stdout.
+fn supervise(call_dir: &Path, go: &mut impl Read) -> (Status, Vec<u8>) {
+    let spec: Spec = match read_versioned(&call_dir.join(SPEC_FILE)) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => {
+            return (
+                Status::new(Outcome::NotStarted {
+                    reason: format!("no {SPEC_FILE} in {}", call_dir.display()),
+                }),
+                Vec::new(),
+            )
+        }
+        Err(reason) => return (Status::new(Outcome::NotStarted { reason }), Vec::new()),
+    };
+    let mut byte = [0u8; 1];
+    let released = matches!(go.read(&mut byte), Ok(1)) && byte[0] == GO;
+    if !released {
+        let reason = "the daemon stopped before it released the command".to_owned();
+        return (Status::new(Outcome::NotStarted { reason }), Vec::new());
+    }
+    if STOP.load(Ordering::SeqCst) {
+        return (
+            Status::new(Outcome::NotStarted {
+                reason: "stopped before it started".to_owned(),
+            }),
+            Vec::new(),
+        );
+    }
+    let Some(program) = spec.argv.first() else {
+        return (
+            Status::new(Outcome::NotStarted {
+                reason: "the command is empty".to_owned(),
+            }),
+            Vec::new(),
+        );
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&spec.argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
+    command.envs(spec.env.iter().map(|(key, value)| (key, value)));
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(error) => {
+            let place = spec
+                .cwd
+                .as_ref()
+                .map(|cwd| format!(" in {cwd}"))
+                .unwrap_or_default();
+            return (
+                Status::new(Outcome::SpawnFailed {
+                    error: format!("cannot start {program:?}{place}: {error}"),
+                }),
+                Vec::new(),
+            );
+        }
+    };
+    let Ok(pid) = i32::try_from(child.id()) else {
+        return (
+            Status::new(Outcome::SpawnFailed {
+                error: format!("pid {} out of range", child.id()),
+            }),
+            Vec::new(),
+        );
+    };
+    let recorded = ProcessIdentity::of(pid).and_then(|identity| {
+        let json = serde_json::to_vec_pretty(&identity).map_err(|error| error.to_string())?;
+        write_atomic(&call_dir.join(CHILD_FILE), &json).map_err(|error| error.to_string())
+    });
+    if let Err(error) = recorded {
+        eprintln!(
+            "runbook shim: cannot record the command's pid {pid} in {}: {error}",
+            call_dir.display()
+        );
+    }
+
+    let log = LogSink::new(spec.log.clone());
+    let stdout_kept = Arc::new(Mutex::new(Vec::new()));
+    let stderr_kept = Arc::new(Mutex::new(Vec::new()));
+    let (done, drained) = mpsc::channel::<()>();
+    let mut pumps = 0;
+    if let Some(pipe) = child.stdout.take() {
+        pumps += 1;
+        spawn_pump(
+            pipe,
+            log.clone(),
+            stdout_kept.clone(),
+            Keep::Head(STDOUT_FOR_PARSE),
+            done.clone(),
+        );
+    }
+    if let Some(pipe) = child.stderr.take() {
+        pumps += 1;
+        spawn_pump(
+            pipe,
+            log.clone(),
+            stderr_kept.clone(),
+            Keep::Tail(STDERR_TAIL),
+            done.clone(),
+        );
+    }
+    drop(done);
+
+    let (outcome, stopped) = wait_for_command(pid, Duration::from_millis(spec.grace_ms), &log);
+    let deadline = Instant::now() + DRAIN_AFTER_EXIT;
+    for _ in 0..pumps {
+        if drained
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_err()
+        {
+            break;
+        }
+    }
+    let stdout = stdout_kept
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let stderr = stderr_kept
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    let status = Status {
+        format: FORMAT,
+        outcome,
+        stopped,
+        stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
+    };
+    (status, stdout)
+}
+
+enum Keep {
+    Head(usize),
+    Tail(usize),
+}
+
+/// Copies a pipe into the log on a thread, keeping its head or tail; says when the pipe closed.
+fn spawn_pump(
+    mut pipe: impl Read + Send + 'static,
+    log: LogSink,
+    kept: Arc<Mutex<Vec<u8>>>,
+    keep: Keep,
+    done: mpsc::Sender<()>,
+) {
+    std::thread::spawn(move || {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let read = match pipe.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            log.append(&buffer[..read]);
+            let mut kept = kept.lock().unwrap_or_else(PoisonError::into_inner);
+            match keep {
+                Keep::Head(limit) => {
+                    let room = limit.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buffer[..read.min(room)]);
+                }
+                Keep::Tail(limit) => {
+                    kept.extend_from_slice(&buffer[..read]);
+                    if kept.len() > limit {
+                        let excess = kept.len() - limit;
+                        kept.drain(..excess);
+                    }
+                }
+            }
+        }
+        let _ = done.send(());
+    });
+}
+
+/// Reaps children until the command (`pid`, leader of group `pid`) ended; on a stop request,
+/// stops the whole group first. How it ended, and whether it was stopped.
+fn wait_for_command(pid: i32, grace: Duration, log: &LogSink) -> (Outcome, bool) {
+    let mut leader: Option<Outcome> = None;
+    let mut term_sent: Option<Instant> = None;
+    let mut kill_sent: Option<Instant> = None;
+    loop {
+        reap(pid, &mut leader);
+        if STOP.load(Ordering::SeqCst) && term_sent.is_none() {
+            log.line(&format!(
+                "[runbook] stopping the command: SIGTERM to its process group {pid}"
+            ));
+            // SAFETY: kill(2) with a negative pid signals our command's process group.
+            unsafe { libc::kill(-pid, libc::SIGTERM) };
+            term_sent = Some(Instant::now());
+        }
+        match (term_sent, &leader) {
+            // Not stopped: the command's own end is the end (background processes stay).
+            (None, Some(outcome)) => return (outcome.clone(), false),
+            (None, None) => {}
+            (Some(sent), _) => {
+                if !group_exists(pid) {
+                    reap(pid, &mut leader);
+                    if let Some(outcome) = leader.take() {
+                        return (outcome, true);
+                    }
+                }
+                match kill_sent {
+                    None if sent.elapsed() >= grace => {
+                        log.line(&format!(
+                            "[runbook] the process group {pid} outlived the {}ms grace: SIGKILL",
+                            grace.as_millis()
+                        ));
+                        // SAFETY: as above.
+                        unsafe { libc::kill(-pid, libc::SIGKILL) };
+                        kill_sent = Some(Instant::now());
+                    }
+                    Some(killed) if killed.elapsed() >= AFTER_SIGKILL => {
+                        log.line(&format!("[runbook] the process group {pid} still has members after SIGKILL; giving up on them"));
+                        let outcome = leader.take().unwrap_or(Outcome::Signaled {
+                            signal: libc::SIGKILL,
+                        });
+                        return (outcome, true);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Reaps every child that ended (the command, and orphans adopted as subreaper); records the
+/// command's end.
+fn reap(pid: i32, leader: &mut Option<Outcome>) {
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid with a valid pointer to an int.
+        let reaped = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if reaped <= 0 {
+            return;
+        }
+        if reaped == pid {
+            *leader = Some(if libc::WIFSIGNALED(status) {
+                Outcome::Signaled {
+                    signal: libc::WTERMSIG(status),
+                }
+            } else {
+                Outcome::Exited {
+                    code: libc::WEXITSTATUS(status),
+                }
+            });
+        }
+    }
+}
+
+/// Whether any process is left in group `pgid` (EPERM: one we may not signal, still a member).
+fn group_exists(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    let result = unsafe { libc::kill(-pgid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn our_own_process_is_alive_and_a_wrong_start_time_is_not() {
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let me = ProcessIdentity::of(pid);
+        assert!(me.as_ref().is_ok_and(ProcessIdentity::is_alive), "{me:?}");
+        let Ok(me) = me else { return };
+        let reused = ProcessIdentity {
+            start_time: me.start_time + 1,
+            ..me.clone()
+        };
+        assert!(
+            !reused.is_alive(),
+            "a pid with another start time is another process"
+        );
+        assert!(
+            !reused.signal(0),
+            "no signal may reach a process that merely reuses the pid"
+        );
+        let rebooted = ProcessIdentity {
+            boot_id: "another boot".to_owned(),
+            ..me.clone()
+        };
+        assert!(!rebooted.is_alive());
+        assert!(me.signal(0));
+    }
+
+    #[test]
+    fn a_zombie_has_ended() {
+        let child = Command::new("true").spawn();
+        let Ok(mut child) = child else {
+            panic!("cannot run `true`: {child:?}")
+        };
+        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
+        let identity = ProcessIdentity::of(pid);
+        // Give it time to exit; it stays a zombie until we wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ProcStat::read(pid).is_some_and(|stat| !stat.has_ended()) && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(ProcStat::read(pid).is_some_and(|stat| stat.has_ended()));
+        if let Ok(identity) = identity {
+            assert!(!identity.is_alive(), "a zombie is not a running process");
+        }
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn status_files_round_trip_and_other_formats_are_refused() -> Result<(), String> {
+        let dir = tempfile::tempdir().map_err(|error| error.to_string())?;
+        assert_eq!(read_status(dir.path())?, None);
+        let status = Status {
+            format: FORMAT,
+            outcome: Outcome::Exited { code: 3 },
+            stopped: false,
+            stderr_tail: "boom\n".to_owned(),
+        };
+        let json = serde_json::to_vec(&status).map_err(|error| error.to_string())?;
+        write_atomic(&dir.path().join(STATUS_FILE), &json).map_err(|error| error.to_string())?;
+        assert_eq!(read_status(dir.path())?, Some(status));
+        assert!(!dir.path().join("status.json.tmp").exists());
+        std::fs::write(
+            dir.path().join(STATUS_FILE),
+            br#"{"format": 99, "outcome": {"kind": "exited", "code": 0}}"#,
+        )
+        .map_err(|error| error.to_string())?;
+        let refused = read_status(dir.path());
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|message| message.contains("format")),
+            "{refused:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn proc_stat_parses_a_comm_with_spaces_and_parentheses() {
+        // Our own line is real; the parser must not depend on the comm.
+        let pid = i32::try_from(std::process::id()).unwrap_or(i32::MAX);
+        let stat = ProcStat::read(pid);
+        assert!(
+            stat.is_some_and(|stat| stat.start_time > 0 && stat.pgrp > 0),
+            "{stat:?}"
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! `rocketmq.broker_config`: read a broker's runtime config, or change keys and check that the
+//! broker really holds the new values.
+//!
+//! Input: `namesrv`, `broker` (name) or `broker_addr`, and any of: `key` (read one key into
+//! `value`), `set` (a table `{key = value}` to apply), `expect` (a table that must hold, or the
+//! step fails).
+//!
+//! Output: `broker`, `addr`, `previous` (the values of the `set` keys before the change: feed it
+//! back as `set` to undo), `current` (the values read back after the change), `changed`,
+//! `value` (for `key`), `config` (everything, when neither `set`, `expect` nor `key` is given).
+//!
+//! A change is applied only when a value differs (so a retry after a crash is harmless) and is
+//! followed by a fresh read: the step fails when the broker does not report the new value. The
+//! Rust broker applies only a few keys at run time (`brokerPermission` among them) and does not
+//! persist them; a Java broker rewrites its config file. Use `rocketmq.config_file` to make a
+//! change survive a restart of a Rust broker.
+
+use std::collections::{BTreeMap, HashMap};
+
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::BrokerAdmin as _;
+use runbook_engine::action::{ActionContext, ActionFailure};
+use serde_json::{json, Map, Value};
+
+use super::common::{now_ms, with_admin, Admin, BrokerRef, Input};
+
+pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.broker_config", &input);
+    let namesrv = input.namesrv()?;
+    let broker = input.opt_string("broker")?;
+    let broker_addr = input.opt_string("broker_addr")?;
+    let key = input.opt_string("key")?;
+    let set = table(&input, "set")?;
+    let expect = table(&input, "expect")?;
+    with_admin(&namesrv, |admin| async move {
+        let target = admin.resolve_broker(broker.as_deref(), broker_addr.as_deref()).await?;
+        let before = read(&admin, &target).await?;
+        let mut output = json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
+
+        if !set.is_empty() {
+            let previous: Map<String, Value> = set.keys().map(|key| (key.clone(), before.get(key).map_or(Value::Null, |value| json!(value)))).collect();
+            let differing: HashMap<CheetahString, CheetahString> = set
+                .iter()
+                .filter(|(key, value)| before.get(*key) != Some(*value))
+                .map(|(key, value)| (CheetahString::from(key.as_str()), CheetahString::from(value.as_str())))
+                .collect();
+            let changed = !differing.is_empty();
+            if changed {
+                context.log.line(&format!("broker {} ({}): setting {}", target.name, target.addr, describe(&set, &before)));
+                admin.inner.update_broker_config(target.addr(), differing).await.map_err(|error| {
+                    ActionFailure::retryable(format!("broker {} ({}) refused the config change {}: {error}", target.name, target.addr, describe(&set, &before)))
+                })?;
+            } else {
+                context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
+            }
+            let after = read(&admin, &target).await?;
+            let mut current = Map::new();
+            for (key, wanted) in &set {
+                let actual = after.get(key);
+                if actual != Some(wanted) {
+                    return Err(ActionFailure::permanent(format!(
+                        "broker {} ({}): {key} reads {} after setting it to {wanted}: the broker did not apply it",
+                        target.name,
+                        target.addr,
+                        actual.map_or("nothing", String::as_str)
+                    )));
+                }
+                current.insert(key.clone(), json!(wanted));
+            }
+            context.log.line(&format!("broker {}: read back {}", target.name, Value::Object(current.clone())));
+            output["previous"] = Value::Object(previous);
+            output["current"] = Value::Object(current);
+            output["changed"] = json!(changed);
+        }
+
+        if !expect.is_empty() {
+            let now = read(&admin, &target).await?;
+            for (key, wanted) in &expect {
+                let actual = now.get(key);
+                if actual != Some(wanted) {
+                    return Err(ActionFailure::permanent(format!(
+                        "broker {} ({}): {key} is {}, expected {wanted}",
+                        target.name,
+                        target.addr,
+                        actual.map_or("unset", String::as_str)
+                    )));
+                }
+            }
+            context.log.line(&format!("broker {}: as expected: {}", target.name, describe(&expect, &now)));
+            let checked: Map<String, Value> = expect.iter().map(|(key, value)| (key.clone(), json!(value))).collect();
+            output["expected"] = Value::Object(checked);
+        }
+
+        if let Some(key) = &key {
+            let value = before.get(key).ok_or_else(|| ActionFailure::permanent(format!("broker {} ({}) has no config key {key}", target.name, target.addr)))?;
+            output["key"] = json!(key);
+            output["value"] = json!(value);
+        }
+        if set.is_empty() && expect.is_empty() && key.is_none() {
+            output["config"] = json!(before);
+        }
+        Ok(output)
+    })
+    .await
+}
+
+/// The broker's config as it reports it now.
+pub async fn read(
+    admin: &Admin,
+    target: &BrokerRef,
+) -> Result<BTreeMap<String, String>, ActionFailure> {
+    let config = admin
+        .inner
+        .get_broker_config(target.addr())
+        .await
+        .map_err(|error| {
+            ActionFailure::retryable(format!(
+                "broker {} ({}) did not return its config: {error}",
+                target.name, target.addr
+            ))
+        })?;
+    Ok(config
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect())
+}
+
+fn table(input: &Input<'_>, field: &str) -> Result<BTreeMap<String, String>, ActionFailure> {
+    match input.get(field) {
+        None => Ok(BTreeMap::new()),
+        Some(Value::Object(map)) => map
+            .iter()
+            .map(|(key, value)| match value {
+                Value::String(text) => Ok((key.clone(), text.clone())),
+                Value::Number(number) => Ok((key.clone(), number.to_string())),
+                Value::Bool(flag) => Ok((key.clone(), flag.to_string())),
+                other => Err(input.bad(
+                    field,
+                    format!("{key}: must be a string, number or bool, not {other}"),
+                )),
+            })
+            .collect(),
+        Some(other) => Err(input.bad(
+            field,
+            format!("must be a table of key = value, not {other}"),
+        )),
+    }
+}
+
+fn describe(wanted: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> String {
+    wanted
+        .iter()
+        .map(|(key, value)| {
+            format!(
+                "{key}: {} -> {value}",
+                now.get(key).map_or("unset", String::as_str)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

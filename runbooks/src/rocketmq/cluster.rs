@@ -1,0 +1,150 @@
+//! `rocketmq.cluster`: the cluster members, asked of **every** NameServer separately.
+//!
+//! Input: `namesrv`, optional `cluster` (only its brokers), optional `broker` (report on that
+//! broker) and `expect` (`registered`: the broker must be registered on every NameServer;
+//! `absent`: on none — otherwise the step fails, naming where it is or is not).
+//!
+//! Output: `brokers` (`[{broker, cluster, id, addr, namesrvs}]`), `broker_names`, `masters`
+//! (`[{broker, cluster, addr}]`, for `for_each`), `by_namesrv` (`{addr: [broker names]}`),
+//! `observed_at_ms`, and with `broker`: `broker: {name, addr, registered_on, missing_on,
+//! registered_everywhere, absent_everywhere}`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use runbook_engine::action::{ActionContext, ActionFailure};
+use serde_json::{json, Value};
+
+use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
+
+pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.cluster", &input);
+    let namesrvs = input.namesrv()?;
+    let cluster = input.opt_string("cluster")?;
+    let broker = input.opt_string("broker")?;
+    let expect = input.opt_string("expect")?;
+    if let Some(expect) = &expect {
+        if !matches!(expect.as_str(), "registered" | "absent") {
+            return Err(input.bad(
+                "expect",
+                format!("{expect:?}: use \"registered\" or \"absent\""),
+            ));
+        }
+        if broker.is_none() {
+            return Err(input.bad("expect", "needs `broker`"));
+        }
+    }
+
+    // broker name → (cluster, id → addr, the NameServers that list it)
+    let mut seen: BTreeMap<String, (String, BTreeMap<u64, String>, Vec<String>)> = BTreeMap::new();
+    let mut by_namesrv = serde_json::Map::new();
+    let mut known_clusters = BTreeSet::new();
+    for namesrv in &namesrvs {
+        let info = with_admin(std::slice::from_ref(namesrv), |admin| async move {
+            admin.cluster_info().await
+        })
+        .await?;
+        let brokers = brokers_of(&info);
+        let mut names = Vec::new();
+        for (name, entry) in brokers {
+            known_clusters.insert(entry.cluster.clone());
+            if cluster
+                .as_ref()
+                .is_some_and(|wanted| *wanted != entry.cluster)
+            {
+                continue;
+            }
+            names.push(name.clone());
+            let slot = seen
+                .entry(name)
+                .or_insert_with(|| (entry.cluster.clone(), BTreeMap::new(), Vec::new()));
+            slot.1.extend(entry.addrs);
+            slot.2.push(namesrv.clone());
+        }
+        context.log.line(&format!(
+            "namesrv {namesrv}: {} broker(s): {}",
+            names.len(),
+            names_or_none(names.iter())
+        ));
+        by_namesrv.insert(namesrv.clone(), json!(names));
+    }
+    if let Some(wanted) = &cluster {
+        if !known_clusters.contains(wanted) {
+            return Err(ActionFailure::permanent(format!(
+                "cluster {wanted} is not known to namesrv {} (clusters: {})",
+                namesrvs.join(";"),
+                names_or_none(known_clusters.iter())
+            )));
+        }
+    }
+
+    let mut brokers = Vec::new();
+    let mut masters = Vec::new();
+    for (name, (cluster_name, addrs, on)) in &seen {
+        for (id, addr) in addrs {
+            brokers.push(json!({"broker": name, "cluster": cluster_name, "id": id, "addr": addr, "namesrvs": on}));
+        }
+        if let Some(addr) = addrs.get(&0) {
+            masters.push(json!({"broker": name, "cluster": cluster_name, "addr": addr}));
+        }
+    }
+    let mut output = json!({
+        "namesrv": namesrvs,
+        "brokers": brokers,
+        "broker_names": seen.keys().collect::<Vec<_>>(),
+        "masters": masters,
+        "by_namesrv": by_namesrv,
+        "observed_at_ms": now_ms(),
+    });
+
+    if let Some(name) = &broker {
+        let registered_on: Vec<String> = seen
+            .get(name)
+            .map(|(_, _, on)| on.clone())
+            .unwrap_or_default();
+        let missing_on: Vec<String> = namesrvs
+            .iter()
+            .filter(|namesrv| !registered_on.contains(namesrv))
+            .cloned()
+            .collect();
+        let addr = seen
+            .get(name)
+            .and_then(|(_, addrs, _)| addrs.get(&0).cloned());
+        let everywhere = missing_on.is_empty();
+        let absent = registered_on.is_empty();
+        context.log.line(&format!(
+            "broker {name}: registered on {} of {} namesrv(s){}",
+            registered_on.len(),
+            namesrvs.len(),
+            if missing_on.is_empty() {
+                String::new()
+            } else {
+                format!(", missing on {}", missing_on.join(", "))
+            }
+        ));
+        match expect.as_deref() {
+            Some("registered") if !everywhere => {
+                return Err(ActionFailure::permanent(format!(
+                    "broker {name} is not registered on namesrv {} (registered there: {})",
+                    missing_on.join(", "),
+                    names_or_none(seen.keys())
+                )))
+            }
+            Some("absent") if !absent => {
+                return Err(ActionFailure::permanent(format!(
+                    "broker {name} is still registered on namesrv {}",
+                    registered_on.join(", ")
+                )))
+            }
+            _ => {}
+        }
+        output["broker"] = json!({
+            "name": name,
+            "addr": addr,
+            "registered_on": registered_on,
+            "missing_on": missing_on,
+            "registered_everywhere": everywhere,
+            "absent_everywhere": absent,
+        });
+    }
+    Ok(output)
+}

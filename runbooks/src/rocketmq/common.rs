@@ -1,0 +1,435 @@
+//! What every `rocketmq.*` action shares: reading its input, the admin session, naming errors.
+//!
+//! # Contract
+//!
+//! - An input error is permanent (another attempt will not cure it) and names the field.
+//! - A network error is retryable and names the NameServer or broker that did not answer.
+//! - "Does not exist" (a broker, a topic) is permanent and names the thing and where it was
+//!   looked up, with what does exist.
+//! - Every admin session opened is closed on every path; a cancelled action (timeout, cancel,
+//!   rollback) stops at its next await.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cheetah_string::CheetahString;
+use rocketmq_admin_core::client_adapter::{ClientRuntime, ClientRuntimeConfig, TelemetryHandle};
+use rocketmq_client_rust::{DefaultMQAdminExt, RouteAdmin as _};
+use rocketmq_protocol::protocol::body::broker_body::cluster_info::ClusterInfo;
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture};
+use serde_json::Value;
+
+/// How long one request to a NameServer or broker may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The process-wide RocketMQ client runtime: its own small Tokio runtime owned by a
+/// [`RuntimeOwner`], as the rocketmq-rust client expects. Created on first use, never dropped
+/// (dropping a Tokio runtime from inside another one would panic).
+struct Shared {
+    _owner: RuntimeOwner,
+    client_runtime: Arc<ClientRuntime>,
+}
+
+static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+
+fn build_shared() -> Result<Shared, String> {
+    rocketmq_protocol::protocol::remoting_command_compat::initialize_remoting_defaults(
+        rocketmq_model::version::CURRENT_VERSION as i32,
+    )
+    .map_err(|error| format!("initializing the RocketMQ remoting defaults: {error}"))?;
+    let config = RuntimeConfig::for_parallelism("runbook-rocketmq", 2);
+    let owner = RuntimeOwner::plan(config)
+        .map_err(|error| format!("planning the RocketMQ client runtime: {error}"))?
+        .build()
+        .map_err(|error| format!("starting the RocketMQ client runtime: {error}"))?;
+    let client_runtime = ClientRuntime::try_new(
+        owner.root_context().component("client"),
+        ClientRuntimeConfig::default(),
+        TelemetryHandle::noop(),
+    )
+    .map_err(|error| format!("creating the RocketMQ client runtime: {error}"))?;
+    Ok(Shared {
+        _owner: owner,
+        client_runtime,
+    })
+}
+
+/// The shared client runtime (for the admin sessions here and for test producers/consumers).
+pub fn client_runtime() -> Result<Arc<ClientRuntime>, String> {
+    match SHARED.get_or_init(build_shared) {
+        Ok(shared) => Ok(Arc::clone(&shared.client_runtime)),
+        Err(message) => Err(message.clone()),
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock (outputs carry it as evidence of
+/// when the cluster was observed).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Wraps an async function as an [`Action`] that stops when the call is cancelled.
+pub struct FnAction<F>(pub F);
+
+impl<F, Fut> Action for FnAction<F>
+where
+    F: Fn(Value, ActionContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ActionFailure>> + Send + 'static,
+{
+    fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
+        let cancel = context.cancel.clone();
+        let work = (self.0)(input, context);
+        Box::pin(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => Err(ActionFailure::retryable("cancelled")),
+                result = work => result,
+            }
+        })
+    }
+}
+
+/// A step's input, read field by field with errors that name the action and the field.
+pub struct Input<'a> {
+    pub action: &'static str,
+    pub value: &'a Value,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(action: &'static str, value: &'a Value) -> Input<'a> {
+        Input { action, value }
+    }
+
+    pub fn bad(&self, field: &str, message: impl std::fmt::Display) -> ActionFailure {
+        ActionFailure::permanent(format!("{}: {field}: {message}", self.action))
+    }
+
+    pub fn get(&self, field: &str) -> Option<&'a Value> {
+        self.value.get(field).filter(|value| !value.is_null())
+    }
+
+    /// A required, non-blank string (numbers are accepted and written as text).
+    pub fn string(&self, field: &str) -> Result<String, ActionFailure> {
+        self.opt_string(field)?
+            .ok_or_else(|| self.bad(field, "is required"))
+    }
+
+    pub fn opt_string(&self, field: &str) -> Result<Option<String>, ActionFailure> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.trim().to_owned())),
+            Some(Value::Number(number)) => Ok(Some(number.to_string())),
+            Some(Value::Bool(flag)) => Ok(Some(flag.to_string())),
+            Some(other) => Err(self.bad(field, format!("must be a string, not {other}"))),
+        }
+    }
+
+    pub fn opt_i64(&self, field: &str) -> Result<Option<i64>, ActionFailure> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(number)) => number
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| self.bad(field, format!("{number} is not an integer"))),
+            Some(Value::String(text)) if text.trim().is_empty() => Ok(None),
+            Some(Value::String(text)) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| self.bad(field, format!("{text:?} is not an integer"))),
+            Some(other) => Err(self.bad(field, format!("must be an integer, not {other}"))),
+        }
+    }
+
+    pub fn opt_u32(&self, field: &str) -> Result<Option<u32>, ActionFailure> {
+        match self.opt_i64(field)? {
+            None => Ok(None),
+            Some(number) => u32::try_from(number)
+                .map(Some)
+                .map_err(|_| self.bad(field, format!("{number} is out of range"))),
+        }
+    }
+
+    pub fn bool_or(&self, field: &str, default: bool) -> Result<bool, ActionFailure> {
+        match self.get(field) {
+            None => Ok(default),
+            Some(Value::Bool(flag)) => Ok(*flag),
+            Some(Value::String(text)) => match text.trim() {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                other => Err(self.bad(field, format!("{other:?} is not true or false"))),
+            },
+            Some(other) => Err(self.bad(field, format!("must be true or false, not {other}"))),
+        }
+    }
+
+    pub fn opt_duration(&self, field: &str) -> Result<Option<Duration>, ActionFailure> {
+        match self.opt_string(field)? {
+            None => Ok(None),
+            Some(text) => runbook_engine::duration::parse(&text)
+                .map(Some)
+                .map_err(|message| self.bad(field, message)),
+        }
+    }
+
+    /// A list of strings: a JSON list, or one string separated by `;` or `,`.
+    pub fn string_list(&self, field: &str) -> Result<Vec<String>, ActionFailure> {
+        match self.get(field) {
+            None => Ok(Vec::new()),
+            Some(Value::String(text)) => Ok(split_list(text)),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(text.trim().to_owned()),
+                    other => Err(self.bad(field, format!("items must be strings, not {other}"))),
+                })
+                .filter(|item| !matches!(item, Ok(text) if text.is_empty()))
+                .collect(),
+            Some(other) => Err(self.bad(field, format!("must be a list of strings, not {other}"))),
+        }
+    }
+
+    /// The NameServer address list (`host:port;host:port`), at least one address.
+    pub fn namesrv(&self) -> Result<Vec<String>, ActionFailure> {
+        let addresses = self.string_list("namesrv")?;
+        if addresses.is_empty() {
+            return Err(self.bad("namesrv", "is required (host:port;host:port)"));
+        }
+        for address in &addresses {
+            let valid = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                return Err(self.bad("namesrv", format!("{address:?} is not host:port")));
+            }
+        }
+        Ok(addresses)
+    }
+}
+
+pub fn split_list(text: &str) -> Vec<String> {
+    text.split([';', ','])
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A started admin client bound to a NameServer list. Close it with [`Admin::close`].
+pub struct Admin {
+    pub inner: DefaultMQAdminExt,
+    /// The address list as given (for messages).
+    pub namesrv: String,
+}
+
+impl Admin {
+    pub async fn connect(namesrv: &[String]) -> Result<Admin, ActionFailure> {
+        let joined = namesrv.join(";");
+        let runtime = client_runtime().map_err(ActionFailure::permanent)?;
+        let mut inner = DefaultMQAdminExt::with_timeout(runtime, REQUEST_TIMEOUT);
+        inner.set_namesrv_addr(joined.as_str());
+        inner
+            .client_config_mut()
+            .set_instance_name(format!("runbook-{}-{}", std::process::id(), now_ms()).into());
+        inner.start().await.map_err(|error| {
+            ActionFailure::retryable(format!(
+                "starting an admin client for namesrv {joined}: {error}"
+            ))
+        })?;
+        Ok(Admin {
+            inner,
+            namesrv: joined,
+        })
+    }
+
+    pub async fn close(mut self) {
+        self.inner.shutdown().await;
+    }
+
+    /// The cluster as this NameServer list sees it.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ActionFailure> {
+        self.inner
+            .examine_broker_cluster_info()
+            .await
+            .map_err(|error| {
+                ActionFailure::retryable(format!(
+                    "namesrv {} did not answer the cluster query: {error}",
+                    self.namesrv
+                ))
+            })
+    }
+
+    /// Every registered broker group: name → (cluster, master address or None, all addresses).
+    pub async fn brokers(&self) -> Result<BTreeMap<String, BrokerEntry>, ActionFailure> {
+        let info = self.cluster_info().await?;
+        Ok(brokers_of(&info))
+    }
+
+    /// The master address of broker `name` (or `addr` when given directly).
+    pub async fn resolve_broker(
+        &self,
+        name: Option<&str>,
+        addr: Option<&str>,
+    ) -> Result<BrokerRef, ActionFailure> {
+        let brokers = self.brokers().await?;
+        if let Some(addr) = addr {
+            let found = brokers
+                .iter()
+                .find(|(_, entry)| entry.addrs.values().any(|known| known == addr));
+            return Ok(BrokerRef {
+                name: name
+                    .map(str::to_owned)
+                    .or_else(|| found.map(|(name, _)| name.clone()))
+                    .unwrap_or_else(|| addr.to_owned()),
+                addr: addr.to_owned(),
+            });
+        }
+        let Some(name) = name else {
+            return Err(ActionFailure::permanent(
+                "give `broker` (a broker name) or `broker_addr` (host:port)",
+            ));
+        };
+        match brokers.get(name) {
+            Some(entry) => match entry.master() {
+                Some(addr) => Ok(BrokerRef {
+                    name: name.to_owned(),
+                    addr: addr.to_owned(),
+                }),
+                None => Err(ActionFailure::retryable(format!(
+                    "broker {name} has no master (brokerId 0) registered on namesrv {}",
+                    self.namesrv
+                ))),
+            },
+            None => Err(ActionFailure::permanent(format!(
+                "broker {name} is not registered on namesrv {} (registered: {})",
+                self.namesrv,
+                names_or_none(brokers.keys())
+            ))),
+        }
+    }
+}
+
+/// One broker group as the NameServer registers it.
+#[derive(Debug, Clone)]
+pub struct BrokerEntry {
+    pub cluster: String,
+    /// brokerId → address.
+    pub addrs: BTreeMap<u64, String>,
+}
+
+impl BrokerEntry {
+    pub fn master(&self) -> Option<&str> {
+        self.addrs.get(&0).map(String::as_str)
+    }
+}
+
+/// A broker to talk to: its name and the address used.
+#[derive(Debug, Clone)]
+pub struct BrokerRef {
+    pub name: String,
+    pub addr: String,
+}
+
+impl BrokerRef {
+    pub fn addr(&self) -> CheetahString {
+        CheetahString::from(self.addr.as_str())
+    }
+}
+
+pub fn brokers_of(info: &ClusterInfo) -> BTreeMap<String, BrokerEntry> {
+    let mut brokers = BTreeMap::new();
+    if let Some(table) = &info.broker_addr_table {
+        for (name, data) in table {
+            let addrs = data
+                .broker_addrs()
+                .iter()
+                .map(|(id, addr)| (*id, addr.to_string()))
+                .collect();
+            brokers.insert(
+                name.to_string(),
+                BrokerEntry {
+                    cluster: data.cluster().to_owned(),
+                    addrs,
+                },
+            );
+        }
+    }
+    brokers
+}
+
+pub fn names_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = names.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Runs `work` with a connected admin client and closes it afterwards, whatever happened.
+pub async fn with_admin<T, F, Fut>(namesrv: &[String], work: F) -> Result<T, ActionFailure>
+where
+    F: FnOnce(Arc<Admin>) -> Fut,
+    Fut: Future<Output = Result<T, ActionFailure>>,
+{
+    let admin = Arc::new(Admin::connect(namesrv).await?);
+    let result = work(Arc::clone(&admin)).await;
+    if let Ok(admin) = Arc::try_unwrap(admin) {
+        admin.close().await;
+    }
+    result
+}
+
+/// Topics every broker creates for itself; never copied between brokers nor counted as
+/// "served" when deciding whether a broker can go.
+pub fn is_system_topic(topic: &str, broker_names: &[String], cluster_names: &[String]) -> bool {
+    const SYSTEM: &[&str] = &[
+        "TBW102",
+        "SCHEDULE_TOPIC_XXXX",
+        "BenchmarkTest",
+        "OFFSET_MOVED_EVENT",
+        "SELF_TEST_TOPIC",
+        "RMQ_SYS_TRANS_HALF_TOPIC",
+        "RMQ_SYS_TRANS_OP_HALF_TOPIC",
+        "RMQ_SYS_TRACE_TOPIC",
+        "TRANS_CHECK_MAX_TIME_TOPIC",
+        "DefaultHeartBeatSyncerTopic",
+    ];
+    SYSTEM.contains(&topic)
+        || topic.starts_with("rmq_sys_")
+        || topic.starts_with("RMQ_SYS_")
+        || topic.starts_with("%RETRY%")
+        || topic.starts_with("%DLQ%")
+        || topic.starts_with("%LMQ%")
+        || topic.ends_with("_REPLY_TOPIC")
+        || broker_names.iter().any(|name| name == topic)
+        || cluster_names.iter().any(|name| name == topic)
+}
+
+/// Consumer groups the brokers create for themselves.
+pub fn is_system_group(group: &str) -> bool {
+    const SYSTEM: &[&str] = &[
+        "TOOLS_CONSUMER",
+        "FILTERSRV_CONSUMER",
+        "__MONITOR_CONSUMER",
+        "CLIENT_INNER_PRODUCER",
+        "SELF_TEST_P_GROUP",
+        "SELF_TEST_C_GROUP",
+        "CID_ONS-HTTP-PROXY",
+        "CID_ONSAPI_PERMISSION",
+        "CID_ONSAPI_OWNER",
+        "CID_ONSAPI_PULL",
+        "CID_RMQ_SYS_TRANS",
+        "CID_SYS_RMQ_TRANS",
+    ];
+    SYSTEM.contains(&group)
+        || group.starts_with("CID_RMQ_SYS_")
+        || group.starts_with("rmq_sys_")
+        || group.starts_with("tools-")
+}

@@ -1,0 +1,444 @@
+//! Consumer actions: `rocketmq.consumer_progress`, `rocketmq.reset_offset`,
+//! `rocketmq.restore_offsets`.
+//!
+//! Progress is read per group, broker and queue, as `mqadmin consumerProgress` shows it, and
+//! includes the group's `%RETRY%` topic. A reset saves the offsets it replaces (the undo feeds them
+//! to `restore_offsets`) and reads the offsets back afterwards.
+
+use std::collections::BTreeMap;
+
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::{ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _};
+use rocketmq_model::message::MessageQueue;
+use runbook_engine::action::{ActionContext, ActionFailure};
+use serde_json::{json, Value};
+
+use super::common::{is_system_group, now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
+use super::topic::existing_route;
+
+/// One queue's progress for one group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueProgress {
+    pub topic: String,
+    pub broker: String,
+    pub queue_id: i32,
+    pub broker_offset: i64,
+    pub consumer_offset: i64,
+    pub last_timestamp_ms: i64,
+}
+
+impl QueueProgress {
+    pub fn diff(&self) -> i64 {
+        (self.broker_offset - self.consumer_offset).max(0)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "topic": self.topic,
+            "broker": self.broker,
+            "queue_id": self.queue_id,
+            "broker_offset": self.broker_offset,
+            "consumer_offset": self.consumer_offset,
+            "diff": self.diff(),
+            "last_timestamp_ms": self.last_timestamp_ms,
+        })
+    }
+}
+
+fn is_missing_group(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    lower.contains("offset table is empty")
+        || lower.contains("not found")
+        || lower.contains("not exist")
+        || lower.contains("no offset")
+        || lower.contains("consume stats")
+}
+
+/// The progress of `group` (on `topic` and its retry topic, or on everything it consumes).
+/// `Ok(None)` when the brokers hold no offsets for the group.
+pub async fn group_progress(
+    admin: &Admin,
+    group: &str,
+    topic: Option<&str>,
+) -> Result<Option<Vec<QueueProgress>>, ActionFailure> {
+    let topics: Vec<Option<String>> = match topic {
+        Some(topic) => vec![Some(topic.to_owned()), Some(format!("%RETRY%{group}"))],
+        None => vec![None],
+    };
+    let mut queues = Vec::new();
+    let mut found_any = false;
+    for (index, topic) in topics.iter().enumerate() {
+        let result = admin
+            .inner
+            .examine_consume_stats(
+                CheetahString::from(group),
+                topic.as_deref().map(CheetahString::from),
+                None,
+                None,
+                Some(REQUEST_TIMEOUT.as_millis() as u64),
+            )
+            .await;
+        match result {
+            Ok(stats) => {
+                found_any = true;
+                for (queue, offset) in &stats.offset_table {
+                    queues.push(QueueProgress {
+                        topic: queue.topic().to_string(),
+                        broker: queue.broker_name().to_string(),
+                        queue_id: queue.queue_id(),
+                        broker_offset: offset.get_broker_offset(),
+                        consumer_offset: offset.get_consumer_offset(),
+                        last_timestamp_ms: offset.get_last_timestamp(),
+                    });
+                }
+            }
+            // The retry topic exists only once a message was sent back.
+            Err(error) if index > 0 || is_missing_group(&error.to_string()) => {}
+            Err(error) => {
+                return Err(ActionFailure::retryable(format!(
+                    "consumer group {group}{}: the brokers did not return its progress: {error}",
+                    topic
+                        .as_ref()
+                        .map_or_else(String::new, |topic| format!(" on topic {topic}"))
+                )))
+            }
+        }
+    }
+    queues
+        .sort_by(|a, b| (&a.topic, &a.broker, a.queue_id).cmp(&(&b.topic, &b.broker, b.queue_id)));
+    Ok(found_any.then_some(queues))
+}
+
+/// Every user consumer group the masters hold.
+async fn all_groups(admin: &Admin) -> Result<Vec<String>, ActionFailure> {
+    let brokers = admin.brokers().await?;
+    let mut groups = std::collections::BTreeSet::new();
+    for (name, entry) in &brokers {
+        let Some(addr) = entry.master() else { continue };
+        let wrapper = admin
+            .inner
+            .get_all_subscription_group(
+                CheetahString::from(addr),
+                REQUEST_TIMEOUT.as_millis() as u64,
+            )
+            .await
+            .map_err(|error| {
+                ActionFailure::retryable(format!(
+                    "broker {name} ({addr}) did not return its subscription groups: {error}"
+                ))
+            })?;
+        groups.extend(
+            wrapper
+                .subscription_group_table
+                .keys()
+                .map(|group| group.to_string())
+                .filter(|group| !is_system_group(group)),
+        );
+    }
+    Ok(groups.into_iter().collect())
+}
+
+/// `rocketmq.consumer_progress`: input `namesrv`, and optionally `group` or `groups` (default:
+/// the groups consuming `topic`, or every user group), `topic`, `broker` (count only its
+/// queues), `queue_from` (count only queues with id ≥ this: the queues a shrink removes),
+/// `retention` + `since_ms` (report whether the retention has passed since then).
+///
+/// Output: `groups: [{group, diff_total, queues: [{topic, broker, queue_id, broker_offset,
+/// consumer_offset, diff, last_timestamp_ms}], note}]`, `diff_total`, `by_broker`
+/// (`{broker: diff}`), `drained` (diff_total == 0), and `retention_passed` when asked.
+pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.consumer_progress", &input);
+    let namesrv = input.namesrv()?;
+    let mut groups = input.string_list("groups")?;
+    if let Some(group) = input.opt_string("group")? {
+        groups.push(group);
+    }
+    let topic = input.opt_string("topic")?;
+    let broker = input.opt_string("broker")?;
+    let queue_from = input.opt_i64("queue_from")?;
+    let retention = input.opt_duration("retention")?;
+    let since_ms = input.opt_i64("since_ms")?;
+    if retention.is_some() != since_ms.is_some() {
+        return Err(input.bad(
+            "retention",
+            "give both `retention` and `since_ms`, or neither",
+        ));
+    }
+    with_admin(&namesrv, |admin| async move {
+        if let Some(topic) = &topic {
+            existing_route(&admin, topic).await?;
+        }
+        if let Some(broker) = &broker {
+            admin.resolve_broker(Some(broker), None).await?;
+        }
+        if groups.is_empty() {
+            groups = match &topic {
+                Some(topic) => {
+                    let list = admin
+                        .inner
+                        .query_topic_consume_by_who(CheetahString::from(topic.as_str()))
+                        .await
+                        .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not say which groups consume it: {error}")))?;
+                    let mut found: Vec<String> = list.group_list.iter().map(|group| group.to_string()).filter(|group| !is_system_group(group)).collect();
+                    found.sort();
+                    found
+                }
+                None => all_groups(&admin).await?,
+            };
+        }
+        let mut total = 0;
+        let mut by_broker: BTreeMap<String, i64> = BTreeMap::new();
+        let mut reports = Vec::new();
+        for group in &groups {
+            let progress = group_progress(&admin, group, topic.as_deref()).await?;
+            let note = progress.is_none().then_some("the brokers hold no offsets for this group");
+            let queues: Vec<QueueProgress> = progress
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|queue| broker.as_ref().is_none_or(|broker| &queue.broker == broker))
+                .filter(|queue| queue_from.is_none_or(|from| i64::from(queue.queue_id) >= from || queue.topic.starts_with("%RETRY%")))
+                .collect();
+            let group_total: i64 = queues.iter().map(QueueProgress::diff).sum();
+            for queue in &queues {
+                *by_broker.entry(queue.broker.clone()).or_default() += queue.diff();
+            }
+            total += group_total;
+            context.log.line(&format!("group {group}: diff {group_total} over {} queue(s){}", queues.len(), note.map_or_else(String::new, |note| format!(" ({note})"))));
+            reports.push(json!({"group": group, "diff_total": group_total, "queues": queues.iter().map(QueueProgress::to_json).collect::<Vec<_>>(), "note": note}));
+        }
+        let now = now_ms();
+        let mut output = json!({
+            "groups": reports,
+            "group_names": groups,
+            "diff_total": total,
+            "by_broker": by_broker,
+            "drained": total == 0,
+            "observed_at_ms": now,
+        });
+        if let (Some(retention), Some(since)) = (retention, since_ms) {
+            let passed = now - since >= retention.as_millis() as i64;
+            output["retention_passed"] = json!(passed);
+            if passed {
+                context.log.line("the retention has passed since the write queues were removed");
+            }
+        }
+        Ok(output)
+    })
+    .await
+}
+
+/// A point in time as operators write it: epoch milliseconds, RFC 3339, or `now`.
+fn parse_timestamp(input: &Input<'_>, field: &str) -> Result<i64, ActionFailure> {
+    if let Some(number) = input.get(field).and_then(Value::as_i64) {
+        return Ok(number);
+    }
+    let text = input.string(field)?;
+    if text == "now" {
+        return Ok(now_ms());
+    }
+    if let Ok(number) = text.parse::<i64>() {
+        return Ok(number);
+    }
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|instant| instant.timestamp_millis())
+        .map_err(|error| input.bad(field, format!("{text:?} is neither epoch milliseconds, an RFC 3339 instant nor \"now\": {error}")))
+}
+
+fn offsets_json(queues: &[QueueProgress], topic: &str) -> Vec<Value> {
+    queues
+        .iter()
+        .filter(|queue| queue.topic == topic)
+        .map(|queue| json!({"topic": queue.topic, "broker": queue.broker, "queue_id": queue.queue_id, "offset": queue.consumer_offset}))
+        .collect()
+}
+
+/// `rocketmq.reset_offset`: input `namesrv`, `group`, `topic`, `timestamp` (epoch ms, RFC 3339
+/// or `now`), `force` (true). Saves the current offsets (`previous`), resets the group's offsets
+/// on `topic` to the first message stored at or after `timestamp` (pushed to online consumers;
+/// written on the brokers when the group is offline), and reads them back (`current`).
+pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.reset_offset", &input);
+    let namesrv = input.namesrv()?;
+    let group = input.string("group")?;
+    let topic = input.string("topic")?;
+    let timestamp = parse_timestamp(&input, "timestamp")?;
+    let force = input.bool_or("force", true)?;
+    if timestamp < 0 {
+        return Err(input.bad("timestamp", "must not be before 1970"));
+    }
+    with_admin(&namesrv, |admin| async move {
+        existing_route(&admin, &topic).await?;
+        let before = group_progress(&admin, &group, Some(&topic)).await?.ok_or_else(|| {
+            ActionFailure::permanent(format!("consumer group {group} has no offsets on topic {topic}: there is nothing to reset (has it ever consumed?)"))
+        })?;
+        let previous = offsets_json(&before, &topic);
+        context.log.line(&format!("group {group} on topic {topic}: saved {} offset(s) before the reset", previous.len()));
+
+        let mut method = "broker_push";
+        let mut targets: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        match admin.inner.reset_offset_by_timestamp(None, CheetahString::from(topic.as_str()), CheetahString::from(group.as_str()), timestamp as u64, force).await {
+            Ok(table) => {
+                for (queue, offset) in table {
+                    targets.insert((queue.broker_name().to_string(), queue.queue_id()), offset as i64);
+                }
+            }
+            Err(error) if error.to_string().to_lowercase().contains("not online") || error.to_string().contains("206") => {
+                method = "offline_write";
+                context.log.line(&format!("group {group} is not online: writing the offsets on the brokers"));
+                let stats = admin
+                    .inner
+                    .reset_offset_by_timestamp_old(None, CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), timestamp as u64, force)
+                    .await
+                    .map_err(|error| ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}")))?;
+                for stat in stats {
+                    targets.insert((stat.broker_name.to_string(), stat.queue_id as i32), stat.rollback_offset);
+                }
+            }
+            Err(error) => return Err(ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}"))),
+        }
+        if targets.is_empty() {
+            return Err(ActionFailure::permanent(format!("resetting group {group} on topic {topic}: no broker reset any queue")));
+        }
+        let reset_to: Vec<Value> = targets
+            .iter()
+            .map(|((broker, queue_id), offset)| json!({"topic": topic, "broker": broker, "queue_id": queue_id, "offset": offset}))
+            .collect();
+        context.log.line(&format!("group {group} on topic {topic}: reset {} queue(s) ({method})", reset_to.len()));
+
+        let after = verify(&admin, &group, &topic, &targets, method == "broker_push").await?;
+        Ok(json!({
+            "group": group,
+            "topic": topic,
+            "timestamp_ms": timestamp,
+            "method": method,
+            "previous": previous,
+            "reset_to": reset_to,
+            "current": offsets_json(&after, &topic),
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}
+
+/// Reads the offsets back: each must be the target (or, with consumers online, may have moved on
+/// from it). Polls for a few seconds, since brokers apply a push asynchronously.
+async fn verify(
+    admin: &Admin,
+    group: &str,
+    topic: &str,
+    targets: &BTreeMap<(String, i32), i64>,
+    online: bool,
+) -> Result<Vec<QueueProgress>, ActionFailure> {
+    let mut last_problem = String::new();
+    for _ in 0..20 {
+        let after = group_progress(admin, group, Some(topic))
+            .await?
+            .unwrap_or_default();
+        let problem = targets.iter().find_map(|((broker, queue_id), wanted)| {
+            let found = after.iter().find(|queue| {
+                queue.topic == topic && &queue.broker == broker && queue.queue_id == *queue_id
+            });
+            match found {
+                Some(queue) if queue.consumer_offset == *wanted => None,
+                Some(queue)
+                    if online
+                        && queue.consumer_offset > *wanted
+                        && queue.consumer_offset <= queue.broker_offset =>
+                {
+                    None
+                }
+                Some(queue) => Some(format!(
+                    "broker {broker} queue {queue_id}: offset {} instead of {wanted}",
+                    queue.consumer_offset
+                )),
+                None => Some(format!(
+                    "broker {broker} queue {queue_id}: no offset reported"
+                )),
+            }
+        });
+        match problem {
+            None => return Ok(after),
+            Some(problem) => last_problem = problem,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    Err(ActionFailure::permanent(format!(
+        "group {group} on topic {topic}: the offsets read back do not match ({last_problem}); an online consumer may have overwritten them"
+    )))
+}
+
+/// `rocketmq.restore_offsets`: input `namesrv`, `group`, `offsets` (`[{topic, broker, queue_id,
+/// offset}]`, e.g. a reset's `previous`). Writes each offset on its broker (and pushes it to
+/// online consumers), then reads them back.
+pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.restore_offsets", &input);
+    let namesrv = input.namesrv()?;
+    let group = input.string("group")?;
+    let Some(Value::Array(entries)) = input.get("offsets") else {
+        return Err(input.bad(
+            "offsets",
+            "must be a list of {topic, broker, queue_id, offset}",
+        ));
+    };
+    let mut wanted: BTreeMap<String, BTreeMap<(String, i32), i64>> = BTreeMap::new();
+    for entry in entries {
+        let entry_input = Input::new("rocketmq.restore_offsets", entry);
+        let topic = entry_input.string("topic")?;
+        let broker = entry_input.string("broker")?;
+        let queue_id = entry_input
+            .opt_i64("queue_id")?
+            .ok_or_else(|| input.bad("offsets", "an entry has no queue_id"))?;
+        let offset = entry_input
+            .opt_i64("offset")?
+            .ok_or_else(|| input.bad("offsets", "an entry has no offset"))?;
+        let queue_id = i32::try_from(queue_id)
+            .map_err(|_| input.bad("offsets", format!("queue_id {queue_id} is out of range")))?;
+        if offset < 0 {
+            return Err(input.bad("offsets", format!("offset {offset} is negative")));
+        }
+        wanted
+            .entry(topic)
+            .or_default()
+            .insert((broker, queue_id), offset);
+    }
+    with_admin(&namesrv, |admin| async move {
+        let mut online = false;
+        for (topic, queues) in &wanted {
+            for ((broker, queue_id), offset) in queues {
+                let target = admin.resolve_broker(Some(broker), None).await?;
+                let queue = MessageQueue::from_parts(topic.as_str(), broker.as_str(), *queue_id);
+                admin
+                    .inner
+                    .update_consume_offset(target.addr(), CheetahString::from(group.as_str()), queue, *offset as u64)
+                    .await
+                    .map_err(|error| ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {error}")))?;
+                // Online consumers keep their own offsets: push the restored one to them too.
+                match admin
+                    .inner
+                    .reset_offset_by_queue_id(target.addr(), CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), *queue_id, *offset as u64)
+                    .await
+                {
+                    Ok(()) => online = true,
+                    Err(error) => context.log.line(&format!("broker {broker}: no online consumer took the offset of queue {queue_id} ({error})")),
+                }
+            }
+            context.log.line(&format!("group {group} on topic {topic}: restored {} offset(s)", queues.len()));
+        }
+        let mut current = Vec::new();
+        for (topic, queues) in &wanted {
+            let after = verify(&admin, &group, topic, queues, online).await?;
+            current.extend(offsets_json(&after, topic));
+        }
+        Ok(json!({"group": group, "restored": entries_json(&wanted), "current": current, "observed_at_ms": now_ms()}))
+    })
+    .await
+}
+
+fn entries_json(wanted: &BTreeMap<String, BTreeMap<(String, i32), i64>>) -> Vec<Value> {
+    wanted
+        .iter()
+        .flat_map(|(topic, queues)| {
+            queues.iter().map(move |((broker, queue_id), offset)| json!({"topic": topic, "broker": broker, "queue_id": queue_id, "offset": offset}))
+        })
+        .collect()
+}

@@ -1,0 +1,464 @@
+//! Topic actions: `rocketmq.topic_list`, `rocketmq.topic_route`, `rocketmq.topic_status`,
+//! `rocketmq.topic_upsert` and `rocketmq.broker_topics`.
+//!
+//! `topic_upsert` is read-modify-write: RocketMQ's `updateTopic` replaces the whole topic config,
+//! so every field not asked to change (perm, order, attributes, the other queue count) is read
+//! from the broker first and sent back unchanged; after the write, the config is read back from
+//! the broker and compared.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::TopicAdmin as _;
+use rocketmq_model::topic::TopicConfig;
+use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
+use runbook_engine::action::{ActionContext, ActionFailure};
+use serde_json::{json, Map, Value};
+
+use super::common::{
+    brokers_of, is_system_topic, names_or_none, now_ms, with_admin, Admin, BrokerRef, Input,
+    REQUEST_TIMEOUT,
+};
+
+const PERM_WRITE: u32 = 2;
+
+/// The route of `topic`, or `None` when the NameServers know no such topic.
+pub async fn route(admin: &Admin, topic: &str) -> Result<Option<TopicRouteData>, ActionFailure> {
+    match admin
+        .inner
+        .examine_topic_route_info(CheetahString::from(topic))
+        .await
+    {
+        Ok(route) => {
+            Ok(route
+                .filter(|route| !route.queue_datas.is_empty() || !route.broker_datas.is_empty()))
+        }
+        Err(error) => {
+            let text = error.to_string();
+            if text.to_lowercase().contains("not exist")
+                || text.contains("code=17")
+                || text.contains("TopicNotExist")
+            {
+                Ok(None)
+            } else {
+                Err(ActionFailure::retryable(format!(
+                    "namesrv {} did not return the route of topic {topic}: {text}",
+                    admin.namesrv
+                )))
+            }
+        }
+    }
+}
+
+/// The route of `topic`; a missing topic is a permanent error naming it.
+pub async fn existing_route(admin: &Admin, topic: &str) -> Result<TopicRouteData, ActionFailure> {
+    route(admin, topic).await?.ok_or_else(|| {
+        ActionFailure::permanent(format!(
+            "topic {topic} does not exist (no route on namesrv {})",
+            admin.namesrv
+        ))
+    })
+}
+
+/// Every topic config a broker holds.
+pub async fn broker_topic_configs(
+    admin: &Admin,
+    broker: &BrokerRef,
+) -> Result<HashMap<String, TopicConfig>, ActionFailure> {
+    let wrapper = admin
+        .inner
+        .get_all_topic_config(broker.addr(), REQUEST_TIMEOUT.as_millis() as u64)
+        .await
+        .map_err(|error| {
+            ActionFailure::retryable(format!(
+                "broker {} ({}) did not return its topic configs: {error}",
+                broker.name, broker.addr
+            ))
+        })?;
+    let table = wrapper.topic_config_table().cloned().unwrap_or_default();
+    Ok(table
+        .into_iter()
+        .map(|(name, config)| (name.to_string(), config))
+        .collect())
+}
+
+pub fn config_json(config: &TopicConfig) -> Value {
+    let attributes: BTreeMap<String, String> = config
+        .attributes
+        .iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect();
+    json!({
+        "read_queues": config.read_queue_nums,
+        "write_queues": config.write_queue_nums,
+        "perm": config.perm,
+        "order": config.order,
+        "attributes": attributes,
+    })
+}
+
+fn route_json(topic: &str, route: &TopicRouteData) -> Value {
+    let mut by_broker = Map::new();
+    let mut writable = Vec::new();
+    let (mut min_read, mut max_read, mut min_write, mut max_write) = (u32::MAX, 0, u32::MAX, 0);
+    for queue in &route.queue_datas {
+        let name = queue.broker_name().to_string();
+        let is_writable = queue.perm() & PERM_WRITE != 0 && queue.write_queue_nums() > 0;
+        if is_writable {
+            writable.push(name.clone());
+        }
+        min_read = min_read.min(queue.read_queue_nums());
+        max_read = max_read.max(queue.read_queue_nums());
+        min_write = min_write.min(queue.write_queue_nums());
+        max_write = max_write.max(queue.write_queue_nums());
+        by_broker.insert(
+            name,
+            json!({"read_queues": queue.read_queue_nums(), "write_queues": queue.write_queue_nums(), "perm": queue.perm(), "writable": is_writable}),
+        );
+    }
+    if route.queue_datas.is_empty() {
+        (min_read, min_write) = (0, 0);
+    }
+    let addrs: BTreeMap<String, Option<String>> = route
+        .broker_datas
+        .iter()
+        .map(|data| {
+            (
+                data.broker_name().to_string(),
+                data.broker_addrs().get(&0).map(|addr| addr.to_string()),
+            )
+        })
+        .collect();
+    writable.sort();
+    json!({
+        "topic": topic,
+        "broker_names": by_broker.keys().cloned().collect::<Vec<_>>(),
+        "writable_brokers": writable,
+        "by_broker": by_broker,
+        "addrs": addrs,
+        "min_read_queues": min_read,
+        "max_read_queues": max_read,
+        "min_write_queues": min_write,
+        "max_write_queues": max_write,
+        "order_conf": route.order_topic_conf.as_ref().map(|conf| conf.to_string()),
+        "observed_at_ms": now_ms(),
+    })
+}
+
+/// `rocketmq.topic_route`: input `namesrv`, `topic`. Output: `broker_names`, `writable_brokers`,
+/// `by_broker` (`{name: {read_queues, write_queues, perm, writable}}`), `addrs`,
+/// `min_/max_read_queues`, `min_/max_write_queues`. A topic that does not exist fails the step.
+pub async fn run_route(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_route", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    with_admin(&namesrv, |admin| async move {
+        let route = existing_route(&admin, &topic).await?;
+        let output = route_json(&topic, &route);
+        context
+            .log
+            .line(&format!("topic {topic}: {}", output["by_broker"]));
+        Ok(output)
+    })
+    .await
+}
+
+/// `rocketmq.topic_list`: input `namesrv`, optional `cluster`, `include_system` (false).
+/// Output: `topics` (sorted).
+pub async fn run_list(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_list", &input);
+    let namesrv = input.namesrv()?;
+    let cluster = input.opt_string("cluster")?;
+    let include_system = input.bool_or("include_system", false)?;
+    with_admin(&namesrv, |admin| async move {
+        let topics = user_topics(&admin, cluster.as_deref(), include_system).await?;
+        context.log.line(&format!("{} topic(s)", topics.len()));
+        Ok(json!({"topics": topics, "observed_at_ms": now_ms()}))
+    })
+    .await
+}
+
+/// The topics the NameServers know (without the brokers' own system topics unless asked).
+pub async fn user_topics(
+    admin: &Admin,
+    cluster: Option<&str>,
+    include_system: bool,
+) -> Result<Vec<String>, ActionFailure> {
+    let info = admin.cluster_info().await?;
+    let brokers = brokers_of(&info);
+    let broker_names: Vec<String> = brokers.keys().cloned().collect();
+    let cluster_names: Vec<String> = brokers
+        .values()
+        .map(|entry| entry.cluster.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let list = match cluster {
+        Some(cluster) => {
+            admin
+                .inner
+                .fetch_topics_by_cluster(CheetahString::from(cluster))
+                .await
+        }
+        None => admin.inner.fetch_all_topic_list().await,
+    }
+    .map_err(|error| {
+        ActionFailure::retryable(format!(
+            "namesrv {} did not list the topics: {error}",
+            admin.namesrv
+        ))
+    })?;
+    let mut topics: Vec<String> = list
+        .topic_list
+        .iter()
+        .map(|topic| topic.to_string())
+        .filter(|topic| include_system || !is_system_topic(topic, &broker_names, &cluster_names))
+        .collect();
+    topics.sort();
+    topics.dedup();
+    Ok(topics)
+}
+
+/// `rocketmq.topic_status`: input `namesrv`, `topic`. Output: `queues` (`[{broker, queue_id,
+/// min_offset, max_offset, messages, last_update_ms}]`), `total_messages`, `max_offset_total`.
+pub async fn run_status(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_status", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    with_admin(&namesrv, |admin| async move {
+        existing_route(&admin, &topic).await?;
+        let stats = admin
+            .inner
+            .examine_topic_stats(CheetahString::from(topic.as_str()), None)
+            .await
+            .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not return its stats: {error}")))?;
+        let mut queues: Vec<(String, i32, i64, i64, i64)> = stats
+            .get_offset_table()
+            .iter()
+            .map(|(queue, offset)| {
+                (queue.broker_name().to_string(), queue.queue_id(), offset.get_min_offset(), offset.get_max_offset(), offset.get_last_update_timestamp())
+            })
+            .collect();
+        queues.sort();
+        let total: i64 = queues.iter().map(|(_, _, min, max, _)| (max - min).max(0)).sum();
+        let max_total: i64 = queues.iter().map(|(_, _, _, max, _)| *max).sum();
+        context.log.line(&format!("topic {topic}: {} queue(s), {total} message(s) stored", queues.len()));
+        let queues: Vec<Value> = queues
+            .into_iter()
+            .map(|(broker, queue_id, min, max, last)| {
+                json!({"broker": broker, "queue_id": queue_id, "min_offset": min, "max_offset": max, "messages": (max - min).max(0), "last_update_ms": last})
+            })
+            .collect();
+        Ok(json!({"topic": topic, "queues": queues, "total_messages": total, "max_offset_total": max_total, "observed_at_ms": now_ms()}))
+    })
+    .await
+}
+
+/// `rocketmq.topic_upsert`: input `namesrv`, `topic`, and the fields to change: `read_queues`,
+/// `write_queues`, `perm`, `order`, `attributes` (a table). Targets: `brokers` (names) or
+/// `cluster` (its masters), else every broker the topic's route names. A new topic starts from
+/// 8 read / 8 write queues, perm 6. Output: `brokers: [{broker, addr, previous, current,
+/// changed}]` where `previous` is null for a broker that did not have the topic.
+pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_upsert", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let brokers = input.string_list("brokers")?;
+    let cluster = input.opt_string("cluster")?;
+    let read_queues = input.opt_u32("read_queues")?;
+    let write_queues = input.opt_u32("write_queues")?;
+    let perm = input.opt_u32("perm")?;
+    let order = match input.get("order") {
+        None => None,
+        Some(_) => Some(input.bool_or("order", false)?),
+    };
+    let attributes: Option<Map<String, Value>> = match input.get("attributes") {
+        None => None,
+        Some(Value::Object(map)) => Some(map.clone()),
+        Some(other) => return Err(input.bad("attributes", format!("must be a table, not {other}"))),
+    };
+    if let Some(perm) = perm {
+        if perm > 7 {
+            return Err(input.bad(
+                "perm",
+                format!("{perm} is not a permission (2 write, 4 read, 6 both)"),
+            ));
+        }
+    }
+    if read_queues == Some(0) || write_queues == Some(0) {
+        return Err(input.bad("read_queues/write_queues", "must be at least 1"));
+    }
+    with_admin(&namesrv, |admin| async move {
+        let registered = admin.brokers().await?;
+        let targets: Vec<String> = if !brokers.is_empty() {
+            brokers
+        } else if let Some(cluster) = &cluster {
+            let in_cluster: Vec<String> = registered.iter().filter(|(_, entry)| &entry.cluster == cluster).map(|(name, _)| name.clone()).collect();
+            if in_cluster.is_empty() {
+                return Err(ActionFailure::permanent(format!("cluster {cluster} has no broker registered on namesrv {}", admin.namesrv)));
+            }
+            in_cluster
+        } else {
+            match route(&admin, &topic).await? {
+                Some(route) => route.queue_datas.iter().map(|queue| queue.broker_name().to_string()).collect(),
+                None => {
+                    return Err(ActionFailure::permanent(format!(
+                        "topic {topic} does not exist (no route on namesrv {}); give `cluster` or `brokers` to create it",
+                        admin.namesrv
+                    )))
+                }
+            }
+        };
+        let mut results = Vec::new();
+        for name in &targets {
+            let target = admin.resolve_broker(Some(name), None).await?;
+            let configs = broker_topic_configs(&admin, &target).await?;
+            let previous = configs.get(&topic).cloned();
+            let mut wanted = previous.clone().unwrap_or_else(|| {
+                let mut fresh = TopicConfig::with_queues(topic.as_str(), 8, 8);
+                fresh.perm = 6;
+                fresh
+            });
+            wanted.topic_name = Some(CheetahString::from(topic.as_str()));
+            if let Some(read) = read_queues {
+                wanted.read_queue_nums = read;
+            }
+            if let Some(write) = write_queues {
+                wanted.write_queue_nums = write;
+            }
+            if let Some(perm) = perm {
+                wanted.perm = perm;
+            }
+            if let Some(order) = order {
+                wanted.order = order;
+            }
+            if let Some(attributes) = &attributes {
+                for (key, value) in attributes {
+                    let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
+                    wanted.attributes.insert(CheetahString::from(key.as_str()), CheetahString::from(value.as_str()));
+                }
+            }
+            if wanted.read_queue_nums < wanted.write_queue_nums {
+                return Err(ActionFailure::permanent(format!(
+                    "topic {topic} on broker {}: {} read queue(s) < {} write queue(s) would strand the messages written to the unread queues",
+                    target.name, wanted.read_queue_nums, wanted.write_queue_nums
+                )));
+            }
+            let same = previous.as_ref().is_some_and(|previous| config_json(previous) == config_json(&wanted));
+            if same {
+                context.log.line(&format!("topic {topic} on broker {}: already {}", target.name, config_json(&wanted)));
+            } else {
+                context.log.line(&format!(
+                    "topic {topic} on broker {}: {} -> {}",
+                    target.name,
+                    previous.as_ref().map_or_else(|| "absent".to_owned(), |previous| config_json(previous).to_string()),
+                    config_json(&wanted)
+                ));
+                admin
+                    .inner
+                    .create_and_update_topic_config(target.addr(), wanted.clone())
+                    .await
+                    .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused topic {topic}: {error}", target.name, target.addr)))?;
+            }
+            let after = broker_topic_configs(&admin, &target).await?;
+            let read_back = after
+                .get(&topic)
+                .ok_or_else(|| ActionFailure::permanent(format!("broker {} ({}) does not hold topic {topic} after the update", target.name, target.addr)))?;
+            if config_json(read_back) != config_json(&wanted) {
+                return Err(ActionFailure::permanent(format!(
+                    "broker {} ({}) holds topic {topic} as {} after writing {}",
+                    target.name,
+                    target.addr,
+                    config_json(read_back),
+                    config_json(&wanted)
+                )));
+            }
+            results.push(json!({
+                "broker": target.name,
+                "addr": target.addr,
+                "previous": previous.as_ref().map(config_json),
+                "current": config_json(read_back),
+                "changed": !same,
+            }));
+        }
+        Ok(json!({"topic": topic, "brokers": results, "observed_at_ms": now_ms()}))
+    })
+    .await
+}
+
+/// `rocketmq.broker_topics`: which user topics a broker serves, and whether another writable
+/// broker serves them too. Input: `namesrv`, `broker`, optional `like` (another broker: report
+/// the topics it serves that `broker` does not), optional `expect = "replaceable"` (fail when a
+/// topic is written only through `broker`). Output: `topics` (served by `broker`), `sole_writer`,
+/// `missing` (with `like`), `topic_count`.
+pub async fn run_broker_topics(
+    input: Value,
+    context: ActionContext,
+) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.broker_topics", &input);
+    let namesrv = input.namesrv()?;
+    let broker = input.string("broker")?;
+    let like = input.opt_string("like")?;
+    let expect = input.opt_string("expect")?;
+    if let Some(expect) = &expect {
+        if expect != "replaceable" {
+            return Err(input.bad(
+                "expect",
+                format!("{expect:?}: the only check is \"replaceable\""),
+            ));
+        }
+    }
+    with_admin(&namesrv, |admin| async move {
+        if let Some(like) = &like {
+            admin.resolve_broker(Some(like), None).await?;
+        }
+        let topics = user_topics(&admin, None, false).await?;
+        let mut served = Vec::new();
+        let mut sole_writer = Vec::new();
+        let mut missing = Vec::new();
+        for topic in &topics {
+            let Some(route) = route(&admin, topic).await? else { continue };
+            let names: BTreeSet<String> = route.queue_datas.iter().map(|queue| queue.broker_name().to_string()).collect();
+            let writers: BTreeSet<String> = route
+                .queue_datas
+                .iter()
+                .filter(|queue| queue.perm() & PERM_WRITE != 0 && queue.write_queue_nums() > 0)
+                .map(|queue| queue.broker_name().to_string())
+                .collect();
+            if names.contains(&broker) {
+                served.push(topic.clone());
+                if !writers.iter().any(|writer| writer != &broker) {
+                    sole_writer.push(topic.clone());
+                }
+            }
+            if let Some(like) = &like {
+                if names.contains(like) && !names.contains(&broker) {
+                    missing.push(topic.clone());
+                }
+            }
+        }
+        context.log.line(&format!(
+            "broker {broker} serves {} of {} topic(s): {}; written only through it: {}{}",
+            served.len(),
+            topics.len(),
+            names_or_none(served.iter()),
+            names_or_none(sole_writer.iter()),
+            like.as_ref().map_or_else(String::new, |like| format!("; on {like} but not on {broker}: {}", names_or_none(missing.iter())))
+        ));
+        if expect.is_some() && !sole_writer.is_empty() {
+            return Err(ActionFailure::permanent(format!(
+                "broker {broker} is the only writable broker of topic(s) {}: create them on another broker first",
+                sole_writer.join(", ")
+            )));
+        }
+        Ok(json!({
+            "broker": broker,
+            "topics": served,
+            "topic_count": served.len(),
+            "sole_writer": sole_writer,
+            "missing": missing,
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}

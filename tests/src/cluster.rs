@@ -1,0 +1,714 @@
+//! A real RocketMQ cluster on 127.0.0.1 for tests and for people: NameServers and brokers of the
+//! Rust implementation (`rocketmq-namesrv-rust`, `rocketmq-broker-rust` 1.0.0), each with its
+//! own temporary store dir and free ports, plus a producer and a push consumer that move real
+//! messages.
+//!
+//! # Contract
+//!
+//! - [`Cluster::start`] returns once every broker is registered on every NameServer.
+//! - Each broker has a Java-style `broker.conf` and `start.sh` / `stop.sh` scripts in its
+//!   directory; runbooks get them as `broker_config`, `start_command`, `stop_command`, so a
+//!   runbook restarts a broker exactly as a test does.
+//! - Everything started is stopped by pid when the [`Cluster`] is dropped (brokers by the pid
+//!   files their start scripts write), even when a test fails.
+//!
+//! The binaries are looked up in `$RUNBOOK_ROCKETMQ_BIN` (default
+//! `$HOME/.cache/runbook/rocketmq/bin`); [`INSTALL_HINT`] says how to get them.
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::{
+    ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQAdminExt, DefaultMQProducer,
+    DefaultMQPushConsumer, MQPushConsumer as _, MessageListenerConcurrently, RouteAdmin as _,
+    TopicAdmin as _,
+};
+use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
+use rocketmq_model::common::message::message_ext::MessageExt;
+use rocketmq_model::common::message::message_single::Message;
+use rocketmq_model::message::MessageQueue;
+use rocketmq_model::topic::TopicConfig;
+use runbook_runbooks::rocketmq::common::client_runtime;
+
+/// How to install the server binaries the harness runs.
+pub const INSTALL_HINT: &str =
+    "cargo install --locked --root \"$HOME/.cache/runbook/rocketmq\" --version 1.0.0 rocketmq-namesrv rocketmq-broker (about 11 minutes on 2 cores; .ci/run does it)";
+
+/// The directory holding `rocketmq-namesrv-rust` and `rocketmq-broker-rust`.
+pub fn bin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("RUNBOOK_ROCKETMQ_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
+            .join(".cache/runbook/rocketmq/bin"),
+    };
+    for binary in ["rocketmq-namesrv-rust", "rocketmq-broker-rust"] {
+        if !dir.join(binary).is_file() {
+            bail!("{} is missing: install the RocketMQ server binaries with\n  {INSTALL_HINT}\nor point RUNBOOK_ROCKETMQ_BIN at them", dir.join(binary).display());
+        }
+    }
+    Ok(dir)
+}
+
+/// A port such that `port`, `port - 2` (the broker's fast port) and `port + 1` (its HA port)
+/// are free now.
+fn free_broker_port() -> Result<u16> {
+    for _ in 0..200 {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        drop(listener);
+        if port < 1100 || port > 65000 {
+            continue;
+        }
+        if [port - 2, port + 1]
+            .iter()
+            .all(|other| TcpListener::bind(("127.0.0.1", *other)).is_ok())
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free port triple on 127.0.0.1")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// One NameServer process.
+pub struct NameServer {
+    pub addr: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// One broker (master, brokerId 0) and its files.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub name: String,
+    pub addr: String,
+    pub dir: PathBuf,
+    /// Its Java-style config file (what `broker_config` points at).
+    pub config: PathBuf,
+    pub commitlog: PathBuf,
+    pub pid_file: PathBuf,
+    pub log: PathBuf,
+}
+
+/// A running cluster; dropping it stops every process it started.
+pub struct Cluster {
+    pub name: String,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    pub namesrvs: Vec<NameServer>,
+    pub brokers: BTreeMap<String, Broker>,
+    bin: PathBuf,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Cluster {
+    /// Starts `namesrvs` NameServers and the named brokers (cluster `TestCluster`), in a new
+    /// temporary directory, and waits until every broker is registered everywhere.
+    pub fn start(namesrvs: usize, brokers: &[&str]) -> Result<Cluster> {
+        let temp = tempfile::Builder::new()
+            .prefix("runbook-rocketmq-")
+            .tempdir()?;
+        let dir = temp.path().to_owned();
+        Cluster::start_in(dir, Some(temp), namesrvs, brokers)
+    }
+
+    /// As [`Cluster::start`], in `dir` (kept afterwards: for people).
+    pub fn start_in(
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        namesrvs: usize,
+        brokers: &[&str],
+    ) -> Result<Cluster> {
+        let bin = bin_dir()?;
+        std::fs::create_dir_all(&dir)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let mut cluster = Cluster {
+            name: "TestCluster".to_owned(),
+            dir,
+            _temp: temp,
+            namesrvs: Vec::new(),
+            brokers: BTreeMap::new(),
+            bin,
+            runtime,
+        };
+        for _ in 0..namesrvs {
+            cluster.add_namesrv()?;
+        }
+        for name in brokers {
+            cluster.prepare_broker(name, None)?;
+        }
+        for name in brokers {
+            cluster.start_broker(name)?;
+        }
+        for name in brokers {
+            cluster.wait_registered(name, Duration::from_secs(60))?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts one more NameServer (not yet known to any broker).
+    pub fn add_namesrv(&mut self) -> Result<String> {
+        let index = self.namesrvs.len();
+        let port = free_port()?;
+        let home = self.dir.join(format!("namesrv-{index}"));
+        std::fs::create_dir_all(&home)?;
+        let log = home.join("namesrv.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(self.bin.join("rocketmq-namesrv-rust"))
+            .args([
+                "--listenPort",
+                &port.to_string(),
+                "--bindAddress",
+                "127.0.0.1",
+                "--log-filter",
+                &log_filter(),
+            ])
+            .arg("--rocketmqHome")
+            .arg(&home)
+            .env("ROCKETMQ_HOME", &home)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting rocketmq-namesrv-rust")?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut server = NameServer {
+            addr: addr.clone(),
+            child: Some(child),
+            log,
+        };
+        wait_listening(&addr, Duration::from_secs(30), &mut server)?;
+        self.namesrvs.push(server);
+        Ok(addr)
+    }
+
+    /// The NameServer address list, `a;b`.
+    pub fn namesrv(&self) -> String {
+        self.namesrvs
+            .iter()
+            .map(|server| server.addr.clone())
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+
+    pub fn broker(&self, name: &str) -> Result<&Broker> {
+        self.brokers
+            .get(name)
+            .ok_or_else(|| anyhow!("no broker {name} in this cluster"))
+    }
+
+    /// The stop command template for runbooks (`{{ broker }}` is filled by the runbook).
+    pub fn stop_command(&self) -> String {
+        format!("sh {}/{{{{ broker }}}}/stop.sh", self.dir.display())
+    }
+
+    /// The start command template for runbooks.
+    pub fn start_command(&self) -> String {
+        format!("sh {}/{{{{ broker }}}}/start.sh", self.dir.display())
+    }
+
+    /// The broker config path template for runbooks that loop over brokers.
+    pub fn config_template(&self) -> String {
+        format!("{}/{{{{ broker }}}}/broker.conf", self.dir.display())
+    }
+
+    /// Writes a broker's directory, config and scripts (registering with `namesrv`, default:
+    /// every NameServer of the cluster). Does not start it.
+    pub fn prepare_broker(&mut self, name: &str, namesrv: Option<&str>) -> Result<Broker> {
+        let port = free_broker_port()?;
+        let dir = self.dir.join(name);
+        let store = dir.join("store");
+        std::fs::create_dir_all(&store)?;
+        let config = dir.join("broker.conf");
+        let commitlog = store.join("commitlog");
+        let namesrv = namesrv.map_or_else(|| self.namesrv(), str::to_owned);
+        std::fs::write(
+            &config,
+            format!(
+                "brokerClusterName={cluster}\nbrokerName={name}\nbrokerId=0\nnamesrvAddr={namesrv}\nbrokerIP1=127.0.0.1\nlistenPort={port}\nhaListenPort={ha}\n\
+                 storePathRootDir={store}\nstorePathCommitLog={commitlog}\nmappedFileSizeCommitLog=1048576\nfileReservedTime=72\ndeleteWhen=04\n\
+                 brokerRole=ASYNC_MASTER\nflushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\n",
+                cluster = self.name,
+                ha = port + 1,
+                store = store.display(),
+                commitlog = commitlog.display(),
+            ),
+        )?;
+        let pid_file = dir.join("broker.pid");
+        let log = dir.join("broker.log");
+        // setsid: the broker outlives the shell (and the runbook step) that started it.
+        std::fs::write(
+            dir.join("start.sh"),
+            format!(
+                "#!/bin/sh\n# Starts broker {name} in the background unless it already runs.\nset -e\n\
+                 if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'broker {name} already runs'; exit 0; fi\n\
+                 cd '{dir}'\nROCKETMQ_HOME='{dir}' setsid '{bin}' -c '{config}' --log-filter '{filter}' >> '{log}' 2>&1 < /dev/null &\n\
+                 echo $! > '{pid}'\necho \"broker {name} started (pid $!)\"\n",
+                pid = pid_file.display(),
+                dir = dir.display(),
+                bin = self.bin.join("rocketmq-broker-rust").display(),
+                config = config.display(),
+                filter = log_filter(),
+                log = log.display(),
+            ),
+        )?;
+        std::fs::write(
+            dir.join("stop.sh"),
+            format!(
+                "#!/bin/sh\n# Stops broker {name} (SIGTERM, then SIGKILL after 20 s) and waits until it is gone.\n\
+                 [ -f '{pid}' ] || {{ echo 'broker {name} is not running'; exit 0; }}\npid=$(cat '{pid}')\n\
+                 kill -TERM \"$pid\" 2>/dev/null || {{ rm -f '{pid}'; echo 'broker {name} was not running'; exit 0; }}\n\
+                 i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -gt 200 ]; then kill -KILL \"$pid\"; fi; sleep 0.1; done\n\
+                 rm -f '{pid}'\necho \"broker {name} stopped (pid $pid)\"\n",
+                pid = pid_file.display(),
+            ),
+        )?;
+        let broker = Broker {
+            name: name.to_owned(),
+            addr: format!("127.0.0.1:{port}"),
+            dir,
+            config,
+            commitlog,
+            pid_file,
+            log,
+        };
+        self.brokers.insert(name.to_owned(), broker.clone());
+        Ok(broker)
+    }
+
+    /// Runs a broker's `start.sh`.
+    pub fn start_broker(&self, name: &str) -> Result<()> {
+        script(&self.broker(name)?.dir.join("start.sh"))
+    }
+
+    /// Runs a broker's `stop.sh` (returns once the process is gone).
+    pub fn stop_broker(&self, name: &str) -> Result<()> {
+        script(&self.broker(name)?.dir.join("stop.sh"))
+    }
+
+    /// Adds and starts a new broker, and waits until it is registered.
+    pub fn add_broker(&mut self, name: &str) -> Result<Broker> {
+        let broker = self.prepare_broker(name, None)?;
+        self.start_broker(name)?;
+        self.wait_registered(name, Duration::from_secs(60))?;
+        Ok(broker)
+    }
+
+    /// The broker names registered on one NameServer.
+    pub fn registered_on(&self, namesrv: &str) -> Result<Vec<String>> {
+        let name = namesrv.to_owned();
+        self.with_admin(namesrv, |admin| async move {
+            let info = admin
+                .examine_broker_cluster_info()
+                .await
+                .map_err(|error| anyhow!("namesrv {name}: {error}"))?;
+            let mut names: Vec<String> = info
+                .broker_addr_table
+                .unwrap_or_default()
+                .keys()
+                .map(|name| name.to_string())
+                .collect();
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    /// Waits until `name` is registered on every NameServer.
+    pub fn wait_registered(&self, name: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut missing = Vec::new();
+            for server in &self.namesrvs {
+                if !self
+                    .registered_on(&server.addr)
+                    .map(|names| names.iter().any(|known| known == name))
+                    .unwrap_or(false)
+                {
+                    missing.push(server.addr.clone());
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let log = self
+                    .broker(name)
+                    .map(|broker| tail(&broker.log))
+                    .unwrap_or_default();
+                bail!("broker {name} is not registered on namesrv {} after {timeout:?}; its log ends:\n{log}", missing.join(", "));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `work` with an admin client on `namesrv` (one address or a list).
+    pub fn with_admin<T, F, Fut>(&self, namesrv: &str, work: F) -> Result<T>
+    where
+        F: FnOnce(Arc<DefaultMQAdminExt>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut admin = DefaultMQAdminExt::with_timeout(runtime, Duration::from_secs(5));
+            admin.set_namesrv_addr(namesrv);
+            admin
+                .client_config_mut()
+                .set_instance_name(format!("harness-{}", next_id()).into());
+            admin
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting an admin client on {namesrv}: {error}"))?;
+            let admin = Arc::new(admin);
+            let result = work(Arc::clone(&admin)).await;
+            if let Ok(mut admin) = Arc::try_unwrap(admin) {
+                admin.shutdown().await;
+            }
+            result
+        })
+    }
+
+    /// Creates (or replaces) `topic` with `queues` read and write queues on the named brokers,
+    /// and waits until its route names them all.
+    pub fn create_topic(&self, topic: &str, brokers: &[&str], queues: u32) -> Result<()> {
+        let targets: Vec<(String, String)> = brokers
+            .iter()
+            .map(|name| {
+                self.broker(name)
+                    .map(|broker| (broker.name.clone(), broker.addr.clone()))
+            })
+            .collect::<Result<_>>()?;
+        let topic_owned = topic.to_owned();
+        self.with_admin(&self.namesrv(), |admin| async move {
+            for (name, addr) in &targets {
+                let mut config = TopicConfig::with_queues(topic_owned.as_str(), queues, queues);
+                config.perm = 6;
+                admin
+                    .create_and_update_topic_config(CheetahString::from(addr.as_str()), config)
+                    .await
+                    .map_err(|error| anyhow!("creating topic {topic_owned} on {name}: {error}"))?;
+            }
+            Ok(())
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let names = self.route_brokers(topic)?;
+            if brokers
+                .iter()
+                .all(|name| names.iter().any(|known| known == name))
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("topic {topic}: route names {names:?}, not all of {brokers:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The broker names in `topic`'s route (empty when it has none).
+    pub fn route_brokers(&self, topic: &str) -> Result<Vec<String>> {
+        let topic = topic.to_owned();
+        self.with_admin(&self.namesrv(), |admin| async move {
+            let route = admin
+                .examine_topic_route_info(CheetahString::from(topic.as_str()))
+                .await
+                .ok()
+                .flatten();
+            let mut names: Vec<String> = route
+                .map(|route| {
+                    route
+                        .queue_datas
+                        .iter()
+                        .map(|queue| queue.broker_name().to_string())
+                        .collect()
+                })
+                .unwrap_or_default();
+            names.sort();
+            Ok(names)
+        })
+    }
+
+    /// A started producer on this cluster.
+    pub fn producer(&self) -> Result<Producer> {
+        let namesrv = self.namesrv();
+        let producer = self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut producer = DefaultMQProducer::builder(runtime)
+                .producer_group(format!("test_producer_{}", next_id()))
+                .name_server_addr(namesrv)
+                .build();
+            producer
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting a producer: {error}"))?;
+            Ok::<_, anyhow::Error>(producer)
+        })?;
+        Ok(Producer {
+            producer: Some(producer),
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
+    /// A started push consumer of `topic` in `group`, counting what it receives.
+    pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer> {
+        let namesrv = self.namesrv();
+        let received = Arc::new(AtomicUsize::new(0));
+        let listener = Counter(Arc::clone(&received));
+        let consumer = self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut consumer = DefaultMQPushConsumer::builder(runtime)
+                .consumer_group(group.to_owned())
+                .name_server_addr(namesrv)
+                .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+                .build();
+            consumer
+                .subscribe(topic, "*")
+                .await
+                .map_err(|error| anyhow!("subscribing {group} to {topic}: {error}"))?;
+            consumer.register_message_listener_concurrently(listener);
+            consumer
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting consumer {group}: {error}"))?;
+            Ok::<_, anyhow::Error>(consumer)
+        })?;
+        Ok(Consumer {
+            consumer: Some(consumer),
+            received,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
+    /// Kills every process by pid (also done on drop).
+    pub fn stop_all(&mut self) {
+        for broker in self.brokers.values() {
+            if let Ok(text) = std::fs::read_to_string(&broker.pid_file) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    // SAFETY: signalling a pid this harness started (from its own pid file).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                let _ = std::fs::remove_file(&broker.pid_file);
+            }
+        }
+        for server in &mut self.namesrvs {
+            if let Some(mut child) = server.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Kills NameServer `index` (it stops answering).
+    pub fn kill_namesrv(&mut self, index: usize) {
+        if let Some(mut child) = self
+            .namesrvs
+            .get_mut(index)
+            .and_then(|server| server.child.take())
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The end of a NameServer's log (for failure messages).
+    pub fn namesrv_log(&self, index: usize) -> String {
+        self.namesrvs
+            .get(index)
+            .map(|server| tail(&server.log))
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+fn log_filter() -> String {
+    std::env::var("RUNBOOK_ROCKETMQ_LOG").unwrap_or_else(|_| "warn".to_owned())
+}
+
+fn next_id() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed) + std::process::id() as usize * 1000
+}
+
+fn script(path: &Path) -> Result<()> {
+    let output = Command::new("sh")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "{} failed ({}): {}",
+            path.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+fn wait_listening(addr: &str, timeout: Duration, server: &mut NameServer) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(addr).is_ok() {
+            return Ok(());
+        }
+        if let Some(child) = server.child.as_mut() {
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "namesrv {addr} exited during start-up ({status}); its log ends:\n{}",
+                    tail(&server.log)
+                );
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!(
+        "namesrv {addr} did not listen within {timeout:?}; its log ends:\n{}",
+        tail(&server.log)
+    )
+}
+
+struct Counter(Arc<AtomicUsize>);
+
+impl MessageListenerConcurrently for Counter {
+    fn consume_message(
+        &self,
+        messages: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> rocketmq_client_rust::ClientResult<ConsumeConcurrentlyStatus> {
+        self.0.fetch_add(messages.len(), Ordering::SeqCst);
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// A test producer.
+pub struct Producer {
+    producer: Option<DefaultMQProducer>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Producer {
+    fn inner(&self) -> Result<&DefaultMQProducer> {
+        self.producer
+            .as_ref()
+            .ok_or_else(|| anyhow!("the producer was shut down"))
+    }
+
+    /// Sends `count` messages to `topic` (round robin over its writable queues).
+    pub fn send(&self, topic: &str, count: usize) -> Result<()> {
+        let producer = self.inner()?;
+        self.runtime.block_on(async {
+            for index in 0..count {
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .body_slice(format!("message {index}").as_bytes())
+                    .build_unchecked();
+                producer
+                    .send_with_timeout(message, 5000)
+                    .await
+                    .map_err(|error| anyhow!("sending message {index} to {topic}: {error}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Sends one message to queue 0 of `topic` on `broker`; the broker's answer as an error text.
+    pub fn send_to_broker(&self, topic: &str, broker: &str) -> Result<(), String> {
+        let producer = self.inner().map_err(|error| error.to_string())?;
+        self.runtime.block_on(async {
+            let message = Message::builder()
+                .topic(topic)
+                .tags("test")
+                .body_slice(b"direct")
+                .build_unchecked();
+            producer
+                .send_to_queue_with_timeout(
+                    message,
+                    MessageQueue::from_parts(topic, broker, 0),
+                    5000,
+                )
+                .await
+                .map(|_| ())
+                .map_err(|error| error.to_string())
+        })
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some(mut producer) = self.producer.take() {
+            self.runtime
+                .block_on(async move { producer.shutdown().await });
+        }
+    }
+}
+
+/// A test push consumer.
+pub struct Consumer {
+    consumer: Option<DefaultMQPushConsumer>,
+    received: Arc<AtomicUsize>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Consumer {
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `count` messages arrived.
+    pub fn wait_received(&self, count: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.received() < count {
+            if Instant::now() > deadline {
+                bail!(
+                    "consumer received {} of {count} messages in {timeout:?}",
+                    self.received()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    /// Stops the consumer (it persists its offsets first).
+    pub fn shutdown(&mut self) {
+        if let Some(mut consumer) = self.consumer.take() {
+            self.runtime
+                .block_on(async move { consumer.shutdown().await });
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

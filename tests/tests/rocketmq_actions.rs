@@ -1,0 +1,190 @@
+//! The `rocketmq.*` actions against a real cluster (two brokers, one NameServer): what they
+//! read, that their changes are checked by reading back, and that a broker, topic or NameServer
+//! that does not exist stops the run in `needs_attention` with an error naming it.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use runbook_tests::cluster::Cluster;
+use runbook_tests::{step_of, Daemon};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(90);
+
+fn output<'a>(shown: &'a Value, step: &str) -> &'a Value {
+    &step_of(shown, step).unwrap_or_else(|| panic!("no step {step} in {shown}"))["output"]
+}
+
+#[test]
+fn actions_read_the_cluster_and_check_their_changes() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a", "broker-b"])?;
+    cluster.create_topic("OrdersTopic", &["broker-a", "broker-b"], 4)?;
+    let producer = cluster.producer()?;
+    producer.send("OrdersTopic", 40)?;
+    let consumer = cluster.consumer("orders_group", "OrdersTopic")?;
+    consumer.wait_received(40, LONG)?;
+
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "probe.toml",
+        r#"
+name = "probe"
+[params.namesrv]
+required = true
+[[steps]]
+id = "members"
+action = "rocketmq.cluster"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", expect = "registered" }
+[[steps]]
+id = "perm"
+action = "rocketmq.broker_config"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-b", key = "brokerPermission" }
+[[steps]]
+id = "readonly"
+action = "rocketmq.broker_config"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-b", set = { brokerPermission = "4" } }
+[[steps]]
+id = "writable"
+action = "rocketmq.broker_config"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-b", set = "{{ steps.readonly.output.previous }}" }
+[[steps]]
+id = "stats"
+action = "rocketmq.broker_stats"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", retention = "1h" }
+[[steps]]
+id = "topics"
+action = "rocketmq.topic_list"
+with = { namesrv = "{{ params.namesrv }}" }
+[[steps]]
+id = "route"
+action = "rocketmq.topic_route"
+with = { namesrv = "{{ params.namesrv }}", topic = "OrdersTopic" }
+[[steps]]
+id = "status"
+action = "rocketmq.topic_status"
+with = { namesrv = "{{ params.namesrv }}", topic = "OrdersTopic" }
+[[steps]]
+id = "lag"
+action = "rocketmq.consumer_progress"
+with = { namesrv = "{{ params.namesrv }}", group = "orders_group", topic = "OrdersTopic" }
+until = "output.diff_total == 0"
+every = "1s"
+timeout = "60s"
+[[steps]]
+id = "upsert"
+action = "rocketmq.topic_upsert"
+with = { namesrv = "{{ params.namesrv }}", topic = "OrdersTopic", read_queues = 6, write_queues = 6 }
+[[steps]]
+id = "served"
+action = "rocketmq.broker_topics"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", expect = "replaceable" }
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    let shown = daemon.wait_for(&run, LONG, |shown| {
+        shown["state"] != "running" && shown["state"] != "waiting"
+    })?;
+    assert_eq!(
+        shown["state"],
+        "succeeded",
+        "{}",
+        serde_json::to_string_pretty(&shown)?
+    );
+
+    assert_eq!(
+        output(&shown, "members")["broker"]["registered_everywhere"],
+        true
+    );
+    assert_eq!(
+        output(&shown, "members")["broker_names"],
+        serde_json::json!(["broker-a", "broker-b"])
+    );
+    assert_eq!(output(&shown, "perm")["value"], "6");
+    assert_eq!(
+        output(&shown, "readonly")["previous"]["brokerPermission"],
+        "6"
+    );
+    assert_eq!(
+        output(&shown, "readonly")["current"]["brokerPermission"],
+        "4"
+    );
+    assert_eq!(
+        output(&shown, "writable")["current"]["brokerPermission"],
+        "6"
+    );
+    assert_eq!(output(&shown, "stats")["has_messages"], true);
+    assert!(
+        output(&shown, "stats")["earliest_message_time_ms"]
+            .as_i64()
+            .is_some(),
+        "{}",
+        output(&shown, "stats")
+    );
+    assert_eq!(output(&shown, "stats")["retention_remaining"], "3600000ms");
+    assert_eq!(
+        output(&shown, "topics")["topics"],
+        serde_json::json!(["OrdersTopic"])
+    );
+    assert_eq!(
+        output(&shown, "route")["broker_names"],
+        serde_json::json!(["broker-a", "broker-b"])
+    );
+    assert_eq!(output(&shown, "route")["max_write_queues"], 4);
+    assert_eq!(output(&shown, "status")["total_messages"], 40);
+    assert_eq!(output(&shown, "lag")["diff_total"], 0);
+    let upserted = &output(&shown, "upsert")["brokers"][0];
+    assert_eq!(upserted["previous"]["write_queues"], 4);
+    assert_eq!(upserted["current"]["write_queues"], 6);
+    assert_eq!(upserted["current"]["perm"], 6);
+    assert_eq!(
+        output(&shown, "served")["topics"],
+        serde_json::json!(["OrdersTopic"])
+    );
+    Ok(())
+}
+
+#[test]
+fn a_missing_broker_topic_or_namesrv_stops_the_run_naming_it() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    let daemon = Daemon::start()?;
+    let namesrv = cluster.namesrv();
+    let cases = [
+        (
+            "no-broker",
+            r#"action = "rocketmq.broker_config"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-zz", set = { brokerPermission = "4" } }"#,
+            namesrv.clone(),
+            "broker broker-zz is not registered",
+        ),
+        (
+            "no-topic",
+            r#"action = "rocketmq.topic_route"
+with = { namesrv = "{{ params.namesrv }}", topic = "NoSuchTopic" }"#,
+            namesrv.clone(),
+            "topic NoSuchTopic does not exist",
+        ),
+        (
+            "no-namesrv",
+            r#"action = "rocketmq.cluster"
+with = { namesrv = "{{ params.namesrv }}" }
+retry = { max_attempts = 2, backoff = "100ms" }"#,
+            "127.0.0.1:1".to_owned(),
+            "127.0.0.1:1",
+        ),
+    ];
+    for (name, step, namesrv, expected) in cases {
+        let file = daemon.write_file(&format!("{name}.toml"), &format!("name = \"{name}\"\n[params.namesrv]\nrequired = true\n[[steps]]\nid = \"only\"\n{step}\n"))?;
+        let run = daemon.start_run(&file, &[("namesrv", &namesrv)])?;
+        let shown = daemon.wait_state(&run, "needs_attention", LONG)?;
+        let error = step_of(&shown, "only")
+            .map(|step| step["error"].to_string())
+            .unwrap_or_default();
+        assert!(
+            error.contains(expected),
+            "{name}: {error}\n{}",
+            serde_json::to_string_pretty(&shown)?
+        );
+        assert_eq!(shown["attention"]["step"], "only", "{name}");
+    }
+    Ok(())
+}
