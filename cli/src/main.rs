@@ -73,6 +73,9 @@ enum Command {
     /// Cron triggers that launch runbooks: add, ls, show, pause, resume, rm, trigger, backfill
     #[command(subcommand)]
     Schedule(commands::schedule::Command),
+    /// Check the store: every record's format and checksum
+    #[command(subcommand)]
+    Store(commands::store::Command),
     /// Start a daemon if needed and run the built-in `demo` runbook end to end
     Demo(commands::demo::Args),
     /// Internal: the supervisor of one `exec` command (started by the daemon)
@@ -127,6 +130,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Retry(args) => commands::retry::run(&ctx, args).await,
         Command::Skip(args) => commands::skip::run(&ctx, args).await,
         Command::Schedule(command) => commands::schedule::run(&ctx, command).await,
+        Command::Store(command) => commands::store::run(&ctx, command).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
         Command::Shim(args) => commands::shim::run(&args),
     }

@@ -62,8 +62,13 @@ pub async fn run(
     })?;
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store = SledStore::open(&data_dir.join("store"))?;
-    let writer = Writer::start(Arc::new(store));
+    let store_dir = data_dir.join("store");
+    let store = SledStore::open(&store_dir)?;
+    let reopen: crate::store::Reopen =
+        Arc::new(
+            move || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn crate::store::Store>),
+        );
+    let writer = Writer::start(Arc::new(store), Some(reopen));
     let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
     let engine = Engine::open(writer, Arc::new(SystemClock), catalog.clone(), &data_dir)?;
 
@@ -84,6 +89,7 @@ pub async fn run(
         .map_err(|error| Error::Io(format!("cannot restrict {}: {error}", socket.display())))?;
 
     engine.recover().await;
+    tokio::spawn(engine.clone().reload_on_reopen());
     let stop_timers = CancellationToken::new();
     let timers = tokio::spawn(runtime::run_timers(engine.clone(), stop_timers.clone()));
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
@@ -110,6 +116,17 @@ pub async fn run(
     engine.writer().store().sync()?;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// Checks every record of the store in `data_dir` while no daemon runs on it; returns the
+/// problems found (empty: all good).
+pub fn verify_offline(data_dir: &Path) -> Result<Vec<String>, Error> {
+    if !data_dir.join("store").exists() {
+        return Err(Error::Io(format!("no store in {}", data_dir.display())));
+    }
+    let _lock = lock_data_dir(data_dir)?;
+    let store = SledStore::open(&data_dir.join("store"))?;
+    Ok(crate::store::Store::verify(&store)?)
 }
 
 /// Takes the data dir's exclusive lock, or names the pid that holds it.

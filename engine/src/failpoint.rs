@@ -1,15 +1,16 @@
 //! Named crash points for crash tests.
 //!
-//! Built with the `failpoints` feature, [`hit`] kills the process with SIGKILL (as `kill -9`
-//! would) when the environment variable `RUNBOOK_FAILPOINT` names the point; with
-//! `RUNBOOK_FAILPOINT_SKIP=N` the first N passes are let through. Without the feature every
-//! call compiles to nothing.
+//! [`hit`] kills the process with SIGKILL (as `kill -9` would) when the environment variable
+//! `RUNBOOK_FAILPOINT` names the point; with `RUNBOOK_FAILPOINT_SKIP=N` the first N passes are
+//! let through. Unset (always, outside crash tests), a hit is one read of a `OnceLock`.
+//!
+//! They are compiled into every build, not behind a cargo feature: a feature would make the
+//! binary that the end-to-end tests run depend on which package cargo built last.
 //!
 //! Points: `BeforeCommit`, `AfterCommitBeforeFlush`, `BeforeFlush`, `AfterFlushBeforeFsync`
 //! (store writer), `AfterFlushBeforeEffect`, `AfterEffectBeforeRecord` (runtime), `TimerFire`
 //! (timer service).
 
-#[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -34,7 +35,3 @@ pub fn hit(name: &str) {
         }
     }
 }
-
-#[cfg(not(feature = "failpoints"))]
-#[inline(always)]
-pub fn hit(_name: &str) {}

@@ -12,7 +12,33 @@ use runbook_engine::action::Registry;
 use runbook_engine::catalog::Source;
 
 /// The embedded catalogue, as `(file name, text)`.
-const CATALOG: &[(&str, &str)] = &[("demo.toml", include_str!("../catalog/demo.toml"))];
+const CATALOG: &[(&str, &str)] = &[
+    ("demo.toml", include_str!("../catalog/demo.toml")),
+    (
+        "rocketmq.broker.decommission.toml",
+        include_str!("../catalog/rocketmq.broker.decommission.toml"),
+    ),
+    (
+        "rocketmq.broker.scale_out.toml",
+        include_str!("../catalog/rocketmq.broker.scale_out.toml"),
+    ),
+    (
+        "rocketmq.topic.expand_queues.toml",
+        include_str!("../catalog/rocketmq.topic.expand_queues.toml"),
+    ),
+    (
+        "rocketmq.topic.shrink_queues.toml",
+        include_str!("../catalog/rocketmq.topic.shrink_queues.toml"),
+    ),
+    (
+        "rocketmq.consumer.reset_offset.toml",
+        include_str!("../catalog/rocketmq.consumer.reset_offset.toml"),
+    ),
+    (
+        "rocketmq.namesrv.migrate.toml",
+        include_str!("../catalog/rocketmq.namesrv.migrate.toml"),
+    ),
+];
 
 /// The built-in runbooks.
 pub fn builtin() -> Vec<Source> {

@@ -26,9 +26,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
-    ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQAdminExt, DefaultMQProducer,
-    DefaultMQPushConsumer, MQPushConsumer as _, MessageListenerConcurrently, RouteAdmin as _,
-    TopicAdmin as _,
+    BrokerAdmin as _, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQAdminExt,
+    DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer as _, MessageListenerConcurrently,
+    RouteAdmin as _, TopicAdmin as _,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
@@ -63,7 +63,7 @@ fn free_broker_port() -> Result<u16> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         drop(listener);
-        if port < 1100 || port > 65000 {
+        if !(1100..=65000).contains(&port) {
             continue;
         }
         if [port - 2, port + 1]
@@ -323,6 +323,22 @@ impl Cluster {
                 .collect();
             names.sort();
             Ok(names)
+        })
+    }
+
+    /// A broker's runtime config value, read from the broker itself.
+    pub fn broker_config(&self, name: &str, key: &str) -> Result<Option<String>> {
+        let addr = self.broker(name)?.addr.clone();
+        let key = key.to_owned();
+        let broker = name.to_owned();
+        self.with_admin(&self.namesrv(), |admin| async move {
+            let config = admin
+                .get_broker_config(CheetahString::from(addr.as_str()))
+                .await
+                .map_err(|error| anyhow!("broker {broker}: {error}"))?;
+            Ok(config
+                .get(&CheetahString::from(key.as_str()))
+                .map(|value| value.to_string()))
         })
     }
 
@@ -657,7 +673,7 @@ impl Producer {
                 )
                 .await
                 .map(|_| ())
-                .map_err(|error| error.to_string())
+                .map_err(|error| runbook_runbooks::rocketmq::common::explain(&error))
         })
     }
 }

@@ -314,6 +314,8 @@ pub struct Proc {
     pub pid: i32,
     pub ppid: i32,
     pub pgrp: i32,
+    /// The session id (a shim leads its own session; its command and descendants are in it).
+    pub session: i32,
     /// `R`, `S`, `D`, ... or `Z` for a zombie (ended, not yet reaped).
     pub state: char,
     pub cmdline: Vec<String>,
@@ -332,6 +334,7 @@ impl Proc {
             state: fields.first()?.chars().next()?,
             ppid: fields.get(1)?.parse().ok()?,
             pgrp: fields.get(2)?.parse().ok()?,
+            session: fields.get(3)?.parse().ok()?,
             cmdline: cmdline
                 .split(|byte| *byte == 0)
                 .filter(|arg| !arg.is_empty())
@@ -432,6 +435,29 @@ pub fn spawn_with_pid(pid: i32, argv: &[&str]) -> Result<Child> {
 }
 
 impl Daemon {
+    /// What a host crash does to a daemon: `kill -9` of the daemon, then of its shims (before
+    /// they can record anything), then of the commands in their sessions. A restarted daemon
+    /// finds neither a live shim nor an exit status, as after a reboot, so a step that was
+    /// running is `interrupted`. (A plain [`Daemon::kill9`] leaves the shims running, and the
+    /// restarted daemon re-attaches to them.)
+    pub fn crash_host(&mut self) {
+        self.kill9();
+        let shims = self.shims();
+        for shim in &shims {
+            // SAFETY: kill(2) of a shim this test's daemon started.
+            unsafe { libc::kill(shim.pid, libc::SIGKILL) };
+        }
+        for shim in &shims {
+            for process in processes()
+                .into_iter()
+                .filter(|process| process.session == shim.pid)
+            {
+                // SAFETY: kill(2) of a command this test's daemon started.
+                unsafe { libc::kill(process.pid, libc::SIGKILL) };
+            }
+        }
+    }
+
     /// The live (not zombie) `runbook shim` processes working for this data dir.
     pub fn shims(&self) -> Vec<Proc> {
         let data_dir = self.data_dir.display().to_string();
@@ -596,4 +622,203 @@ pub fn keygen(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+impl Daemon {
+    /// Has the daemon process exited (by itself, e.g. at a failpoint)? Reaps it if so.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | Some(Err(_)) => {
+                self.child = None;
+                true
+            }
+            Some(Ok(None)) => false,
+            None => true,
+        }
+    }
+
+    /// Replaces the environment given to the daemon at its next (re)start.
+    pub fn set_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.to_string()))
+            .collect();
+    }
+
+    /// Starts the daemon on an existing data dir (not removed on drop).
+    pub fn start_on(data_dir: &Path) -> Result<Daemon> {
+        let mut daemon = Daemon {
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+            child: None,
+            extra_args: Vec::new(),
+            env: Vec::new(),
+        };
+        daemon.restart()?;
+        Ok(daemon)
+    }
+}
+
+// ----- raw HTTP/1.1 over the daemon's Unix socket (journal reads, hostile requests) -------------
+
+/// A response as read off the socket.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Result<Value> {
+        serde_json::from_slice(&self.body).with_context(|| {
+            format!(
+                "HTTP {} body is not JSON: {:?}",
+                self.status,
+                String::from_utf8_lossy(&self.body[..self.body.len().min(300)])
+            )
+        })
+    }
+
+    /// The body, shortened for messages.
+    pub fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        match text.char_indices().nth(400) {
+            Some((cut, _)) => format!("{}…", &text[..cut]),
+            None => text.into_owned(),
+        }
+    }
+}
+
+/// Sends `request` (the raw bytes of one HTTP/1.1 request, which should say `Connection: close`)
+/// on a new connection to `socket` and reads the response until the daemon closes it. The
+/// request is written by another thread, so a daemon that answers before reading all of a large
+/// body (and then closes) cannot deadlock the caller.
+pub fn http_raw(socket: &Path, request: Vec<u8>) -> Result<HttpResponse> {
+    use std::io::{Read, Write};
+    let stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut writing = stream.try_clone()?;
+    // A write error (EPIPE) only means the daemon stopped reading; its answer is what counts.
+    let writer = std::thread::spawn(move || writing.write_all(&request));
+    let mut raw = Vec::new();
+    let read = (&stream).read_to_end(&mut raw);
+    let _ = writer.join();
+    if let Err(error) = read {
+        if raw.is_empty() {
+            return Err(error).context("reading the response");
+        }
+    }
+    parse_http_response(&raw)
+}
+
+/// `method path` with an optional JSON (or any) body, on a new connection.
+pub fn http(socket: &Path, method: &str, path: &str, body: Option<&[u8]>) -> Result<HttpResponse> {
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body.unwrap_or_default());
+    http_raw(socket, request)
+}
+
+fn parse_http_response(raw: &[u8]) -> Result<HttpResponse> {
+    let head_end = raw
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .ok_or_else(|| {
+            anyhow!(
+                "no complete HTTP head in {:?}",
+                String::from_utf8_lossy(raw)
+            )
+        })?;
+    let head = String::from_utf8_lossy(&raw[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(key, value)| (key.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    let mut body = raw[head_end + 4..].to_vec();
+    let chunked = headers
+        .iter()
+        .any(|(key, value)| key == "transfer-encoding" && value.eq_ignore_ascii_case("chunked"));
+    if chunked {
+        body = dechunk(&body)?;
+    }
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut data: &[u8]) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|window| window == b"\r\n")
+            .ok_or_else(|| anyhow!("truncated chunk size"))?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(body);
+        }
+        if data.len() < size + 2 {
+            bail!("truncated chunk");
+        }
+        body.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+impl Daemon {
+    /// The daemon's API socket.
+    pub fn socket(&self) -> PathBuf {
+        self.data_dir.join("runbook.sock")
+    }
+
+    /// One API request over the socket.
+    pub fn api(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<HttpResponse> {
+        http(&self.socket(), method, path, body)
+    }
+
+    /// The journal of a run, `GET /v1/runs/{id}/events` (there is no CLI verb for it).
+    pub fn events(&self, run: &str) -> Result<Vec<Value>> {
+        let response = self.api("GET", &format!("/v1/runs/{run}/events"), None)?;
+        if response.status != 200 {
+            bail!(
+                "GET /v1/runs/{run}/events: HTTP {}: {}",
+                response.status,
+                response.text()
+            );
+        }
+        match response.json()?.get_mut("events").map(Value::take) {
+            Some(Value::Array(events)) => Ok(events),
+            other => bail!("no events list in the answer: {other:?}"),
+        }
+    }
 }

@@ -7,6 +7,7 @@
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -30,9 +31,15 @@ fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> 
     Ok(())
 }
 
-/// The command's identity the shim recorded in the call dir: its pid, also its process group.
+/// The command's pid, also its process group, as the shim records it in the call dir (once the
+/// command runs: the command may print before the shim has written it).
 fn command_pgid(call_dir: &Path) -> Result<i32> {
     let path = call_dir.join("child.json");
+    eventually(
+        &format!("{}", path.display()),
+        Duration::from_secs(10),
+        || path.exists(),
+    )?;
     let child: Value = serde_json::from_slice(
         &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
     )?;
@@ -79,6 +86,31 @@ action = "noop"
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    let followed = Arc::new(Mutex::new(String::new()));
+    let mut follower_stdout = follower.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let reader = {
+        let followed = followed.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(read @ 1..) = follower_stdout.read(&mut buffer) {
+                let text = String::from_utf8_lossy(&buffer[..read]).into_owned();
+                followed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push_str(&text);
+            }
+        })
+    };
+    let printed = || {
+        followed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    };
+    // Only once it follows: `logs` looks the run up once before it starts to be patient.
+    eventually("`runbook logs -f` to print the first line", LONG, || {
+        printed().contains("before")
+    })?;
 
     daemon.kill9();
     assert_eq!(daemon.shims().len(), 1, "the shim must outlive the daemon");
@@ -103,12 +135,8 @@ action = "noop"
     eventually("`runbook logs -f` to end", Duration::from_secs(20), || {
         matches!(follower.try_wait(), Ok(Some(_)))
     })?;
-    let mut followed = String::new();
-    follower
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout"))?
-        .read_to_string(&mut followed)?;
+    let _ = reader.join();
+    let followed = printed();
     let mut complaints = String::new();
     follower
         .stderr
@@ -419,5 +447,48 @@ env = {{ GREETING = "hello there" }}
         error.contains(&sshd.host) && error.contains("Permission denied"),
         "error: {error}"
     );
+    Ok(())
+}
+
+#[test]
+fn after_a_host_crash_a_running_step_is_interrupted_and_retry_runs_it_again() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let marker = daemon.path("marker");
+    let file = daemon.write_file(
+        "crash.toml",
+        &format!(
+            r#"
+name = "crash"
+[[steps]]
+id = "slow"
+action = "exec"
+with = {{ command = "echo started >> {marker}; sleep 2" }}
+"#
+        ),
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    eventually("the command to start", LONG, || lines(&marker).len() == 1)?;
+    daemon.crash_host();
+    daemon.restart()?;
+    let shown = daemon.wait_state(&run, "needs_attention", LONG)?;
+    assert_eq!(shown["reason"], "interrupted");
+    let log = daemon.step_log(&run, "slow");
+    assert!(
+        log.contains("outcome is unknown"),
+        "the step log says why: {log}"
+    );
+    assert_eq!(
+        lines(&marker).len(),
+        1,
+        "an interrupted step is not re-run by itself"
+    );
+    let retried = daemon.cli(&["retry", &run, "slow"])?;
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
+    daemon.wait_state(&run, "succeeded", LONG)?;
+    assert_eq!(lines(&marker).len(), 2);
     Ok(())
 }

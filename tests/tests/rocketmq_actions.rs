@@ -31,6 +31,8 @@ fn actions_read_the_cluster_and_check_their_changes() -> Result<()> {
 name = "probe"
 [params.namesrv]
 required = true
+[params.commitlog]
+required = true
 [[steps]]
 id = "members"
 action = "rocketmq.cluster"
@@ -75,12 +77,20 @@ id = "upsert"
 action = "rocketmq.topic_upsert"
 with = { namesrv = "{{ params.namesrv }}", topic = "OrdersTopic", read_queues = 6, write_queues = 6 }
 [[steps]]
+id = "md5"
+action = "rocketmq.commitlog_md5"
+with = { dir = "{{ params.commitlog }}", count = 2 }
+[[steps]]
 id = "served"
 action = "rocketmq.broker_topics"
 with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", expect = "replaceable" }
 "#,
     )?;
-    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    let commitlog = cluster.broker("broker-a")?.commitlog.display().to_string();
+    let run = daemon.start_run(
+        &file,
+        &[("namesrv", &cluster.namesrv()), ("commitlog", &commitlog)],
+    )?;
     let shown = daemon.wait_for(&run, LONG, |shown| {
         shown["state"] != "running" && shown["state"] != "waiting"
     })?;

@@ -24,6 +24,7 @@ pub mod shim;
 pub mod show;
 pub mod skip;
 pub mod start;
+pub mod store;
 pub mod validate;
 pub mod watch;
 

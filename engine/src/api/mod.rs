@@ -71,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/schedules/{name}/backfill", post(backfill_schedule))
         .route("/v1/schedules/{name}/{verb}", post(schedule_verb))
+        .route("/v1/store/verify", get(verify_store))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -499,6 +500,11 @@ async fn backfill_schedule(
         .backfill_schedule(&name, request.from, request.to, request.dry_run)
         .await?;
     ok(json!({ "instants": instants, "firings": firings, "dry_run": request.dry_run }))
+}
+
+async fn verify_store(State(app): State<AppState>) -> ApiResult {
+    let problems = app.engine.writer().store().verify().map_err(Error::from)?;
+    ok(json!({ "ok": problems.is_empty(), "problems": problems }))
 }
 
 // ----- metrics ----------------------------------------------------------------------------------

@@ -222,12 +222,80 @@ impl Engine {
                     .collect(),
                 _ => Vec::new(),
             };
-            for (call, note) in in_flight {
+            let running_here = self
+                .inner
+                .calls
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone();
+            for (call, note) in in_flight
+                .into_iter()
+                .filter(|(call, _)| !running_here.contains_key(&(run_id, call.call)))
+            {
                 tracing::warn!(run = %run_id, step = %call.step, call = call.call, "an action was in flight when the daemon stopped");
                 self.spawn(call, Some(note));
             }
         }
         self.inner.timer_wake.notify_one();
+    }
+
+    /// After the store was reopened (it failed, e.g. on a full disk): the journal on disk is
+    /// the truth, so every run and schedule is read again, and calls whose start is journaled
+    /// but which do not run in this process are recovered as after a restart.
+    pub async fn reload_on_reopen(self) {
+        let mut generation = self.inner.writer.generation();
+        while generation.changed().await.is_ok() {
+            tracing::info!("reloading runs and schedules from the reopened store");
+            let store = self.inner.writer.store();
+            let run_ids: Vec<Uuid> = match store.load_runs() {
+                Ok(loaded) => loaded
+                    .iter()
+                    .map(|run| {
+                        run.as_ref()
+                            .map_or_else(|(run_id, _)| *run_id, |state| state.id)
+                    })
+                    .collect(),
+                Err(error) => {
+                    tracing::error!(%error, "cannot reload runs");
+                    continue;
+                }
+            };
+            for run_id in run_ids {
+                let slot = match self.slot(run_id) {
+                    Some(slot) => slot,
+                    None => {
+                        let mut runs = self
+                            .inner
+                            .runs
+                            .write()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner());
+                        runs.entry(run_id)
+                            .or_insert_with(|| {
+                                Arc::new(Mutex::new(Slot::Corrupt {
+                                    reason: "loading".to_owned(),
+                                }))
+                            })
+                            .clone()
+                    }
+                };
+                // Read under the run's lock, so that a transition committed meanwhile is kept.
+                let mut guard = slot.lock().await;
+                *guard = match store.load_run(run_id) {
+                    Ok(Some(state)) => Slot::Live(Box::new(state)),
+                    Ok(None) => continue,
+                    Err(error) => Slot::Corrupt {
+                        reason: error.to_string(),
+                    },
+                };
+            }
+            if let Ok(loaded) = store.load_schedules() {
+                let mut schedules = self.inner.schedules.lock().await;
+                for schedule in loaded.into_iter().flatten() {
+                    schedules.insert(schedule.name.clone(), schedule);
+                }
+            }
+            self.recover().await;
+        }
     }
 
     fn slots(&self) -> Vec<(Uuid, Arc<Mutex<Slot>>)> {

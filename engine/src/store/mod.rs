@@ -24,7 +24,7 @@ pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 use crate::machine::{Event, EventKind, RunState};
 pub use envelope::FORMAT;
-pub use writer::{Writer, WriterStats};
+pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {

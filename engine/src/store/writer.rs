@@ -3,19 +3,27 @@
 //!
 //! # Contract
 //!
-//! [`Writer::commit`] returns `Ok` only after the commit is applied *and* synced. A sync failure
-//! fails every commit of its batch: the caller must not run their effects.
+//! - [`Writer::commit`] returns `Ok` only after the commit is applied *and* synced. A failure
+//!   fails every commit of its batch: the caller must not run their effects.
+//! - After a write or sync failure (a full disk), what the store holds in memory may be ahead of
+//!   what is on disk, so the writer stops writing: every commit fails with the error until the
+//!   store has been reopened from disk (retried every [`REOPEN_EVERY`]). Each successful reopen
+//!   bumps [`Writer::generation`]: whoever caches state read from the store must reload it.
 
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use uuid::Uuid;
 
-use super::{Commit, Error, ScheduleCommit, Store};
+use super::{Commit, Error, LoadedRun, ScheduleCommit, Store, TimerKey};
+use crate::machine::{Event, RunState};
 
 /// The most commits that share one sync.
 const MAX_BATCH: usize = 512;
+/// How often a failed store is reopened.
+pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 enum Write {
     Run(Commit),
@@ -33,25 +41,38 @@ pub struct WriterStats {
     pub commits: u64,
     pub syncs: u64,
     pub sync_seconds_total: f64,
+    pub reopens: u64,
 }
+
+/// Opens the store again after a failure.
+pub type Reopen = Arc<dyn Fn() -> Result<Arc<dyn Store>, Error> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Request>,
-    store: Arc<dyn Store>,
-    stats: Arc<std::sync::Mutex<WriterStats>>,
+    store: Arc<RwLock<Arc<dyn Store>>>,
+    stats: Arc<Mutex<WriterStats>>,
+    generation: watch::Receiver<u64>,
 }
 
 impl Writer {
-    /// Starts the writer thread; it ends when every `Writer` clone is dropped.
-    pub fn start(store: Arc<dyn Store>) -> Writer {
+    /// Starts the writer thread; it ends when every `Writer` clone is dropped. Without
+    /// `reopen`, a failed store stays failed.
+    pub fn start(store: Arc<dyn Store>, reopen: Option<Reopen>) -> Writer {
         let (sender, receiver) = mpsc::channel::<Request>();
-        let stats = Arc::new(std::sync::Mutex::new(WriterStats::default()));
-        let thread_store = store.clone();
-        let thread_stats = stats.clone();
+        let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let store = Arc::new(RwLock::new(store));
+        let (generation_sender, generation) = watch::channel(0);
+        let loop_state = Loop {
+            store: store.clone(),
+            stats: stats.clone(),
+            reopen,
+            generation: generation_sender,
+            failed: None,
+        };
         let spawned = std::thread::Builder::new()
             .name("store-writer".to_owned())
-            .spawn(move || write_loop(thread_store, receiver, thread_stats));
+            .spawn(move || loop_state.run(receiver));
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the store writer thread");
         }
@@ -59,35 +80,39 @@ impl Writer {
             sender,
             store,
             stats,
+            generation,
         }
     }
 
     /// Applies and syncs one commit; resolves when it is durable.
     pub async fn commit(&self, commit: Commit) -> Result<(), Error> {
-        let (reply, answer) = oneshot::channel();
-        self.sender
-            .send(Request {
-                write: Write::Run(commit),
-                reply,
-            })
-            .map_err(|_| Error::Closed)?;
-        answer.await.map_err(|_| Error::Closed)?
+        self.send(Write::Run(commit)).await
     }
 
     /// Applies and syncs one schedule change; resolves when it is durable.
     pub async fn commit_schedule(&self, commit: ScheduleCommit) -> Result<(), Error> {
+        self.send(Write::Schedule(commit)).await
+    }
+
+    async fn send(&self, write: Write) -> Result<(), Error> {
         let (reply, answer) = oneshot::channel();
         self.sender
-            .send(Request {
-                write: Write::Schedule(commit),
-                reply,
-            })
+            .send(Request { write, reply })
             .map_err(|_| Error::Closed)?;
         answer.await.map_err(|_| Error::Closed)?
     }
 
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+    /// The store, for reads.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Bumped each time the store was reopened after a failure.
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.generation.clone()
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -98,21 +123,59 @@ impl Writer {
     }
 }
 
-fn write_loop(
-    store: Arc<dyn Store>,
-    receiver: mpsc::Receiver<Request>,
-    stats: Arc<std::sync::Mutex<WriterStats>>,
-) {
-    while let Ok(first) = receiver.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match receiver.try_recv() {
-                Ok(request) => batch.push(request),
-                Err(_) => break,
+struct Loop {
+    store: Arc<RwLock<Arc<dyn Store>>>,
+    stats: Arc<Mutex<WriterStats>>,
+    reopen: Option<Reopen>,
+    generation: watch::Sender<u64>,
+    /// The error that stopped writing, and when the last reopen was tried.
+    failed: Option<(Error, Instant)>,
+}
+
+impl Loop {
+    fn run(mut self, receiver: mpsc::Receiver<Request>) {
+        loop {
+            let first = match self.failed {
+                // Wake up now and then to try a reopen even when nobody writes.
+                Some(_) => match receiver.recv_timeout(REOPEN_EVERY) {
+                    Ok(request) => Some(request),
+                    Err(mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                },
+                None => match receiver.recv() {
+                    Ok(request) => Some(request),
+                    Err(_) => return,
+                },
+            };
+            if self.failed.is_some() {
+                self.try_reopen();
+            }
+            let Some(first) = first else { continue };
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match receiver.try_recv() {
+                    Ok(request) => batch.push(request),
+                    Err(_) => break,
+                }
+            }
+            let results = match &self.failed {
+                Some((error, _)) => batch.iter().map(|_| Err(error.clone())).collect(),
+                None => self.write(&batch),
+            };
+            for (request, result) in batch.into_iter().zip(results) {
+                let _ = request.reply.send(result);
             }
         }
+    }
+
+    fn write(&mut self, batch: &[Request]) -> Vec<Result<(), Error>> {
+        let store = self
+            .store
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let mut results = Vec::with_capacity(batch.len());
-        for request in &batch {
+        for request in batch {
             crate::failpoint::hit("BeforeCommit");
             results.push(match &request.write {
                 Write::Run(commit) => store.apply(commit),
@@ -121,24 +184,107 @@ fn write_loop(
         }
         crate::failpoint::hit("AfterCommitBeforeFlush");
         let started = Instant::now();
+        let mut failure = results.iter().find_map(|result| match result {
+            Err(error @ (Error::Io(_) | Error::Full(_))) => Some(error.clone()),
+            _ => None,
+        });
         if results.iter().any(Result::is_ok) {
             if let Err(error) = store.sync() {
-                for result in results.iter_mut().filter(|result| result.is_ok()) {
-                    *result = Err(error.clone());
-                }
+                failure = Some(error);
             }
         }
-        let elapsed: Duration = started.elapsed();
-        {
-            let mut stats = stats
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            stats.commits += batch.len() as u64;
-            stats.syncs += 1;
-            stats.sync_seconds_total += elapsed.as_secs_f64();
+        if let Some(error) = &failure {
+            // Nothing of this batch may be taken as durable, and the store's memory may now be
+            // ahead of the disk: stop writing until it is reopened from disk.
+            tracing::error!(%error, "the store failed; refusing writes until it can be reopened");
+            for result in results.iter_mut() {
+                *result = Err(error.clone());
+            }
+            self.failed = Some((error.clone(), Instant::now()));
+            // Let go of the failed store so that it can close and be reopened.
+            *self
+                .store
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Failed(error.clone()));
         }
-        for (request, result) in batch.into_iter().zip(results) {
-            let _ = request.reply.send(result);
+        let mut stats = self
+            .stats
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        stats.commits += batch.len() as u64;
+        stats.syncs += 1;
+        stats.sync_seconds_total += started.elapsed().as_secs_f64();
+        results
+    }
+
+    fn try_reopen(&mut self) {
+        let Some(reopen) = &self.reopen else { return };
+        let Some((_, last_try)) = &self.failed else {
+            return;
+        };
+        if last_try.elapsed() < REOPEN_EVERY {
+            return;
         }
+        match reopen() {
+            Ok(store) => {
+                *self
+                    .store
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = store;
+                self.failed = None;
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .reopens += 1;
+                self.generation.send_modify(|generation| *generation += 1);
+                tracing::info!("the store was reopened; writes resume");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the store cannot be reopened yet");
+                self.failed = Some((error, Instant::now()));
+            }
+        }
+    }
+}
+
+/// Stands in for a store that failed until it is reopened: every call fails.
+struct Failed(Error);
+
+impl Store for Failed {
+    fn apply(&self, _: &Commit) -> Result<(), Error> {
+        Err(self.0.clone())
+    }
+    fn sync(&self) -> Result<(), Error> {
+        Err(self.0.clone())
+    }
+    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
+        Err(self.0.clone())
+    }
+    fn load_run(&self, _: Uuid) -> Result<Option<RunState>, Error> {
+        Err(self.0.clone())
+    }
+    fn events(&self, _: Uuid) -> Result<Vec<Event>, Error> {
+        Err(self.0.clone())
+    }
+    fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
+        Err(self.0.clone())
+    }
+    fn due_timers(&self, _: u64, _: usize) -> Result<Vec<TimerKey>, Error> {
+        Err(self.0.clone())
+    }
+    fn remove_timer(&self, _: &TimerKey) -> Result<(), Error> {
+        Err(self.0.clone())
+    }
+    fn lock_holder(&self, _: &str) -> Result<Option<Uuid>, Error> {
+        Err(self.0.clone())
+    }
+    fn verify(&self) -> Result<Vec<String>, Error> {
+        Err(self.0.clone())
+    }
+    fn apply_schedule(&self, _: &ScheduleCommit) -> Result<(), Error> {
+        Err(self.0.clone())
+    }
+    fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error> {
+        Err(self.0.clone())
     }
 }

@@ -22,7 +22,7 @@ use rocketmq_client_rust::BrokerAdmin as _;
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
-use super::common::{now_ms, with_admin, Admin, BrokerRef, Input};
+use super::common::{explain, now_ms, with_admin, Admin, BrokerRef, Input};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.broker_config", &input);
@@ -47,9 +47,9 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             let changed = !differing.is_empty();
             if changed {
                 context.log.line(&format!("broker {} ({}): setting {}", target.name, target.addr, describe(&set, &before)));
-                admin.inner.update_broker_config(target.addr(), differing).await.map_err(|error| {
+                admin.inner.update_broker_config(target.addr(), differing).await.map_err(|error| { let error = explain(&error); {
                     ActionFailure::retryable(format!("broker {} ({}) refused the config change {}: {error}", target.name, target.addr, describe(&set, &before)))
-                })?;
+                } })?;
             } else {
                 context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
             }
@@ -114,10 +114,13 @@ pub async fn read(
         .get_broker_config(target.addr())
         .await
         .map_err(|error| {
-            ActionFailure::retryable(format!(
-                "broker {} ({}) did not return its config: {error}",
-                target.name, target.addr
-            ))
+            let error = explain(&error);
+            {
+                ActionFailure::retryable(format!(
+                    "broker {} ({}) did not return its config: {error}",
+                    target.name, target.addr
+                ))
+            }
         })?;
     Ok(config
         .into_iter()

@@ -16,7 +16,7 @@ use rocketmq_client_rust::BrokerAdmin as _;
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{now_ms, with_admin, Input};
+use super::common::{explain, now_ms, with_admin, Input};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.broker_stats", &input);
@@ -33,10 +33,13 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             .fetch_broker_runtime_stats(target.addr())
             .await
             .map_err(|error| {
-                ActionFailure::retryable(format!(
-                    "broker {} ({}) did not return its runtime stats: {error}",
-                    target.name, target.addr
-                ))
+                let error = explain(&error);
+                {
+                    ActionFailure::retryable(format!(
+                        "broker {} ({}) did not return its runtime stats: {error}",
+                        target.name, target.addr
+                    ))
+                }
             })?;
         let raw: BTreeMap<String, String> = table
             .table

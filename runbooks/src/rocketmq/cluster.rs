@@ -5,8 +5,10 @@
 //! `absent`: on none — otherwise the step fails, naming where it is or is not).
 //!
 //! Output: `brokers` (`[{broker, cluster, id, addr, namesrvs}]`), `broker_names`, `masters`
+//!
 //! (`[{broker, cluster, addr}]`, for `for_each`), `by_namesrv` (`{addr: [broker names]}`),
-//! `observed_at_ms`, and with `broker`: `broker: {name, addr, registered_on, missing_on,
+//! `every_broker_everywhere` (each broker is registered on every NameServer), `observed_at_ms`,
+//! and with `broker`: `broker: {name, addr, registered_on, missing_on,
 //! registered_everywhere, absent_everywhere}`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,6 +17,9 @@ use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
+
+/// A broker as the NameServers report it: (cluster, brokerId → addr, the NameServers listing it).
+type Seen = (String, BTreeMap<u64, String>, Vec<String>);
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.cluster", &input);
@@ -35,7 +40,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     }
 
     // broker name → (cluster, id → addr, the NameServers that list it)
-    let mut seen: BTreeMap<String, (String, BTreeMap<u64, String>, Vec<String>)> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     let mut by_namesrv = serde_json::Map::new();
     let mut known_clusters = BTreeSet::new();
     for namesrv in &namesrvs {
@@ -87,8 +92,10 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             masters.push(json!({"broker": name, "cluster": cluster_name, "addr": addr}));
         }
     }
+    let every_broker_everywhere = seen.values().all(|(_, _, on)| on.len() == namesrvs.len());
     let mut output = json!({
         "namesrv": namesrvs,
+        "every_broker_everywhere": every_broker_everywhere,
         "brokers": brokers,
         "broker_names": seen.keys().collect::<Vec<_>>(),
         "masters": masters,

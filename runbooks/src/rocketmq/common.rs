@@ -39,18 +39,30 @@ fn build_shared() -> Result<Shared, String> {
     rocketmq_protocol::protocol::remoting_command_compat::initialize_remoting_defaults(
         rocketmq_model::version::CURRENT_VERSION as i32,
     )
-    .map_err(|error| format!("initializing the RocketMQ remoting defaults: {error}"))?;
+    .map_err(|error| {
+        let error = explain(&error);
+        format!("initializing the RocketMQ remoting defaults: {error}")
+    })?;
     let config = RuntimeConfig::for_parallelism("runbook-rocketmq", 2);
     let owner = RuntimeOwner::plan(config)
-        .map_err(|error| format!("planning the RocketMQ client runtime: {error}"))?
+        .map_err(|error| {
+            let error = explain(&error);
+            format!("planning the RocketMQ client runtime: {error}")
+        })?
         .build()
-        .map_err(|error| format!("starting the RocketMQ client runtime: {error}"))?;
+        .map_err(|error| {
+            let error = explain(&error);
+            format!("starting the RocketMQ client runtime: {error}")
+        })?;
     let client_runtime = ClientRuntime::try_new(
         owner.root_context().component("client"),
         ClientRuntimeConfig::default(),
         TelemetryHandle::noop(),
     )
-    .map_err(|error| format!("creating the RocketMQ client runtime: {error}"))?;
+    .map_err(|error| {
+        let error = explain(&error);
+        format!("creating the RocketMQ client runtime: {error}")
+    })?;
     Ok(Shared {
         _owner: owner,
         client_runtime,
@@ -72,6 +84,40 @@ pub fn now_ms() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// An error as text; for a client error, with the broker's response code and what it means
+/// (the client's own text is often only "Broker operation failed").
+pub fn explain<E: std::fmt::Display + 'static>(error: &E) -> String {
+    let Some(client) =
+        (error as &dyn std::any::Any).downcast_ref::<rocketmq_client_rust::ClientError>()
+    else {
+        return error.to_string();
+    };
+    let mut text = client.to_string();
+    if let Some(code) = client.broker_response_code() {
+        let meaning = match code {
+            1 => "system error",
+            2 => "system busy",
+            3 => "request not supported",
+            13 => "message illegal",
+            14 => "service not available",
+            16 => "no permission",
+            17 => "topic does not exist",
+            22 => "subscription group does not exist",
+            24 => "subscription not latest",
+            206 => "consumer not online",
+            _ => "",
+        };
+        text.push_str(&format!(
+            " (broker response code {code}{}{meaning})",
+            if meaning.is_empty() { "" } else { ": " }
+        ));
+    }
+    if let Some(addr) = client.broker_addr() {
+        text.push_str(&format!(" [{addr}]"));
+    }
+    text
 }
 
 /// Wraps an async function as an [`Action`] that stops when the call is cancelled.
@@ -238,9 +284,12 @@ impl Admin {
             .client_config_mut()
             .set_instance_name(format!("runbook-{}-{}", std::process::id(), now_ms()).into());
         inner.start().await.map_err(|error| {
-            ActionFailure::retryable(format!(
-                "starting an admin client for namesrv {joined}: {error}"
-            ))
+            let error = explain(&error);
+            {
+                ActionFailure::retryable(format!(
+                    "starting an admin client for namesrv {joined}: {error}"
+                ))
+            }
         })?;
         Ok(Admin {
             inner,
@@ -258,10 +307,13 @@ impl Admin {
             .examine_broker_cluster_info()
             .await
             .map_err(|error| {
-                ActionFailure::retryable(format!(
-                    "namesrv {} did not answer the cluster query: {error}",
-                    self.namesrv
-                ))
+                let error = explain(&error);
+                {
+                    ActionFailure::retryable(format!(
+                        "namesrv {} did not answer the cluster query: {error}",
+                        self.namesrv
+                    ))
+                }
             })
     }
 

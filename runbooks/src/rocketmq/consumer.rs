@@ -13,7 +13,7 @@ use rocketmq_model::message::MessageQueue;
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{is_system_group, now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
+use super::common::{explain, is_system_group, now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
 use super::topic::existing_route;
 
 /// One queue's progress for one group.
@@ -95,12 +95,13 @@ pub async fn group_progress(
             // The retry topic exists only once a message was sent back.
             Err(error) if index > 0 || is_missing_group(&error.to_string()) => {}
             Err(error) => {
+                let error = explain(&error);
                 return Err(ActionFailure::retryable(format!(
                     "consumer group {group}{}: the brokers did not return its progress: {error}",
                     topic
                         .as_ref()
                         .map_or_else(String::new, |topic| format!(" on topic {topic}"))
-                )))
+                )));
             }
         }
     }
@@ -123,9 +124,12 @@ async fn all_groups(admin: &Admin) -> Result<Vec<String>, ActionFailure> {
             )
             .await
             .map_err(|error| {
-                ActionFailure::retryable(format!(
-                    "broker {name} ({addr}) did not return its subscription groups: {error}"
-                ))
+                let error = explain(&error);
+                {
+                    ActionFailure::retryable(format!(
+                        "broker {name} ({addr}) did not return its subscription groups: {error}"
+                    ))
+                }
             })?;
         groups.extend(
             wrapper
@@ -178,7 +182,7 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                         .inner
                         .query_topic_consume_by_who(CheetahString::from(topic.as_str()))
                         .await
-                        .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not say which groups consume it: {error}")))?;
+                        .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("topic {topic}: the brokers did not say which groups consume it: {error}")) })?;
                     let mut found: Vec<String> = list.group_list.iter().map(|group| group.to_string()).filter(|group| !is_system_group(group)).collect();
                     found.sort();
                     found
@@ -241,7 +245,7 @@ fn parse_timestamp(input: &Input<'_>, field: &str) -> Result<i64, ActionFailure>
     }
     chrono::DateTime::parse_from_rfc3339(&text)
         .map(|instant| instant.timestamp_millis())
-        .map_err(|error| input.bad(field, format!("{text:?} is neither epoch milliseconds, an RFC 3339 instant nor \"now\": {error}")))
+        .map_err(|error| { let error = explain(&error); input.bad(field, format!("{text:?} is neither epoch milliseconds, an RFC 3339 instant nor \"now\": {error}")) })
 }
 
 fn offsets_json(queues: &[QueueProgress], topic: &str) -> Vec<Value> {
@@ -282,19 +286,19 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
                     targets.insert((queue.broker_name().to_string(), queue.queue_id()), offset as i64);
                 }
             }
-            Err(error) if error.to_string().to_lowercase().contains("not online") || error.to_string().contains("206") => {
+            Err(error) if error.broker_response_code() == Some(206) || error.to_string().to_lowercase().contains("not online") => {
                 method = "offline_write";
                 context.log.line(&format!("group {group} is not online: writing the offsets on the brokers"));
                 let stats = admin
                     .inner
                     .reset_offset_by_timestamp_old(None, CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), timestamp as u64, force)
                     .await
-                    .map_err(|error| ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}")))?;
+                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}")) })?;
                 for stat in stats {
                     targets.insert((stat.broker_name.to_string(), stat.queue_id as i32), stat.rollback_offset);
                 }
             }
-            Err(error) => return Err(ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}"))),
+            Err(error) => return Err(ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {}", explain(&error)))),
         }
         if targets.is_empty() {
             return Err(ActionFailure::permanent(format!("resetting group {group} on topic {topic}: no broker reset any queue")));
@@ -411,7 +415,7 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
                     .inner
                     .update_consume_offset(target.addr(), CheetahString::from(group.as_str()), queue, *offset as u64)
                     .await
-                    .map_err(|error| ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {error}")))?;
+                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {error}")) })?;
                 // Online consumers keep their own offsets: push the restored one to them too.
                 match admin
                     .inner
@@ -419,7 +423,7 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
                     .await
                 {
                     Ok(()) => online = true,
-                    Err(error) => context.log.line(&format!("broker {broker}: no online consumer took the offset of queue {queue_id} ({error})")),
+                    Err(error) => context.log.line(&format!("broker {broker}: no online consumer took the offset of queue {queue_id} ({})", explain(&error))),
                 }
             }
             context.log.line(&format!("group {group} on topic {topic}: restored {} offset(s)", queues.len()));

@@ -20,7 +20,8 @@ use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{
-    is_system_group, is_system_topic, now_ms, with_admin, Admin, BrokerRef, Input, REQUEST_TIMEOUT,
+    explain, is_system_group, is_system_topic, now_ms, with_admin, Admin, BrokerRef, Input,
+    REQUEST_TIMEOUT,
 };
 use super::topic::{broker_topic_configs, config_json};
 
@@ -74,10 +75,13 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 .create_and_update_topic_config(target.addr(), config.clone())
                 .await
                 .map_err(|error| {
-                    ActionFailure::retryable(format!(
-                        "broker {} ({}) refused topic {name}: {error}",
-                        target.name, target.addr
-                    ))
+                    let error = explain(&error);
+                    {
+                        ActionFailure::retryable(format!(
+                            "broker {} ({}) refused topic {name}: {error}",
+                            target.name, target.addr
+                        ))
+                    }
                 })?;
             copied.push(name.clone());
         }
@@ -101,10 +105,13 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 .create_and_update_subscription_group_config(target.addr(), config.clone())
                 .await
                 .map_err(|error| {
-                    ActionFailure::retryable(format!(
-                        "broker {} ({}) refused subscription group {name}: {error}",
-                        target.name, target.addr
-                    ))
+                    let error = explain(&error);
+                    {
+                        ActionFailure::retryable(format!(
+                            "broker {} ({}) refused subscription group {name}: {error}",
+                            target.name, target.addr
+                        ))
+                    }
                 })?;
             copied_groups.push(name.clone());
         }
@@ -168,10 +175,13 @@ async fn groups(
         .get_all_subscription_group(broker.addr(), REQUEST_TIMEOUT.as_millis() as u64)
         .await
         .map_err(|error| {
-            ActionFailure::retryable(format!(
-                "broker {} ({}) did not return its subscription groups: {error}",
-                broker.name, broker.addr
-            ))
+            let error = explain(&error);
+            {
+                ActionFailure::retryable(format!(
+                    "broker {} ({}) did not return its subscription groups: {error}",
+                    broker.name, broker.addr
+                ))
+            }
         })?;
     Ok(wrapper
         .subscription_group_table

@@ -16,8 +16,8 @@ use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
 use super::common::{
-    brokers_of, is_system_topic, names_or_none, now_ms, with_admin, Admin, BrokerRef, Input,
-    REQUEST_TIMEOUT,
+    brokers_of, explain, is_system_topic, names_or_none, now_ms, with_admin, Admin, BrokerRef,
+    Input, REQUEST_TIMEOUT,
 };
 
 const PERM_WRITE: u32 = 2;
@@ -70,10 +70,13 @@ pub async fn broker_topic_configs(
         .get_all_topic_config(broker.addr(), REQUEST_TIMEOUT.as_millis() as u64)
         .await
         .map_err(|error| {
-            ActionFailure::retryable(format!(
-                "broker {} ({}) did not return its topic configs: {error}",
-                broker.name, broker.addr
-            ))
+            let error = explain(&error);
+            {
+                ActionFailure::retryable(format!(
+                    "broker {} ({}) did not return its topic configs: {error}",
+                    broker.name, broker.addr
+                ))
+            }
         })?;
     let table = wrapper.topic_config_table().cloned().unwrap_or_default();
     Ok(table
@@ -203,10 +206,13 @@ pub async fn user_topics(
         None => admin.inner.fetch_all_topic_list().await,
     }
     .map_err(|error| {
-        ActionFailure::retryable(format!(
-            "namesrv {} did not list the topics: {error}",
-            admin.namesrv
-        ))
+        let error = explain(&error);
+        {
+            ActionFailure::retryable(format!(
+                "namesrv {} did not list the topics: {error}",
+                admin.namesrv
+            ))
+        }
     })?;
     let mut topics: Vec<String> = list
         .topic_list
@@ -231,7 +237,7 @@ pub async fn run_status(input: Value, context: ActionContext) -> Result<Value, A
             .inner
             .examine_topic_stats(CheetahString::from(topic.as_str()), None)
             .await
-            .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not return its stats: {error}")))?;
+            .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("topic {topic}: the brokers did not return its stats: {error}")) })?;
         let mut queues: Vec<(String, i32, i64, i64, i64)> = stats
             .get_offset_table()
             .iter()
@@ -254,29 +260,18 @@ pub async fn run_status(input: Value, context: ActionContext) -> Result<Value, A
     .await
 }
 
-/// `rocketmq.topic_upsert`: input `namesrv`, `topic`, and the fields to change: `read_queues`,
-/// `write_queues`, `perm`, `order`, `attributes` (a table). Targets: `brokers` (names) or
-/// `cluster` (its masters), else every broker the topic's route names. A new topic starts from
-/// 8 read / 8 write queues, perm 6. Output: `brokers: [{broker, addr, previous, current,
-/// changed}]` where `previous` is null for a broker that did not have the topic.
-pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
-    let input = Input::new("rocketmq.topic_upsert", &input);
-    let namesrv = input.namesrv()?;
-    let topic = input.string("topic")?;
-    let brokers = input.string_list("brokers")?;
-    let cluster = input.opt_string("cluster")?;
-    let read_queues = input.opt_u32("read_queues")?;
-    let write_queues = input.opt_u32("write_queues")?;
+/// The fields a topic upsert changes on one broker (`None`: keep what the broker has).
+#[derive(Debug, Clone, Default)]
+struct Changes {
+    read_queues: Option<u32>,
+    write_queues: Option<u32>,
+    perm: Option<u32>,
+    order: Option<bool>,
+    attributes: Option<Map<String, Value>>,
+}
+
+fn changes_from(input: &Input<'_>) -> Result<Changes, ActionFailure> {
     let perm = input.opt_u32("perm")?;
-    let order = match input.get("order") {
-        None => None,
-        Some(_) => Some(input.bool_or("order", false)?),
-    };
-    let attributes: Option<Map<String, Value>> = match input.get("attributes") {
-        None => None,
-        Some(Value::Object(map)) => Some(map.clone()),
-        Some(other) => return Err(input.bad("attributes", format!("must be a table, not {other}"))),
-    };
     if let Some(perm) = perm {
         if perm > 7 {
             return Err(input.bad(
@@ -285,22 +280,93 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
             ));
         }
     }
-    if read_queues == Some(0) || write_queues == Some(0) {
+    let changes = Changes {
+        read_queues: input.opt_u32("read_queues")?,
+        write_queues: input.opt_u32("write_queues")?,
+        perm,
+        order: match input.get("order") {
+            None => None,
+            Some(_) => Some(input.bool_or("order", false)?),
+        },
+        attributes: match input.get("attributes") {
+            None => None,
+            Some(Value::Object(map)) => Some(map.clone()),
+            Some(other) => {
+                return Err(input.bad("attributes", format!("must be a table, not {other}")))
+            }
+        },
+    };
+    if changes.read_queues == Some(0) || changes.write_queues == Some(0) {
         return Err(input.bad("read_queues/write_queues", "must be at least 1"));
+    }
+    Ok(changes)
+}
+
+/// `rocketmq.topic_upsert`: input `namesrv`, `topic`, and the fields to change: `read_queues`,
+/// `write_queues`, `perm`, `order`, `attributes` (a table). Targets: `brokers` (names) or
+/// `cluster` (its masters), else every broker the topic's route names. A new topic starts from
+/// 8 read / 8 write queues, perm 6. `direction = "grow"` / `"shrink"` refuses a change of queue
+/// counts the other way. `restore` (a previous output's `brokers`) puts each broker's
+/// `previous` config back instead (the undo of a queue change). Output: `brokers: [{broker,
+/// addr, previous, current, changed}]` where `previous` is null for a broker that did not have
+/// the topic.
+pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_upsert", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let brokers = input.string_list("brokers")?;
+    let cluster = input.opt_string("cluster")?;
+    let direction = input.opt_string("direction")?;
+    if let Some(direction) = &direction {
+        if !matches!(direction.as_str(), "grow" | "shrink") {
+            return Err(input.bad(
+                "direction",
+                format!("{direction:?}: use \"grow\" or \"shrink\""),
+            ));
+        }
+    }
+    let changes = changes_from(&input)?;
+    let mut restore: Vec<(String, Changes)> = Vec::new();
+    match input.get("restore") {
+        None => {}
+        Some(Value::Array(entries)) => {
+            for entry in entries {
+                let reader = Input::new("rocketmq.topic_upsert", entry);
+                let broker = reader.string("broker")?;
+                match entry.get("previous") {
+                    Some(previous @ Value::Object(_)) => restore.push((
+                        broker,
+                        changes_from(&Input::new("rocketmq.topic_upsert", previous))?,
+                    )),
+                    _ => context.log.line(&format!(
+                        "broker {broker} did not have topic {topic} before: left as it is"
+                    )),
+                }
+            }
+        }
+        Some(other) => {
+            return Err(input.bad(
+                "restore",
+                format!("must be a list of {{broker, previous}}, not {other}"),
+            ))
+        }
     }
     with_admin(&namesrv, |admin| async move {
         let registered = admin.brokers().await?;
-        let targets: Vec<String> = if !brokers.is_empty() {
-            brokers
+        let targets: Vec<(String, Changes)> = if input_has_restore(&restore) {
+            restore
+        } else if !brokers.is_empty() {
+            brokers.into_iter().map(|name| (name, changes.clone())).collect()
         } else if let Some(cluster) = &cluster {
-            let in_cluster: Vec<String> = registered.iter().filter(|(_, entry)| &entry.cluster == cluster).map(|(name, _)| name.clone()).collect();
+            let in_cluster: Vec<(String, Changes)> =
+                registered.iter().filter(|(_, entry)| &entry.cluster == cluster).map(|(name, _)| (name.clone(), changes.clone())).collect();
             if in_cluster.is_empty() {
                 return Err(ActionFailure::permanent(format!("cluster {cluster} has no broker registered on namesrv {}", admin.namesrv)));
             }
             in_cluster
         } else {
             match route(&admin, &topic).await? {
-                Some(route) => route.queue_datas.iter().map(|queue| queue.broker_name().to_string()).collect(),
+                Some(route) => route.queue_datas.iter().map(|queue| (queue.broker_name().to_string(), changes.clone())).collect(),
                 None => {
                     return Err(ActionFailure::permanent(format!(
                         "topic {topic} does not exist (no route on namesrv {}); give `cluster` or `brokers` to create it",
@@ -310,7 +376,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
             }
         };
         let mut results = Vec::new();
-        for name in &targets {
+        for (name, changes) in &targets {
             let target = admin.resolve_broker(Some(name), None).await?;
             let configs = broker_topic_configs(&admin, &target).await?;
             let previous = configs.get(&topic).cloned();
@@ -320,22 +386,33 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
                 fresh
             });
             wanted.topic_name = Some(CheetahString::from(topic.as_str()));
-            if let Some(read) = read_queues {
+            if let Some(read) = changes.read_queues {
                 wanted.read_queue_nums = read;
             }
-            if let Some(write) = write_queues {
+            if let Some(write) = changes.write_queues {
                 wanted.write_queue_nums = write;
             }
-            if let Some(perm) = perm {
+            if let Some(perm) = changes.perm {
                 wanted.perm = perm;
             }
-            if let Some(order) = order {
+            if let Some(order) = changes.order {
                 wanted.order = order;
             }
-            if let Some(attributes) = &attributes {
+            if let Some(attributes) = &changes.attributes {
                 for (key, value) in attributes {
                     let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
                     wanted.attributes.insert(CheetahString::from(key.as_str()), CheetahString::from(value.as_str()));
+                }
+            }
+            if let (Some(direction), Some(previous)) = (&direction, &previous) {
+                let grows = wanted.read_queue_nums >= previous.read_queue_nums && wanted.write_queue_nums >= previous.write_queue_nums;
+                let shrinks = wanted.read_queue_nums <= previous.read_queue_nums && wanted.write_queue_nums <= previous.write_queue_nums;
+                let wrong = (direction == "grow" && !grows) || (direction == "shrink" && !shrinks);
+                if wrong {
+                    return Err(ActionFailure::permanent(format!(
+                        "topic {topic} on broker {} has {} read / {} write queue(s): {} read / {} write would not {direction} it",
+                        target.name, previous.read_queue_nums, previous.write_queue_nums, wanted.read_queue_nums, wanted.write_queue_nums
+                    )));
                 }
             }
             if wanted.read_queue_nums < wanted.write_queue_nums {
@@ -358,7 +435,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
                     .inner
                     .create_and_update_topic_config(target.addr(), wanted.clone())
                     .await
-                    .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused topic {topic}: {error}", target.name, target.addr)))?;
+                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("broker {} ({}) refused topic {topic}: {error}", target.name, target.addr)) })?;
             }
             let after = broker_topic_configs(&admin, &target).await?;
             let read_back = after
@@ -384,6 +461,10 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
         Ok(json!({"topic": topic, "brokers": results, "observed_at_ms": now_ms()}))
     })
     .await
+}
+
+fn input_has_restore(restore: &[(String, Changes)]) -> bool {
+    !restore.is_empty()
 }
 
 /// `rocketmq.broker_topics`: which user topics a broker serves, and whether another writable

@@ -1,0 +1,142 @@
+//! The daemon crashes exactly at each named failpoint of the commit, effect and timer paths;
+//! after a restart the run still ends, and no non-idempotent step ran twice without an
+//! operator's retry.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use runbook_tests::{lines, Daemon};
+
+const POINTS: &[&str] = &[
+    "BeforeCommit",
+    "AfterCommitBeforeFlush",
+    "BeforeFlush",
+    "AfterFlushBeforeFsync",
+    "AfterFlushBeforeEffect",
+    "AfterEffectBeforeRecord",
+    "TimerFire",
+];
+
+fn runbook(marker: &str) -> String {
+    format!(
+        r#"
+name = "failpoints"
+[[steps]]
+id = "once"
+action = "exec"
+with = {{ command = "echo once >> {marker}" }}
+[[steps]]
+id = "pause"
+action = "wait"
+with = {{ duration = "300ms" }}
+[[steps]]
+id = "again"
+action = "exec"
+idempotent = true
+with = {{ command = "echo again >> {marker}" }}
+"#
+    )
+}
+
+/// Starts the run (retrying if the daemon died before acknowledging it), returns its id.
+fn start(daemon: &mut Daemon, file: &str) -> Result<Option<String>> {
+    match daemon.start_run(file, &[]) {
+        Ok(run) => Ok(Some(run)),
+        Err(_) if daemon.exited() => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+#[test]
+fn a_crash_at_every_failpoint_is_recovered() -> Result<()> {
+    let mut crashes = 0;
+    for point in POINTS {
+        for skip in [0, 2, 4] {
+            let mut daemon = Daemon::start()?;
+            let marker = daemon.path("marker");
+            let file = daemon.write_file("failpoints.toml", &runbook(&marker))?;
+            daemon.kill9();
+            daemon.set_env(&[
+                ("RUNBOOK_FAILPOINT", point),
+                ("RUNBOOK_FAILPOINT_SKIP", &skip.to_string()),
+            ]);
+            let started = daemon.restart().is_ok();
+            let mut run = if started {
+                start(&mut daemon, &file)?
+            } else {
+                None
+            };
+            // Wait for the crash (or for the run to end if this point is not reached).
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if daemon.exited() {
+                    eprintln!("{point}/{skip}: crashed");
+                    crashes += 1;
+                    break;
+                }
+                if let Some(run) = &run {
+                    if let Ok(shown) = daemon.show(run) {
+                        if shown["state"] == "succeeded" {
+                            eprintln!("{point}/{skip}: not reached");
+                            daemon.kill9();
+                            break;
+                        }
+                    }
+                }
+                if Instant::now() > deadline {
+                    bail!(
+                        "{point}/{skip}: neither a crash nor the end of the run; log:\n{}",
+                        daemon.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            daemon.set_env(&[]);
+            daemon.restart()?;
+            let run = match run.take() {
+                Some(run) => run,
+                // The daemon died before acknowledging the start: nothing of it may be left.
+                None => {
+                    let runs = daemon.json(&["ps", "--all"])?;
+                    let count = runs["runs"].as_array().map_or(0, Vec::len);
+                    assert!(count <= 1, "{point}/{skip}: {runs}");
+                    match runs["runs"].as_array().and_then(|runs| runs.first()) {
+                        Some(found) => found["id"].as_str().unwrap_or_default().to_owned(),
+                        None => daemon.start_run(&file, &[])?,
+                    }
+                }
+            };
+            let mut retries = 0;
+            let shown = daemon.wait_for(&run, Duration::from_secs(30), |shown| {
+                shown["state"] == "succeeded" || shown["state"] == "needs_attention"
+            })?;
+            if shown["state"] == "needs_attention" {
+                assert_eq!(shown["reason"], "interrupted", "{point}/{skip}: {shown}");
+                let step = shown["attention"]["step"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned();
+                assert_eq!(
+                    step, "once",
+                    "{point}/{skip}: only the non-idempotent step may need a decision"
+                );
+                retries += 1;
+                assert!(daemon.cli(&["retry", &run, &step])?.status.success());
+                daemon.wait_state(&run, "succeeded", Duration::from_secs(30))?;
+            }
+            let marks = lines(&marker);
+            let once = marks.iter().filter(|line| *line == "once").count();
+            assert!(
+                once >= 1 && once <= 1 + retries,
+                "{point}/{skip}: `once` ran {once} times with {retries} retries: {marks:?}"
+            );
+            assert!(
+                marks.iter().any(|line| line == "again"),
+                "{point}/{skip}: {marks:?}"
+            );
+        }
+    }
+    // Every point was reached at least once.
+    assert!(crashes >= POINTS.len(), "only {crashes} crashes");
+    Ok(())
+}
