@@ -496,6 +496,9 @@ impl Decider {
         else {
             return;
         };
+        if self.now < active.fire_at {
+            return; // never before its deadline: the timer service comes back for it
+        }
         let late_by_ms = (self.now - active.fire_at).num_milliseconds().max(0);
         self.emit(EventKind::TimerFired {
             timer,

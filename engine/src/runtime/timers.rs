@@ -27,7 +27,13 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(FIRING_CONCURRENCY));
     loop {
         let now_ms = u64::try_from(engine.clock().now().timestamp_millis()).unwrap_or(0);
-        let due = match engine.writer().store().due_timers(now_ms, 4096) {
+        // A key holds its deadline rounded down to the millisecond: it is due only once the next
+        // millisecond has begun, so that no timer fires before its exact deadline.
+        let due = match engine
+            .writer()
+            .store()
+            .due_timers(now_ms.saturating_sub(1), 4096)
+        {
             Ok(due) => due,
             Err(error) => {
                 tracing::error!(%error, "cannot read the timer index");
@@ -51,7 +57,8 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
         }
         let sleep_for = match engine.writer().store().next_timer() {
             Ok(Some(next)) => {
-                Duration::from_millis(next.fire_at_ms.saturating_sub(now_ms)).min(MAX_SLEEP)
+                Duration::from_millis(next.fire_at_ms.saturating_add(1).saturating_sub(now_ms))
+                    .min(MAX_SLEEP)
             }
             _ => MAX_SLEEP,
         };
