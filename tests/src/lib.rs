@@ -822,3 +822,4 @@ impl Daemon {
         }
     }
 }
+

@@ -1,5 +1,6 @@
-//! A run survives `kill -9` of the daemon: waits fire late rather than never, interrupted
-//! steps are put to the operator, idempotent ones re-run, loops resume at their item.
+//! A run survives `kill -9` of the daemon: waits fire late rather than never, loops resume at
+//! their item. When the host itself went down (nothing left to re-attach to), a step whose
+//! command was running is put to the operator, or re-run when it is idempotent.
 
 use std::time::{Duration, Instant};
 
@@ -74,14 +75,14 @@ action = "noop"
 }
 
 #[test]
-fn a_non_idempotent_step_cut_by_kill_9_waits_for_the_operator() -> Result<()> {
+fn a_non_idempotent_step_cut_by_a_host_crash_waits_for_the_operator() -> Result<()> {
     let mut daemon = Daemon::start()?;
     let (file, marker) = interrupted_file(&daemon, "interrupted", false)?;
 
     // retry
     let first = daemon.start_run(&file, &[])?;
     daemon.wait_for(&first, LONG, |_| lines(&marker).len() == 1)?;
-    daemon.kill9();
+    daemon.crash_host();
     daemon.restart()?;
     let shown = daemon.wait_state(&first, "needs_attention", LONG)?;
     assert_eq!(shown["reason"], "interrupted");
@@ -111,7 +112,7 @@ fn a_non_idempotent_step_cut_by_kill_9_waits_for_the_operator() -> Result<()> {
     std::fs::remove_file(&marker)?;
     let second = daemon.start_run(&file, &[])?;
     daemon.wait_for(&second, LONG, |_| lines(&marker).len() == 1)?;
-    daemon.kill9();
+    daemon.crash_host();
     daemon.restart()?;
     daemon.wait_state(&second, "needs_attention", LONG)?;
     let skipped = daemon.cli(&["skip", &second, "slow"])?;
@@ -127,12 +128,12 @@ fn a_non_idempotent_step_cut_by_kill_9_waits_for_the_operator() -> Result<()> {
 }
 
 #[test]
-fn an_idempotent_step_cut_by_kill_9_is_re_run_by_itself() -> Result<()> {
+fn an_idempotent_step_cut_by_a_host_crash_is_re_run_by_itself() -> Result<()> {
     let mut daemon = Daemon::start()?;
     let (file, marker) = interrupted_file(&daemon, "rerun", true)?;
     let run = daemon.start_run(&file, &[])?;
     daemon.wait_for(&run, LONG, |_| lines(&marker).len() == 1)?;
-    daemon.kill9();
+    daemon.crash_host();
     daemon.restart()?;
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(lines(&marker).len(), 2);

@@ -39,6 +39,8 @@ pub enum Input {
         call: u32,
         note: Value,
     },
+    /// Go on with whatever can start (after a yield, and at recovery).
+    Continue,
     Approve {
         step: Option<String>,
         by: Actor,
@@ -88,6 +90,9 @@ pub enum Effect {
     Abort {
         call: u32,
     },
+    /// Feed `Input::Continue` once this decision is durable: a step ended within it, and the
+    /// next one starts in a commit of its own.
+    Continue,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +166,9 @@ struct Decider {
     now: DateTime<Utc>,
     events: Vec<Event>,
     effects: Vec<Effect>,
+    /// A step ended inside this decision: stop here, so that each step costs its own durable
+    /// commit (the shell continues with `Input::Continue`).
+    yielded: bool,
 }
 
 /// What a sequence of steps is doing.
@@ -184,6 +192,7 @@ impl Decider {
             now,
             events: Vec::new(),
             effects: Vec::new(),
+            yielded: false,
         }
     }
 
@@ -287,6 +296,7 @@ impl Decider {
             Input::ActionFinished { call, result } => self.on_call_finished(call, result),
             Input::TimerFired { timer } => self.on_timer(timer),
             Input::Interrupted { call } => self.on_interrupted(call),
+            Input::Continue => {}
             Input::CallNote { call, note } => {
                 if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
                     let step = step.key.clone();
@@ -969,7 +979,10 @@ impl Decider {
         });
         self.arm_timeout(step, key);
         match step.action.as_str() {
-            "noop" => self.complete(key, Ok(input)),
+            "noop" => {
+                self.complete(key, Ok(input));
+                self.yield_after_commit();
+            }
             "wait" => match wait_deadline(&input, self.now) {
                 Ok(fire_at) => self.arm(TimerPurpose::Wait, key, fire_at),
                 Err(message) => self.fail(key, message, false),
@@ -1080,8 +1093,18 @@ impl Decider {
     // ----- advancing -----------------------------------------------------------------------------
 
     /// Starts everything that can start, until nothing changes.
+    fn yield_after_commit(&mut self) {
+        if !self.yielded {
+            self.yielded = true;
+            self.effects.push(Effect::Continue);
+        }
+    }
+
     fn advance(&mut self) {
         loop {
+            if self.yielded {
+                return;
+            }
             let before = self.events.len();
             self.advance_once();
             if self.events.len() == before || self.events.len() > MAX_EVENTS_PER_DECISION {

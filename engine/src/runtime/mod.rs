@@ -222,6 +222,11 @@ impl Engine {
                     .collect(),
                 _ => Vec::new(),
             };
+            if let Err(error) = self.handle(run_id, Input::Continue).await {
+                if !matches!(error, Error::Conflict(_)) {
+                    tracing::error!(run = %run_id, %error, "cannot continue a run at recovery");
+                }
+            }
             let running_here = self
                 .inner
                 .calls
@@ -456,6 +461,14 @@ impl Engine {
         for effect in &decision.effects {
             match effect {
                 Effect::Call(call) => self.spawn(call.clone(), None),
+                Effect::Continue => {
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = engine.handle(run_id, Input::Continue).await {
+                            tracing::error!(run = %run_id, %error, "cannot continue a run");
+                        }
+                    });
+                }
                 Effect::Abort { call } => {
                     let token = self
                         .inner
