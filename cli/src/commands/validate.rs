@@ -1,5 +1,5 @@
 //! `runbook validate <file.toml>`: check a runbook file locally, without a daemon, with the
-//! same parser the daemon uses. Prints `ok: <name> v<version>, N steps`, or the error (which
+//! same parser and action checks the daemon uses. Prints `ok: <name> v<version>, N steps`, or the error (which
 //! names file:line) and exits 4.
 
 use std::path::PathBuf;
@@ -23,6 +23,10 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|err| exit::invalid(format!("cannot read {file_name}: {err}")))?;
     let definition = runbook_engine::definition::parse(&file_name, &text)
+        .map_err(|err| exit::invalid(err.to_string()))?;
+    // The actions a daemon of this build offers.
+    let actions = runbook_runbooks::actions();
+    runbook_engine::definition::validate(&definition, &|name| actions.contains(name))
         .map_err(|err| exit::invalid(err.to_string()))?;
     let step_count = definition.steps.len();
     if ctx.json {

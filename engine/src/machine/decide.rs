@@ -1173,7 +1173,7 @@ impl Decider {
                             reason: AttentionReason::StepFailed,
                             step: key.clone(),
                             message: format!(
-                                "step {key} failed: {}; decide: runbook retry|skip <run> {key}, or cancel|rollback",
+                                "step {key} failed: {}",
                                 state.error.clone().unwrap_or_default()
                             ),
                         }
@@ -1184,8 +1184,8 @@ impl Decider {
                         reason: AttentionReason::Interrupted,
                         step: key.clone(),
                         message: format!(
-                            "step {key} was running when the daemon stopped and is not idempotent, so its outcome is unknown; \
-                             check it, then: runbook retry|skip <run> {key}, or cancel"
+                            "step {key} was running when the daemon stopped, nothing is left to re-attach to, \
+                             and it is not idempotent: its outcome is unknown; check it before you retry or skip it"
                         ),
                     }
                 }
@@ -1321,7 +1321,7 @@ impl Decider {
                     self.emit(EventKind::NeedsAttention {
                         reason: AttentionReason::UndoFailed,
                         step: key.clone(),
-                        message: format!("the undo of {key} failed: {error}; decide: runbook retry|skip <run> {key}"),
+                        message: format!("the undo of {key} failed: {error}"),
                     });
                     return;
                 }
@@ -1329,7 +1329,7 @@ impl Decider {
                     self.emit(EventKind::NeedsAttention {
                         reason: AttentionReason::Interrupted,
                         step: key.clone(),
-                        message: format!("the undo of {key} was running when the daemon stopped; check it, then: runbook retry|skip <run> {key}"),
+                        message: format!("the undo of {key} was running when the daemon stopped: its outcome is unknown; check it before you retry or skip it"),
                     });
                     return;
                 }
