@@ -124,6 +124,16 @@ with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", expect = "replac
     );
     assert_eq!(output(&shown, "stats")["has_messages"], true);
     assert!(
+        output(&shown, "stats")["put_total_today"].as_i64() >= Some(1),
+        "{}",
+        output(&shown, "stats")
+    );
+    assert!(
+        output(&shown, "stats")["raw"]["putTps"].is_string(),
+        "{}",
+        output(&shown, "stats")
+    );
+    assert!(
         output(&shown, "stats")["earliest_message_time_ms"]
             .as_i64()
             .is_some(),

@@ -47,9 +47,11 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             let changed = !differing.is_empty();
             if changed {
                 context.log.line(&format!("broker {} ({}): setting {}", target.name, target.addr, describe(&set, &before)));
-                admin.inner.update_broker_config(target.addr(), differing).await.map_err(|error| { let error = explain(&error); {
-                    ActionFailure::retryable(format!("broker {} ({}) refused the config change {}: {error}", target.name, target.addr, describe(&set, &before)))
-                } })?;
+                let refused = |error| {
+                    let error = explain(&error);
+                    ActionFailure::retryable(format!("broker {} ({}) refused {}: {error}", target.name, target.addr, describe(&set, &before)))
+                };
+                admin.inner.update_broker_config(target.addr(), differing).await.map_err(refused)?;
             } else {
                 context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
             }

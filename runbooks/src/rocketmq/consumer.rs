@@ -182,7 +182,7 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                         .inner
                         .query_topic_consume_by_who(CheetahString::from(topic.as_str()))
                         .await
-                        .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("topic {topic}: the brokers did not say which groups consume it: {error}")) })?;
+                        .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not say which groups consume it: {}", explain(&error))))?;
                     let mut found: Vec<String> = list.group_list.iter().map(|group| group.to_string()).filter(|group| !is_system_group(group)).collect();
                     found.sort();
                     found
@@ -245,7 +245,15 @@ fn parse_timestamp(input: &Input<'_>, field: &str) -> Result<i64, ActionFailure>
     }
     chrono::DateTime::parse_from_rfc3339(&text)
         .map(|instant| instant.timestamp_millis())
-        .map_err(|error| { let error = explain(&error); input.bad(field, format!("{text:?} is neither epoch milliseconds, an RFC 3339 instant nor \"now\": {error}")) })
+        .map_err(|error| {
+            input.bad(
+                field,
+                format!(
+                    "{text:?} is neither epoch milliseconds, an RFC 3339 instant nor \"now\": {}",
+                    explain(&error)
+                ),
+            )
+        })
 }
 
 fn offsets_json(queues: &[QueueProgress], topic: &str) -> Vec<Value> {
@@ -293,7 +301,7 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
                     .inner
                     .reset_offset_by_timestamp_old(None, CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), timestamp as u64, force)
                     .await
-                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {error}")) })?;
+                    .map_err(|error| ActionFailure::retryable(format!("resetting group {group} on topic {topic}: {}", explain(&error))))?;
                 for stat in stats {
                     targets.insert((stat.broker_name.to_string(), stat.queue_id as i32), stat.rollback_offset);
                 }
@@ -415,7 +423,7 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
                     .inner
                     .update_consume_offset(target.addr(), CheetahString::from(group.as_str()), queue, *offset as u64)
                     .await
-                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {error}")) })?;
+                    .map_err(|error| ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {}", explain(&error))))?;
                 // Online consumers keep their own offsets: push the restored one to them too.
                 match admin
                     .inner

@@ -237,7 +237,7 @@ pub async fn run_status(input: Value, context: ActionContext) -> Result<Value, A
             .inner
             .examine_topic_stats(CheetahString::from(topic.as_str()), None)
             .await
-            .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("topic {topic}: the brokers did not return its stats: {error}")) })?;
+            .map_err(|error| ActionFailure::retryable(format!("topic {topic}: the brokers did not return its stats: {}", explain(&error))))?;
         let mut queues: Vec<(String, i32, i64, i64, i64)> = stats
             .get_offset_table()
             .iter()
@@ -435,7 +435,10 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
                     .inner
                     .create_and_update_topic_config(target.addr(), wanted.clone())
                     .await
-                    .map_err(|error| { let error = explain(&error); ActionFailure::retryable(format!("broker {} ({}) refused topic {topic}: {error}", target.name, target.addr)) })?;
+                    .map_err(|error| {
+                        let error = explain(&error);
+                        ActionFailure::retryable(format!("broker {} ({}) refused topic {topic}: {error}", target.name, target.addr))
+                    })?;
             }
             let after = broker_topic_configs(&admin, &target).await?;
             let read_back = after
