@@ -12,7 +12,7 @@
 //!   a power cut.
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
 
-mod envelope;
+pub mod envelope;
 mod memory;
 mod sled;
 mod writer;
