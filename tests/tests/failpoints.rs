@@ -42,8 +42,17 @@ with = {{ command = "echo again >> {marker}" }}
 fn start(daemon: &mut Daemon, file: &str) -> Result<Option<String>> {
     match daemon.start_run(file, &[]) {
         Ok(run) => Ok(Some(run)),
-        Err(_) if daemon.exited() => Ok(None),
-        Err(error) => Err(error),
+        Err(error) => {
+            // The CLI can see the connection drop a moment before the killed daemon is reaped.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Instant::now() < deadline {
+                if daemon.exited() {
+                    return Ok(None);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(error)
+        }
     }
 }
 

@@ -144,3 +144,29 @@ action = "approval"
     daemon.start_run(&file, &[("broker", "broker-c")])?;
     Ok(())
 }
+
+#[test]
+fn a_timeout_taken_from_a_param_bounds_the_step() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "timeout.toml",
+        r#"
+name = "timeout-test"
+[params.limit]
+type = "duration"
+default = "1s"
+[[steps]]
+id = "slow"
+action = "exec"
+timeout = "{{ params.limit }}"
+with = { command = "sleep 30", grace = "1s" }
+"#,
+    )?;
+    let started = std::time::Instant::now();
+    let run = daemon.start_run(&file, &[])?;
+    let shown = daemon.wait_state(&run, "needs_attention", LONG)?;
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    let error = step_of(&shown, "slow").unwrap()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("timed out after 1s"), "{error}");
+    Ok(())
+}

@@ -109,6 +109,12 @@ pub struct Step {
     pub until: Option<String>,
     #[serde(default, with = "crate::duration::opt_ms")]
     pub every: Option<Duration>,
+    /// `timeout` given as a template (`"{{ params.retention }}"`), rendered when the step starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_template: Option<String>,
+    /// `every` given as a template, rendered at each poll.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_template: Option<String>,
     /// A name under which later steps see this step's output.
     pub capture: Option<String>,
     #[serde(default)]

@@ -353,18 +353,24 @@ impl Parser<'_> {
         let line = self.line_of(&raw.span());
         let at = |field: &str| format!("step {id:?}: {field}");
 
+        // A duration, or a template that renders to one when the step starts
+        // (`timeout = "{{ params.retention }}"`).
         let duration = |value: &Option<Spanned<String>>,
                         field: &str|
-         -> Result<Option<std::time::Duration>, Error> {
+         -> Result<(Option<std::time::Duration>, Option<String>), Error> {
             match value {
-                None => Ok(None),
+                None => Ok((None, None)),
+                Some(text) if text.get_ref().contains("{{") => {
+                    self.check_template(text, &at(field), TemplateKind::Text, scope)?;
+                    Ok((None, Some(text.get_ref().clone())))
+                }
                 Some(text) => crate::duration::parse(text.get_ref())
-                    .map(Some)
+                    .map(|duration| (Some(duration), None))
                     .map_err(|message| self.error(text, format!("{}: {message}", at(field)))),
             }
         };
-        let mut timeout = duration(&step.timeout, "timeout")?;
-        let mut every = duration(&step.every, "every")?;
+        let (mut timeout, mut timeout_template) = duration(&step.timeout, "timeout")?;
+        let (mut every, mut every_template) = duration(&step.every, "every")?;
         let on_failure = match &step.on_failure {
             None => OnFailure::Pause,
             Some(value) => match value.get_ref().as_str() {
@@ -477,6 +483,8 @@ impl Parser<'_> {
                 when,
                 until: None,
                 every: None,
+                timeout_template,
+                every_template: None,
                 capture: step
                     .capture
                     .as_ref()
@@ -566,11 +574,15 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            let parse_field = |field: &str| -> Result<Option<std::time::Duration>, Error> {
+            let parse_field = |field: &str| -> Result<(Option<std::time::Duration>, Option<String>), Error> {
                 match object.get(field) {
-                    None => Ok(None),
+                    None => Ok((None, None)),
+                    Some(Value::String(text)) if text.contains("{{") => {
+                        self.check_text(with_span, text, &at(&format!("with.{field}")), TemplateKind::Text, scope)?;
+                        Ok((None, Some(text.clone())))
+                    }
                     Some(Value::String(text)) => {
-                        crate::duration::parse(text).map(Some).map_err(|message| {
+                        crate::duration::parse(text).map(|duration| (Some(duration), None)).map_err(|message| {
                             self.error(
                                 with_span,
                                 format!("{}: {message}", at(&format!("with.{field}"))),
@@ -586,9 +598,15 @@ impl Parser<'_> {
                     )),
                 }
             };
-            every = parse_field("every")?.or(every);
-            timeout = parse_field("timeout")?.or(timeout);
-            if timeout.is_none() {
+            let (fixed_every, template_every) = parse_field("every")?;
+            if fixed_every.is_some() || template_every.is_some() {
+                (every, every_template) = (fixed_every, template_every);
+            }
+            let (fixed_timeout, template_timeout) = parse_field("timeout")?;
+            if fixed_timeout.is_some() || template_timeout.is_some() {
+                (timeout, timeout_template) = (fixed_timeout, template_timeout);
+            }
+            if timeout.is_none() && timeout_template.is_none() {
                 return Err(self.error(
                     with_span,
                     format!(
@@ -623,10 +641,10 @@ impl Parser<'_> {
                 TemplateKind::Expression,
                 &with_output,
             )?;
-            if every.is_none() {
+            if every.is_none() && every_template.is_none() {
                 every = Some(std::time::Duration::from_secs(5));
             }
-        } else if every.is_some() {
+        } else if every.is_some() || every_template.is_some() {
             return Err(self.error(
                 step.every.as_ref().unwrap_or(action),
                 format!("{}: `every` needs an `until` condition", at("every")),
@@ -667,6 +685,8 @@ impl Parser<'_> {
             when,
             until,
             every,
+            timeout_template,
+            every_template,
             capture: step
                 .capture
                 .as_ref()
@@ -820,5 +840,29 @@ pub(crate) fn toml_to_json(value: &toml::Value) -> Value {
                 .map(|(key, item)| (key.clone(), toml_to_json(item)))
                 .collect(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    fn check(text: &str, expect: Result<(), &str>) {
+        match (parse("t.toml", text), expect) {
+            (Ok(_), Ok(())) => {}
+            (Err(error), Err(needle)) => assert!(error.to_string().contains(needle), "{error}"),
+            (result, expect) => panic!("{result:?}, expected {expect:?}"),
+        }
+    }
+
+    #[test]
+    fn durations_may_be_templates_checked_like_any_other() {
+        let head = "name = \"x\"\n[params.drain]\ntype = \"duration\"\ndefault = \"72h\"\n[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = { command = \"true\" }\n";
+        check(&format!("{head}timeout = \"{{{{ params.drain }}}}\"\n"), Ok(()));
+        check(&format!("{head}until = \"output.exit_code == 0\"\nevery = \"{{{{ params.drain }}}}\"\n"), Ok(()));
+        check(&format!("{head}timeout = \"{{{{ params.drian }}}}\"\n"), Err("t.toml:9: step \"a\": timeout: unknown template variable `params.drian`"));
+        check(&format!("{head}timeout = \"72 hours-ish\"\n"), Err("t.toml:9"));
+        let wait_until = "name = \"x\"\n[params.t]\ndefault = \"1m\"\n[[steps]]\nid = \"a\"\naction = \"wait_until\"\nwith = { action = \"exec\", with = { command = \"true\" }, condition = \"output.exit_code == 0\", timeout = \"{{ params.t }}\" }\n";
+        check(wait_until, Ok(()));
     }
 }

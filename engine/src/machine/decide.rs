@@ -432,8 +432,13 @@ impl Decider {
                                 step: key.to_owned(),
                                 output,
                             });
-                            let every = step.every.unwrap_or(std::time::Duration::from_secs(5));
-                            self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
+                            match self.step_duration(key, step.every, &step.every_template, "every") {
+                                Ok(every) => {
+                                    let every = every.unwrap_or(std::time::Duration::from_secs(5));
+                                    self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
+                                }
+                                Err(message) => self.fail(key, message, false),
+                            }
                         }
                         Err(message) => self.fail(key, format!("until: {message}"), false),
                     }
@@ -542,10 +547,12 @@ impl Decider {
                     if let Some(call) = self.state.step(key).and_then(|state| state.call) {
                         self.effects.push(Effect::Abort { call });
                     }
-                    let limit = step
-                        .timeout
+                    let limit = self
+                        .step_duration(key, step.timeout, &step.timeout_template, "timeout")
+                        .ok()
+                        .flatten()
                         .map(crate::duration::format)
-                        .unwrap_or_default();
+                        .unwrap_or_else(|| "its timeout".to_owned());
                     let what = if self
                         .state
                         .step(key)
@@ -923,7 +930,8 @@ impl Decider {
                         action: "for_each".to_owned(),
                         input: Value::Array(items),
                     });
-                    self.arm_timeout(step, key);
+                    // A timeout that cannot be rendered has failed the loop already.
+                    let _ = self.arm_timeout(step, key);
                 }
                 Err(message) => {
                     self.emit(EventKind::StepStarted {
@@ -941,14 +949,44 @@ impl Decider {
         self.start_attempt(step, key, 1);
     }
 
-    fn arm_timeout(&mut self, step: &Step, key: &str) {
+    /// A duration of the step, fixed or rendered from its template.
+    fn step_duration(
+        &self,
+        key: &str,
+        fixed: Option<std::time::Duration>,
+        template: &Option<String>,
+        field: &str,
+    ) -> Result<Option<std::time::Duration>, String> {
+        let Some(template) = template else { return Ok(fixed) };
+        let scope = context::for_step(&self.state, key);
+        let rendered = template::render(&Value::String(template.clone()), &scope).map_err(|message| format!("{field}: {message}"))?;
+        let text = match rendered {
+            Value::String(text) => text,
+            other => other.to_string(),
+        };
+        crate::duration::parse(&text).map(Some).map_err(|message| format!("{field}: {message}"))
+    }
+
+    /// Arms the step's overall timeout when it first starts; `false` when the step failed.
+    fn arm_timeout(&mut self, step: &Step, key: &str) -> bool {
         let armed = self
             .state
             .timers
             .iter()
             .any(|timer| timer.step == key && timer.purpose == TimerPurpose::Timeout);
-        if let (Some(timeout), false) = (step.timeout, armed) {
-            self.arm(TimerPurpose::Timeout, key, self.now + to_chrono(timeout));
+        if armed {
+            return true;
+        }
+        match self.step_duration(key, step.timeout, &step.timeout_template, "timeout") {
+            Ok(Some(timeout)) => {
+                self.arm(TimerPurpose::Timeout, key, self.now + to_chrono(timeout));
+                true
+            }
+            Ok(None) => true,
+            Err(message) => {
+                self.fail(key, message, false);
+                false
+            }
         }
     }
 
@@ -977,7 +1015,9 @@ impl Decider {
             action: step.action.clone(),
             input: input.clone(),
         });
-        self.arm_timeout(step, key);
+        if !self.arm_timeout(step, key) {
+            return;
+        }
         match step.action.as_str() {
             "noop" => {
                 self.complete(key, Ok(input));
