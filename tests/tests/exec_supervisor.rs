@@ -219,7 +219,13 @@ fn timed_out(
     command: &str,
     grace: &str,
 ) -> Result<(String, i32, Value)> {
-    let mark = format!("{name}-{}-{:?}", std::process::id(), Instant::now());
+    // The data dir's name is unique: so is the mark, even across parallel tests and runs.
+    let unique = daemon
+        .data_dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy();
+    let mark = format!("{name}-{unique}");
     let file = daemon.write_file(
         &format!("{name}.toml"),
         &format!(

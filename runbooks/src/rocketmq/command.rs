@@ -4,27 +4,51 @@
 //! Input: `command` (the template, e.g. a runbook param), `vars` (`{broker = ..., broker_addr =
 //! ..., broker_config = ...}`), and `exec`'s own `env`, `cwd`, `parse`, `grace`. A placeholder
 //! that `vars` does not define fails the step before anything runs. Output: `exec`'s, plus
-//! `command` (as run).
+//! `command` (as run). Like `exec`, it runs under the exec supervisor: after a daemon crash it
+//! re-attaches to a stop or start command still running instead of running it twice.
 
-use runbook_engine::action::{Action, ActionContext, ActionFailure, Exec};
+use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture, Exec};
 use serde_json::{json, Value};
 
 use super::common::Input;
 use super::files::{render_placeholders, vars};
 
-pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
-    let reader = Input::new("rocketmq.command", &input);
+/// The `rocketmq.command` action.
+pub struct Command;
+
+impl Action for Command {
+    fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
+        Box::pin(async move {
+            let (exec_input, command) = exec_input(&input)?;
+            context.log.line(&format!("$ {command}"));
+            finish(Exec.call(exec_input, context).await, &command)
+        })
+    }
+
+    fn reattach(&self, input: Value, context: ActionContext) -> Option<ActionFuture> {
+        let (exec_input, command) = exec_input(&input).ok()?;
+        let following = Exec.reattach(exec_input, context)?;
+        Some(Box::pin(async move { finish(following.await, &command) }))
+    }
+}
+
+/// The `exec` input for a command template, and the command as it runs.
+fn exec_input(input: &Value) -> Result<(Value, String), ActionFailure> {
+    let reader = Input::new("rocketmq.command", input);
     let vars = vars(&reader)?;
     let template = reader.string("command")?;
     let command = render_placeholders(&reader, "command", &template, &vars)?;
-    context.log.line(&format!("$ {command}"));
     let mut exec_input = json!({"command": command});
     for field in ["env", "cwd", "parse", "grace", "regex"] {
         if let Some(value) = reader.get(field) {
             exec_input[field] = value.clone();
         }
     }
-    let mut output = Exec.call(exec_input, context).await?;
+    Ok((exec_input, command))
+}
+
+fn finish(result: Result<Value, ActionFailure>, command: &str) -> Result<Value, ActionFailure> {
+    let mut output = result?;
     output["command"] = json!(command);
     Ok(output)
 }

@@ -54,5 +54,5 @@ pub fn register(registry: &mut Registry) {
     registry.register("rocketmq.restore_offsets", FnAction(consumer::run_restore));
     registry.register("rocketmq.config_file", FnAction(files::run_config_file));
     registry.register("rocketmq.commitlog_md5", FnAction(files::run_commitlog_md5));
-    registry.register("rocketmq.command", FnAction(command::run));
+    registry.register("rocketmq.command", command::Command);
 }
