@@ -129,6 +129,9 @@ pub fn verify_offline(data_dir: &Path) -> Result<Vec<String>, Error> {
     Ok(crate::store::Store::verify(&store)?)
 }
 
+/// How long to wait for the lock when the daemon that held it is gone.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Takes the data dir's exclusive lock, or names the pid that holds it.
 fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
     let path = data_dir.join("daemon.lock");
@@ -139,20 +142,34 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, Error> {
         .truncate(false)
         .open(&path)
         .map_err(|error| Error::Io(format!("cannot open {}: {error}", path.display())))?;
-    // SAFETY: flock on a file descriptor we own; no memory is shared.
-    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
-    if !locked {
+    // A daemon killed while it started a command leaves a child that shares this open file, and
+    // so the lock, between its fork and its exec. When the pid in the file is gone, wait a moment
+    // for that child to let go rather than refuse to start.
+    let patience = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        // SAFETY: flock on a file descriptor we own; no memory is shared.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break;
+        }
         let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
-        let pid = pid.trim();
-        return Err(Error::InUse {
-            dir: data_dir.display().to_string(),
-            pid: if pid.is_empty() {
-                "unknown".to_owned()
-            } else {
-                pid.to_owned()
-            },
+        let _ = file.rewind().and_then(|()| file.read_to_string(&mut pid));
+        let pid = pid.trim().to_owned();
+        let holder_runs = pid.parse::<i32>().is_ok_and(|pid| {
+            // SAFETY: signal 0 only checks that the process exists.
+            let found = unsafe { libc::kill(pid, 0) } == 0;
+            found || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
         });
+        if holder_runs || std::time::Instant::now() >= patience {
+            return Err(Error::InUse {
+                dir: data_dir.display().to_string(),
+                pid: if pid.is_empty() {
+                    "unknown".to_owned()
+                } else {
+                    pid
+                },
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let write = (|| -> std::io::Result<()> {
         file.set_len(0)?;

@@ -1,10 +1,12 @@
 //! Tests of the pure run state machine (`engine::machine`) through a small deterministic driver.
 //!
 //! The driver plays the part of the runtime: it journals each decision's events, keeps the action
-//! calls in flight, fires durable timers from a manual clock, and simulates a daemon crash and
-//! restart (replay the journal, forget the calls in flight, report them `Interrupted`, exactly as
-//! `runtime::Engine::recover` does). Every decision is checked against a simple model (see
-//! [`Model`] and [`Driver::check_state`]), so all the tests below share the same invariants.
+//! calls in flight, feeds `Continue` after a decision that yields, fires durable timers from a
+//! manual clock, and simulates a daemon crash and restart as `runtime::Engine::recover` does:
+//! replay the journal, forget the calls in flight, `Continue`, then hand each call the state shows
+//! in flight back to its action, which re-attaches to it or reports it `Interrupted`. Every
+//! decision is checked against a simple model (see [`Model`] and [`Driver::check_state`]), so all
+//! the tests below share the same invariants.
 //!
 //! - Snapshot tests: canonical runs written as a tiny script (see [`run_script`]), snapshotted as
 //!   a transcript of the operations, the events they journaled and the effects they asked for.
@@ -58,6 +60,13 @@ struct Driver {
     aborted: Vec<Call>,
     /// Calls lost in a restart that recovery has not reported `Interrupted` yet.
     lost: BTreeSet<u32>,
+    /// `Effect::Continue`s of committed decisions not fed back yet.
+    continues: usize,
+    /// Crash right after the next decision that yields (`Effect::Continue`) is committed, before
+    /// the continue is fed; re-attach the calls whose bit is set.
+    crash_at_yield: Option<u8>,
+    /// Leave the continue of the next decision that yields for later: another input comes first.
+    defer_continue: bool,
     /// Every operation, event and effect, for snapshots and failure messages.
     transcript: Vec<String>,
     model: Model,
@@ -92,6 +101,9 @@ impl Driver {
             pending: Vec::new(),
             aborted: Vec::new(),
             lost: BTreeSet::new(),
+            continues: 0,
+            crash_at_yield: None,
+            defer_continue: false,
             transcript: Vec::new(),
             model: Model::default(),
             checked,
@@ -109,6 +121,7 @@ impl Driver {
             start,
         );
         driver.commit(None, &before, next, decision);
+        driver.drain_continues();
         driver
     }
 
@@ -155,7 +168,29 @@ impl Driver {
             }
             Ok(Ok((next, decision))) => {
                 self.commit(Some(&input), &before, next, decision);
+                self.drain_continues();
                 Ok(())
+            }
+        }
+    }
+
+    /// Feeds `Input::Continue` for every decision that yielded, as the runtime does once the
+    /// decision is durable (or crashes there, when asked to).
+    fn drain_continues(&mut self) {
+        if self.continues > 0 && std::mem::take(&mut self.defer_continue) {
+            self.log("  (its continue comes later)".to_owned());
+            return;
+        }
+        while self.continues > 0 {
+            self.continues -= 1;
+            if let Some(reattach) = self.crash_at_yield.take() {
+                self.log("> crash after a yield was committed".to_owned());
+                self.restart(|index| reattach & (1 << (index % 8)) != 0);
+                return;
+            }
+            self.log("> continue".to_owned());
+            if self.feed(Input::Continue).is_err() {
+                self.fail("Continue was rejected");
             }
         }
     }
@@ -183,6 +218,7 @@ impl Driver {
                     call.input
                 ),
                 Effect::Abort { call } => format!("  -> abort #{call}"),
+                Effect::Continue => "  -> continue".to_owned(),
             };
             self.log(line);
         }
@@ -196,6 +232,7 @@ impl Driver {
         for effect in decision.effects {
             match effect {
                 Effect::Call(call) => self.pending.push(call),
+                Effect::Continue => self.continues += 1,
                 Effect::Abort { call } => {
                     match self.pending.iter().position(|pending| pending.call == call) {
                         Some(index) => {
@@ -316,7 +353,9 @@ impl Driver {
             .remove("kind")
             .and_then(|kind| kind.as_str().map(str::to_owned))
             .unwrap_or_default();
+        // The pinned definition is in the test, and messages are for people.
         object.remove("definition");
+        object.remove("message");
         // The step first, then the other fields by name.
         let step = object.remove("step");
         let fields: Vec<String> = step
@@ -402,7 +441,7 @@ impl Driver {
     }
 
     /// An aborted call reports after all (the runtime always feeds the end of a call back): the
-    /// machine must ignore it.
+    /// machine journals only that it ended (`aborted_call_ended`, which rollback waits for).
     fn late_report(&mut self, call: u32) {
         let Some(index) = self.aborted.iter().position(|aborted| aborted.call == call) else {
             self.fail(&format!("late_report: call #{call} was not aborted"));
@@ -417,7 +456,13 @@ impl Driver {
                 retryable: false,
             }),
         });
-        if self.journal.len() != before_len {
+        // Its end, and then only what a rollback that waited for it does next.
+        let added = &self.journal[before_len..];
+        let ends_it = |event: &Event| matches!(&event.kind, EventKind::AbortedCallEnded { call: ended, .. } if *ended == call);
+        let rolling_back = self.state.rollback.is_some();
+        let only_its_end =
+            added.is_empty() || (ends_it(&added[0]) && (rolling_back || added.len() == 1));
+        if !only_its_end {
             self.violation(&format!(
                 "the late report of aborted call #{call} changed the run"
             ));
@@ -523,55 +568,113 @@ impl Driver {
         self.operator(&format!("skip {step}"), input)
     }
 
-    /// A daemon crash and restart: the in-memory state and the calls in flight are lost; the state
-    /// is rebuilt from the journal, and every call it shows in flight is reported `Interrupted`.
-    fn restart(&mut self) {
+    /// A daemon crash and restart: the in-memory state, the calls in flight and the continues
+    /// not fed yet are lost; the state is rebuilt from the journal. Then, as
+    /// `runtime::Engine::recover` does: `Input::Continue`, and every call the state shows in
+    /// flight is handed back to its action; `reattach(i)` says whether the action can follow the
+    /// `i`-th of them to its real end (the call stays in flight, under its number); the others
+    /// are reported `Interrupted`.
+    fn restart(&mut self, reattach: impl Fn(usize) -> bool) {
         self.log("> restart".to_owned());
         self.state = RunState::replay(self.run_id, &self.journal);
         self.pending.clear();
         self.aborted.clear();
+        self.continues = 0;
+        // A call that was being aborted is re-attached only to be stopped: its end is reported.
+        for step in &self.state.steps {
+            if let Some(call) = step.aborting {
+                self.aborted.push(Call {
+                    run_id: self.run_id,
+                    call,
+                    step: step.key.clone(),
+                    attempt: step.attempts,
+                    undo: false,
+                    action: step.action.clone(),
+                    input: step.input.clone(),
+                });
+            }
+        }
         if self.state.status.is_terminal() {
             return;
         }
-        let mut lost = Vec::new();
+        let mut in_flight = Vec::new();
         for step in &self.state.steps {
             if let Some(call) = step.call {
-                lost.push((call, step.key.clone(), false));
+                in_flight.push(Call {
+                    run_id: self.run_id,
+                    call,
+                    step: step.key.clone(),
+                    attempt: step.attempts,
+                    undo: false,
+                    action: step.action.clone(),
+                    input: step.input.clone(),
+                });
             }
-            if let Some(call) = step.undo.as_ref().and_then(|undo| undo.call) {
-                lost.push((call, step.key.clone(), true));
+            if let Some(undo) = &step.undo {
+                if let Some(call) = undo.call {
+                    in_flight.push(Call {
+                        run_id: self.run_id,
+                        call,
+                        step: step.key.clone(),
+                        attempt: undo.attempts,
+                        undo: true,
+                        action: undo.action.clone(),
+                        input: undo.input.clone(),
+                    });
+                }
             }
+        }
+        self.lost = in_flight.iter().map(|call| call.call).collect();
+        self.log("> continue".to_owned());
+        let _ = self.feed(Input::Continue);
+        let (mut reattached, mut lost) = (Vec::new(), Vec::new());
+        for (index, call) in in_flight.into_iter().enumerate() {
+            if reattach(index) {
+                reattached.push(call);
+            } else {
+                lost.push(call);
+            }
+        }
+        for call in reattached {
+            self.log(format!("  (call #{} re-attached)", call.call));
+            self.lost.remove(&call.call);
+            self.pending.push(call);
         }
         let definition = self.state.definition.clone();
-        for (_, key, undo) in &lost {
-            if !idempotent(&definition, key, *undo) {
-                self.model.unknown_outcome.insert((key.clone(), *undo));
+        for call in &lost {
+            if !idempotent(&definition, &call.step, call.undo) {
+                self.model
+                    .unknown_outcome
+                    .insert((call.step.clone(), call.undo));
             }
         }
-        self.lost = lost.iter().map(|(call, _, _)| *call).collect();
-        for (call, _, _) in &lost {
-            self.lost.remove(call);
-            if self.feed(Input::Interrupted { call: *call }).is_err() {
-                self.fail(&format!("Interrupted {{ call: {call} }} was rejected"));
+        for call in &lost {
+            self.lost.remove(&call.call);
+            if self.feed(Input::Interrupted { call: call.call }).is_err() {
+                self.fail(&format!(
+                    "Interrupted {{ call: {} }} was rejected",
+                    call.call
+                ));
             }
         }
         // An idempotent step (or undo) is re-run at once; a non-idempotent one waits for an
         // operator.
-        for (_, key, undo) in &lost {
-            let Some(step) = self.state.step(key) else {
+        for call in &lost {
+            let Some(step) = self.state.step(&call.step) else {
                 continue;
             };
-            let status = if *undo {
+            let status = if call.undo {
                 step.undo.as_ref().map(|undo| undo.status)
             } else {
                 Some(step.status)
             };
             let interrupted = status == Some(StepStatus::Interrupted);
-            let idempotent = idempotent(&definition, key, *undo);
+            let idempotent = idempotent(&definition, &call.step, call.undo);
             if idempotent == interrupted && !self.state.status.is_terminal() {
                 self.violation(&format!(
-                    "after a restart, {key}{} is {status:?} (idempotent: {idempotent})",
-                    if *undo { " (undo)" } else { "" },
+                    "after a restart, {}{} is {status:?} (idempotent: {idempotent})",
+                    call.step,
+                    if call.undo { " (undo)" } else { "" },
                 ));
             }
         }
@@ -579,14 +682,50 @@ impl Driver {
 
     /// The daemon is down for `duration`: nothing fires meanwhile; on restart, overdue timers
     /// fire at once, late.
-    fn down(&mut self, duration: chrono::Duration) {
+    fn down(&mut self, duration: chrono::Duration, reattach: impl Fn(usize) -> bool) {
         self.log(format!(
             "> down for {}",
             runbook_engine::duration::format(duration.to_std().unwrap_or_default())
         ));
         self.now += duration;
-        self.restart();
+        self.restart(reattach);
         self.fire_due_timers(self.now);
+    }
+
+    /// The action of a call in flight journals a note about it (the exec supervisor's pid): one
+    /// `CallNoted` event, and nothing else changes.
+    fn note(&mut self, call: u32, note: Value) -> Result<(), Rejection> {
+        self.log(format!("> note #{call} {note}"));
+        let before_len = self.journal.len();
+        let result = self.feed(Input::CallNote {
+            call,
+            note: note.clone(),
+        });
+        let noted: Vec<&EventKind> = self.journal[before_len..]
+            .iter()
+            .map(|event| &event.kind)
+            .collect();
+        if result.is_ok() && !matches!(noted.as_slice(), [EventKind::CallNoted { .. }]) {
+            self.violation(&format!("a note journaled {noted:?}, not one CallNoted"));
+        }
+        let in_state = self.state.steps.iter().any(|step| {
+            (step.call == Some(call) && step.note.as_ref() == Some(&note))
+                || step.undo.as_ref().is_some_and(|undo| {
+                    undo.call == Some(call) && undo.note.as_ref() == Some(&note)
+                })
+        });
+        if result.is_ok() != in_state {
+            self.violation(&format!(
+                "the note of call #{call} was {} but the state {} it",
+                if result.is_ok() {
+                    "accepted"
+                } else {
+                    "rejected"
+                },
+                if in_state { "shows" } else { "does not show" }
+            ));
+        }
+        result
     }
 }
 
@@ -661,7 +800,10 @@ impl Model {
                 ));
             }
             if scratch.status.is_terminal()
-                && !matches!(event.kind, EventKind::RollbackStarted { .. })
+                && !matches!(
+                    event.kind,
+                    EventKind::RollbackStarted { .. } | EventKind::AbortedCallEnded { .. }
+                )
             {
                 return Err(format!(
                     "event #{} {:?} after the run ended ({})",
@@ -701,6 +843,13 @@ impl Model {
                     if !status.is_some_and(StepStatus::is_active) {
                         return Err(format!(
                             "step {step} succeeded while it was {status:?}, not running or waiting"
+                        ));
+                    }
+                    let deadline = scratch.step(step).and_then(|state| state.fire_at);
+                    if self.waits.contains_key(step) && deadline.is_none_or(|at| at > event.at) {
+                        return Err(format!(
+                            "wait step {step} succeeded at {} before its deadline {deadline:?}",
+                            event.at
                         ));
                     }
                     if let Some(clock) = self.waits.get_mut(step) {
@@ -824,7 +973,9 @@ impl Model {
 /// - `advance DURATION`: time passes and due timers fire;
 /// - `down DURATION`: the daemon is down that long, then restarts;
 /// - `approve [STEP]`, `pause`, `resume`, `cancel`, `rollback`, `retry STEP`, `skip STEP`;
-/// - `restart`: a crash and restart;
+/// - `note STEP JSON`: the action of STEP's call journals a note about it;
+/// - `restart`: a crash and restart, no call can be re-attached; `restart reattach`: every call
+///   can be; `crash-at-yield`: a crash right after the next decision that yields is committed;
 /// - `expect STATUS`: the run's status now (checked at once).
 ///
 /// Rejected operator requests are not errors: the transcript shows them.
@@ -875,7 +1026,7 @@ fn run_script(driver: &mut Driver, script: &str) {
                 Ok(())
             }
             "down" => {
-                driver.down(duration());
+                driver.down(duration(), |_| false);
                 Ok(())
             }
             "approve" => driver.approve((!rest.is_empty()).then_some(rest)),
@@ -886,8 +1037,24 @@ fn run_script(driver: &mut Driver, script: &str) {
             "retry" => driver.retry(rest),
             "skip" => driver.skip(rest),
             "restart" => {
-                driver.restart();
+                let reattach = match rest {
+                    "" => false,
+                    "reattach" => true,
+                    other => panic!("{line}: unknown restart mode {other:?}"),
+                };
+                driver.restart(|_| reattach);
                 Ok(())
+            }
+            "crash-at-yield" => {
+                driver.crash_at_yield = Some(0);
+                Ok(())
+            }
+            "note" => {
+                let (step, note) = rest.split_once(' ').unwrap_or((rest, "{}"));
+                let note = serde_json::from_str(note)
+                    .unwrap_or_else(|error| panic!("{line}: bad JSON: {error}"));
+                let call = driver.call_of(&driver.pending, step, false);
+                driver.note(call, note)
             }
             "expect" => {
                 if driver.state.status.name() != rest {
@@ -1247,6 +1414,65 @@ expect succeeded
 }
 
 #[test]
+fn crash_during_exec_reattached_by_its_note() {
+    check(
+        "crash_during_exec_reattached_by_its_note",
+        r#"
+name = "reattach"
+
+[[steps]]
+id = "migrate"
+action = "exec"
+with = { command = "migrate --once" }
+
+[[steps]]
+id = "report"
+action = "noop"
+"#,
+        r#"
+note migrate {"pid": 4242, "boot": "b1"}
+# the action follows the command that still runs: no interruption, no second run
+restart reattach
+expect running
+ok migrate
+expect succeeded
+"#,
+    );
+}
+
+#[test]
+fn crash_after_a_yield_loses_no_step() {
+    check(
+        "crash_after_a_yield_loses_no_step",
+        r#"
+name = "yield"
+
+[[steps]]
+id = "first"
+action = "exec"
+with = { command = "first" }
+
+[[steps]]
+id = "mark"
+action = "noop"
+
+[[steps]]
+id = "last"
+action = "exec"
+with = { command = "last" }
+"#,
+        "
+crash-at-yield
+# mark ends inside this decision, which yields; the daemon dies before it continues
+ok first
+expect running
+ok last
+expect succeeded
+",
+    );
+}
+
+#[test]
 fn crash_during_rollback_interrupts_the_undo() {
     check(
         "crash_during_rollback_interrupts_the_undo",
@@ -1311,7 +1537,7 @@ timeout = "1m"
 advance 10s
 cancel
 expect canceled
-# the aborted call reports; nothing changes
+# the aborted call reports: only that it ended is recorded
 late slow
 ",
     );
@@ -1779,9 +2005,26 @@ enum Op {
     Skip {
         pick: Option<usize>,
     },
-    /// A crash, the daemon down for `down_ms`, and a restart.
+    /// The action of a call in flight (or of an aborted one) journals a note.
+    Note {
+        pick: usize,
+        aborted: bool,
+    },
+    /// A timer is reported due before its deadline (a clock that jumped back): nothing happens.
+    EarlyFire {
+        pick: usize,
+    },
+    /// The next decision that yields is followed by a crash before its continue is fed.
+    CrashAtNextYield {
+        reattach: u8,
+    },
+    /// The continue of the next decision that yields comes after the next operation.
+    DeferNextContinue,
+    /// A crash, the daemon down for `down_ms`, and a restart; the calls in flight whose bit is
+    /// set in `reattach` are re-attached.
     Restart {
         down_ms: u32,
+        reattach: u8,
     },
 }
 
@@ -1801,7 +2044,12 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Rollback),
         8 => prop::option::weighted(0.6, any::<usize>()).prop_map(|pick| Op::Retry { pick }),
         4 => prop::option::weighted(0.6, any::<usize>()).prop_map(|pick| Op::Skip { pick }),
-        8 => prop_oneof![Just(0u32), 1u32..=5000].prop_map(|down_ms| Op::Restart { down_ms }),
+        3 => (any::<usize>(), prop::bool::weighted(0.2)).prop_map(|(pick, aborted)| Op::Note { pick, aborted }),
+        2 => any::<usize>().prop_map(|pick| Op::EarlyFire { pick }),
+        3 => any::<u8>().prop_map(|reattach| Op::CrashAtNextYield { reattach }),
+        3 => Just(Op::DeferNextContinue),
+        8 => (prop_oneof![Just(0u32), 1u32..=5000], prop_oneof![Just(0u8), any::<u8>()])
+            .prop_map(|(down_ms, reattach)| Op::Restart { down_ms, reattach }),
     ]
 }
 
@@ -1843,6 +2091,12 @@ impl Driver {
     }
 
     fn apply(&mut self, op: &Op) {
+        self.apply_op(op);
+        // A continue left for later comes now, if the operation did not already feed it.
+        self.drain_continues();
+    }
+
+    fn apply_op(&mut self, op: &Op) {
         let workarounds = self.workarounds;
         // Rejected requests are expected here; the transcript shows them.
         let _ = match op {
@@ -1897,8 +2151,57 @@ impl Driver {
                 Some(key) => self.skip(&key),
                 None => Ok(()),
             },
-            Op::Restart { down_ms } => {
-                self.down(chrono::Duration::milliseconds(i64::from(*down_ms)));
+            Op::Note { pick, aborted } => {
+                let calls = if *aborted {
+                    &self.aborted
+                } else {
+                    &self.pending
+                };
+                if calls.is_empty() {
+                    return;
+                }
+                let call = calls[pick % calls.len()].call;
+                let accepted = self.note(call, json!({"pid": pick % 1000})).is_ok();
+                if accepted == *aborted {
+                    self.violation(&format!(
+                        "a note of {} call #{call} was {}",
+                        if *aborted { "aborted" } else { "in-flight" },
+                        if accepted { "accepted" } else { "rejected" }
+                    ));
+                }
+                Ok(())
+            }
+            Op::EarlyFire { pick } => {
+                let early: Vec<u64> = self
+                    .state
+                    .timers
+                    .iter()
+                    .filter(|timer| timer.fire_at > self.now)
+                    .map(|timer| timer.timer)
+                    .collect();
+                if early.is_empty() {
+                    return;
+                }
+                let timer = early[pick % early.len()];
+                self.log(format!("> timer {timer} reported due early"));
+                let before_len = self.journal.len();
+                let _ = self.feed(Input::TimerFired { timer });
+                if self.journal.len() != before_len {
+                    self.violation(&format!("timer {timer} fired before its deadline"));
+                }
+                Ok(())
+            }
+            Op::CrashAtNextYield { reattach } => {
+                self.crash_at_yield = Some(*reattach);
+                Ok(())
+            }
+            Op::DeferNextContinue => {
+                self.defer_continue = true;
+                Ok(())
+            }
+            Op::Restart { down_ms, reattach } => {
+                let down = chrono::Duration::milliseconds(i64::from(*down_ms));
+                self.down(down, |index| reattach & (1 << (index % 8)) != 0);
                 Ok(())
             }
         };
@@ -1910,12 +2213,20 @@ impl Driver {
         self.log("> settle".to_owned());
         let mut retries: BTreeMap<String, u32> = BTreeMap::new();
         for _ in 0..1000 {
+            self.defer_continue = false;
+            self.drain_continues();
             if self.state.status.is_terminal() {
                 return;
             }
-            let waits_for_approval = self.state.steps.iter().any(|step| {
-                step.status == StepStatus::Waiting && step.waiting_for == Some(WaitingFor::Approval)
-            });
+            let waits_for_approval = self
+                .state
+                .steps
+                .iter()
+                .find(|step| {
+                    step.status == StepStatus::Waiting
+                        && step.waiting_for == Some(WaitingFor::Approval)
+                })
+                .map(|step| step.key.clone());
             if let Some(call) = self.pending.first().cloned() {
                 self.log(format!(
                     "> finish #{} {}{} ok",
@@ -1942,12 +2253,15 @@ impl Driver {
                         "settle: {key} needs attention but can be neither retried nor skipped"
                     ));
                 }
-            } else if waits_for_approval {
-                if self.approve(None).is_err() {
+            } else if let Some(key) = waits_for_approval {
+                if self.approve(Some(&key)).is_err() {
                     self.fail("settle: approve was rejected");
                 }
             } else if let Some(next) = self.state.timers.iter().map(|timer| timer.fire_at).min() {
                 self.advance_time((next - self.now).max(chrono::Duration::zero()));
+            } else if let Some(aborted) = self.aborted.first().map(|aborted| aborted.call) {
+                // The runtime always reports the end of an aborted call; a rollback waits for it.
+                self.late_report(aborted);
             } else {
                 self.fail(&format!(
                     "settle: the run is {} with nothing in flight, no timer and nothing to decide",

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::map_response(error_shape))
         .with_state(state)
 }
 
@@ -155,6 +156,54 @@ impl IntoResponse for ApiError {
         }
         (self.status, Json(json!({ "error": error }))).into_response()
     }
+}
+
+/// Axum refuses some requests before a handler runs, in plain text or without a body: a body
+/// over [`MAX_BODY`] (413), a query string or path segment that does not decode (400), a method
+/// the route does not take (405). Give those the error shape of every other error.
+async fn error_shape(method: Method, uri: Uri, response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let (code, field) = match status {
+        StatusCode::NOT_FOUND => ("not_found", None),
+        StatusCode::CONFLICT => ("conflict", None),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable", None),
+        StatusCode::PAYLOAD_TOO_LARGE => ("invalid", Some("body".to_owned())),
+        status if status.is_server_error() => ("internal", None),
+        _ => ("invalid", None),
+    };
+    let message = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            format!("request body: larger than the limit of {MAX_BODY} bytes")
+        }
+        StatusCode::METHOD_NOT_ALLOWED => format!("{method} is not allowed on {}", uri.path()),
+        _ => {
+            let text = axum::body::to_bytes(response.into_body(), 64 * 1024)
+                .await
+                .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+                .unwrap_or_default();
+            let mut chars = text.chars();
+            match chars.next() {
+                Some(first) => first.to_lowercase().chain(chars).collect(),
+                None => status
+                    .canonical_reason()
+                    .unwrap_or("bad request")
+                    .to_lowercase(),
+            }
+        }
+    };
+    let mut shaped = ApiError::new(status, code, message, field).into_response();
+    if let Some(allow) = allow {
+        shaped.headers_mut().insert(header::ALLOW, allow);
+    }
+    shaped
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -308,7 +357,7 @@ async fn show_run(State(app): State<AppState>, Path(id): Path<String>) -> ApiRes
 
 async fn run_events(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let run_id = app.engine.resolve(&id)?;
-    ok(json!({ "events": app.engine.events(run_id)? }))
+    ok(json!({ "events": app.engine.events(run_id).await? }))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +399,11 @@ fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(error),
     };
+    // Nothing lies past the end; an offset far past it (a client's mistake) must not reach
+    // `lseek`, which refuses offsets beyond the file system's limit (EINVAL).
+    if offset >= file.metadata()?.len() {
+        return Ok(Vec::new());
+    }
     file.seek(SeekFrom::Start(offset))?;
     let mut data = Vec::new();
     file.take(1024 * 1024).read_to_end(&mut data)?;

@@ -574,30 +574,37 @@ impl Parser<'_> {
                     ),
                 ));
             }
-            let parse_field = |field: &str| -> Result<(Option<std::time::Duration>, Option<String>), Error> {
-                match object.get(field) {
-                    None => Ok((None, None)),
-                    Some(Value::String(text)) if text.contains("{{") => {
-                        self.check_text(with_span, text, &at(&format!("with.{field}")), TemplateKind::Text, scope)?;
-                        Ok((None, Some(text.clone())))
-                    }
-                    Some(Value::String(text)) => {
-                        crate::duration::parse(text).map(|duration| (Some(duration), None)).map_err(|message| {
-                            self.error(
+            let parse_field =
+                |field: &str| -> Result<(Option<std::time::Duration>, Option<String>), Error> {
+                    match object.get(field) {
+                        None => Ok((None, None)),
+                        Some(Value::String(text)) if text.contains("{{") => {
+                            self.check_text(
                                 with_span,
-                                format!("{}: {message}", at(&format!("with.{field}"))),
-                            )
-                        })
+                                text,
+                                &at(&format!("with.{field}")),
+                                TemplateKind::Text,
+                                scope,
+                            )?;
+                            Ok((None, Some(text.clone())))
+                        }
+                        Some(Value::String(text)) => crate::duration::parse(text)
+                            .map(|duration| (Some(duration), None))
+                            .map_err(|message| {
+                                self.error(
+                                    with_span,
+                                    format!("{}: {message}", at(&format!("with.{field}"))),
+                                )
+                            }),
+                        Some(_) => Err(self.error(
+                            with_span,
+                            format!(
+                                "{}: must be a duration string",
+                                at(&format!("with.{field}"))
+                            ),
+                        )),
                     }
-                    Some(_) => Err(self.error(
-                        with_span,
-                        format!(
-                            "{}: must be a duration string",
-                            at(&format!("with.{field}"))
-                        ),
-                    )),
-                }
-            };
+                };
             let (fixed_every, template_every) = parse_field("every")?;
             if fixed_every.is_some() || template_every.is_some() {
                 (every, every_template) = (fixed_every, template_every);
@@ -858,10 +865,24 @@ mod tests {
     #[test]
     fn durations_may_be_templates_checked_like_any_other() {
         let head = "name = \"x\"\n[params.drain]\ntype = \"duration\"\ndefault = \"72h\"\n[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = { command = \"true\" }\n";
-        check(&format!("{head}timeout = \"{{{{ params.drain }}}}\"\n"), Ok(()));
-        check(&format!("{head}until = \"output.exit_code == 0\"\nevery = \"{{{{ params.drain }}}}\"\n"), Ok(()));
-        check(&format!("{head}timeout = \"{{{{ params.drian }}}}\"\n"), Err("t.toml:9: step \"a\": timeout: unknown template variable `params.drian`"));
-        check(&format!("{head}timeout = \"72 hours-ish\"\n"), Err("t.toml:9"));
+        check(
+            &format!("{head}timeout = \"{{{{ params.drain }}}}\"\n"),
+            Ok(()),
+        );
+        check(
+            &format!(
+                "{head}until = \"output.exit_code == 0\"\nevery = \"{{{{ params.drain }}}}\"\n"
+            ),
+            Ok(()),
+        );
+        check(
+            &format!("{head}timeout = \"{{{{ params.drian }}}}\"\n"),
+            Err("t.toml:9: step \"a\": timeout: unknown template variable `params.drian`"),
+        );
+        check(
+            &format!("{head}timeout = \"72 hours-ish\"\n"),
+            Err("t.toml:9"),
+        );
         let wait_until = "name = \"x\"\n[params.t]\ndefault = \"1m\"\n[[steps]]\nid = \"a\"\naction = \"wait_until\"\nwith = { action = \"exec\", with = { command = \"true\" }, condition = \"output.exit_code == 0\", timeout = \"{{ params.t }}\" }\n";
         check(wait_until, Ok(()));
     }

@@ -221,6 +221,16 @@ impl Decider {
     }
 
     fn arm(&mut self, purpose: TimerPurpose, step: &str, fire_at: DateTime<Utc>) {
+        if self.state.paused.is_some() {
+            // A paused run's clock stands still: the timer waits for the resume, whole.
+            let remaining_ms = (fire_at - self.now).num_milliseconds().max(0);
+            self.emit(EventKind::TimerSuspended {
+                purpose,
+                step: step.to_owned(),
+                remaining_ms,
+            });
+            return;
+        }
         let timer = self.state.last_seq + 1;
         self.emit(EventKind::TimerArmed {
             timer,
@@ -267,15 +277,19 @@ impl Decider {
             }
             self.emit(EventKind::StepCanceled { step });
         }
-        let undo_calls: Vec<u32> = self
-            .state
-            .steps
-            .iter()
-            .filter_map(|step| step.undo.as_ref().and_then(|undo| undo.call))
-            .collect();
         if key.is_none() {
-            for call in undo_calls {
+            let undos: Vec<(String, u32)> = self
+                .state
+                .steps
+                .iter()
+                .filter_map(|step| {
+                    let call = step.undo.as_ref().and_then(|undo| undo.call)?;
+                    Some((step.key.clone(), call))
+                })
+                .collect();
+            for (step, call) in undos {
                 self.effects.push(Effect::Abort { call });
+                self.emit(EventKind::UndoCanceled { step });
             }
         }
     }
@@ -292,6 +306,23 @@ impl Decider {
     }
 
     fn apply(&mut self, input: Input) -> Result<(), Rejection> {
+        let system = matches!(
+            input,
+            Input::ActionFinished { .. }
+                | Input::TimerFired { .. }
+                | Input::Interrupted { .. }
+                | Input::Continue
+        );
+        // (A note for a call that is not in flight is refused below: the action must then not
+        // start what the note announced.)
+        if system && self.state.status.is_terminal() {
+            // A late report of a call aborted when the run ended changes nothing but the record
+            // that it ended (a rollback of the finished run waits for that).
+            if let Input::ActionFinished { call, .. } | Input::Interrupted { call } = input {
+                self.on_aborted_call_ended(call);
+            }
+            return Ok(());
+        }
         match input {
             Input::ActionFinished { call, result } => self.on_call_finished(call, result),
             Input::TimerFired { timer } => self.on_timer(timer),
@@ -361,8 +392,22 @@ impl Decider {
                 };
                 self.emit(EventKind::Resumed { by, comment });
                 for timer in pause.suspended {
-                    let fire_at = self.now + chrono::Duration::milliseconds(timer.remaining_ms);
-                    self.arm(timer.purpose, &timer.step, fire_at);
+                    // A step that ended (or was skipped) while paused wants its timer no more.
+                    let wanted = self.state.step(&timer.step).is_some_and(|step| {
+                        step.status.is_active()
+                            && match timer.purpose {
+                                TimerPurpose::Timeout => true,
+                                TimerPurpose::Wait | TimerPurpose::Window => {
+                                    step.waiting_for == Some(WaitingFor::Timer)
+                                }
+                                TimerPurpose::Poll => step.waiting_for == Some(WaitingFor::Poll),
+                                TimerPurpose::Retry => step.waiting_for == Some(WaitingFor::Retry),
+                            }
+                    });
+                    if wanted {
+                        let fire_at = self.now + chrono::Duration::milliseconds(timer.remaining_ms);
+                        self.arm(timer.purpose, &timer.step, fire_at);
+                    }
                 }
             }
             Input::Cancel { by, comment } => {
@@ -408,7 +453,21 @@ impl Decider {
                 }),
             }
         }
-        // Otherwise the call was aborted (timeout, cancel) or is a duplicate: nothing to record.
+        self.on_aborted_call_ended(call);
+        // Otherwise the call is a duplicate or outlived its step's timeout: nothing to record.
+    }
+
+    /// The call of a canceled step really ended: rollback may go on.
+    fn on_aborted_call_ended(&mut self, call: u32) {
+        let aborted = self
+            .state
+            .steps
+            .iter()
+            .find(|step| step.aborting == Some(call))
+            .map(|step| step.key.clone());
+        if let Some(step) = aborted {
+            self.emit(EventKind::AbortedCallEnded { step, call });
+        }
     }
 
     /// An attempt (or poll) of `key` ended.
@@ -432,7 +491,8 @@ impl Decider {
                                 step: key.to_owned(),
                                 output,
                             });
-                            match self.step_duration(key, step.every, &step.every_template, "every") {
+                            match self.step_duration(key, step.every, &step.every_template, "every")
+                            {
                                 Ok(every) => {
                                     let every = every.unwrap_or(std::time::Duration::from_secs(5));
                                     self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
@@ -621,6 +681,7 @@ impl Decider {
                 self.start_undo(&step.key);
             }
         }
+        self.on_aborted_call_ended(call);
     }
 
     // ----- operator requests -----------------------------------------------------------------
@@ -751,8 +812,22 @@ impl Decider {
             self.start_undo(&key);
             return Ok(());
         }
+        if self.state.paused.is_some() {
+            return Err(Rejection::Conflict(format!(
+                "run {} is paused: resume it first (a paused run starts nothing)",
+                self.state.id
+            )));
+        }
+        // Only the step the run waits on the operator for: a failure the run went on past
+        // (`on_failure = "continue"`), or one in an iteration that has ended, is history.
+        let attention_step = self
+            .state
+            .attention
+            .as_ref()
+            .map(|attention| attention.step.clone());
         let retryable = |step: &super::state::StepState| {
             matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
+                && attention_step.as_deref() == Some(step.key.as_str())
         };
         let key = self.resolve_step(&typed, retryable)?;
         let Some(state) = self.state.step(&key).cloned() else {
@@ -763,9 +838,13 @@ impl Decider {
         };
         if !retryable(&state) {
             return Err(Rejection::Conflict(format!(
-                "step {key} of run {} is {}: only a failed or interrupted step can be retried",
+                "step {key} of run {} is {}: only the failed or interrupted step the run waits on can be retried{}",
                 self.state.id,
-                state.status.name()
+                state.status.name(),
+                match &attention_step {
+                    Some(waiting) => format!(" (it waits on {waiting})"),
+                    None => String::new(),
+                }
             )));
         }
         let Some(step) = definition.step(&key) else {
@@ -781,7 +860,7 @@ impl Decider {
                 .is_some_and(|iterations| !iterations.is_empty())
         {
             return Err(Rejection::Conflict(format!(
-                "step {key} is a loop that already ran iterations: retry the failed step inside it"
+                "step {key} is a loop that already ran iterations; its steps were stopped: skip it, cancel or roll back"
             )));
         }
         self.emit(EventKind::RetryRequested {
@@ -819,8 +898,14 @@ impl Decider {
             });
             return Ok(());
         }
+        let attention_step = self
+            .state
+            .attention
+            .as_ref()
+            .map(|attention| attention.step.clone());
         let skippable = |step: &super::state::StepState| {
-            matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
+            (matches!(step.status, StepStatus::Failed | StepStatus::Interrupted)
+                && attention_step.as_deref() == Some(step.key.as_str()))
                 || (step.status == StepStatus::Waiting
                     && matches!(
                         step.waiting_for,
@@ -957,14 +1042,19 @@ impl Decider {
         template: &Option<String>,
         field: &str,
     ) -> Result<Option<std::time::Duration>, String> {
-        let Some(template) = template else { return Ok(fixed) };
+        let Some(template) = template else {
+            return Ok(fixed);
+        };
         let scope = context::for_step(&self.state, key);
-        let rendered = template::render(&Value::String(template.clone()), &scope).map_err(|message| format!("{field}: {message}"))?;
+        let rendered = template::render(&Value::String(template.clone()), &scope)
+            .map_err(|message| format!("{field}: {message}"))?;
         let text = match rendered {
             Value::String(text) => text,
             other => other.to_string(),
         };
-        crate::duration::parse(&text).map(Some).map_err(|message| format!("{field}: {message}"))
+        crate::duration::parse(&text)
+            .map(Some)
+            .map_err(|message| format!("{field}: {message}"))
     }
 
     /// Arms the step's overall timeout when it first starts; `false` when the step failed.
@@ -1340,7 +1430,7 @@ impl Decider {
         if self.state.paused.is_some() || self.state.attention.is_some() {
             return;
         }
-        if self.state.steps.iter().any(|step| step.call.is_some()) {
+        if self.state.steps.iter().any(|step| step.aborting.is_some()) {
             return; // an aborted call has not reported yet; its result is ignored, but wait for it
         }
         for key in &rollback.queue {

@@ -130,6 +130,22 @@ pub enum EventKind {
     StepCanceled {
         step: String,
     },
+    /// The call of a step canceled while it ran (timeout, cancel, rollback) has really ended.
+    AbortedCallEnded {
+        step: String,
+        call: u32,
+    },
+    /// A timer that would have been armed while the run is paused: kept with its full time,
+    /// armed at resume.
+    TimerSuspended {
+        purpose: TimerPurpose,
+        step: String,
+        remaining_ms: i64,
+    },
+    /// An undo in flight when the run was canceled.
+    UndoCanceled {
+        step: String,
+    },
     /// What an action journaled about a call in flight (the exec supervisor's pid and start
     /// time), so that a restarted daemon can re-attach to it.
     CallNoted {

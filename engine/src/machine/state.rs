@@ -155,6 +155,9 @@ pub struct StepState {
     /// The latest note of the call in flight (see `EventKind::CallNoted`).
     #[serde(default)]
     pub note: Option<Value>,
+    /// A call that was aborted (the step was canceled) and has not reported its end yet.
+    #[serde(default)]
+    pub aborting: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,6 +376,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     iterations,
                     undo: None,
                     note: None,
+                    aborting: None,
                 }),
             }
         }
@@ -459,6 +463,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         iterations: None,
                         undo: None,
                         note: None,
+                        aborting: None,
                     });
                     let last = state.steps.len() - 1;
                     &mut state.steps[last]
@@ -479,6 +484,40 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             {
                 state.attention = None;
             }
+        }
+        EventKind::AbortedCallEnded { step, call } => {
+            if let Some(existing) = state
+                .step_mut(step)
+                .filter(|existing| existing.aborting == Some(*call))
+            {
+                existing.aborting = None;
+            }
+        }
+        EventKind::TimerSuspended {
+            purpose,
+            step,
+            remaining_ms,
+        } => {
+            if let Some(pause) = state.paused.as_mut() {
+                pause.suspended.push(SuspendedTimer {
+                    purpose: *purpose,
+                    step: step.clone(),
+                    remaining_ms: *remaining_ms,
+                });
+            }
+            if *purpose != TimerPurpose::Timeout {
+                if let Some(existing) = state.step_mut(step) {
+                    existing.status = StepStatus::Waiting;
+                    existing.waiting_for = Some(match purpose {
+                        TimerPurpose::Poll => WaitingFor::Poll,
+                        TimerPurpose::Retry => WaitingFor::Retry,
+                        _ => WaitingFor::Timer,
+                    });
+                }
+            }
+        }
+        EventKind::UndoCanceled { step } => {
+            finish_undo(state, step, StepStatus::Canceled, None, None, at)
         }
         EventKind::CallNoted {
             step,
@@ -503,7 +542,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
         EventKind::StepCanceled { step } => {
             if let Some(existing) = state.step_mut(step) {
                 existing.status = StepStatus::Canceled;
-                existing.call = None;
+                existing.aborting = existing.call.take();
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
             }

@@ -186,12 +186,15 @@ impl Engine {
     pub async fn recover(&self) {
         let slots: Vec<_> = self.slots();
         for (run_id, slot) in slots {
-            let in_flight: Vec<(Call, Option<Value>)> = match &*slot.lock().await {
-                Slot::Live(state) if !state.status.is_terminal() => state
+            // (call, its note, whether it was being aborted when the daemon stopped)
+            let in_flight: Vec<(Call, Option<Value>, bool)> = match &*slot.lock().await {
+                // A finished run may still have a call that was being stopped when it ended.
+                Slot::Live(state) => state
                     .steps
                     .iter()
+                    .filter(|step| !state.status.is_terminal() || step.aborting.is_some())
                     .flat_map(|step| {
-                        let main = step.call.map(|call| {
+                        let main = step.call.or(step.aborting).map(|call| {
                             let call = Call {
                                 run_id,
                                 call,
@@ -201,7 +204,7 @@ impl Engine {
                                 action: step.action.clone(),
                                 input: step.input.clone(),
                             };
-                            (call, step.note.clone())
+                            (call, step.note.clone(), step.aborting.is_some())
                         });
                         let undo = step.undo.as_ref().and_then(|undo| {
                             undo.call.map(|call| {
@@ -214,13 +217,13 @@ impl Engine {
                                     action: undo.action.clone(),
                                     input: undo.input.clone(),
                                 };
-                                (call, undo.note.clone())
+                                (call, undo.note.clone(), false)
                             })
                         });
                         main.into_iter().chain(undo)
                     })
                     .collect(),
-                _ => Vec::new(),
+                Slot::Corrupt { .. } => Vec::new(),
             };
             if let Err(error) = self.handle(run_id, Input::Continue).await {
                 if !matches!(error, Error::Conflict(_)) {
@@ -233,12 +236,26 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            for (call, note) in in_flight
+            for (call, note, aborting) in in_flight
                 .into_iter()
-                .filter(|(call, _)| !running_here.contains_key(&(run_id, call.call)))
+                .filter(|(call, _, _)| !running_here.contains_key(&(run_id, call.call)))
             {
                 tracing::warn!(run = %run_id, step = %call.step, call = call.call, "an action was in flight when the daemon stopped");
+                let number = call.call;
                 self.spawn(call, Some(note));
+                if aborting {
+                    // It was being stopped: re-attach only to stop it and learn that it ended.
+                    let token = self
+                        .inner
+                        .calls
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .get(&(run_id, number))
+                        .cloned();
+                    if let Some(token) = token {
+                        token.cancel();
+                    }
+                }
             }
         }
         self.inner.timer_wake.notify_one();
@@ -605,8 +622,19 @@ impl Engine {
         all
     }
 
-    pub fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
-        Ok(self.inner.writer.store().events(run_id)?)
+    /// A run's journal, as far as it is durable. The store may already hold the events of a
+    /// commit that is still being synced (and that a crash would lose); the run's state is
+    /// adopted only once its commit is durable, so its `last_seq` bounds what may be shown.
+    pub async fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
+        let durable = match self.get(run_id).await? {
+            Slot::Live(state) => Some(state.last_seq),
+            Slot::Corrupt { .. } => None,
+        };
+        let mut events = self.inner.writer.store().events(run_id)?;
+        if let Some(last_seq) = durable {
+            events.retain(|event| event.seq <= last_seq);
+        }
+        Ok(events)
     }
 
     pub(crate) fn timer_wake(&self) -> &Notify {
