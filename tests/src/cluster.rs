@@ -240,6 +240,7 @@ impl Cluster {
             format!(
                 "brokerClusterName={cluster}\nbrokerName={name}\nbrokerId=0\nnamesrvAddr={namesrv}\nbrokerIP1=127.0.0.1\nlistenPort={port}\nhaListenPort={ha}\n\
                  storePathRootDir={store}\nstorePathCommitLog={commitlog}\nmappedFileSizeCommitLog=1048576\nfileReservedTime=72\ndeleteWhen=04\n\
+                 diskMaxUsedSpaceRatio=96\ndiskSpaceCleanForciblyRatio=97\ndiskSpaceWarningLevelRatio=98\n\
                  brokerRole=ASYNC_MASTER\nflushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\n",
                 cluster = self.name,
                 ha = port + 1,
