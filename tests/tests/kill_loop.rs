@@ -10,7 +10,8 @@
 //!
 //! Kills are spaced by a random 50–700 ms from a seeded xorshift PRNG. The seed is printed;
 //! replay one with `RUNBOOK_KILL_SEED=<seed>`. `RUNBOOK_KILLS` sets the number of kills (default
-//! 100, what `.ci/run` runs). With 1,000 kills (about ten minutes on two cores):
+//! 100, what `.ci/run` runs: 1–2 minutes on two cores). With 1,000 kills (25 minutes on two busy
+//! cores; restarts slow down as finished runs pile up, since the daemon loads every run):
 //!
 //! ```sh
 //! cargo build -p runbook-cli    # the daemon binary the test runs (`cargo test --workspace` builds it)
@@ -36,8 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 use runbook_tests::{become_subreaper, processes, Daemon};
+use serde_json::Value;
 
 /// Runs kept alive while kills remain.
 const ACTIVE_RUNS: usize = 5;
@@ -197,11 +198,11 @@ impl Rng {
 
 fn env_number(name: &str) -> Result<Option<u64>> {
     match std::env::var(name) {
-        Ok(text) => Ok(Some(
-            text.trim()
-                .parse()
-                .with_context(|| format!("{name}={text:?} is not a number"))?,
-        )),
+        Ok(text) => {
+            Ok(Some(text.trim().parse().with_context(|| {
+                format!("{name}={text:?} is not a number")
+            })?))
+        }
         Err(_) => Ok(None),
     }
 }
@@ -250,8 +251,20 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() -> Result<()>
     let started = Instant::now();
     let mut torture = Torture::new(seed)?;
     let result = torture.run(kills);
-    torture.reap_orphans();
+    // The last shims end right after their runs: reap them before we go.
+    for _ in 0..20 {
+        torture.reap_orphans();
+        std::thread::sleep(Duration::from_millis(50));
+    }
     if let Err(error) = result {
+        // Keep the data dir (store, markers, call dirs, daemon log) for a post-mortem.
+        let kept = std::env::temp_dir().join(format!("runbook-kill-loop-{seed}"));
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&torture.daemon.data_dir)
+            .arg(&kept)
+            .status();
+        println!("data dir copied to {} ({copied:?})", kept.display());
         let log = torture.daemon.log();
         let tail: Vec<&str> = log.lines().rev().take(40).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
@@ -295,6 +308,7 @@ impl Torture {
     }
 
     fn run(&mut self, kills: u64) -> Result<()> {
+        let mut next_report = 25;
         while self.tally.kills < kills {
             let next_kill = Instant::now() + Duration::from_millis(self.rng.between(50, 700));
             self.look_and_operate()?;
@@ -305,7 +319,8 @@ impl Torture {
                 std::thread::sleep(left);
             }
             self.kill_and_restart()?;
-            if self.tally.kills % 25 == 0 || self.tally.kills == kills {
+            if self.tally.kills >= next_report || self.tally.kills == kills {
+                next_report += 25;
                 println!(
                     "  {} kills: {} runs started, {} ended, {} operator retries",
                     self.tally.kills,
@@ -319,9 +334,7 @@ impl Torture {
         while self.active().count() > 0 {
             if Instant::now() > deadline {
                 let active: Vec<&str> = self.active().map(|run| run.id.as_str()).collect();
-                bail!(
-                    "(c) runs did not end within {DRAIN_TIMEOUT:?} of the last kill: {active:?}"
-                );
+                bail!("(c) runs did not end within {DRAIN_TIMEOUT:?} of the last kill: {active:?}");
             }
             self.look_and_operate()?;
             std::thread::sleep(Duration::from_millis(100));
@@ -453,9 +466,14 @@ impl Torture {
         if self.rng.chance(20) {
             std::thread::sleep(Duration::from_millis(self.rng.between(0, 300)));
         }
-        self.daemon
-            .restart()
-            .with_context(|| format!("restart after kill {}", self.tally.kills))?;
+        if let Err(error) = self.daemon.restart() {
+            bail!(
+                "restart after kill {}: {error:#}\nprocesses holding {}: {:?}",
+                self.tally.kills,
+                self.daemon.data_dir.join("daemon.lock").display(),
+                holders(&self.daemon.data_dir.join("daemon.lock"))
+            );
+        }
         self.tally.downtime += down.elapsed();
         // (a) after the restart: every active run, and a few that ended.
         for id in &active {
@@ -482,9 +500,21 @@ impl Torture {
         let marker = read_marker(&self.work.join(format!("{id}.marker")))?;
         let events = self.daemon.events(id)?;
         let seen = self.journals.get(id).map(Vec::as_slice).unwrap_or_default();
-        check_extends(id, seen, &events)?;
-        check_calls(id, &events, &marker)?;
-        check_waits(id, &events)?;
+        let violations: Vec<String> = [
+            check_extends(id, seen, &events),
+            check_calls(id, &events, &marker),
+            check_waits(id, &events),
+        ]
+        .into_iter()
+        .filter_map(|checked| checked.err().map(|error| format!("{error:#}")))
+        .collect();
+        if !violations.is_empty() {
+            bail!(
+                "{}\nthe marker: {marker:?}\nthe journal now: {}",
+                violations.join("\n"),
+                serde_json::to_string(&events)?
+            );
+        }
         let finished = events
             .iter()
             .rev()
@@ -585,7 +615,7 @@ impl Torture {
         Ok(format!(
             "{} kills (downtime {:.1?} in all), {} runs ({succeeded} succeeded, {} failed as designed), \
              {} steps ({} attempts and polls, {} retried by policy), {interrupted} interrupted \
-             ({rerun} re-run by themselves), {} operator retries, {} approvals, {} waits fired \
+             ({rerun} re-run by themselves), {} operator retries, {} approvals, {} timers fired \
              ({} events in all)",
             self.tally.kills,
             self.tally.downtime,
@@ -685,8 +715,7 @@ fn check_calls(run: &str, events: &[Value], marker: &[MarkerLine]) -> Result<()>
     let mut noted: HashMap<(i64, u64), (String, u64)> = HashMap::new();
     for event in events.iter().filter(|event| event["kind"] == "call_noted") {
         let shim = &event["note"]["shim"];
-        if let (Some(pid), Some(start_time)) = (shim["pid"].as_i64(), shim["start_time"].as_u64())
-        {
+        if let (Some(pid), Some(start_time)) = (shim["pid"].as_i64(), shim["start_time"].as_u64()) {
             noted.insert(
                 (pid, start_time),
                 (
@@ -781,9 +810,9 @@ fn check_waits(run: &str, events: &[Value]) -> Result<()> {
                 started.insert(step, event);
             }
             "timer_armed" if event["purpose"] == "wait" => {
-                let start = started
-                    .get(step)
-                    .ok_or_else(|| anyhow!("(d) run {run}: a wait timer for {step} that did not start"))?;
+                let start = started.get(step).ok_or_else(|| {
+                    anyhow!("(d) run {run}: a wait timer for {step} that did not start")
+                })?;
                 let duration = parse_ms(start["input"]["duration"].as_str().unwrap_or_default())?;
                 let fire_at = instant(event, "fire_at")?;
                 let earliest = instant(start, "at")? + chrono::Duration::milliseconds(duration);
@@ -819,4 +848,24 @@ fn check_waits(run: &str, events: &[Value]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The processes that hold `path` open, for a refused restart.
+fn holders(path: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for process in processes() {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", process.pid)) else {
+            continue;
+        };
+        if fds
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+        {
+            found.push(format!(
+                "pid {} (ppid {}, state {}): {:?}",
+                process.pid, process.ppid, process.state, process.cmdline
+            ));
+        }
+    }
+    found
 }

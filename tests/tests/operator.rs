@@ -165,8 +165,15 @@ with = { command = "sleep 30", grace = "1s" }
     let started = std::time::Instant::now();
     let run = daemon.start_run(&file, &[])?;
     let shown = daemon.wait_state(&run, "needs_attention", LONG)?;
-    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
-    let error = step_of(&shown, "slow").unwrap()["error"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let error = step_of(&shown, "slow").unwrap()["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     assert!(error.contains("timed out after 1s"), "{error}");
     Ok(())
 }

@@ -33,27 +33,46 @@ fn a_format_1_data_dir_opens_and_its_runs_resume() -> Result<()> {
     let daemon = Daemon::start_on(temp.path())?;
 
     let verify = daemon.cli(&["store", "verify"])?;
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 
     let done = daemon.show(DONE)?;
     assert_eq!(done["state"], "succeeded");
-    assert_eq!(step_of(&done, "gate").unwrap()["approval"]["comment"], "fixture");
+    assert_eq!(
+        step_of(&done, "gate").unwrap()["approval"]["comment"],
+        "fixture"
+    );
     let events = daemon.json(&["show", DONE])?;
     assert!(events["audit"].as_array().unwrap().len() >= 2);
 
     // The approval still waits and can be given.
     assert_eq!(daemon.show(GATE)?["state"], "waiting");
-    assert!(daemon.cli(&["approve", GATE, "--comment", "after the upgrade"])?.status.success());
+    assert!(daemon
+        .cli(&["approve", GATE, "--comment", "after the upgrade"])?
+        .status
+        .success());
     let gate = daemon.wait_state(GATE, "succeeded", Duration::from_secs(20))?;
     assert_eq!(step_of(&gate, "after").unwrap()["state"], "succeeded");
 
     // The long wait is still armed; skipping it lets the loop go on to its second item.
     let waiting = daemon.show(WAIT)?;
-    assert_eq!(step_of(&waiting, "each[0].hold").unwrap()["state"], "waiting");
+    assert_eq!(
+        step_of(&waiting, "each[0].hold").unwrap()["state"],
+        "waiting"
+    );
     assert!(waiting["next_wakeup"].is_string());
-    assert!(daemon.cli(&["skip", WAIT, "each[0].hold"])?.status.success());
+    assert!(daemon
+        .cli(&["skip", WAIT, "each[0].hold"])?
+        .status
+        .success());
     daemon.wait_step(WAIT, "each[1].hold", "waiting", Duration::from_secs(20))?;
-    assert!(daemon.cli(&["skip", WAIT, "each[1].hold"])?.status.success());
+    assert!(daemon
+        .cli(&["skip", WAIT, "each[1].hold"])?
+        .status
+        .success());
     daemon.wait_state(WAIT, "succeeded", Duration::from_secs(20))?;
 
     let schedule = daemon.json(&["schedule", "show", "nightly"])?;
