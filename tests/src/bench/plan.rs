@@ -1,0 +1,598 @@
+//! What the bench runs, in which order, and what it concludes: the rounds in alternation, the
+//! timer and recovery phases, the table with its targets, and the JSON record.
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use super::ours::{self, Daemon};
+use super::report::{table, Row};
+use super::restate::{self, Install, Restate};
+use super::results::{median_by, Idle, Latency, Recovery, Throughput, Timers};
+use super::sys::{fsync_floor, load_average, progress, Samples};
+
+pub struct Sizes {
+    /// Rounds of the idle, latency and throughput workloads (alternating who goes first).
+    pub rounds: usize,
+    pub latency_steps: usize,
+    pub throughput_runs: usize,
+    pub throughput_steps: usize,
+    pub in_flight: usize,
+    /// Timer phases: the first on both systems, the others on `runbook` alone.
+    pub timers: Vec<usize>,
+    pub timer_wait_ms: u64,
+    pub recovery_runs: usize,
+    /// Concurrent requests that create runs (timers, recovery).
+    pub create_width: usize,
+    pub fsync_iterations: usize,
+    pub warmup: bool,
+    /// Stop a `runbook` timer phase when the daemon's RSS exceeds this (the machine is shared).
+    pub rss_limit_mb: f64,
+}
+
+impl Sizes {
+    pub fn full() -> Sizes {
+        Sizes {
+            rounds: 3,
+            latency_steps: 200,
+            throughput_runs: 2_000,
+            throughput_steps: 10,
+            in_flight: 64,
+            timers: vec![10_000, 100_000, 1_000_000],
+            timer_wait_ms: 5_000,
+            recovery_runs: 100_000,
+            create_width: 64,
+            fsync_iterations: 1_000,
+            warmup: true,
+            rss_limit_mb: 8_000.0,
+        }
+    }
+
+    pub fn smoke() -> Sizes {
+        Sizes {
+            rounds: 1,
+            latency_steps: 20,
+            throughput_runs: 20,
+            throughput_steps: 5,
+            in_flight: 8,
+            timers: vec![50],
+            timer_wait_ms: 1_000,
+            recovery_runs: 50,
+            create_width: 8,
+            fsync_iterations: 50,
+            warmup: false,
+            rss_limit_mb: 1_000.0,
+        }
+    }
+}
+
+pub struct Options {
+    pub sizes: Sizes,
+    pub smoke: bool,
+    pub ours_only: bool,
+    pub out: Option<PathBuf>,
+}
+
+/// A wait long enough that all `runs` are created before the first fires (so all are pending at
+/// once), from the creation rate seen before: `base` + 1.5 × the expected creation time.
+fn covering_wait(base_ms: u64, runs: usize, create_per_s: f64) -> u64 {
+    let creating_ms = 1.5 * runs as f64 / create_per_s.max(1.0) * 1000.0;
+    (base_ms + creating_ms as u64).div_ceil(1000) * 1000
+}
+
+#[derive(Default)]
+struct Side {
+    idle: Vec<Idle>,
+    latency: Vec<Latency>,
+    throughput: Vec<Throughput>,
+    timers: Vec<Timers>,
+    recovery: Option<Recovery>,
+}
+
+impl Side {
+    fn json(&self) -> Value {
+        json!({"idle": self.idle.iter().map(Idle::json).collect::<Vec<_>>(),
+               "latency": self.latency.iter().map(Latency::json).collect::<Vec<_>>(),
+               "throughput": self.throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
+               "timers": self.timers.iter().map(Timers::json).collect::<Vec<_>>(),
+               "recovery": self.recovery.as_ref().map(Recovery::json)})
+    }
+    fn idle(&self) -> Option<Idle> {
+        median_by(&self.idle, |idle| idle.rss_mb)
+    }
+    fn latency(&self) -> Option<Latency> {
+        median_by(&self.latency, |latency| latency.per_step.pct(50.0))
+    }
+    fn throughput(&self) -> Option<Throughput> {
+        median_by(&self.throughput, |throughput| throughput.steps_per_s)
+    }
+}
+
+async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()> {
+    side.idle.push(ours::idle(binary).await?);
+    let mut daemon = Daemon::new(binary)?;
+    daemon.start().await?;
+    if sizes.warmup {
+        ours::latency(&daemon, 20).await?;
+        ours::throughput(&daemon, 128, sizes.throughput_steps, sizes.in_flight).await?;
+    }
+    side.latency
+        .push(ours::latency(&daemon, sizes.latency_steps).await?);
+    side.throughput.push(
+        ours::throughput(
+            &daemon,
+            sizes.throughput_runs,
+            sizes.throughput_steps,
+            sizes.in_flight,
+        )
+        .await?,
+    );
+    daemon.kill9();
+    Ok(())
+}
+
+async fn restate_round(install: &Install, sizes: &Sizes, side: &mut Side) -> Result<()> {
+    side.idle.push(restate::idle(install).await?);
+    let mut server = Restate::new(install)?;
+    server.start().await?;
+    server.start_service().await?;
+    if sizes.warmup {
+        restate::latency(&server, 20).await?;
+        restate::throughput(&server, 128, sizes.throughput_steps, sizes.in_flight).await?;
+    }
+    side.latency
+        .push(restate::latency(&server, sizes.latency_steps).await?);
+    side.throughput.push(
+        restate::throughput(
+            &server,
+            sizes.throughput_runs,
+            sizes.throughput_steps,
+            sizes.in_flight,
+        )
+        .await?,
+    );
+    server.kill9();
+    Ok(())
+}
+
+/// Runs a Restate workload; a failure is recorded (and printed), not fatal.
+async fn attempt<T>(
+    errors: &mut Vec<String>,
+    what: &str,
+    work: impl std::future::Future<Output = Result<T>>,
+) -> Option<T> {
+    match work.await {
+        Ok(value) => Some(value),
+        Err(error) => {
+            let message = format!("restate {what}: {error:#}");
+            progress(&message);
+            errors.push(message);
+            None
+        }
+    }
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    let sizes = &options.sizes;
+    let binary = ours::binary()?;
+    let load_before = load_average();
+    let mut errors = Vec::new();
+    let install = if options.ours_only {
+        None
+    } else {
+        attempt(&mut errors, "install", async { Install::prepare() }).await
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("runbook-bench-fsync-")
+        .tempdir()?;
+    progress("fsync floor");
+    let floor_before = fsync_floor(scratch.path(), sizes.fsync_iterations)?;
+    let (mut ours_side, mut restate_side) = (Side::default(), Side::default());
+
+    for round in 0..sizes.rounds {
+        let ours_first = round % 2 == 0;
+        for turn in 0..2 {
+            if (turn == 0) == ours_first {
+                progress(&format!("round {}/{}: runbook", round + 1, sizes.rounds));
+                ours_round(&binary, sizes, &mut ours_side).await?;
+            } else if let Some(install) = &install {
+                progress(&format!("round {}/{}: restate", round + 1, sizes.rounds));
+                attempt(
+                    &mut errors,
+                    "round",
+                    restate_round(install, sizes, &mut restate_side),
+                )
+                .await;
+            }
+        }
+    }
+
+    let first_timers = sizes.timers.first().copied().unwrap_or(0);
+    let width = sizes.create_width;
+    let limits = ours::Limits {
+        rss_mb: sizes.rss_limit_mb,
+        min_free_disk_mb: 3_000.0,
+    };
+    if first_timers > 0 {
+        progress(&format!(
+            "timers: {first_timers} × {} ms, runbook",
+            sizes.timer_wait_ms
+        ));
+        ours_side
+            .timers
+            .push(ours::timers(&binary, first_timers, sizes.timer_wait_ms, width, limits).await?);
+        if let Some(install) = &install {
+            progress(&format!(
+                "timers: {first_timers} × {} ms, restate",
+                sizes.timer_wait_ms
+            ));
+            if let Some(timers) = attempt(
+                &mut errors,
+                "timers",
+                restate::timers(install, first_timers, sizes.timer_wait_ms, width),
+            )
+            .await
+            {
+                restate_side.timers.push(timers);
+            }
+        }
+    }
+    let rate = |side: &Side| {
+        side.timers
+            .last()
+            .map_or(500.0, |timers| timers.create_per_s)
+    };
+    if sizes.recovery_runs > 0 {
+        let wait = covering_wait(sizes.timer_wait_ms, sizes.recovery_runs, rate(&ours_side));
+        progress(&format!(
+            "recovery: {} runs waiting {wait} ms, runbook",
+            sizes.recovery_runs
+        ));
+        ours_side.recovery =
+            Some(ours::recovery(&binary, sizes.recovery_runs, wait, width, limits).await?);
+        if let Some(install) = &install {
+            let wait = covering_wait(
+                sizes.timer_wait_ms,
+                sizes.recovery_runs,
+                rate(&restate_side),
+            );
+            progress(&format!(
+                "recovery: {} runs waiting {wait} ms, restate",
+                sizes.recovery_runs
+            ));
+            restate_side.recovery = attempt(
+                &mut errors,
+                "recovery",
+                restate::recovery(install, sizes.recovery_runs, wait, width),
+            )
+            .await;
+        }
+    }
+    for runs in sizes.timers.iter().skip(1).copied() {
+        let wait = covering_wait(sizes.timer_wait_ms, runs, rate(&ours_side));
+        progress(&format!("timers: {runs} × {wait} ms, runbook"));
+        match ours::timers(&binary, runs, wait, width, limits).await {
+            Ok(timers) => ours_side.timers.push(timers),
+            Err(error) => {
+                // Keep what the smaller sizes measured; say where it stopped.
+                let message = format!("runbook timers {runs}: {error:#}");
+                progress(&message);
+                errors.push(message);
+                break;
+            }
+        }
+    }
+    let floor_after = fsync_floor(scratch.path(), sizes.fsync_iterations)?;
+    let floor = Samples::new([floor_before.pct(50.0), floor_after.pct(50.0)].to_vec());
+    let floor_p50 = floor.mean();
+
+    let rows = rows(
+        &ours_side,
+        &restate_side,
+        floor_p50,
+        &floor_before,
+        &options,
+    );
+    let rendered = table(&rows);
+    let record = json!({
+        "date": date_utc(),
+        "machine": machine(),
+        "load_average_1m": {"before": load_before, "after": load_average()},
+        "command": std::env::args().collect::<Vec<_>>(),
+        "configuration": configuration(&install, scratch.path()),
+        "fsync_floor_ms": {"before": floor_before.summary(), "after": floor_after.summary()},
+        "runbook": ours_side.json(),
+        "restate": restate_side.json(),
+        "table": rows.iter().map(Row::json).collect::<Vec<_>>(),
+        "errors": errors,
+    });
+    let out = match &options.out {
+        Some(path) => path.clone(),
+        None => default_out(options.smoke)?,
+    };
+    if let Some(parent) = out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&out, serde_json::to_string_pretty(&record)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+
+    println!("{rendered}");
+    for error in &errors {
+        println!("failed: {error}");
+    }
+    println!("raw numbers: {}", out.display());
+    if options.smoke {
+        let latency = ours_side.latency().unwrap_or_default();
+        let throughput = ours_side.throughput().unwrap_or_default();
+        let timers = ours_side.timers.first().cloned().unwrap_or_default();
+        let recovery = ours_side.recovery.clone().unwrap_or_default();
+        if timers.lateness.len() != first_timers || !errors.is_empty() {
+            bail!(
+                "bench --smoke: incomplete ({} of {first_timers} timers read back)",
+                timers.lateness.len()
+            );
+        }
+        println!(
+            "bench --smoke: ok: {} steps at p50 {:.2} ms, {:.0} steps/s, {} timers p99 {:.1} ms late, \
+             recovery of {} runs ready in {:.0} ms",
+            latency.steps,
+            latency.per_step.pct(50.0),
+            throughput.steps_per_s,
+            timers.runs,
+            timers.lateness.pct(99.0),
+            recovery.runs,
+            recovery.ready_ms
+        );
+    }
+    Ok(())
+}
+
+fn rows(
+    ours: &Side,
+    restate: &Side,
+    floor_p50: f64,
+    floor: &Samples,
+    options: &Options,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let (l_ours, l_restate) = (ours.latency(), restate.latency());
+    let pct = |latency: &Option<Latency>, q: f64| latency.as_ref().map(|l| l.per_step.pct(q));
+    rows.push(Row::new(
+        "fsync floor: append 4 KiB + fdatasync, p50 / p99 (ms)",
+        Some(floor.pct(50.0)),
+        None,
+        3,
+    ));
+    rows.push(Row::new("  p99", Some(floor.pct(99.0)), None, 3));
+    let steps = options.sizes.latency_steps;
+    let mut p50 = Row::new(
+        format!("latency: 1 run × {steps} steps, per step p50 (ms)"),
+        pct(&l_ours, 50.0),
+        pct(&l_restate, 50.0),
+        3,
+    );
+    if let (Some(ours_p50), Some(restate_p50)) = (p50.ours, p50.restate) {
+        p50 = p50.target("≤ ⅓ of Restate", ours_p50 <= restate_p50 / 3.0);
+    }
+    rows.push(p50);
+    rows.push(Row::new(
+        "  per step p99 (ms)",
+        pct(&l_ours, 99.0),
+        pct(&l_restate, 99.0),
+        3,
+    ));
+    rows.push(Row::new(
+        "  whole run ÷ steps (ms)",
+        l_ours.as_ref().map(|l| l.whole_run_ms_per_step),
+        l_restate.as_ref().map(|l| l.whole_run_ms_per_step),
+        3,
+    ));
+    let multiple = pct(&l_ours, 50.0).map(|p| p / floor_p50);
+    rows.push(
+        Row::new("  per step p50 ÷ fsync floor p50", multiple, None, 2)
+            .target("≤ 3", multiple.is_some_and(|m| m <= 3.0)),
+    );
+    let (t_ours, t_restate) = (ours.throughput(), restate.throughput());
+    let sizes = &options.sizes;
+    let mut throughput = Row::new(
+        format!(
+            "throughput: {} runs × {} steps, {} in flight (steps/s)",
+            sizes.throughput_runs, sizes.throughput_steps, sizes.in_flight
+        ),
+        t_ours.as_ref().map(|t| t.steps_per_s),
+        t_restate.as_ref().map(|t| t.steps_per_s),
+        0,
+    );
+    if let Some(ratio) = throughput.ratio() {
+        throughput = throughput.target("≥ 3× Restate", ratio >= 3.0);
+    }
+    rows.push(throughput);
+    for (index, timers) in ours.timers.iter().enumerate() {
+        let other = restate
+            .timers
+            .get(index)
+            .filter(|other| other.runs == timers.runs);
+        let n = timers.runs;
+        let wait = format!("{:.0} s", timers.wait_ms as f64 / 1000.0);
+        rows.push(Row::new(
+            format!("timers: {n} runs wait {wait}: created (runs/s)"),
+            Some(timers.create_per_s),
+            other.map(|o| o.create_per_s),
+            0,
+        ));
+        let million = n >= 1_000_000;
+        rows.push(Row::new(
+            "  lateness p50 (ms)",
+            Some(timers.lateness.pct(50.0)),
+            other.map(|o| o.lateness.pct(50.0)),
+            1,
+        ));
+        let p99 = timers.lateness.pct(99.0);
+        let mut late99 = Row::new(
+            "  lateness p99 (ms)",
+            Some(p99),
+            other.map(|o| o.lateness.pct(99.0)),
+            1,
+        );
+        if million {
+            late99 = late99.target("< 50 ms at 1,000,000", p99 < 50.0);
+        }
+        rows.push(late99);
+        if let Some(engine) = &timers.engine_lateness {
+            rows.push(Row::new(
+                "  runbook's own late_by p50 / p99 (ms)",
+                Some(engine.pct(50.0)),
+                None,
+                1,
+            ));
+            rows.push(Row::new("    p99", Some(engine.pct(99.0)), None, 1));
+        }
+        rows.push(Row::new(
+            "  peak pending timers",
+            Some(timers.peak_pending as f64),
+            other.map(|o| o.peak_pending as f64),
+            0,
+        ));
+        let mut rss = Row::new(
+            "  peak RSS of the server (MB)",
+            Some(timers.peak_rss_mb),
+            other.map(|o| o.peak_rss_mb),
+            1,
+        );
+        if million {
+            rss = rss.target("< 300 MB at 1,000,000", timers.peak_rss_mb < 300.0);
+        }
+        rows.push(rss);
+    }
+    let (i_ours, i_restate) = (ours.idle(), restate.idle());
+    let mut idle = Row::new(
+        "idle: RSS after start (MB)",
+        i_ours.as_ref().map(|i| i.rss_mb),
+        i_restate.as_ref().map(|i| i.rss_mb),
+        1,
+    );
+    if let Some(ratio) = idle.ratio() {
+        idle = idle.target("≤ 1/10 of Restate", ratio <= 0.1);
+    }
+    rows.push(idle);
+    rows.push(Row::new(
+        "  Restate's Node service RSS (MB)",
+        None,
+        i_restate.as_ref().and_then(|i| i.service_rss_mb),
+        1,
+    ));
+    rows.push(Row::new(
+        "  start-up to a served API (ms)",
+        i_ours.as_ref().map(|i| i.startup_ms),
+        i_restate.as_ref().map(|i| i.startup_ms),
+        0,
+    ));
+    if let Some(recovery) = &ours.recovery {
+        let other = restate.recovery.as_ref();
+        let n = recovery.runs;
+        rows.push(
+            Row::new(
+                format!("recovery: {n} waiting, kill -9, restart: API answers (ms)"),
+                Some(recovery.ready_ms),
+                other.map(|o| o.ready_ms),
+                0,
+            )
+            .target("< 2 s", recovery.ready_ms < 2000.0),
+        );
+        rows.push(
+            Row::new(
+                "  first overdue timer fired (ms)",
+                Some(recovery.first_fire_ms),
+                other.map(|o| o.first_fire_ms),
+                0,
+            )
+            .target("< 2 s", recovery.first_fire_ms < 2000.0),
+        );
+        rows.push(Row::new(
+            "  all overdue timers fired (s)",
+            Some(recovery.all_fired_seconds),
+            other.map(|o| o.all_fired_seconds),
+            1,
+        ));
+    }
+    rows
+}
+
+fn date_utc() -> String {
+    let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
+    now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+fn default_out(smoke: bool) -> Result<PathBuf> {
+    let home = PathBuf::from(std::env::var("HOME").context("HOME is not set")?);
+    let stamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let kind = if smoke { "smoke" } else { "bench" };
+    Ok(home
+        .join(".cache/runbook/bench")
+        .join(format!("{kind}-{stamp}.json")))
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned());
+    let memory_mb = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map(|kb| (kb / 1024.0).round());
+    json!({"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+           "model": model, "memory_mb": memory_mb,
+           "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim()})
+}
+
+/// The file system holding `path` (the longest mount point that contains it).
+fn filesystem_of(path: &Path) -> String {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() >= 3 && path.starts_with(fields[1])).then(|| {
+                (
+                    fields[1].len(),
+                    format!("{} on {} ({})", fields[2], fields[0], fields[1]),
+                )
+            })
+        })
+        .max_by_key(|(length, _)| *length)
+        .map_or_else(|| "unknown".to_owned(), |(_, text)| text)
+}
+
+fn configuration(install: &Option<Install>, scratch: &Path) -> Value {
+    let disk = filesystem_of(scratch);
+    json!({
+        "runbook": format!(
+            "`runbook daemon` (release build) with its defaults on a fresh temporary data dir ({disk}); \
+             API over its Unix socket. Every transition is one sled transaction; the writer thread \
+             group-commits (up to 512 commits per sync): sled flush + fdatasync of the log (+ fsync \
+             of new blob files) before any commit is acknowledged; a noop step is one commit, the \
+             next step starts in the next commit."),
+        "restate": install.as_ref().map(|install| format!(
+            "restate-server {} with its default configuration (single node, all roles; Bifrost's \
+             replicated loglet on the local log-server, RocksDB WAL fsync on, i.e. \
+             rocksdb-disable-wal-fsync = false; 24 partitions) on a fresh temporary base dir ({disk}); \
+             only the bind addresses (127.0.0.1, free ports) and telemetry (off) set through the \
+             environment. Handlers: TypeScript SDK {} on Node {} (Promise.withResolvers polyfill), \
+             registered with POST /deployments; a step is ctx.run(() => {{}}), which resumes only \
+             after the server acknowledged the journaled result.",
+            install.server_version, install.sdk_version, install.node_version)),
+        "client": "one bench process (tokio, one thread); one HTTP/1.1 keep-alive connection per worker; \
+                   runbook: POST /v1/runs with the runbook text, then GET /v1/runs/{id} until it ends; \
+                   Restate: POST /bench/steps answers when the invocation ends, /send + /attach for sleeps",
+    })
+}
