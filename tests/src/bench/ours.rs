@@ -16,7 +16,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::http::{Conn, Endpoint};
-use super::pool::pool;
+use super::pool::{self, pool};
 use super::results::{Idle, Latency, Recovery, Throughput, Timers};
 use super::sys::{
     field_ms, free_disk_mb, peak_overlap, progress, wall_ms, Memory, Samples, Server,
@@ -290,14 +290,16 @@ pub async fn throughput(
     })
 }
 
-/// Creates `runs` timer runs, `width` requests at a time; returns their ids and the seconds it
-/// took. Stops with an error when the daemon outgrows `limits` (this machine is shared).
+/// Creates `runs` timer runs, `width` requests at a time (at most `pace` a second); returns their
+/// ids and the seconds it took. Stops with an error when the daemon outgrows `limits` (this
+/// machine is shared).
 async fn create_timer_runs(
     daemon: &Daemon,
     runs: usize,
     wait_ms: u64,
     width: usize,
     limits: Limits,
+    pace: Option<f64>,
 ) -> Result<(Vec<String>, f64)> {
     let body = Arc::new(start_body("bench-timer.toml", &timer_runbook(wait_ms)));
     let pid = daemon.server.as_ref().and_then(Server::pid).unwrap_or(0);
@@ -314,6 +316,7 @@ async fn create_timer_runs(
                 if index % 1000 == 999 {
                     limits.check(pid, &data_dir, index + 1)?;
                 }
+                pool::pace(started, pace, index).await;
                 let id = start_run(&mut conn, &body).await?;
                 Ok((conn, id))
             }
@@ -400,10 +403,12 @@ pub async fn timers(
     wait_ms: u64,
     width: usize,
     limits: Limits,
+    pace: Option<f64>,
 ) -> Result<Timers> {
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
-    let (ids, create_seconds) = create_timer_runs(&daemon, runs, wait_ms, width, limits).await?;
+    let (ids, create_seconds) =
+        create_timer_runs(&daemon, runs, wait_ms, width, limits, pace).await?;
     progress(&format!(
         "runbook: {runs} timer runs created in {create_seconds:.1} s; waiting for them to fire"
     ));
@@ -424,6 +429,7 @@ pub async fn timers(
     Ok(Timers {
         runs,
         wait_ms,
+        paced_per_s: pace,
         create_seconds,
         create_per_s: runs as f64 / create_seconds,
         lateness,
@@ -459,7 +465,8 @@ pub async fn recovery(
 ) -> Result<Recovery> {
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
-    let (ids, create_seconds) = create_timer_runs(&daemon, runs, wait_ms, width, limits).await?;
+    let (ids, create_seconds) =
+        create_timer_runs(&daemon, runs, wait_ms, width, limits, None).await?;
     let created_at = wall_ms();
     let mut conn = daemon.endpoint.connect().await?;
     let first = conn

@@ -10,8 +10,8 @@ use serde_json::{json, Value};
 use super::ours::{self, Daemon};
 use super::report::{table, Row};
 use super::restate::{self, Install, Restate};
-use super::results::{median_by, Idle, Latency, Recovery, Throughput, Timers};
 use super::sys::{fsync_floor, load_average, progress, Samples};
+use super::table::{rows, Side};
 
 pub struct Sizes {
     /// Rounds of the idle, latency and throughput workloads (alternating who goes first).
@@ -23,6 +23,10 @@ pub struct Sizes {
     /// Timer phases: the first on both systems, the others on `runbook` alone.
     pub timers: Vec<usize>,
     pub timer_wait_ms: u64,
+    /// The rate every timer phase starts runs at (open loop; on both systems for the compared
+    /// phase): the same deadlines arrive at the same rate, below either system's maximum, so
+    /// lateness measures firing, not a backlog of creation.
+    pub timer_rate: Option<f64>,
     pub recovery_runs: usize,
     /// Concurrent requests that create runs (timers, recovery).
     pub create_width: usize,
@@ -42,11 +46,12 @@ impl Sizes {
             in_flight: 64,
             timers: vec![10_000, 100_000, 1_000_000],
             timer_wait_ms: 5_000,
+            timer_rate: Some(2_000.0),
             recovery_runs: 100_000,
             create_width: 64,
             fsync_iterations: 1_000,
             warmup: true,
-            rss_limit_mb: 8_000.0,
+            rss_limit_mb: 10_000.0,
         }
     }
 
@@ -59,6 +64,7 @@ impl Sizes {
             in_flight: 8,
             timers: vec![50],
             timer_wait_ms: 1_000,
+            timer_rate: None,
             recovery_runs: 50,
             create_width: 8,
             fsync_iterations: 50,
@@ -76,38 +82,10 @@ pub struct Options {
 }
 
 /// A wait long enough that all `runs` are created before the first fires (so all are pending at
-/// once), from the creation rate seen before: `base` + 1.5 × the expected creation time.
-fn covering_wait(base_ms: u64, runs: usize, create_per_s: f64) -> u64 {
-    let creating_ms = 1.5 * runs as f64 / create_per_s.max(1.0) * 1000.0;
+/// once): `base` + `margin` × the expected creation time at `per_s`, in whole seconds.
+fn covering_wait(base_ms: u64, runs: usize, per_s: f64, margin: f64) -> u64 {
+    let creating_ms = margin * runs as f64 / per_s.max(1.0) * 1000.0;
     (base_ms + creating_ms as u64).div_ceil(1000) * 1000
-}
-
-#[derive(Default)]
-struct Side {
-    idle: Vec<Idle>,
-    latency: Vec<Latency>,
-    throughput: Vec<Throughput>,
-    timers: Vec<Timers>,
-    recovery: Option<Recovery>,
-}
-
-impl Side {
-    fn json(&self) -> Value {
-        json!({"idle": self.idle.iter().map(Idle::json).collect::<Vec<_>>(),
-               "latency": self.latency.iter().map(Latency::json).collect::<Vec<_>>(),
-               "throughput": self.throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
-               "timers": self.timers.iter().map(Timers::json).collect::<Vec<_>>(),
-               "recovery": self.recovery.as_ref().map(Recovery::json)})
-    }
-    fn idle(&self) -> Option<Idle> {
-        median_by(&self.idle, |idle| idle.rss_mb)
-    }
-    fn latency(&self) -> Option<Latency> {
-        median_by(&self.latency, |latency| latency.per_step.pct(50.0))
-    }
-    fn throughput(&self) -> Option<Throughput> {
-        median_by(&self.throughput, |throughput| throughput.steps_per_s)
-    }
 }
 
 async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()> {
@@ -216,13 +194,22 @@ pub async fn run(options: Options) -> Result<()> {
         min_free_disk_mb: 3_000.0,
     };
     if first_timers > 0 {
+        let pace = sizes.timer_rate;
         progress(&format!(
             "timers: {first_timers} × {} ms, runbook",
             sizes.timer_wait_ms
         ));
-        ours_side
-            .timers
-            .push(ours::timers(&binary, first_timers, sizes.timer_wait_ms, width, limits).await?);
+        ours_side.timers.push(
+            ours::timers(
+                &binary,
+                first_timers,
+                sizes.timer_wait_ms,
+                width,
+                limits,
+                pace,
+            )
+            .await?,
+        );
         if let Some(install) = &install {
             progress(&format!(
                 "timers: {first_timers} × {} ms, restate",
@@ -231,7 +218,7 @@ pub async fn run(options: Options) -> Result<()> {
             if let Some(timers) = attempt(
                 &mut errors,
                 "timers",
-                restate::timers(install, first_timers, sizes.timer_wait_ms, width),
+                restate::timers(install, first_timers, sizes.timer_wait_ms, width, pace),
             )
             .await
             {
@@ -239,13 +226,19 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
     }
+    // The creation rate seen so far (for a wait that outlasts creating the next phase's runs).
     let rate = |side: &Side| {
         side.timers
             .last()
             .map_or(500.0, |timers| timers.create_per_s)
     };
     if sizes.recovery_runs > 0 {
-        let wait = covering_wait(sizes.timer_wait_ms, sizes.recovery_runs, rate(&ours_side));
+        let wait = covering_wait(
+            sizes.timer_wait_ms,
+            sizes.recovery_runs,
+            rate(&ours_side),
+            1.5,
+        );
         progress(&format!(
             "recovery: {} runs waiting {wait} ms, runbook",
             sizes.recovery_runs
@@ -257,6 +250,7 @@ pub async fn run(options: Options) -> Result<()> {
                 sizes.timer_wait_ms,
                 sizes.recovery_runs,
                 rate(&restate_side),
+                1.5,
             );
             progress(&format!(
                 "recovery: {} runs waiting {wait} ms, restate",
@@ -271,9 +265,13 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
     for runs in sizes.timers.iter().skip(1).copied() {
-        let wait = covering_wait(sizes.timer_wait_ms, runs, rate(&ours_side));
+        let pace = sizes.timer_rate;
+        let wait = match pace {
+            Some(per_s) => covering_wait(sizes.timer_wait_ms, runs, per_s, 1.25),
+            None => covering_wait(sizes.timer_wait_ms, runs, rate(&ours_side), 1.5),
+        };
         progress(&format!("timers: {runs} × {wait} ms, runbook"));
-        match ours::timers(&binary, runs, wait, width, limits).await {
+        match ours::timers(&binary, runs, wait, width, limits, pace).await {
             Ok(timers) => ours_side.timers.push(timers),
             Err(error) => {
                 // Keep what the smaller sizes measured; say where it stopped.
@@ -285,16 +283,9 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
     let floor_after = fsync_floor(scratch.path(), sizes.fsync_iterations)?;
-    let floor = Samples::new([floor_before.pct(50.0), floor_after.pct(50.0)].to_vec());
-    let floor_p50 = floor.mean();
-
-    let rows = rows(
-        &ours_side,
-        &restate_side,
-        floor_p50,
-        &floor_before,
-        &options,
-    );
+    // The floor is measured before and after everything else; the table uses both together.
+    let floor = Samples::new([floor_before.values(), floor_after.values()].concat());
+    let rows = rows(&ours_side, &restate_side, &floor, floor.pct(50.0), sizes);
     let rendered = table(&rows);
     let record = json!({
         "date": date_utc(),
@@ -302,7 +293,8 @@ pub async fn run(options: Options) -> Result<()> {
         "load_average_1m": {"before": load_before, "after": load_average()},
         "command": std::env::args().collect::<Vec<_>>(),
         "configuration": configuration(&install, scratch.path()),
-        "fsync_floor_ms": {"before": floor_before.summary(), "after": floor_after.summary()},
+        "fsync_floor_ms": {"before": floor_before.summary(), "after": floor_after.summary(),
+                           "both": floor.summary()},
         "runbook": ours_side.json(),
         "restate": restate_side.json(),
         "table": rows.iter().map(Row::json).collect::<Vec<_>>(),
@@ -347,177 +339,6 @@ pub async fn run(options: Options) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn rows(
-    ours: &Side,
-    restate: &Side,
-    floor_p50: f64,
-    floor: &Samples,
-    options: &Options,
-) -> Vec<Row> {
-    let mut rows = Vec::new();
-    let (l_ours, l_restate) = (ours.latency(), restate.latency());
-    let pct = |latency: &Option<Latency>, q: f64| latency.as_ref().map(|l| l.per_step.pct(q));
-    rows.push(Row::new(
-        "fsync floor: append 4 KiB + fdatasync, p50 / p99 (ms)",
-        Some(floor.pct(50.0)),
-        None,
-        3,
-    ));
-    rows.push(Row::new("  p99", Some(floor.pct(99.0)), None, 3));
-    let steps = options.sizes.latency_steps;
-    let mut p50 = Row::new(
-        format!("latency: 1 run × {steps} steps, per step p50 (ms)"),
-        pct(&l_ours, 50.0),
-        pct(&l_restate, 50.0),
-        3,
-    );
-    if let (Some(ours_p50), Some(restate_p50)) = (p50.ours, p50.restate) {
-        p50 = p50.target("≤ ⅓ of Restate", ours_p50 <= restate_p50 / 3.0);
-    }
-    rows.push(p50);
-    rows.push(Row::new(
-        "  per step p99 (ms)",
-        pct(&l_ours, 99.0),
-        pct(&l_restate, 99.0),
-        3,
-    ));
-    rows.push(Row::new(
-        "  whole run ÷ steps (ms)",
-        l_ours.as_ref().map(|l| l.whole_run_ms_per_step),
-        l_restate.as_ref().map(|l| l.whole_run_ms_per_step),
-        3,
-    ));
-    let multiple = pct(&l_ours, 50.0).map(|p| p / floor_p50);
-    rows.push(
-        Row::new("  per step p50 ÷ fsync floor p50", multiple, None, 2)
-            .target("≤ 3", multiple.is_some_and(|m| m <= 3.0)),
-    );
-    let (t_ours, t_restate) = (ours.throughput(), restate.throughput());
-    let sizes = &options.sizes;
-    let mut throughput = Row::new(
-        format!(
-            "throughput: {} runs × {} steps, {} in flight (steps/s)",
-            sizes.throughput_runs, sizes.throughput_steps, sizes.in_flight
-        ),
-        t_ours.as_ref().map(|t| t.steps_per_s),
-        t_restate.as_ref().map(|t| t.steps_per_s),
-        0,
-    );
-    if let Some(ratio) = throughput.ratio() {
-        throughput = throughput.target("≥ 3× Restate", ratio >= 3.0);
-    }
-    rows.push(throughput);
-    for (index, timers) in ours.timers.iter().enumerate() {
-        let other = restate
-            .timers
-            .get(index)
-            .filter(|other| other.runs == timers.runs);
-        let n = timers.runs;
-        let wait = format!("{:.0} s", timers.wait_ms as f64 / 1000.0);
-        rows.push(Row::new(
-            format!("timers: {n} runs wait {wait}: created (runs/s)"),
-            Some(timers.create_per_s),
-            other.map(|o| o.create_per_s),
-            0,
-        ));
-        let million = n >= 1_000_000;
-        rows.push(Row::new(
-            "  lateness p50 (ms)",
-            Some(timers.lateness.pct(50.0)),
-            other.map(|o| o.lateness.pct(50.0)),
-            1,
-        ));
-        let p99 = timers.lateness.pct(99.0);
-        let mut late99 = Row::new(
-            "  lateness p99 (ms)",
-            Some(p99),
-            other.map(|o| o.lateness.pct(99.0)),
-            1,
-        );
-        if million {
-            late99 = late99.target("< 50 ms at 1,000,000", p99 < 50.0);
-        }
-        rows.push(late99);
-        if let Some(engine) = &timers.engine_lateness {
-            rows.push(Row::new(
-                "  runbook's own late_by p50 / p99 (ms)",
-                Some(engine.pct(50.0)),
-                None,
-                1,
-            ));
-            rows.push(Row::new("    p99", Some(engine.pct(99.0)), None, 1));
-        }
-        rows.push(Row::new(
-            "  peak pending timers",
-            Some(timers.peak_pending as f64),
-            other.map(|o| o.peak_pending as f64),
-            0,
-        ));
-        let mut rss = Row::new(
-            "  peak RSS of the server (MB)",
-            Some(timers.peak_rss_mb),
-            other.map(|o| o.peak_rss_mb),
-            1,
-        );
-        if million {
-            rss = rss.target("< 300 MB at 1,000,000", timers.peak_rss_mb < 300.0);
-        }
-        rows.push(rss);
-    }
-    let (i_ours, i_restate) = (ours.idle(), restate.idle());
-    let mut idle = Row::new(
-        "idle: RSS after start (MB)",
-        i_ours.as_ref().map(|i| i.rss_mb),
-        i_restate.as_ref().map(|i| i.rss_mb),
-        1,
-    );
-    if let Some(ratio) = idle.ratio() {
-        idle = idle.target("≤ 1/10 of Restate", ratio <= 0.1);
-    }
-    rows.push(idle);
-    rows.push(Row::new(
-        "  Restate's Node service RSS (MB)",
-        None,
-        i_restate.as_ref().and_then(|i| i.service_rss_mb),
-        1,
-    ));
-    rows.push(Row::new(
-        "  start-up to a served API (ms)",
-        i_ours.as_ref().map(|i| i.startup_ms),
-        i_restate.as_ref().map(|i| i.startup_ms),
-        0,
-    ));
-    if let Some(recovery) = &ours.recovery {
-        let other = restate.recovery.as_ref();
-        let n = recovery.runs;
-        rows.push(
-            Row::new(
-                format!("recovery: {n} waiting, kill -9, restart: API answers (ms)"),
-                Some(recovery.ready_ms),
-                other.map(|o| o.ready_ms),
-                0,
-            )
-            .target("< 2 s", recovery.ready_ms < 2000.0),
-        );
-        rows.push(
-            Row::new(
-                "  first overdue timer fired (ms)",
-                Some(recovery.first_fire_ms),
-                other.map(|o| o.first_fire_ms),
-                0,
-            )
-            .target("< 2 s", recovery.first_fire_ms < 2000.0),
-        );
-        rows.push(Row::new(
-            "  all overdue timers fired (s)",
-            Some(recovery.all_fired_seconds),
-            other.map(|o| o.all_fired_seconds),
-            1,
-        ));
-    }
-    rows
 }
 
 fn date_utc() -> String {

@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use tokio::task::JoinSet;
@@ -60,4 +61,13 @@ where
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Waits until item `index` is due when items start `per_s` a second from `started` (no wait
+/// without a rate): an open-loop arrival rate, the same for both systems.
+pub async fn pace(started: Instant, per_s: Option<f64>, index: usize) {
+    if let Some(per_s) = per_s.filter(|per_s| *per_s > 0.0) {
+        let due = started + Duration::from_secs_f64(index as f64 / per_s);
+        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+    }
 }

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 use super::http::{Conn, Endpoint};
-use super::pool::pool;
+use super::pool::{self, pool};
 use super::results::{Idle, Latency, Recovery, Throughput, Timers};
 use super::sys::{free_port, peak_overlap, progress, wall_ms, Memory, Samples, Server};
 
@@ -252,13 +252,14 @@ impl Restate {
     }
 }
 
-/// Sends `runs` sleeps of `wait_ms` (`/send`: Restate journals the invocation and answers);
-/// returns the invocation ids and the seconds it took.
+/// Sends `runs` sleeps of `wait_ms` (`/send`: Restate journals the invocation and answers), at
+/// most `pace` a second; returns the invocation ids and the seconds it took.
 async fn send_sleeps(
     restate: &Restate,
     runs: usize,
     wait_ms: u64,
     width: usize,
+    pace: Option<f64>,
 ) -> Result<(Vec<String>, f64)> {
     let started = Instant::now();
     let ids = pool(
@@ -266,7 +267,8 @@ async fn send_sleeps(
         &restate.ingress,
         runs,
         width,
-        move |mut conn, _| async move {
+        move |mut conn, index| async move {
+            pool::pace(started, pace, index).await;
             let sent = conn
                 .post("/bench/sleep/send", &json!({"ms": wait_ms}))
                 .await?
@@ -390,11 +392,17 @@ pub async fn throughput(
 }
 
 /// `runs` invocations that each sleep `wait_ms` (on a fresh server).
-pub async fn timers(install: &Install, runs: usize, wait_ms: u64, width: usize) -> Result<Timers> {
+pub async fn timers(
+    install: &Install,
+    runs: usize,
+    wait_ms: u64,
+    width: usize,
+    pace: Option<f64>,
+) -> Result<Timers> {
     let mut restate = Restate::new(install)?;
     restate.start().await?;
     restate.start_service().await?;
-    let (ids, create_seconds) = send_sleeps(&restate, runs, wait_ms, width).await?;
+    let (ids, create_seconds) = send_sleeps(&restate, runs, wait_ms, width, pace).await?;
     progress(&format!(
         "restate: {runs} sleeps sent in {create_seconds:.1} s; waiting for them to fire"
     ));
@@ -420,6 +428,7 @@ pub async fn timers(install: &Install, runs: usize, wait_ms: u64, width: usize) 
     Ok(Timers {
         runs,
         wait_ms,
+        paced_per_s: pace,
         create_seconds,
         create_per_s: runs as f64 / create_seconds,
         lateness,
@@ -456,7 +465,7 @@ pub async fn recovery(
     let mut restate = Restate::new(install)?;
     restate.start().await?;
     restate.start_service().await?;
-    let (ids, create_seconds) = send_sleeps(&restate, runs, wait_ms, width).await?;
+    let (ids, create_seconds) = send_sleeps(&restate, runs, wait_ms, width, None).await?;
     let created_at = wall_ms();
     let mut conn = restate.ingress.connect().await?;
     let first = conn

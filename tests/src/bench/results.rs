@@ -48,6 +48,8 @@ pub struct Timers {
     pub runs: usize,
     /// How long each run waits, from its own start.
     pub wait_ms: u64,
+    /// The rate runs were started at (open loop), if paced.
+    pub paced_per_s: Option<f64>,
     pub create_seconds: f64,
     pub create_per_s: f64,
     /// ms from each deadline to the moment the run went on after it (the code after the wait
@@ -66,7 +68,8 @@ pub struct Timers {
 
 impl Timers {
     pub fn json(&self) -> Value {
-        json!({"runs": self.runs, "wait_ms": self.wait_ms, "create_seconds": self.create_seconds,
+        json!({"runs": self.runs, "wait_ms": self.wait_ms, "paced_per_s": self.paced_per_s,
+               "create_seconds": self.create_seconds,
                "create_per_s": self.create_per_s, "lateness_ms": self.lateness.summary(),
                "engine_lateness_ms": self.engine_lateness.as_ref().map(Samples::summary),
                "peak_pending": self.peak_pending, "peak_rss_mb": self.peak_rss_mb,

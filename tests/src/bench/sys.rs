@@ -168,6 +168,10 @@ impl Samples {
         Samples(values)
     }
 
+    pub fn values(&self) -> &[f64] {
+        &self.0
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

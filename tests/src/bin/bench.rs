@@ -2,17 +2,20 @@
 //!
 //! ```text
 //! cargo build --release -p runbook-cli -p runbook-tests
-//! $CARGO_TARGET_DIR/release/bench [--rounds 3] [--timers 10000,100000,1000000] [--recovery 100000]
-//!                                 [--ours-only] [--out FILE.json]
-//! $CARGO_TARGET_DIR/debug/bench --smoke      # our side only, tiny sizes (run by .ci/run)
+//! $CARGO_TARGET_DIR/release/bench [--rounds 3] [--timers 10000,100000,1000000] [--timer-rate 2000]
+//!                                 [--recovery 100000] [--ours-only] [--out FILE.json]
+//! cargo run -p runbook-tests --bin bench -- --smoke     # our side only, tiny sizes (.ci/run)
 //! ```
 //!
 //! Both systems run on temporary dirs with loopback ports, one at a time, the same workloads in
-//! alternation (latency, throughput and idle are repeated `--rounds` times, the side that goes
+//! alternation (idle, latency and throughput are repeated `--rounds` times, the side that goes
 //! first alternating; the table shows the median round). A "step" is a durable no-op: our
-//! `noop` step, Restate's `ctx.run` of an empty closure; on both, a step's completion is on
-//! disk (fsynced) before the next step starts. The table goes to stdout, progress to stderr, the
-//! raw numbers to a JSON file. See `tests/src/bench/*.rs` for what each figure measures.
+//! `noop` step, Restate's `ctx.run` of an empty closure; on both, a step's completion is on disk
+//! (fsynced) before the next step starts. Timer runs are started at `--timer-rate` a second
+//! (open loop, the same on both sides) and each waits 5 s (longer for the larger phases, so that
+//! all are pending at once); the first size runs on both systems, the others on `runbook` alone.
+//! The table goes to stdout, progress to stderr, the raw numbers to a JSON file (default
+//! `~/.cache/runbook/bench/`). What each figure measures: `tests/src/bench/*.rs`.
 
 #[path = "../bench/http.rs"]
 mod http;
@@ -30,6 +33,8 @@ mod restate;
 mod results;
 #[path = "../bench/sys.rs"]
 mod sys;
+#[path = "../bench/table.rs"]
+mod table;
 
 use std::path::PathBuf;
 
@@ -71,6 +76,9 @@ fn parse_args() -> Result<Options> {
             "--rss-limit-mb" => {
                 options.sizes.rss_limit_mb = number(args.next(), "--rss-limit-mb")? as f64
             }
+            "--timer-rate" => {
+                options.sizes.timer_rate = Some(number(args.next(), "--timer-rate")? as f64)
+            }
             "--rounds" => options.sizes.rounds = number(args.next(), "--rounds")?.max(1),
             "--recovery" => options.sizes.recovery_runs = number(args.next(), "--recovery")?,
             "--timers" => {
@@ -86,7 +94,7 @@ fn parse_args() -> Result<Options> {
             "-h" | "--help" => {
                 println!(
                     "usage: bench [--smoke] [--ours-only] [--rounds N] [--timers N,N,..] \
-                     [--recovery N] [--rss-limit-mb MB] [--out FILE.json]"
+                     [--timer-rate N] [--recovery N] [--rss-limit-mb MB] [--out FILE.json]"
                 );
                 std::process::exit(0);
             }
