@@ -113,7 +113,7 @@ pub async fn run(
     let _ = timers.await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
-    engine.writer().store().sync()?;
+    engine.writer().store().checkpoint()?;
     tracing::info!("daemon stopped");
     Ok(())
 }

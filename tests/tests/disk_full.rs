@@ -96,7 +96,12 @@ fn a_full_disk_refuses_new_work_keeps_what_was_acknowledged_and_recovers() -> Re
     }
     let refusal = refusal.expect("the store never refused a write on a full disk");
     let stderr = String::from_utf8_lossy(&refusal.stderr);
-    assert_eq!(refusal.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        refusal.status.code(),
+        Some(1),
+        "{stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
     assert!(
         stderr.contains("disk holding the store is full") && stderr.contains("nothing was changed"),
         "{stderr}"

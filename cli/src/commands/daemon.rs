@@ -60,6 +60,9 @@ fn init_logging(format: LogFormat) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
+        // A log line that cannot be written (stderr on a full disk) is dropped: reporting it
+        // would print to the same stderr, and that print panics.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

@@ -229,6 +229,23 @@ pub struct RunState {
 }
 
 impl RunState {
+    /// Nothing happens in the run until a timer fires or somebody acts: it waits (on a timer,
+    /// a poll or an approval), is paused, needs attention or has ended, and no action call of
+    /// it is in flight. A parked run need not be in memory; a run that is not parked is loaded
+    /// at start-up to re-attach its calls or take its next step.
+    pub fn is_parked(&self) -> bool {
+        let waits = matches!(
+            self.status,
+            RunStatus::Waiting | RunStatus::Paused | RunStatus::NeedsAttention
+        ) || self.status.is_terminal();
+        waits
+            && self.steps.iter().all(|step| {
+                step.call.is_none()
+                    && step.aborting.is_none()
+                    && step.undo.as_ref().is_none_or(|undo| undo.call.is_none())
+            })
+    }
+
     /// The state before the first event: only `RunCreated` makes it meaningful.
     pub fn empty(id: Uuid) -> RunState {
         RunState {

@@ -10,6 +10,9 @@
 //! - Inputs of one run are handled one at a time, in order; different runs commit concurrently
 //!   and share syncs (group commit in [`crate::store::Writer`]).
 //! - A run whose records cannot be read is reported `corrupt` and never touched; the others go on.
+//! - Only runs being worked on are held in memory: a parked run ([`RunState::is_parked`]) is
+//!   dropped from memory once nobody uses it, and read back from the store when an input (its
+//!   timer, an operator) or a reader needs it. Start-up loads only the runs that are not parked.
 
 mod plan;
 mod schedules;
@@ -97,7 +100,8 @@ struct Inner {
     catalog: Catalog,
     schedules: Mutex<BTreeMap<String, Schedule>>,
     data_dir: PathBuf,
-    runs: RwLock<BTreeMap<Uuid, Arc<Mutex<Slot>>>>,
+    /// The runs held in memory (see the contract above), each behind its own lock.
+    runs: RwLock<HashMap<Uuid, Arc<Mutex<Slot>>>>,
     calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
     timer_wake: Notify,
     accepting: AtomicBool,
@@ -110,7 +114,8 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads every run from the store. Call [`Engine::recover`] next, then start the timers.
+    /// Loads the runs that are not parked from the store. Call [`Engine::recover`] next, then
+    /// start the timers.
     pub fn open(
         writer: Writer,
         clock: Arc<dyn Clock>,
@@ -126,8 +131,8 @@ impl Engine {
                 Err(error) => tracing::error!(%error, "a schedule is corrupt; it is left out"),
             }
         }
-        let mut runs = BTreeMap::new();
-        for loaded in writer.store().load_runs()? {
+        let mut runs = HashMap::new();
+        for loaded in writer.store().load_active_runs()? {
             match loaded {
                 Ok(state) => {
                     runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(Box::new(state)))));
@@ -269,7 +274,7 @@ impl Engine {
         while generation.changed().await.is_ok() {
             tracing::info!("reloading runs and schedules from the reopened store");
             let store = self.inner.writer.store();
-            let run_ids: Vec<Uuid> = match store.load_runs() {
+            let mut run_ids: Vec<Uuid> = match store.load_active_runs() {
                 Ok(loaded) => loaded
                     .iter()
                     .map(|run| {
@@ -282,29 +287,35 @@ impl Engine {
                     continue;
                 }
             };
+            run_ids.extend(self.slots().into_iter().map(|(run_id, _)| run_id));
+            run_ids.sort();
+            run_ids.dedup();
             for run_id in run_ids {
-                let slot = match self.slot(run_id) {
-                    Some(slot) => slot,
-                    None => {
-                        let mut runs = self
-                            .inner
-                            .runs
-                            .write()
-                            .unwrap_or_else(|poisoned| poisoned.into_inner());
-                        runs.entry(run_id)
-                            .or_insert_with(|| {
-                                Arc::new(Mutex::new(Slot::Corrupt {
-                                    reason: "loading".to_owned(),
-                                }))
-                            })
-                            .clone()
-                    }
-                };
+                let slot = self
+                    .inner
+                    .runs
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .entry(run_id)
+                    .or_insert_with(|| {
+                        Arc::new(Mutex::new(Slot::Corrupt {
+                            reason: "loading".to_owned(),
+                        }))
+                    })
+                    .clone();
                 // Read under the run's lock, so that a transition committed meanwhile is kept.
                 let mut guard = slot.lock().await;
                 *guard = match store.load_run(run_id) {
                     Ok(Some(state)) => Slot::Live(Box::new(state)),
-                    Ok(None) => continue,
+                    Ok(None) => {
+                        drop(guard);
+                        self.inner
+                            .runs
+                            .write()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .remove(&run_id);
+                        continue;
+                    }
                     Err(error) => Slot::Corrupt {
                         reason: error.to_string(),
                     },
@@ -329,19 +340,91 @@ impl Engine {
         runs.iter().map(|(id, slot)| (*id, slot.clone())).collect()
     }
 
-    fn slot(&self, run_id: Uuid) -> Option<Arc<Mutex<Slot>>> {
-        self.inner
+    /// The run's slot, read from the store into memory if it is not there.
+    fn slot(&self, run_id: Uuid) -> Result<Option<Arc<Mutex<Slot>>>, Error> {
+        let resident = self
+            .inner
             .runs
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&run_id)
-            .cloned()
+            .cloned();
+        if resident.is_some() {
+            return Ok(resident);
+        }
+        // Read under the write lock, so that two readers never hold two copies of one run.
+        let mut runs = self
+            .inner
+            .runs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = runs.get(&run_id) {
+            return Ok(Some(slot.clone()));
+        }
+        let slot = match self.inner.writer.store().load_run(run_id) {
+            Ok(Some(state)) => Slot::Live(Box::new(state)),
+            Ok(None) => return Ok(None),
+            Err(error @ (store::Error::Io(_) | store::Error::Full(_) | store::Error::Closed)) => {
+                return Err(error.into())
+            }
+            Err(error) => {
+                tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
+                Slot::Corrupt {
+                    reason: error.to_string(),
+                }
+            }
+        };
+        let slot = Arc::new(Mutex::new(slot));
+        runs.insert(run_id, slot.clone());
+        Ok(Some(slot))
+    }
+
+    /// Hands back a slot taken with [`Engine::slot`]: a parked run that nobody else holds
+    /// leaves memory (the store has all of it).
+    fn release(&self, run_id: Uuid, slot: Arc<Mutex<Slot>>) {
+        let mut runs = self
+            .inner
+            .runs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        drop(slot);
+        let Some(held) = runs.get(&run_id) else {
+            return;
+        };
+        // Under the write lock nobody can take a new reference; the map's is the only one.
+        if Arc::strong_count(held) != 1 {
+            return;
+        }
+        let parked = match held.try_lock() {
+            Ok(guard) => matches!(&*guard, Slot::Live(state) if state.is_parked()),
+            Err(_) => false,
+        };
+        if parked {
+            runs.remove(&run_id);
+        }
+    }
+
+    /// Whether a run exists, without reading it.
+    fn exists(&self, run_id: Uuid) -> Result<bool, Error> {
+        let resident = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(&run_id);
+        Ok(resident
+            || !self
+                .inner
+                .writer
+                .store()
+                .find_runs(run_id.as_bytes(), 1)?
+                .is_empty())
     }
 
     /// Finds a run by its id or a unique prefix of it.
     pub fn resolve(&self, typed: &str) -> Result<Uuid, Error> {
         if let Ok(id) = Uuid::parse_str(typed) {
-            if self.slot(id).is_some() {
+            if self.exists(id)? {
                 return Ok(id);
             }
             return Err(Error::NotFound(format!("no run {typed}")));
@@ -352,22 +435,47 @@ impl Engine {
                 "no run {typed:?} (a run id is a UUID or a unique prefix of one)"
             )));
         }
-        let runs = self
-            .inner
-            .runs
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let matches: Vec<Uuid> = runs
-            .keys()
-            .filter(|id| id.hyphenated().to_string().starts_with(&needle))
-            .copied()
+        // The ids whose bytes start with the typed hex digits (an odd last digit stands for
+        // the sixteen bytes it begins); then the typed text, dashes and all, must match.
+        let digits: Vec<u8> = needle
+            .chars()
+            .filter_map(|c| c.to_digit(16))
+            .map(|digit| digit as u8)
             .collect();
+        let whole: Vec<u8> = digits
+            .chunks_exact(2)
+            .map(|pair| pair[0] << 4 | pair[1])
+            .collect();
+        let prefixes: Vec<Vec<u8>> = match digits.len() % 2 {
+            0 => vec![whole],
+            _ => {
+                let high = digits[digits.len() - 1] << 4;
+                (0..16u8)
+                    .map(|low| {
+                        let mut prefix = whole.clone();
+                        prefix.push(high | low);
+                        prefix
+                    })
+                    .collect()
+            }
+        };
+        let store = self.inner.writer.store();
+        let mut matches: Vec<Uuid> = Vec::new();
+        for prefix in prefixes {
+            for id in store.find_runs(&prefix, 2)? {
+                if id.hyphenated().to_string().starts_with(&needle) && !matches.contains(&id) {
+                    matches.push(id);
+                }
+            }
+            if matches.len() > 1 {
+                break;
+            }
+        }
         match matches.as_slice() {
             [one] => Ok(*one),
             [] => Err(Error::NotFound(format!("no run {typed}"))),
-            many => Err(Error::Ambiguous(format!(
-                "run id prefix {typed} matches {} runs; type more of it",
-                many.len()
+            _ => Err(Error::Ambiguous(format!(
+                "run id prefix {typed} matches more than one run; type more of it"
             ))),
         }
     }
@@ -403,14 +511,16 @@ impl Engine {
             machine::create(run_id, definition, params, locks, by, comment, now);
         let commit = Commit::new(0, &decision.events, &state)?;
         self.inner.writer.commit(commit).await?;
-        self.inner
-            .runs
-            .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(
-                run_id,
-                Arc::new(Mutex::new(Slot::Live(Box::new(state.clone())))),
-            );
+        if !state.is_parked() {
+            self.inner
+                .runs
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(
+                    run_id,
+                    Arc::new(Mutex::new(Slot::Live(Box::new(state.clone())))),
+                );
+        }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
         self.after_commit(run_id, &decision);
         Ok(state)
@@ -432,8 +542,19 @@ impl Engine {
             return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
         }
         let slot = self
-            .slot(run_id)
+            .slot(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
+        let result = self.decide_and_commit(run_id, &slot, input).await;
+        self.release(run_id, slot);
+        result
+    }
+
+    async fn decide_and_commit(
+        &self,
+        run_id: Uuid,
+        slot: &Mutex<Slot>,
+        input: Input,
+    ) -> Result<RunState, Error> {
         let mut guard = slot.lock().await;
         let state = match &*guard {
             Slot::Live(state) => state,
@@ -607,19 +728,35 @@ impl Engine {
     /// A run's current state (or its corruption).
     pub async fn get(&self, run_id: Uuid) -> Result<Slot, Error> {
         let slot = self
-            .slot(run_id)
+            .slot(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
-        let guard = slot.lock().await;
-        Ok(guard.clone())
+        let current = slot.lock().await.clone();
+        self.release(run_id, slot);
+        Ok(current)
     }
 
-    /// Every run, newest first.
-    pub async fn list(&self) -> Vec<(Uuid, Slot)> {
-        let mut all = Vec::new();
-        for (id, slot) in self.slots().into_iter().rev() {
-            all.push((id, slot.lock().await.clone()));
+    /// Every run, newest first: those in memory as they are there, the others as stored.
+    pub async fn list(&self) -> Result<Vec<(Uuid, Slot)>, Error> {
+        let mut all = BTreeMap::new();
+        for loaded in self.inner.writer.store().load_runs()? {
+            match loaded {
+                Ok(state) => {
+                    all.insert(state.id, Slot::Live(Box::new(state)));
+                }
+                Err((run_id, error)) => {
+                    all.insert(
+                        run_id,
+                        Slot::Corrupt {
+                            reason: error.to_string(),
+                        },
+                    );
+                }
+            }
         }
-        all
+        for (id, slot) in self.slots() {
+            all.insert(id, slot.lock().await.clone());
+        }
+        Ok(all.into_iter().rev().collect())
     }
 
     /// A run's journal, as far as it is durable. The store may already hold the events of a

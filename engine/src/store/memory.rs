@@ -17,6 +17,7 @@ struct Tables {
     timers: BTreeMap<TimerKey, ()>,
     locks: BTreeMap<String, Uuid>,
     schedules: BTreeMap<String, Vec<u8>>,
+    active: std::collections::BTreeSet<Uuid>,
 }
 
 #[derive(Default)]
@@ -75,6 +76,11 @@ impl Store for MemoryStore {
             tables.events.insert((commit.run_id, *seq), bytes.clone());
         }
         tables.runs.insert(commit.run_id, commit.snapshot.clone());
+        if commit.parked {
+            tables.active.remove(&commit.run_id);
+        } else {
+            tables.active.insert(commit.run_id);
+        }
         for key in &commit.timers_remove {
             tables.timers.remove(key);
         }
@@ -98,6 +104,30 @@ impl Store for MemoryStore {
                 restore(*run_id, snapshot, first.map(Vec::as_slice))
                     .map_err(|error| (*run_id, error))
             })
+            .collect())
+    }
+
+    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
+        let active: Vec<Uuid> = self.tables().active.iter().copied().collect();
+        let mut loaded = Vec::new();
+        for run_id in active {
+            match self.load_run(run_id) {
+                Ok(Some(state)) => loaded.push(Ok(state)),
+                Ok(None) => {}
+                Err(error) => loaded.push(Err((run_id, error))),
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
+        Ok(self
+            .tables()
+            .runs
+            .keys()
+            .filter(|run_id| run_id.as_bytes().starts_with(prefix))
+            .take(limit)
+            .copied()
             .collect())
     }
 

@@ -15,6 +15,7 @@
 pub mod envelope;
 mod memory;
 mod sled;
+mod wal;
 mod writer;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +25,11 @@ pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 use crate::machine::{Event, EventKind, RunState};
 pub use envelope::FORMAT;
+
+/// The layout of the store on disk (trees, keys, write-ahead log), recorded in `meta/format`.
+/// 1: sled only; 2: sled behind a write-ahead log, with the `active` index. A build refuses a
+/// store whose layout is newer than it knows, and upgrades an older one when it opens it.
+pub const STORE_FORMAT: u32 = 2;
 pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,6 +115,9 @@ pub struct Commit {
     pub timers_remove: Vec<TimerKey>,
     pub locks_acquire: Vec<String>,
     pub locks_release: Vec<String>,
+    /// The run is parked after this commit (see [`RunState::is_parked`]): the daemon need not
+    /// load it at start-up.
+    pub parked: bool,
 }
 
 impl Commit {
@@ -125,6 +134,7 @@ impl Commit {
             timers_remove: Vec::new(),
             locks_acquire: Vec::new(),
             locks_release: Vec::new(),
+            parked: snapshot.is_parked(),
         };
         for event in events {
             commit.events.push((event.seq, envelope::encode(event)?));
@@ -221,12 +231,30 @@ pub trait Store: Send + Sync + 'static {
     /// [`Error::LockHeld`] when another run holds a resource to acquire.
     fn apply(&self, commit: &Commit) -> Result<(), Error>;
 
+    /// Applies several commits in order, as one atomic store operation where the store can;
+    /// one result per commit (a refused commit changes nothing, the others apply).
+    fn apply_many(&self, commits: &[&Commit]) -> Vec<Result<(), Error>> {
+        commits.iter().map(|commit| self.apply(commit)).collect()
+    }
+
     /// Makes everything applied so far durable, power-safe.
     fn sync(&self) -> Result<(), Error>;
+
+    /// Folds what is durable into the store's main files, so that the next open has nothing
+    /// to replay (at shutdown).
+    fn checkpoint(&self) -> Result<(), Error> {
+        self.sync()
+    }
 
     /// Every run's latest snapshot (with its pinned definition), or the error that kept it
     /// from being read. One bad run never hides the others.
     fn load_runs(&self) -> Result<Vec<LoadedRun>, Error>;
+
+    /// The same, for the runs that are not parked: those the daemon works on at start-up.
+    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error>;
+
+    /// The ids of the runs whose id starts with the bytes `prefix`, at most `limit`.
+    fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error>;
 
     /// One run's latest snapshot.
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error>;

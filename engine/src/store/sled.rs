@@ -1,41 +1,59 @@
-//! The embedded default store, on sled 0.34. The only module that imports sled.
+//! The embedded default store, on sled 0.34 behind a write-ahead log. The only module that
+//! imports sled.
 //!
 //! Trees: `runs` (run_id → snapshot), `events` (run_id ‖ seq → event), `timers`
-//! (fire_at_ms ‖ run_id ‖ timer → empty), `locks` (resource → run_id), `meta` (`format`).
+//! (fire_at_ms ‖ run_id ‖ timer → empty), `locks` (resource → run_id), `schedules`
+//! (name → schedule), `active` (run_id → empty, for each run that is not parked: see
+//! [`RunState::is_parked`]), `meta` (`format`, `lsn`).
 //!
 //! # Contract
 //!
-//! sled's `flush` writes its log with `sync_file_range`, which survives a process crash but not
-//! a power cut, and it never fsyncs blob files. [`SledStore::sync`] therefore follows `flush`
-//! with `fdatasync` of the log file and an fsync of any new blob file and of the blob directory.
+//! Every change goes into sled (not flushed) and into the write-ahead log ([`super::wal`]);
+//! [`SledStore::sync`] writes the log and `fdatasync`s it: one write and one device flush per
+//! group commit. sled is flushed (its log `fdatasync`ed, new blob files fsynced) only at a
+//! checkpoint: when the log segment passes [`wal::CHECKPOINT_BYTES`], at open after replaying
+//! the log, and at shutdown.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use ::sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+use ::sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+    UnabortableTransactionError,
+};
 use ::sled::{Db, Tree};
 use uuid::Uuid;
 
+use super::wal::{self, Op, Wal};
 use super::{
     check_envelope, decode_event, decode_value, encode_value, restore, Commit, Error, LoadedRun,
-    ScheduleCommit, Store, TimerKey, FORMAT,
+    ScheduleCommit, Store, TimerKey, STORE_FORMAT,
 };
 use crate::machine::{Event, RunState};
 use crate::schedule::Schedule;
 
+// The trees, by their code in the write-ahead log.
+const RUNS: u8 = 0;
+const EVENTS: u8 = 1;
+const TIMERS: u8 = 2;
+const LOCKS: u8 = 3;
+const SCHEDULES: u8 = 4;
+const META: u8 = 5;
+const ACTIVE: u8 = 6;
+
 pub struct SledStore {
     db: Db,
-    runs: Tree,
-    events: Tree,
-    timers: Tree,
-    locks: Tree,
-    schedules: Tree,
-    meta: Tree,
+    /// Indexed by the codes above.
+    trees: Vec<Tree>,
     dir: PathBuf,
     log_file: File,
     blobs_seen: Mutex<Option<SystemTime>>,
+    wal: Mutex<Wal>,
+    /// A sync failed: what sled holds may be ahead of the disk, so it is never checkpointed.
+    failed: AtomicBool,
 }
 
 fn io(error: impl std::fmt::Display) -> Error {
@@ -47,14 +65,126 @@ fn io(error: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Records the physical changes of a transaction for the write-ahead log.
+struct Logged<'a> {
+    trees: [&'a TransactionalTree; 7],
+    ops: Vec<Op>,
+}
+
+type TxResult<T> = Result<T, UnabortableTransactionError>;
+
+impl Logged<'_> {
+    fn get(&self, tree: u8, key: &[u8]) -> TxResult<Option<::sled::IVec>> {
+        self.trees[usize::from(tree)].get(key)
+    }
+
+    fn insert(&mut self, tree: u8, key: &[u8], value: &[u8]) -> TxResult<()> {
+        self.trees[usize::from(tree)].insert(key, value)?;
+        self.ops.push(Op {
+            tree,
+            key: key.to_vec(),
+            value: Some(value.to_vec()),
+        });
+        Ok(())
+    }
+
+    fn remove(&mut self, tree: u8, key: &[u8]) -> TxResult<()> {
+        self.trees[usize::from(tree)].remove(key)?;
+        self.ops.push(Op {
+            tree,
+            key: key.to_vec(),
+            value: None,
+        });
+        Ok(())
+    }
+
+    /// One run commit: checks first, so that a refused commit changes nothing.
+    fn run_commit(&mut self, commit: &Commit) -> TxResult<Result<(), Error>> {
+        // The journal must end exactly where the caller thinks it does.
+        let next_taken = self
+            .get(
+                EVENTS,
+                &SledStore::event_key(commit.run_id, commit.expected_seq + 1),
+            )?
+            .is_some();
+        let last_present = commit.expected_seq == 0
+            || self
+                .get(
+                    EVENTS,
+                    &SledStore::event_key(commit.run_id, commit.expected_seq),
+                )?
+                .is_some();
+        if next_taken || !last_present {
+            return Ok(Err(Error::Conflict {
+                run_id: commit.run_id,
+                expected: commit.expected_seq,
+                found: if next_taken {
+                    commit.expected_seq + 1
+                } else {
+                    0
+                },
+            }));
+        }
+        for resource in &commit.locks_acquire {
+            if let Some(holder) = self.get(LOCKS, resource.as_bytes())? {
+                let holder: Uuid = match decode_value(&|| format!("locks/{resource}"), &holder) {
+                    Ok(holder) => holder,
+                    Err(error) => return Ok(Err(error)),
+                };
+                if holder != commit.run_id {
+                    return Ok(Err(Error::LockHeld {
+                        resource: resource.clone(),
+                        holder,
+                    }));
+                }
+            }
+        }
+        let owner = match encode_value(&commit.run_id) {
+            Ok(owner) => owner,
+            Err(error) => return Ok(Err(error)),
+        };
+        for resource in &commit.locks_acquire {
+            self.insert(LOCKS, resource.as_bytes(), &owner)?;
+        }
+        for resource in &commit.locks_release {
+            if let Some(holder) = self.get(LOCKS, resource.as_bytes())? {
+                let holder: Result<Uuid, _> =
+                    decode_value(&|| format!("locks/{resource}"), &holder);
+                if holder.map_or(true, |holder| holder == commit.run_id) {
+                    self.remove(LOCKS, resource.as_bytes())?;
+                }
+            }
+        }
+        for (seq, bytes) in &commit.events {
+            self.insert(EVENTS, &SledStore::event_key(commit.run_id, *seq), bytes)?;
+        }
+        self.insert(RUNS, commit.run_id.as_bytes(), &commit.snapshot)?;
+        if commit.parked {
+            if self.get(ACTIVE, commit.run_id.as_bytes())?.is_some() {
+                self.remove(ACTIVE, commit.run_id.as_bytes())?;
+            }
+        } else if self.get(ACTIVE, commit.run_id.as_bytes())?.is_none() {
+            self.insert(ACTIVE, commit.run_id.as_bytes(), &[])?;
+        }
+        for key in &commit.timers_remove {
+            self.remove(TIMERS, &key.encode())?;
+        }
+        for key in &commit.timers_add {
+            self.insert(TIMERS, &key.encode(), &[])?;
+        }
+        Ok(Ok(()))
+    }
+}
+
 impl SledStore {
-    /// Opens (or creates) the store in `dir`.
+    /// Opens (or creates) the store in `dir`, replaying its write-ahead log.
     pub fn open(dir: &Path) -> Result<SledStore, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|error| io(format!("cannot create {}: {error}", dir.display())))?;
         let db = ::sled::Config::new()
             .path(dir)
             .mode(::sled::Mode::HighThroughput)
+            .cache_capacity(CACHE_BYTES)
             .flush_every_ms(None)
             .open()
             .map_err(|error| {
@@ -63,47 +193,121 @@ impl SledStore {
                     dir.display()
                 ))
             })?;
-        let tree = |name: &str| db.open_tree(name).map_err(io);
-        let store = SledStore {
-            runs: tree("runs")?,
-            events: tree("events")?,
-            timers: tree("timers")?,
-            locks: tree("locks")?,
-            schedules: tree("schedules")?,
-            meta: tree("meta")?,
-            log_file: File::open(dir.join("db"))
-                .map_err(|error| io(format!("cannot open {}/db: {error}", dir.display())))?,
-            dir: dir.to_owned(),
-            blobs_seen: Mutex::new(None),
-            db,
-        };
-        store.check_format()?;
-        store.sync()?;
-        // The files sled just created must survive a power cut too.
-        if let Ok(directory) = File::open(dir) {
-            directory.sync_all().map_err(io)?;
+        let mut trees = Vec::with_capacity(wal::TREES.len());
+        for name in wal::TREES {
+            trees.push(db.open_tree(name).map_err(io)?);
         }
-        Ok(store)
+        let found_format = Self::check_format(&trees[usize::from(META)])?;
+        let wal_dir = dir.join("wal");
+        let sled_lsn = match trees[usize::from(META)].get("lsn").map_err(io)? {
+            Some(bytes) => {
+                u64::from_be_bytes(bytes.as_ref().try_into().map_err(|_| Error::Corrupt {
+                    key: "meta/lsn".to_owned(),
+                    reason: "not a u64".to_owned(),
+                })?)
+            }
+            None => 0,
+        };
+        let (records, last_lsn) = Wal::read(&wal_dir, sled_lsn)
+            .map_err(|error| io(format!("cannot read {}: {error}", wal_dir.display())))?;
+        for (_, ops) in &records {
+            for op in ops {
+                let tree = &trees[usize::from(op.tree)];
+                match &op.value {
+                    Some(value) => tree.insert(op.key.as_slice(), value.as_slice()),
+                    None => tree.remove(op.key.as_slice()),
+                }
+                .map_err(io)?;
+            }
+        }
+        if !records.is_empty() {
+            tracing::info!(records = records.len(), "replayed the write-ahead log");
+        }
+        if found_format < STORE_FORMAT {
+            Self::upgrade(&trees)?;
+        }
+        // A checkpoint: sled durable as it is now, then a fresh log.
+        db.flush().map_err(io)?;
+        let log_file = File::open(dir.join("db"))
+            .map_err(|error| io(format!("cannot open {}/db: {error}", dir.display())))?;
+        log_file.sync_data().map_err(io)?;
+        let blobs_seen = Mutex::new(None);
+        sync_blobs(dir, &blobs_seen)?;
+        // The files sled just created must survive a power cut too.
+        File::open(dir)
+            .and_then(|directory| directory.sync_all())
+            .map_err(io)?;
+        let wal = Wal::create(&wal_dir, last_lsn.max(sled_lsn) + 1)
+            .map_err(|error| io(format!("cannot start {}: {error}", wal_dir.display())))?;
+        Ok(SledStore {
+            log_file,
+            dir: dir.to_owned(),
+            blobs_seen,
+            wal: Mutex::new(wal),
+            failed: AtomicBool::new(false),
+            trees,
+            db,
+        })
     }
 
-    fn check_format(&self) -> Result<(), Error> {
-        match self.meta.get("format").map_err(io)? {
+    /// Refuses a store newer than this build; returns the format found (the current one for a
+    /// new store).
+    fn check_format(meta: &Tree) -> Result<u32, Error> {
+        match meta.get("format").map_err(io)? {
             Some(bytes) => {
                 let found: u32 = decode_value(&|| "meta/format".to_owned(), &bytes)?;
-                if found > u32::from(FORMAT) {
+                if found > STORE_FORMAT {
                     return Err(Error::FormatTooNew {
                         found,
-                        supported: u32::from(FORMAT),
+                        supported: STORE_FORMAT,
                     });
                 }
+                Ok(found)
             }
             None => {
-                self.meta
-                    .insert("format", encode_value(&u32::from(FORMAT))?)
+                meta.insert("format", encode_value(&STORE_FORMAT)?)
                     .map_err(io)?;
+                Ok(STORE_FORMAT)
             }
         }
+    }
+
+    /// From format 1: builds the `active` index from the runs (the checkpoint that follows
+    /// makes it durable, then the new format is recorded).
+    fn upgrade(trees: &[Tree]) -> Result<(), Error> {
+        let mut active = 0;
+        for entry in trees[usize::from(RUNS)].iter() {
+            let (key, snapshot) = entry.map_err(io)?;
+            let Ok(run_id) = Uuid::from_slice(&key) else {
+                continue;
+            };
+            let first = trees[usize::from(EVENTS)]
+                .get(Self::event_key(run_id, 1))
+                .map_err(io)?;
+            // An unreadable run stays active, so that it is reported at every start.
+            let parked = restore(run_id, &snapshot, first.as_deref())
+                .map(|state| state.is_parked())
+                .unwrap_or(false);
+            if !parked {
+                trees[usize::from(ACTIVE)].insert(key, &[]).map_err(io)?;
+                active += 1;
+            }
+        }
+        trees[usize::from(META)]
+            .insert("format", encode_value(&STORE_FORMAT)?)
+            .map_err(io)?;
+        tracing::info!(active, "upgraded the store to format {STORE_FORMAT}");
         Ok(())
+    }
+
+    fn tree(&self, code: u8) -> &Tree {
+        &self.trees[usize::from(code)]
+    }
+
+    fn wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn event_key(run_id: Uuid, seq: u64) -> [u8; 24] {
@@ -114,114 +318,142 @@ impl SledStore {
     }
 
     fn first_event(&self, run_id: Uuid) -> Result<Option<::sled::IVec>, Error> {
-        self.events.get(Self::event_key(run_id, 1)).map_err(io)
+        self.tree(EVENTS)
+            .get(Self::event_key(run_id, 1))
+            .map_err(io)
     }
 
-    fn sync_blobs(&self) -> Result<(), Error> {
-        let blobs = self.dir.join("blobs");
-        let Ok(modified) = std::fs::metadata(&blobs).and_then(|meta| meta.modified()) else {
-            return Ok(());
-        };
-        let mut seen = self
-            .blobs_seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if *seen == Some(modified) {
-            return Ok(());
+    /// Makes sled durable as it is, then starts a fresh log segment (dropping the old ones).
+    fn checkpoint_with(&self, wal: &mut Wal) -> Result<(), Error> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Io(
+                "the store failed a write; it must be reopened".to_owned(),
+            ));
         }
-        for entry in std::fs::read_dir(&blobs).map_err(io)?.flatten() {
-            if let Ok(file) = File::open(entry.path()) {
-                file.sync_all().map_err(io)?;
+        self.db.flush().map_err(io)?;
+        self.log_file.sync_data().map_err(io)?;
+        sync_blobs(&self.dir, &self.blobs_seen)?;
+        *wal = Wal::create(&self.dir.join("wal"), wal.next_lsn()).map_err(io)?;
+        Ok(())
+    }
+
+    /// Runs a sled transaction over every tree, logging what it changes under the next lsn.
+    fn transaction<T>(&self, body: impl Fn(&mut Logged<'_>) -> TxResult<T>) -> Result<T, Error> {
+        let mut wal = self.wal();
+        let lsn = wal.next_lsn().to_be_bytes();
+        let result = (
+            self.tree(RUNS),
+            self.tree(EVENTS),
+            self.tree(TIMERS),
+            self.tree(LOCKS),
+            self.tree(SCHEDULES),
+            self.tree(META),
+            self.tree(ACTIVE),
+        )
+            .transaction(|(runs, events, timers, locks, schedules, meta, active)| {
+                let mut logged = Logged {
+                    trees: [runs, events, timers, locks, schedules, meta, active],
+                    ops: Vec::new(),
+                };
+                let value = body(&mut logged)?;
+                meta.insert("lsn", lsn.as_slice())?;
+                Ok::<_, ConflictableTransactionError<Error>>((value, logged.ops))
+            });
+        match result {
+            Ok((value, ops)) => {
+                wal.append(&ops);
+                Ok(value)
+            }
+            Err(TransactionError::Abort(error)) => Err(error),
+            Err(TransactionError::Storage(error)) => {
+                self.failed.store(true, Ordering::SeqCst);
+                Err(io(error))
             }
         }
-        File::open(&blobs)
-            .and_then(|directory| directory.sync_all())
-            .map_err(io)?;
-        *seen = Some(modified);
-        Ok(())
+    }
+}
+
+/// fsyncs sled's blob files (values too large for its log) when the blob directory changed.
+fn sync_blobs(dir: &Path, seen: &Mutex<Option<SystemTime>>) -> Result<(), Error> {
+    let blobs = dir.join("blobs");
+    let Ok(modified) = std::fs::metadata(&blobs).and_then(|meta| meta.modified()) else {
+        return Ok(());
+    };
+    let mut seen = seen.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if *seen == Some(modified) {
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(&blobs).map_err(io)?.flatten() {
+        if let Ok(file) = File::open(entry.path()) {
+            file.sync_all().map_err(io)?;
+        }
+    }
+    File::open(&blobs)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io)?;
+    *seen = Some(modified);
+    Ok(())
+}
+
+/// sled's page cache: enough for the runs being worked on; the rest is read from disk.
+const CACHE_BYTES: u64 = 64 << 20;
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Leaves nothing to replay at the next open (unless a write failed).
+        if !self.failed.load(Ordering::SeqCst) {
+            let mut wal = self.wal();
+            if let Err(error) = self.checkpoint_with(&mut wal) {
+                tracing::warn!(%error, "no checkpoint at close; the next open replays the log");
+            }
+        }
     }
 }
 
 impl Store for SledStore {
     fn apply(&self, commit: &Commit) -> Result<(), Error> {
-        let result = (&self.runs, &self.events, &self.timers, &self.locks).transaction(
-            |(runs, events, timers, locks)| {
-                let abort = |error: Error| ConflictableTransactionError::Abort(error);
-                // The journal must end exactly where the caller thinks it does.
-                let next_taken = events
-                    .get(Self::event_key(commit.run_id, commit.expected_seq + 1))?
-                    .is_some();
-                let last_present = commit.expected_seq == 0
-                    || events
-                        .get(Self::event_key(commit.run_id, commit.expected_seq))?
-                        .is_some();
-                if next_taken || !last_present {
-                    return Err(abort(Error::Conflict {
-                        run_id: commit.run_id,
-                        expected: commit.expected_seq,
-                        found: if next_taken {
-                            commit.expected_seq + 1
-                        } else {
-                            0
-                        },
-                    }));
-                }
-                for resource in &commit.locks_acquire {
-                    if let Some(holder) = locks.get(resource.as_bytes())? {
-                        let holder: Uuid = decode_value(&|| format!("locks/{resource}"), &holder)
-                            .map_err(abort)?;
-                        if holder != commit.run_id {
-                            return Err(abort(Error::LockHeld {
-                                resource: resource.clone(),
-                                holder,
-                            }));
-                        }
-                    }
-                    locks.insert(
-                        resource.as_bytes(),
-                        encode_value(&commit.run_id).map_err(abort)?,
-                    )?;
-                }
-                for resource in &commit.locks_release {
-                    if let Some(holder) = locks.get(resource.as_bytes())? {
-                        let holder: Result<Uuid, _> =
-                            decode_value(&|| format!("locks/{resource}"), &holder);
-                        if holder.map_or(true, |holder| holder == commit.run_id) {
-                            locks.remove(resource.as_bytes())?;
-                        }
-                    }
-                }
-                for (seq, bytes) in &commit.events {
-                    events.insert(&Self::event_key(commit.run_id, *seq), bytes.as_slice())?;
-                }
-                runs.insert(commit.run_id.as_bytes(), commit.snapshot.as_slice())?;
-                for key in &commit.timers_remove {
-                    timers.remove(&key.encode())?;
-                }
-                for key in &commit.timers_add {
-                    timers.insert(&key.encode(), &[])?;
-                }
-                Ok(())
-            },
-        );
+        self.apply_many(&[commit]).pop().unwrap_or(Ok(()))
+    }
+
+    fn apply_many(&self, commits: &[&Commit]) -> Vec<Result<(), Error>> {
+        if commits.is_empty() {
+            return Vec::new();
+        }
+        let result = self.transaction(|logged| {
+            let mut results = Vec::with_capacity(commits.len());
+            for commit in commits {
+                crate::failpoint::hit("BeforeCommit");
+                results.push(logged.run_commit(commit)?);
+            }
+            Ok(results)
+        });
         match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(error)) => Err(error),
-            Err(TransactionError::Storage(error)) => Err(io(error)),
+            Ok(results) => results,
+            Err(error) => commits.iter().map(|_| Err(error.clone())).collect(),
         }
     }
 
     fn sync(&self) -> Result<(), Error> {
-        crate::failpoint::hit("BeforeFlush");
-        self.db.flush().map_err(io)?;
-        crate::failpoint::hit("AfterFlushBeforeFsync");
-        self.log_file.sync_data().map_err(io)?;
-        self.sync_blobs()
+        let mut wal = self.wal();
+        match wal.sync() {
+            Ok(size) if size > wal::CHECKPOINT_BYTES => self.checkpoint_with(&mut wal),
+            Ok(_) => Ok(()),
+            Err(error) => {
+                self.failed.store(true, Ordering::SeqCst);
+                wal.discard_pending();
+                Err(io(error))
+            }
+        }
+    }
+
+    fn checkpoint(&self) -> Result<(), Error> {
+        let mut wal = self.wal();
+        self.checkpoint_with(&mut wal)
     }
 
     fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
         let mut loaded = Vec::new();
-        for entry in self.runs.iter() {
+        for entry in self.tree(RUNS).iter() {
             let (key, snapshot) = entry.map_err(io)?;
             let Ok(run_id) = Uuid::from_slice(&key) else {
                 loaded.push(Err((
@@ -242,16 +474,42 @@ impl Store for SledStore {
     }
 
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
-        let Some(snapshot) = self.runs.get(run_id.as_bytes()).map_err(io)? else {
+        let Some(snapshot) = self.tree(RUNS).get(run_id.as_bytes()).map_err(io)? else {
             return Ok(None);
         };
         let first = self.first_event(run_id)?;
         restore(run_id, &snapshot, first.as_deref()).map(Some)
     }
 
+    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
+        let mut loaded = Vec::new();
+        for entry in self.tree(ACTIVE).iter() {
+            let (key, _) = entry.map_err(io)?;
+            let Ok(run_id) = Uuid::from_slice(&key) else {
+                continue;
+            };
+            match self.load_run(run_id) {
+                Ok(Some(state)) => loaded.push(Ok(state)),
+                Ok(None) => {}
+                Err(error) => loaded.push(Err((run_id, error))),
+            }
+        }
+        Ok(loaded)
+    }
+
+    fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
+        let mut found = Vec::new();
+        for entry in self.tree(RUNS).scan_prefix(prefix).keys().take(limit) {
+            if let Ok(run_id) = Uuid::from_slice(&entry.map_err(io)?) {
+                found.push(run_id);
+            }
+        }
+        Ok(found)
+    }
+
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
         let mut events = Vec::new();
-        for entry in self.events.scan_prefix(run_id.as_bytes()) {
+        for entry in self.tree(EVENTS).scan_prefix(run_id.as_bytes()) {
             let (key, bytes) = entry.map_err(io)?;
             let seq = u64::from_be_bytes(key[16..24].try_into().unwrap_or_default());
             events.push(decode_event(run_id, seq, &bytes)?);
@@ -261,7 +519,7 @@ impl Store for SledStore {
 
     fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
         Ok(self
-            .timers
+            .tree(TIMERS)
             .first()
             .map_err(io)?
             .and_then(|(key, _)| TimerKey::decode(&key)))
@@ -271,7 +529,7 @@ impl Store for SledStore {
         let mut end = [0xffu8; TimerKey::LEN];
         end[..8].copy_from_slice(&until_ms.to_be_bytes());
         let mut due = Vec::new();
-        for entry in self.timers.range(..=end.as_slice()).take(limit) {
+        for entry in self.tree(TIMERS).range(..=end.as_slice()).take(limit) {
             let (key, _) = entry.map_err(io)?;
             if let Some(key) = TimerKey::decode(&key) {
                 due.push(key);
@@ -281,12 +539,12 @@ impl Store for SledStore {
     }
 
     fn remove_timer(&self, key: &TimerKey) -> Result<(), Error> {
-        self.timers.remove(key.encode()).map_err(io)?;
+        self.tree(TIMERS).remove(key.encode()).map_err(io)?;
         Ok(())
     }
 
     fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error> {
-        match self.locks.get(resource.as_bytes()).map_err(io)? {
+        match self.tree(LOCKS).get(resource.as_bytes()).map_err(io)? {
             Some(bytes) => decode_value(&|| format!("locks/{resource}"), &bytes).map(Some),
             None => Ok(None),
         }
@@ -294,7 +552,7 @@ impl Store for SledStore {
 
     fn verify(&self) -> Result<Vec<String>, Error> {
         let mut problems = Vec::new();
-        for entry in self.runs.iter() {
+        for entry in self.tree(RUNS).iter() {
             let (key, snapshot) = entry.map_err(io)?;
             match Uuid::from_slice(&key) {
                 Ok(run_id) => {
@@ -306,7 +564,7 @@ impl Store for SledStore {
                 Err(_) => problems.push(format!("runs/{key:?}: bad run id")),
             }
         }
-        for entry in self.events.iter() {
+        for entry in self.tree(EVENTS).iter() {
             let (key, bytes) = entry.map_err(io)?;
             if key.len() != 24 {
                 problems.push(format!("events/{key:?}: bad key"));
@@ -318,14 +576,14 @@ impl Store for SledStore {
                 problems.push(error.to_string());
             }
         }
-        for entry in self.locks.iter() {
+        for entry in self.tree(LOCKS).iter() {
             let (key, bytes) = entry.map_err(io)?;
             let name = String::from_utf8_lossy(&key).into_owned();
             if let Err(error) = check_envelope(&|| format!("locks/{name}"), &bytes) {
                 problems.push(error.to_string());
             }
         }
-        for entry in self.timers.iter() {
+        for entry in self.tree(TIMERS).iter() {
             let (key, _) = entry.map_err(io)?;
             if TimerKey::decode(&key).is_none() {
                 problems.push(format!("timers/{key:?}: bad key"));
@@ -340,29 +598,24 @@ impl Store for SledStore {
     }
 
     fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
-        let result = (&self.schedules, &self.timers).transaction(|(schedules, timers)| {
+        self.transaction(|logged| {
             match &commit.value {
-                Some(value) => schedules.insert(commit.name.as_bytes(), value.as_slice())?,
-                None => schedules.remove(commit.name.as_bytes())?,
-            };
+                Some(value) => logged.insert(SCHEDULES, commit.name.as_bytes(), value)?,
+                None => logged.remove(SCHEDULES, commit.name.as_bytes())?,
+            }
             for key in &commit.timers_remove {
-                timers.remove(&key.encode())?;
+                logged.remove(TIMERS, &key.encode())?;
             }
             for key in &commit.timers_add {
-                timers.insert(&key.encode(), &[])?;
+                logged.insert(TIMERS, &key.encode(), &[])?;
             }
-            Ok::<(), ConflictableTransactionError<Error>>(())
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(TransactionError::Abort(error)) => Err(error),
-            Err(TransactionError::Storage(error)) => Err(io(error)),
-        }
+            Ok(())
+        })
     }
 
     fn load_schedules(&self) -> Result<Vec<Result<Schedule, Error>>, Error> {
         let mut loaded = Vec::new();
-        for entry in self.schedules.iter() {
+        for entry in self.tree(SCHEDULES).iter() {
             let (key, bytes) = entry.map_err(io)?;
             let name = String::from_utf8_lossy(&key).into_owned();
             loaded.push(decode_value(&|| format!("schedules/{name}"), &bytes));

@@ -69,6 +69,7 @@ impl Writer {
             reopen,
             generation: generation_sender,
             failed: None,
+            failed_store: None,
         };
         let spawned = std::thread::Builder::new()
             .name("store-writer".to_owned())
@@ -130,6 +131,8 @@ struct Loop {
     generation: watch::Sender<u64>,
     /// The error that stopped writing, and when the last reopen was tried.
     failed: Option<(Error, Instant)>,
+    /// The stand-in for the failed store, which still serves reads from it.
+    failed_store: Option<Arc<Failed>>,
 }
 
 impl Loop {
@@ -175,13 +178,19 @@ impl Loop {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
         let mut results = Vec::with_capacity(batch.len());
+        // Consecutive run commits are applied together; a schedule change on its own.
+        let mut runs: Vec<&Commit> = Vec::new();
         for request in batch {
-            crate::failpoint::hit("BeforeCommit");
-            results.push(match &request.write {
-                Write::Run(commit) => store.apply(commit),
-                Write::Schedule(commit) => store.apply_schedule(commit),
-            });
+            match &request.write {
+                Write::Run(commit) => runs.push(commit),
+                Write::Schedule(commit) => {
+                    results.extend(store.apply_many(&std::mem::take(&mut runs)));
+                    crate::failpoint::hit("BeforeCommit");
+                    results.push(store.apply_schedule(commit));
+                }
+            }
         }
+        results.extend(store.apply_many(&runs));
         crate::failpoint::hit("AfterCommitBeforeFlush");
         let started = Instant::now();
         let mut failure = results.iter().find_map(|result| match result {
@@ -201,11 +210,16 @@ impl Loop {
                 *result = Err(error.clone());
             }
             self.failed = Some((error.clone(), Instant::now()));
-            // Let go of the failed store so that it can close and be reopened.
+            // Writes stop here; reads go on until the store is reopened.
+            let failed = Arc::new(Failed {
+                error: error.clone(),
+                reads: RwLock::new(Some(store.clone())),
+            });
             *self
                 .store
                 .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Failed(error.clone()));
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = failed.clone();
+            self.failed_store = Some(failed);
         }
         let mut stats = self
             .stats
@@ -225,6 +239,10 @@ impl Loop {
         if last_try.elapsed() < REOPEN_EVERY {
             return;
         }
+        // The failed store must close before it can be opened again.
+        if let Some(failed) = &self.failed_store {
+            failed.let_go();
+        }
         match reopen() {
             Ok(store) => {
                 *self
@@ -232,6 +250,7 @@ impl Loop {
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner()) = store;
                 self.failed = None;
+                self.failed_store = None;
                 self.stats
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -247,44 +266,76 @@ impl Loop {
     }
 }
 
-/// Stands in for a store that failed until it is reopened: every call fails.
-struct Failed(Error);
+/// Stands in for a store that failed, until it is reopened: every write fails, and reads go to
+/// the failed store as long as it is kept (the writer lets go of it to reopen it; a full disk
+/// should not hide the runs from the operator). What it shows may include the batch that
+/// failed: those commits were refused, and reopening reads only what is on disk.
+struct Failed {
+    error: Error,
+    reads: RwLock<Option<Arc<dyn Store>>>,
+}
+
+impl Failed {
+    fn reads(&self) -> Result<Arc<dyn Store>, Error> {
+        self.reads
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| self.error.clone())
+    }
+
+    fn let_go(&self) {
+        self.reads
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+    }
+}
 
 impl Store for Failed {
     fn apply(&self, _: &Commit) -> Result<(), Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
     fn sync(&self) -> Result<(), Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
+    }
+    fn checkpoint(&self) -> Result<(), Error> {
+        Err(self.error.clone())
     }
     fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        Err(self.0.clone())
+        self.reads()?.load_runs()
     }
-    fn load_run(&self, _: Uuid) -> Result<Option<RunState>, Error> {
-        Err(self.0.clone())
+    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
+        self.reads()?.load_active_runs()
     }
-    fn events(&self, _: Uuid) -> Result<Vec<Event>, Error> {
-        Err(self.0.clone())
+    fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
+        self.reads()?.find_runs(prefix, limit)
+    }
+    fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
+        self.reads()?.load_run(run_id)
+    }
+    fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
+        self.reads()?.events(run_id)
     }
     fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
     fn due_timers(&self, _: u64, _: usize) -> Result<Vec<TimerKey>, Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
     fn remove_timer(&self, _: &TimerKey) -> Result<(), Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
-    fn lock_holder(&self, _: &str) -> Result<Option<Uuid>, Error> {
-        Err(self.0.clone())
+    fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error> {
+        self.reads()?.lock_holder(resource)
     }
     fn verify(&self) -> Result<Vec<String>, Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
     fn apply_schedule(&self, _: &ScheduleCommit) -> Result<(), Error> {
-        Err(self.0.clone())
+        Err(self.error.clone())
     }
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error> {
-        Err(self.0.clone())
+        self.reads()?.load_schedules()
     }
 }
