@@ -112,6 +112,13 @@ pub struct Decision {
     pub effects: Vec<Effect>,
 }
 
+impl Decision {
+    /// Nothing is left to continue with: no [`Effect::Continue`].
+    pub fn settled(&self) -> bool {
+        !self.effects.contains(&Effect::Continue)
+    }
+}
+
 /// Why an operator's request was refused; nothing was journaled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {

@@ -379,9 +379,12 @@ impl Engine {
         Ok(Some(slot))
     }
 
-    /// Hands back a slot taken with [`Engine::slot`]: a parked run that nobody else holds
-    /// leaves memory (the store has all of it).
-    fn release(&self, run_id: Uuid, slot: Arc<Mutex<Slot>>) {
+    /// Hands back a slot taken with [`Engine::slot`]: with `evict`, a parked run that nobody
+    /// else holds leaves memory (the store has all of it).
+    fn release(&self, run_id: Uuid, slot: Arc<Mutex<Slot>>, evict: bool) {
+        if !evict {
+            return;
+        }
         let mut runs = self
             .inner
             .runs
@@ -509,9 +512,10 @@ impl Engine {
         let run_id = new_run_id(now);
         let (state, decision) =
             machine::create(run_id, definition, params, locks, by, comment, now);
-        let commit = Commit::new(0, &decision.events, &state)?;
+        let commit = Commit::new(0, &decision.events, &state, decision.settled())?;
+        let parked = commit.parked;
         self.inner.writer.commit(commit).await?;
-        if !state.is_parked() {
+        if !parked {
             self.inner
                 .runs
                 .write()
@@ -545,8 +549,10 @@ impl Engine {
             .slot(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
         let result = self.decide_and_commit(run_id, &slot, input).await;
-        self.release(run_id, slot);
-        result
+        // A run with a step to continue with stays: its next input is on its way.
+        let evict = matches!(&result, Ok((_, true)));
+        self.release(run_id, slot, evict);
+        result.map(|(state, _)| state)
     }
 
     async fn decide_and_commit(
@@ -554,7 +560,7 @@ impl Engine {
         run_id: Uuid,
         slot: &Mutex<Slot>,
         input: Input,
-    ) -> Result<RunState, Error> {
+    ) -> Result<(RunState, bool), Error> {
         let mut guard = slot.lock().await;
         let state = match &*guard {
             Slot::Live(state) => state,
@@ -566,9 +572,11 @@ impl Engine {
         };
         let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
         if decision.events.is_empty() {
-            return Ok(next);
+            let settled = next.is_parked() && decision.settled();
+            return Ok((next, settled));
         }
-        let commit = Commit::new(state.last_seq, &decision.events, &next)?;
+        let commit = Commit::new(state.last_seq, &decision.events, &next, decision.settled())?;
+        let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
         *guard = Slot::Live(Box::new(next.clone()));
@@ -585,7 +593,7 @@ impl Engine {
         }
         crate::failpoint::hit("AfterFlushBeforeEffect");
         self.after_commit(run_id, &decision);
-        Ok(next)
+        Ok((next, parked))
     }
 
     fn after_commit(&self, run_id: Uuid, decision: &Decision) {
@@ -731,7 +739,9 @@ impl Engine {
             .slot(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
         let current = slot.lock().await.clone();
-        self.release(run_id, slot);
+        // (A run that was just parked may still have a step to continue with: if it leaves
+        // memory now, that input reads it back.)
+        self.release(run_id, slot, true);
         Ok(current)
     }
 

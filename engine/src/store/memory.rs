@@ -30,6 +30,20 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
+    fn restore(tables: &Tables, run_id: Uuid, snapshot: &[u8]) -> Result<RunState, Error> {
+        restore(
+            run_id,
+            snapshot,
+            tables.events.get(&(run_id, 1)).map(Vec::as_slice),
+            |from| {
+                tables
+                    .events
+                    .range((run_id, from)..=(run_id, u64::MAX))
+                    .map(|((_, seq), bytes)| Ok((*seq, bytes.as_slice())))
+            },
+        )
+    }
+
     fn tables(&self) -> std::sync::MutexGuard<'_, Tables> {
         self.tables
             .lock()
@@ -75,7 +89,9 @@ impl Store for MemoryStore {
         for (seq, bytes) in &commit.events {
             tables.events.insert((commit.run_id, *seq), bytes.clone());
         }
-        tables.runs.insert(commit.run_id, commit.snapshot.clone());
+        if let Some(snapshot) = &commit.snapshot {
+            tables.runs.insert(commit.run_id, snapshot.clone());
+        }
         if commit.parked {
             tables.active.remove(&commit.run_id);
         } else {
@@ -100,9 +116,7 @@ impl Store for MemoryStore {
             .runs
             .iter()
             .map(|(run_id, snapshot)| {
-                let first = tables.events.get(&(*run_id, 1));
-                restore(*run_id, snapshot, first.map(Vec::as_slice))
-                    .map_err(|error| (*run_id, error))
+                Self::restore(&tables, *run_id, snapshot).map_err(|error| (*run_id, error))
             })
             .collect())
     }
@@ -136,12 +150,7 @@ impl Store for MemoryStore {
         let Some(snapshot) = tables.runs.get(&run_id) else {
             return Ok(None);
         };
-        restore(
-            run_id,
-            snapshot,
-            tables.events.get(&(run_id, 1)).map(Vec::as_slice),
-        )
-        .map(Some)
+        Self::restore(&tables, run_id, snapshot).map(Some)
     }
 
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {

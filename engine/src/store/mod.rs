@@ -101,6 +101,16 @@ impl TimerKey {
     }
 }
 
+/// A run's snapshot is stored by its first commit, by every commit that parks it, and by each
+/// commit whose events reach a multiple of this seq; other commits store only their events,
+/// and reading a run replays the events after its snapshot. A snapshot holds every step's
+/// state, so rewriting it on every step would cost O(steps) per step.
+pub const SNAPSHOT_EVERY: u64 = 32;
+
+fn crosses_snapshot_seq(expected_seq: u64, last_seq: u64) -> bool {
+    expected_seq == 0 || last_seq / SNAPSHOT_EVERY != expected_seq / SNAPSHOT_EVERY
+}
+
 /// One transition of one run, encoded, ready to apply atomically.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -109,32 +119,44 @@ pub struct Commit {
     pub expected_seq: u64,
     /// `(seq, envelope)` of each new event.
     pub events: Vec<(u64, Vec<u8>)>,
-    /// The run's snapshot after the events.
-    pub snapshot: Vec<u8>,
+    /// The run's snapshot after the events, when this commit stores one (see
+    /// [`SNAPSHOT_EVERY`]); the events alone otherwise.
+    pub snapshot: Option<Vec<u8>>,
     pub timers_add: Vec<TimerKey>,
     pub timers_remove: Vec<TimerKey>,
     pub locks_acquire: Vec<String>,
     pub locks_release: Vec<String>,
-    /// The run is parked after this commit (see [`RunState::is_parked`]): the daemon need not
-    /// load it at start-up.
+    /// The run is parked after this commit (see [`RunState::is_parked`]) and nothing is left
+    /// to continue: the daemon need not load it at start-up.
     pub parked: bool,
 }
 
 impl Commit {
     /// Encodes a decision's events and the resulting state, deriving the timer index and lock
-    /// changes from the events themselves.
-    pub fn new(expected_seq: u64, events: &[Event], snapshot: &RunState) -> Result<Commit, Error> {
+    /// changes from the events themselves. `settled`: the decision left nothing for the shell
+    /// to continue with (no `Continue` effect), so a parked state really waits.
+    pub fn new(
+        expected_seq: u64,
+        events: &[Event],
+        snapshot: &RunState,
+        settled: bool,
+    ) -> Result<Commit, Error> {
         let run_id = snapshot.id;
+        let parked = settled && snapshot.is_parked();
         let mut commit = Commit {
             run_id,
             expected_seq,
             events: Vec::with_capacity(events.len()),
-            snapshot: envelope::encode(snapshot)?,
+            snapshot: if parked || crosses_snapshot_seq(expected_seq, snapshot.last_seq) {
+                Some(envelope::encode(snapshot)?)
+            } else {
+                None
+            },
             timers_add: Vec::new(),
             timers_remove: Vec::new(),
             locks_acquire: Vec::new(),
             locks_release: Vec::new(),
-            parked: snapshot.is_parked(),
+            parked,
         };
         for event in events {
             commit.events.push((event.seq, envelope::encode(event)?));
@@ -284,12 +306,14 @@ pub trait Store: Send + Sync + 'static {
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error>;
 }
 
-/// Rebuilds a run's state from its snapshot payload and the first event (which pins the
-/// definition).
-pub(crate) fn restore(
+/// Rebuilds a run's state from its snapshot payload, the first event (which pins the
+/// definition) and the events stored after the snapshot, in order.
+/// `after(seq)` yields the stored events from `seq` on.
+pub(crate) fn restore<B: AsRef<[u8]>, I: IntoIterator<Item = Result<(u64, B), Error>>>(
     run_id: Uuid,
     snapshot: &[u8],
     first_event: Option<&[u8]>,
+    after: impl FnOnce(u64) -> I,
 ) -> Result<RunState, Error> {
     let key = || format!("runs/{run_id}");
     let mut state: RunState = envelope::decode(&key, snapshot)?;
@@ -308,6 +332,16 @@ pub(crate) fn restore(
                 reason: "the first event is not RunCreated".to_owned(),
             })
         }
+    }
+    for entry in after(state.last_seq + 1) {
+        let (seq, bytes) = entry?;
+        if seq != state.last_seq + 1 {
+            return Err(Error::Corrupt {
+                key: format!("events/{run_id}/{}", state.last_seq + 1),
+                reason: format!("missing (the next stored event is {seq})"),
+            });
+        }
+        crate::machine::evolve(&mut state, &decode_event(run_id, seq, bytes.as_ref())?);
     }
     Ok(state)
 }

@@ -20,10 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use ::sled::transaction::{
-    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-    UnabortableTransactionError,
-};
 use ::sled::{Db, Tree};
 use uuid::Uuid;
 
@@ -65,13 +61,13 @@ fn io(error: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Records the physical changes of a transaction for the write-ahead log.
+/// Applies changes to the trees and records them for the write-ahead log.
 struct Logged<'a> {
-    trees: [&'a TransactionalTree; 7],
+    trees: &'a [Tree],
     ops: Vec<Op>,
 }
 
-type TxResult<T> = Result<T, UnabortableTransactionError>;
+type TxResult<T> = Result<T, ::sled::Error>;
 
 impl Logged<'_> {
     fn get(&self, tree: u8, key: &[u8]) -> TxResult<Option<::sled::IVec>> {
@@ -158,7 +154,9 @@ impl Logged<'_> {
         for (seq, bytes) in &commit.events {
             self.insert(EVENTS, &SledStore::event_key(commit.run_id, *seq), bytes)?;
         }
-        self.insert(RUNS, commit.run_id.as_bytes(), &commit.snapshot)?;
+        if let Some(snapshot) = &commit.snapshot {
+            self.insert(RUNS, commit.run_id.as_bytes(), snapshot)?;
+        }
         if commit.parked {
             if self.get(ACTIVE, commit.run_id.as_bytes())?.is_some() {
                 self.remove(ACTIVE, commit.run_id.as_bytes())?;
@@ -284,8 +282,10 @@ impl SledStore {
             let first = trees[usize::from(EVENTS)]
                 .get(Self::event_key(run_id, 1))
                 .map_err(io)?;
+            // Format 1 stored a snapshot with every commit: there are no events after it.
+            let after = |_| Vec::<Result<(u64, Vec<u8>), Error>>::new();
             // An unreadable run stays active, so that it is reported at every start.
-            let parked = restore(run_id, &snapshot, first.as_deref())
+            let parked = restore(run_id, &snapshot, first.as_deref(), after)
                 .map(|state| state.is_parked())
                 .unwrap_or(false);
             if !parked {
@@ -317,6 +317,20 @@ impl SledStore {
         key
     }
 
+    /// A run from its snapshot and the events stored after it.
+    fn restore(&self, run_id: Uuid, snapshot: &[u8]) -> Result<RunState, Error> {
+        let first = self.first_event(run_id)?;
+        restore(run_id, snapshot, first.as_deref(), |from| {
+            self.tree(EVENTS)
+                .range(Self::event_key(run_id, from)..=Self::event_key(run_id, u64::MAX))
+                .map(|entry| {
+                    let (key, bytes) = entry.map_err(io)?;
+                    let seq = u64::from_be_bytes(key[16..24].try_into().unwrap_or_default());
+                    Ok((seq, bytes))
+                })
+        })
+    }
+
     fn first_event(&self, run_id: Uuid) -> Result<Option<::sled::IVec>, Error> {
         self.tree(EVENTS)
             .get(Self::event_key(run_id, 1))
@@ -337,39 +351,34 @@ impl SledStore {
         Ok(())
     }
 
-    /// Runs a sled transaction over every tree, logging what it changes under the next lsn.
-    fn transaction<T>(&self, body: impl Fn(&mut Logged<'_>) -> TxResult<T>) -> Result<T, Error> {
+    /// Applies `body`'s changes to sled and queues them for the next log record.
+    ///
+    /// No sled transaction: sled seals and writes its log buffer for every transaction, and
+    /// the write-ahead log gives atomicity anyway. sled recovers a prefix of its writes; the
+    /// first change after each sync is `meta/lsn` = the record's lsn, so whatever part of a
+    /// record sled kept, replaying from that record restores all of it. Only the writer thread
+    /// applies changes, so a commit's checks and its writes see no other writer.
+    fn change<T>(&self, body: impl FnOnce(&mut Logged<'_>) -> TxResult<T>) -> Result<T, Error> {
         let mut wal = self.wal();
-        let lsn = wal.next_lsn().to_be_bytes();
-        let result = (
-            self.tree(RUNS),
-            self.tree(EVENTS),
-            self.tree(TIMERS),
-            self.tree(LOCKS),
-            self.tree(SCHEDULES),
-            self.tree(META),
-            self.tree(ACTIVE),
-        )
-            .transaction(|(runs, events, timers, locks, schedules, meta, active)| {
-                let mut logged = Logged {
-                    trees: [runs, events, timers, locks, schedules, meta, active],
-                    ops: Vec::new(),
-                };
-                let value = body(&mut logged)?;
-                meta.insert("lsn", lsn.as_slice())?;
-                Ok::<_, ConflictableTransactionError<Error>>((value, logged.ops))
-            });
-        match result {
-            Ok((value, ops)) => {
-                wal.append(&ops);
-                Ok(value)
-            }
-            Err(TransactionError::Abort(error)) => Err(error),
-            Err(TransactionError::Storage(error)) => {
+        if !wal.marked() {
+            let lsn = wal.next_lsn().to_be_bytes();
+            if let Err(error) = self.tree(META).insert("lsn", lsn.as_slice()) {
                 self.failed.store(true, Ordering::SeqCst);
-                Err(io(error))
+                return Err(io(error));
             }
+            wal.mark();
         }
+        let mut logged = Logged {
+            trees: &self.trees,
+            ops: Vec::new(),
+        };
+        let result = body(&mut logged);
+        // What was changed goes to the log even when a later change failed.
+        wal.append(&logged.ops);
+        result.map_err(|error| {
+            self.failed.store(true, Ordering::SeqCst);
+            io(error)
+        })
     }
 }
 
@@ -419,7 +428,7 @@ impl Store for SledStore {
         if commits.is_empty() {
             return Vec::new();
         }
-        let result = self.transaction(|logged| {
+        let result = self.change(|logged| {
             let mut results = Vec::with_capacity(commits.len());
             for commit in commits {
                 crate::failpoint::hit("BeforeCommit");
@@ -465,9 +474,9 @@ impl Store for SledStore {
                 )));
                 continue;
             };
-            let first = self.first_event(run_id)?;
             loaded.push(
-                restore(run_id, &snapshot, first.as_deref()).map_err(|error| (run_id, error)),
+                self.restore(run_id, &snapshot)
+                    .map_err(|error| (run_id, error)),
             );
         }
         Ok(loaded)
@@ -477,8 +486,7 @@ impl Store for SledStore {
         let Some(snapshot) = self.tree(RUNS).get(run_id.as_bytes()).map_err(io)? else {
             return Ok(None);
         };
-        let first = self.first_event(run_id)?;
-        restore(run_id, &snapshot, first.as_deref()).map(Some)
+        self.restore(run_id, &snapshot).map(Some)
     }
 
     fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
@@ -556,8 +564,7 @@ impl Store for SledStore {
             let (key, snapshot) = entry.map_err(io)?;
             match Uuid::from_slice(&key) {
                 Ok(run_id) => {
-                    let first = self.first_event(run_id)?;
-                    if let Err(error) = restore(run_id, &snapshot, first.as_deref()) {
+                    if let Err(error) = self.restore(run_id, &snapshot) {
                         problems.push(error.to_string());
                     }
                 }
@@ -598,7 +605,7 @@ impl Store for SledStore {
     }
 
     fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
-        self.transaction(|logged| {
+        self.change(|logged| {
             match &commit.value {
                 Some(value) => logged.insert(SCHEDULES, commit.name.as_bytes(), value)?,
                 None => logged.remove(SCHEDULES, commit.name.as_bytes())?,

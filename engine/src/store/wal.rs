@@ -122,6 +122,8 @@ pub struct Wal {
     next_lsn: u64,
     /// The payload of the next record: operations applied since the last sync.
     pending: Vec<u8>,
+    /// Whether the store has recorded `next_lsn` as the record its changes go into.
+    marked: bool,
 }
 
 fn segment_name(first_lsn: u64) -> String {
@@ -227,6 +229,7 @@ impl Wal {
             allocated: MAGIC.len() as u64,
             next_lsn,
             pending: Vec::new(),
+            marked: false,
         };
         wal.allocate(CHUNK - MAGIC.len() as u64);
         wal.file.sync_all()?;
@@ -260,6 +263,15 @@ impl Wal {
         self.next_lsn
     }
 
+    /// Whether changes for the next record were marked with its lsn (see `SledStore`).
+    pub fn marked(&self) -> bool {
+        self.marked
+    }
+
+    pub fn mark(&mut self) {
+        self.marked = true;
+    }
+
     /// Queues operations for the next record.
     pub fn append(&mut self, ops: &[Op]) {
         encode_ops(ops, &mut self.pending);
@@ -289,6 +301,7 @@ impl Wal {
         self.allocated = self.allocated.max(self.position);
         self.next_lsn += 1;
         self.pending.clear();
+        self.marked = false;
         Ok(self.position)
     }
 

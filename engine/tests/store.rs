@@ -1,0 +1,151 @@
+//! The sled store behind its write-ahead log. What `kill -9` leaves behind is the data dir as it
+//! is at that instant (the page cache survives a process crash): a copy of the dir taken right
+//! after a `sync` must open, replaying the log, to exactly the runs that were acknowledged —
+//! snapshots stored only now and then, the events after them replayed.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use chrono::{TimeZone, Utc};
+use serde_json::Map;
+use uuid::Uuid;
+
+use runbook_engine::definition;
+use runbook_engine::machine::{self, Actor, Effect, Input, RunState};
+use runbook_engine::store::{Commit, SledStore, Store, SNAPSHOT_EVERY};
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// `noops` noop steps, then an approval (where the run parks).
+fn definition(noops: usize) -> Arc<definition::Definition> {
+    let mut text = String::from("name = \"long\"\n");
+    for index in 0..noops {
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{index}\"\naction = \"noop\"\n"
+        ));
+    }
+    text.push_str("[[steps]]\nid = \"gate\"\naction = \"approval\"\n");
+    Arc::new(definition::parse("long.toml", &text).unwrap())
+}
+
+/// Starts a run and feeds it `Continue` up to `limit` times (or until it settles), committing
+/// and syncing every decision as the daemon does.
+fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let (mut state, mut decision) = machine::create(
+        Uuid::now_v7(),
+        definition(noops),
+        Map::new(),
+        Vec::new(),
+        Actor::uid(1000),
+        None,
+        now,
+    );
+    store
+        .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+        .unwrap();
+    store.sync().unwrap();
+    for _ in 0..limit {
+        if !decision.effects.contains(&Effect::Continue) {
+            break;
+        }
+        let expected = state.last_seq;
+        let (next, next_decision) = machine::decide(&state, Input::Continue, now).unwrap();
+        let commit = Commit::new(
+            expected,
+            &next_decision.events,
+            &next,
+            next_decision.settled(),
+        )
+        .unwrap();
+        store.apply(&commit).unwrap();
+        store.sync().unwrap();
+        state = next;
+        decision = next_decision;
+    }
+    state
+}
+
+#[test]
+fn what_a_crash_leaves_opens_to_the_acknowledged_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SledStore::open(&dir.path().join("store")).unwrap();
+    // Parked at its approval, many snapshots in; and one stopped between two steps.
+    let parked = drive(&store, 3 * SNAPSHOT_EVERY as usize, usize::MAX);
+    assert!(parked.is_parked());
+    assert!(parked.last_seq > 2 * SNAPSHOT_EVERY);
+    // (noop steps leave the run `waiting` between them, with a step to continue with.)
+    let between = drive(&store, 100, 45);
+
+    let crashed = dir.path().join("crashed");
+    copy_dir(&dir.path().join("store"), &crashed);
+    // A record torn by the crash after the last acknowledged one: the log ends before it.
+    let wal = std::fs::read_dir(crashed.join("wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|extension| extension == "log"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let end = bytes.iter().rposition(|byte| *byte != 0).unwrap() + 1;
+    bytes[end..end + 24].copy_from_slice(&[0x5a; 24]);
+    std::fs::write(&wal, bytes).unwrap();
+
+    let reopened = SledStore::open(&crashed).unwrap();
+    assert_eq!(
+        reopened.load_run(parked.id).unwrap().as_ref(),
+        Some(&parked)
+    );
+    assert_eq!(
+        reopened.load_run(between.id).unwrap().as_ref(),
+        Some(&between)
+    );
+    // Only the run that has work left is loaded at start-up.
+    let active: Vec<Uuid> = reopened
+        .load_active_runs()
+        .unwrap()
+        .into_iter()
+        .map(|run| run.unwrap().id)
+        .collect();
+    assert_eq!(active, vec![between.id]);
+    assert_eq!(
+        reopened.events(parked.id).unwrap().len() as u64,
+        parked.last_seq
+    );
+    assert!(reopened.verify().unwrap().is_empty());
+    // And it goes on from there.
+    drop(reopened);
+    let store = SledStore::open(&crashed).unwrap();
+    let again = drive(&store, 2, usize::MAX);
+    assert_eq!(store.load_run(again.id).unwrap(), Some(again));
+}
+
+#[test]
+fn a_clean_close_leaves_nothing_to_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let run = drive(&store, 40, usize::MAX);
+    store.checkpoint().unwrap();
+    drop(store);
+    // The log holds no record: the only segment is empty past its header.
+    let segments: Vec<_> = std::fs::read_dir(path.join("wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(segments.len(), 1, "{segments:?}");
+    let bytes = std::fs::read(&segments[0]).unwrap();
+    assert!(bytes[8..].iter().all(|byte| *byte == 0));
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(store.load_run(run.id).unwrap(), Some(run));
+}
