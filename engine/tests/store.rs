@@ -42,9 +42,10 @@ fn definition(noops: usize) -> Arc<definition::Definition> {
 /// Starts a run and feeds it `Continue` up to `limit` times (or until it settles), committing
 /// and syncing every decision as the daemon does.
 fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let (mut state, mut decision) = machine::create(
-        Uuid::now_v7(),
+        Uuid::from_u64_pair(1, RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)),
         definition(noops),
         Map::new(),
         Vec::new(),
