@@ -50,6 +50,16 @@ pub fn referenced_names(text: &str, kind: TemplateKind) -> Result<BTreeSet<Strin
     Ok(names.into_iter().collect())
 }
 
+/// Whether any string in `value` is a template (rendering it needs a context).
+pub fn has_template(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains("{{") || text.contains("{%"),
+        Value::Array(items) => items.iter().any(has_template),
+        Value::Object(map) => map.values().any(has_template),
+        _ => false,
+    }
+}
+
 /// Renders every string in `value` against `context`.
 pub fn render(value: &Value, context: &Value) -> Result<Value, String> {
     match value {

@@ -981,7 +981,12 @@ impl Decider {
     // ----- starting steps ----------------------------------------------------------------------
 
     fn start_step(&mut self, step: &Step, key: &str) {
-        let scope = context::for_step(&self.state, key);
+        // The context holds every step's view: built only when a template needs it.
+        let scope = if step.when.is_some() || step.for_each.is_some() {
+            context::for_step(&self.state, key)
+        } else {
+            Value::Null
+        };
         if let Some(condition) = &step.when {
             match template::is_true(condition, &scope) {
                 Ok(true) => {}
@@ -1089,7 +1094,11 @@ impl Decider {
 
     /// Starts attempt (or poll) `attempt` of an action step.
     fn start_attempt(&mut self, step: &Step, key: &str, attempt: u32) {
-        let scope = context::for_step(&self.state, key);
+        let scope = if template::has_template(&step.with) {
+            context::for_step(&self.state, key)
+        } else {
+            Value::Null
+        };
         let input = match template::render(&step.with, &scope) {
             Ok(input) => input,
             Err(message) => {

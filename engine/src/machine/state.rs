@@ -1,6 +1,7 @@
 //! A run's state: the fold of its events. [`evolve`] is total: it never fails, so a journal that
 //! was accepted once can always be replayed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -226,6 +227,67 @@ pub struct RunState {
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub audit: Vec<AuditEntry>,
+    #[serde(skip)]
+    index: StepIndex,
+}
+
+/// Where each step instance sits in [`RunState::steps`], by a hash of its key: a cache for
+/// lookups (a run with many steps would otherwise search them all for each), never stored and
+/// never compared. Steps are only ever appended, so it extends itself as they are.
+#[derive(Default)]
+struct StepIndex(std::sync::Mutex<(usize, HashMap<u64, usize>)>);
+
+impl StepIndex {
+    fn hash(key: &str) -> u64 {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
+    }
+
+    fn position(&self, steps: &[StepState], key: &str) -> Option<usize> {
+        let mut guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (indexed, positions) = &mut *guard;
+        if *indexed > steps.len() {
+            *indexed = 0;
+            positions.clear();
+        }
+        while *indexed < steps.len() {
+            positions
+                .entry(Self::hash(&steps[*indexed].key))
+                .or_insert(*indexed);
+            *indexed += 1;
+        }
+        match positions.get(&Self::hash(key)) {
+            Some(&position) if steps[position].key == key => Some(position),
+            // Not there, or two keys share a hash: look at each.
+            Some(_) => steps.iter().position(|step| step.key == key),
+            None => None,
+        }
+    }
+}
+
+impl Clone for StepIndex {
+    fn clone(&self) -> StepIndex {
+        let guard = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        StepIndex(std::sync::Mutex::new(guard.clone()))
+    }
+}
+
+impl PartialEq for StepIndex {
+    fn eq(&self, _: &StepIndex) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for StepIndex {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("StepIndex")
+    }
 }
 
 impl RunState {
@@ -269,15 +331,18 @@ impl RunState {
             finished_at: None,
             error: None,
             audit: Vec::new(),
+            index: StepIndex::default(),
         }
     }
 
     pub fn step(&self, key: &str) -> Option<&StepState> {
-        self.steps.iter().find(|step| step.key == key)
+        let position = self.index.position(&self.steps, key)?;
+        self.steps.get(position)
     }
 
     fn step_mut(&mut self, key: &str) -> Option<&mut StepState> {
-        self.steps.iter_mut().find(|step| step.key == key)
+        let position = self.index.position(&self.steps, key)?;
+        self.steps.get_mut(position)
     }
 
     /// Replays a journal from the start.

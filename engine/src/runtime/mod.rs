@@ -83,10 +83,10 @@ impl From<Rejection> for Error {
     }
 }
 
-/// A run as the engine holds it.
+/// A run as the engine holds it. The state is shared, not copied, with readers.
 #[derive(Debug, Clone)]
 pub enum Slot {
-    Live(Box<RunState>),
+    Live(Arc<RunState>),
     /// Its records could not be read; `reason` names the key.
     Corrupt {
         reason: String,
@@ -135,7 +135,7 @@ impl Engine {
         for loaded in writer.store().load_active_runs()? {
             match loaded {
                 Ok(state) => {
-                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(Box::new(state)))));
+                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(Arc::new(state)))));
                 }
                 Err((run_id, error)) => {
                     tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
@@ -306,7 +306,7 @@ impl Engine {
                 // Read under the run's lock, so that a transition committed meanwhile is kept.
                 let mut guard = slot.lock().await;
                 *guard = match store.load_run(run_id) {
-                    Ok(Some(state)) => Slot::Live(Box::new(state)),
+                    Ok(Some(state)) => Slot::Live(Arc::new(state)),
                     Ok(None) => {
                         drop(guard);
                         self.inner
@@ -362,7 +362,7 @@ impl Engine {
             return Ok(Some(slot.clone()));
         }
         let slot = match self.inner.writer.store().load_run(run_id) {
-            Ok(Some(state)) => Slot::Live(Box::new(state)),
+            Ok(Some(state)) => Slot::Live(Arc::new(state)),
             Ok(None) => return Ok(None),
             Err(error @ (store::Error::Io(_) | store::Error::Full(_) | store::Error::Closed)) => {
                 return Err(error.into())
@@ -522,7 +522,7 @@ impl Engine {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .insert(
                     run_id,
-                    Arc::new(Mutex::new(Slot::Live(Box::new(state.clone())))),
+                    Arc::new(Mutex::new(Slot::Live(Arc::new(state.clone())))),
                 );
         }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
@@ -531,7 +531,7 @@ impl Engine {
     }
 
     /// Feeds one input to a run: decide, commit, adopt, act.
-    pub async fn handle(&self, run_id: Uuid, input: Input) -> Result<RunState, Error> {
+    pub async fn handle(&self, run_id: Uuid, input: Input) -> Result<Arc<RunState>, Error> {
         let operator = matches!(
             input,
             Input::Approve { .. }
@@ -560,7 +560,7 @@ impl Engine {
         run_id: Uuid,
         slot: &Mutex<Slot>,
         input: Input,
-    ) -> Result<(RunState, bool), Error> {
+    ) -> Result<(Arc<RunState>, bool), Error> {
         let mut guard = slot.lock().await;
         let state = match &*guard {
             Slot::Live(state) => state,
@@ -573,13 +573,14 @@ impl Engine {
         let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
         if decision.events.is_empty() {
             let settled = next.is_parked() && decision.settled();
-            return Ok((next, settled));
+            return Ok((state.clone(), settled));
         }
         let commit = Commit::new(state.last_seq, &decision.events, &next, decision.settled())?;
         let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
-        *guard = Slot::Live(Box::new(next.clone()));
+        let next = Arc::new(next);
+        *guard = Slot::Live(next.clone());
         drop(guard);
         if let Some(schedule) = next
             .started_by
@@ -751,7 +752,7 @@ impl Engine {
         for loaded in self.inner.writer.store().load_runs()? {
             match loaded {
                 Ok(state) => {
-                    all.insert(state.id, Slot::Live(Box::new(state)));
+                    all.insert(state.id, Slot::Live(Arc::new(state)));
                 }
                 Err((run_id, error)) => {
                     all.insert(
