@@ -6,8 +6,10 @@
 //!
 //! # Contract
 //!
-//! - [`Store::apply`] makes one [`Commit`] visible atomically: all of its events, the snapshot,
-//!   the timer index changes and the lock changes, or none of them.
+//! - [`Store::apply`] applies all of one [`Commit`] (its events, snapshot, timer index and lock
+//!   changes) or, when it is refused (a conflict, a held lock), none of it. Concurrent readers
+//!   may see a commit half applied, so the runtime reads a run only while no commit of it is
+//!   under way; after a crash, the store holds every synced commit whole.
 //! - After [`Store::sync`] returns, everything applied before it survives a process crash *and*
 //!   a power cut.
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
@@ -248,13 +250,13 @@ pub type LoadedRun = Result<RunState, (Uuid, Error)>;
 
 /// The journal, in domain terms.
 pub trait Store: Send + Sync + 'static {
-    /// Applies one commit atomically (not yet durable: see [`Store::sync`]). Fails with
+    /// Applies one commit (not yet durable: see [`Store::sync`]). Fails with
     /// [`Error::Conflict`] when the run's last stored seq is not `expected_seq`, and with
     /// [`Error::LockHeld`] when another run holds a resource to acquire.
     fn apply(&self, commit: &Commit) -> Result<(), Error>;
 
-    /// Applies several commits in order, as one atomic store operation where the store can;
-    /// one result per commit (a refused commit changes nothing, the others apply).
+    /// Applies several commits in order; one result per commit (a refused commit changes
+    /// nothing, the others apply).
     fn apply_many(&self, commits: &[&Commit]) -> Vec<Result<(), Error>> {
         commits.iter().map(|commit| self.apply(commit)).collect()
     }

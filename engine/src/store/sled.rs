@@ -405,7 +405,7 @@ fn sync_blobs(dir: &Path, seen: &Mutex<Option<SystemTime>>) -> Result<(), Error>
 }
 
 /// sled's page cache: enough for the runs being worked on; the rest is read from disk.
-const CACHE_BYTES: u64 = 64 << 20;
+const CACHE_BYTES: u64 = 32 << 20;
 
 impl Drop for SledStore {
     fn drop(&mut self) {

@@ -19,9 +19,9 @@
 //!
 //! # Recovery
 //!
-//! Every sled transaction also stores, in `meta/lsn`, the lsn of the record its operations go
-//! into. sled recovers a prefix of its transactions, so after a crash it holds everything up to
-//! some commit of record `meta/lsn`; replaying the records from that lsn on, in order, sets each
+//! The first change after each sync stores, in `meta/lsn`, the lsn of the record the changes go
+//! into. sled recovers a prefix of its writes, so after a crash it holds everything up to some
+//! change of record `meta/lsn`; replaying the records from that lsn on, in order, sets each
 //! key to its last logged value (the operations are absolute, so replaying some twice is
 //! harmless). Then a checkpoint makes sled durable and starts a fresh segment.
 

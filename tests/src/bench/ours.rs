@@ -1,6 +1,6 @@
 //! The `runbook` side: the real `runbook daemon` on a temporary data dir, driven over its Unix
-//! socket API (`docs/api.md`). Configuration: the defaults (sled, group commit, every commit
-//! flushed and fdatasync'ed before it is acknowledged).
+//! socket API (`docs/api.md`). Configuration: the defaults (group commit; every commit written
+//! to the store's write-ahead log and fdatasync'ed before it is acknowledged).
 //!
 //! A step is a `noop` step: one durable commit of its own (start and end journaled together; the
 //! next step starts in the next commit). Step times come from the journal

@@ -399,9 +399,10 @@ fn configuration(install: &Option<Install>, scratch: &Path) -> Value {
     json!({
         "runbook": format!(
             "`runbook daemon` (release build) with its defaults on a fresh temporary data dir ({disk}); \
-             API over its Unix socket. Every transition is one sled transaction; the writer thread \
-             group-commits (up to 512 commits per sync): sled flush + fdatasync of the log (+ fsync \
-             of new blob files) before any commit is acknowledged; a noop step is one commit, the \
+             API over its Unix socket. Every transition is one commit; the writer thread \
+             group-commits (up to 512 commits per sync): one write of the batch to the store's \
+             write-ahead log and fdatasync of it before any commit is acknowledged (sled, behind \
+             the log, is flushed and fdatasync'ed at checkpoints); a noop step is one commit, the \
              next step starts in the next commit."),
         "restate": install.as_ref().map(|install| format!(
             "restate-server {} with its default configuration (single node, all roles; Bifrost's \
