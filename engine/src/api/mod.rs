@@ -591,6 +591,15 @@ async fn metrics(State(app): State<AppState>) -> Response {
         "# HELP runbook_timers_pending Armed durable timers.\n# TYPE runbook_timers_pending gauge"
     );
     let _ = writeln!(text, "runbook_timers_pending {pending_timers}");
+    let _ = writeln!(
+        text,
+        "# HELP runbook_runs_in_memory Runs held in memory (not parked, or in use).\n# TYPE runbook_runs_in_memory gauge"
+    );
+    let _ = writeln!(
+        text,
+        "runbook_runs_in_memory {}",
+        app.engine.runs_in_memory()
+    );
     let _ = writeln!(text, "# HELP runbook_store_commits_total Transitions committed.\n# TYPE runbook_store_commits_total counter");
     let _ = writeln!(text, "runbook_store_commits_total {}", stats.commits);
     let _ = writeln!(text, "# HELP runbook_store_syncs_total Durable syncs (group commits).\n# TYPE runbook_store_syncs_total counter");

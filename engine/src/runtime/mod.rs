@@ -267,21 +267,16 @@ impl Engine {
     }
 
     /// After the store was reopened (it failed, e.g. on a full disk): the journal on disk is
-    /// the truth, so every run and schedule is read again, and calls whose start is journaled
-    /// but which do not run in this process are recovered as after a restart.
+    /// the truth, so every run in memory or not parked, and every schedule, is read again, and
+    /// calls whose start is journaled but which do not run in this process are recovered as
+    /// after a restart.
     pub async fn reload_on_reopen(self) {
         let mut generation = self.inner.writer.generation();
         while generation.changed().await.is_ok() {
             tracing::info!("reloading runs and schedules from the reopened store");
             let store = self.inner.writer.store();
-            let mut run_ids: Vec<Uuid> = match store.load_active_runs() {
-                Ok(loaded) => loaded
-                    .iter()
-                    .map(|run| {
-                        run.as_ref()
-                            .map_or_else(|(run_id, _)| *run_id, |state| state.id)
-                    })
-                    .collect(),
+            let mut run_ids = match store.active_run_ids() {
+                Ok(ids) => ids,
                 Err(error) => {
                     tracing::error!(%error, "cannot reload runs");
                     continue;
@@ -516,14 +511,13 @@ impl Engine {
         let parked = commit.parked;
         self.inner.writer.commit(commit).await?;
         if !parked {
+            // (Unless an input of the new run, a timer, has read it from the store already.)
             self.inner
                 .runs
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .insert(
-                    run_id,
-                    Arc::new(Mutex::new(Slot::Live(Arc::new(state.clone())))),
-                );
+                .entry(run_id)
+                .or_insert_with(|| Arc::new(Mutex::new(Slot::Live(Arc::new(state.clone())))));
         }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
         self.after_commit(run_id, &decision);
@@ -783,6 +777,15 @@ impl Engine {
             events.retain(|event| event.seq <= last_seq);
         }
         Ok(events)
+    }
+
+    /// How many runs are held in memory (the others are read from the store when needed).
+    pub fn runs_in_memory(&self) -> usize {
+        self.inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .len()
     }
 
     pub(crate) fn timer_wake(&self) -> &Notify {

@@ -121,17 +121,8 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        let active: Vec<Uuid> = self.tables().active.iter().copied().collect();
-        let mut loaded = Vec::new();
-        for run_id in active {
-            match self.load_run(run_id) {
-                Ok(Some(state)) => loaded.push(Ok(state)),
-                Ok(None) => {}
-                Err(error) => loaded.push(Err((run_id, error))),
-            }
-        }
-        Ok(loaded)
+    fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
+        Ok(self.tables().active.iter().copied().collect())
     }
 
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {

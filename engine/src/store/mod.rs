@@ -274,8 +274,21 @@ pub trait Store: Send + Sync + 'static {
     /// from being read. One bad run never hides the others.
     fn load_runs(&self) -> Result<Vec<LoadedRun>, Error>;
 
-    /// The same, for the runs that are not parked: those the daemon works on at start-up.
-    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error>;
+    /// The ids of the runs that are not parked (see [`Commit::parked`]).
+    fn active_run_ids(&self) -> Result<Vec<Uuid>, Error>;
+
+    /// The runs that are not parked: those the daemon works on at start-up.
+    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
+        let mut loaded = Vec::new();
+        for run_id in self.active_run_ids()? {
+            match self.load_run(run_id) {
+                Ok(Some(state)) => loaded.push(Ok(state)),
+                Ok(None) => {}
+                Err(error) => loaded.push(Err((run_id, error))),
+            }
+        }
+        Ok(loaded)
+    }
 
     /// The ids of the runs whose id starts with the bytes `prefix`, at most `limit`.
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error>;

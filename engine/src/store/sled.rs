@@ -489,20 +489,14 @@ impl Store for SledStore {
         self.restore(run_id, &snapshot).map(Some)
     }
 
-    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        let mut loaded = Vec::new();
-        for entry in self.tree(ACTIVE).iter() {
-            let (key, _) = entry.map_err(io)?;
-            let Ok(run_id) = Uuid::from_slice(&key) else {
-                continue;
-            };
-            match self.load_run(run_id) {
-                Ok(Some(state)) => loaded.push(Ok(state)),
-                Ok(None) => {}
-                Err(error) => loaded.push(Err((run_id, error))),
+    fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
+        let mut ids = Vec::new();
+        for key in self.tree(ACTIVE).iter().keys() {
+            if let Ok(run_id) = Uuid::from_slice(&key.map_err(io)?) {
+                ids.push(run_id);
             }
         }
-        Ok(loaded)
+        Ok(ids)
     }
 
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {

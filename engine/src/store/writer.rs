@@ -322,8 +322,8 @@ impl Store for Failed {
     fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
         self.reads()?.load_runs()
     }
-    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        self.reads()?.load_active_runs()
+    fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
+        self.reads()?.active_run_ids()
     }
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
         self.reads()?.find_runs(prefix, limit)
