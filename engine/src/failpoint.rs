@@ -7,9 +7,11 @@
 //! They are compiled into every build, not behind a cargo feature: a feature would make the
 //! binary that the end-to-end tests run depend on which package cargo built last.
 //!
-//! Points: `BeforeCommit`, `AfterCommitBeforeFlush`, `BeforeFlush`, `AfterFlushBeforeFsync`
-//! (store writer), `AfterFlushBeforeEffect`, `AfterEffectBeforeRecord` (runtime), `TimerFire`
-//! (timer service).
+//! Points: `BeforeCommit`, `AfterCommitBeforeFlush`, `BeforeFlush` (before the write-ahead log
+//! record is written), `AfterFlushBeforeFsync` (written, not yet fdatasync'ed) (store writer),
+//! `CheckpointNewSegment` (a checkpoint made sled durable and started a new log segment, the
+//! old ones are not deleted yet: at every open, at shutdown and every 64 MiB of log),
+//! `AfterFlushBeforeEffect`, `AfterEffectBeforeRecord` (runtime), `TimerFire` (timer service).
 
 pub fn hit(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};

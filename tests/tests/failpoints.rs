@@ -12,6 +12,7 @@ const POINTS: &[&str] = &[
     "AfterCommitBeforeFlush",
     "BeforeFlush",
     "AfterFlushBeforeFsync",
+    "CheckpointNewSegment",
     "AfterFlushBeforeEffect",
     "AfterEffectBeforeRecord",
     "TimerFire",

@@ -334,7 +334,7 @@ async fn list_runs(State(app): State<AppState>, Query(query): Query<ListQuery>) 
         .list()
         .await?
         .iter()
-        .map(|(id, slot)| RunView::of(*id, slot).summary())
+        .map(|(id, slot)| RunSummary::of(*id, slot))
         .filter(|run| match &query.state {
             Some(state) => &run.state == state,
             None => {

@@ -111,12 +111,7 @@ impl RunView {
             runbook: state.runbook.clone(),
             version: state.version,
             state: state.status.name().to_owned(),
-            reason: state.attention.as_ref().map(|attention| {
-                serde_json::to_value(attention.reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .unwrap_or_default()
-            }),
+            reason: reason(state),
             attention: state.attention.clone(),
             paused: state.paused.is_some(),
             params: state.params.clone(),
@@ -131,19 +126,43 @@ impl RunView {
             audit: state.audit.clone(),
         }
     }
+}
 
-    pub fn summary(&self) -> RunSummary {
-        RunSummary {
-            id: self.id.clone(),
-            runbook: self.runbook.clone(),
-            state: self.state.clone(),
-            reason: self.reason.clone(),
-            current_step: self.current_step.clone(),
-            next_wakeup: self.next_wakeup,
-            created_at: self.created_at,
-            finished_at: self.finished_at,
+impl RunSummary {
+    /// A run's line in a listing; it needs no definition (see [`crate::runtime::Engine::list`]).
+    pub fn of(id: uuid::Uuid, slot: &Slot) -> RunSummary {
+        match slot {
+            Slot::Live(state) => RunSummary {
+                id: state.id.to_string(),
+                runbook: state.runbook.clone(),
+                state: state.status.name().to_owned(),
+                reason: reason(state),
+                current_step: current_step(state),
+                next_wakeup: state.timers.iter().map(|timer| timer.fire_at).min(),
+                created_at: Some(state.created_at),
+                finished_at: state.finished_at,
+            },
+            Slot::Corrupt { .. } => RunSummary {
+                id: id.to_string(),
+                runbook: String::new(),
+                state: "needs_attention".to_owned(),
+                reason: Some("corrupt".to_owned()),
+                current_step: None,
+                next_wakeup: None,
+                created_at: None,
+                finished_at: None,
+            },
         }
     }
+}
+
+fn reason(state: &RunState) -> Option<String> {
+    state.attention.as_ref().map(|attention| {
+        serde_json::to_value(attention.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    })
 }
 
 fn current_step(state: &RunState) -> Option<String> {

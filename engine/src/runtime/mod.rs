@@ -740,10 +740,12 @@ impl Engine {
         Ok(current)
     }
 
-    /// Every run, newest first: those in memory as they are there, the others as stored.
+    /// Every run, newest first, for listings: those in memory as they are there, the others
+    /// as their stored snapshot, *without their definition* (cheap to read; exact, since a run
+    /// leaves memory only once parked, and parking stores the snapshot).
     pub async fn list(&self) -> Result<Vec<(Uuid, Slot)>, Error> {
         let mut all = BTreeMap::new();
-        for loaded in self.inner.writer.store().load_runs()? {
+        for loaded in self.inner.writer.store().load_snapshots()? {
             match loaded {
                 Ok(state) => {
                     all.insert(state.id, Slot::Live(Arc::new(state)));

@@ -110,14 +110,12 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        let tables = self.tables();
-        Ok(tables
+    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error> {
+        Ok(self
+            .tables()
             .runs
             .iter()
-            .map(|(run_id, snapshot)| {
-                Self::restore(&tables, *run_id, snapshot).map_err(|error| (*run_id, error))
-            })
+            .map(|(run_id, snapshot)| super::snapshot_only(*run_id, snapshot))
             .collect())
     }
 
@@ -202,7 +200,14 @@ impl Store for MemoryStore {
     }
 
     fn verify(&self) -> Result<Vec<String>, Error> {
-        let runs = self.load_runs()?;
+        let tables = self.tables();
+        let runs: Vec<LoadedRun> = tables
+            .runs
+            .iter()
+            .map(|(run_id, snapshot)| {
+                Self::restore(&tables, *run_id, snapshot).map_err(|error| (*run_id, error))
+            })
+            .collect();
         Ok(runs
             .into_iter()
             .filter_map(|run| run.err())

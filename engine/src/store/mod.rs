@@ -270,14 +270,16 @@ pub trait Store: Send + Sync + 'static {
         self.sync()
     }
 
-    /// Every run's latest snapshot (with its pinned definition), or the error that kept it
-    /// from being read. One bad run never hides the others.
-    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error>;
+    /// Every run's latest stored snapshot alone: no definition, no events after it. Enough to
+    /// list runs; exact for a parked run (the commit that parked it stored its snapshot).
+    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error>;
 
     /// The ids of the runs that are not parked (see [`Commit::parked`]).
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error>;
 
-    /// The runs that are not parked: those the daemon works on at start-up.
+    /// The runs that are not parked: those the daemon works on at start-up. Each is its
+    /// latest state (with its pinned definition), or the error that kept it from being read;
+    /// one bad run never hides the others.
     fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
         let mut loaded = Vec::new();
         for run_id in self.active_run_ids()? {
@@ -359,6 +361,11 @@ pub(crate) fn restore<B: AsRef<[u8]>, I: IntoIterator<Item = Result<(u64, B), Er
         crate::machine::evolve(&mut state, &decode_event(run_id, seq, bytes.as_ref())?);
     }
     Ok(state)
+}
+
+/// A run's snapshot alone (see [`Store::load_snapshots`]).
+pub(crate) fn snapshot_only(run_id: Uuid, snapshot: &[u8]) -> LoadedRun {
+    envelope::decode(&|| format!("runs/{run_id}"), snapshot).map_err(|error| (run_id, error))
 }
 
 pub(crate) fn decode_event(run_id: Uuid, seq: u64, bytes: &[u8]) -> Result<Event, Error> {

@@ -460,33 +460,22 @@ impl Store for SledStore {
         self.checkpoint_with(&mut wal)
     }
 
-    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        let mut loaded = Vec::new();
-        for entry in self.tree(RUNS).iter() {
-            let (key, snapshot) = entry.map_err(io)?;
-            let Ok(run_id) = Uuid::from_slice(&key) else {
-                loaded.push(Err((
-                    Uuid::nil(),
-                    Error::Corrupt {
-                        key: format!("runs/{key:?}"),
-                        reason: "bad run id".to_owned(),
-                    },
-                )));
-                continue;
-            };
-            loaded.push(
-                self.restore(run_id, &snapshot)
-                    .map_err(|error| (run_id, error)),
-            );
-        }
-        Ok(loaded)
-    }
-
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
         let Some(snapshot) = self.tree(RUNS).get(run_id.as_bytes()).map_err(io)? else {
             return Ok(None);
         };
         self.restore(run_id, &snapshot).map(Some)
+    }
+
+    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error> {
+        let mut loaded = Vec::new();
+        for entry in self.tree(RUNS).iter() {
+            let (key, snapshot) = entry.map_err(io)?;
+            if let Ok(run_id) = Uuid::from_slice(&key) {
+                loaded.push(super::snapshot_only(run_id, &snapshot));
+            }
+        }
+        Ok(loaded)
     }
 
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {

@@ -319,11 +319,11 @@ impl Store for Failed {
     fn checkpoint(&self) -> Result<(), Error> {
         Err(self.error.clone())
     }
-    fn load_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        self.reads()?.load_runs()
-    }
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
         self.reads()?.active_run_ids()
+    }
+    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error> {
+        self.reads()?.load_snapshots()
     }
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
         self.reads()?.find_runs(prefix, limit)
