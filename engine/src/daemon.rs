@@ -29,6 +29,8 @@ pub struct Config {
     pub runbooks_dir: Option<PathBuf>,
     pub builtin: Vec<Source>,
     pub actions: Registry,
+    /// Finished runs older than this are deleted (`None`: keep every run).
+    pub retain: Option<std::time::Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,11 +94,17 @@ pub async fn run(
     tokio::spawn(engine.clone().reload_on_reopen());
     let stop_timers = CancellationToken::new();
     let timers = tokio::spawn(runtime::run_timers(engine.clone(), stop_timers.clone()));
+    let collector = tokio::spawn(runtime::run_collector(
+        engine.clone(),
+        config.retain,
+        stop_timers.clone(),
+    ));
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
 
     let app = crate::api::router(crate::api::AppState {
         engine: engine.clone(),
         catalog,
+        retain: config.retain,
     });
     let drain_engine = engine.clone();
     let served = axum::serve(
@@ -111,6 +119,7 @@ pub async fn run(
     .await;
     stop_timers.cancel();
     let _ = timers.await;
+    let _ = collector.await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
     engine.writer().store().checkpoint()?;
@@ -125,7 +134,9 @@ pub fn verify_offline(data_dir: &Path) -> Result<Vec<String>, Error> {
         return Err(Error::Io(format!("no store in {}", data_dir.display())));
     }
     let _lock = lock_data_dir(data_dir)?;
-    let store = SledStore::open(&data_dir.join("store"))?;
+    // Opened without the repair of derived indexes that a daemon's start makes, so that
+    // verify reports what is wrong.
+    let store = SledStore::open_unrepaired(&data_dir.join("store"))?;
     Ok(crate::store::Store::verify(&store)?)
 }
 

@@ -20,6 +20,30 @@ pub struct Args {
     /// The format of the daemon's log on stderr
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Delete finished runs (with their events, logs and call dirs) this long after they
+    /// finished, e.g. `90d`, `12h`; `0` keeps every run
+    #[arg(long, default_value = "90d", value_parser = parse_retain)]
+    pub retain: Retain,
+}
+
+/// `--retain`: a duration, or `0` for "keep all".
+#[derive(Debug, Clone, Copy)]
+pub struct Retain(pub Option<std::time::Duration>);
+
+fn parse_retain(text: &str) -> Result<Retain, String> {
+    if text.trim() == "0" {
+        return Ok(Retain(None));
+    }
+    let retain = humantime::parse_duration(text.trim()).map_err(|error| {
+        format!("{text:?} is not a duration like 90d, 36h or 30m ({error}); 0 keeps every run")
+    })?;
+    if retain < std::time::Duration::from_secs(1) {
+        return Err(format!("{text:?} is shorter than a second; 0 keeps every run"));
+    }
+    if retain > std::time::Duration::from_secs(100 * 366 * 24 * 3600) {
+        return Err(format!("{text:?} is longer than 100 years; 0 keeps every run"));
+    }
+    Ok(Retain(Some(retain)))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -50,6 +74,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         runbooks_dir: args.runbooks_dir,
         builtin: runbook_runbooks::builtin(),
         actions: runbook_runbooks::actions(),
+        retain: args.retain.0,
     };
     runbook_engine::daemon::run(config, shutdown)
         .await

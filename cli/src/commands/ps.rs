@@ -14,15 +14,36 @@ pub struct Args {
     /// Include finished runs (succeeded, failed, canceled, rolled back)
     #[arg(long, short)]
     pub all: bool,
+    /// Only runs in this state (running, waiting, paused, needs_attention, succeeded, failed,
+    /// canceled, rolled_back)
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only runs of this runbook
+    #[arg(long)]
+    pub runbook: Option<String>,
+    /// At most this many runs, newest first (1 to 1000)
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub limit: u64,
+    /// Continue a listing after the cursor a previous page printed
+    #[arg(long)]
+    pub cursor: Option<String>,
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
-    let path = if args.all {
-        "/v1/runs?all=true"
-    } else {
-        "/v1/runs"
-    };
-    let response = ctx.client.get(path).await?;
+    let mut path = format!("/v1/runs?limit={}", args.limit);
+    if args.all {
+        path.push_str("&all=true");
+    }
+    for (name, value) in [
+        ("state", &args.state),
+        ("runbook", &args.runbook),
+        ("cursor", &args.cursor),
+    ] {
+        if let Some(value) = value {
+            path.push_str(&format!("&{name}={}", encode(value)));
+        }
+    }
+    let response = ctx.client.get(&path).await?;
     if ctx.json {
         return render::print_json(&response);
     }
@@ -40,7 +61,24 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     render::print(&render::table(
         &["ID", "RUNBOOK", "STATE", "CURRENT", "NEXT-WAKEUP", "AGE"],
         &rows,
-    ))
+    ))?;
+    if let Some(cursor) = response["next_cursor"].as_str() {
+        eprintln!("more runs: runbook ps --cursor {cursor} (with the same filters)");
+    }
+    Ok(())
+}
+
+/// Percent-encodes a query value.
+fn encode(value: &str) -> String {
+    let mut encoded = String::new();
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-_.~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
 }
 
 fn row(run: &Value, now: DateTime<Utc>) -> Vec<String> {

@@ -12,10 +12,43 @@ use crate::render;
 pub enum Command {
     /// Check every record; exit 1 naming what is wrong
     Verify,
+    /// Delete finished runs past the daemon's `--retain` now (the daemon also does it every
+    /// ten minutes); say what was removed
+    Gc {
+        /// Only list what would be removed
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub async fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
+        Command::Gc { dry_run } => {
+            let path = if dry_run {
+                "/v1/store/gc?dry_run=true"
+            } else {
+                "/v1/store/gc"
+            };
+            let report = ctx.client.post(path, json!({})).await?;
+            if ctx.json {
+                return render::print_json(&report);
+            }
+            let count = report["count"].as_u64().unwrap_or(0);
+            let Some(retain) = report["retain_seconds"].as_u64() else {
+                eprintln!("store gc: the daemon keeps every run (--retain 0); nothing removed");
+                return Ok(());
+            };
+            for run in report["runs"].as_array().into_iter().flatten() {
+                println!("{}", run.as_str().unwrap_or_default());
+            }
+            eprintln!(
+                "store gc: {} {count} finished run(s) older than {} ({} bytes of logs and call dirs)",
+                if dry_run { "would remove" } else { "removed" },
+                humantime::format_duration(std::time::Duration::from_secs(retain)),
+                report["file_bytes"].as_u64().unwrap_or(0)
+            );
+            Ok(())
+        }
         Command::Verify => {
             let report = match ctx.client.get("/v1/store/verify").await {
                 Ok(report) => report,

@@ -31,6 +31,8 @@ const MAX_BODY: usize = 1024 * 1024;
 pub struct AppState {
     pub engine: Engine,
     pub catalog: Catalog,
+    /// The daemon's retention (`--retain`; `None`: keep every run).
+    pub retain: Option<std::time::Duration>,
 }
 
 /// The caller, from the Unix socket's peer credentials.
@@ -72,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/schedules/{name}/backfill", post(backfill_schedule))
         .route("/v1/schedules/{name}/{verb}", post(schedule_verb))
         .route("/v1/store/verify", get(verify_store))
+        .route("/v1/store/gc", post(collect_store))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -322,31 +325,105 @@ async fn start_run(
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
     all: bool,
     state: Option<String>,
+    runbook: Option<String>,
+    since: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+/// The most runs one page may hold.
+pub const MAX_PAGE: usize = 1000;
+/// A page's size when the request names none.
+pub const DEFAULT_PAGE: usize = 100;
+
+impl ListQuery {
+    /// Checks every field: a bad one is a 400 naming it, and nothing is read.
+    fn parse(self) -> Result<crate::store::ListQuery, Error> {
+        let invalid = |field: &str, message: String| Error::Invalid {
+            message,
+            field: Some(field.to_owned()),
+        };
+        let state = match self.state.as_deref() {
+            None => None,
+            Some(name) => Some(
+                crate::store::listing::STATES
+                    .into_iter()
+                    .find(|state| state.name() == name)
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = crate::store::listing::STATES
+                            .iter()
+                            .map(|state| state.name())
+                            .collect();
+                        invalid(
+                            "state",
+                            format!("unknown state {name:?} (one of: {})", known.join(", ")),
+                        )
+                    })?,
+            ),
+        };
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_PAGE,
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+                _ => {
+                    return Err(invalid(
+                        "limit",
+                        format!("limit {text:?} is not a whole number from 1 to {MAX_PAGE}"),
+                    ))
+                }
+            },
+        };
+        let since = match self.since.as_deref() {
+            None => None,
+            Some(text) => Some(
+                chrono::DateTime::parse_from_rfc3339(text)
+                    .map(|at| at.with_timezone(&chrono::Utc))
+                    .map_err(|error| {
+                        invalid(
+                            "since",
+                            format!("since {text:?} is not an RFC 3339 instant ({error})"),
+                        )
+                    })?,
+            ),
+        };
+        let before = match self.cursor.as_deref() {
+            None => None,
+            Some(text) => Some(uuid::Uuid::parse_str(text).map_err(|_| {
+                invalid(
+                    "cursor",
+                    format!("cursor {text:?} is not one this API returned (a run id)"),
+                )
+            })?),
+        };
+        if let Some(runbook) = &self.runbook {
+            if runbook.is_empty() || runbook.len() > 256 || runbook.contains('\0') {
+                return Err(invalid("runbook", format!("runbook {runbook:?} is not a runbook name")));
+            }
+        }
+        Ok(crate::store::ListQuery {
+            state,
+            runbook: self.runbook,
+            all: self.all,
+            since,
+            before,
+            limit,
+        })
+    }
 }
 
 async fn list_runs(State(app): State<AppState>, Query(query): Query<ListQuery>) -> ApiResult {
-    let runs: Vec<RunSummary> = app
-        .engine
-        .list()
-        .await?
+    let page = app.engine.list(&query.parse()?)?;
+    let runs: Vec<RunSummary> = page
+        .runs
         .iter()
-        .map(|(id, slot)| RunSummary::of(*id, slot))
-        .filter(|run| match &query.state {
-            Some(state) => &run.state == state,
-            None => {
-                query.all
-                    || !matches!(
-                        run.state.as_str(),
-                        "succeeded" | "failed" | "canceled" | "rolled_back"
-                    )
-            }
-        })
+        .map(|(id, line)| RunSummary::listed(*id, line))
         .collect();
-    ok(json!({ "runs": runs }))
+    ok(json!({ "runs": runs, "next_cursor": page.next.map(|id| id.to_string()) }))
 }
 
 async fn show_run(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
@@ -561,22 +638,33 @@ async fn verify_store(State(app): State<AppState>) -> ApiResult {
     ok(json!({ "ok": problems.is_empty(), "problems": problems }))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GcQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn collect_store(State(app): State<AppState>, Query(query): Query<GcQuery>) -> ApiResult {
+    let collected = app.engine.collect_expired(app.retain, query.dry_run).await?;
+    ok(json!({
+        "dry_run": query.dry_run,
+        "retain_seconds": app.retain.map(|retain| retain.as_secs()),
+        "finished_before": collected.before,
+        "runs": collected.runs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "count": collected.runs.len(),
+        "file_bytes": collected.file_bytes,
+    }))
+}
+
 // ----- metrics ----------------------------------------------------------------------------------
 
 async fn metrics(State(app): State<AppState>) -> Response {
-    let mut by_state: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
-    let mut pending_timers = 0usize;
-    // A store that cannot be read shows as no runs; the writer figures below still show.
-    for (_, slot) in app.engine.list().await.unwrap_or_default() {
-        let state = match &slot {
-            Slot::Live(state) => {
-                pending_timers += state.timers.len();
-                state.status.name().to_owned()
-            }
-            Slot::Corrupt { .. } => "corrupt".to_owned(),
-        };
-        *by_state.entry(state).or_default() += 1;
-    }
+    // From the counters the commits keep: never a scan of the runs. A store that cannot be
+    // read shows as no runs; the writer figures below still show.
+    let counts = app.engine.writer().store().counts().unwrap_or_default();
+    let by_state = counts.runs;
+    let pending_timers = counts.timers;
     let stats = app.engine.writer().stats();
     let mut text = String::new();
     let _ = writeln!(

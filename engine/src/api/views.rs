@@ -129,6 +129,32 @@ impl RunView {
 }
 
 impl RunSummary {
+    /// A run's line in a listing, from its stored listing line.
+    pub fn listed(id: uuid::Uuid, line: &Result<crate::store::Listing, String>) -> RunSummary {
+        match line {
+            Ok(line) => RunSummary {
+                id: id.to_string(),
+                runbook: line.runbook.clone(),
+                state: line.state.clone(),
+                reason: line.reason.clone(),
+                current_step: line.current_step.clone(),
+                next_wakeup: line.next_wakeup,
+                created_at: Some(line.created_at),
+                finished_at: line.finished_at,
+            },
+            Err(_) => RunSummary {
+                id: id.to_string(),
+                runbook: String::new(),
+                state: "needs_attention".to_owned(),
+                reason: Some("corrupt".to_owned()),
+                current_step: None,
+                next_wakeup: None,
+                created_at: None,
+                finished_at: None,
+            },
+        }
+    }
+
     /// A run's line in a listing; it needs no definition (see [`crate::runtime::Engine::list`]).
     pub fn of(id: uuid::Uuid, slot: &Slot) -> RunSummary {
         match slot {
@@ -156,34 +182,7 @@ impl RunSummary {
     }
 }
 
-fn reason(state: &RunState) -> Option<String> {
-    state.attention.as_ref().map(|attention| {
-        serde_json::to_value(attention.reason)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default()
-    })
-}
-
-fn current_step(state: &RunState) -> Option<String> {
-    if let Some(attention) = &state.attention {
-        return Some(attention.step.clone());
-    }
-    state
-        .steps
-        .iter()
-        .filter(|step| step.status.is_active() && step.action != "for_each")
-        .map(|step| step.key.clone())
-        .next_back()
-        .or_else(|| {
-            state
-                .steps
-                .iter()
-                .rev()
-                .find(|step| step.status.is_active())
-                .map(|step| step.key.clone())
-        })
-}
+use crate::store::listing::{current_step, reason};
 
 fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Vec<StepView>) {
     for definition in definitions {

@@ -15,6 +15,7 @@
 //!   timer, an operator) or a reader needs it. Start-up loads only the runs that are not parked.
 
 mod plan;
+mod retention;
 mod schedules;
 mod timers;
 
@@ -38,6 +39,7 @@ use crate::machine::{
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
 pub use plan::{plan, Plan, PlannedStep};
+pub use retention::{run_collector, Collected};
 pub use schedules::ScheduleSpec;
 pub use timers::run_timers;
 
@@ -66,6 +68,9 @@ impl From<store::Error> for Error {
             store::Error::LockHeld { resource, holder } => Error::Conflict(format!(
                 "resource {resource:?} is held by run {holder}; wait for it to end or cancel it"
             )),
+            store::Error::Claimed { claim, holder } => {
+                Error::Conflict(format!("{claim} was already launched as run {holder}"))
+            }
             store::Error::Full(_) | store::Error::Closed => {
                 Error::Unavailable(format!("{error}; nothing was changed"))
             }
@@ -359,7 +364,7 @@ impl Engine {
         let slot = match self.inner.writer.store().load_run(run_id) {
             Ok(Some(state)) => Slot::Live(Arc::new(state)),
             Ok(None) => return Ok(None),
-            Err(error @ (store::Error::Io(_) | store::Error::Full(_) | store::Error::Closed)) => {
+            Err(error) if error.is_failure() => {
                 return Err(error.into())
             }
             Err(error) => {
@@ -486,6 +491,26 @@ impl Engine {
         by: Actor,
         comment: Option<String>,
     ) -> Result<RunState, Error> {
+        match self
+            .create_claimed_run(definition, given, by, comment, None)
+            .await?
+        {
+            Ok(state) => Ok(state),
+            Err(holder) => Err(Error::Internal(format!("unexpected claim holder {holder}"))),
+        }
+    }
+
+    /// Starts a run of `definition` that takes `claim` for good in its first commit (a
+    /// schedule's instant): `Ok(Err(holder))` when another run took it already, so that an
+    /// instant is never launched twice, whatever crashed in between.
+    pub async fn create_claimed_run(
+        &self,
+        definition: Arc<Definition>,
+        given: &Map<String, Value>,
+        by: Actor,
+        comment: Option<String>,
+        claim: Option<String>,
+    ) -> Result<Result<RunState, Uuid>, Error> {
         if !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(Error::Unavailable(
                 "the daemon is shutting down; no new runs".to_owned(),
@@ -507,9 +532,14 @@ impl Engine {
         let run_id = new_run_id(now);
         let (state, decision) =
             machine::create(run_id, definition, params, locks, by, comment, now);
-        let commit = Commit::new(0, &decision.events, &state, decision.settled())?;
+        let mut commit = Commit::new(0, &decision.events, &state, decision.settled())?;
+        commit.claims.extend(claim);
         let parked = commit.parked;
-        self.inner.writer.commit(commit).await?;
+        match self.inner.writer.commit(commit).await {
+            Ok(()) => {}
+            Err(store::Error::Claimed { holder, .. }) => return Ok(Err(holder)),
+            Err(error) => return Err(error.into()),
+        }
         if !parked {
             // (Unless an input of the new run, a timer, has read it from the store already.)
             self.inner
@@ -521,7 +551,7 @@ impl Engine {
         }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
         self.after_commit(run_id, &decision);
-        Ok(state)
+        Ok(Ok(state))
     }
 
     /// Feeds one input to a run: decide, commit, adopt, act.
@@ -740,30 +770,10 @@ impl Engine {
         Ok(current)
     }
 
-    /// Every run, newest first, for listings: those in memory as they are there, the others
-    /// as their stored snapshot, *without their definition* (cheap to read; exact, since a run
-    /// leaves memory only once parked, and parking stores the snapshot).
-    pub async fn list(&self) -> Result<Vec<(Uuid, Slot)>, Error> {
-        let mut all = BTreeMap::new();
-        for loaded in self.inner.writer.store().load_snapshots()? {
-            match loaded {
-                Ok(state) => {
-                    all.insert(state.id, Slot::Live(Arc::new(state)));
-                }
-                Err((run_id, error)) => {
-                    all.insert(
-                        run_id,
-                        Slot::Corrupt {
-                            reason: error.to_string(),
-                        },
-                    );
-                }
-            }
-        }
-        for (id, slot) in self.slots() {
-            all.insert(id, slot.lock().await.clone());
-        }
-        Ok(all.into_iter().rev().collect())
+    /// A page of runs, newest first, from the store's indexes. Exact: every commit stores the
+    /// run's listing line, and a run's state is adopted only once its commit is durable.
+    pub fn list(&self, query: &crate::store::ListQuery) -> Result<crate::store::Page, Error> {
+        Ok(self.inner.writer.store().list(query)?)
     }
 
     /// A run's journal, as far as it is durable. The store may already hold the events of a

@@ -286,6 +286,9 @@ impl Engine {
             next.last_scheduled = Some(last);
         }
         next.next_fire = plan.next_fire;
+        // A crash here leaves the runs launched and the schedule as it was: the instants fire
+        // again at restart, and their claims make the launches find the runs instead.
+        crate::failpoint::hit("ScheduleLaunchedBeforeSaved");
         if let Err(error) = self.save(schedule, next).await {
             tracing::error!(%error, "cannot store a schedule's firing; trying again in a second");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -406,11 +409,22 @@ impl Engine {
             schedule.name,
             instant.to_rfc3339()
         ));
+        // A scheduled instant is launched once, ever (a queued start has no instant of its own).
+        // (A backfill is the operator's explicit request: its launches are claimed apart.)
+        let claim = (outcome != "queued_start").then(|| {
+            format!(
+                "schedule {} ({}) {} {}",
+                schedule.name,
+                schedule.id,
+                if outcome == "backfill" { "backfill of" } else { "instant" },
+                instant.to_rfc3339()
+            )
+        });
         match self
-            .create_run(definition, &schedule.params, by, comment)
+            .create_claimed_run(definition, &schedule.params, by, comment, claim)
             .await
         {
-            Ok(state) => {
+            Ok(Ok(state)) => {
                 schedule.active_runs.push(state.id);
                 Firing {
                     scheduled_at: instant,
@@ -418,6 +432,19 @@ impl Engine {
                     outcome: outcome.to_owned(),
                     run: Some(state.id),
                     detail: None,
+                }
+            }
+            Ok(Err(holder)) => {
+                tracing::info!(schedule = %schedule.name, run = %holder, "instant already launched (before a restart)");
+                if !schedule.active_runs.contains(&holder) {
+                    schedule.active_runs.push(holder);
+                }
+                Firing {
+                    scheduled_at: instant,
+                    at: now,
+                    outcome: outcome.to_owned(),
+                    run: Some(holder),
+                    detail: Some("launched before a restart".to_owned()),
                 }
             }
             Err(error) => {

@@ -23,7 +23,10 @@ const HEADER: usize = 7;
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
     let payload = serde_json::to_vec(value)
-        .map_err(|error| Error::Io(format!("cannot encode a record: {error}")))?;
+        .map_err(|error| Error::Io {
+            kind: std::io::ErrorKind::InvalidData,
+            message: format!("cannot encode a record: {error}"),
+        })?;
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.push(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_be_bytes());

@@ -15,29 +15,39 @@
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
 
 pub mod envelope;
+mod journal;
+pub mod listing;
 mod memory;
 mod sled;
+pub mod tables;
 mod wal;
 mod writer;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-pub use self::memory::MemoryStore;
-pub use self::sled::SledStore;
+pub use self::journal::Journal;
+pub use self::listing::{Counts, ListQuery, Listing, Page};
+pub use self::memory::{MemoryStore, MemoryTables};
+pub use self::sled::{SledStore, SledTables};
 use crate::machine::{Event, EventKind, RunState};
 pub use envelope::FORMAT;
 
 /// The layout of the store on disk (trees, keys, write-ahead log), recorded in `meta/format`.
-/// 1: sled only; 2: sled behind a write-ahead log, with the `active` index. A build refuses a
-/// store whose layout is newer than it knows, and upgrades an older one when it opens it.
-pub const STORE_FORMAT: u32 = 2;
+/// 1: sled only; 2: sled behind a write-ahead log, with the `active` index; 3: the log written
+/// before sled (all or nothing), listings, secondary indexes, counters, claims. A build refuses
+/// a store whose layout is newer than it knows, and upgrades an older one when it opens it.
+pub const STORE_FORMAT: u32 = 3;
 pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
-    #[error("store i/o error: {0}")]
-    Io(String),
+    /// An I/O error, with its kind kept (a full disk is [`Error::Full`]).
+    #[error("store i/o error: {message}")]
+    Io {
+        kind: std::io::ErrorKind,
+        message: String,
+    },
     #[error("the disk holding the store is full: {0}")]
     Full(String),
     #[error("corrupt record {key}: {reason}")]
@@ -52,8 +62,32 @@ pub enum Error {
     },
     #[error("resource {resource:?} is held by run {holder}")]
     LockHeld { resource: String, holder: Uuid },
+    #[error("{claim} was already launched as run {holder}")]
+    Claimed { claim: String, holder: Uuid },
     #[error("the store is closed")]
     Closed,
+}
+
+impl Error {
+    /// An I/O error in `context`, keeping its kind; no space (or quota) left is [`Error::Full`].
+    pub fn io(context: &str, error: &std::io::Error) -> Error {
+        let full = error.kind() == std::io::ErrorKind::StorageFull
+            || error.kind() == std::io::ErrorKind::QuotaExceeded
+            || matches!(error.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        if full {
+            Error::Full(format!("{context}: {error}"))
+        } else {
+            Error::Io {
+                kind: error.kind(),
+                message: format!("{context}: {error}"),
+            }
+        }
+    }
+
+    /// Whether the store itself failed (rather than refusing one commit).
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Error::Io { .. } | Error::Full(_) | Error::Closed)
+    }
 }
 
 /// A timer index entry. Ordering contract: the encoded bytes sort exactly as
@@ -128,6 +162,11 @@ pub struct Commit {
     pub timers_remove: Vec<TimerKey>,
     pub locks_acquire: Vec<String>,
     pub locks_release: Vec<String>,
+    /// Unique names this commit takes for good (a schedule's instant): refused with
+    /// [`Error::Claimed`] when another run holds one.
+    pub claims: Vec<String>,
+    /// The run's listing line after the commit.
+    pub listing: Listing,
     /// The run is parked after this commit (see [`RunState::is_parked`]) and nothing is left
     /// to continue: the daemon need not load it at start-up.
     pub parked: bool,
@@ -158,6 +197,8 @@ impl Commit {
             timers_remove: Vec::new(),
             locks_acquire: Vec::new(),
             locks_release: Vec::new(),
+            claims: Vec::new(),
+            listing: Listing::of(snapshot),
             parked,
         };
         for event in events {
@@ -270,9 +311,23 @@ pub trait Store: Send + Sync + 'static {
         self.sync()
     }
 
-    /// Every run's latest stored snapshot alone: no definition, no events after it. Enough to
-    /// list runs; exact for a parked run (the commit that parked it stored its snapshot).
-    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error>;
+    /// A page of runs' listing lines, newest first, from the indexes (never a scan of every
+    /// run).
+    fn list(&self, query: &ListQuery) -> Result<Page, Error>;
+
+    /// The counters the commits keep.
+    fn counts(&self) -> Result<Counts, Error>;
+
+    /// Finished runs that finished before `before_ms`, oldest first, at most `limit`.
+    fn expired_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error>;
+
+    /// Deletes the given runs whole (snapshot, events, listing, index entries) if they are
+    /// finished; a run that is not finished is left alone. Like [`Store::apply`], durable at
+    /// the next sync. Returns the runs deleted.
+    fn collect(&self, runs: &[Uuid]) -> Result<Vec<Uuid>, Error>;
+
+    /// Checks the derived indexes against the runs, changing nothing; one line per problem.
+    fn check(&self) -> Result<Vec<String>, Error>;
 
     /// The ids of the runs that are not parked (see [`Commit::parked`]).
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error>;
@@ -313,7 +368,8 @@ pub trait Store: Send + Sync + 'static {
     /// The run holding `resource`, if any.
     fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error>;
 
-    /// Reads every record and reports each one that does not verify.
+    /// Reads every record and reports each one that does not verify, and every derived index
+    /// entry that does not match the runs.
     fn verify(&self) -> Result<Vec<String>, Error>;
 
     /// Applies one schedule change atomically (not yet durable: see [`Store::sync`]).
@@ -363,17 +419,8 @@ pub(crate) fn restore<B: AsRef<[u8]>, I: IntoIterator<Item = Result<(u64, B), Er
     Ok(state)
 }
 
-/// A run's snapshot alone (see [`Store::load_snapshots`]).
-pub(crate) fn snapshot_only(run_id: Uuid, snapshot: &[u8]) -> LoadedRun {
-    envelope::decode(&|| format!("runs/{run_id}"), snapshot).map_err(|error| (run_id, error))
-}
-
 pub(crate) fn decode_event(run_id: Uuid, seq: u64, bytes: &[u8]) -> Result<Event, Error> {
     envelope::decode(&|| format!("events/{run_id}/{seq}"), bytes)
-}
-
-pub(crate) fn check_envelope(key: &dyn Fn() -> String, bytes: &[u8]) -> Result<(), Error> {
-    envelope::open(key, bytes).map(|_| ())
 }
 
 pub(crate) fn encode_value<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {

@@ -1,12 +1,12 @@
 //! The write-ahead log in front of sled: what makes a group commit durable with one write and
-//! one `fdatasync`.
+//! one `fdatasync`, and what makes it all or nothing.
 //!
-//! sled's own `flush` costs a `pwrite` plus a waited `sync_file_range` per log buffer, and it is
-//! still not power-safe without an `fdatasync` after it: three device round trips per commit.
-//! Instead, every change applied to sled is also appended here, as physical operations
-//! (`tree, key, value | removed`); a sync writes everything appended since the last one as one
-//! record and `fdatasync`s it. sled itself is flushed only at a checkpoint, after which the log
-//! segments it covers are deleted.
+//! A batch of changes ([`Op`]s: `tree, key, value | removed`) is appended as one record and
+//! `fdatasync`ed *before* any of it is applied to sled (see `sled.rs`). sled writes its own
+//! buffers to its files whenever it likes, so after a crash its files may hold any part of the
+//! changes applied since the last checkpoint — but only changes whose record is durable here.
+//! sled itself is made durable only at a checkpoint, after which the segments it covers are
+//! deleted.
 //!
 //! # Format
 //!
@@ -19,16 +19,18 @@
 //!
 //! # Recovery
 //!
-//! The first change after each sync stores, in `meta/lsn`, the lsn of the record the changes go
-//! into. sled recovers a prefix of its writes, so after a crash it holds everything up to some
-//! change of record `meta/lsn`; replaying the records from that lsn on, in order, sets each
-//! key to its last logged value (the operations are absolute, so replaying some twice is
-//! harmless). Then a checkpoint makes sled durable and starts a fresh segment.
+//! Every segment still on disk holds records written since the last completed checkpoint (a
+//! crash inside a checkpoint leaves an older segment too, whose records are older still).
+//! Replaying *every* record, in order, sets each key it touches to its last logged value, and
+//! the operations are absolute, so it does not matter which of them sled had already written:
+//! replay depends on nothing sled recovers but the state of the last checkpoint.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+
+use super::tables::{Op, Tree};
 
 const MAGIC: &[u8; 8] = b"RBWAL001";
 const HEADER: usize = 16;
@@ -37,30 +39,11 @@ const CHUNK: u64 = 1 << 20;
 /// Past this size, a sync also checkpoints and starts a new segment.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-/// The trees a logged operation may touch, by their one-byte code.
-pub const TREES: [&str; 7] = [
-    "runs",
-    "events",
-    "timers",
-    "locks",
-    "schedules",
-    "meta",
-    "active",
-];
-
-/// One physical change to a tree.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Op {
-    pub tree: u8,
-    pub key: Vec<u8>,
-    /// `None`: the key was removed.
-    pub value: Option<Vec<u8>>,
-}
 
 /// Appends `ops` to `buffer` in the record payload encoding.
 pub fn encode_ops(ops: &[Op], buffer: &mut Vec<u8>) {
     for op in ops {
-        buffer.push(op.tree);
+        buffer.push(op.tree.code());
         buffer.extend_from_slice(&(op.key.len() as u32).to_be_bytes());
         buffer.extend_from_slice(&op.key);
         match &op.value {
@@ -89,10 +72,7 @@ pub fn decode_ops(mut payload: &[u8]) -> Option<Vec<Op>> {
     }
     let mut ops = Vec::new();
     while !payload.is_empty() {
-        let tree = take(&mut payload, 1)?[0];
-        if usize::from(tree) >= TREES.len() {
-            return None;
-        }
+        let tree = Tree::from_code(take(&mut payload, 1)?[0])?;
         let key_len = length(&mut payload)?;
         let key = take(&mut payload, key_len)?.to_vec();
         let value = match take(&mut payload, 1)?[0] {
@@ -120,10 +100,6 @@ pub struct Wal {
     allocated: u64,
     /// The lsn of the next record.
     next_lsn: u64,
-    /// The payload of the next record: operations applied since the last sync.
-    pending: Vec<u8>,
-    /// Whether the store has recorded `next_lsn` as the record its changes go into.
-    marked: bool,
 }
 
 fn segment_name(first_lsn: u64) -> String {
@@ -228,8 +204,6 @@ impl Wal {
             position: MAGIC.len() as u64,
             allocated: MAGIC.len() as u64,
             next_lsn,
-            pending: Vec::new(),
-            marked: false,
         };
         wal.allocate(CHUNK - MAGIC.len() as u64);
         wal.file.sync_all()?;
@@ -265,34 +239,23 @@ impl Wal {
         self.next_lsn
     }
 
-    /// Whether changes for the next record were marked with its lsn (see `SledStore`).
-    pub fn marked(&self) -> bool {
-        self.marked
-    }
-
-    pub fn mark(&mut self) {
-        self.marked = true;
-    }
-
-    /// Queues operations for the next record.
-    pub fn append(&mut self, ops: &[Op]) {
-        encode_ops(ops, &mut self.pending);
-    }
-
-    /// Writes the queued operations as one record and makes it durable. Returns the size of the
-    /// segment so far.
-    pub fn sync(&mut self) -> std::io::Result<u64> {
-        if self.pending.is_empty() {
+    /// Writes `ops` as one record and makes it durable (`fdatasync`). Returns the size of the
+    /// segment so far. On an error the record may or may not be on disk: the caller must treat
+    /// the log as failed (a later record would be written at the same place).
+    pub fn append(&mut self, ops: &[Op]) -> std::io::Result<u64> {
+        if ops.is_empty() {
             return Ok(self.position);
         }
-        let mut record = Vec::with_capacity(HEADER + self.pending.len());
+        let mut payload = Vec::new();
+        encode_ops(ops, &mut payload);
+        let mut record = Vec::with_capacity(HEADER + payload.len());
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&self.next_lsn.to_be_bytes());
-        hasher.update(&self.pending);
-        record.extend_from_slice(&(self.pending.len() as u32).to_be_bytes());
+        hasher.update(&payload);
+        record.extend_from_slice(&(payload.len() as u32).to_be_bytes());
         record.extend_from_slice(&hasher.finalize().to_be_bytes());
         record.extend_from_slice(&self.next_lsn.to_be_bytes());
-        record.extend_from_slice(&self.pending);
+        record.extend_from_slice(&payload);
         // The record plus a zero header after it, so that the log always ends in zeros.
         self.allocate(record.len() as u64 + HEADER as u64);
         crate::failpoint::hit("BeforeFlush");
@@ -302,14 +265,7 @@ impl Wal {
         self.position += record.len() as u64;
         self.allocated = self.allocated.max(self.position);
         self.next_lsn += 1;
-        self.pending.clear();
-        self.marked = false;
         Ok(self.position)
-    }
-
-    /// Drops whatever was queued and not synced (after a failed sync).
-    pub fn discard_pending(&mut self) {
-        self.pending.clear();
     }
 }
 
@@ -319,7 +275,7 @@ mod tests {
 
     fn op(tree: u8, key: &str, value: Option<&str>) -> Op {
         Op {
-            tree,
+            tree: Tree::from_code(tree).unwrap(),
             key: key.as_bytes().to_vec(),
             value: value.map(|value| value.as_bytes().to_vec()),
         }
@@ -330,10 +286,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::create(&wal_dir, 7).unwrap();
-        wal.append(&[op(0, "a", Some("1")), op(3, "b", None)]);
-        wal.sync().unwrap();
-        wal.append(&[op(1, "c", Some(""))]);
-        let end = wal.sync().unwrap();
+        wal.append(&[op(0, "a", Some("1")), op(3, "b", None)])
+            .unwrap();
+        let end = wal.append(&[op(1, "c", Some(""))]).unwrap();
         let (records, last) = Wal::read(&wal_dir, 0).unwrap();
         assert_eq!(last, 8);
         assert_eq!(
@@ -346,8 +301,7 @@ mod tests {
         // From an lsn on.
         assert_eq!(Wal::read(&wal_dir, 8).unwrap().0.len(), 1);
         // A torn record: its checksum fails and the log ends before it.
-        wal.append(&[op(0, "d", Some("4"))]);
-        wal.sync().unwrap();
+        wal.append(&[op(0, "d", Some("4"))]).unwrap();
         let path = &segments(&wal_dir).unwrap()[0].1;
         let file = OpenOptions::new().write(true).open(path).unwrap();
         file.write_all_at(&[0xff], end + HEADER as u64).unwrap();
@@ -361,14 +315,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let wal_dir = dir.path().join("wal");
         let mut wal = Wal::create(&wal_dir, 1).unwrap();
-        wal.append(&[op(0, "a", Some("1"))]);
-        wal.sync().unwrap();
+        wal.append(&[op(0, "a", Some("1"))]).unwrap();
         let mut wal = Wal::create(&wal_dir, 2).unwrap();
         assert_eq!(segments(&wal_dir).unwrap().len(), 1);
         assert_eq!(Wal::read(&wal_dir, 0).unwrap(), (Vec::new(), 0));
-        wal.append(&[op(5, "format", Some("2"))]);
-        wal.sync().unwrap();
+        wal.append(&[op(5, "format", Some("2"))]).unwrap();
         assert_eq!(Wal::read(&wal_dir, 0).unwrap().0[0].0, 2);
-        assert!(decode_ops(&[9, 0, 0, 0, 0, 0]).is_none());
+        assert!(decode_ops(&[99, 0, 0, 0, 0, 0]).is_none());
     }
 }

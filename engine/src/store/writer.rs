@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::{Commit, Error, LoadedRun, ScheduleCommit, Store, TimerKey};
+use super::{Commit, Error, ScheduleCommit, Store, TimerKey};
 use crate::machine::{Event, RunState};
 
 /// The most commits that share one sync.
@@ -30,11 +30,13 @@ pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 enum Write {
     Run(Commit),
     Schedule(ScheduleCommit),
+    /// Deletes finished runs (retention); answers with those deleted.
+    Collect(Vec<Uuid>),
 }
 
 struct Request {
     write: Write,
-    reply: oneshot::Sender<Result<(), Error>>,
+    reply: oneshot::Sender<Result<Vec<Uuid>, Error>>,
 }
 
 /// Figures for `/metrics`.
@@ -89,15 +91,20 @@ impl Writer {
 
     /// Applies and syncs one commit; resolves when it is durable.
     pub async fn commit(&self, commit: Commit) -> Result<(), Error> {
-        self.send(Write::Run(commit)).await
+        self.send(Write::Run(commit)).await.map(drop)
     }
 
     /// Applies and syncs one schedule change; resolves when it is durable.
     pub async fn commit_schedule(&self, commit: ScheduleCommit) -> Result<(), Error> {
-        self.send(Write::Schedule(commit)).await
+        self.send(Write::Schedule(commit)).await.map(drop)
     }
 
-    async fn send(&self, write: Write) -> Result<(), Error> {
+    /// Deletes those of `runs` that are finished, durably; returns the ones deleted.
+    pub async fn collect(&self, runs: Vec<Uuid>) -> Result<Vec<Uuid>, Error> {
+        self.send(Write::Collect(runs)).await
+    }
+
+    async fn send(&self, write: Write) -> Result<Vec<Uuid>, Error> {
         let (reply, answer) = oneshot::channel();
         self.sender
             .send(Request { write, reply })
@@ -188,7 +195,7 @@ impl Loop {
         receiver.recv().ok()
     }
 
-    fn write(&mut self, batch: &[Request]) -> Vec<Result<(), Error>> {
+    fn write(&mut self, batch: &[Request]) -> Vec<Result<Vec<Uuid>, Error>> {
         let store = self
             .store
             .read()
@@ -197,21 +204,26 @@ impl Loop {
         let mut results = Vec::with_capacity(batch.len());
         // Consecutive run commits are applied together; a schedule change on its own.
         let mut runs: Vec<&Commit> = Vec::new();
+        let unit = |result: Result<(), Error>| result.map(|()| Vec::new());
         for request in batch {
             match &request.write {
                 Write::Run(commit) => runs.push(commit),
                 Write::Schedule(commit) => {
-                    results.extend(store.apply_many(&std::mem::take(&mut runs)));
+                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
                     crate::failpoint::hit("BeforeCommit");
-                    results.push(store.apply_schedule(commit));
+                    results.push(unit(store.apply_schedule(commit)));
+                }
+                Write::Collect(ids) => {
+                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
+                    results.push(store.collect(ids));
                 }
             }
         }
-        results.extend(store.apply_many(&runs));
+        results.extend(store.apply_many(&runs).into_iter().map(unit));
         crate::failpoint::hit("AfterCommitBeforeFlush");
         let started = Instant::now();
         let mut failure = results.iter().find_map(|result| match result {
-            Err(error @ (Error::Io(_) | Error::Full(_))) => Some(error.clone()),
+            Err(error) if error.is_failure() => Some(error.clone()),
             _ => None,
         });
         if results.iter().any(Result::is_ok) {
@@ -322,8 +334,20 @@ impl Store for Failed {
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
         self.reads()?.active_run_ids()
     }
-    fn load_snapshots(&self) -> Result<Vec<LoadedRun>, Error> {
-        self.reads()?.load_snapshots()
+    fn list(&self, query: &super::ListQuery) -> Result<super::Page, Error> {
+        self.reads()?.list(query)
+    }
+    fn counts(&self) -> Result<super::Counts, Error> {
+        self.reads()?.counts()
+    }
+    fn expired_runs(&self, _: u64, _: usize) -> Result<Vec<Uuid>, Error> {
+        Err(self.error.clone())
+    }
+    fn collect(&self, _: &[Uuid]) -> Result<Vec<Uuid>, Error> {
+        Err(self.error.clone())
+    }
+    fn check(&self) -> Result<Vec<String>, Error> {
+        Err(self.error.clone())
     }
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
         self.reads()?.find_runs(prefix, limit)

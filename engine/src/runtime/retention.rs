@@ -1,0 +1,133 @@
+//! Retention: finished runs older than the daemon's `--retain` are deleted whole — snapshot,
+//! events, listing and index entries in the store, then the run's directory (step logs, call
+//! dirs) — in small batches through the writer, so that commits never wait long behind it.
+//! A run that is not finished is never collected (the store checks it again in the batch).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{Engine, Error};
+
+/// How many runs one batch deletes (one group commit).
+const BATCH: usize = 128;
+/// How often the background collector looks for expired runs.
+pub const EVERY: Duration = Duration::from_secs(600);
+
+/// What one collection did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Collected {
+    /// The runs deleted (or, for a dry run, that would be).
+    pub runs: Vec<Uuid>,
+    /// Bytes of run directories (step logs, call dirs) removed.
+    pub file_bytes: u64,
+    /// Runs finished before this instant were collected.
+    pub before: Option<DateTime<Utc>>,
+}
+
+impl Engine {
+    /// Deletes every finished run that finished more than `retain` ago (`None`: keep all),
+    /// batch by batch; with `dry_run`, only lists them.
+    pub async fn collect_expired(
+        &self,
+        retain: Option<Duration>,
+        dry_run: bool,
+    ) -> Result<Collected, Error> {
+        let Some(retain) = retain else {
+            return Ok(Collected::default());
+        };
+        let now = self.inner.clock.now();
+        let before = chrono::Duration::from_std(retain)
+            .ok()
+            .and_then(|retain| now.checked_sub_signed(retain))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let before_ms = u64::try_from(before.timestamp_millis()).unwrap_or(0);
+        let mut collected = Collected {
+            before: Some(before),
+            ..Collected::default()
+        };
+        let store = self.inner.writer.store();
+        if dry_run {
+            collected.runs = store.expired_runs(before_ms, usize::MAX)?;
+            for run_id in &collected.runs {
+                collected.file_bytes += dir_size(&self.run_dir(*run_id));
+            }
+            return Ok(collected);
+        }
+        loop {
+            let batch = self.inner.writer.store().expired_runs(before_ms, BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            let deleted = self.inner.writer.collect(batch.clone()).await?;
+            for run_id in &deleted {
+                let dir = self.run_dir(*run_id);
+                collected.file_bytes += dir_size(&dir);
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => {}
+                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(error) => {
+                        tracing::warn!(run = %run_id, %error, "cannot remove a collected run's directory")
+                    }
+                }
+            }
+            collected.runs.extend(&deleted);
+            if deleted.len() < batch.len() {
+                // Some were not finished after all (a rollback reopened them): they left the
+                // index of finished runs in the same commit, so the next batch moves on.
+                tokio::task::yield_now().await;
+            }
+            // Let other commits in between batches.
+            tokio::task::yield_now().await;
+        }
+        if !collected.runs.is_empty() {
+            tracing::info!(
+                runs = collected.runs.len(),
+                file_bytes = collected.file_bytes,
+                "collected finished runs past retention"
+            );
+        }
+        Ok(collected)
+    }
+
+    fn run_dir(&self, run_id: Uuid) -> std::path::PathBuf {
+        self.inner.data_dir.join("runs").join(run_id.to_string())
+    }
+}
+
+/// The collector: once shortly after start, then every [`EVERY`], until `stop`.
+pub async fn run_collector(
+    engine: Engine,
+    retain: Option<Duration>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if retain.is_none() {
+        return;
+    }
+    let mut wait = Duration::from_secs(30);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if let Err(error) = engine.collect_expired(retain, false).await {
+            tracing::warn!(%error, "retention: collection failed; trying again later");
+        }
+        wait = EVERY;
+    }
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(kind) if kind.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map_or(0, |meta| meta.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}

@@ -1,0 +1,958 @@
+//! The commit rules, written once for every [`Tables`]: what a run commit checks and changes,
+//! the derived indexes (locks, timers, `active`, listings, counters) and how they heal, reads,
+//! retention.
+//!
+//! # Contract
+//!
+//! - [`Journal::apply_many`] checks each commit against the tables *and the commits applied
+//!   before it that are not synced yet*, and stages its changes in memory; a refused commit
+//!   stages nothing. Nothing reaches the tables before [`Journal::sync`], which hands every
+//!   staged change to [`Tables::write`] as one batch: durable before visible, all or nothing.
+//!   So readers never see a commit that is not durable, and a crash leaves exactly the synced
+//!   batches.
+//! - Only the writer thread applies and syncs, so a commit's checks and its changes see no
+//!   other writer.
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+
+use uuid::Uuid;
+
+use super::listing::{self, Counts, ListQuery, Listing, Page};
+use super::tables::{scan_prefix, Op, Tables, Tree};
+use super::{
+    decode_event, decode_value, encode_value, restore, Commit, Error, ScheduleCommit,
+    Store, TimerKey, STORE_FORMAT,
+};
+use crate::machine::{Event, RunState};
+use crate::schedule::Schedule;
+
+/// A [`Store`] over any [`Tables`].
+pub struct Journal<T: Tables> {
+    tables: T,
+    staged: Mutex<Staged>,
+}
+
+/// Changes applied but not yet synced: in order, and by key for the checks of later commits.
+#[derive(Default)]
+struct Staged {
+    ops: Vec<Op>,
+    latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>,
+}
+
+/// One commit's view: the tables, what earlier commits staged, and its own changes.
+struct Tx<'a> {
+    tables: &'a dyn Tables,
+    staged: &'a Staged,
+    ops: Vec<Op>,
+    latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>,
+}
+
+impl<'a> Tx<'a> {
+    fn new(tables: &'a dyn Tables, staged: &'a Staged) -> Tx<'a> {
+        Tx {
+            tables,
+            staged,
+            ops: Vec::new(),
+            latest: HashMap::new(),
+        }
+    }
+
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let lookup = (tree, key.to_vec());
+        if let Some(value) = self.latest.get(&lookup) {
+            return Ok(value.clone());
+        }
+        if let Some(value) = self.staged.latest.get(&lookup) {
+            return Ok(value.clone());
+        }
+        self.tables.get(tree, key)
+    }
+
+    fn put(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) {
+        self.latest.insert((tree, key.clone()), Some(value.clone()));
+        self.ops.push(Op {
+            tree,
+            key,
+            value: Some(value),
+        });
+    }
+
+    fn delete(&mut self, tree: Tree, key: Vec<u8>) {
+        self.latest.insert((tree, key.clone()), None);
+        self.ops.push(Op {
+            tree,
+            key,
+            value: None,
+        });
+    }
+
+    fn counts(&self) -> Result<Counts, Error> {
+        match self.get(Tree::Meta, b"counts")? {
+            Some(bytes) => decode_value(&|| "meta/counts".to_owned(), &bytes),
+            None => Ok(Counts::default()),
+        }
+    }
+
+    fn put_counts(&mut self, counts: &Counts) -> Result<(), Error> {
+        self.put(Tree::Meta, b"counts".to_vec(), encode_value(counts)?);
+        Ok(())
+    }
+
+    /// Adds or removes a timer index entry, keeping the counter.
+    fn timer(&mut self, counts: &mut Counts, key: &TimerKey, present: bool) -> Result<(), Error> {
+        let bytes = key.encode().to_vec();
+        let was = self.get(Tree::Timers, &bytes)?.is_some();
+        match (was, present) {
+            (false, true) => {
+                self.put(Tree::Timers, bytes, Vec::new());
+                counts.timers += 1;
+            }
+            (true, false) => {
+                self.delete(Tree::Timers, bytes);
+                counts.timers = counts.timers.saturating_sub(1);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Stores a run's listing line and moves its index entries (state, runbook, finish time).
+    fn listing(
+        &mut self,
+        counts: &mut Counts,
+        run_id: Uuid,
+        new: Option<&Listing>,
+    ) -> Result<(), Error> {
+        let old = self.listed(run_id)?;
+        if old.as_ref() == new {
+            return Ok(());
+        }
+        if let Some(old) = &old {
+            if new.is_none_or(|new| new.state != old.state) {
+                self.delete(Tree::ByState, listing::name_key(&old.state, run_id));
+                let count = counts.runs.entry(old.state.clone()).or_default();
+                *count = count.saturating_sub(1);
+            }
+            if new.is_none() {
+                self.delete(Tree::ByRunbook, listing::name_key(&old.runbook, run_id));
+            }
+            if let Some(finished_at) = old.finished_at {
+                if new.is_none_or(|new| new.finished_at != old.finished_at) {
+                    self.delete(Tree::Finished, listing::finished_key(finished_at, run_id));
+                }
+            }
+        }
+        let Some(new) = new else {
+            self.delete(Tree::Listings, run_id.as_bytes().to_vec());
+            return Ok(());
+        };
+        if old.as_ref().is_none_or(|old| old.state != new.state) {
+            self.put(Tree::ByState, listing::name_key(&new.state, run_id), Vec::new());
+            *counts.runs.entry(new.state.clone()).or_default() += 1;
+        }
+        if old.is_none() {
+            self.put(Tree::ByRunbook, listing::name_key(&new.runbook, run_id), Vec::new());
+        }
+        if let Some(finished_at) = new.finished_at {
+            if old.as_ref().is_none_or(|old| old.finished_at != new.finished_at) {
+                self.put(Tree::Finished, listing::finished_key(finished_at, run_id), Vec::new());
+            }
+        }
+        self.put(Tree::Listings, run_id.as_bytes().to_vec(), encode_value(new)?);
+        Ok(())
+    }
+
+    fn listed(&self, run_id: Uuid) -> Result<Option<Listing>, Error> {
+        match self.get(Tree::Listings, run_id.as_bytes())? {
+            // A line that does not decode is rewritten (it is derived from the run).
+            Some(bytes) => Ok(decode_value(&|| format!("listings/{run_id}"), &bytes).ok()),
+            None => Ok(None),
+        }
+    }
+
+    fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error> {
+        match self.get(Tree::Locks, resource.as_bytes())? {
+            Some(bytes) => decode_value(&|| format!("locks/{resource}"), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The rules of one run commit (see [`Store::apply`]). Checks first: a refused commit returns
+/// before it changes anything.
+fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
+    let id = commit.run_id;
+    // The journal must end exactly where the caller thinks it does.
+    let next_taken = tx
+        .get(Tree::Events, &event_key(id, commit.expected_seq + 1))?
+        .is_some();
+    let last_present = commit.expected_seq == 0
+        || tx
+            .get(Tree::Events, &event_key(id, commit.expected_seq))?
+            .is_some();
+    if next_taken || !last_present {
+        return Err(Error::Conflict {
+            run_id: id,
+            expected: commit.expected_seq,
+            found: if next_taken { commit.expected_seq + 1 } else { 0 },
+        });
+    }
+    for resource in &commit.locks_acquire {
+        if let Some(holder) = tx.lock_holder(resource)? {
+            if holder != id {
+                return Err(Error::LockHeld {
+                    resource: resource.clone(),
+                    holder,
+                });
+            }
+        }
+    }
+    for claim in &commit.claims {
+        if let Some(bytes) = tx.get(Tree::Claims, claim.as_bytes())? {
+            let holder: Uuid = decode_value(&|| format!("claims/{claim}"), &bytes)?;
+            if holder != id {
+                return Err(Error::Claimed {
+                    claim: claim.clone(),
+                    holder,
+                });
+            }
+        }
+    }
+    let owner = encode_value(&id)?;
+    for resource in &commit.locks_acquire {
+        tx.put(Tree::Locks, resource.as_bytes().to_vec(), owner.clone());
+    }
+    for claim in &commit.claims {
+        tx.put(Tree::Claims, claim.as_bytes().to_vec(), owner.clone());
+    }
+    for resource in &commit.locks_release {
+        if let Some(holder) = tx.get(Tree::Locks, resource.as_bytes())? {
+            let holder: Result<Uuid, _> = decode_value(&|| format!("locks/{resource}"), &holder);
+            if holder.map_or(true, |holder| holder == id) {
+                tx.delete(Tree::Locks, resource.as_bytes().to_vec());
+            }
+        }
+    }
+    for (seq, bytes) in &commit.events {
+        tx.put(Tree::Events, event_key(id, *seq).to_vec(), bytes.clone());
+    }
+    if let Some(snapshot) = &commit.snapshot {
+        tx.put(Tree::Runs, id.as_bytes().to_vec(), snapshot.clone());
+    }
+    let active = tx.get(Tree::Active, id.as_bytes())?.is_some();
+    if commit.parked && active {
+        tx.delete(Tree::Active, id.as_bytes().to_vec());
+    } else if !commit.parked && !active {
+        tx.put(Tree::Active, id.as_bytes().to_vec(), Vec::new());
+    }
+    let mut counts = tx.counts()?;
+    let before = counts.clone();
+    for key in &commit.timers_remove {
+        tx.timer(&mut counts, key, false)?;
+    }
+    for key in &commit.timers_add {
+        tx.timer(&mut counts, key, true)?;
+    }
+    tx.listing(&mut counts, id, Some(&commit.listing))?;
+    if counts != before {
+        tx.put_counts(&counts)?;
+    }
+    Ok(())
+}
+
+fn schedule_commit(tx: &mut Tx<'_>, commit: &ScheduleCommit) -> Result<(), Error> {
+    match &commit.value {
+        Some(value) => tx.put(Tree::Schedules, commit.name.as_bytes().to_vec(), value.clone()),
+        None => tx.delete(Tree::Schedules, commit.name.as_bytes().to_vec()),
+    }
+    let mut counts = tx.counts()?;
+    let before = counts.clone();
+    for key in &commit.timers_remove {
+        tx.timer(&mut counts, key, false)?;
+    }
+    for key in &commit.timers_add {
+        tx.timer(&mut counts, key, true)?;
+    }
+    if counts != before {
+        tx.put_counts(&counts)?;
+    }
+    Ok(())
+}
+
+/// Deletes a finished run whole: its snapshot, events, listing and index entries. A run that is
+/// not finished (or no longer exists) is left alone; returns whether it was deleted.
+fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> {
+    let Some(listed) = tx.listed(run_id)? else {
+        return Ok(false);
+    };
+    if !listed.is_finished() {
+        return Ok(false);
+    }
+    let mut counts = tx.counts()?;
+    tx.listing(&mut counts, run_id, None)?;
+    tx.put_counts(&counts)?;
+    tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
+    tx.delete(Tree::Active, run_id.as_bytes().to_vec());
+    let events: Vec<Vec<u8>> = scan_prefix(tx.tables, Tree::Events, run_id.as_bytes(), false)
+        .map(|entry| entry.map(|(key, _)| key))
+        .collect::<Result<_, _>>()?;
+    for key in events {
+        tx.delete(Tree::Events, key);
+    }
+    Ok(true)
+}
+
+pub(crate) fn event_key(run_id: Uuid, seq: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(run_id.as_bytes());
+    key[16..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+fn event_seq(key: &[u8]) -> u64 {
+    key.get(16..24)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+impl<T: Tables> Journal<T> {
+    /// A journal over empty or current tables (no format check, no repair: for tests).
+    pub fn over(tables: T) -> Journal<T> {
+        Journal {
+            tables,
+            staged: Mutex::new(Staged::default()),
+        }
+    }
+
+    /// A journal over tables read from disk: refuses a newer layout, upgrades an older one,
+    /// and checks the derived indexes against the runs, repairing what does not match.
+    pub fn open_over(tables: T, repair: bool) -> Result<Journal<T>, Error> {
+        let journal = Journal::over(tables);
+        let found = match journal.tables.get(Tree::Meta, b"format")? {
+            Some(bytes) => decode_value::<u32>(&|| "meta/format".to_owned(), &bytes)?,
+            None if journal.is_empty()? => {
+                journal.write_now(vec![Op {
+                    tree: Tree::Meta,
+                    key: b"format".to_vec(),
+                    value: Some(encode_value(&STORE_FORMAT)?),
+                }])?;
+                STORE_FORMAT
+            }
+            None => 1,
+        };
+        if found > STORE_FORMAT {
+            return Err(Error::FormatTooNew {
+                found,
+                supported: STORE_FORMAT,
+            });
+        }
+        if found < STORE_FORMAT {
+            journal.upgrade(found)?;
+        }
+        if repair {
+            let repaired = journal.check_indexes(true)?;
+            for problem in &repaired {
+                tracing::warn!(%problem, "repaired a derived index of the store");
+            }
+        }
+        Ok(journal)
+    }
+
+    fn is_empty(&self) -> Result<bool, Error> {
+        Ok(self
+            .tables
+            .scan(Tree::Runs, Bound::Unbounded, Bound::Unbounded, false)
+            .next()
+            .is_none())
+    }
+
+    fn staged(&self) -> MutexGuard<'_, Staged> {
+        self.staged
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Writes `ops` now, durable, outside of any commit (open, upgrade, repair: no writer yet).
+    fn write_now(&self, ops: Vec<Op>) -> Result<(), Error> {
+        self.tables.write(&ops)
+    }
+
+    /// Stages one change through the rules: a refused one stages nothing.
+    fn stage(&self, rules: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
+        let mut staged = self.staged();
+        let (ops, latest) = {
+            let mut tx = Tx::new(&self.tables, &staged);
+            rules(&mut tx)?;
+            (tx.ops, tx.latest)
+        };
+        staged.ops.extend(ops);
+        staged.latest.extend(latest);
+        Ok(())
+    }
+
+    /// From format 1 (no `active` index) and 2 (no listings): builds what is missing from the
+    /// runs, writes it durably, then records the new format.
+    fn upgrade(&self, found: u32) -> Result<(), Error> {
+        let mut ops = Vec::new();
+        let mut staged = Staged::default();
+        let mut upgraded = 0;
+        let runs: Vec<Uuid> = self
+            .tables
+            .scan(Tree::Runs, Bound::Unbounded, Bound::Unbounded, false)
+            .filter_map(|entry| entry.ok().and_then(|(key, _)| Uuid::from_slice(&key).ok()))
+            .collect();
+        for run_id in runs {
+            let state = match self.load_run(run_id) {
+                Ok(Some(state)) => state,
+                Ok(None) => continue,
+                Err(error) => {
+                    // Unreadable: stays active, so that it is reported at every start.
+                    tracing::warn!(run = %run_id, %error, "a run cannot be read while upgrading the store");
+                    ops.push(Op {
+                        tree: Tree::Active,
+                        key: run_id.as_bytes().to_vec(),
+                        value: Some(Vec::new()),
+                    });
+                    continue;
+                }
+            };
+            let (tx_ops, tx_latest) = {
+                let mut tx = Tx::new(&self.tables, &staged);
+                let mut counts = tx.counts()?;
+                if found < 2 && !state.is_parked() {
+                    tx.put(Tree::Active, run_id.as_bytes().to_vec(), Vec::new());
+                }
+                tx.listing(&mut counts, run_id, Some(&Listing::of(&state)))?;
+                tx.put_counts(&counts)?;
+                (tx.ops, tx.latest)
+            };
+            staged.ops.extend(tx_ops);
+            staged.latest.extend(tx_latest);
+            upgraded += 1;
+        }
+        ops.extend(staged.ops);
+        let timers = self
+            .tables
+            .scan(Tree::Timers, Bound::Unbounded, Bound::Unbounded, false)
+            .count() as u64;
+        let mut counts: Counts = match staged.latest.get(&(Tree::Meta, b"counts".to_vec())) {
+            Some(Some(bytes)) => decode_value(&|| "meta/counts".to_owned(), bytes)?,
+            _ => Counts::default(),
+        };
+        counts.timers = timers;
+        ops.push(Op {
+            tree: Tree::Meta,
+            key: b"counts".to_vec(),
+            value: Some(encode_value(&counts)?),
+        });
+        ops.push(Op {
+            tree: Tree::Meta,
+            key: b"format".to_vec(),
+            value: Some(encode_value(&STORE_FORMAT)?),
+        });
+        self.write_now(ops)?;
+        tracing::info!(runs = upgraded, from = found, "upgraded the store to format {STORE_FORMAT}");
+        Ok(())
+    }
+
+    /// Checks the derived indexes (locks, timers, `active`, listings' state index, counters)
+    /// against the runs; with `repair`, rewrites what does not match from the runs. Returns
+    /// one line per problem found.
+    pub fn check_indexes(&self, repair: bool) -> Result<Vec<String>, Error> {
+        let mut problems = Vec::new();
+        let mut ops = Vec::new();
+        let op = |tree, key: Vec<u8>, value: Option<Vec<u8>>| Op { tree, key, value };
+        let schedules: BTreeSet<Uuid> = self
+            .load_schedules()?
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|schedule| schedule.id)
+            .collect();
+        let listed = |run_id: Uuid| -> Result<Option<Listing>, Error> {
+            Ok(match self.tables.get(Tree::Listings, run_id.as_bytes())? {
+                Some(bytes) => decode_value(&|| format!("listings/{run_id}"), &bytes).ok(),
+                None => None,
+            })
+        };
+        let mut counts = Counts::default();
+        let mut re_armed = 0;
+        // The state index: counted, and every unfinished run in it checked against its line.
+        for entry in self
+            .tables
+            .scan(Tree::ByState, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, _) = entry?;
+            let (Some(run_id), Some(state)) = (
+                listing::trailing_id(&key),
+                key.len()
+                    .checked_sub(17)
+                    .and_then(|end| std::str::from_utf8(&key[..end]).ok()),
+            ) else {
+                problems.push(format!("by_state/{key:?}: bad key"));
+                ops.push(op(Tree::ByState, key, None));
+                continue;
+            };
+            if listing::is_terminal(state) {
+                *counts.runs.entry(state.to_owned()).or_default() += 1;
+                continue;
+            }
+            let Some(line) = listed(run_id)? else {
+                problems.push(format!("run {run_id} is in the {state} index but has no listing"));
+                ops.push(op(Tree::ByState, key, None));
+                continue;
+            };
+            if line.state != state {
+                problems.push(format!("run {run_id} is {} but in the {state} index", line.state));
+                ops.push(op(Tree::ByState, key, None));
+                continue;
+            }
+            *counts.runs.entry(state.to_owned()).or_default() += 1;
+            // Every armed timer of a run is in the index: a run never waits for nothing.
+            for (fire_at_ms, timer) in &line.timers {
+                let timer_key = TimerKey {
+                    fire_at_ms: *fire_at_ms,
+                    run_id,
+                    timer: *timer,
+                };
+                if self.tables.get(Tree::Timers, &timer_key.encode())?.is_none() {
+                    problems.push(format!(
+                        "run {run_id} ({state}) waits for timer {timer}, which is not in the timer index"
+                    ));
+                    ops.push(op(Tree::Timers, timer_key.encode().to_vec(), Some(Vec::new())));
+                    re_armed += 1;
+                }
+            }
+            // A run that is not finished holds its locks.
+            for resource in &line.locks {
+                if self.tables.get(Tree::Locks, resource.as_bytes())?.is_none() {
+                    problems.push(format!(
+                        "run {run_id} ({state}) holds lock {resource:?}, which is not in the lock table"
+                    ));
+                    ops.push(op(
+                        Tree::Locks,
+                        resource.as_bytes().to_vec(),
+                        Some(encode_value(&run_id)?),
+                    ));
+                }
+            }
+            // A running run is worked on at start-up.
+            if state == "running" && self.tables.get(Tree::Active, run_id.as_bytes())?.is_none() {
+                problems.push(format!("run {run_id} is running but not in the active index"));
+                ops.push(op(Tree::Active, run_id.as_bytes().to_vec(), Some(Vec::new())));
+            }
+        }
+        // A lock whose holder does not exist or has finished is free.
+        for entry in self
+            .tables
+            .scan(Tree::Locks, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, bytes) = entry?;
+            let resource = String::from_utf8_lossy(&key).into_owned();
+            let holder: Option<Uuid> = decode_value(&|| format!("locks/{resource}"), &bytes).ok();
+            let held = match holder {
+                Some(holder) => listed(holder)?.map(|line| (holder, line)),
+                None => None,
+            };
+            match held {
+                Some((_, line)) if !line.is_finished() => {}
+                Some((holder, line)) => {
+                    problems.push(format!(
+                        "lock {resource:?} is held by run {holder}, which is {}",
+                        line.state
+                    ));
+                    ops.push(op(Tree::Locks, key, None));
+                }
+                None => {
+                    problems.push(format!(
+                        "lock {resource:?} is held by {}, which is no run",
+                        holder.map_or("an unreadable holder".to_owned(), |id| format!("run {id}"))
+                    ));
+                    ops.push(op(Tree::Locks, key, None));
+                }
+            }
+        }
+        // A timer of a run that does not exist or has finished never fires for anything.
+        let mut timers = 0;
+        for entry in self
+            .tables
+            .scan(Tree::Timers, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, _) = entry?;
+            let Some(timer) = TimerKey::decode(&key) else {
+                problems.push(format!("timers/{key:?}: bad key"));
+                ops.push(op(Tree::Timers, key, None));
+                continue;
+            };
+            timers += 1;
+            if schedules.contains(&timer.run_id) {
+                continue;
+            }
+            match listed(timer.run_id)? {
+                Some(line) if line.timers.contains(&(timer.fire_at_ms, timer.timer)) => {}
+                Some(line) => {
+                    problems.push(format!(
+                        "timer {} of run {} ({}) is not armed by the run",
+                        timer.timer, timer.run_id, line.state
+                    ));
+                    ops.push(op(Tree::Timers, key, None));
+                    timers -= 1;
+                }
+                None => {
+                    problems.push(format!(
+                        "timer {} belongs to no run ({})",
+                        timer.timer, timer.run_id
+                    ));
+                    ops.push(op(Tree::Timers, key, None));
+                    timers -= 1;
+                }
+            }
+        }
+        counts.timers = timers + re_armed;
+        let stored: Counts = match self.tables.get(Tree::Meta, b"counts")? {
+            Some(bytes) => decode_value(&|| "meta/counts".to_owned(), &bytes).unwrap_or_default(),
+            None => Counts::default(),
+        };
+        counts.runs.retain(|_, count| *count > 0);
+        let mut stored_runs = stored.runs.clone();
+        stored_runs.retain(|_, count| *count > 0);
+        if stored_runs != counts.runs || stored.timers != counts.timers {
+            problems.push(format!(
+                "counters {stored:?} do not match the runs ({counts:?})"
+            ));
+            ops.push(op(Tree::Meta, b"counts".to_vec(), Some(encode_value(&counts)?)));
+        }
+        if repair && !ops.is_empty() {
+            self.write_now(ops)?;
+        }
+        Ok(problems)
+    }
+
+    /// The finished runs that finished before `before_ms`, oldest first, at most `limit`.
+    pub fn expired(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error> {
+        let end = before_ms.to_be_bytes();
+        let mut found = Vec::new();
+        for entry in self.tables.scan(
+            Tree::Finished,
+            Bound::Unbounded,
+            Bound::Excluded(end.as_slice()),
+            false,
+        ) {
+            let (key, _) = entry?;
+            if let Some(run_id) = listing::trailing_id(&key) {
+                found.push(run_id);
+                if found.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn restore(&self, run_id: Uuid, snapshot: &[u8]) -> Result<RunState, Error> {
+        let first = self.tables.get(Tree::Events, &event_key(run_id, 1))?;
+        restore(run_id, snapshot, first.as_deref(), |from| {
+            let from = event_key(run_id, from);
+            let to = event_key(run_id, u64::MAX);
+            self.tables
+                .scan(
+                    Tree::Events,
+                    Bound::Included(from.as_slice()),
+                    Bound::Included(to.as_slice()),
+                    false,
+                )
+                .map(|entry| entry.map(|(key, bytes)| (event_seq(&key), bytes)))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    /// Runs newest first from one index (`prefix` of `tree`, or the listings themselves).
+    fn page_of(
+        &self,
+        tree: Tree,
+        prefix: &[u8],
+        query: &ListQuery,
+        filter: &dyn Fn(&Result<Listing, String>) -> bool,
+        out: &mut Vec<(Uuid, Result<Listing, String>)>,
+    ) -> Result<(), Error> {
+        let low: Vec<u8> = match query.since {
+            Some(since) => [prefix, listing::first_id_at(since).as_bytes()].concat(),
+            None => prefix.to_vec(),
+        };
+        let high: Option<Vec<u8>> = match query.before {
+            Some(before) => Some([prefix, before.as_bytes()].concat()),
+            None => super::tables::prefix_end(prefix),
+        };
+        let scan = self.tables.scan(
+            tree,
+            Bound::Included(low.as_slice()),
+            match &high {
+                Some(high) => Bound::Excluded(high.as_slice()),
+                None => Bound::Unbounded,
+            },
+            true,
+        );
+        let mut taken = 0;
+        for entry in scan {
+            if taken >= query.limit {
+                break;
+            }
+            let (key, value) = entry?;
+            let Some(run_id) = listing::trailing_id(&key) else {
+                continue;
+            };
+            let line = if tree == Tree::Listings {
+                decode_value(&|| format!("listings/{run_id}"), &value)
+            } else {
+                match self.tables.get(Tree::Listings, run_id.as_bytes())? {
+                    Some(bytes) => decode_value(&|| format!("listings/{run_id}"), &bytes),
+                    None => continue,
+                }
+            }
+            .map_err(|error: Error| error.to_string());
+            if filter(&line) {
+                out.push((run_id, line));
+                taken += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<T: Tables> Store for Journal<T> {
+    fn apply(&self, commit: &Commit) -> Result<(), Error> {
+        self.stage(|tx| run_commit(tx, commit))
+    }
+
+    fn sync(&self) -> Result<(), Error> {
+        let ops = {
+            let mut staged = self.staged();
+            staged.latest.clear();
+            std::mem::take(&mut staged.ops)
+        };
+        self.tables.write(&ops)
+    }
+
+    fn checkpoint(&self) -> Result<(), Error> {
+        self.sync()?;
+        self.tables.checkpoint()
+    }
+
+    fn active_run_ids(&self) -> Result<Vec<Uuid>, Error> {
+        let mut ids = Vec::new();
+        for entry in self
+            .tables
+            .scan(Tree::Active, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            if let Ok(run_id) = Uuid::from_slice(&entry?.0) {
+                ids.push(run_id);
+            }
+        }
+        Ok(ids)
+    }
+
+    fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
+        let mut found = Vec::new();
+        for entry in scan_prefix(&self.tables, Tree::Runs, prefix, false).take(limit) {
+            if let Ok(run_id) = Uuid::from_slice(&entry?.0) {
+                found.push(run_id);
+            }
+        }
+        Ok(found)
+    }
+
+    fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
+        let Some(snapshot) = self.tables.get(Tree::Runs, run_id.as_bytes())? else {
+            return Ok(None);
+        };
+        self.restore(run_id, &snapshot).map(Some)
+    }
+
+    fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
+        scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                decode_event(run_id, event_seq(&key), &bytes)
+            })
+            .collect()
+    }
+
+    fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
+        Ok(self.due_timers(u64::MAX, 1)?.into_iter().next())
+    }
+
+    fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error> {
+        let mut end = [0xffu8; TimerKey::LEN];
+        end[..8].copy_from_slice(&until_ms.to_be_bytes());
+        let mut due = Vec::new();
+        for entry in self.tables.scan(
+            Tree::Timers,
+            Bound::Unbounded,
+            Bound::Included(end.as_slice()),
+            false,
+        ) {
+            let (key, _) = entry?;
+            // A malformed key is skipped here (and reported and removed by the index check),
+            // never allowed to hold up the timers after it.
+            if let Some(key) = TimerKey::decode(&key) {
+                due.push(key);
+                if due.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    fn remove_timer(&self, key: &TimerKey) -> Result<(), Error> {
+        self.stage(|tx| {
+            let mut counts = tx.counts()?;
+            tx.timer(&mut counts, key, false)?;
+            tx.put_counts(&counts)
+        })?;
+        self.sync()
+    }
+
+    fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error> {
+        match self.tables.get(Tree::Locks, resource.as_bytes())? {
+            Some(bytes) => decode_value(&|| format!("locks/{resource}"), &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn verify(&self) -> Result<Vec<String>, Error> {
+        let mut problems = Vec::new();
+        for entry in self
+            .tables
+            .scan(Tree::Runs, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, snapshot) = entry?;
+            match Uuid::from_slice(&key) {
+                Ok(run_id) => {
+                    if let Err(error) = self.restore(run_id, &snapshot) {
+                        problems.push(error.to_string());
+                    }
+                }
+                Err(_) => problems.push(format!("runs/{key:?}: bad run id")),
+            }
+        }
+        for entry in self
+            .tables
+            .scan(Tree::Events, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, bytes) = entry?;
+            if key.len() != 24 {
+                problems.push(format!("events/{key:?}: bad key"));
+                continue;
+            }
+            let run_id = Uuid::from_slice(&key[..16]).unwrap_or_default();
+            if let Err(error) = decode_event(run_id, event_seq(&key), &bytes) {
+                problems.push(error.to_string());
+            }
+        }
+        for schedule in self.load_schedules()? {
+            if let Err(error) = schedule {
+                problems.push(error.to_string());
+            }
+        }
+        problems.extend(self.check_indexes(false)?);
+        Ok(problems)
+    }
+
+    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
+        self.stage(|tx| schedule_commit(tx, commit))
+    }
+
+    fn load_schedules(&self) -> Result<Vec<Result<Schedule, Error>>, Error> {
+        let mut loaded = Vec::new();
+        for entry in self
+            .tables
+            .scan(Tree::Schedules, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, bytes) = entry?;
+            let name = String::from_utf8_lossy(&key).into_owned();
+            loaded.push(decode_value(&|| format!("schedules/{name}"), &bytes));
+        }
+        Ok(loaded)
+    }
+
+    fn list(&self, query: &ListQuery) -> Result<Page, Error> {
+        let mut runs = Vec::new();
+        let runbook = query.runbook.clone();
+        let of_runbook = move |line: &Result<Listing, String>| match (&runbook, line) {
+            (Some(runbook), Ok(line)) => &line.runbook == runbook,
+            _ => true,
+        };
+        match (&query.state, &query.runbook) {
+            (Some(state), _) => self.page_of(
+                Tree::ByState,
+                &listing::name_prefix(state.name()),
+                query,
+                &of_runbook,
+                &mut runs,
+            )?,
+            (None, Some(runbook)) => {
+                let all = query.all;
+                self.page_of(
+                    Tree::ByRunbook,
+                    &listing::name_prefix(runbook),
+                    query,
+                    &move |line| all || line.as_ref().map_or(true, |line| !line.is_finished()),
+                    &mut runs,
+                )?
+            }
+            (None, None) if query.all => {
+                self.page_of(Tree::Listings, &[], query, &|_| true, &mut runs)?
+            }
+            (None, None) => {
+                // The unfinished states, merged newest first.
+                for state in listing::STATES.iter().filter(|state| !state.is_terminal()) {
+                    self.page_of(
+                        Tree::ByState,
+                        &listing::name_prefix(state.name()),
+                        query,
+                        &|_| true,
+                        &mut runs,
+                    )?;
+                }
+                runs.sort_by(|a, b| b.0.cmp(&a.0));
+                runs.truncate(query.limit);
+            }
+        }
+        let next = (runs.len() >= query.limit && query.limit > 0)
+            .then(|| runs.last().map(|(id, _)| *id))
+            .flatten();
+        Ok(Page { runs, next })
+    }
+
+    fn counts(&self) -> Result<Counts, Error> {
+        match self.tables.get(Tree::Meta, b"counts")? {
+            Some(bytes) => decode_value(&|| "meta/counts".to_owned(), &bytes),
+            None => Ok(Counts::default()),
+        }
+    }
+
+    fn collect(&self, runs: &[Uuid]) -> Result<Vec<Uuid>, Error> {
+        let mut deleted = Vec::new();
+        for run_id in runs {
+            let mut gone = false;
+            self.stage(|tx| {
+                gone = collect_run(tx, *run_id)?;
+                Ok(())
+            })?;
+            if gone {
+                deleted.push(*run_id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    fn expired_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error> {
+        self.expired(before_ms, limit)
+    }
+
+    fn check(&self) -> Result<Vec<String>, Error> {
+        self.check_indexes(false)
+    }
+}

@@ -1,0 +1,182 @@
+//! What listings and metrics read instead of runs: one small line per run, secondary indexes
+//! by state, runbook and finish time, and counters kept by the commits themselves.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::machine::{RunState, RunStatus};
+
+/// A run's line in a listing, stored with every commit that changes it (`listings` tree).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Listing {
+    pub runbook: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub current_step: Option<String>,
+    pub next_wakeup: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The run's armed timers as `(fire_at_ms, timer)`: what the timer index must hold for it.
+    #[serde(default)]
+    pub timers: Vec<(u64, u64)>,
+    /// The resources the run holds (while it is not finished).
+    #[serde(default)]
+    pub locks: Vec<String>,
+}
+
+impl Listing {
+    pub fn of(state: &RunState) -> Listing {
+        Listing {
+            runbook: state.runbook.clone(),
+            state: state.status.name().to_owned(),
+            reason: reason(state),
+            current_step: current_step(state),
+            next_wakeup: state.timers.iter().map(|timer| timer.fire_at).min(),
+            created_at: state.created_at,
+            finished_at: state.finished_at,
+            timers: state
+                .timers
+                .iter()
+                .map(|timer| {
+                    (
+                        super::TimerKey::new(timer.fire_at, state.id, timer.timer).fire_at_ms,
+                        timer.timer,
+                    )
+                })
+                .collect(),
+            locks: if state.status.is_terminal() {
+                Vec::new()
+            } else {
+                state.locks.clone()
+            },
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        is_terminal(&self.state)
+    }
+}
+
+/// Whether a state name is one a run ends in.
+pub fn is_terminal(state: &str) -> bool {
+    STATES
+        .iter()
+        .any(|status| status.name() == state && status.is_terminal())
+}
+
+/// Every run state, in the order listings and metrics show them.
+pub const STATES: [RunStatus; 8] = [
+    RunStatus::Running,
+    RunStatus::Waiting,
+    RunStatus::Paused,
+    RunStatus::NeedsAttention,
+    RunStatus::Succeeded,
+    RunStatus::Failed,
+    RunStatus::Canceled,
+    RunStatus::RolledBack,
+];
+
+/// Why a run needs attention, in the API's words.
+pub fn reason(state: &RunState) -> Option<String> {
+    state.attention.as_ref().map(|attention| {
+        serde_json::to_value(attention.reason)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    })
+}
+
+/// The step a run is at: the one that needs attention, else the innermost active step.
+pub fn current_step(state: &RunState) -> Option<String> {
+    if let Some(attention) = &state.attention {
+        return Some(attention.step.clone());
+    }
+    state
+        .steps
+        .iter()
+        .filter(|step| step.status.is_active() && step.action != "for_each")
+        .map(|step| step.key.clone())
+        .next_back()
+        .or_else(|| {
+            state
+                .steps
+                .iter()
+                .rev()
+                .find(|step| step.status.is_active())
+                .map(|step| step.key.clone())
+        })
+}
+
+/// Counters the commits keep (`meta/counts`), so that metrics never scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    /// Runs by state name.
+    pub runs: BTreeMap<String, u64>,
+    /// Entries of the timer index (runs' and schedules').
+    pub timers: u64,
+}
+
+/// Which runs a listing wants, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    /// Only runs in this state.
+    pub state: Option<RunStatus>,
+    /// Only runs of this runbook.
+    pub runbook: Option<String>,
+    /// Finished runs too (without `state`).
+    pub all: bool,
+    /// Only runs created at or after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Only runs older than this one (the previous page's cursor).
+    pub before: Option<Uuid>,
+    pub limit: usize,
+}
+
+/// A page of a listing; `next` is the cursor of the next page, if there may be one.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub runs: Vec<(Uuid, Result<Listing, String>)>,
+    pub next: Option<Uuid>,
+}
+
+/// `name ‖ 0 ‖ run_id`: the key of an index by a name.
+pub fn name_key(name: &str, run_id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(name.len() + 17);
+    key.extend_from_slice(name.as_bytes());
+    key.push(0);
+    key.extend_from_slice(run_id.as_bytes());
+    key
+}
+
+/// `name ‖ 0`: the prefix of [`name_key`]s of one name.
+pub fn name_prefix(name: &str) -> Vec<u8> {
+    let mut key = name.as_bytes().to_vec();
+    key.push(0);
+    key
+}
+
+/// `finished_at_ms ‖ run_id`.
+pub fn finished_key(finished_at: DateTime<Utc>, run_id: Uuid) -> Vec<u8> {
+    let mut key = Vec::with_capacity(24);
+    key.extend_from_slice(&u64::try_from(finished_at.timestamp_millis()).unwrap_or(0).to_be_bytes());
+    key.extend_from_slice(run_id.as_bytes());
+    key
+}
+
+/// The smallest UUID v7 of an instant: every run created at or after it sorts at or after it.
+pub fn first_id_at(at: DateTime<Utc>) -> Uuid {
+    let millis = u64::try_from(at.timestamp_millis()).unwrap_or(0);
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The run id at the end of an index key.
+pub fn trailing_id(key: &[u8]) -> Option<Uuid> {
+    key.len()
+        .checked_sub(16)
+        .and_then(|start| Uuid::from_slice(&key[start..]).ok())
+}
