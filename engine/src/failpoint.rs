@@ -9,6 +9,8 @@
 //!
 //! Points: `BeforeCommit`, `AfterCommitBeforeFlush`, `BeforeFlush` (before the write-ahead log
 //! record is written), `AfterFlushBeforeFsync` (written, not yet fdatasync'ed) (store writer),
+//! `AfterLogSyncBeforeApply` (a batch is durable in the log, not yet applied to sled),
+//! `ScheduleLaunchedBeforeSaved` (a schedule's runs are created, its new state not stored),
 //! `CheckpointNewSegment` (a checkpoint made sled durable and started a new log segment, the
 //! old ones are not deleted yet: at every open, at shutdown and every 64 MiB of log),
 //! `AfterFlushBeforeEffect`, `AfterEffectBeforeRecord` (runtime), `TimerFire` (timer service).

@@ -150,3 +150,126 @@ fn a_clean_close_leaves_nothing_to_replay() {
     let store = SledStore::open(&path).unwrap();
     assert_eq!(store.load_run(run.id).unwrap(), Some(run));
 }
+
+/// A commit applied but not yet synced must leave no trace in what a crash leaves, even when
+/// sled writes its buffers to its files meanwhile (large values fill them fast): the copy
+/// holds exactly the acknowledged runs, every lock's holder exists, and nothing needs repair.
+#[test]
+fn an_unsynced_commit_leaves_no_part_of_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let acknowledged = drive(&store, 2, usize::MAX);
+    let db_before = std::fs::metadata(path.join("db")).unwrap().len();
+    // Many big runs, each taking a lock, applied and never synced.
+    let big = "x".repeat(200 * 1024);
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let mut unacknowledged = Vec::new();
+    for index in 0..40u64 {
+        let mut params = Map::new();
+        params.insert("blob".to_owned(), serde_json::Value::String(big.clone()));
+        let (state, decision) = machine::create(
+            Uuid::from_u64_pair(2, index),
+            definition(1),
+            params,
+            vec![format!("big:{index}")],
+            Actor::uid(1000),
+            None,
+            now,
+        );
+        store
+            .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+            .unwrap();
+        unacknowledged.push(state.id);
+    }
+    let db_between = std::fs::metadata(path.join("db")).unwrap().len();
+    println!("sled's file: {db_before} bytes after the last sync, {db_between} before the next");
+
+    let crashed = dir.path().join("crashed");
+    copy_dir(&path, &crashed);
+    let reopened = SledStore::open_unrepaired(&crashed).unwrap();
+    assert_eq!(
+        reopened.check().unwrap(),
+        Vec::<String>::new(),
+        "no derived index may need repair"
+    );
+    for (index, run_id) in unacknowledged.iter().enumerate() {
+        assert_eq!(reopened.load_run(*run_id).unwrap(), None);
+        assert_eq!(
+            reopened.lock_holder(&format!("big:{index}")).unwrap(),
+            None,
+            "a lock of an unacknowledged commit survived"
+        );
+    }
+    assert_eq!(
+        reopened.load_run(acknowledged.id).unwrap(),
+        Some(acknowledged.clone())
+    );
+    assert!(reopened.verify().unwrap().is_empty());
+    // And the original store acknowledges them all at its next sync.
+    store.sync().unwrap();
+    assert!(store.load_run(unacknowledged[0]).unwrap().is_some());
+    assert_eq!(
+        store.lock_holder("big:0").unwrap(),
+        Some(unacknowledged[0])
+    );
+}
+
+/// The derived indexes are checked against the runs at open and repaired from them: an orphan
+/// lock, a timer of no run, a run's timer missing from the index, wrong counters.
+#[test]
+fn derived_indexes_are_checked_and_repaired() {
+    use runbook_engine::store::tables::{Op, Tables, Tree};
+    use runbook_engine::store::{envelope, Journal, MemoryTables, TimerKey};
+
+    let tables = MemoryTables::default();
+    let store = Journal::over(tables);
+    let run = drive_memory(&store);
+    let tables = store.into_tables();
+    let ghost = Uuid::from_u64_pair(9, 9);
+    let ghost_timer = TimerKey::new(Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(), ghost, 3);
+    tables
+        .write(&[
+            Op {
+                tree: Tree::Locks,
+                key: b"orphan".to_vec(),
+                value: Some(envelope::encode(&ghost).unwrap()),
+            },
+            Op {
+                tree: Tree::Timers,
+                key: ghost_timer.encode().to_vec(),
+                value: Some(Vec::new()),
+            },
+        ])
+        .unwrap();
+    let checked = Journal::open_over(tables, false).unwrap();
+    let problems = checked.check().unwrap();
+    let text = problems.join("\n");
+    assert!(text.contains("lock \"orphan\" is held by run 00000000-0000-0009-0000-000000000009, which is no run"), "{text}");
+    assert!(text.contains("timer 3 belongs to no run"), "{text}");
+    assert!(text.contains("counters"), "{text}");
+    let repaired = Journal::open_over(checked.into_tables(), true).unwrap();
+    assert_eq!(repaired.check().unwrap(), Vec::<String>::new());
+    assert_eq!(repaired.lock_holder("orphan").unwrap(), None);
+    assert_eq!(repaired.next_timer().unwrap().map(|key| key.run_id), None);
+    assert_eq!(repaired.load_run(run).unwrap().map(|state| state.id), Some(run));
+}
+
+/// A parked run in a store over any tables.
+fn drive_memory<T: runbook_engine::store::tables::Tables>(store: &runbook_engine::store::Journal<T>) -> Uuid {
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let (state, decision) = machine::create(
+        Uuid::from_u64_pair(3, 1),
+        definition(0),
+        Map::new(),
+        vec!["held".to_owned()],
+        Actor::uid(1000),
+        None,
+        now,
+    );
+    store
+        .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+        .unwrap();
+    store.sync().unwrap();
+    state.id
+}

@@ -54,6 +54,11 @@ impl Daemon {
         Daemon::start_full(&[], &[], files)
     }
 
+    /// A daemon with extra arguments and a `--runbooks-dir` of the given runbooks.
+    pub fn start_full_with(extra_args: &[&str], runbooks: &[(&str, &str)]) -> Result<Daemon> {
+        Daemon::start_full(extra_args, &[], runbooks)
+    }
+
     fn start_full(
         extra_args: &[&str],
         env: &[(&str, &str)],

@@ -13,6 +13,7 @@ const POINTS: &[&str] = &[
     "BeforeFlush",
     "AfterFlushBeforeFsync",
     "CheckpointNewSegment",
+    "AfterLogSyncBeforeApply",
     "AfterFlushBeforeEffect",
     "AfterEffectBeforeRecord",
     "TimerFire",

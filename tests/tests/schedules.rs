@@ -252,3 +252,65 @@ fn bad_schedules_are_clear_errors() -> Result<()> {
     );
     Ok(())
 }
+
+const GATE: &str = r#"
+name = "gate"
+[[steps]]
+id = "gate"
+action = "approval"
+"#;
+
+/// A crash after a scheduled run was created and before the schedule's new state was stored
+/// fires the same instants again at restart: the instant's claim, taken in the run's first
+/// commit, makes the second launch find the first run instead of starting another.
+#[test]
+fn a_crash_between_launch_and_schedule_never_launches_an_instant_twice() -> Result<()> {
+    let mut daemon = Daemon::start_with_runbooks(&[("gate.toml", GATE)])?;
+    daemon.kill9();
+    daemon.set_env(&[("RUNBOOK_FAILPOINT", "ScheduleLaunchedBeforeSaved")]);
+    daemon.restart()?;
+    add(&daemon, "every2", "gate", &["--overlap", "allow"])?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !daemon.exited() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the failpoint was never reached"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.set_env(&[]);
+    daemon.restart()?;
+    daemon.wait_until(Duration::from_secs(20), || {
+        Ok(history(&daemon, "every2")?.len() >= 3)
+    })?;
+    // Every run the schedule launched, by the instant its comment names.
+    let mut instants: std::collections::BTreeMap<DateTime<Utc>, Vec<String>> = Default::default();
+    for run in daemon.json(&["ps", "--all"])?["runs"].as_array().unwrap() {
+        let id = run["id"].as_str().unwrap().to_owned();
+        let shown = daemon.show(&id)?;
+        let comment = shown["audit"][0]["comment"].as_str().unwrap_or_default().to_owned();
+        let instant = comment.rsplit(" for ").next().unwrap_or_default();
+        let instant = DateTime::parse_from_rfc3339(instant)?.with_timezone(&Utc);
+        instants.entry(instant).or_default().push(id);
+    }
+    for (instant, runs) in &instants {
+        anyhow::ensure!(
+            runs.len() == 1,
+            "instant {instant} was launched {} times: {runs:?}",
+            runs.len()
+        );
+    }
+    // The history names the run of the instant that fired before the crash.
+    let history = history(&daemon, "every2")?;
+    for firing in &history {
+        if let Some(run) = firing["run"].as_str() {
+            let at = instant(firing);
+            let launched = instants.get(&at).map(|runs| runs[0].clone());
+            anyhow::ensure!(
+                launched.as_deref() == Some(run),
+                "history names {run} for {at}, but {launched:?} was launched"
+            );
+        }
+    }
+    Ok(())
+}

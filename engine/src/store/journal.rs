@@ -326,6 +326,11 @@ impl<T: Tables> Journal<T> {
         }
     }
 
+    /// The tables, giving up the journal.
+    pub fn into_tables(self) -> T {
+        self.tables
+    }
+
     /// A journal over tables read from disk: refuses a newer layout, upgrades an older one,
     /// and checks the derived indexes against the runs, repairing what does not match.
     pub fn open_over(tables: T, repair: bool) -> Result<Journal<T>, Error> {
