@@ -269,7 +269,12 @@ fn a_crash_between_launch_and_schedule_never_launches_an_instant_twice() -> Resu
     daemon.kill9();
     daemon.set_env(&[("RUNBOOK_FAILPOINT", "ScheduleLaunchedBeforeSaved")]);
     daemon.restart()?;
-    add(&daemon, "every2", "gate", &["--overlap", "allow"])?;
+    add(
+        &daemon,
+        "every2",
+        "gate",
+        &["--overlap", "allow", "--catch-up", "all", "--catch-up-max", "10"],
+    )?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !daemon.exited() {
         anyhow::ensure!(
