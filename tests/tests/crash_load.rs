@@ -19,7 +19,8 @@
 //!   start of a runbook that takes it, and a refusal (here or of a workload start) must name a
 //!   run that exists and had not finished when it was refused; the probe runs that get the lock
 //!   are ordinary runs that must end too;
-//! - `runbook store verify` calls the store sound;
+//! - `runbook store verify` calls the store sound (after every failpoint crash, every
+//!   [`VERIFY_EVERY`] restarts and at the end: it reads every record, which takes a while);
 //! - no run waits on a timer whose deadline passed more than [`GRACE`] ago while the daemon was
 //!   up, nor waits for nothing for that long (the daemon is left alone for a while every
 //!   [`SETTLE_EVERY`] kills, and at the end, so that this is looked at);
@@ -57,12 +58,15 @@ const POOL: u64 = 8;
 const ACTIVE_RUNS: usize = 48;
 /// Runs started per kill, over the whole loop.
 const RUNS_PER_KILL: u64 = 3;
+/// Share of the other kills that land right after sled wrote to its files by itself: a batch
+/// is being applied then, and its sync of the write-ahead log comes a moment later.
+const KILL_ON_SLED_WRITE_PERCENT: u64 = 50;
 /// Share of kills followed by a restart armed with the failpoint.
 const FAILPOINT_PERCENT: u64 = 25;
 /// Share of kills that land while a burst of starts is in flight.
 const KILL_DURING_STARTS_PERCENT: u64 = 35;
 /// Every so many kills the daemon is left alone long enough for overdue timers to show.
-const SETTLE_EVERY: u64 = 25;
+const SETTLE_EVERY: u64 = 34;
 /// How long a due timer may take to fire once the daemon is up (or a run may wait for nothing).
 const GRACE: Duration = Duration::from_secs(6);
 /// How long the runs may take to end after the last kill.
@@ -70,6 +74,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(90);
 /// A refused start may name a holder that finished this much before the refusal was asked for
 /// (its finish was decided, then committed after the refusal).
 const REFUSAL_SLACK_MS: i64 = 2000;
+/// `runbook store verify` (which reads every record) runs after every failpoint crash, at every
+/// so many restarts, and at the end.
+const VERIFY_EVERY: u64 = 4;
 /// Failpoint crashes after which a copy of the store is opened with sled for the evidence.
 const EVIDENCE_COPIES: u64 = 6;
 
@@ -178,6 +185,7 @@ struct Refusal {
 struct Tally {
     kills: u64,
     kills_during_starts: u64,
+    kills_on_sled_write: u64,
     failpoint_crashes: u64,
     failpoint_not_reached: u64,
     restarts: u64,
@@ -194,6 +202,11 @@ struct Tally {
     evidence_copies: u64,
     evidence_ahead: u64,
     evidence: Vec<String>,
+    /// Time spent restarting the daemon, checking, and in `store verify`.
+    restarting: Duration,
+    checking: Duration,
+    verifying: Duration,
+    verified: u64,
 }
 
 struct Load {
@@ -215,6 +228,8 @@ struct Load {
     /// daemon's life.
     idle: HashMap<String, (String, DateTime<Utc>)>,
     sample: usize,
+    /// The next check runs `store verify` (after a failpoint crash).
+    verify_next: bool,
     /// Runs started (acknowledged or lost) toward the budget.
     started: u64,
 }
@@ -298,6 +313,7 @@ impl Load {
             sled_at_start: 0,
             idle: HashMap::new(),
             sample: 0,
+            verify_next: false,
             started: 0,
         };
         load.sled_at_start = load.sled_bytes();
@@ -307,9 +323,15 @@ impl Load {
     fn run(&mut self) -> Result<()> {
         for kill in 0..self.kills {
             if self.rng.chance(KILL_DURING_STARTS_PERCENT) {
-                let after = Duration::from_millis(self.rng.between(0, 150));
+                let after = Duration::from_millis(self.rng.between(0, 300));
                 self.top_up(kill, Some(after), false)?;
                 self.tally.kills_during_starts += 1;
+            } else if self.rng.chance(KILL_ON_SLED_WRITE_PERCENT) {
+                self.top_up(kill, None, false)?;
+                let wrote = self.wait_for_sled_write(Duration::from_millis(1500));
+                std::thread::sleep(Duration::from_micros(self.rng.between(0, 2000)));
+                self.kill()?;
+                self.tally.kills_on_sled_write += u64::from(wrote);
             } else {
                 self.top_up(kill, None, false)?;
                 std::thread::sleep(Duration::from_millis(self.rng.between(50, 700)));
@@ -358,6 +380,25 @@ impl Load {
         size(&store.join("db")) + blobs
     }
 
+    /// Waits until sled's log file changes (size or modification time), at most `limit`.
+    fn wait_for_sled_write(&self, limit: Duration) -> bool {
+        let db = self.daemon.data_dir.join("store").join("db");
+        let look = || {
+            std::fs::metadata(&db)
+                .ok()
+                .map(|meta| (meta.len(), meta.modified().ok()))
+        };
+        let before = look();
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if look() != before {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        false
+    }
+
     /// `kill -9` of the running daemon, after noting how much sled wrote while it ran.
     fn kill(&mut self) -> Result<()> {
         if self.daemon.exited() {
@@ -379,6 +420,7 @@ impl Load {
     }
 
     fn restart(&mut self) -> Result<()> {
+        let begun = Instant::now();
         self.daemon
             .restart()
             .with_context(|| format!("restart after kill {}", self.tally.kills))?;
@@ -386,13 +428,14 @@ impl Load {
         self.up_since = now();
         self.idle.clear();
         self.sled_at_start = self.sled_bytes();
+        self.tally.restarting += begun.elapsed();
         Ok(())
     }
 
     /// Restarts the daemon armed to kill itself at the n-th batch the writer applied, under a
     /// burst of starts; then looks at what sled holds against the write-ahead log.
     fn failpoint_crash(&mut self, kill: u64) -> Result<()> {
-        let skip = self.rng.between(0, 40).to_string();
+        let skip = self.rng.between(0, 12).to_string();
         self.daemon.set_env(&[
             ("RUNBOOK_FAILPOINT", "AfterCommitBeforeFlush"),
             ("RUNBOOK_FAILPOINT_SKIP", &skip),
@@ -401,7 +444,7 @@ impl Load {
         self.daemon.set_env(&[]);
         if restarted.is_ok() {
             self.top_up(kill, None, true)?;
-            let deadline = Instant::now() + Duration::from_secs(3);
+            let deadline = Instant::now() + Duration::from_secs(2);
             while !self.daemon.exited() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -415,6 +458,7 @@ impl Load {
             return restarted.context("restart armed with a failpoint");
         }
         self.tally.failpoint_crashes += 1;
+        self.verify_next = true;
         self.daemon.reap_orphans();
         if self.tally.evidence_copies < EVIDENCE_COPIES {
             self.tally.evidence_copies += 1;
@@ -452,11 +496,11 @@ impl Load {
         let active = self.runs.values().filter(|run| run.ended.is_none()).count();
         let count = (ACTIVE_RUNS.saturating_sub(active) as u64)
             .min(allowed.saturating_sub(self.started))
-            .min(12);
+            .min(16);
         let mut bodies = Vec::new();
         for _ in 0..count {
             let locked = self.rng.chance(50);
-            let size = self.rng.between(48 << 10, 96 << 10) as usize;
+            let size = self.rng.between(64 << 10, 120 << 10) as usize;
             let mut blob = String::with_capacity(size + 8);
             while blob.len() < size {
                 let word = self.rng.next();
@@ -467,7 +511,7 @@ impl Load {
                 "params": {
                     "res": format!("r{}", self.rng.between(0, POOL - 1)),
                     "blob": blob,
-                    "out": self.rng.between(4 << 10, 32 << 10).to_string(),
+                    "out": self.rng.between(1 << 10, 16 << 10).to_string(),
                     "hold": format!("{}ms", self.rng.between(100, 2000)),
                     "nap": format!("{}ms", self.rng.between(100, 2000)),
                 },
@@ -555,11 +599,30 @@ impl Load {
 
     /// Probes every resource of the pool with a start that takes it.
     fn probe_locks(&mut self) -> Result<()> {
-        for resource in 0..POOL {
-            let body = json!({"runbook": "crash-probe", "params": {"res": format!("r{resource}")}});
-            let asked = now();
-            let answer = start(&self.socket(), &body.to_string())
-                .with_context(|| format!("probing crash:r{resource}"))?;
+        let socket = self.socket();
+        let asked = now();
+        let answers: Vec<Result<Value>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..POOL)
+                .map(|resource| {
+                    let socket = socket.clone();
+                    scope.spawn(move || {
+                        let body = json!({"runbook": "crash-probe", "params": {"res": format!("r{resource}")}});
+                        start(&socket, &body.to_string())
+                            .with_context(|| format!("probing crash:r{resource}"))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| {
+                    handle
+                        .join()
+                        .unwrap_or_else(|_| Err(anyhow!("the thread panicked")))
+                })
+                .collect()
+        });
+        for answer in answers {
+            let answer = answer?;
             if answer["id"].is_string() {
                 self.tally.probes_accepted += 1;
             }
@@ -570,13 +633,27 @@ impl Load {
 
     /// Every check after a restart.
     fn check(&mut self) -> Result<()> {
+        let begun = Instant::now();
         self.probe_locks()?;
         let listing = self.listing()?;
         self.check_listing(&listing)?;
         self.check_refusals(&listing)?;
         self.check_markers(&listing);
         self.check_sample()?;
+        if self.verify_next || self.tally.restarts % VERIFY_EVERY == 0 {
+            self.verify()?;
+        }
+        self.tally.checking += begun.elapsed();
+        Ok(())
+    }
+
+    /// `runbook store verify` must call the store sound.
+    fn verify(&mut self) -> Result<()> {
+        self.verify_next = false;
+        let verifying = Instant::now();
         let verify = self.daemon.cli(&["store", "verify"])?;
+        self.tally.verifying += verifying.elapsed();
+        self.tally.verified += 1;
         if !verify.status.success() {
             self.violation(format!(
                 "runbook store verify failed ({}): {}{}",
@@ -666,8 +743,9 @@ impl Load {
                 self.idle.remove(id);
                 let overdue = at - deadline.max(self.up_since);
                 if overdue > grace && self.stuck.insert(id.to_owned()) {
+                    let journal = self.journal_end(id);
                     self.violation(format!(
-                        "stuck run {id}: waits at step {step} on a timer due at {deadline}, {:.1} s ago, with the daemon up for {:.1} s",
+                        "stuck run {id}: waits at step {step} on a timer due at {deadline}, {:.1} s ago, with the daemon up for {:.1} s; its journal ends {journal}",
                         (at - deadline).num_milliseconds() as f64 / 1000.0,
                         up.num_milliseconds() as f64 / 1000.0
                     ));
@@ -683,13 +761,38 @@ impl Load {
                 }
                 let idle_for = at - since.1;
                 if idle_for > grace && self.stuck.insert(id.to_owned()) {
+                    let journal = self.journal_end(id);
                     self.violation(format!(
-                        "stuck run {id}: waiting at step {step} with no timer for {:.1} s, with the daemon up for {:.1} s",
+                        "stuck run {id}: waiting at step {step} with no timer for {:.1} s, with the daemon up for {:.1} s; its journal ends {journal}",
                         idle_for.num_milliseconds() as f64 / 1000.0,
                         up.num_milliseconds() as f64 / 1000.0
                     ));
                 }
             }
+        }
+    }
+
+    /// The kinds (and steps) of a run's last events, for a message.
+    fn journal_end(&self, id: &str) -> String {
+        match self.daemon.events(id) {
+            Ok(events) => {
+                let end: Vec<String> = events[events.len().saturating_sub(4)..]
+                    .iter()
+                    .map(|event| {
+                        format!(
+                            "{} {}{}",
+                            event["seq"],
+                            event["kind"].as_str().unwrap_or("?"),
+                            event["step"]
+                                .as_str()
+                                .map(|step| format!(" {step}"))
+                                .unwrap_or_default()
+                        )
+                    })
+                    .collect();
+                format!("[{}]", end.join(", "))
+            }
+            Err(error) => format!("(unreadable: {error:#})"),
         }
     }
 
@@ -865,6 +968,7 @@ impl Load {
     }
 
     fn final_checks(&mut self) -> Result<()> {
+        self.verify()?;
         let listing = self.listing()?;
         self.check_markers(&listing);
         let ids: Vec<String> = self.runs.keys().cloned().collect();
@@ -875,7 +979,12 @@ impl Load {
                 .rev()
                 .find(|event| event["kind"] == "run_finished")
                 .map(|event| event["state"].as_str().unwrap_or("?").to_owned());
-            if !self.stuck.contains(&id) && finished.as_deref() != Some("succeeded") {
+            if self.stuck.contains(&id) {
+                if let Some(state) = &finished {
+                    // A run reported stuck that moved on later: the report was too hasty.
+                    println!("  note: run {id}, reported stuck, ended {state} later");
+                }
+            } else if finished.as_deref() != Some("succeeded") {
                 self.violation(format!("run {id} ended {finished:?}, not succeeded"));
             }
             let mut journaled: BTreeMap<String, u32> = BTreeMap::new();
@@ -924,13 +1033,14 @@ impl Load {
             .map(|entry| lines(&entry.path().display().to_string()).len())
             .sum();
         format!(
-            "{} random kills ({} during starts), {} failpoint crashes ({} restarts armed that did not reach it), \
+            "{} random kills ({} during starts, {} right after sled wrote), {} failpoint crashes ({} restarts armed that did not reach it), \
              {} restarts checked; {} runs ({} acknowledged starts, {} unanswered, {} probes got their lock), \
              {} lock refusals checked; {} steps succeeded, {marks} commands ran, {} operator retries; \
              {} orphan locks, {} stuck runs, {} violations; sled's files grew {:.1} MiB while no checkpoint ran \
-             (in {} of {} daemon lives){}",
+             (in {} of {} daemon lives){}; time restarting {:.1?}, checking {:.1?} (store verify {:.1?}, {} times)",
             self.tally.kills,
             self.tally.kills_during_starts,
+            self.tally.kills_on_sled_write,
             self.tally.failpoint_crashes,
             self.tally.failpoint_not_reached,
             self.tally.restarts,
@@ -954,7 +1064,11 @@ impl Load {
                 )
             } else {
                 String::new()
-            }
+            },
+            self.tally.restarting,
+            self.tally.checking,
+            self.tally.verifying,
+            self.tally.verified,
         )
     }
 }
