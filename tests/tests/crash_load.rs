@@ -339,10 +339,10 @@ impl Load {
             }
             self.restart()?;
             self.check()?;
-            if (kill + 1) % SETTLE_EVERY == 0 {
+            if (kill + 1).is_multiple_of(SETTLE_EVERY) {
                 self.settle()?;
             }
-            if (kill + 1) % 25 == 0 || kill + 1 == self.kills {
+            if (kill + 1).is_multiple_of(25) || kill + 1 == self.kills {
                 println!("  {}", self.summary());
             }
         }
@@ -499,7 +499,7 @@ impl Load {
             let size = self.rng.between(64 << 10, 120 << 10) as usize;
             let mut blob = String::with_capacity(size + 8);
             while blob.len() < size {
-                let word = self.rng.next();
+                let word = self.rng.next_u64();
                 blob.extend((0..8).map(|byte| char::from(b'a' + (word >> (byte * 8)) as u8 % 26)));
             }
             let body = json!({
@@ -639,7 +639,7 @@ impl Load {
         self.check_refusals(&listing)?;
         self.check_markers(&listing);
         self.check_sample()?;
-        if self.tally.restarts % VERIFY_EVERY == 0 {
+        if self.tally.restarts.is_multiple_of(VERIFY_EVERY) {
             self.verify()?;
         }
         self.tally.checking += begun.elapsed();
