@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 /// The `runbook` binary next to the test executable (built by `cargo test --workspace`).
@@ -826,4 +826,102 @@ impl Daemon {
             other => bail!("no events list in the answer: {other:?}"),
         }
     }
+}
+
+// ----- crash loops: a seeded PRNG, numbers from the environment, orphaned shims ------------------
+
+/// xorshift64: small, seeded, reproducible.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.max(1))
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next_u64() % (high - low + 1)
+    }
+
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next_u64() % 100 < percent
+    }
+}
+
+/// The number in environment variable `name`, if it is set.
+pub fn env_number(name: &str) -> Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(text) => {
+            Ok(Some(text.trim().parse().with_context(|| {
+                format!("{name}={text:?} is not a number")
+            })?))
+        }
+        Err(_) => Ok(None),
+    }
+}
+
+/// A seed from the environment variable `name`, else from the clock.
+pub fn seed_from(name: &str) -> Result<u64> {
+    Ok(match env_number(name)? {
+        Some(seed) => seed,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as u64,
+    })
+}
+
+impl Daemon {
+    /// Reaps the shims of killed daemons that have ended since (they are children of this
+    /// process once it is a subreaper: [`become_subreaper`]); never the running daemon.
+    pub fn reap_orphans(&self) {
+        // SAFETY: getpid has no preconditions.
+        let own = unsafe { libc::getpid() };
+        let daemon = self.pid().map(|pid| pid as i32);
+        for process in processes() {
+            if process.ppid == own && process.is_zombie() && Some(process.pid) != daemon {
+                // SAFETY: waitpid on a zombie child of ours; `status` is a valid int.
+                unsafe {
+                    let mut status = 0;
+                    libc::waitpid(process.pid, &mut status, libc::WNOHANG);
+                }
+            }
+        }
+    }
+}
+
+/// A run's journal as read now (`events`) extends the one read before (`seen`), and its seqs
+/// run 1, 2, 3, ...: no acknowledged transition was lost. Errors start with `(a)`.
+pub fn check_journal_extends(run: &str, seen: &[Value], events: &[Value]) -> Result<()> {
+    for (index, event) in events.iter().enumerate() {
+        ensure!(
+            event["seq"].as_u64() == Some(index as u64 + 1),
+            "(a) run {run}: event #{index} has seq {} (seqs must be contiguous from 1)",
+            event["seq"]
+        );
+    }
+    ensure!(
+        events.len() >= seen.len(),
+        "(a) run {run}: the journal shrank from {} to {} events; lost: {}",
+        seen.len(),
+        events.len(),
+        serde_json::to_string(&seen[events.len()..])?
+    );
+    if let Some(index) = (0..seen.len()).find(|&index| seen[index] != events[index]) {
+        bail!(
+            "(a) run {run}: event seq {} changed:\nbefore: {}\nnow:    {}",
+            index + 1,
+            seen[index],
+            events[index]
+        );
+    }
+    Ok(())
 }

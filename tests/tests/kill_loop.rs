@@ -37,7 +37,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use chrono::{DateTime, Utc};
-use runbook_tests::{become_subreaper, processes, Daemon};
+use runbook_tests::{
+    become_subreaper, check_journal_extends, env_number, processes, seed_from, Daemon, Rng,
+};
 use serde_json::Value;
 
 /// Runs kept alive while kills remain.
@@ -169,44 +171,6 @@ fn idempotent(key: &str) -> bool {
     matches!(id, "rerunnable" | "poll" | "again")
 }
 
-/// xorshift64: small, seeded, reproducible.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in `low..=high`.
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-}
-
-fn env_number(name: &str) -> Result<Option<u64>> {
-    match std::env::var(name) {
-        Ok(text) => {
-            Ok(Some(text.trim().parse().with_context(|| {
-                format!("{name}={text:?} is not a number")
-            })?))
-        }
-        Err(_) => Ok(None),
-    }
-}
-
 struct Run {
     id: String,
     doomed: bool,
@@ -238,12 +202,7 @@ struct Torture {
 #[test]
 fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() -> Result<()> {
     let kills: u64 = env_number("RUNBOOK_KILLS")?.unwrap_or(100);
-    let seed = match env_number("RUNBOOK_KILL_SEED")? {
-        Some(seed) => seed,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_nanos() as u64,
-    };
+    let seed = seed_from("RUNBOOK_KILL_SEED")?;
     println!("kill loop: seed {seed} (replay: RUNBOOK_KILL_SEED={seed}), {kills} kills");
     // The shims of a killed daemon become our children, so that we can reap them (PID 1 of a
     // container may not).
@@ -253,7 +212,7 @@ fn kill_9_at_random_moments_loses_nothing_and_runs_nothing_twice() -> Result<()>
     let result = torture.run(kills);
     // The last shims end right after their runs: reap them before we go.
     for _ in 0..20 {
-        torture.reap_orphans();
+        torture.daemon.reap_orphans();
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Err(error) = result {
@@ -461,7 +420,7 @@ impl Torture {
         }
         self.daemon.kill9();
         self.tally.kills += 1;
-        self.reap_orphans();
+        self.daemon.reap_orphans();
         let down = Instant::now();
         if self.rng.chance(20) {
             std::thread::sleep(Duration::from_millis(self.rng.between(0, 300)));
@@ -501,7 +460,7 @@ impl Torture {
         let events = self.daemon.events(id)?;
         let seen = self.journals.get(id).map(Vec::as_slice).unwrap_or_default();
         let violations: Vec<String> = [
-            check_extends(id, seen, &events),
+            check_journal_extends(id, seen, &events),
             check_calls(id, &events, &marker),
             check_waits(id, &events),
         ]
@@ -632,23 +591,6 @@ impl Torture {
             events().count(),
         ))
     }
-
-    /// Reaps the shims of killed daemons that have ended since (they are our children, as we
-    /// are a subreaper); never the daemon itself.
-    fn reap_orphans(&self) {
-        // SAFETY: getpid has no preconditions.
-        let own = unsafe { libc::getpid() };
-        let daemon = self.daemon.pid().map(|pid| pid as i32);
-        for process in processes() {
-            if process.ppid == own && process.is_zombie() && Some(process.pid) != daemon {
-                // SAFETY: waitpid on a zombie child of ours; `status` is a valid int.
-                unsafe {
-                    let mut status = 0;
-                    libc::waitpid(process.pid, &mut status, libc::WNOHANG);
-                }
-            }
-        }
-    }
 }
 
 /// A marker line: the step instance and the identity of the shim that ran its command.
@@ -680,33 +622,6 @@ fn read_marker(path: &Path) -> Result<Vec<MarkerLine>> {
         });
     }
     Ok(lines)
-}
-
-/// (a): `events` extends `seen`, and seqs run 1, 2, 3, ...
-fn check_extends(run: &str, seen: &[Value], events: &[Value]) -> Result<()> {
-    for (index, event) in events.iter().enumerate() {
-        ensure!(
-            event["seq"].as_u64() == Some(index as u64 + 1),
-            "(a) run {run}: event #{index} has seq {} (seqs must be contiguous from 1)",
-            event["seq"]
-        );
-    }
-    ensure!(
-        events.len() >= seen.len(),
-        "(a) run {run}: the journal shrank from {} to {} events; lost: {}",
-        seen.len(),
-        events.len(),
-        serde_json::to_string(&seen[events.len()..])?
-    );
-    if let Some(index) = (0..seen.len()).find(|&index| seen[index] != events[index]) {
-        bail!(
-            "(a) run {run}: event seq {} changed:\nbefore: {}\nnow:    {}",
-            index + 1,
-            seen[index],
-            events[index]
-        );
-    }
-    Ok(())
 }
 
 /// (b): the marker lines against the calls of the journal.
