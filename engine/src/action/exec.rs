@@ -130,7 +130,9 @@ impl Action for Exec {
                     "[runbook] the daemon restarted; {why}: starting it again"
                 ));
                 tracing::info!(run = %context.run_id, step = %context.step, "the command never started ({why}); starting it again");
-                Some(Box::pin(async move { Err(ActionFailure::never_started(why)) }))
+                Some(Box::pin(
+                    async move { Err(ActionFailure::never_started(why)) },
+                ))
             }
             Recovery::Unknown(why) => {
                 context
@@ -500,9 +502,9 @@ enum Recovery {
 
 fn recovery(call_dir: &Path, note: Option<&Value>) -> Recovery {
     let ended = |status: Status| match status.outcome {
-        Outcome::NotStarted { reason } => Recovery::NotStarted(format!(
-            "the command never started ({reason})"
-        )),
+        Outcome::NotStarted { reason } => {
+            Recovery::NotStarted(format!("the command never started ({reason})"))
+        }
         _ => Recovery::Ended(status),
     };
     match shim::read_status(call_dir) {

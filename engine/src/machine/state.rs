@@ -611,7 +611,9 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 }
             }
         }
-        EventKind::CallNeverStarted { step, call, undo, .. } => {
+        EventKind::CallNeverStarted {
+            step, call, undo, ..
+        } => {
             if let Some(existing) = state.step_mut(step) {
                 if *undo {
                     if let Some(undo_state) = existing

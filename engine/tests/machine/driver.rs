@@ -451,7 +451,9 @@ impl Driver {
         let aborted = self.aborted.remove(index);
         let result = if completed {
             self.completed_late.insert(aborted.step.clone());
-            self.log(format!("> late report of aborted call #{call}: it succeeded"));
+            self.log(format!(
+                "> late report of aborted call #{call}: it succeeded"
+            ));
             Ok(serde_json::json!({"exit_code": 0}))
         } else {
             self.log(format!("> late report of aborted call #{call}"));
@@ -670,7 +672,10 @@ impl Driver {
                     })
                     .is_err()
                 {
-                    self.fail(&format!("NotStarted {{ call: {} }} was rejected", call.call));
+                    self.fail(&format!(
+                        "NotStarted {{ call: {} }} was rejected",
+                        call.call
+                    ));
                 }
             }
             return;

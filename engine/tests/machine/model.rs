@@ -171,8 +171,10 @@ impl Model {
             // Two calls may start in a paused run: the re-run of an idempotent step whose call the
             // restart lost (it replaces a call that was in flight), and what an operator's
             // explicit `retry` starts (the machine starts it at once, pause or not).
-            let allowed_while_paused =
-                matches!(input, Some(Input::Interrupted { .. } | Input::NotStarted { .. } | Input::Retry { .. }));
+            let allowed_while_paused = matches!(
+                input,
+                Some(Input::Interrupted { .. } | Input::NotStarted { .. } | Input::Retry { .. })
+            );
             if next.paused.is_some() && !allowed_while_paused {
                 return Err(format!(
                     "the run is paused but call #{} of {} started",
