@@ -43,12 +43,13 @@ use model::*;
 /// - `ok STEP [JSON]`, `fail STEP` (retryable), `fail! STEP` (permanent): the call of STEP ends;
 ///   `undo-ok STEP`, `undo-fail STEP`: the call of its undo ends;
 /// - `late STEP`, `late-undo STEP`: the aborted call of STEP (of its undo) reports after all;
+///   `late-ok STEP`: it reports that it ran to its end and succeeded;
 /// - `advance DURATION`: time passes and due timers fire;
 /// - `down DURATION`: the daemon is down that long, then restarts;
 /// - `approve [STEP]`, `pause`, `resume`, `cancel`, `rollback`, `retry STEP`, `skip STEP`;
 /// - `note STEP JSON`: the action of STEP's call journals a note about it;
 /// - `restart`: a crash and restart, no call can be re-attached; `restart reattach`: every call
-///   can be; `crash-at-yield`: a crash right after the next decision that yields is committed;
+///   can be; `restart never-started`: none can be, and none had started; `crash-at-yield`: a crash right after the next decision that yields is committed;
 /// - `expect STATUS`: the run's status now (checked at once).
 ///
 /// Rejected operator requests are not errors: the transcript shows them.
@@ -69,6 +70,7 @@ fn run_script(driver: &mut Driver, script: &str) {
             Err(ActionFailure {
                 message: "exit status 1".to_owned(),
                 retryable,
+                ..ActionFailure::default()
             })
         };
         let _ = match verb {
@@ -89,9 +91,9 @@ fn run_script(driver: &mut Driver, script: &str) {
                 driver.log(format!("> {line}"));
                 driver.finish_call(call, failure(verb != "fail!"))
             }
-            "late" | "late-undo" => {
+            "late" | "late-undo" | "late-ok" => {
                 let call = driver.call_of(&driver.aborted, rest, verb == "late-undo");
-                driver.late_report(call);
+                driver.late_report(call, verb == "late-ok");
                 Ok(())
             }
             "advance" => {
@@ -110,12 +112,12 @@ fn run_script(driver: &mut Driver, script: &str) {
             "retry" => driver.retry(rest),
             "skip" => driver.skip(rest),
             "restart" => {
-                let reattach = match rest {
-                    "" => false,
-                    "reattach" => true,
+                match rest {
+                    "" => driver.restart(|_| false),
+                    "reattach" => driver.restart(|_| true),
+                    "never-started" => driver.restart_never_started(),
                     other => panic!("{line}: unknown restart mode {other:?}"),
-                };
-                driver.restart(|_| reattach);
+                }
                 Ok(())
             }
             "crash-at-yield" => {

@@ -125,6 +125,15 @@ impl Action for Exec {
                     .await
                 }))
             }
+            Recovery::NotStarted(why) => {
+                context.log.line(&format!(
+                    "[runbook] the daemon restarted; {why}: starting it again"
+                ));
+                tracing::info!(run = %context.run_id, step = %context.step, "the command never started ({why}); starting it again");
+                Some(Box::pin(
+                    async move { Err(ActionFailure::never_started(why)) },
+                ))
+            }
             Recovery::Unknown(why) => {
                 context
                     .log
@@ -282,6 +291,15 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
         drop(go);
         let _ = child.wait().await;
         return Err(ActionFailure::permanent("canceled"));
+    }
+    if context.draining.is_cancelled() {
+        // Shutting down: release nothing new. The shim records `not_started`, and the restarted
+        // daemon starts the call again.
+        drop(go);
+        let _ = child.wait().await;
+        return Err(ActionFailure::never_started(
+            "the daemon was shutting down; the command was not started",
+        ));
     }
     if let Some(mut go) = go {
         // A shim that cannot be released has died; `follow` reports that.
@@ -457,7 +475,19 @@ async fn stop_command(
         shim.identity.signal(libc::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(2), shim.exited()).await;
     }
-    Err(ActionFailure::permanent("canceled"))
+    // The command may have run to its end anyway: it ignored SIGTERM and finished within the
+    // grace, or it had finished when the stop came. Then its change is made, and its real result
+    // is the call's (the machine journals it and a rollback undoes it).
+    match shim::read_status(&context.state_dir) {
+        Ok(Some(status)) if matches!(status.outcome, Outcome::Exited { .. }) => {
+            let how = describe(&status.outcome);
+            context.log.line(&format!(
+                "[runbook] the command ran to its end although it was asked to stop ({how}): its result counts"
+            ));
+            finish(status, spec, &context.state_dir)
+        }
+        _ => Err(ActionFailure::permanent("canceled")),
+    }
 }
 
 /// What a restarted daemon can know of a call that was in flight.
@@ -465,14 +495,16 @@ async fn stop_command(
 enum Recovery {
     Ended(Status),
     Running(ProcessIdentity),
+    /// The command was never released, so it never ran: running it again is safe.
+    NotStarted(String),
     Unknown(String),
 }
 
 fn recovery(call_dir: &Path, note: Option<&Value>) -> Recovery {
     let ended = |status: Status| match status.outcome {
-        Outcome::NotStarted { reason } => Recovery::Unknown(format!(
-            "the command never started ({reason}); running it again is safe"
-        )),
+        Outcome::NotStarted { reason } => {
+            Recovery::NotStarted(format!("the command never started ({reason})"))
+        }
         _ => Recovery::Ended(status),
     };
     match shim::read_status(call_dir) {
@@ -486,8 +518,8 @@ fn recovery(call_dir: &Path, note: Option<&Value>) -> Recovery {
         .and_then(|note| note.get("shim"))
         .and_then(|shim| serde_json::from_value::<ProcessIdentity>(shim.clone()).ok());
     let Some(shim) = journaled else {
-        return Recovery::Unknown(
-            "the command's supervisor had not been journaled when the daemon stopped, so the command was never released: it did not start; running it again is safe"
+        return Recovery::NotStarted(
+            "the command's supervisor had not been journaled when the daemon stopped, so the command was never released: it did not start"
                 .to_owned(),
         );
     };
@@ -545,7 +577,7 @@ fn finish(status: Status, spec: &ExecSpec, call_dir: &Path) -> Result<Value, Act
         Outcome::Exited { code } => Some((format!("exited with code {code}"), Some(code))),
         Outcome::Signaled { signal } => Some((format!("was killed by signal {signal}"), None)),
         Outcome::NotStarted { reason } => {
-            return Err(ActionFailure::retryable(format!(
+            return Err(ActionFailure::never_started(format!(
                 "the command was not started: {reason}"
             )))
         }
@@ -565,7 +597,12 @@ fn finish(status: Status, spec: &ExecSpec, call_dir: &Path) -> Result<Value, Act
         } else {
             format!("{message}: {tail}")
         };
-        return Err(ActionFailure::retryable(message));
+        let failure = ActionFailure::retryable(message);
+        // An exit code is the command's own end; a signal (ours, or the OOM killer's) is not.
+        return Err(match code {
+            Some(_) => failure.after_running_to_end(),
+            None => failure,
+        });
     }
     let stdout_path = call_dir.join(shim::STDOUT_FILE);
     let stdout = match std::fs::read(&stdout_path) {
@@ -704,7 +741,7 @@ mod tests {
 
         // Never journaled: never released.
         assert!(
-            matches!(recovery(dir, None), Recovery::Unknown(ref why) if why.contains("did not start"))
+            matches!(recovery(dir, None), Recovery::NotStarted(ref why) if why.contains("did not start"))
         );
 
         // A recorded end wins, whatever the shim's state.
@@ -729,7 +766,7 @@ mod tests {
         };
         write(dir, shim::STATUS_FILE, &not_started);
         assert!(
-            matches!(recovery(dir, Some(&note)), Recovery::Unknown(ref why) if why.contains("never started"))
+            matches!(recovery(dir, Some(&note)), Recovery::NotStarted(ref why) if why.contains("never started"))
         );
         Ok(())
     }

@@ -35,6 +35,10 @@ pub struct ActionContext {
     pub undo: bool,
     /// Cancelled on timeout, cancel and rollback; an action must stop promptly and clean up.
     pub cancel: CancellationToken,
+    /// Cancelled when the daemon begins to shut down: an action must start nothing new (it
+    /// reports [`ActionFailure::never_started`], and the call is started again after the
+    /// restart); what already runs is left running.
+    pub draining: CancellationToken,
     /// The step's log (what `runbook logs` shows).
     pub log: LogSink,
     /// A directory private to this call, under the data dir (the same after a restart).
@@ -128,6 +132,7 @@ impl ActionFailure {
         ActionFailure {
             message: message.into(),
             retryable: false,
+            ..ActionFailure::default()
         }
     }
 
@@ -136,6 +141,25 @@ impl ActionFailure {
         ActionFailure {
             message: message.into(),
             retryable: true,
+            ..ActionFailure::default()
+        }
+    }
+
+    /// The call ran to its own end and failed there: its effect may be in place (see
+    /// [`ActionFailure::ran_to_end`]).
+    pub fn after_running_to_end(mut self) -> ActionFailure {
+        self.ran_to_end = true;
+        self
+    }
+
+    /// The call certainly never started what it does (retryable: nothing happened). After a
+    /// restart the engine starts such a call again.
+    pub fn never_started(message: impl Into<String>) -> ActionFailure {
+        ActionFailure {
+            message: message.into(),
+            retryable: true,
+            never_started: true,
+            ..ActionFailure::default()
         }
     }
 }

@@ -34,6 +34,12 @@ pub enum Input {
     Interrupted {
         call: u32,
     },
+    /// After a restart: the call was in flight but certainly never started what it does (an
+    /// exec whose supervisor was never released); `reason` says how that is known.
+    NotStarted {
+        call: u32,
+        reason: String,
+    },
     /// An action journals a note about its call in flight (see `EventKind::CallNoted`).
     CallNote {
         call: u32,
@@ -75,11 +81,18 @@ pub enum Input {
 }
 
 /// How an action call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActionFailure {
     pub message: String,
     /// May another attempt succeed? (A command's non-zero exit may; a malformed input never.)
     pub retryable: bool,
+    /// The call ran to its own end and failed there (an exec whose command exited non-zero by
+    /// itself, even after it was asked to stop): what it changes may have changed. For an
+    /// aborted call this is journaled (`AbortedCallCompleted`), and a rollback undoes it.
+    pub ran_to_end: bool,
+    /// The call certainly never started what it does (an exec whose command was never
+    /// released). After a restart such a call is started again.
+    pub never_started: bool,
 }
 
 /// Work for the shell, to do once the decision's events are durable.
@@ -318,15 +331,21 @@ impl Decider {
             Input::ActionFinished { .. }
                 | Input::TimerFired { .. }
                 | Input::Interrupted { .. }
+                | Input::NotStarted { .. }
                 | Input::Continue
         );
         // (A note for a call that is not in flight is refused below: the action must then not
         // start what the note announced.)
         if system && self.state.status.is_terminal() {
             // A late report of a call aborted when the run ended changes nothing but the record
-            // that it ended (a rollback of the finished run waits for that).
-            if let Input::ActionFinished { call, .. } | Input::Interrupted { call } = input {
-                self.on_aborted_call_ended(call);
+            // of how it ended (a rollback of the finished run waits for that, and undoes a call
+            // that ran to its end).
+            match input {
+                Input::ActionFinished { call, result } => self.on_aborted_call_result(call, result),
+                Input::Interrupted { call } | Input::NotStarted { call, .. } => {
+                    self.on_aborted_call_ended(call)
+                }
+                _ => {}
             }
             return Ok(());
         }
@@ -334,6 +353,7 @@ impl Decider {
             Input::ActionFinished { call, result } => self.on_call_finished(call, result),
             Input::TimerFired { timer } => self.on_timer(timer),
             Input::Interrupted { call } => self.on_interrupted(call),
+            Input::NotStarted { call, reason } => self.on_not_started(call, reason),
             Input::Continue => {}
             Input::CallNote { call, note } => {
                 if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
@@ -459,9 +479,41 @@ impl Decider {
                     error: failure.message,
                 }),
             }
+            return;
         }
-        self.on_aborted_call_ended(call);
-        // Otherwise the call is a duplicate or outlived its step's timeout: nothing to record.
+        // Otherwise the call was aborted, is a duplicate, or outlived its step's timeout.
+        self.on_aborted_call_result(call, result);
+    }
+
+    /// The result of a call that may have been aborted. One that ran to its end anyway (it
+    /// succeeded, or failed on its own) has had its effect: its result is journaled, the step
+    /// counts as completed, and a rollback undoes it before it goes on. Otherwise only its end
+    /// is journaled.
+    fn on_aborted_call_result(&mut self, call: u32, result: Result<Value, ActionFailure>) {
+        let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| step.aborting == Some(call))
+            .map(|step| step.key.clone())
+        else {
+            return;
+        };
+        match result {
+            Ok(output) => self.emit(EventKind::AbortedCallCompleted {
+                step,
+                call,
+                output: Some(output),
+                error: None,
+            }),
+            Err(failure) if failure.ran_to_end => self.emit(EventKind::AbortedCallCompleted {
+                step,
+                call,
+                output: None,
+                error: Some(failure.message),
+            }),
+            Err(_) => self.emit(EventKind::AbortedCallEnded { step, call }),
+        }
     }
 
     /// The call of a canceled step really ended: rollback may go on.
@@ -687,6 +739,51 @@ impl Decider {
             if rerun {
                 self.start_undo(&step.key);
             }
+        }
+        self.on_aborted_call_ended(call);
+    }
+
+    /// After a restart: the call never started what it does, so starting it again is safe,
+    /// idempotent or not. Journaled as such, then started again (same attempt: it never ran).
+    fn on_not_started(&mut self, call: u32, reason: String) {
+        let definition = self.definition();
+        if let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| step.call == Some(call))
+            .cloned()
+        {
+            self.emit(EventKind::CallNeverStarted {
+                step: step.key.clone(),
+                call,
+                undo: false,
+                reason,
+            });
+            if let Some(step_definition) = definition.step(&step.key) {
+                self.start_attempt(step_definition, &step.key, step.attempts);
+            }
+            return;
+        }
+        if let Some(step) = self
+            .state
+            .steps
+            .iter()
+            .find(|step| {
+                step.undo
+                    .as_ref()
+                    .is_some_and(|undo| undo.call == Some(call))
+            })
+            .map(|step| step.key.clone())
+        {
+            self.emit(EventKind::CallNeverStarted {
+                step: step.clone(),
+                call,
+                undo: true,
+                reason,
+            });
+            self.start_undo(&step);
+            return;
         }
         self.on_aborted_call_ended(call);
     }

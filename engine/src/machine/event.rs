@@ -135,6 +135,24 @@ pub enum EventKind {
         step: String,
         call: u32,
     },
+    /// The call of a step canceled while it ran ran to its end anyway (its command ignored the
+    /// stop, or had finished when it came): `output` when it succeeded, else `error`. Its effect
+    /// is in place, so the step counts as completed and a rollback undoes it.
+    AbortedCallCompleted {
+        step: String,
+        call: u32,
+        output: Option<Value>,
+        error: Option<String>,
+    },
+    /// After a restart: a call that was in flight certainly never started what it does (its
+    /// supervisor was never released), so it is started again; `reason` says how that is known.
+    CallNeverStarted {
+        step: String,
+        call: u32,
+        #[serde(default)]
+        undo: bool,
+        reason: String,
+    },
     /// A timer that would have been armed while the run is paused: kept with its full time,
     /// armed at resume.
     TimerSuspended {

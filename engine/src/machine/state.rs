@@ -220,7 +220,8 @@ pub struct RunState {
     pub paused: Option<Pause>,
     pub attention: Option<Attention>,
     pub steps: Vec<StepState>,
-    /// Keys of succeeded steps in the order they succeeded (rollback runs it backwards).
+    /// Keys of completed steps in the order they completed (rollback runs it backwards): those
+    /// that succeeded, and those whose aborted call ran to its end anyway.
     pub completed: Vec<String>,
     pub timers: Vec<ActiveTimer>,
     pub rollback: Option<Rollback>,
@@ -573,6 +574,58 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 .filter(|existing| existing.aborting == Some(*call))
             {
                 existing.aborting = None;
+            }
+        }
+        EventKind::AbortedCallCompleted {
+            step,
+            call,
+            output,
+            error,
+        } => {
+            let has_undo = state
+                .definition
+                .step(step)
+                .is_some_and(|definition| definition.undo.is_some());
+            if let Some(existing) = state
+                .step_mut(step)
+                .filter(|existing| existing.aborting == Some(*call))
+            {
+                existing.aborting = None;
+                existing.finished_at = Some(at);
+                existing.waiting_for = None;
+                existing.status = if output.is_some() {
+                    StepStatus::Succeeded
+                } else {
+                    StepStatus::Failed
+                };
+                existing.output = output.clone().or(existing.output.take());
+                existing.error = error.clone();
+                if !state.completed.contains(step) {
+                    state.completed.push(step.clone());
+                }
+                // Rolling back: this change is the newest, so it is undone first.
+                if let Some(rollback) = state.rollback.as_mut() {
+                    if has_undo && !rollback.queue.contains(step) {
+                        rollback.queue.insert(0, step.clone());
+                    }
+                }
+            }
+        }
+        EventKind::CallNeverStarted {
+            step, call, undo, ..
+        } => {
+            if let Some(existing) = state.step_mut(step) {
+                if *undo {
+                    if let Some(undo_state) = existing
+                        .undo
+                        .as_mut()
+                        .filter(|undo_state| undo_state.call == Some(*call))
+                    {
+                        undo_state.call = None;
+                    }
+                } else if existing.call == Some(*call) {
+                    existing.call = None;
+                }
             }
         }
         EventKind::TimerSuspended {

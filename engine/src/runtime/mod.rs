@@ -110,6 +110,8 @@ struct Inner {
     calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
     timer_wake: Notify,
     accepting: AtomicBool,
+    /// Cancelled at shutdown: no new action call starts (see [`ActionContext::draining`]).
+    draining: CancellationToken,
 }
 
 /// A cheap, cloneable handle to the engine.
@@ -165,6 +167,7 @@ impl Engine {
                 calls: StdMutex::new(HashMap::new()),
                 timer_wake: Notify::new(),
                 accepting: AtomicBool::new(true),
+                draining: CancellationToken::new(),
             }),
         })
     }
@@ -185,9 +188,12 @@ impl Engine {
         &self.inner.writer
     }
 
-    /// Stops taking new runs and operator requests (shutdown).
+    /// Stops taking new runs and operator requests, and starts no new action call (shutdown).
+    /// Calls already running are left to their supervisors; a call that would start now is left
+    /// as journaled (started, never released) and is started again after the restart.
     pub fn stop_accepting(&self) {
         self.inner.accepting.store(false, Ordering::SeqCst);
+        self.inner.draining.cancel();
     }
 
     /// After a restart: every action call that was in flight is offered to its action to
@@ -659,6 +665,12 @@ impl Engine {
     /// Runs an action call, or (with `reattach`, after a restart) re-attaches to one, and feeds
     /// its end back as an input.
     fn spawn(&self, call: Call, reattach: Option<Option<Value>>) {
+        if self.inner.draining.is_cancelled() && reattach.is_none() {
+            // Shutting down: its start is journaled, nothing was released; the restarted
+            // daemon finds it never started and starts it again.
+            tracing::info!(run = %call.run_id, step = %call.step, call = call.call, "shutting down: the call is left to start after the restart");
+            return;
+        }
         let engine = self.clone();
         let token = CancellationToken::new();
         self.inner
@@ -687,6 +699,7 @@ impl Engine {
                 attempt: call.attempt,
                 undo: call.undo,
                 cancel: token,
+                draining: engine.inner.draining.clone(),
                 log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
                 state_dir: engine.call_dir(call.run_id, call.call),
                 note: reattach.clone().flatten(),
@@ -708,9 +721,18 @@ impl Engine {
                 (Some(action), true) => action.reattach(call.input.clone(), context),
             };
             let input = match (future, action.is_some()) {
-                (Some(future), _) => Input::ActionFinished {
-                    call: call.call,
-                    result: future.await,
+                (Some(future), _) => match future.await {
+                    // After a restart, a call that provably never started is started again.
+                    Err(failure) if failure.never_started && reattach.is_some() => {
+                        Input::NotStarted {
+                            call: call.call,
+                            reason: failure.message,
+                        }
+                    }
+                    result => Input::ActionFinished {
+                        call: call.call,
+                        result,
+                    },
                 },
                 (None, true) => Input::Interrupted { call: call.call },
                 (None, false) => Input::ActionFinished {
@@ -728,6 +750,12 @@ impl Engine {
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&(call.run_id, call.call));
             crate::failpoint::hit("AfterEffectBeforeRecord");
+            let unreleased = matches!(&input, Input::ActionFinished { result: Err(failure), .. } if failure.never_started);
+            if unreleased && engine.inner.draining.is_cancelled() {
+                // Not a failure of the step: shutdown held it back. The restart starts it again.
+                tracing::info!(run = %call.run_id, step = %call.step, "shutting down: the call was not released; it starts after the restart");
+                return;
+            }
             if let Err(error) = engine.handle(call.run_id, input).await {
                 tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
             }

@@ -53,6 +53,9 @@ pub(crate) struct Driver {
     /// Whether invariants are checked (off only to observe a known bug's symptom).
     pub(crate) checked: bool,
     pub(crate) workarounds: Workarounds,
+    /// Steps whose aborted call reported that it ran to its end and succeeded: a rollback must
+    /// undo them.
+    pub(crate) completed_late: BTreeSet<String>,
 }
 
 impl Driver {
@@ -88,6 +91,7 @@ impl Driver {
             model: Model::default(),
             checked,
             workarounds: Workarounds::default(),
+            completed_late: BTreeSet::new(),
         };
         driver.log("> create".to_owned());
         let before = driver.state.clone();
@@ -289,6 +293,22 @@ impl Driver {
                 ));
             }
         }
+        if self.state.status == RunStatus::RolledBack {
+            let definition = self.state.definition.clone();
+            for key in &self.completed_late {
+                let has_undo = definition.step(key).is_some_and(|step| step.undo.is_some());
+                let undo = self
+                    .state
+                    .step(key)
+                    .and_then(|step| step.undo.as_ref())
+                    .map(|undo| undo.status);
+                if has_undo && !matches!(undo, Some(StepStatus::Succeeded | StepStatus::Skipped)) {
+                    return Err(format!(
+                        "the run rolled back but step {key}, whose aborted call ran to its end, was not undone (undo: {undo:?})"
+                    ));
+                }
+            }
+        }
         if self.state.status == RunStatus::Succeeded {
             let definition = self.state.definition.clone();
             // A step may end failed only if its `on_failure` is `continue`; anything but active
@@ -421,24 +441,33 @@ impl Driver {
     }
 
     /// An aborted call reports after all (the runtime always feeds the end of a call back): the
-    /// machine journals only that it ended (`aborted_call_ended`, which rollback waits for).
-    pub(crate) fn late_report(&mut self, call: u32) {
+    /// machine journals how it ended (`aborted_call_ended`, which rollback waits for) — or, when
+    /// it ran to its end anyway (`completed`: it succeeded), its result (`aborted_call_completed`),
+    /// and a rollback then undoes it.
+    pub(crate) fn late_report(&mut self, call: u32, completed: bool) {
         let Some(index) = self.aborted.iter().position(|aborted| aborted.call == call) else {
             self.fail(&format!("late_report: call #{call} was not aborted"));
         };
-        self.aborted.remove(index);
-        self.log(format!("> late report of aborted call #{call}"));
+        let aborted = self.aborted.remove(index);
+        let result = if completed {
+            self.completed_late.insert(aborted.step.clone());
+            self.log(format!(
+                "> late report of aborted call #{call}: it succeeded"
+            ));
+            Ok(serde_json::json!({"exit_code": 0}))
+        } else {
+            self.log(format!("> late report of aborted call #{call}"));
+            Err(ActionFailure::permanent("canceled"))
+        };
         let before_len = self.journal.len();
-        let _ = self.feed(Input::ActionFinished {
-            call,
-            result: Err(ActionFailure {
-                message: "canceled".to_owned(),
-                retryable: false,
-            }),
-        });
+        let _ = self.feed(Input::ActionFinished { call, result });
         // Its end, and then only what a rollback that waited for it does next.
         let added = &self.journal[before_len..];
-        let ends_it = |event: &Event| matches!(&event.kind, EventKind::AbortedCallEnded { call: ended, .. } if *ended == call);
+        let ends_it = |event: &Event| match &event.kind {
+            EventKind::AbortedCallEnded { call: ended, .. } => *ended == call && !completed,
+            EventKind::AbortedCallCompleted { call: ended, .. } => *ended == call && completed,
+            _ => false,
+        };
         let rolling_back = self.state.rollback.is_some();
         let only_its_end =
             added.is_empty() || (ends_it(&added[0]) && (rolling_back || added.len() == 1));
@@ -555,6 +584,17 @@ impl Driver {
     /// `i`-th of them to its real end (the call stays in flight, under its number); the others
     /// are reported `Interrupted`.
     pub(crate) fn restart(&mut self, reattach: impl Fn(usize) -> bool) {
+        self.restart_with(reattach, false);
+    }
+
+    /// A restart after which every call that cannot be re-attached is known never to have
+    /// started (its supervisor was never released): recovery reports it `NotStarted`, and the
+    /// machine starts it again, idempotent or not.
+    pub(crate) fn restart_never_started(&mut self) {
+        self.restart_with(|_| false, true);
+    }
+
+    fn restart_with(&mut self, reattach: impl Fn(usize) -> bool, never_started: bool) {
         self.log("> restart".to_owned());
         self.state = RunState::replay(self.run_id, &self.journal);
         self.pending.clear();
@@ -621,6 +661,25 @@ impl Driver {
             self.pending.push(call);
         }
         let definition = self.state.definition.clone();
+        if never_started {
+            for call in &lost {
+                self.lost.remove(&call.call);
+                let reason = "its supervisor was never released".to_owned();
+                if self
+                    .feed(Input::NotStarted {
+                        call: call.call,
+                        reason,
+                    })
+                    .is_err()
+                {
+                    self.fail(&format!(
+                        "NotStarted {{ call: {} }} was rejected",
+                        call.call
+                    ));
+                }
+            }
+            return;
+        }
         for call in &lost {
             if !idempotent(&definition, &call.step, call.undo) {
                 self.model

@@ -56,7 +56,9 @@ impl Model {
             if scratch.status.is_terminal()
                 && !matches!(
                     event.kind,
-                    EventKind::RollbackStarted { .. } | EventKind::AbortedCallEnded { .. }
+                    EventKind::RollbackStarted { .. }
+                        | EventKind::AbortedCallEnded { .. }
+                        | EventKind::AbortedCallCompleted { .. }
                 )
             {
                 return Err(format!(
@@ -149,6 +151,14 @@ impl Model {
                 EventKind::RetryRequested { step, .. } => {
                     retried.insert((step.clone(), scratch.rollback.is_some()));
                 }
+                EventKind::CallNeverStarted {
+                    step, undo: false, ..
+                } => {
+                    // That attempt never ran: it may be called again.
+                    if let Some(state) = scratch.step(step) {
+                        self.attempts_called.remove(&(step.clone(), state.attempts));
+                    }
+                }
                 _ => {}
             }
             evolve(&mut scratch, event);
@@ -161,8 +171,10 @@ impl Model {
             // Two calls may start in a paused run: the re-run of an idempotent step whose call the
             // restart lost (it replaces a call that was in flight), and what an operator's
             // explicit `retry` starts (the machine starts it at once, pause or not).
-            let allowed_while_paused =
-                matches!(input, Some(Input::Interrupted { .. } | Input::Retry { .. }));
+            let allowed_while_paused = matches!(
+                input,
+                Some(Input::Interrupted { .. } | Input::NotStarted { .. } | Input::Retry { .. })
+            );
             if next.paused.is_some() && !allowed_while_paused {
                 return Err(format!(
                     "the run is paused but call #{} of {} started",

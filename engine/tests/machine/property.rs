@@ -164,6 +164,8 @@ enum Op {
     /// An aborted call reports after all.
     LateReport {
         pick: usize,
+        /// It ran to its end and succeeded although it was aborted.
+        completed: bool,
     },
     Advance {
         ms: u32,
@@ -201,6 +203,9 @@ enum Op {
         down_ms: u32,
         reattach: u8,
     },
+    /// A crash and restart after which no call in flight had been released: each is reported
+    /// never started and started again.
+    RestartNeverStarted,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -210,7 +215,7 @@ fn op() -> impl Strategy<Value = Op> {
     ];
     prop_oneof![
         32 => (any::<usize>(), outcome).prop_map(|(pick, outcome)| Op::Finish { pick, outcome }),
-        2 => any::<usize>().prop_map(|pick| Op::LateReport { pick }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, completed)| Op::LateReport { pick, completed }),
         20 => prop_oneof![Just(0u32), 1u32..=1500, 1500u32..=4000].prop_map(|ms| Op::Advance { ms }),
         8 => Just(Op::Approve),
         6 => Just(Op::Pause),
@@ -225,6 +230,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::DeferNextContinue),
         8 => (prop_oneof![Just(0u32), 1u32..=5000], prop_oneof![Just(0u8), any::<u8>()])
             .prop_map(|(down_ms, reattach)| Op::Restart { down_ms, reattach }),
+        2 => Just(Op::RestartNeverStarted),
     ]
 }
 
@@ -285,6 +291,7 @@ impl Driver {
                     Outcome::Fail { retryable } => Err(ActionFailure {
                         message: "exit status 1".to_owned(),
                         retryable: *retryable,
+                        ..ActionFailure::default()
                     }),
                 };
                 self.log(format!(
@@ -295,10 +302,10 @@ impl Driver {
                 ));
                 self.finish_call(call.call, result)
             }
-            Op::LateReport { pick } => {
+            Op::LateReport { pick, completed } => {
                 if !self.aborted.is_empty() {
                     let call = self.aborted[pick % self.aborted.len()].call;
-                    self.late_report(call);
+                    self.late_report(call, *completed);
                 }
                 Ok(())
             }
@@ -379,6 +386,10 @@ impl Driver {
                 self.down(down, |index| reattach & (1 << (index % 8)) != 0);
                 Ok(())
             }
+            Op::RestartNeverStarted => {
+                self.restart_never_started();
+                Ok(())
+            }
         };
     }
 
@@ -436,7 +447,7 @@ impl Driver {
                 self.advance_time((next - self.now).max(chrono::Duration::zero()));
             } else if let Some(aborted) = self.aborted.first().map(|aborted| aborted.call) {
                 // The runtime always reports the end of an aborted call; a rollback waits for it.
-                self.late_report(aborted);
+                self.late_report(aborted, false);
             } else {
                 self.fail(&format!(
                     "settle: the run is {} with nothing in flight, no timer and nothing to decide",

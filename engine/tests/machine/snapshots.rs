@@ -480,3 +480,73 @@ late slow
 ",
     );
 }
+
+#[test]
+fn rollback_while_a_step_runs_undoes_its_late_success() {
+    // The step's command ignores the stop and runs to its end: its change is made, so its result
+    // is journaled and its undo runs before the rollback goes on.
+    check(
+        "rollback_while_a_step_runs_undoes_its_late_success",
+        r#"
+name = "stubborn"
+
+[[steps]]
+id = "prepare"
+action = "exec"
+with = { command = "prepare" }
+undo = { action = "exec", with = { command = "unprepare" } }
+
+[[steps]]
+id = "change"
+action = "exec"
+with = { command = "trap '' TERM; sleep 1; echo did >> F" }
+undo = { action = "exec", with = { command = "echo undone >> F" } }
+"#,
+        "
+ok prepare
+rollback
+# the rollback waits for the aborted call
+expect waiting
+late-ok change
+expect running
+undo-ok change
+undo-ok prepare
+expect rolled_back
+",
+    );
+}
+
+#[test]
+fn calls_that_never_started_are_started_again_after_a_restart() {
+    // Neither the step's nor the undo's supervisor was released when the daemon stopped: both
+    // are journaled as never started and started again, although neither is idempotent.
+    check(
+        "calls_that_never_started_are_started_again_after_a_restart",
+        r#"
+name = "unreleased"
+
+[[steps]]
+id = "first"
+action = "exec"
+with = { command = "echo first >> F" }
+undo = { action = "exec", with = { command = "echo unfirst >> F" } }
+
+[[steps]]
+id = "second"
+action = "exec"
+with = { command = "echo second >> F" }
+"#,
+        "
+restart never-started
+expect running
+ok first
+restart never-started
+ok second
+expect succeeded
+rollback
+restart never-started
+undo-ok first
+expect rolled_back
+",
+    );
+}
