@@ -447,6 +447,88 @@ mod tests {
     }
 
     #[test]
+    fn values_in_a_command_are_quoted_and_raw_is_not() {
+        let context = json!({"params": {"name": "x; touch pwned", "argv": ["a", "b"]}});
+        let rendered = |text: &str| render(&json!({ "command": text }), &context);
+        assert_eq!(
+            rendered("echo {{ params.name }}").unwrap(),
+            json!({"command": "echo 'x; touch pwned'"})
+        );
+        assert_eq!(
+            rendered("echo '{{ params.name }}'").unwrap(),
+            json!({"command": "echo 'x; touch pwned'"})
+        );
+        assert_eq!(
+            rendered("{{ params.name }}").unwrap(),
+            json!({"command": "'x; touch pwned'"})
+        );
+        assert_eq!(
+            rendered("{{ params.name | raw }}").unwrap(),
+            json!({"command": "x; touch pwned"})
+        );
+        assert_eq!(
+            rendered("{{ params.argv }}").unwrap(),
+            json!({"command": ["a", "b"]})
+        );
+        // Outside a command, and in an argv list, values are as they are.
+        assert_eq!(
+            render(
+                &json!({"note": "{{ params.name }}!", "command": ["{{ params.name }}"]}),
+                &context
+            )
+            .unwrap(),
+            json!({"note": "x; touch pwned!", "command": ["x; touch pwned"]})
+        );
+    }
+
+    #[test]
+    fn too_much_work_or_output_is_a_limit_not_a_hang() {
+        let context = json!({});
+        let work = render(
+            &json!(
+                "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}"
+            ),
+            &context,
+        );
+        assert!(
+            matches!(&work, Err(Error::Limit(message)) if message.contains("too much work")),
+            "{work:?}"
+        );
+        for text in [
+            "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
+            "{{ 'x' * 2000000 }}",
+        ] {
+            for value in [json!(text), json!({ "command": text })] {
+                let output = render(&value, &context);
+                assert!(
+                    matches!(&output, Err(Error::Limit(message)) if message.contains("too long")),
+                    "{text}: {output:?}"
+                );
+            }
+        }
+        let condition = is_true("range(100000) | map('string') | join('') | length > 0 and range(100000) | map('string') | join('') | length > 0", &context);
+        assert!(condition.is_ok() || condition.is_err_and(|error| error.is_limit()));
+    }
+
+    #[test]
+    fn unknown_filters_and_tests_are_found_before_rendering() {
+        assert!(check_callables("{{ x | quote }}", TemplateKind::Text)
+            .is_err_and(|message| message.contains("unknown filter `quote`")));
+        assert!(check_callables("{{ x | safe }}", TemplateKind::Text).is_err());
+        assert!(
+            check_callables("x is frobnicated", TemplateKind::Expression)
+                .is_err_and(|message| message.contains("unknown test `frobnicated`"))
+        );
+        assert!(check_callables(
+            "{% if x %}{{ x | default('a') | length }}{% endif %}",
+            TemplateKind::Text
+        )
+        .is_ok());
+        assert!(opts_out_of_quoting("{{ x | raw }}"));
+        assert!(!opts_out_of_quoting("{{ x | tojson }}"));
+    }
+
+    #[test]
     fn names_are_found() {
         let names = referenced_names(
             "{{ params.broker }} {{ steps.list.output }}",

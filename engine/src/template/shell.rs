@@ -225,7 +225,7 @@ mod tests {
             check("a", "b", value, &format!("a{value}b|"));
             check("'<", ">'", value, &format!("<{value}>|"));
             check("\"$(printf '%s' ", ")\"", value, &format!("{value}|"));
-            check("$(printf '%s' \"", "\")", value, &format!("{value}|"));
+            check("\"$(printf '%s' \"", "\")\"", value, &format!("{value}|"));
             check("'x' \"y\" ", " z", value, &format!("x|y|{value}|z|"));
         }
     }
