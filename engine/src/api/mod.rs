@@ -300,7 +300,8 @@ fn definition_of(
 async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
     let definition = definition_of(&app, &request)?;
-    ok(runtime::plan(&definition, &request.params)?)
+    let params = request.params;
+    ok(runtime::off_workers(move || runtime::plan(&definition, &params)).await??)
 }
 
 // ----- runs -------------------------------------------------------------------------------------

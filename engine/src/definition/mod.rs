@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use params::{resolve as resolve_params, ParamError};
-pub use parse::parse;
+pub use parse::{parse, parse_with_warnings};
 pub use validate::{validate, CORE_ACTIONS};
 
 /// A definition error: what was wrong and where.
@@ -43,6 +43,19 @@ pub struct Definition {
     #[serde(default)]
     pub locks: Vec<String>,
     pub steps: Vec<Step>,
+    /// Whether any step renders a template: computed once, neither stored nor compared.
+    #[serde(skip)]
+    pub template_use: TemplateUse,
+}
+
+/// A cache of [`Definition::uses_templates`].
+#[derive(Debug, Clone, Default)]
+pub struct TemplateUse(std::sync::OnceLock<bool>);
+
+impl PartialEq for TemplateUse {
+    fn eq(&self, _: &TemplateUse) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +219,28 @@ impl Definition {
             }
         }
         found
+    }
+
+    /// Whether deciding about a run of this definition may render a template (a condition, an
+    /// input, a loop's items, a duration, an undo): such decisions run off the async workers.
+    pub fn uses_templates(&self) -> bool {
+        *self.template_use.0.get_or_init(|| {
+            self.all_steps().iter().any(|step| {
+                step.when.is_some()
+                    || step.until.is_some()
+                    || step.timeout_template.is_some()
+                    || step.every_template.is_some()
+                    || crate::template::has_template(&step.with)
+                    || step
+                        .for_each
+                        .as_ref()
+                        .is_some_and(|for_each| crate::template::has_template(&for_each.items))
+                    || step
+                        .undo
+                        .as_ref()
+                        .is_some_and(|undo| crate::template::has_template(&undo.with))
+            })
+        })
     }
 
     /// Every step, depth first.

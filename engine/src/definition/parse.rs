@@ -4,6 +4,7 @@
 //! refer to (params, step ids, captures); the second converts each field, checking durations,
 //! enums and templates where the span is still known.
 
+use std::cell::RefCell;
 use std::collections::{BTreeSet, HashSet};
 use std::ops::Range;
 
@@ -125,17 +126,29 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
 
 /// Parses and checks a runbook file. `file` is only used in messages and as the source.
 pub fn parse(file: &str, text: &str) -> Result<Definition, Error> {
-    let parser = Parser { file, text };
+    parse_with_warnings(file, text).map(|(definition, _)| definition)
+}
+
+/// [`parse`], plus the warnings about what is allowed but risky (`file:line: warning: ...`):
+/// every template that puts a value into a shell command unquoted (`| raw`).
+pub fn parse_with_warnings(file: &str, text: &str) -> Result<(Definition, Vec<String>), Error> {
+    let parser = Parser {
+        file,
+        text,
+        warnings: RefCell::new(Vec::new()),
+    };
     let raw: RawDefinition = toml::from_str(text).map_err(|error| {
         let line = error.span().map(|span| parser.line_of(&span)).unwrap_or(1);
         parser.error_at(line, error.message().trim().to_owned())
     })?;
-    parser.convert(raw)
+    let definition = parser.convert(raw)?;
+    Ok((definition, parser.warnings.into_inner()))
 }
 
 struct Parser<'a> {
     file: &'a str,
     text: &'a str,
+    warnings: RefCell<Vec<String>>,
 }
 
 /// What a template may name at one place in the file.
@@ -234,6 +247,7 @@ impl Parser<'_> {
             params,
             locks,
             steps,
+            template_use: Default::default(),
         })
     }
 
@@ -758,6 +772,15 @@ impl Parser<'_> {
     ) -> Result<(), Error> {
         let names = template::referenced_names(text, kind)
             .map_err(|message| self.error(at, format!("{field}: {message}")))?;
+        template::check_callables(text, kind)
+            .map_err(|message| self.error(at, format!("{field}: {message}")))?;
+        if kind == TemplateKind::Text && template::opts_out_of_quoting(text) {
+            self.warnings.borrow_mut().push(format!(
+                "{}:{}: warning: {field}: `| raw` puts a value into the command unquoted, as shell code: make sure it is meant to be one",
+                self.file,
+                self.line_of(&at.span())
+            ));
+        }
         for name in names {
             let mut parts = name.split('.');
             let root = parts.next().unwrap_or_default();

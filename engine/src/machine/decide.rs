@@ -1113,7 +1113,9 @@ impl Decider {
             let items = template::render(&for_each.items, &scope).and_then(|items| match items {
                 Value::Array(items) => Ok(items),
                 Value::Null => Ok(Vec::new()),
-                other => Err(format!("for_each: expected a list, got {other}")),
+                other => Err(template::Error::Invalid(format!(
+                    "for_each: expected a list, got {other}"
+                ))),
             });
             match items {
                 Ok(items) => {
@@ -1135,7 +1137,7 @@ impl Decider {
                         action: "for_each".to_owned(),
                         input: Value::Null,
                     });
-                    self.fail(key, message, false);
+                    self.fail(key, message.to_string(), false);
                 }
             }
             return;

@@ -533,7 +533,12 @@ impl Engine {
                 field: Some(format!("params.{}", error.param)),
                 message: error.to_string(),
             })?;
-        let locks = plan::render_locks(&definition, &params)?;
+        let locks = if definition.locks.is_empty() {
+            Vec::new()
+        } else {
+            let (definition, params) = (definition.clone(), params.clone());
+            off_workers(move || plan::render_locks(&definition, &params)).await??
+        };
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
         let (state, decision) =
@@ -600,7 +605,13 @@ impl Engine {
                 )))
             }
         };
-        let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
+        let now = self.inner.clock.now();
+        let (next, decision) = if state.definition.uses_templates() {
+            let state = state.clone();
+            off_workers(move || machine::decide(&state, input, now)).await??
+        } else {
+            machine::decide(state, input, now)?
+        };
         if decision.events.is_empty() {
             let settled = next.is_parked() && decision.settled();
             return Ok((state.clone(), settled));
@@ -834,6 +845,24 @@ impl Engine {
 }
 
 /// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
+/// Template rendering that may run at once, off the async workers.
+static TEMPLATE_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Runs `work` (one that renders templates) on a blocking thread, at most
+/// [`TEMPLATE_THREADS`] at a time, so that however long a template takes (each is bounded by
+/// `template::FUEL`), the async workers keep serving the API, timers and other runs.
+pub async fn off_workers<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, Error> {
+    let _permit = TEMPLATE_THREADS
+        .acquire()
+        .await
+        .map_err(|_| Error::Unavailable("the daemon is shutting down".to_owned()))?;
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|error| Error::Internal(format!("a template rendering thread failed: {error}")))
+}
+
 pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
     let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(

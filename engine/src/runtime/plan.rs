@@ -57,7 +57,7 @@ pub fn plan(definition: &Definition, given: &Map<String, Value>) -> Result<Plan,
     let locks = render_locks(definition, &params)?;
     let context = json!({ "params": params, "steps": {}, "run": {"id": "<run id>", "runbook": definition.name, "started_by": 0} });
     let mut steps = Vec::new();
-    plan_steps(&definition.steps, "", &context, &mut steps);
+    plan_steps(&definition.steps, "", &context, &mut steps)?;
     Ok(Plan {
         runbook: definition.name.clone(),
         version: definition.version,
@@ -67,7 +67,18 @@ pub fn plan(definition: &Definition, given: &Map<String, Value>) -> Result<Plan,
     })
 }
 
-fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<PlannedStep>) {
+/// A template that exceeds a limit is an error of the plan (it would fail the same way when the
+/// run gets there); one that needs earlier steps' outputs is shown as written.
+fn plan_steps(
+    definition: &[Step],
+    prefix: &str,
+    context: &Value,
+    out: &mut Vec<PlannedStep>,
+) -> Result<(), Error> {
+    let limit = |key: &str, field: &str, error: template::Error| Error::Invalid {
+        message: format!("step {key:?}: {field}: {error}"),
+        field: Some(format!("steps.{key}.{field}")),
+    };
     for step in definition {
         let key = if prefix.is_empty() {
             step.id.clone()
@@ -77,6 +88,7 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
         let mut note = step.description.clone();
         if let Some(for_each) = &step.for_each {
             match template::render(&for_each.items, context) {
+                Err(error) if error.is_limit() => return Err(limit(&key, "for_each", error)),
                 Ok(Value::Array(items)) => {
                     let mode = match for_each.mode {
                         definition::Concurrency::Serial => "serial",
@@ -99,7 +111,7 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
                             map.insert(for_each.var.clone(), item);
                             map.insert("index".to_owned(), Value::from(index));
                         }
-                        plan_steps(&for_each.steps, &format!("{key}[{index}]"), &inner, out);
+                        plan_steps(&for_each.steps, &format!("{key}[{index}]"), &inner, out)?;
                     }
                 }
                 _ => {
@@ -110,13 +122,14 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
                         when: step.when.clone(),
                         note: Some("items are known only at run time".to_owned()),
                     });
-                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, out);
+                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, out)?;
                 }
             }
             continue;
         }
         let input = match template::render(&step.with, context) {
             Ok(input) => input,
+            Err(error) if error.is_limit() => return Err(limit(&key, "with", error)),
             Err(_) => {
                 note = format!(
                     "{note}{}rendered at run time (uses earlier steps)",
@@ -140,4 +153,5 @@ fn plan_steps(definition: &[Step], prefix: &str, context: &Value, out: &mut Vec<
             note: (!note.is_empty()).then_some(note),
         });
     }
+    Ok(())
 }

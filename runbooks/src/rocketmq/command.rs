@@ -3,15 +3,18 @@
 //!
 //! Input: `command` (the template, e.g. a runbook param), `vars` (`{broker = ..., broker_addr =
 //! ..., broker_config = ...}`), and `exec`'s own `env`, `cwd`, `parse`, `grace`. A placeholder
-//! that `vars` does not define fails the step before anything runs. Output: `exec`'s, plus
+//! that `vars` does not define fails the step before anything runs. Each value is quoted for the
+//! shell where it stands (`runbook_engine::template::shell`), so `{{ broker }}` is one word
+//! whatever the broker's name holds. Output: `exec`'s, plus
 //! `command` (as run). Like `exec`, it runs under the exec supervisor: after a daemon crash it
 //! re-attaches to a stop or start command still running instead of running it twice.
 
 use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture, Exec};
+use runbook_engine::template::shell;
 use serde_json::{json, Value};
 
 use super::common::Input;
-use super::files::{render_placeholders, vars};
+use super::files::{placeholders, vars};
 
 /// The `rocketmq.command` action.
 pub struct Command;
@@ -37,7 +40,7 @@ fn exec_input(input: &Value) -> Result<(Value, String), ActionFailure> {
     let reader = Input::new("rocketmq.command", input);
     let vars = vars(&reader)?;
     let template = reader.string("command")?;
-    let command = render_placeholders(&reader, "command", &template, &vars)?;
+    let command = render_command(&reader, &template, &vars)?;
     let mut exec_input = json!({"command": command});
     for field in ["env", "cwd", "parse", "grace", "regex"] {
         if let Some(value) = reader.get(field) {
@@ -45,6 +48,24 @@ fn exec_input(input: &Value) -> Result<(Value, String), ActionFailure> {
         }
     }
     Ok((exec_input, command))
+}
+
+/// The command with each placeholder's value quoted for where it stands: the values (broker
+/// names, addresses, paths) are data, never shell code; the template is the operator's command.
+fn render_command(
+    reader: &Input<'_>,
+    template: &str,
+    vars: &std::collections::BTreeMap<String, String>,
+) -> Result<String, ActionFailure> {
+    let pieces = placeholders(reader, "command", template, vars)?;
+    let pieces: Vec<shell::Piece<'_>> = pieces
+        .iter()
+        .map(|(literal, value)| match value {
+            false => shell::Piece::Literal(literal),
+            true => shell::Piece::Value(literal),
+        })
+        .collect();
+    shell::assemble(&pieces).map_err(|message| reader.bad("command", message))
 }
 
 fn finish(result: Result<Value, ActionFailure>, command: &str) -> Result<Value, ActionFailure> {

@@ -29,17 +29,30 @@ pub fn render_placeholders(
     text: &str,
     vars: &BTreeMap<String, String>,
 ) -> Result<String, ActionFailure> {
-    let mut out = String::new();
+    Ok(placeholders(input, field, text, vars)?
+        .into_iter()
+        .map(|(piece, _)| piece)
+        .collect())
+}
+
+/// `text` cut into literal pieces and placeholder values (`true`), in order.
+pub fn placeholders<'t>(
+    input: &Input<'_>,
+    field: &str,
+    text: &'t str,
+    vars: &'t BTreeMap<String, String>,
+) -> Result<Vec<(&'t str, bool)>, ActionFailure> {
+    let mut out = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
+        out.push((&rest[..start], false));
         let after = &rest[start + 2..];
         let Some(end) = after.find("}}") else {
             return Err(input.bad(field, format!("unclosed `{{{{` in {text:?}")));
         };
         let name = after[..end].trim();
         match vars.get(name) {
-            Some(value) => out.push_str(value),
+            Some(value) => out.push((value.as_str(), true)),
             None => {
                 return Err(input.bad(
                     field,
@@ -52,7 +65,7 @@ pub fn render_placeholders(
         }
         rest = &after[end + 2..];
     }
-    out.push_str(rest);
+    out.push((rest, false));
     Ok(out)
 }
 
