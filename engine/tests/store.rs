@@ -209,10 +209,7 @@ fn an_unsynced_commit_leaves_no_part_of_itself() {
     // And the original store acknowledges them all at its next sync.
     store.sync().unwrap();
     assert!(store.load_run(unacknowledged[0]).unwrap().is_some());
-    assert_eq!(
-        store.lock_holder("big:0").unwrap(),
-        Some(unacknowledged[0])
-    );
+    assert_eq!(store.lock_holder("big:0").unwrap(), Some(unacknowledged[0]));
 }
 
 /// The derived indexes are checked against the runs at open and repaired from them: an orphan
@@ -245,18 +242,28 @@ fn derived_indexes_are_checked_and_repaired() {
     let checked = Journal::open_over(tables, false).unwrap();
     let problems = checked.check().unwrap();
     let text = problems.join("\n");
-    assert!(text.contains("lock \"orphan\" is held by run 00000000-0000-0009-0000-000000000009, which is no run"), "{text}");
+    assert!(
+        text.contains(
+            "lock \"orphan\" is held by run 00000000-0000-0009-0000-000000000009, which is no run"
+        ),
+        "{text}"
+    );
     assert!(text.contains("timer 3 belongs to no run"), "{text}");
     assert!(text.contains("counters"), "{text}");
     let repaired = Journal::open_over(checked.into_tables(), true).unwrap();
     assert_eq!(repaired.check().unwrap(), Vec::<String>::new());
     assert_eq!(repaired.lock_holder("orphan").unwrap(), None);
     assert_eq!(repaired.next_timer().unwrap().map(|key| key.run_id), None);
-    assert_eq!(repaired.load_run(run).unwrap().map(|state| state.id), Some(run));
+    assert_eq!(
+        repaired.load_run(run).unwrap().map(|state| state.id),
+        Some(run)
+    );
 }
 
 /// A parked run in a store over any tables.
-fn drive_memory<T: runbook_engine::store::tables::Tables>(store: &runbook_engine::store::Journal<T>) -> Uuid {
+fn drive_memory<T: runbook_engine::store::tables::Tables>(
+    store: &runbook_engine::store::Journal<T>,
+) -> Uuid {
     let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
     let (state, decision) = machine::create(
         Uuid::from_u64_pair(3, 1),

@@ -30,7 +30,9 @@ fn listings_filter_page_and_refuse_bad_requests() -> Result<()> {
     let mut quick = Vec::new();
     for _ in 0..3 {
         let run = daemon.start_run("quick", &[])?;
-        daemon.wait_for(&run, Duration::from_secs(20), |shown| shown["state"] == "succeeded")?;
+        daemon.wait_for(&run, Duration::from_secs(20), |shown| {
+            shown["state"] == "succeeded"
+        })?;
         quick.push(run);
     }
     // Unfinished only, newest first.
@@ -64,7 +66,10 @@ fn listings_filter_page_and_refuse_bad_requests() -> Result<()> {
     expected.reverse();
     ensure!(ids(&succeeded) == expected, "{succeeded}");
     let of_gate = daemon.json(&["ps", "--all", "--runbook", "gate", "--limit", "2"])?;
-    ensure!(ids(&of_gate) == vec![gates[4].clone(), gates[3].clone()], "{of_gate}");
+    ensure!(
+        ids(&of_gate) == vec![gates[4].clone(), gates[3].clone()],
+        "{of_gate}"
+    );
     // The counters behind /metrics.
     let metrics = daemon.api("GET", "/metrics", None)?.text();
     ensure!(
@@ -78,8 +83,16 @@ fn listings_filter_page_and_refuse_bad_requests() -> Result<()> {
         (vec!["ps", "--limit", "0"], 2, "--limit"),
         (vec!["ps", "--limit", "-3"], 2, "'-3'"),
         (vec!["ps", "--limit", "99999999999999999999"], 2, "--limit"),
-        (vec!["ps", "--state", "sleeping"], 4, "unknown state \"sleeping\""),
-        (vec!["ps", "--cursor", "not-a-cursor"], 4, "cursor \"not-a-cursor\""),
+        (
+            vec!["ps", "--state", "sleeping"],
+            4,
+            "unknown state \"sleeping\"",
+        ),
+        (
+            vec!["ps", "--cursor", "not-a-cursor"],
+            4,
+            "cursor \"not-a-cursor\"",
+        ),
     ] {
         let output = daemon.cli(&args)?;
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -98,7 +111,11 @@ fn listings_filter_page_and_refuse_bad_requests() -> Result<()> {
     ] {
         let response = daemon.api("GET", path, None)?;
         ensure!(response.status == 400, "{path}: {}", response.status);
-        ensure!(response.json()?["error"].is_object(), "{path}: {}", response.text());
+        ensure!(
+            response.json()?["error"].is_object(),
+            "{path}: {}",
+            response.text()
+        );
     }
     // Nothing changed.
     ensure!(ids(&daemon.json(&["ps"])?).len() == 5);
@@ -133,7 +150,9 @@ fn retention_deletes_finished_runs_whole_and_never_an_unfinished_one() -> Result
     let mut finished = Vec::new();
     for _ in 0..3 {
         let run = daemon.start_run("quick", &[])?;
-        daemon.wait_for(&run, Duration::from_secs(20), |shown| shown["state"] == "succeeded")?;
+        daemon.wait_for(&run, Duration::from_secs(20), |shown| {
+            shown["state"] == "succeeded"
+        })?;
         finished.push(run);
     }
     let run_dir = daemon.data_dir.join("runs").join(&finished[0]);
@@ -141,7 +160,10 @@ fn retention_deletes_finished_runs_whole_and_never_an_unfinished_one() -> Result
     std::thread::sleep(Duration::from_secs(3));
     let dry = daemon.json(&["store", "gc", "--dry-run"])?;
     ensure!(dry["count"] == 3, "{dry}");
-    ensure!(ids(&daemon.json(&["ps", "--all"])?).len() == 4, "a dry run deleted something");
+    ensure!(
+        ids(&daemon.json(&["ps", "--all"])?).len() == 4,
+        "a dry run deleted something"
+    );
     let report = daemon.json(&["store", "gc"])?;
     ensure!(report["count"] == 3, "{report}");
     ensure!(report["file_bytes"].as_u64().unwrap_or(0) > 0, "{report}");

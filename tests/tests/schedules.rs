@@ -273,7 +273,14 @@ fn a_crash_between_launch_and_schedule_never_launches_an_instant_twice() -> Resu
         &daemon,
         "every2",
         "gate",
-        &["--overlap", "allow", "--catch-up", "all", "--catch-up-max", "10"],
+        &[
+            "--overlap",
+            "allow",
+            "--catch-up",
+            "all",
+            "--catch-up-max",
+            "10",
+        ],
     )?;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !daemon.exited() {
@@ -293,7 +300,10 @@ fn a_crash_between_launch_and_schedule_never_launches_an_instant_twice() -> Resu
     for run in daemon.json(&["ps", "--all"])?["runs"].as_array().unwrap() {
         let id = run["id"].as_str().unwrap().to_owned();
         let shown = daemon.show(&id)?;
-        let comment = shown["audit"][0]["comment"].as_str().unwrap_or_default().to_owned();
+        let comment = shown["audit"][0]["comment"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let instant = comment.rsplit(" for ").next().unwrap_or_default();
         let instant = DateTime::parse_from_rfc3339(instant)?.with_timezone(&Utc);
         instants.entry(instant).or_default().push(id);

@@ -38,10 +38,14 @@ fn parse_retain(text: &str) -> Result<Retain, String> {
         format!("{text:?} is not a duration like 90d, 36h or 30m ({error}); 0 keeps every run")
     })?;
     if retain < std::time::Duration::from_secs(1) {
-        return Err(format!("{text:?} is shorter than a second; 0 keeps every run"));
+        return Err(format!(
+            "{text:?} is shorter than a second; 0 keeps every run"
+        ));
     }
     if retain > std::time::Duration::from_secs(100 * 366 * 24 * 3600) {
-        return Err(format!("{text:?} is longer than 100 years; 0 keeps every run"));
+        return Err(format!(
+            "{text:?} is longer than 100 years; 0 keeps every run"
+        ));
     }
     Ok(Retain(Some(retain)))
 }

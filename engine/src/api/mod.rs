@@ -403,7 +403,10 @@ impl ListQuery {
         };
         if let Some(runbook) = &self.runbook {
             if runbook.is_empty() || runbook.len() > 256 || runbook.contains('\0') {
-                return Err(invalid("runbook", format!("runbook {runbook:?} is not a runbook name")));
+                return Err(invalid(
+                    "runbook",
+                    format!("runbook {runbook:?} is not a runbook name"),
+                ));
             }
         }
         Ok(crate::store::ListQuery {
@@ -647,7 +650,10 @@ struct GcQuery {
 }
 
 async fn collect_store(State(app): State<AppState>, Query(query): Query<GcQuery>) -> ApiResult {
-    let collected = app.engine.collect_expired(app.retain, query.dry_run).await?;
+    let collected = app
+        .engine
+        .collect_expired(app.retain, query.dry_run)
+        .await?;
     ok(json!({
         "dry_run": query.dry_run,
         "retain_seconds": app.retain.map(|retain| retain.as_secs()),

@@ -370,9 +370,7 @@ impl Engine {
         let slot = match self.inner.writer.store().load_run(run_id) {
             Ok(Some(state)) => Slot::Live(Arc::new(state)),
             Ok(None) => return Ok(None),
-            Err(error) if error.is_failure() => {
-                return Err(error.into())
-            }
+            Err(error) if error.is_failure() => return Err(error.into()),
             Err(error) => {
                 tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
                 Slot::Corrupt {

@@ -416,7 +416,11 @@ impl Engine {
                 "schedule {} ({}) {} {}",
                 schedule.name,
                 schedule.id,
-                if outcome == "backfill" { "backfill of" } else { "instant" },
+                if outcome == "backfill" {
+                    "backfill of"
+                } else {
+                    "instant"
+                },
                 instant.to_rfc3339()
             )
         });

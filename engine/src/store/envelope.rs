@@ -22,11 +22,10 @@ const MAGIC: u8 = b'R';
 const HEADER: usize = 7;
 
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    let payload = serde_json::to_vec(value)
-        .map_err(|error| Error::Io {
-            kind: std::io::ErrorKind::InvalidData,
-            message: format!("cannot encode a record: {error}"),
-        })?;
+    let payload = serde_json::to_vec(value).map_err(|error| Error::Io {
+        kind: std::io::ErrorKind::InvalidData,
+        message: format!("cannot encode a record: {error}"),
+    })?;
     let mut bytes = Vec::with_capacity(HEADER + payload.len());
     bytes.push(MAGIC);
     bytes.extend_from_slice(&FORMAT.to_be_bytes());

@@ -22,8 +22,8 @@ use uuid::Uuid;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
 use super::{
-    decode_event, decode_value, encode_value, restore, Commit, Error, ScheduleCommit,
-    Store, TimerKey, STORE_FORMAT,
+    decode_event, decode_value, encode_value, restore, Commit, Error, ScheduleCommit, Store,
+    TimerKey, STORE_FORMAT,
 };
 use crate::machine::{Event, RunState};
 use crate::schedule::Schedule;
@@ -149,18 +149,37 @@ impl<'a> Tx<'a> {
             return Ok(());
         };
         if old.as_ref().is_none_or(|old| old.state != new.state) {
-            self.put(Tree::ByState, listing::name_key(&new.state, run_id), Vec::new());
+            self.put(
+                Tree::ByState,
+                listing::name_key(&new.state, run_id),
+                Vec::new(),
+            );
             *counts.runs.entry(new.state.clone()).or_default() += 1;
         }
         if old.is_none() {
-            self.put(Tree::ByRunbook, listing::name_key(&new.runbook, run_id), Vec::new());
+            self.put(
+                Tree::ByRunbook,
+                listing::name_key(&new.runbook, run_id),
+                Vec::new(),
+            );
         }
         if let Some(finished_at) = new.finished_at {
-            if old.as_ref().is_none_or(|old| old.finished_at != new.finished_at) {
-                self.put(Tree::Finished, listing::finished_key(finished_at, run_id), Vec::new());
+            if old
+                .as_ref()
+                .is_none_or(|old| old.finished_at != new.finished_at)
+            {
+                self.put(
+                    Tree::Finished,
+                    listing::finished_key(finished_at, run_id),
+                    Vec::new(),
+                );
             }
         }
-        self.put(Tree::Listings, run_id.as_bytes().to_vec(), encode_value(new)?);
+        self.put(
+            Tree::Listings,
+            run_id.as_bytes().to_vec(),
+            encode_value(new)?,
+        );
         Ok(())
     }
 
@@ -196,7 +215,11 @@ fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
         return Err(Error::Conflict {
             run_id: id,
             expected: commit.expected_seq,
-            found: if next_taken { commit.expected_seq + 1 } else { 0 },
+            found: if next_taken {
+                commit.expected_seq + 1
+            } else {
+                0
+            },
         });
     }
     for resource in &commit.locks_acquire {
@@ -264,7 +287,11 @@ fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
 
 fn schedule_commit(tx: &mut Tx<'_>, commit: &ScheduleCommit) -> Result<(), Error> {
     match &commit.value {
-        Some(value) => tx.put(Tree::Schedules, commit.name.as_bytes().to_vec(), value.clone()),
+        Some(value) => tx.put(
+            Tree::Schedules,
+            commit.name.as_bytes().to_vec(),
+            value.clone(),
+        ),
         None => tx.delete(Tree::Schedules, commit.name.as_bytes().to_vec()),
     }
     let mut counts = tx.counts()?;
@@ -458,7 +485,11 @@ impl<T: Tables> Journal<T> {
             value: Some(encode_value(&STORE_FORMAT)?),
         });
         self.write_now(ops)?;
-        tracing::info!(runs = upgraded, from = found, "upgraded the store to format {STORE_FORMAT}");
+        tracing::info!(
+            runs = upgraded,
+            from = found,
+            "upgraded the store to format {STORE_FORMAT}"
+        );
         Ok(())
     }
 
@@ -504,12 +535,17 @@ impl<T: Tables> Journal<T> {
                 continue;
             }
             let Some(line) = listed(run_id)? else {
-                problems.push(format!("run {run_id} is in the {state} index but has no listing"));
+                problems.push(format!(
+                    "run {run_id} is in the {state} index but has no listing"
+                ));
                 ops.push(op(Tree::ByState, key, None));
                 continue;
             };
             if line.state != state {
-                problems.push(format!("run {run_id} is {} but in the {state} index", line.state));
+                problems.push(format!(
+                    "run {run_id} is {} but in the {state} index",
+                    line.state
+                ));
                 ops.push(op(Tree::ByState, key, None));
                 continue;
             }
@@ -521,11 +557,19 @@ impl<T: Tables> Journal<T> {
                     run_id,
                     timer: *timer,
                 };
-                if self.tables.get(Tree::Timers, &timer_key.encode())?.is_none() {
+                if self
+                    .tables
+                    .get(Tree::Timers, &timer_key.encode())?
+                    .is_none()
+                {
                     problems.push(format!(
                         "run {run_id} ({state}) waits for timer {timer}, which is not in the timer index"
                     ));
-                    ops.push(op(Tree::Timers, timer_key.encode().to_vec(), Some(Vec::new())));
+                    ops.push(op(
+                        Tree::Timers,
+                        timer_key.encode().to_vec(),
+                        Some(Vec::new()),
+                    ));
                     re_armed += 1;
                 }
             }
@@ -544,8 +588,14 @@ impl<T: Tables> Journal<T> {
             }
             // A running run is worked on at start-up.
             if state == "running" && self.tables.get(Tree::Active, run_id.as_bytes())?.is_none() {
-                problems.push(format!("run {run_id} is running but not in the active index"));
-                ops.push(op(Tree::Active, run_id.as_bytes().to_vec(), Some(Vec::new())));
+                problems.push(format!(
+                    "run {run_id} is running but not in the active index"
+                ));
+                ops.push(op(
+                    Tree::Active,
+                    run_id.as_bytes().to_vec(),
+                    Some(Vec::new()),
+                ));
             }
         }
         // A lock whose holder does not exist or has finished is free.
@@ -626,7 +676,11 @@ impl<T: Tables> Journal<T> {
             problems.push(format!(
                 "counters {stored:?} do not match the runs ({counts:?})"
             ));
-            ops.push(op(Tree::Meta, b"counts".to_vec(), Some(encode_value(&counts)?)));
+            ops.push(op(
+                Tree::Meta,
+                b"counts".to_vec(),
+                Some(encode_value(&counts)?),
+            ));
         }
         if repair && !ops.is_empty() {
             self.write_now(ops)?;
@@ -921,7 +975,7 @@ impl<T: Tables> Store for Journal<T> {
                         &mut runs,
                     )?;
                 }
-                runs.sort_by(|a, b| b.0.cmp(&a.0));
+                runs.sort_by_key(|run| std::cmp::Reverse(run.0));
                 runs.truncate(query.limit);
             }
         }

@@ -161,7 +161,11 @@ pub fn name_prefix(name: &str) -> Vec<u8> {
 /// `finished_at_ms ‖ run_id`.
 pub fn finished_key(finished_at: DateTime<Utc>, run_id: Uuid) -> Vec<u8> {
     let mut key = Vec::with_capacity(24);
-    key.extend_from_slice(&u64::try_from(finished_at.timestamp_millis()).unwrap_or(0).to_be_bytes());
+    key.extend_from_slice(
+        &u64::try_from(finished_at.timestamp_millis())
+            .unwrap_or(0)
+            .to_be_bytes(),
+    );
     key.extend_from_slice(run_id.as_bytes());
     key
 }

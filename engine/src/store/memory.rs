@@ -12,13 +12,16 @@ use super::Error;
 /// A [`super::Store`] in memory.
 pub type MemoryStore = Journal<MemoryTables>;
 
+/// One tree's entries.
+type Entries = BTreeMap<Vec<u8>, Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemoryTables {
-    trees: Mutex<BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    trees: Mutex<BTreeMap<Tree, Entries>>,
 }
 
 impl MemoryTables {
-    fn trees(&self) -> MutexGuard<'_, BTreeMap<Tree, BTreeMap<Vec<u8>, Vec<u8>>>> {
+    fn trees(&self) -> MutexGuard<'_, BTreeMap<Tree, Entries>> {
         self.trees
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

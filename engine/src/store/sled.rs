@@ -44,10 +44,7 @@ pub struct SledTables {
 fn sled_error(context: &str, error: ::sled::Error) -> Error {
     match error {
         ::sled::Error::Io(error) => Error::io(context, &error),
-        other => Error::io(
-            context,
-            &std::io::Error::other(other.to_string()),
-        ),
+        other => Error::io(context, &std::io::Error::other(other.to_string())),
     }
 }
 
@@ -85,9 +82,8 @@ impl SledTables {
             );
         }
         let wal_dir = dir.join("wal");
-        let (records, last_lsn) = Wal::read(&wal_dir, 0).map_err(|error| {
-            Error::io(&format!("cannot read {}", wal_dir.display()), &error)
-        })?;
+        let (records, last_lsn) = Wal::read(&wal_dir, 0)
+            .map_err(|error| Error::io(&format!("cannot read {}", wal_dir.display()), &error))?;
         for (_, ops) in &records {
             apply(&trees, ops).map_err(|error| sled_error(&context, error))?;
         }
@@ -104,9 +100,8 @@ impl SledTables {
             .sync_data()
             .map_err(|error| Error::io(&context, &error))?;
         sync_blobs(dir, &blobs_seen)?;
-        let wal = Wal::create(&wal_dir, last_lsn + 1).map_err(|error| {
-            Error::io(&format!("cannot start {}", wal_dir.display()), &error)
-        })?;
+        let wal = Wal::create(&wal_dir, last_lsn + 1)
+            .map_err(|error| Error::io(&format!("cannot start {}", wal_dir.display()), &error))?;
         let tables = SledTables {
             log_file,
             dir: dir.to_owned(),
@@ -142,7 +137,9 @@ impl SledTables {
             ));
         }
         let context = format!("cannot checkpoint the store in {}", self.dir.display());
-        self.db.flush().map_err(|error| sled_error(&context, error))?;
+        self.db
+            .flush()
+            .map_err(|error| sled_error(&context, error))?;
         self.log_file
             .sync_data()
             .map_err(|error| Error::io(&context, &error))?;

@@ -121,7 +121,12 @@ pub trait Tables: Send + Sync + 'static {
 }
 
 /// The entries whose keys start with `prefix`, ascending or descending.
-pub fn scan_prefix<'a>(tables: &'a dyn Tables, tree: Tree, prefix: &[u8], reverse: bool) -> Scan<'a> {
+pub fn scan_prefix<'a>(
+    tables: &'a dyn Tables,
+    tree: Tree,
+    prefix: &[u8],
+    reverse: bool,
+) -> Scan<'a> {
     match prefix_end(prefix) {
         Some(end) => tables.scan(
             tree,

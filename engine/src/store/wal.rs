@@ -39,7 +39,6 @@ const CHUNK: u64 = 1 << 20;
 /// Past this size, a sync also checkpoints and starts a new segment.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-
 /// Appends `ops` to `buffer` in the record payload encoding.
 pub fn encode_ops(ops: &[Op], buffer: &mut Vec<u8>) {
     for op in ops {

@@ -28,7 +28,7 @@ const LINGER: Duration = Duration::from_micros(100);
 pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 enum Write {
-    Run(Commit),
+    Run(Box<Commit>),
     Schedule(ScheduleCommit),
     /// Deletes finished runs (retention); answers with those deleted.
     Collect(Vec<Uuid>),
@@ -91,7 +91,7 @@ impl Writer {
 
     /// Applies and syncs one commit; resolves when it is durable.
     pub async fn commit(&self, commit: Commit) -> Result<(), Error> {
-        self.send(Write::Run(commit)).await.map(drop)
+        self.send(Write::Run(Box::new(commit))).await.map(drop)
     }
 
     /// Applies and syncs one schedule change; resolves when it is durable.
@@ -207,14 +207,24 @@ impl Loop {
         let unit = |result: Result<(), Error>| result.map(|()| Vec::new());
         for request in batch {
             match &request.write {
-                Write::Run(commit) => runs.push(commit),
+                Write::Run(commit) => runs.push(commit.as_ref()),
                 Write::Schedule(commit) => {
-                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
+                    results.extend(
+                        store
+                            .apply_many(&std::mem::take(&mut runs))
+                            .into_iter()
+                            .map(unit),
+                    );
                     crate::failpoint::hit("BeforeCommit");
                     results.push(unit(store.apply_schedule(commit)));
                 }
                 Write::Collect(ids) => {
-                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
+                    results.extend(
+                        store
+                            .apply_many(&std::mem::take(&mut runs))
+                            .into_iter()
+                            .map(unit),
+                    );
                     results.push(store.collect(ids));
                 }
             }
