@@ -660,23 +660,28 @@ impl Load {
         Ok(())
     }
 
-    /// Every run the store holds, by id (`GET /v1/runs?all=true`).
+    /// Every run the store holds, by id (`GET /v1/runs?all=true`, page by page).
     fn listing(&self) -> Result<BTreeMap<String, Value>> {
-        let response = self.daemon.api("GET", "/v1/runs?all=true", None)?;
-        if response.status != 200 {
-            bail!(
-                "GET /v1/runs?all=true: HTTP {}: {}",
-                response.status,
-                response.text()
+        let mut runs = BTreeMap::new();
+        let mut path = "/v1/runs?all=true&limit=1000".to_owned();
+        loop {
+            let response = self.daemon.api("GET", &path, None)?;
+            if response.status != 200 {
+                bail!("GET {path}: HTTP {}: {}", response.status, response.text());
+            }
+            let listed = response.json()?;
+            runs.extend(
+                listed["runs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|run| Some((run["id"].as_str()?.to_owned(), run.clone()))),
             );
+            match listed["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/v1/runs?all=true&limit=1000&cursor={cursor}"),
+                None => return Ok(runs),
+            }
         }
-        let listed = response.json()?;
-        Ok(listed["runs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|run| Some((run["id"].as_str()?.to_owned(), run.clone())))
-            .collect())
     }
 
     /// Acknowledged runs exist; runs found that were not acknowledged are taken in; stuck runs

@@ -75,7 +75,7 @@ async fn fire(engine: &Engine, key: TimerKey) {
     if let Some(armed) = engine.fire_schedule(key.run_id).await {
         if armed.map(|fire_at| TimerKey::new(fire_at, key.run_id, 0)) != Some(key) {
             // The schedule is armed elsewhere now: this entry is stale.
-            if let Err(error) = engine.writer().store().remove_timer(&key) {
+            if let Err(error) = engine.writer().remove_timer(key).await {
                 tracing::error!(%error, "cannot drop a stale schedule timer");
             }
         }
@@ -98,7 +98,7 @@ async fn fire(engine: &Engine, key: TimerKey) {
     };
     if !still_armed {
         // Already fired or canceled in the journal: only the index entry is left, if anything.
-        if let Err(error) = engine.writer().store().remove_timer(&key) {
+        if let Err(error) = engine.writer().remove_timer(key).await {
             tracing::error!(%error, "cannot drop a stale timer entry");
         }
     }

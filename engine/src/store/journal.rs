@@ -785,11 +785,11 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn sync(&self) -> Result<(), Error> {
-        let ops = {
-            let mut staged = self.staged();
-            staged.latest.clear();
-            std::mem::take(&mut staged.ops)
-        };
+        // The lock is held until the batch is in the tables: a change is always either staged
+        // or written, never in between (where a check would read a stale value).
+        let mut staged = self.staged();
+        let ops = std::mem::take(&mut staged.ops);
+        staged.latest.clear();
         self.tables.write(&ops)
     }
 
@@ -869,8 +869,7 @@ impl<T: Tables> Store for Journal<T> {
             let mut counts = tx.counts()?;
             tx.timer(&mut counts, key, false)?;
             tx.put_counts(&counts)
-        })?;
-        self.sync()
+        })
     }
 
     fn lock_holder(&self, resource: &str) -> Result<Option<Uuid>, Error> {

@@ -137,14 +137,22 @@ impl TimerKey {
     }
 }
 
-/// A run's snapshot is stored by its first commit, by every commit that parks it, and by each
-/// commit whose events reach a multiple of this seq; other commits store only their events,
-/// and reading a run replays the events after its snapshot. A snapshot holds every step's
-/// state, so rewriting it on every step would cost O(steps) per step.
+/// A run's snapshot is stored by its first commit and then by each commit whose events cross a
+/// multiple of the run's snapshot interval: [`SNAPSHOT_EVERY`] events, or as many events as the
+/// run has step states, whichever is more. Other commits store only their events, and reading a
+/// run replays the events after its snapshot. A snapshot holds every step's state, so its size
+/// grows with the run; spacing snapshots by the number of steps keeps the bytes written per
+/// event bounded (about one step state's worth), and replay on read no longer than decoding the
+/// snapshot itself.
 pub const SNAPSHOT_EVERY: u64 = 32;
 
-fn crosses_snapshot_seq(expected_seq: u64, last_seq: u64) -> bool {
-    expected_seq == 0 || last_seq / SNAPSHOT_EVERY != expected_seq / SNAPSHOT_EVERY
+/// The snapshot interval of a run with `steps` step states.
+pub fn snapshot_interval(steps: usize) -> u64 {
+    SNAPSHOT_EVERY.max(steps as u64)
+}
+
+fn crosses_snapshot_seq(expected_seq: u64, last_seq: u64, every: u64) -> bool {
+    expected_seq == 0 || last_seq / every != expected_seq / every
 }
 
 /// One transition of one run, encoded, ready to apply atomically.
@@ -188,7 +196,11 @@ impl Commit {
             run_id,
             expected_seq,
             events: Vec::with_capacity(events.len()),
-            snapshot: if parked || crosses_snapshot_seq(expected_seq, snapshot.last_seq) {
+            snapshot: if crosses_snapshot_seq(
+                expected_seq,
+                snapshot.last_seq,
+                snapshot_interval(snapshot.steps.len()),
+            ) {
                 Some(envelope::encode(snapshot)?)
             } else {
                 None
@@ -363,6 +375,7 @@ pub trait Store: Send + Sync + 'static {
     fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error>;
 
     /// Drops a timer entry no run claims (left by a run that could not be read, for example).
+    /// Like [`Store::apply`], durable at the next sync (only the writer changes the store).
     fn remove_timer(&self, key: &TimerKey) -> Result<(), Error>;
 
     /// The run holding `resource`, if any.

@@ -233,16 +233,18 @@ impl Tables for SledTables {
     }
 
     fn write(&self, ops: &[Op]) -> Result<(), Error> {
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let mut wal = self.wal();
+        // (Checked first: a sync with nothing left to write must not report success after a
+        // failed write took its batch.)
         if self.failed.load(Ordering::SeqCst) {
             return Err(Error::io(
                 "write",
                 &std::io::Error::other("the store failed a write; it must be reopened"),
             ));
         }
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut wal = self.wal();
         let context = format!("cannot write the store's log in {}", self.dir.display());
         let size = match wal.append(ops) {
             Ok(size) => size,

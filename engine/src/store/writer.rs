@@ -32,6 +32,8 @@ enum Write {
     Schedule(ScheduleCommit),
     /// Deletes finished runs (retention); answers with those deleted.
     Collect(Vec<Uuid>),
+    /// Drops a timer index entry no run or schedule claims.
+    RemoveTimer(TimerKey),
 }
 
 struct Request {
@@ -97,6 +99,11 @@ impl Writer {
     /// Applies and syncs one schedule change; resolves when it is durable.
     pub async fn commit_schedule(&self, commit: ScheduleCommit) -> Result<(), Error> {
         self.send(Write::Schedule(commit)).await.map(drop)
+    }
+
+    /// Drops a stale timer index entry, durably.
+    pub async fn remove_timer(&self, key: TimerKey) -> Result<(), Error> {
+        self.send(Write::RemoveTimer(key)).await.map(drop)
     }
 
     /// Deletes those of `runs` that are finished, durably; returns the ones deleted.
@@ -217,6 +224,10 @@ impl Loop {
                     );
                     crate::failpoint::hit("BeforeCommit");
                     results.push(unit(store.apply_schedule(commit)));
+                }
+                Write::RemoveTimer(key) => {
+                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
+                    results.push(unit(store.remove_timer(key)));
                 }
                 Write::Collect(ids) => {
                     results.extend(

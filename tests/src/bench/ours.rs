@@ -76,6 +76,8 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     server: Option<Server>,
     pub endpoint: Endpoint,
+    /// More arguments for `runbook daemon`.
+    pub extra_args: Vec<String>,
 }
 
 impl Daemon {
@@ -90,7 +92,14 @@ impl Daemon {
             dir,
             server: None,
             endpoint,
+            extra_args: Vec::new(),
         })
+    }
+
+    /// The daemon's data dir.
+    #[allow(dead_code)] // (`bench-history` uses it; `bench` does not)
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Starts the daemon; returns ms from spawn to the first answered API request.
@@ -101,7 +110,8 @@ impl Daemon {
             .arg(self.dir.path())
             .arg("daemon")
             .arg("--runbooks-dir")
-            .arg(self.dir.path().join("runbooks"));
+            .arg(self.dir.path().join("runbooks"))
+            .args(&self.extra_args);
         let server = Server::spawn(command, &self.dir.path().join("daemon.log"))?;
         let started = server.spawned;
         self.server = Some(server);
