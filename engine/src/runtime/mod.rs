@@ -38,7 +38,7 @@ use crate::machine::{
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
 pub use plan::{plan, Plan, PlannedStep};
-pub use schedules::ScheduleSpec;
+pub use schedules::{Backfill, ScheduleSpec, BACKFILL_LIMIT};
 pub use timers::run_timers;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -505,8 +505,17 @@ impl Engine {
         let locks = plan::render_locks(&definition, &params)?;
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
-        let (state, decision) =
-            machine::create(run_id, definition, params, locks, by, comment, now);
+        let (state, decision) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            machine::create(run_id, definition, params, locks, by, comment, now)
+        }))
+        .map_err(|panic| {
+            let reason = format!(
+                "the engine failed creating the run ({}); nothing was stored",
+                panic_message(&panic)
+            );
+            tracing::error!(%reason, "internal error");
+            Error::Internal(reason)
+        })?;
         let commit = Commit::new(0, &decision.events, &state, decision.settled())?;
         let parked = commit.parked;
         self.inner.writer.commit(commit).await?;
@@ -564,7 +573,28 @@ impl Engine {
                 )))
             }
         };
-        let (next, decision) = machine::decide(state, input, self.inner.clock.now())?;
+        let described = input_kind(&input);
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            machine::decide(state, input, self.inner.clock.now())
+        }));
+        let (next, decision) = match decided {
+            Ok(decided) => decided?,
+            Err(panic) => {
+                // A bug, not bad input: deciding again would panic again (a timer would fire
+                // in a hot loop). Hold the run, say so once, and refuse its inputs until the
+                // daemon restarts; what is journaled stays as it was.
+                let reason = format!(
+                    "the engine failed deciding {described} for this run ({}); the run is held \
+                     until the daemon restarts",
+                    panic_message(&panic)
+                );
+                tracing::error!(run = %run_id, %reason, "internal error; run held");
+                *guard = Slot::Corrupt {
+                    reason: reason.clone(),
+                };
+                return Err(Error::Internal(reason));
+            }
+        };
         if decision.events.is_empty() {
             let settled = next.is_parked() && decision.settled();
             return Ok((state.clone(), settled));
@@ -796,6 +826,25 @@ impl Engine {
 }
 
 /// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// An input's name, for an error message.
+fn input_kind(input: &Input) -> String {
+    let debug = format!("{input:?}");
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
     let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(
