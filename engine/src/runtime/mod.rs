@@ -497,6 +497,17 @@ impl Engine {
                 field: Some("runbook".to_owned()),
             },
         )?;
+        // The definition is journaled in the run's first event: one that the journal could not
+        // read back would start a run that then reads as corrupt.
+        serde_json::to_vec(&*definition)
+            .and_then(|bytes| serde_json::from_slice::<Definition>(&bytes))
+            .map_err(|error| Error::Invalid {
+                message: format!(
+                    "runbook {}: it could not be read back from the journal ({error}); nothing was started",
+                    definition.name
+                ),
+                field: Some("runbook".to_owned()),
+            })?;
         let params =
             definition::resolve_params(&definition, given).map_err(|error| Error::Invalid {
                 field: Some(format!("params.{}", error.param)),
