@@ -206,6 +206,9 @@ fn walk(dir: &Path, skip: &[PathBuf], loose: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
+/// Puts a spec into a call dir.
+type Plant<'a> = dyn Fn(&Path) -> std::io::Result<()> + 'a;
+
 /// The supervisor runs nothing from a spec that is a symlink or belongs to another user, even
 /// when it is handed the call dir directly.
 #[test]
@@ -233,8 +236,7 @@ fn the_supervisor_refuses_a_planted_spec() -> Result<()> {
         std::fs::copy(&planted, dir.join("spec.json"))?;
         std::os::unix::fs::chown(dir.join("spec.json"), Some(NOBODY_UID), Some(NOBODY_UID))
     };
-    let plants: [(&str, &dyn Fn(&Path) -> std::io::Result<()>); 2] =
-        [("symlink", &symlinked), ("owned by nobody", &theirs)];
+    let plants: [(&str, &Plant<'_>); 2] = [("symlink", &symlinked), ("owned by nobody", &theirs)];
     for (name, plant) in plants {
         let call_dir = base.path().join(name.replace(' ', "-"));
         std::fs::create_dir(&call_dir)?;
