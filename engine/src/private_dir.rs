@@ -120,12 +120,19 @@ pub fn check_data_dir(data_dir: &Path) -> Result<(), String> {
     let refuse = |problem: String| {
         format!(
             "refusing data dir {}: {problem}; another user could change the commands this daemon \
-             runs. Use a data dir that only this user (and root) can write, on a path whose \
+             runs: use a data dir that only this user (and root) can write, on a path whose \
              directories only this user or root can write (e.g. chmod go-w on them, or pick \
              another --data-dir)",
             data_dir.display()
         )
     };
+    // Nothing is created under a directory another user controls: check what exists first.
+    if let Some(existing) = data_dir
+        .ancestors()
+        .find(|ancestor| !ancestor.as_os_str().is_empty() && ancestor.exists())
+    {
+        check_path_to(existing).map_err(refuse)?;
+    }
     if let Some(parent) = data_dir
         .parent()
         .filter(|parent| !parent.as_os_str().is_empty())
@@ -252,6 +259,10 @@ mod tests {
         let error = check_data_dir(&open.join("data")).unwrap_err();
         assert!(error.contains("writable by other users"), "{error}");
         assert!(error.contains(&open.display().to_string()), "{error}");
+        assert!(
+            !open.join("data").exists(),
+            "created under an open directory"
+        );
 
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777))
             .map_err(|error| error.to_string())?;
