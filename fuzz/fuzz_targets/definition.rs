@@ -14,7 +14,9 @@ use runbook_engine::machine::{self, Actor};
 const DAEMON_STACK: usize = 2 * 1024 * 1024;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let text = text.to_owned();
     std::thread::Builder::new()
         .stack_size(DAEMON_STACK)
