@@ -129,6 +129,33 @@ pub fn short_id(id: &str) -> &str {
     }
 }
 
+/// For each id, its shortest prefix that no other id of the list shares, and never shorter
+/// than [`short_id`]: run ids begin with their creation millisecond, so two runs started in
+/// the same millisecond need more of it to be told apart.
+pub fn unique_prefixes(ids: &[&str]) -> Vec<String> {
+    let shortest = short_id("00000000-0000-0000-0000-000000000000").len();
+    ids.iter()
+        .map(|id| {
+            let shared = ids
+                .iter()
+                .filter(|other| *other != id)
+                .map(|other| {
+                    id.chars()
+                        .zip(other.chars())
+                        .take_while(|(a, b)| a == b)
+                        .count()
+                })
+                .max()
+                .unwrap_or(0);
+            let length = (shared + 1).max(shortest);
+            match id.char_indices().nth(length) {
+                Some((end, _)) => id[..end].to_owned(),
+                None => (*id).to_owned(),
+            }
+        })
+        .collect()
+}
+
 /// Left-aligned columns separated by two spaces, header first; no trailing spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
@@ -226,5 +253,25 @@ mod tests {
             "0193a8c4-5e2f"
         );
         assert_eq!(short_id("0193"), "0193");
+    }
+
+    #[test]
+    fn prefixes_of_ids_from_one_millisecond_are_unique() {
+        let ids = [
+            "0193a8c4-5e2f-7abc-8def-0123456789ab",
+            "0193a8c4-5e2f-7abd-8def-0123456789ab",
+            "0193a8c4-5e2f-7abd-9def-0123456789ab",
+            "0193a8c4-5e30-7abc-8def-0123456789ab",
+        ];
+        assert_eq!(
+            unique_prefixes(&ids),
+            [
+                "0193a8c4-5e2f-7abc",
+                "0193a8c4-5e2f-7abd-8",
+                "0193a8c4-5e2f-7abd-9",
+                "0193a8c4-5e30",
+            ]
+        );
+        assert_eq!(unique_prefixes(&["ab"]), ["ab"]);
     }
 }

@@ -21,10 +21,16 @@ use std::str::FromStr;
 use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 
+/// How soon a window's cron must match: one that does not match within 5 years is refused.
+pub const MATCH_HORIZON: std::time::Duration = std::time::Duration::from_secs(5 * 366 * 24 * 3600);
+const MATCH_HORIZON_TEXT: &str = "5 years";
+
 #[derive(Debug, Clone)]
 pub struct Calendar {
     schedule: cron::Schedule,
     zone: Tz,
+    /// As written, for messages.
+    expression: String,
 }
 
 impl Calendar {
@@ -50,7 +56,25 @@ impl Calendar {
         let zone = Tz::from_str(zone).map_err(|_| {
             format!("unknown time zone {zone:?} (use an IANA name such as Asia/Shanghai)")
         })?;
-        Ok(Calendar { schedule, zone })
+        Ok(Calendar {
+            schedule,
+            zone,
+            expression: expression.to_owned(),
+        })
+    }
+
+    /// The first match after `after`, if it comes within [`MATCH_HORIZON`]; otherwise an error
+    /// that says so (`0 0 30 2 *` never matches; a window that far away is a mistake).
+    pub fn next_within_horizon(&self, after: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+        let horizon = crate::duration::after(after, MATCH_HORIZON);
+        match self.next_after(after) {
+            Some(instant) if instant <= horizon => Ok(instant),
+            _ => Err(format!(
+                "cron {:?} does not match within {MATCH_HORIZON_TEXT} of {}",
+                self.expression,
+                after.to_rfc3339()
+            )),
+        }
     }
 
     /// The first instant strictly after `after` that matches (see the DST rules above).
@@ -78,7 +102,7 @@ impl Calendar {
     fn first_valid_after(&self, wall: NaiveDateTime) -> Option<DateTime<Utc>> {
         let mut probe = wall;
         for _ in 0..(26 * 60) {
-            probe += chrono::Duration::minutes(1);
+            probe = probe.checked_add_signed(chrono::TimeDelta::minutes(1))?;
             let minute = probe.with_second(0)?.with_nanosecond(0)?;
             if let Some(instant) = self.zone.from_local_datetime(&minute).earliest() {
                 return Some(instant.with_timezone(&Utc));

@@ -1,8 +1,16 @@
 //! The runbooks a daemon knows: the built-in ones (embedded by the `runbooks` crate) and the
 //! user's files in `--runbooks-dir`, re-read on every request so that an edited file is seen
 //! without a restart (runs in flight keep the definition they pinned).
+//!
+//! # Contract
+//!
+//! Reading the runbooks dir never blocks and is bounded: a `*.toml` that is not a regular file
+//! (a FIFO, a device, a directory) is listed with the reason it was skipped and logged, and a
+//! file over [`MAX_FILE_BYTES`] is listed as too large; neither is opened for a blocking read.
 
 use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -106,7 +114,7 @@ impl Catalog {
         files.sort();
         files
             .iter()
-            .map(|path| match std::fs::read_to_string(path) {
+            .map(|path| match read_file(path) {
                 Ok(text) => load(
                     &Source {
                         file: path.display().to_string(),
@@ -114,14 +122,79 @@ impl Catalog {
                     },
                     &self.actions,
                 ),
-                Err(error) => Entry {
-                    name: file_stem(path),
-                    source: path.display().to_string(),
-                    definition: Err(format!("{}: cannot read: {error}", path.display())),
-                },
+                Err(error) => {
+                    tracing::warn!(file = %path.display(), %error, "skipping a runbook file");
+                    Entry {
+                        name: file_stem(path),
+                        source: path.display().to_string(),
+                        definition: Err(format!("{}: {error}", path.display())),
+                    }
+                }
             })
             .collect()
     }
+}
+
+/// The largest runbook file read from the runbooks dir.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a runbook file of the runbooks dir without ever blocking: anything but a regular file
+/// (a FIFO, a device, a directory named `*.toml`) is refused before it is opened, the open does
+/// not wait (`O_NONBLOCK`, which matters if the path is swapped for a FIFO meanwhile), what was
+/// opened is checked again, and at most [`MAX_FILE_BYTES`] are read.
+pub fn read_file(path: &Path) -> Result<String, String> {
+    let kind = |meta: &std::fs::Metadata| {
+        use std::os::unix::fs::FileTypeExt;
+        let file_type = meta.file_type();
+        if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_dir() {
+            "a directory"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else if file_type.is_block_device() || file_type.is_char_device() {
+            "a device"
+        } else {
+            "not a regular file"
+        }
+    };
+    let meta = std::fs::metadata(path).map_err(|error| format!("cannot read: {error}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "skipped: {} (only regular files are read)",
+            kind(&meta)
+        ));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|error| format!("cannot read: {error}"))?;
+    let meta = file
+        .metadata()
+        .map_err(|error| format!("cannot read: {error}"))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "skipped: {} (only regular files are read)",
+            kind(&meta)
+        ));
+    }
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "too large: {} bytes (a runbook file may have at most {MAX_FILE_BYTES})",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read: {error}"))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "too large: more than {MAX_FILE_BYTES} bytes (the most a runbook file may have)"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|error| format!("not UTF-8: {error}"))
 }
 
 fn load(source: &Source, actions: &Registry) -> Entry {

@@ -48,7 +48,7 @@ impl ManualClock {
             .now
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        *now += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+        *now = crate::duration::after(*now, by);
     }
 }
 

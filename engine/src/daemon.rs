@@ -8,6 +8,9 @@
 //! <data-dir>/store/          the journal (sled)
 //! <data-dir>/runs/<id>/      step logs and per-call state
 //! ```
+//!
+//! The data dir is 0700 and everything in it 0600 / 0700 (the daemon runs with umask 077); the
+//! daemon refuses to start on a data dir another user could change (`private_dir`).
 
 use std::future::Future;
 use std::io::{Read, Seek, Write};
@@ -39,6 +42,9 @@ pub enum Error {
     InUse { dir: String, pid: String },
     #[error("{0}")]
     Io(String),
+    /// The data dir, or a directory on the way to it, is open to another user.
+    #[error("{0}")]
+    Unsafe(String),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error(transparent)]
@@ -56,12 +62,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(|error| {
-        Error::Io(format!(
-            "cannot create data dir {}: {error}",
-            data_dir.display()
-        ))
-    })?;
+    // Before anything is created: every file of the data dir is the daemon's user's alone.
+    let inherited_umask = crate::private_dir::set_private_umask();
+    crate::action::set_command_umask(inherited_umask);
+    crate::private_dir::check_data_dir(&data_dir).map_err(Error::Unsafe)?;
     let _lock = lock_data_dir(&data_dir)?;
 
     let store_dir = data_dir.join("store");
@@ -133,6 +137,8 @@ pub fn verify_offline(data_dir: &Path) -> Result<Vec<String>, Error> {
     if !data_dir.join("store").exists() {
         return Err(Error::Io(format!("no store in {}", data_dir.display())));
     }
+    crate::private_dir::set_private_umask();
+    crate::private_dir::check_data_dir(data_dir).map_err(Error::Unsafe)?;
     let _lock = lock_data_dir(data_dir)?;
     // Opened without the repair of derived indexes that a daemon's start makes, so that
     // verify reports what is wrong.

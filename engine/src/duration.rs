@@ -3,6 +3,15 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// The longest duration a runbook may name (a wait, timeout, poll interval, backoff, grace) and
+/// the farthest a deadline may lie ahead: 10 years (of 366 days). Anything longer is a typo,
+/// and would overflow the arithmetic on instants.
+pub const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
+/// [`MAX`] as the error messages say it.
+pub const MAX_TEXT: &str = "10 years (87840h)";
+
 /// Parses `72h`, `3s`, `1h 30m`, `250ms`, `2days`. A bare number is rejected: a unit is required,
 /// so that `wait = 72` cannot mean seconds to one reader and hours to another.
 pub fn parse(text: &str) -> Result<Duration, String> {
@@ -15,7 +24,45 @@ pub fn parse(text: &str) -> Result<Duration, String> {
             "duration {trimmed:?} has no unit (write e.g. \"{trimmed}s\" or \"{trimmed}h\")"
         ));
     }
-    humantime::parse_duration(trimmed).map_err(|error| format!("bad duration {trimmed:?}: {error}"))
+    let duration = humantime::parse_duration(trimmed)
+        .map_err(|error| format!("bad duration {trimmed:?}: {error}"))?;
+    if duration > MAX {
+        return Err(format!(
+            "duration {trimmed:?} is longer than the maximum of {MAX_TEXT}"
+        ));
+    }
+    Ok(duration)
+}
+
+/// `instant + duration`, never panicking: an instant beyond what chrono can hold saturates to
+/// the last one it can (such a timer never fires, which is what a duration that long means).
+pub fn after(instant: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(duration)
+        .ok()
+        .and_then(|delta| instant.checked_add_signed(delta))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `instant + milliseconds` (negative: earlier), saturating like [`after`].
+pub fn after_ms(instant: DateTime<Utc>, milliseconds: i64) -> DateTime<Utc> {
+    TimeDelta::try_milliseconds(milliseconds)
+        .and_then(|delta| instant.checked_add_signed(delta))
+        .unwrap_or(if milliseconds < 0 {
+            DateTime::<Utc>::MIN_UTC
+        } else {
+            DateTime::<Utc>::MAX_UTC
+        })
+}
+
+/// Refuses a deadline more than [`MAX`] after `now`.
+pub fn check_deadline(deadline: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), String> {
+    if deadline > after(now, MAX) {
+        return Err(format!(
+            "{} is more than {MAX_TEXT} away",
+            deadline.to_rfc3339()
+        ));
+    }
+    Ok(())
 }
 
 /// Formats a duration compactly: `72h`, `1m30s`, `250ms`.
@@ -100,6 +147,55 @@ mod tests {
         assert!(parse("72").unwrap_err().contains("no unit"));
         assert!(parse("3 fortnights").is_err());
         assert!(parse("").is_err());
+    }
+
+    #[test]
+    fn durations_beyond_the_maximum_are_refused() {
+        let error = parse("9999999999999h").unwrap_err();
+        assert!(
+            error.contains("longer than the maximum of 10 years"),
+            "{error}"
+        );
+        assert!(parse("87841h").is_err());
+        assert_eq!(parse("87840h").unwrap(), MAX);
+        // More than humantime's own range.
+        assert!(parse("99999999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn arithmetic_on_extreme_instants_saturates_instead_of_panicking() {
+        let extremes = [
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::UNIX_EPOCH,
+            DateTime::<Utc>::MAX_UTC,
+        ];
+        let durations = [
+            Duration::ZERO,
+            MAX,
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ];
+        for instant in extremes {
+            for duration in durations {
+                assert!(after(instant, duration) >= instant);
+            }
+            for milliseconds in [i64::MIN, -1, 0, 1, i64::MAX] {
+                let moved = after_ms(instant, milliseconds);
+                assert!(if milliseconds < 0 {
+                    moved <= instant
+                } else {
+                    moved >= instant
+                });
+            }
+        }
+        assert_eq!(
+            after(DateTime::<Utc>::MAX_UTC, MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let now = DateTime::<Utc>::UNIX_EPOCH;
+        assert!(check_deadline(after(now, MAX), now).is_ok());
+        assert!(check_deadline(DateTime::<Utc>::MAX_UTC, now).is_err());
+        assert!(check_deadline(now, DateTime::<Utc>::MAX_UTC).is_ok());
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub mod definition;
 pub mod duration;
 pub mod failpoint;
 pub mod machine;
+pub mod private_dir;
 pub mod runtime;
 pub mod schedule;
 pub mod store;

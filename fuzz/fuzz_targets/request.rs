@@ -46,7 +46,8 @@ with = { duration = "{{ params.wait }}" }
 
 fn definition() -> &'static Definition {
     static DEFINITION: OnceLock<Definition> = OnceLock::new();
-    DEFINITION.get_or_init(|| definition::parse("fuzz.toml", RUNBOOK).expect("the fuzz runbook is valid"))
+    DEFINITION
+        .get_or_init(|| definition::parse("fuzz.toml", RUNBOOK).expect("the fuzz runbook is valid"))
 }
 
 fuzz_target!(|data: &[u8]| {

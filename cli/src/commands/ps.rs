@@ -1,4 +1,5 @@
-//! `runbook ps [--all]`: the runs, newest first, as a table: id (short), runbook, state,
+//! `runbook ps [--all]`: the runs, newest first, as a table: id (the shortest prefix, at least
+//! 13 characters, that tells it from the other runs listed), runbook, state,
 //! current step, next wake-up (relative: `in 71h59m`) and age. Without `--all`, only runs that
 //! are not finished.
 
@@ -57,7 +58,15 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         return Ok(());
     }
     let now = render::now();
-    let rows: Vec<Vec<String>> = runs.iter().map(|run| row(run, now)).collect();
+    let ids: Vec<&str> = runs
+        .iter()
+        .map(|run| run["id"].as_str().unwrap_or("-"))
+        .collect();
+    let rows: Vec<Vec<String>> = runs
+        .iter()
+        .zip(render::unique_prefixes(&ids))
+        .map(|(run, id)| row(run, &id, now))
+        .collect();
     render::print(&render::table(
         &["ID", "RUNBOOK", "STATE", "CURRENT", "NEXT-WAKEUP", "AGE"],
         &rows,
@@ -81,8 +90,8 @@ fn encode(value: &str) -> String {
     encoded
 }
 
-fn row(run: &Value, now: DateTime<Utc>) -> Vec<String> {
-    let id = run["id"].as_str().unwrap_or("-");
+/// One run's line; `id` is its shortest unique prefix among the runs listed.
+fn row(run: &Value, id: &str, now: DateTime<Utc>) -> Vec<String> {
     let mut state = render::text(&run["state"]);
     if let Some(reason) = run["reason"].as_str().filter(|reason| !reason.is_empty()) {
         state = format!("{state} ({reason})");
@@ -96,7 +105,7 @@ fn row(run: &Value, now: DateTime<Utc>) -> Vec<String> {
         None => "-".to_string(),
     };
     vec![
-        render::short_id(id).to_string(),
+        id.to_owned(),
         render::text(&run["runbook"]),
         state,
         render::text(&run["current_step"]),
@@ -121,7 +130,7 @@ mod tests {
             "created_at": (now - TimeDelta::seconds(90)).to_rfc3339(),
         });
         assert_eq!(
-            row(&run, now),
+            row(&run, "0193a8c4-5e2f", now),
             vec![
                 "0193a8c4-5e2f",
                 "demo",

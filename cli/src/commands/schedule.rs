@@ -204,6 +204,16 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                     ""
                 }
             );
+            if result["truncated"] == true {
+                eprintln!(
+                    "stopped after {} instants, the most one backfill covers; the range goes on: \
+                     run `runbook schedule backfill {} --from {} --to {}` for the rest",
+                    render::text(&result["limit"]),
+                    args.name,
+                    render::text(&result["next_from"]),
+                    args.to
+                );
+            }
             Ok(())
         }
     }

@@ -318,6 +318,15 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
     .await
 }
 
+/// The umask the commands run with: the one the daemon was started with (the daemon itself
+/// runs with a private one, see `private_dir`).
+static COMMAND_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+/// Sets the umask that commands run with (the daemon's own, before it made it private).
+pub fn set_command_umask(umask: u32) {
+    COMMAND_UMASK.store(umask, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Writes the shim's spec into the call dir and starts the shim in a new session.
 fn start_shim(
     spec: &ExecSpec,
@@ -341,6 +350,7 @@ fn start_shim(
     }
     let shim_spec = shim::Spec {
         format: shim::FORMAT,
+        umask: Some(COMMAND_UMASK.load(std::sync::atomic::Ordering::Relaxed)),
         argv: spec.argv.clone(),
         env: spec.env.clone(),
         cwd: spec.cwd.clone(),

@@ -1,6 +1,7 @@
 //! Step logs: append-only files under the data dir, capped in size.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,11 +43,16 @@ impl LogSink {
         };
         let result = (|| -> std::io::Result<()> {
             if let Some(parent) = self.path.parent() {
-                std::fs::create_dir_all(parent)?;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)?;
             }
+            // Step logs often hold secrets: only the daemon's user may read them.
             let mut file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
                 .open(&self.path)?;
             file.write_all(kept)?;
             if truncated {

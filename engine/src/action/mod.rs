@@ -20,7 +20,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::exec::Exec;
+pub use self::exec::{set_command_umask, Exec};
 pub use self::log::LogSink;
 pub use crate::machine::ActionFailure;
 

@@ -37,6 +37,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,9 @@ pub(crate) struct Spec {
     pub log: PathBuf,
     /// Between SIGTERM and SIGKILL when the command is stopped.
     pub grace_ms: u64,
+    /// The umask the command runs with (the shim's own is private); absent in older specs.
+    #[serde(default)]
+    pub umask: Option<u32>,
 }
 
 /// How the command ended.
@@ -250,7 +254,12 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
-    let mut file = File::create(&temporary)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
     drop(file);
@@ -278,6 +287,14 @@ fn read_versioned<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<
     let Some(value) = read_json::<serde_json::Value>(path)? else {
         return Ok(None);
     };
+    versioned(path, value).map(Some)
+}
+
+/// Decodes a value with a `format` field, refusing any format but [`FORMAT`].
+fn versioned<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    value: serde_json::Value,
+) -> Result<T, String> {
     let format = value.get("format").and_then(serde_json::Value::as_u64);
     if format != Some(u64::from(FORMAT)) {
         let found = format.map_or_else(|| "none".to_owned(), |format| format.to_string());
@@ -287,9 +304,37 @@ fn read_versioned<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<
         ));
     }
     serde_json::from_value(value)
-        .map(Some)
         .map_err(|error| format!("{} is malformed: {error}", path.display()))
 }
+
+/// Reads the spec the way nobody else can have planted it: every directory on the way to the
+/// call dir is checked (`private_dir::check_path_to`), and `spec.json` is opened without
+/// following a symlink and must be a regular file of ours that no other user can write.
+fn read_spec(call_dir: &Path) -> Result<Option<Spec>, String> {
+    crate::private_dir::check_path_to(call_dir)
+        .map_err(|problem| format!("refusing to run from {}: {problem}", call_dir.display()))?;
+    let file = match crate::private_dir::open_private_file(call_dir, SPEC_FILE) {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(format!("refusing {SPEC_FILE}: {error}")),
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("cannot read {SPEC_FILE} in {}: {error}", call_dir.display()))?;
+    if bytes.len() as u64 > MAX_SPEC_BYTES {
+        return Err(format!(
+            "{SPEC_FILE} in {} is too large",
+            call_dir.display()
+        ));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| format!("{SPEC_FILE} in {} is not JSON: {error}", call_dir.display()))?;
+    versioned(&call_dir.join(SPEC_FILE), value).map(Some)
+}
+
+/// The largest spec the shim reads (a command and its environment).
+const MAX_SPEC_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The command's end, if the shim recorded it.
 pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
@@ -340,7 +385,7 @@ pub fn run(call_dir: &Path) -> i32 {
 
 /// Waits for the go, runs the command to its end; the status and the kept stdout.
 fn supervise(call_dir: &Path, go: &mut impl Read) -> (Status, Vec<u8>) {
-    let spec: Spec = match read_versioned(&call_dir.join(SPEC_FILE)) {
+    let spec: Spec = match read_spec(call_dir) {
         Ok(Some(spec)) => spec,
         Ok(None) => {
             return (
@@ -384,6 +429,15 @@ fn supervise(call_dir: &Path, go: &mut impl Read) -> (Status, Vec<u8>) {
     command.envs(spec.env.iter().map(|(key, value)| (key, value)));
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
+    }
+    if let Some(umask) = spec.umask {
+        // SAFETY: umask(2) is async-signal-safe and only changes the child's creation mask.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                libc::umask((umask & 0o777) as libc::mode_t);
+                Ok(())
+            });
+        }
     }
     let mut child = match command.spawn() {
         Ok(child) => child,

@@ -630,11 +630,15 @@ async fn backfill_schedule(
             Some("body"),
         )
     })?;
-    let (instants, firings) = app
+    let backfill = app
         .engine
         .backfill_schedule(&name, request.from, request.to, request.dry_run)
         .await?;
-    ok(json!({ "instants": instants, "firings": firings, "dry_run": request.dry_run }))
+    ok(json!({
+        "instants": backfill.instants, "firings": backfill.firings, "dry_run": request.dry_run,
+        "truncated": backfill.rest.is_some(), "next_from": backfill.rest,
+        "limit": crate::runtime::BACKFILL_LIMIT,
+    }))
 }
 
 async fn verify_store(State(app): State<AppState>) -> ApiResult {

@@ -5,6 +5,7 @@
 //! definition and checks everything that can be checked before a run starts (actions, step ids,
 //! durations, cron expressions, template variables); every error names the file, line and field.
 
+mod depth;
 mod params;
 mod parse;
 mod validate;
@@ -14,8 +15,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use depth::MAX_TOML_DEPTH;
 pub use params::{resolve as resolve_params, ParamError};
-pub use parse::{parse, parse_with_warnings};
+pub use parse::{parse, parse_with_warnings, MAX_NESTING};
 pub use validate::{validate, CORE_ACTIONS};
 
 /// A definition error: what was wrong and where.

@@ -73,6 +73,14 @@ pub fn resolve(
 
 /// Checks one value against its spec and returns it in its typed form.
 pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, String> {
+    if has_nul(value) {
+        // A command line, an environment variable or a file name ends at a NUL: the command
+        // would silently see less than the operator passed.
+        return Err(
+            "contains a NUL byte (\\0), which no command line, environment or file name can carry"
+                .to_owned(),
+        );
+    }
     let typed = match (spec.kind, value) {
         (ParamKind::String, Value::String(_)) => value.clone(),
         (ParamKind::String, Value::Number(number)) => Value::String(number.to_string()),
@@ -122,6 +130,18 @@ pub(crate) fn check_value(spec: &ParamSpec, value: &Value) -> Result<Value, Stri
         }
     }
     Ok(typed)
+}
+
+/// Whether any string in `value` holds a NUL byte.
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(text) => text.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || has_nul(item)),
+        _ => false,
+    }
 }
 
 fn check_host_port(address: &str) -> Result<(), String> {

@@ -125,6 +125,12 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
 }
 
 /// Parses and checks a runbook file. `file` is only used in messages and as the source.
+/// How deep `for_each` steps may nest: a step with nested `steps` at this depth (8 loops
+/// already around it) is refused. Every later stage (journal, snapshots, the API, the CLI)
+/// handles this depth with room to spare; serde_json stops at 128 levels, and each loop adds
+/// three.
+pub const MAX_NESTING: usize = 8;
+
 pub fn parse(file: &str, text: &str) -> Result<Definition, Error> {
     parse_with_warnings(file, text).map(|(definition, _)| definition)
 }
@@ -137,6 +143,16 @@ pub fn parse_with_warnings(file: &str, text: &str) -> Result<(Definition, Vec<St
         text,
         warnings: RefCell::new(Vec::new()),
     };
+    if let Some((line, depth)) = super::depth::too_deep(text) {
+        return Err(parser.error_at(
+            line,
+            format!(
+                "tables and lists nested {depth} levels deep; a runbook file may nest at most {} \
+                 (and steps at most {MAX_NESTING} loops deep)",
+                super::depth::MAX_TOML_DEPTH
+            ),
+        ));
+    }
     let raw: RawDefinition = toml::from_str(text).map_err(|error| {
         let line = error.span().map(|span| parser.line_of(&span)).unwrap_or(1);
         parser.error_at(line, error.message().trim().to_owned())
@@ -215,7 +231,7 @@ impl Parser<'_> {
             ..Scope::default()
         };
         let mut seen = HashSet::new();
-        self.collect_names(&raw.steps, &mut scope, &mut seen)?;
+        self.collect_names(&raw.steps, &mut scope, &mut seen, 0)?;
 
         let mut locks = Vec::new();
         for lock in &raw.locks {
@@ -318,10 +334,20 @@ impl Parser<'_> {
         steps: &[Spanned<RawStep>],
         scope: &mut Scope,
         seen: &mut HashSet<String>,
+        depth: usize,
     ) -> Result<(), Error> {
         for raw in steps {
             let step = raw.get_ref();
             let id = step.id.get_ref();
+            if step.steps.is_some() && depth >= MAX_NESTING {
+                return Err(self.error(
+                    raw,
+                    format!(
+                        "step {id:?}: steps nested more than {MAX_NESTING} levels deep (for_each \
+                         inside for_each); flatten the runbook"
+                    ),
+                ));
+            }
             if id.is_empty()
                 || !id
                     .chars()
@@ -355,7 +381,7 @@ impl Parser<'_> {
                 }
             }
             if let Some(nested) = &step.steps {
-                self.collect_names(nested, scope, seen)?;
+                self.collect_names(nested, scope, seen, depth + 1)?;
             }
         }
         Ok(())

@@ -3,12 +3,14 @@
 use serde_json::Value;
 
 use super::{Definition, Error};
+use crate::clock::{Clock, SystemClock};
 
 /// The actions the engine itself implements; domain actions are registered by `runbooks`.
 pub const CORE_ACTIONS: &[&str] = &["exec", "wait", "wait_until", "approval", "window", "noop"];
 
 /// Checks every action name (steps and undos) against the core actions and `is_known`.
 pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Result<(), Error> {
+    check_nesting(definition, &definition.steps, 0)?;
     for step in definition.all_steps() {
         let mut actions = vec![("action", step.action.as_str())];
         if let Some(undo) = &step.undo {
@@ -26,6 +28,33 @@ pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Res
                     ),
                 });
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses loops nested deeper than [`super::MAX_NESTING`] (a definition that did not come
+/// through `parse`, e.g. one read back, is held to the same limit).
+fn check_nesting(
+    definition: &Definition,
+    steps: &[super::Step],
+    depth: usize,
+) -> Result<(), Error> {
+    for step in steps {
+        if let Some(for_each) = &step.for_each {
+            if depth >= super::MAX_NESTING {
+                return Err(Error {
+                    file: definition.source.clone(),
+                    line: step.line,
+                    message: format!(
+                        "step {:?}: steps nested more than {} levels deep (for_each inside \
+                         for_each); flatten the runbook",
+                        step.id,
+                        super::MAX_NESTING
+                    ),
+                });
+            }
+            check_nesting(definition, &for_each.steps, depth + 1)?;
         }
     }
     Ok(())
@@ -82,7 +111,9 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
             }
             (None, Some(until)) => {
                 if !is_template(until) {
-                    chrono::DateTime::parse_from_rfc3339(until).map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
+                    let until = chrono::DateTime::parse_from_rfc3339(until).map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
+                    crate::duration::check_deadline(until.with_timezone(&chrono::Utc), SystemClock.now())
+                        .map_err(|message| format!("until: {message}"))?;
                 }
             }
             _ => return Err("wait needs exactly one of `duration` (e.g. \"72h\") or `until` (an RFC 3339 instant)".to_owned()),
@@ -91,7 +122,11 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
             let cron = text_field("cron")?.ok_or("cron: window needs `cron` (e.g. \"0 4 * * *\")")?;
             let zone = text_field("tz")?;
             if !is_template(cron) && !zone.is_some_and(is_template) {
-                crate::calendar::Calendar::parse(cron, zone.unwrap_or("UTC"))?;
+                // The one check that needs today's date: a cron that will not match for years
+                // (`0 0 30 2 *` never does) is a mistake, whenever the file is read.
+                crate::calendar::Calendar::parse(cron, zone.unwrap_or("UTC"))?
+                    .next_within_horizon(SystemClock.now())
+                    .map_err(|message| format!("cron: {message}"))?;
             }
         }
         "approval" => {

@@ -432,7 +432,7 @@ impl Decider {
                             }
                     });
                     if wanted {
-                        let fire_at = self.now + chrono::Duration::milliseconds(timer.remaining_ms);
+                        let fire_at = crate::duration::after_ms(self.now, timer.remaining_ms);
                         self.arm(timer.purpose, &timer.step, fire_at);
                     }
                 }
@@ -554,7 +554,11 @@ impl Decider {
                             {
                                 Ok(every) => {
                                     let every = every.unwrap_or(std::time::Duration::from_secs(5));
-                                    self.arm(TimerPurpose::Poll, key, self.now + to_chrono(every));
+                                    self.arm(
+                                        TimerPurpose::Poll,
+                                        key,
+                                        crate::duration::after(self.now, every),
+                                    );
                                 }
                                 Err(message) => self.fail(key, message, false),
                             }
@@ -592,7 +596,7 @@ impl Decider {
             Some(retry) => self.arm(
                 TimerPurpose::Retry,
                 key,
-                self.now + to_chrono(retry.delay_before(attempts + 1)),
+                crate::duration::after(self.now, retry.delay_before(attempts + 1)),
             ),
             None => self.cancel_active_children_and_timers(key),
         }
@@ -807,10 +811,23 @@ impl Decider {
             .filter(|step| step.key.rsplit('.').next() == Some(typed) && wanted(step))
             .map(|step| step.key.as_str())
             .collect();
+        let instance_of =
+            |step: &super::state::StepState| step.key.rsplit('.').next() == Some(typed);
         match matches.as_slice() {
             [one] => Ok((*one).to_owned()),
+            // The step exists but cannot take the request now: a conflict, not a missing step.
+            [] if self.state.steps.iter().any(instance_of) => Err(Rejection::Conflict(format!(
+                "step {typed:?} of run {} is in no state this request applies to (see `runbook show {}`)",
+                self.state.id, self.state.id
+            ))),
+            [] if self.definition().all_steps().iter().any(|step| step.id == typed) => {
+                Err(Rejection::Conflict(format!(
+                    "step {typed:?} of run {} has not started yet: there is nothing to act on",
+                    self.state.id
+                )))
+            }
             [] => Err(Rejection::NotFound(format!(
-                "run {} has no started step {typed:?}",
+                "run {} has no step {typed:?}",
                 self.state.id
             ))),
             many => Err(Rejection::Conflict(format!(
@@ -1180,7 +1197,11 @@ impl Decider {
         }
         match self.step_duration(key, step.timeout, &step.timeout_template, "timeout") {
             Ok(Some(timeout)) => {
-                self.arm(TimerPurpose::Timeout, key, self.now + to_chrono(timeout));
+                self.arm(
+                    TimerPurpose::Timeout,
+                    key,
+                    crate::duration::after(self.now, timeout),
+                );
                 true
             }
             Ok(None) => true,
@@ -1239,14 +1260,9 @@ impl Decider {
                     .unwrap_or_default();
                 let zone = input.get("tz").and_then(Value::as_str).unwrap_or("UTC");
                 match calendar::Calendar::parse(expression, zone)
-                    .map(|calendar| calendar.next_after(self.now))
+                    .and_then(|calendar| calendar.next_within_horizon(self.now))
                 {
-                    Ok(Some(fire_at)) => self.arm(TimerPurpose::Window, key, fire_at),
-                    Ok(None) => self.fail(
-                        key,
-                        format!("cron {expression:?} never matches again"),
-                        false,
-                    ),
+                    Ok(fire_at) => self.arm(TimerPurpose::Window, key, fire_at),
                     Err(message) => self.fail(key, message, false),
                 }
             }
@@ -1591,17 +1607,16 @@ impl Decider {
 fn wait_deadline(input: &Value, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     if let Some(duration) = input.get("duration").and_then(Value::as_str) {
         return crate::duration::parse(duration)
-            .map(|duration| now + to_chrono(duration))
+            .map(|duration| crate::duration::after(now, duration))
             .map_err(|message| format!("duration: {message}"));
     }
     if let Some(until) = input.get("until").and_then(Value::as_str) {
-        return DateTime::parse_from_rfc3339(until)
+        let until = DateTime::parse_from_rfc3339(until)
             .map(|instant| instant.with_timezone(&Utc))
-            .map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"));
+            .map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
+        crate::duration::check_deadline(until, now)
+            .map_err(|message| format!("until: {message}"))?;
+        return Ok(until);
     }
     Err("wait needs `duration` or `until`".to_owned())
-}
-
-fn to_chrono(duration: std::time::Duration) -> chrono::Duration {
-    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
 }

@@ -40,7 +40,7 @@ use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
 pub use plan::{plan, Plan, PlannedStep};
 pub use retention::{run_collector, Collected};
-pub use schedules::ScheduleSpec;
+pub use schedules::{Backfill, ScheduleSpec, BACKFILL_LIMIT};
 pub use timers::run_timers;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -526,6 +526,17 @@ impl Engine {
                 field: Some("runbook".to_owned()),
             },
         )?;
+        // The definition is journaled in the run's first event: one that the journal could not
+        // read back would start a run that then reads as corrupt.
+        serde_json::to_vec(&*definition)
+            .and_then(|bytes| serde_json::from_slice::<Definition>(&bytes))
+            .map_err(|error| Error::Invalid {
+                message: format!(
+                    "runbook {}: it could not be read back from the journal ({error}); nothing was started",
+                    definition.name
+                ),
+                field: Some("runbook".to_owned()),
+            })?;
         let params =
             definition::resolve_params(&definition, given).map_err(|error| Error::Invalid {
                 field: Some(format!("params.{}", error.param)),
@@ -539,8 +550,17 @@ impl Engine {
         };
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
-        let (state, decision) =
-            machine::create(run_id, definition, params, locks, by, comment, now);
+        let (state, decision) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            machine::create(run_id, definition, params, locks, by, comment, now)
+        }))
+        .map_err(|panic| {
+            let reason = format!(
+                "the engine failed creating the run ({}); nothing was stored",
+                panic_message(&panic)
+            );
+            tracing::error!(%reason, "internal error");
+            Error::Internal(reason)
+        })?;
         let mut commit = Commit::new(0, &decision.events, &state, decision.settled())?;
         commit.claims.extend(claim);
         let parked = commit.parked;
@@ -603,12 +623,38 @@ impl Engine {
                 )))
             }
         };
+        let described = input_kind(&input);
         let now = self.inner.clock.now();
-        let (next, decision) = if state.definition.uses_templates() {
+        let decided = if state.definition.uses_templates() {
             let state = state.clone();
-            off_workers(move || machine::decide(&state, input, now)).await??
+            off_workers(move || {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    machine::decide(&state, input, now)
+                }))
+            })
+            .await?
         } else {
-            machine::decide(state, input, now)?
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                machine::decide(state, input, now)
+            }))
+        };
+        let (next, decision) = match decided {
+            Ok(decided) => decided?,
+            Err(panic) => {
+                // A bug, not bad input: deciding again would panic again (a timer would fire
+                // in a hot loop). Hold the run, say so once, and refuse its inputs until the
+                // daemon restarts; what is journaled stays as it was.
+                let reason = format!(
+                    "the engine failed deciding {described} for this run ({}); the run is held \
+                     until the daemon restarts",
+                    panic_message(&panic)
+                );
+                tracing::error!(run = %run_id, %reason, "internal error; run held");
+                *guard = Slot::Corrupt {
+                    reason: reason.clone(),
+                };
+                return Err(Error::Internal(reason));
+            }
         };
         if decision.events.is_empty() {
             let settled = next.is_parked() && decision.settled();
@@ -842,7 +888,6 @@ impl Engine {
     }
 }
 
-/// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
 /// Template rendering that may run at once, off the async workers.
 static TEMPLATE_THREADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
@@ -861,6 +906,26 @@ pub async fn off_workers<T: Send + 'static>(
         .map_err(|error| Error::Internal(format!("a template rendering thread failed: {error}")))
 }
 
+/// The text of a caught panic.
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+/// An input's name, for an error message.
+fn input_kind(input: &Input) -> String {
+    let debug = format!("{input:?}");
+    debug
+        .split([' ', '{', '('])
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A UUID v7 from the injected clock (time-ordered ids; only `clock` reads the system time).
 pub(crate) fn new_run_id(now: chrono::DateTime<chrono::Utc>) -> Uuid {
     let seconds = u64::try_from(now.timestamp()).unwrap_or(0);
     Uuid::new_v7(uuid::Timestamp::from_unix(

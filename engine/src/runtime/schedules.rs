@@ -45,6 +45,19 @@ fn invalid(message: String, field: &str) -> Error {
     }
 }
 
+/// The most instants one backfill request launches; the rest of the range is left for the
+/// next request (from [`Backfill::rest`]).
+pub const BACKFILL_LIMIT: usize = 1000;
+
+/// What a backfill did.
+#[derive(Debug, Clone)]
+pub struct Backfill {
+    pub instants: Vec<DateTime<Utc>>,
+    pub firings: Vec<Firing>,
+    /// The first instant of the range beyond [`BACKFILL_LIMIT`]: backfill again from there.
+    pub rest: Option<DateTime<Utc>>,
+}
+
 impl Engine {
     /// Adds a schedule and arms its first instant.
     pub async fn add_schedule(&self, spec: ScheduleSpec, by: Actor) -> Result<Schedule, Error> {
@@ -200,14 +213,15 @@ impl Engine {
         self.save(schedule, next).await
     }
 
-    /// The instants of `[from, to]`, and with `dry_run = false` a run for each.
+    /// The first [`BACKFILL_LIMIT`] instants of `[from, to]`, and with `dry_run = false` a run
+    /// for each; `rest` is the first instant left out, if the range had more.
     pub async fn backfill_schedule(
         &self,
         name: &str,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         dry_run: bool,
-    ) -> Result<(Vec<DateTime<Utc>>, Vec<Firing>), Error> {
+    ) -> Result<Backfill, Error> {
         if from > to {
             return Err(invalid(
                 format!("backfill: --from {from} is after --to {to}"),
@@ -219,9 +233,17 @@ impl Engine {
         let calendar = schedule
             .calendar()
             .map_err(|message| invalid(message, "cron"))?;
-        let instants = calendar.between(from - chrono::Duration::milliseconds(1), to, 1000);
+        let mut instants =
+            calendar.between(crate::duration::after_ms(from, -1), to, BACKFILL_LIMIT + 1);
+        // One more than the limit tells whether the range goes on; the caller says where.
+        let rest = (instants.len() > BACKFILL_LIMIT).then(|| instants[BACKFILL_LIMIT]);
+        instants.truncate(BACKFILL_LIMIT);
         if dry_run {
-            return Ok((instants, Vec::new()));
+            return Ok(Backfill {
+                instants,
+                firings: Vec::new(),
+                rest,
+            });
         }
         let mut next = schedule.clone();
         let mut firings = Vec::new();
@@ -231,7 +253,11 @@ impl Engine {
             firings.push(firing);
         }
         self.save(schedule, next).await?;
-        Ok((instants, firings))
+        Ok(Backfill {
+            instants,
+            firings,
+            rest,
+        })
     }
 
     /// Fires the schedule whose id is `id`. Returns `None` when `id` is no schedule, else the

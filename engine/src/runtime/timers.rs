@@ -5,6 +5,11 @@
 //! that stops while the host is suspended; then it fires everything due by the wall clock. At
 //! start-up everything overdue fires at once, and each run journals how late its timer fired.
 //! Firing is at-least-once: the state machine ignores a timer that is no longer armed.
+//!
+//! A bug that panics while a timer fires is never retried in a hot loop: the runtime holds a
+//! run whose decision panicked (its later inputs are refused, so its timer is dropped), and a
+//! panic anywhere else in a firing makes the service back off (0.5 s doubling to a minute) and
+//! log once per streak.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +26,13 @@ use crate::store::TimerKey;
 const FIRING_CONCURRENCY: usize = 256;
 /// The longest the service sleeps without re-reading the wall clock.
 const MAX_SLEEP: Duration = Duration::from_secs(60);
+/// The first pause after a firing panicked; it doubles with each panic in a row.
+const PANIC_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(FIRING_CONCURRENCY));
+    let mut panics: u32 = 0;
     loop {
         let now_ms = u64::try_from(engine.clock().now().timestamp_millis()).unwrap_or(0);
         // A key holds its deadline rounded down to the millisecond: it is due only once the next
@@ -52,7 +60,31 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
                     drop(permit);
                 });
             }
-            while firing.join_next().await.is_some() {}
+            let mut panicked = false;
+            while let Some(joined) = firing.join_next().await {
+                if let Err(error) = joined {
+                    if error.is_panic() {
+                        panicked = true;
+                    }
+                }
+            }
+            if panicked {
+                // A bug fired with a due timer: the timer is still due, and firing it at once
+                // again would spin. Say so once per streak and back off.
+                panics += 1;
+                let pause = PANIC_BACKOFF
+                    .saturating_mul(1 << panics.min(6))
+                    .min(MAX_SLEEP);
+                if panics == 1 {
+                    tracing::error!(pause = ?pause, "firing a timer panicked; backing off before trying again");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+            } else {
+                panics = 0;
+            }
             continue;
         }
         let sleep_for = match engine.writer().store().next_timer() {

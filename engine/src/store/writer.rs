@@ -226,7 +226,12 @@ impl Loop {
                     results.push(unit(store.apply_schedule(commit)));
                 }
                 Write::RemoveTimer(key) => {
-                    results.extend(store.apply_many(&std::mem::take(&mut runs)).into_iter().map(unit));
+                    results.extend(
+                        store
+                            .apply_many(&std::mem::take(&mut runs))
+                            .into_iter()
+                            .map(unit),
+                    );
                     results.push(unit(store.remove_timer(key)));
                 }
                 Write::Collect(ids) => {

@@ -71,7 +71,9 @@ fn main() -> Result<()> {
             "--items" => items = number(args.next(), "--items")?,
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a path")?)),
             "-h" | "--help" => {
-                println!("usage: bench-history [--runs N] [--long STEPS] [--items N] [--out FILE.json]");
+                println!(
+                    "usage: bench-history [--runs N] [--long STEPS] [--items N] [--out FILE.json]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -92,8 +94,11 @@ fn main() -> Result<()> {
 
 fn steps_runbook() -> Arc<definition::Definition> {
     Arc::new(
-        definition::parse("history.toml", &ours::steps_runbook(10).replace("bench-steps", "history"))
-            .expect("the history runbook parses"),
+        definition::parse(
+            "history.toml",
+            &ours::steps_runbook(10).replace("bench-steps", "history"),
+        )
+        .expect("the history runbook parses"),
     )
 }
 
@@ -121,7 +126,12 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
             None,
             now,
         );
-        store.apply(&Commit::new(0, &decision.events, &state, decision.settled())?)?;
+        store.apply(&Commit::new(
+            0,
+            &decision.events,
+            &state,
+            decision.settled(),
+        )?)?;
         while decision.effects.contains(&Effect::Continue) {
             let (next, next_decision) = machine::decide(&state, Input::Continue, now)
                 .map_err(|rejection| anyhow::anyhow!("{rejection}"))?;
@@ -245,7 +255,10 @@ async fn run(runs: usize) -> Result<Value> {
         tokio::spawn(async move {
             let mut conn = endpoint.connect().await?;
             let started = Instant::now();
-            let report = conn.post("/v1/store/gc", &json!({})).await?.ok_json("POST /v1/store/gc")?;
+            let report = conn
+                .post("/v1/store/gc", &json!({}))
+                .await?
+                .ok_json("POST /v1/store/gc")?;
             Ok::<_, anyhow::Error>((report, started.elapsed().as_secs_f64()))
         })
     };
@@ -310,13 +323,19 @@ async fn long_runs(long: usize, items: usize) -> Result<Value> {
     );
     let mut conn = daemon.endpoint.connect().await?;
     let run = conn
-        .post("/v1/runs", &json!({"source": {"file": "items.toml", "text": text}, "params": {}}))
+        .post(
+            "/v1/runs",
+            &json!({"source": {"file": "items.toml", "text": text}, "params": {}}),
+        )
         .await?
         .ok_json("POST /v1/runs")?;
     let id = run["id"].as_str().context("no run id")?.to_owned();
     let started = Instant::now();
     loop {
-        let shown = conn.get(&format!("/v1/runs/{id}")).await?.ok_json("GET /v1/runs/{id}")?;
+        let shown = conn
+            .get(&format!("/v1/runs/{id}"))
+            .await?
+            .ok_json("GET /v1/runs/{id}")?;
         match shown["state"].as_str() {
             Some("succeeded") => break,
             Some("running" | "waiting") => {}
