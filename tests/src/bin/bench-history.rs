@@ -106,7 +106,8 @@ fn steps_runbook() -> Arc<definition::Definition> {
 fn fill(dir: &Path, runs: usize) -> Result<()> {
     let store = SledStore::open(dir)?;
     let definition = steps_runbook();
-    let start = Utc::now() - chrono::Duration::days(100);
+    let start = runbook_engine::clock::Clock::now(&runbook_engine::clock::SystemClock)
+        - chrono::Duration::days(100);
     let started = Instant::now();
     let mut pending = 0;
     for index in 0..runs {
