@@ -812,7 +812,7 @@ impl Decider {
             .map(|step| step.key.as_str())
             .collect();
         let instance_of =
-            |step: &super::state::StepState| step.key.rsplit('.').next() == Some(typed);
+            |step: &Arc<super::state::StepState>| step.key.rsplit('.').next() == Some(typed);
         match matches.as_slice() {
             [one] => Ok((*one).to_owned()),
             // The step exists but cannot take the request now: a conflict, not a missing step.
@@ -1085,7 +1085,7 @@ impl Decider {
             .iter()
             .rev()
             .filter(|key| definition.step(key).is_some_and(|step| step.undo.is_some()))
-            .cloned()
+            .map(|key| key.to_string())
             .collect();
         self.emit(EventKind::RollbackStarted { by, comment, queue });
         self.cancel_active(None);

@@ -219,10 +219,14 @@ pub struct RunState {
     pub status: RunStatus,
     pub paused: Option<Pause>,
     pub attention: Option<Attention>,
-    pub steps: Vec<StepState>,
+    /// Each step's state behind its own `Arc`: a decision clones the run's state, and a run of
+    /// ten thousand steps must not copy ten thousand step states to change one (a changed step
+    /// is copied on write, see [`RunState::step_mut`]). Stored as plain step states.
+    pub steps: Vec<Arc<StepState>>,
     /// Keys of completed steps in the order they completed (rollback runs it backwards): those
     /// that succeeded, and those whose aborted call ran to its end anyway.
-    pub completed: Vec<String>,
+    /// (Shared strings: cloning the state for a decision copies pointers, not keys.)
+    pub completed: Vec<Arc<str>>,
     pub timers: Vec<ActiveTimer>,
     pub rollback: Option<Rollback>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -244,7 +248,7 @@ impl StepIndex {
         BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
     }
 
-    fn position(&self, steps: &[StepState], key: &str) -> Option<usize> {
+    fn position(&self, steps: &[Arc<StepState>], key: &str) -> Option<usize> {
         let mut guard = self
             .0
             .lock()
@@ -338,12 +342,12 @@ impl RunState {
 
     pub fn step(&self, key: &str) -> Option<&StepState> {
         let position = self.index.position(&self.steps, key)?;
-        self.steps.get(position)
+        self.steps.get(position).map(|step| &**step)
     }
 
     fn step_mut(&mut self, key: &str) -> Option<&mut StepState> {
         let position = self.index.position(&self.steps, key)?;
-        self.steps.get_mut(position)
+        self.steps.get_mut(position).map(Arc::make_mut)
     }
 
     /// Replays a journal from the start.
@@ -438,7 +442,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         existing.iterations = iterations;
                     }
                 }
-                None => state.steps.push(StepState {
+                None => state.steps.push(Arc::new(StepState {
                     key: step.clone(),
                     action: action.clone(),
                     status,
@@ -460,7 +464,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     undo: None,
                     note: None,
                     aborting: None,
-                }),
+                })),
             }
         }
         EventKind::StepSucceeded { step, output } => {
@@ -471,7 +475,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.error = None;
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
-                state.completed.push(step.clone());
+                state.completed.push(Arc::from(step.as_str()));
             }
         }
         EventKind::StepFailed {
@@ -518,14 +522,10 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 .step(step)
                 .map(|definition| definition.action.clone())
                 .unwrap_or_default();
-            let existing = match state
-                .steps
-                .iter()
-                .position(|existing| &existing.key == step)
-            {
-                Some(index) => &mut state.steps[index],
+            let existing = match state.index.position(&state.steps, step) {
+                Some(index) => Arc::make_mut(&mut state.steps[index]),
                 None => {
-                    state.steps.push(StepState {
+                    state.steps.push(Arc::new(StepState {
                         key: step.clone(),
                         action,
                         status: StepStatus::Skipped,
@@ -547,9 +547,9 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         undo: None,
                         note: None,
                         aborting: None,
-                    });
+                    }));
                     let last = state.steps.len() - 1;
-                    &mut state.steps[last]
+                    Arc::make_mut(&mut state.steps[last])
                 }
             };
             existing.status = StepStatus::Skipped;
@@ -600,8 +600,8 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 };
                 existing.output = output.clone().or(existing.output.take());
                 existing.error = error.clone();
-                if !state.completed.contains(step) {
-                    state.completed.push(step.clone());
+                if !state.completed.iter().any(|done| **done == **step) {
+                    state.completed.push(Arc::from(step.as_str()));
                 }
                 // Rolling back: this change is the newest, so it is undone first.
                 if let Some(rollback) = state.rollback.as_mut() {
