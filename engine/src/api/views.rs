@@ -101,8 +101,14 @@ impl RunView {
     pub fn from_state(state: &RunState) -> RunView {
         let mut steps = Vec::new();
         list_steps(state, &state.definition.steps, "", &mut steps);
+        // Step states the definition walk did not show (O(steps), not O(steps²): a long run's
+        // view is asked for while it runs).
+        let listed: std::collections::HashSet<String> = steps
+            .iter()
+            .map(|view: &StepView| view.id.clone())
+            .collect();
         for step in &state.steps {
-            if !steps.iter().any(|view: &StepView| view.id == step.key) {
+            if !listed.contains(&step.key) {
                 steps.push(step_view(step));
             }
         }

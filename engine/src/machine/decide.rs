@@ -1412,8 +1412,15 @@ impl Decider {
     }
 
     fn advance_sequence(&mut self, steps: &[Step], prefix: &str) -> Progress {
-        for step in steps {
-            let key = if prefix.is_empty() {
+        // The top level starts after the steps known done (see `RunState::done_prefix`).
+        let top = prefix.is_empty();
+        let start = if top {
+            self.state.done_prefix.0.min(steps.len())
+        } else {
+            0
+        };
+        for (position, step) in steps.iter().enumerate().skip(start) {
+            let key = if top {
                 step.id.clone()
             } else {
                 format!("{prefix}.{}", step.id)
@@ -1423,7 +1430,12 @@ impl Decider {
                 return Progress::Busy;
             };
             match state.status {
-                StepStatus::Succeeded | StepStatus::Skipped => continue,
+                StepStatus::Succeeded | StepStatus::Skipped => {
+                    if top && position == self.state.done_prefix.0 {
+                        self.state.done_prefix.0 += 1;
+                    }
+                    continue;
+                }
                 StepStatus::Failed => match step.on_failure {
                     OnFailure::Continue => continue,
                     OnFailure::Abort => {

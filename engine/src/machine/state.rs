@@ -234,6 +234,21 @@ pub struct RunState {
     pub audit: Vec<AuditEntry>,
     #[serde(skip)]
     index: StepIndex,
+    /// How many leading top-level steps are known to have succeeded or been skipped, so that a
+    /// decision in a long run does not walk every finished step again: a cache, never stored,
+    /// never compared, reset by every event that re-starts a step or rolls the run back.
+    #[serde(skip)]
+    pub(crate) done_prefix: DonePrefix,
+}
+
+/// See [`RunState::done_prefix`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DonePrefix(pub(crate) usize);
+
+impl PartialEq for DonePrefix {
+    fn eq(&self, _: &DonePrefix) -> bool {
+        true
+    }
 }
 
 /// Where each step instance sits in [`RunState::steps`], by a hash of its key: a cache for
@@ -337,6 +352,7 @@ impl RunState {
             error: None,
             audit: Vec::new(),
             index: StepIndex::default(),
+            done_prefix: DonePrefix::default(),
         }
     }
 
@@ -427,6 +443,10 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             } else {
                 StepStatus::Waiting
             };
+            if state.step(step).is_some() {
+                // A step starts again: what was done may not be any more.
+                state.done_prefix = DonePrefix::default();
+            }
             match state.step_mut(step) {
                 Some(existing) => {
                     existing.status = status;
@@ -786,6 +806,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
         }
         EventKind::CancelRequested { .. } => {}
         EventKind::RollbackStarted { by, queue, .. } => {
+            state.done_prefix = DonePrefix::default();
             if state.status.is_terminal() {
                 // A finished run can still be rolled back: it is reopened for its undos.
                 state.status = RunStatus::Waiting;
