@@ -138,8 +138,9 @@ impl TimerKey {
 }
 
 /// A run's snapshot is stored by its first commit and then by each commit whose events cross a
-/// multiple of the run's snapshot interval: [`SNAPSHOT_EVERY`] events, or as many events as the
-/// run has step states, whichever is more. Other commits store only their events, and reading a
+/// multiple of the run's snapshot interval: [`SNAPSHOT_EVERY`] events, or the power of two at or
+/// above the number of step states the run has, whichever is more (a power of two, so that the
+/// interval changes only when the run doubles, not with every step it adds). Other commits store only their events, and reading a
 /// run replays the events after its snapshot. A snapshot holds every step's state, so its size
 /// grows with the run; spacing snapshots by the number of steps keeps the bytes written per
 /// event bounded (about one step state's worth), and replay on read no longer than decoding the
@@ -148,7 +149,7 @@ pub const SNAPSHOT_EVERY: u64 = 32;
 
 /// The snapshot interval of a run with `steps` step states.
 pub fn snapshot_interval(steps: usize) -> u64 {
-    SNAPSHOT_EVERY.max(steps as u64)
+    SNAPSHOT_EVERY.max((steps as u64).next_power_of_two())
 }
 
 fn crosses_snapshot_seq(expected_seq: u64, last_seq: u64, every: u64) -> bool {
