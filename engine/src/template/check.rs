@@ -14,7 +14,7 @@ fn callables(text: &str, kind: TemplateKind, visit: &mut dyn FnMut(&Instruction<
         TemplateKind::Text => text.to_owned(),
         TemplateKind::Expression => format!("{{{{ ({text}) }}}}"),
     };
-    let Ok(template) = ENVIRONMENT.template_from_str(&source) else {
+    let Ok(template) = super::guarded(|| ENVIRONMENT.template_from_str(&source)) else {
         // Compile errors are reported by `referenced_names`.
         return;
     };
@@ -67,7 +67,7 @@ pub fn check_callables(text: &str, kind: TemplateKind) -> Result<(), String> {
 /// Whether `probe` fails for another reason than the `missing` kind (a missing argument, a wrong
 /// type: the filter or test exists).
 fn exists(probe: &str, missing: ErrorKind) -> bool {
-    match ENVIRONMENT.render_str(probe, ()) {
+    match super::guarded(|| ENVIRONMENT.render_str(probe, ())) {
         Ok(_) => true,
         Err(error) => error.kind() != missing,
     }

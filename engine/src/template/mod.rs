@@ -212,15 +212,28 @@ impl Write for Limited {
     }
 }
 
+/// Compiles with minijinja, turning a panic of its compiler into an error: some malformed
+/// input makes its lexer panic ("empty lexer stack", found by the `template` fuzz target with
+/// `}}@` as an expression), and a template is hostile input that must never take the daemon or
+/// a request down.
+pub(crate) fn guarded<T>(
+    compile: impl FnOnce() -> Result<T, minijinja::Error>,
+) -> Result<T, minijinja::Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile)).unwrap_or_else(|_| {
+        Err(minijinja::Error::new(
+            minijinja::ErrorKind::SyntaxError,
+            "the template engine could not read this text (unbalanced delimiters?)",
+        ))
+    })
+}
+
 /// The variables (with one level of attribute, `params.broker`) a template refers to.
 pub fn referenced_names(text: &str, kind: TemplateKind) -> Result<BTreeSet<String>, String> {
     let names = match kind {
-        TemplateKind::Text => ENVIRONMENT
-            .template_from_str(text)
+        TemplateKind::Text => guarded(|| ENVIRONMENT.template_from_str(text))
             .map_err(describe)?
             .undeclared_variables(true),
-        TemplateKind::Expression => ENVIRONMENT
-            .compile_expression(text)
+        TemplateKind::Expression => guarded(|| ENVIRONMENT.compile_expression(text))
             .map_err(describe)?
             .undeclared_variables(true),
     };
@@ -289,8 +302,7 @@ fn render_string(text: &str, context: &Value, command: bool) -> Result<String, E
         ));
     }
     let name = if command { SHELL } else { "<template>" };
-    let template = ENVIRONMENT
-        .template_from_named_str(name, text)
+    let template = guarded(|| ENVIRONMENT.template_from_named_str(name, text))
         .map_err(|error| invalid(describe(error)))?;
     COLLECTOR.with(|collector| {
         *collector.borrow_mut() = Some(Collector {
@@ -364,8 +376,7 @@ pub fn is_true(expression: &str, context: &Value) -> Result<bool, Error> {
 }
 
 fn eval_value(expression: &str, context: &Value) -> Result<minijinja::Value, Error> {
-    let compiled = ENVIRONMENT
-        .compile_expression(expression)
+    let compiled = guarded(|| ENVIRONMENT.compile_expression(expression))
         .map_err(|error| Error::Invalid(format!("{expression:?}: {}", describe(error))))?;
     let value = compiled
         .eval(minijinja::Value::from_serialize(context))
@@ -420,6 +431,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Found by the `template` fuzz target: minijinja's lexer panics on this expression.
+    #[test]
+    fn a_template_that_panics_the_compiler_is_an_error() {
+        let context = serde_json::json!({});
+        for text in ["}}@", "{{ }}@ }}"] {
+            assert!(eval(text, &context).is_err(), "{text}");
+            assert!(is_true(text, &context).is_err(), "{text}");
+            let _ = referenced_names(text, TemplateKind::Expression);
+            let _ = render(&serde_json::json!({ "command": text }), &context);
+        }
+    }
 
     #[test]
     fn a_lone_expression_keeps_its_type() {
