@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod definition;
 pub mod duration;
 pub mod failpoint;
+pub mod histogram;
 pub mod machine;
 pub mod private_dir;
 pub mod runtime;

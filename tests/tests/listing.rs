@@ -71,12 +71,20 @@ fn listings_filter_page_and_refuse_bad_requests() -> Result<()> {
         "{of_gate}"
     );
     // The counters behind /metrics.
-    let metrics = daemon.api("GET", "/metrics", None)?.text();
+    let metrics = String::from_utf8_lossy(&daemon.api("GET", "/metrics", None)?.body).into_owned();
     ensure!(
         metrics.contains("runbook_runs{state=\"waiting\"} 5")
             && metrics.contains("runbook_runs{state=\"succeeded\"} 3"),
         "{metrics}"
     );
+    // Histograms the writer and the timer service keep.
+    for line in [
+        "# TYPE runbook_store_sync_seconds histogram",
+        "runbook_store_sync_seconds_bucket{le=\"+Inf\"}",
+        "# TYPE runbook_timer_lateness_seconds histogram",
+    ] {
+        ensure!(metrics.contains(line), "no {line:?} in {metrics}");
+    }
 
     // Bad requests: a clear error naming what is wrong, exit 2 (command line) or 4 (invalid).
     for (args, code, needle) in [
@@ -178,7 +186,7 @@ fn retention_deletes_finished_runs_whole_and_never_an_unfinished_one() -> Result
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
-    let metrics = daemon.api("GET", "/metrics", None)?.text();
+    let metrics = String::from_utf8_lossy(&daemon.api("GET", "/metrics", None)?.body).into_owned();
     ensure!(
         metrics.contains("runbook_runs{state=\"waiting\"} 1")
             && !metrics.contains("runbook_runs{state=\"succeeded\"} 3"),

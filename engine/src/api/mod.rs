@@ -709,5 +709,13 @@ async fn metrics(State(app): State<AppState>) -> Response {
         "runbook_store_sync_seconds_total {:.6}",
         stats.sync_seconds_total
     );
+    text.push_str(&app.engine.writer().sync_latency().render(
+        "runbook_store_sync_seconds",
+        "Time each group commit took to be durable (one log write and fdatasync).",
+    ));
+    text.push_str(&app.engine.timer_lateness().render(
+        "runbook_timer_lateness_seconds",
+        "How long after its deadline each durable timer fired.",
+    ));
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

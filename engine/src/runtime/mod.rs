@@ -109,6 +109,8 @@ struct Inner {
     runs: RwLock<HashMap<Uuid, Arc<Mutex<Slot>>>>,
     calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
     timer_wake: Notify,
+    /// How late each timer fired (deadline → firing), for `/metrics`.
+    timer_lateness: crate::histogram::Histogram,
     accepting: AtomicBool,
     /// Cancelled at shutdown: no new action call starts (see [`ActionContext::draining`]).
     draining: CancellationToken,
@@ -166,6 +168,7 @@ impl Engine {
                 runs: RwLock::new(runs),
                 calls: StdMutex::new(HashMap::new()),
                 timer_wake: Notify::new(),
+                timer_lateness: crate::histogram::Histogram::default(),
                 accepting: AtomicBool::new(true),
                 draining: CancellationToken::new(),
             }),
@@ -881,6 +884,11 @@ impl Engine {
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .len()
+    }
+
+    /// How late timers fired, for `/metrics`.
+    pub fn timer_lateness(&self) -> &crate::histogram::Histogram {
+        &self.inner.timer_lateness
     }
 
     pub(crate) fn timer_wake(&self) -> &Notify {

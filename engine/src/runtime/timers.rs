@@ -104,6 +104,10 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
 
 async fn fire(engine: &Engine, key: TimerKey) {
     crate::failpoint::hit("TimerFire");
+    let late = engine.clock().now() - key.fire_at();
+    engine
+        .timer_lateness()
+        .record(late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
     if let Some(armed) = engine.fire_schedule(key.run_id).await {
         if armed.map(|fire_at| TimerKey::new(fire_at, key.run_id, 0)) != Some(key) {
             // The schedule is armed elsewhere now: this entry is stale.

@@ -56,6 +56,8 @@ pub type Reopen = Arc<dyn Fn() -> Result<Arc<dyn Store>, Error> + Send + Sync>;
 #[derive(Clone)]
 pub struct Writer {
     sender: mpsc::Sender<Request>,
+    /// How long each group commit's sync took.
+    sync_latency: Arc<crate::histogram::Histogram>,
     store: Arc<RwLock<Arc<dyn Store>>>,
     stats: Arc<Mutex<WriterStats>>,
     generation: watch::Receiver<u64>,
@@ -67,11 +69,13 @@ impl Writer {
     pub fn start(store: Arc<dyn Store>, reopen: Option<Reopen>) -> Writer {
         let (sender, receiver) = mpsc::channel::<Request>();
         let stats = Arc::new(Mutex::new(WriterStats::default()));
+        let sync_latency = Arc::new(crate::histogram::Histogram::default());
         let store = Arc::new(RwLock::new(store));
         let (generation_sender, generation) = watch::channel(0);
         let loop_state = Loop {
             store: store.clone(),
             stats: stats.clone(),
+            sync_latency: sync_latency.clone(),
             reopen,
             generation: generation_sender,
             failed: None,
@@ -85,6 +89,7 @@ impl Writer {
         }
         Writer {
             sender,
+            sync_latency,
             store,
             stats,
             generation,
@@ -132,6 +137,11 @@ impl Writer {
         self.generation.clone()
     }
 
+    /// The group commits' sync latency, for `/metrics`.
+    pub fn sync_latency(&self) -> &crate::histogram::Histogram {
+        &self.sync_latency
+    }
+
     pub fn stats(&self) -> WriterStats {
         *self
             .stats
@@ -143,6 +153,7 @@ impl Writer {
 struct Loop {
     store: Arc<RwLock<Arc<dyn Store>>>,
     stats: Arc<Mutex<WriterStats>>,
+    sync_latency: Arc<crate::histogram::Histogram>,
     reopen: Option<Reopen>,
     generation: watch::Sender<u64>,
     /// The error that stopped writing, and when the last reopen was tried.
@@ -283,6 +294,7 @@ impl Loop {
         stats.commits += batch.len() as u64;
         stats.syncs += 1;
         stats.sync_seconds_total += started.elapsed().as_secs_f64();
+        self.sync_latency.record(started.elapsed().as_secs_f64());
         results
     }
 
