@@ -160,32 +160,6 @@ impl RunSummary {
             },
         }
     }
-
-    /// A run's line in a listing; it needs no definition (see [`crate::runtime::Engine::list`]).
-    pub fn of(id: uuid::Uuid, slot: &Slot) -> RunSummary {
-        match slot {
-            Slot::Live(state) => RunSummary {
-                id: state.id.to_string(),
-                runbook: state.runbook.clone(),
-                state: state.status.name().to_owned(),
-                reason: reason(state),
-                current_step: current_step(state),
-                next_wakeup: state.timers.iter().map(|timer| timer.fire_at).min(),
-                created_at: Some(state.created_at),
-                finished_at: state.finished_at,
-            },
-            Slot::Corrupt { .. } => RunSummary {
-                id: id.to_string(),
-                runbook: String::new(),
-                state: "needs_attention".to_owned(),
-                reason: Some("corrupt".to_owned()),
-                current_step: None,
-                next_wakeup: None,
-                created_at: None,
-                finished_at: None,
-            },
-        }
-    }
 }
 
 use crate::store::listing::{current_step, reason};
