@@ -61,9 +61,12 @@ impl Target {
     pub fn request(&self) -> Result<Map<String, Value>> {
         let mut body = Map::new();
         if looks_like_path(&self.runbook) {
-            let text = std::fs::read_to_string(&self.runbook).map_err(|err| {
-                exit::invalid(format!("cannot read runbook file {}: {err}", self.runbook))
-            })?;
+            // Read as the daemon reads its runbooks dir: a regular file of at most 1 MiB, never a
+            // blocking open (a larger one would not fit in a request anyway).
+            let text = runbook_engine::catalog::read_file(std::path::Path::new(&self.runbook))
+                .map_err(|err| {
+                    exit::invalid(format!("cannot read runbook file {}: {err}", self.runbook))
+                })?;
             body.insert(
                 "source".to_string(),
                 json!({"file": self.runbook, "text": text}),
