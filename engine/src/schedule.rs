@@ -75,9 +75,32 @@ pub struct Schedule {
     /// Launches waiting for the active run to end (overlap `queue`).
     pub queued: u32,
     pub history: Vec<Firing>,
+    /// The cron expression's 5-field weekdays are classic (0/7 = Sunday, 1 = Monday); false on
+    /// schedules stored before that, whose numbers counted 1 = Sunday (see [`Schedule::upgrade`]).
+    #[serde(default)]
+    pub classic_weekdays: bool,
 }
 
 impl Schedule {
+    /// A schedule as loaded from the store: one stored before weekday numbers became classic
+    /// has them rewritten as names, so it keeps firing on the days it always did (saved so at
+    /// its next change or firing).
+    pub fn upgrade(mut self) -> Schedule {
+        if !self.classic_weekdays {
+            if let Some(rewritten) = crate::calendar::legacy_to_names(&self.cron) {
+                tracing::warn!(
+                    schedule = %self.name,
+                    before = %self.cron,
+                    after = %rewritten,
+                    "weekday numbers now count 0/7 = Sunday, 1 = Monday; the schedule's are written as names so that it keeps its days"
+                );
+                self.cron = rewritten;
+            }
+            self.classic_weekdays = true;
+        }
+        self
+    }
+
     pub fn calendar(&self) -> Result<Calendar, String> {
         Calendar::parse(&self.cron, &self.tz)
     }
@@ -175,6 +198,7 @@ mod tests {
             active_runs: Vec::new(),
             queued: 0,
             history: Vec::new(),
+            classic_weekdays: true,
         }
     }
 

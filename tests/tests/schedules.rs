@@ -189,7 +189,9 @@ fn a_schedule_survives_a_restart_unchanged() -> Result<()> {
 fn bad_schedules_are_clear_errors() -> Result<()> {
     let daemon = Daemon::start()?;
     let cases: &[(&[&str], &str)] = &[
-        (&["--cron", "0 4 * * 0"], "SUN"),
+        (&["--cron", "0 4 * * 8"], "0 or 7 = Sunday, 1 = Monday"),
+        (&["--cron", "0 4 * * 5-1"], "runs backwards"),
+        (&["--cron", "0 0 4 * * 2-6"], "weekdays as names"),
         (&["--cron", "* * *"], "expected 5 fields"),
         (
             &["--cron", "0 4 * * *", "--tz", "Mars/Olympus"],
@@ -250,6 +252,55 @@ fn bad_schedules_are_clear_errors() -> Result<()> {
             "2026-01-03T04:00:00Z"
         ])
     );
+    Ok(())
+}
+
+/// `1-5` is Monday to Friday, as in every classic cron, and `0`/`7` are Sunday: the instants a
+/// backfill lists fall on the days a calendar gives them.
+#[test]
+fn numeric_weekdays_are_the_classic_days() -> Result<()> {
+    use chrono::Datelike;
+    let daemon = Daemon::start()?;
+    for (name, cron, days) in [
+        ("workdays", "0 4 * * 1-5", "Mon Tue Wed Thu Fri"),
+        ("sundays", "0 4 * * 0", "Sun"),
+        ("sevens", "0 4 * * 7", "Sun"),
+        ("weekend", "0 4 * * 6,7", "Sat Sun"),
+    ] {
+        daemon.json(&[
+            "schedule",
+            "add",
+            name,
+            "--runbook",
+            "demo",
+            "--cron",
+            cron,
+            "--paused",
+        ])?;
+        // Sunday 2026-11-29 to Saturday 2026-12-05.
+        let listed = daemon.json(&[
+            "schedule",
+            "backfill",
+            name,
+            "--from",
+            "2026-11-28T12:00:00Z",
+            "--to",
+            "2026-12-05T23:00:00Z",
+            "--dry-run",
+        ])?;
+        let mut fired: Vec<DateTime<Utc>> = listed["instants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|instant| instant.as_str().unwrap().parse().unwrap())
+            .collect();
+        fired.sort_by_key(|instant| instant.weekday().num_days_from_monday());
+        let names: Vec<String> = fired
+            .iter()
+            .map(|instant| instant.weekday().to_string())
+            .collect();
+        assert_eq!(names.join(" "), days, "{cron}: {listed}");
+    }
     Ok(())
 }
 

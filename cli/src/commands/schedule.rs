@@ -1,8 +1,8 @@
 //! `runbook schedule add|ls|show|pause|resume|rm|trigger|backfill`: cron triggers that launch
 //! runbooks, kept by the daemon in its store.
 //!
-//! Cron expressions take 5 fields (minute hour day month weekday) or 6-7 with seconds (and
-//! years). Weekdays are numbered 1 (SUN) to 7 (SAT); 0 is refused: write `SUN`.
+//! Cron expressions take 5 fields (minute hour day month weekday), classic: weekdays 0 or 7 =
+//! Sunday, 1 = Monday … 6 = Saturday; or 6-7 with seconds (and years), weekdays as names.
 
 use anyhow::Result;
 use serde_json::{json, Value};

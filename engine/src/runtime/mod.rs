@@ -135,6 +135,7 @@ impl Engine {
         for loaded in writer.store().load_schedules()? {
             match loaded {
                 Ok(schedule) => {
+                    let schedule = schedule.upgrade();
                     schedules.insert(schedule.name.clone(), schedule);
                 }
                 Err(error) => tracing::error!(%error, "a schedule is corrupt; it is left out"),
@@ -332,7 +333,7 @@ impl Engine {
             }
             if let Ok(loaded) = store.load_schedules() {
                 let mut schedules = self.inner.schedules.lock().await;
-                for schedule in loaded.into_iter().flatten() {
+                for schedule in loaded.into_iter().flatten().map(Schedule::upgrade) {
                     schedules.insert(schedule.name.clone(), schedule);
                 }
             }

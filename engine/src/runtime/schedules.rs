@@ -106,6 +106,7 @@ impl Engine {
             active_runs: Vec::new(),
             queued: 0,
             history: Vec::new(),
+            classic_weekdays: true,
         };
         let calendar = schedule
             .calendar()
