@@ -12,6 +12,21 @@ pub const MAX: Duration = Duration::from_secs(10 * 366 * 24 * 3600);
 /// [`MAX`] as the error messages say it.
 pub const MAX_TEXT: &str = "10 years (87840h)";
 
+/// The shortest interval between two polls of an `until` step: a faster poll is a typo (`0s`
+/// made hundreds of polls a second) and would fill the journal.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Refuses a poll interval below [`MIN_POLL_INTERVAL`].
+pub fn check_poll_interval(every: Duration) -> Result<Duration, String> {
+    if every < MIN_POLL_INTERVAL {
+        return Err(format!(
+            "poll interval {} is below the minimum of 1s",
+            humantime::format_duration(every)
+        ));
+    }
+    Ok(every)
+}
+
 /// Parses `72h`, `3s`, `1h 30m`, `250ms`, `2days`. A bare number is rejected: a unit is required,
 /// so that `wait = 72` cannot mean seconds to one reader and hours to another.
 pub fn parse(text: &str) -> Result<Duration, String> {

@@ -314,3 +314,40 @@ fn a_window_that_never_opens_is_refused() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// `every = "0s"` polled hundreds of times a second and filled the journal: a poll interval
+/// below 1s is refused, written or rendered, naming the step.
+#[test]
+fn a_poll_faster_than_once_a_second_is_refused() -> Result<()> {
+    let daemon = Daemon::start()?;
+    for every in ["0s", "500ms"] {
+        validate_refuses(
+            &daemon,
+            "fast-poll.toml",
+            &format!("name = \"fast-poll\"\n[[steps]]\nid = \"spin\"\naction = \"exec\"\nwith = {{ command = \"true\" }}\nuntil = \"false\"\nevery = \"{every}\"\n"),
+            &["fast-poll.toml:", "step \"spin\"", "every", "below the minimum of 1s"],
+        )?;
+    }
+    validate_refuses(
+        &daemon,
+        "fast-wait-until.toml",
+        "name = \"fast-wait-until\"\n[[steps]]\nid = \"spin\"\naction = \"wait_until\"\nwith = { action = \"exec\", command = \"true\", condition = \"false\", every = \"0s\", timeout = \"1m\" }\n",
+        &["fast-wait-until.toml:", "step \"spin\"", "every", "below the minimum of 1s"],
+    )?;
+    let file = daemon.write_file(
+        "templated-poll.toml",
+        "name = \"templated-poll\"\n[params.every]\ntype = \"string\"\n[[steps]]\nid = \"spin\"\naction = \"exec\"\nwith = { command = \"true\" }\nuntil = \"false\"\nevery = \"{{ params.every }}\"\n",
+    )?;
+    let run = daemon.start_run(&file, &[("every", "0s")])?;
+    let shown = daemon.wait_state(&run, "needs_attention", Duration::from_secs(20))?;
+    let step = step_of(&shown, "spin").expect("the step is shown");
+    assert!(
+        step["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("every") && error.contains("below the minimum of 1s")),
+        "{shown}"
+    );
+    // It polled once, then stopped: no spin.
+    assert!(step["polls"].as_u64().is_some_and(|polls| polls <= 1), "{shown}");
+    Ok(())
+}

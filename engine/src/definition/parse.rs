@@ -411,6 +411,10 @@ impl Parser<'_> {
         };
         let (mut timeout, mut timeout_template) = duration(&step.timeout, "timeout")?;
         let (mut every, mut every_template) = duration(&step.every, "every")?;
+        if let (Some(interval), Some(text)) = (every, &step.every) {
+            crate::duration::check_poll_interval(interval)
+                .map_err(|message| self.error(text, format!("{}: {message}", at("every"))))?;
+        }
         let on_failure = match &step.on_failure {
             None => OnFailure::Pause,
             Some(value) => match value.get_ref().as_str() {
@@ -646,6 +650,11 @@ impl Parser<'_> {
                     }
                 };
             let (fixed_every, template_every) = parse_field("every")?;
+            if let Some(interval) = fixed_every {
+                crate::duration::check_poll_interval(interval).map_err(|message| {
+                    self.error(with_span, format!("{}: {message}", at("with.every")))
+                })?;
+            }
             if fixed_every.is_some() || template_every.is_some() {
                 (every, every_template) = (fixed_every, template_every);
             }

@@ -550,10 +550,16 @@ impl Decider {
                                 step: key.to_owned(),
                                 output,
                             });
-                            match self.step_duration(key, step.every, &step.every_template, "every")
-                            {
+                            let every = self
+                                .step_duration(key, step.every, &step.every_template, "every")
+                                .and_then(|every| {
+                                    crate::duration::check_poll_interval(
+                                        every.unwrap_or(std::time::Duration::from_secs(5)),
+                                    )
+                                    .map_err(|message| format!("every: {message}"))
+                                });
+                            match every {
                                 Ok(every) => {
-                                    let every = every.unwrap_or(std::time::Duration::from_secs(5));
                                     self.arm(
                                         TimerPurpose::Poll,
                                         key,
