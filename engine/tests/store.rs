@@ -54,7 +54,7 @@ fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
         now,
     );
     store
-        .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
     store.sync().unwrap();
     for _ in 0..limit {
@@ -62,11 +62,11 @@ fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
             break;
         }
         let expected = state.last_seq;
-        let (next, next_decision) = machine::decide(&state, Input::Continue, now).unwrap();
+        let (mut next, next_decision) = machine::decide(&state, Input::Continue, now).unwrap();
         let commit = Commit::new(
             expected,
             &next_decision.events,
-            &next,
+            &mut next,
             next_decision.settled(),
         )
         .unwrap();
@@ -168,7 +168,7 @@ fn an_unsynced_commit_leaves_no_part_of_itself() {
     for index in 0..40u64 {
         let mut params = Map::new();
         params.insert("blob".to_owned(), serde_json::Value::String(big.clone()));
-        let (state, decision) = machine::create(
+        let (mut state, decision) = machine::create(
             Uuid::from_u64_pair(2, index),
             definition(1),
             params,
@@ -178,7 +178,7 @@ fn an_unsynced_commit_leaves_no_part_of_itself() {
             now,
         );
         store
-            .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+            .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
             .unwrap();
         unacknowledged.push(state.id);
     }
@@ -265,7 +265,7 @@ fn drive_memory<T: runbook_engine::store::tables::Tables>(
     store: &runbook_engine::store::Journal<T>,
 ) -> Uuid {
     let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let (state, decision) = machine::create(
+    let (mut state, decision) = machine::create(
         Uuid::from_u64_pair(3, 1),
         definition(0),
         Map::new(),
@@ -275,7 +275,7 @@ fn drive_memory<T: runbook_engine::store::tables::Tables>(
         now,
     );
     store
-        .apply(&Commit::new(0, &decision.events, &state, decision.settled()).unwrap())
+        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
     store.sync().unwrap();
     state.id

@@ -898,30 +898,84 @@ impl Daemon {
     }
 }
 
-/// A run's journal as read now (`events`) extends the one read before (`seen`), and its seqs
-/// run 1, 2, 3, ...: no acknowledged transition was lost. Errors start with `(a)`.
+/// A run's journal as read now (`events`) extends the one read before (`seen`): its seqs rise
+/// from 1, every event seen before is still there unchanged, except superseded poll rounds (a
+/// poll's `timer_fired`, `step_started`, `call_noted`, `step_polled` and `timer_armed` events,
+/// which the store forgets once a later round of the same step is journaled), and nothing at
+/// its end is lost. Errors start with `(a)`.
 pub fn check_journal_extends(run: &str, seen: &[Value], events: &[Value]) -> Result<()> {
-    for (index, event) in events.iter().enumerate() {
+    let seq = |event: &Value| event["seq"].as_u64().unwrap_or(0);
+    ensure!(
+        events.first().map(seq) == Some(1),
+        "(a) run {run}: the journal does not start at seq 1"
+    );
+    for pair in events.windows(2) {
         ensure!(
-            event["seq"].as_u64() == Some(index as u64 + 1),
-            "(a) run {run}: event #{index} has seq {} (seqs must be contiguous from 1)",
-            event["seq"]
+            seq(&pair[0]) < seq(&pair[1]),
+            "(a) run {run}: seq {} follows seq {}",
+            seq(&pair[1]),
+            seq(&pair[0])
         );
     }
+    let last = |journal: &[Value]| journal.last().map_or(0, seq);
     ensure!(
-        events.len() >= seen.len(),
-        "(a) run {run}: the journal shrank from {} to {} events; lost: {}",
-        seen.len(),
-        events.len(),
-        serde_json::to_string(&seen[events.len()..])?
+        last(events) >= last(seen),
+        "(a) run {run}: the journal shrank from seq {} to {}; lost: {}",
+        last(seen),
+        last(events),
+        serde_json::to_string(
+            &seen
+                .iter()
+                .filter(|event| seq(event) > last(events))
+                .collect::<Vec<_>>()
+        )?
     );
-    if let Some(index) = (0..seen.len()).find(|&index| seen[index] != events[index]) {
-        bail!(
-            "(a) run {run}: event seq {} changed:\nbefore: {}\nnow:    {}",
-            index + 1,
-            seen[index],
-            events[index]
-        );
+    let now: std::collections::BTreeMap<u64, &Value> =
+        events.iter().map(|event| (seq(event), event)).collect();
+    // The step of a poll timer, from its `timer_armed` event.
+    let timer_step = |timer: &Value| {
+        seen.iter()
+            .chain(events)
+            .find(|event| event["kind"] == "timer_armed" && event["timer"] == *timer)
+            .map(|event| event["step"].clone())
+    };
+    for event in seen {
+        match now.get(&seq(event)) {
+            Some(present) => ensure!(
+                *present == event,
+                "(a) run {run}: event seq {} changed:\nbefore: {event}\nnow:    {present}",
+                seq(event)
+            ),
+            None => {
+                let step = match event["kind"].as_str() {
+                    Some("step_started" | "call_noted" | "step_polled" | "timer_armed") => {
+                        Some(event["step"].clone())
+                    }
+                    // Its round's `step_started` follows it (its `timer_armed` closed the
+                    // round before, which may be gone already).
+                    Some("timer_fired") => timer_step(&event["timer"]).or_else(|| {
+                        seen.iter()
+                            .find(|next| {
+                                seq(next) == seq(event) + 1 && next["kind"] == "step_started"
+                            })
+                            .map(|next| next["step"].clone())
+                    }),
+                    _ => None,
+                };
+                let superseded = step.is_some_and(|step| {
+                    events.iter().any(|later| {
+                        later["kind"] == "step_polled"
+                            && later["step"] == step
+                            && seq(later) > seq(event)
+                    })
+                });
+                ensure!(
+                    superseded,
+                    "(a) run {run}: event seq {} is gone and was not a superseded poll round: {event}",
+                    seq(event)
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -342,12 +342,15 @@ fn a_poll_faster_than_once_a_second_is_refused() -> Result<()> {
     let shown = daemon.wait_state(&run, "needs_attention", Duration::from_secs(20))?;
     let step = step_of(&shown, "spin").expect("the step is shown");
     assert!(
-        step["error"]
-            .as_str()
-            .is_some_and(|error| error.contains("every") && error.contains("below the minimum of 1s")),
+        step["error"].as_str().is_some_and(
+            |error| error.contains("every") && error.contains("below the minimum of 1s")
+        ),
         "{shown}"
     );
     // It polled once, then stopped: no spin.
-    assert!(step["polls"].as_u64().is_some_and(|polls| polls <= 1), "{shown}");
+    assert!(
+        step["polls"].as_u64().is_some_and(|polls| polls <= 1),
+        "{shown}"
+    );
     Ok(())
 }

@@ -117,7 +117,7 @@ action = "exec"
 idempotent = true
 with = { command = ["@STEP@", "@WORK@/{{ run.id }}.marker", "poll", "poll", "@WORK@/{{ run.id }}.poll"], parse = "json" }
 until = "output.json.n >= 3"
-every = "200ms"
+every = "1s"
 
 [[steps]]
 id = "gate"

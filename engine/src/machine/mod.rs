@@ -17,6 +17,7 @@
 mod context;
 mod decide;
 mod event;
+mod poll_history;
 mod state;
 
 pub use context::for_step as context_for_step;
@@ -24,6 +25,7 @@ pub use decide::{create, decide, ActionFailure, Call, Decision, Effect, Input, R
 pub use event::{
     Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
 };
+pub use poll_history::{take_superseded as take_superseded_polls, PollHistory, PollRounds};
 pub use state::{
     evolve, ActiveTimer, ApprovalRecord, Attention, AuditEntry, Iteration, IterationStatus, Pause,
     Rollback, RunState, RunStatus, StepState, StepStatus, UndoState, WaitingFor,

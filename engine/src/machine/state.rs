@@ -232,6 +232,9 @@ pub struct RunState {
     pub finished_at: Option<DateTime<Utc>>,
     pub error: Option<String>,
     pub audit: Vec<AuditEntry>,
+    /// Which events of the run's polls a later round superseded (see `poll_history`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub poll_history: super::poll_history::PollHistory,
     #[serde(skip)]
     index: StepIndex,
     /// How many leading top-level steps are known to have succeeded or been skipped, so that a
@@ -351,6 +354,7 @@ impl RunState {
             finished_at: None,
             error: None,
             audit: Vec::new(),
+            poll_history: Default::default(),
             index: StepIndex::default(),
             done_prefix: DonePrefix::default(),
         }
@@ -379,6 +383,7 @@ impl RunState {
 /// Applies one event. Events that do not fit (a journal written by a buggy build) are applied as
 /// far as they make sense and never panic.
 pub fn evolve(state: &mut RunState, event: &Event) {
+    super::poll_history::track(state, event);
     state.last_seq = event.seq;
     let at = event.at;
     if let Some(actor) = event.kind.actor() {

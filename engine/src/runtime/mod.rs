@@ -554,7 +554,7 @@ impl Engine {
         };
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
-        let (state, decision) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let (mut state, decision) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             machine::create(run_id, definition, params, locks, by, comment, now)
         }))
         .map_err(|panic| {
@@ -565,7 +565,7 @@ impl Engine {
             tracing::error!(%reason, "internal error");
             Error::Internal(reason)
         })?;
-        let mut commit = Commit::new(0, &decision.events, &state, decision.settled())?;
+        let mut commit = Commit::new(0, &decision.events, &mut state, decision.settled())?;
         commit.claims.extend(claim);
         let parked = commit.parked;
         match self.inner.writer.commit(commit).await {
@@ -642,7 +642,7 @@ impl Engine {
                 machine::decide(state, input, now)
             }))
         };
-        let (next, decision) = match decided {
+        let (mut next, decision) = match decided {
             Ok(decided) => decided?,
             Err(panic) => {
                 // A bug, not bad input: deciding again would panic again (a timer would fire
@@ -664,7 +664,12 @@ impl Engine {
             let settled = next.is_parked() && decision.settled();
             return Ok((state.clone(), settled));
         }
-        let commit = Commit::new(state.last_seq, &decision.events, &next, decision.settled())?;
+        let commit = Commit::new(
+            state.last_seq,
+            &decision.events,
+            &mut next,
+            decision.settled(),
+        )?;
         let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
@@ -817,8 +822,34 @@ impl Engine {
             }
             if let Err(error) = engine.handle(call.run_id, input).await {
                 tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
+                return;
             }
+            engine.forget_poll_call_dir(&call).await;
         });
+    }
+
+    /// A poll's call, once its end is journaled, needs its directory no more (re-attaching is
+    /// only for calls in flight): removed, or a poll every 10 s would leave 8,640 of them a day.
+    /// Calls of steps that do not poll keep theirs (an action may leave its results there).
+    async fn forget_poll_call_dir(&self, call: &Call) {
+        if call.undo {
+            return;
+        }
+        let polls = match self.get(call.run_id).await {
+            Ok(Slot::Live(state)) => state
+                .definition
+                .step(&call.step)
+                .is_some_and(|step| step.until.is_some()),
+            _ => false,
+        };
+        if polls {
+            let dir = self.call_dir(call.run_id, call.call);
+            if let Err(error) = tokio::fs::remove_dir_all(&dir).await {
+                if error.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(run = %call.run_id, step = %call.step, dir = %dir.display(), %error, "cannot remove a poll's call directory");
+                }
+            }
+        }
     }
 
     /// Where a step's log lives: `<data>/runs/<run>/logs/<step>.log` (`<step>.undo.log`).

@@ -263,6 +263,13 @@ fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     }
     if let Some(snapshot) = &commit.snapshot {
         tx.put(Tree::Runs, id.as_bytes().to_vec(), snapshot.clone());
+        // Superseded poll rounds: history the snapshot makes redundant. Never the first
+        // event, never one after the journal's end as the caller knew it.
+        for seq in &commit.forget_events {
+            if *seq > 1 && *seq < commit.expected_seq {
+                tx.delete(Tree::Events, event_key(id, *seq).to_vec());
+            }
+        }
     }
     let active = tx.get(Tree::Active, id.as_bytes())?.is_some();
     if commit.parked && active {

@@ -167,6 +167,9 @@ pub struct Commit {
     /// The run's snapshot after the events, when this commit stores one (see
     /// [`SNAPSHOT_EVERY`]); the events alone otherwise.
     pub snapshot: Option<Vec<u8>>,
+    /// Seqs of superseded poll rounds to delete (only with a snapshot, never the first event
+    /// nor any after `expected_seq`; see `machine::poll_history`).
+    pub forget_events: Vec<u64>,
     pub timers_add: Vec<TimerKey>,
     pub timers_remove: Vec<TimerKey>,
     pub locks_acquire: Vec<String>,
@@ -184,28 +187,34 @@ pub struct Commit {
 impl Commit {
     /// Encodes a decision's events and the resulting state, deriving the timer index and lock
     /// changes from the events themselves. `settled`: the decision left nothing for the shell
-    /// to continue with (no `Continue` effect), so a parked state really waits.
+    /// to continue with (no `Continue` effect), so a parked state really waits. A commit that
+    /// stores a snapshot also forgets the poll rounds the state lists as superseded (and takes
+    /// them off the state, which is why it is `&mut`).
     pub fn new(
         expected_seq: u64,
         events: &[Event],
-        snapshot: &RunState,
+        snapshot: &mut RunState,
         settled: bool,
     ) -> Result<Commit, Error> {
         let run_id = snapshot.id;
         let parked = settled && snapshot.is_parked();
+        let (stored, forget_events) = if crosses_snapshot_seq(
+            expected_seq,
+            snapshot.last_seq,
+            snapshot_interval(snapshot.steps.len()),
+        ) {
+            let forget = crate::machine::take_superseded_polls(snapshot);
+            (Some(envelope::encode(&*snapshot)?), forget)
+        } else {
+            (None, Vec::new())
+        };
+        let snapshot = &*snapshot;
         let mut commit = Commit {
             run_id,
             expected_seq,
             events: Vec::with_capacity(events.len()),
-            snapshot: if crosses_snapshot_seq(
-                expected_seq,
-                snapshot.last_seq,
-                snapshot_interval(snapshot.steps.len()),
-            ) {
-                Some(envelope::encode(snapshot)?)
-            } else {
-                None
-            },
+            snapshot: stored,
+            forget_events,
             timers_add: Vec::new(),
             timers_remove: Vec::new(),
             locks_acquire: Vec::new(),

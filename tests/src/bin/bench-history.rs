@@ -130,16 +130,16 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
         store.apply(&Commit::new(
             0,
             &decision.events,
-            &state,
+            &mut state,
             decision.settled(),
         )?)?;
         while decision.effects.contains(&Effect::Continue) {
-            let (next, next_decision) = machine::decide(&state, Input::Continue, now)
+            let (mut next, next_decision) = machine::decide(&state, Input::Continue, now)
                 .map_err(|rejection| anyhow::anyhow!("{rejection}"))?;
             store.apply(&Commit::new(
                 state.last_seq,
                 &next_decision.events,
-                &next,
+                &mut next,
                 next_decision.settled(),
             )?)?;
             state = next;
