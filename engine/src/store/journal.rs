@@ -391,7 +391,7 @@ impl<T: Tables> Journal<T> {
             journal.upgrade(found)?;
         }
         if repair {
-            let repaired = journal.check_indexes(true)?;
+            let repaired = journal.check_indexes_of(true, false)?;
             for problem in &repaired {
                 tracing::warn!(%problem, "repaired a derived index of the store");
             }
@@ -504,6 +504,13 @@ impl<T: Tables> Journal<T> {
     /// against the runs; with `repair`, rewrites what does not match from the runs. Returns
     /// one line per problem found.
     pub fn check_indexes(&self, repair: bool) -> Result<Vec<String>, Error> {
+        self.check_indexes_of(repair, true)
+    }
+
+    /// [`Journal::check_indexes`]; with `all` false, of the unfinished runs only (what opening
+    /// the store does: a finished run holds no lock, timer or `active` entry, and walking a
+    /// million of them took 16 s), taking the finished runs' counters as stored.
+    pub fn check_indexes_of(&self, repair: bool, all: bool) -> Result<Vec<String>, Error> {
         let mut problems = Vec::new();
         let mut ops = Vec::new();
         let op = |tree, key: Vec<u8>, value: Option<Vec<u8>>| Op { tree, key, value };
@@ -521,11 +528,36 @@ impl<T: Tables> Journal<T> {
         };
         let mut counts = Counts::default();
         let mut re_armed = 0;
+        let stored: Counts = match self.tables.get(Tree::Meta, b"counts")? {
+            Some(bytes) => decode_value(&|| "meta/counts".to_owned(), &bytes).unwrap_or_default(),
+            None => Counts::default(),
+        };
         // The state index: counted, and every unfinished run in it checked against its line.
-        for entry in self
-            .tables
-            .scan(Tree::ByState, Bound::Unbounded, Bound::Unbounded, false)
-        {
+        let state_index: Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>>> = if all {
+            self.tables
+                .scan(Tree::ByState, Bound::Unbounded, Bound::Unbounded, false)
+        } else {
+            for status in listing::STATES.iter().filter(|status| status.is_terminal()) {
+                let name = status.name();
+                if let Some(count) = stored.runs.get(name) {
+                    counts.runs.insert(name.to_owned(), *count);
+                }
+            }
+            Box::new(
+                listing::STATES
+                    .iter()
+                    .filter(|status| !status.is_terminal())
+                    .flat_map(|status| {
+                        super::tables::scan_prefix(
+                            &self.tables,
+                            Tree::ByState,
+                            &listing::name_prefix(status.name()),
+                            false,
+                        )
+                    }),
+            )
+        };
+        for entry in state_index {
             let (key, _) = entry?;
             let (Some(run_id), Some(state)) = (
                 listing::trailing_id(&key),
@@ -672,10 +704,6 @@ impl<T: Tables> Journal<T> {
             }
         }
         counts.timers = timers + re_armed;
-        let stored: Counts = match self.tables.get(Tree::Meta, b"counts")? {
-            Some(bytes) => decode_value(&|| "meta/counts".to_owned(), &bytes).unwrap_or_default(),
-            None => Counts::default(),
-        };
         counts.runs.retain(|_, count| *count > 0);
         let mut stored_runs = stored.runs.clone();
         stored_runs.retain(|_, count| *count > 0);
