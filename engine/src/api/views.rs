@@ -215,7 +215,7 @@ fn step_view(step: &StepState) -> StepView {
         polls: step.polls,
         started_at: Some(step.started_at),
         finished_at: step.finished_at,
-        input: step.input.clone(),
+        input: (*step.input).clone(),
         output: step.output.clone().unwrap_or(Value::Null),
         error: step.error.clone(),
         fire_at: step.fire_at,

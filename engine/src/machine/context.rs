@@ -62,7 +62,7 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
             .step(loop_key)
             .and_then(|step| step.iterations.as_ref())
             .and_then(|iterations| iterations.get(index))
-            .map(|iteration| iteration.item.clone())
+            .map(|iteration| (*iteration.item).clone())
             .unwrap_or(Value::Null);
         context.insert(definition.var.clone(), item);
         context.insert("index".to_owned(), Value::from(index));

@@ -1484,14 +1484,16 @@ impl Decider {
         let Some(for_each) = &step.for_each else {
             return Progress::Busy;
         };
-        let iterations = self
+        // The iterations' statuses only: the items (which may be large) are not copied.
+        let iterations: Vec<IterationStatus> = self
             .state
             .step(key)
-            .and_then(|state| state.iterations.clone())
+            .and_then(|state| state.iterations.as_ref())
+            .map(|iterations| iterations.iter().map(|iteration| iteration.status).collect())
             .unwrap_or_default();
         let mut blocked = None;
-        for (index, iteration) in iterations.iter().enumerate() {
-            if iteration.status != IterationStatus::Running {
+        for (index, status) in iterations.iter().enumerate() {
+            if *status != IterationStatus::Running {
                 continue;
             }
             let before = self.events.len();
@@ -1526,28 +1528,30 @@ impl Decider {
         }
         let running = iterations
             .iter()
-            .filter(|iteration| iteration.status == IterationStatus::Running)
+            .filter(|status| **status == IterationStatus::Running)
             .count();
         let pending: Vec<usize> = iterations
             .iter()
             .enumerate()
-            .filter(|(_, iteration)| iteration.status == IterationStatus::Pending)
+            .filter(|(_, status)| **status == IterationStatus::Pending)
             .map(|(index, _)| index)
             .collect();
         if pending.is_empty() {
             if running == 0 {
+                // Each iteration's outputs, by the loop's own step ids (looked up by key: a
+                // walk over every step state per iteration was quadratic in the items).
                 let outputs: Vec<Value> = (0..iterations.len())
                     .map(|index| {
-                        let prefix = format!("{key}[{index}].");
-                        let outputs: Map<String, Value> = self
-                            .state
+                        let outputs: Map<String, Value> = for_each
                             .steps
                             .iter()
-                            .filter_map(|state| {
-                                let id = state.key.strip_prefix(&prefix)?;
-                                (!id.contains('.')).then(|| {
-                                    (id.to_owned(), state.output.clone().unwrap_or(Value::Null))
-                                })
+                            .filter_map(|inner| {
+                                let state =
+                                    self.state.step(&format!("{key}[{index}].{}", inner.id))?;
+                                Some((
+                                    inner.id.clone(),
+                                    state.output.clone().unwrap_or(Value::Null),
+                                ))
                             })
                             .collect();
                         Value::Object(outputs)

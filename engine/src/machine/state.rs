@@ -110,7 +110,8 @@ pub enum IterationStatus {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Iteration {
-    pub item: Value,
+    /// Shared: copying a loop's step state (on every change of an iteration) copies pointers.
+    pub item: Arc<Value>,
     pub status: IterationStatus,
 }
 
@@ -142,7 +143,8 @@ pub struct StepState {
     pub polls: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub input: Value,
+    /// Shared: a loop's input holds all its items, and its step state is copied on write.
+    pub input: Arc<Value>,
     pub output: Option<Value>,
     pub error: Option<String>,
     pub waiting_for: Option<WaitingFor>,
@@ -436,7 +438,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         items
                             .iter()
                             .map(|item| Iteration {
-                                item: item.clone(),
+                                item: Arc::new(item.clone()),
                                 status: IterationStatus::Pending,
                             })
                             .collect()
@@ -457,7 +459,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     existing.status = status;
                     existing.attempts = *attempt;
                     existing.call = is_call.then_some(*call);
-                    existing.input = input.clone();
+                    existing.input = Arc::new(input.clone());
                     existing.finished_at = None;
                     existing.error = None;
                     existing.waiting_for = None;
@@ -476,7 +478,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     polls: 0,
                     started_at: at,
                     finished_at: None,
-                    input: input.clone(),
+                    input: Arc::new(input.clone()),
                     output: None,
                     error: None,
                     waiting_for: (action == "for_each").then_some(WaitingFor::Iterations),
@@ -559,7 +561,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         polls: 0,
                         started_at: at,
                         finished_at: None,
-                        input: Value::Null,
+                        input: Arc::new(Value::Null),
                         output: None,
                         error: None,
                         waiting_for: None,

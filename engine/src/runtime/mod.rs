@@ -222,7 +222,7 @@ impl Engine {
                                 attempt: step.attempts,
                                 undo: false,
                                 action: step.action.clone(),
-                                input: step.input.clone(),
+                                input: (*step.input).clone(),
                             };
                             (call, step.note.clone(), step.aborting.is_some())
                         });

@@ -610,7 +610,7 @@ impl Driver {
                     attempt: step.attempts,
                     undo: false,
                     action: step.action.clone(),
-                    input: step.input.clone(),
+                    input: (*step.input).clone(),
                 });
             }
         }
@@ -627,7 +627,7 @@ impl Driver {
                     attempt: step.attempts,
                     undo: false,
                     action: step.action.clone(),
-                    input: step.input.clone(),
+                    input: (*step.input).clone(),
                 });
             }
             if let Some(undo) = &step.undo {
