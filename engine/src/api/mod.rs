@@ -500,6 +500,9 @@ fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 struct OperatorRequest {
     comment: Option<String>,
     step: Option<String>,
+    /// `cancel` only: run the undos of the completed steps too.
+    #[serde(default)]
+    rollback: bool,
 }
 
 async fn run_verb(
@@ -509,6 +512,12 @@ async fn run_verb(
     bytes: Bytes,
 ) -> ApiResult {
     let request: OperatorRequest = body(&bytes)?;
+    if request.rollback && verb != "cancel" {
+        return Err(ApiError::invalid(
+            format!("`rollback` is a field of cancel only, not of {verb}"),
+            Some("rollback"),
+        ));
+    }
     let by = Actor::uid(peer.uid);
     let comment = request.comment;
     let input = match verb.as_str() {
@@ -519,7 +528,11 @@ async fn run_verb(
         },
         "pause" => Input::Pause { by, comment },
         "resume" => Input::Resume { by, comment },
-        "cancel" => Input::Cancel { by, comment },
+        "cancel" => Input::Cancel {
+            by,
+            comment,
+            rollback: request.rollback,
+        },
         "rollback" => Input::Rollback { by, comment },
         other => {
             return Err(Error::NotFound(format!(
@@ -540,6 +553,12 @@ async fn step_verb(
     bytes: Bytes,
 ) -> ApiResult {
     let request: OperatorRequest = body(&bytes)?;
+    if request.rollback {
+        return Err(ApiError::invalid(
+            format!("`rollback` is a field of cancel only, not of {verb}"),
+            Some("rollback"),
+        ));
+    }
     let by = Actor::uid(peer.uid);
     let input = match verb.as_str() {
         "retry" => Input::Retry {
