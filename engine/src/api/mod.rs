@@ -461,14 +461,26 @@ async fn step_log(
     let Some(step_state) = state.step(&step) else {
         return Err(Error::NotFound(format!("run {run_id} has no started step {step:?}")).into());
     };
+    // The undo's own attempt and progress, not its step's.
+    let (attempt, active) = if query.undo {
+        let Some(undo) = &step_state.undo else {
+            return Err(Error::NotFound(format!(
+                "the undo of step {step:?} of run {run_id} has not started"
+            ))
+            .into());
+        };
+        (undo.attempts, undo.status.is_active())
+    } else {
+        (step_state.attempts, step_state.status.is_active())
+    };
     let path = app.engine.log_path(run_id, &step, query.undo);
     let data = read_from(&path, query.offset)
         .map_err(|error| Error::Internal(format!("reading {}: {error}", path.display())))?;
     let next_offset = query.offset + data.len() as u64;
-    let done = !step_state.status.is_active() || state.status.is_terminal();
+    let done = !active || state.status.is_terminal();
     ok(json!({
-        "step": step, "attempt": step_state.attempts, "offset": query.offset, "next_offset": next_offset,
-        "data": String::from_utf8_lossy(&data), "done": done,
+        "step": step, "undo": query.undo, "attempt": attempt, "offset": query.offset,
+        "next_offset": next_offset, "data": String::from_utf8_lossy(&data), "done": done,
     }))
 }
 

@@ -1000,10 +1000,16 @@ impl Decider {
             })?;
         }
         if comment.as_deref().is_none_or(|text| text.trim().is_empty()) {
+            // A loop's step (`each[1].gate`) is a glob to the shell: quoted in the command.
+            let word = if key.contains(['[', ']']) {
+                format!("'{key}'")
+            } else {
+                key.to_owned()
+            };
             return Err(Rejection::Invalid {
                 message: format!(
                     "{verb} of step {key} of run {} passes approval gate{} {}: say why with a comment \
-                     (`runbook {verb} {} {key} --comment REASON`); it is journaled with your uid",
+                     (`runbook {verb} {} {word} --comment REASON`); it is journaled with your uid",
                     self.state.id,
                     if gates.len() == 1 { "" } else { "s" },
                     gates.join(", "),
