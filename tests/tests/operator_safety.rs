@@ -574,3 +574,51 @@ for_each = ["a"]
     );
     Ok(())
 }
+
+/// `runbook <args>` on a pseudo-terminal (util-linux `script`), typing `answer`.
+fn on_a_terminal(daemon: &Daemon, args: &[&str], answer: &str) -> Result<Output> {
+    use std::io::Write;
+    let binary = binary().display().to_string();
+    let data_dir = daemon.path("");
+    let mut words = vec![binary.as_str(), "--data-dir", data_dir.as_str()];
+    words.extend_from_slice(args);
+    let command = shlex::try_join(words)?;
+    let mut child = std::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run `script` (util-linux) for a pseudo-terminal")?;
+    // Typed after the prompt is up: a terminal drops what is typed before a reader waits.
+    std::thread::sleep(Duration::from_millis(1500));
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(answer.as_bytes())?;
+    }
+    Ok(child.wait_with_output()?)
+}
+
+#[test]
+fn cancel_on_a_terminal_asks_before_leaving_undos_unrun() -> Result<()> {
+    let daemon = Daemon::start()?;
+    let marker = daemon.path("marker");
+    let file = daemon.write_file("half.toml", &half_changed(&marker))?;
+    let run = daemon.start_run(&file, &[])?;
+    daemon.wait_step(&run, "gate", "waiting", LONG)?;
+
+    let declined = on_a_terminal(&daemon, &["cancel", &run], "n\n")?;
+    let said = stdout(&declined);
+    assert_eq!(declined.status.code(), Some(5), "{said}");
+    assert!(
+        said.contains("cancel and leave them as they are? [y/N]")
+            && said.contains(&format!("not canceled: run {run} goes on")),
+        "{said}"
+    );
+    assert_eq!(daemon.show(&run)?["state"], "waiting");
+
+    let accepted = on_a_terminal(&daemon, &["cancel", &run], "y\n")?;
+    assert!(accepted.status.success(), "{}", stdout(&accepted));
+    daemon.wait_state(&run, "canceled", LONG)?;
+    assert_eq!(lines(&marker), ["read-only", "stopped"]);
+    Ok(())
+}
