@@ -11,6 +11,9 @@
 //! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
 //! | 7 | the watched run ended in a state other than `succeeded` |
 //!
+//! With `--json`, an error is printed as one line on stderr in the API's error shape (see
+//! [`json_error`]); a bad command line too (code `usage`).
+//!
 //! # Contract
 //!
 //! [`code_of`] walks the whole error chain, so wrapping an error in `anyhow::Context` never
