@@ -1032,7 +1032,10 @@ impl Decider {
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
                 step.undo.as_ref().is_some_and(|undo| {
-                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                    matches!(
+                        undo.status,
+                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
+                    )
                 })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
@@ -1120,7 +1123,10 @@ impl Decider {
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
                 step.undo.as_ref().is_some_and(|undo| {
-                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                    matches!(
+                        undo.status,
+                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
+                    )
                 })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
@@ -1699,9 +1705,23 @@ impl Decider {
                     return;
                 }
                 Some(StepStatus::Succeeded | StepStatus::Skipped) => continue,
-                // Canceled with the run (a rollback that was canceled): run it again.
+                // Stopped when a rollback was canceled: its command may have done part or all of
+                // its work. Run again only if it may be (`idempotent`); else the operator says.
                 Some(StepStatus::Canceled) => {
-                    self.start_undo(key);
+                    let idempotent = self
+                        .definition()
+                        .step(key)
+                        .and_then(|step| step.undo.as_ref())
+                        .is_some_and(|undo| undo.idempotent);
+                    if idempotent {
+                        self.start_undo(key);
+                    } else {
+                        self.emit(EventKind::NeedsAttention {
+                            reason: AttentionReason::Interrupted,
+                            step: key.clone(),
+                            message: format!("the undo of {key} was stopped when the run was canceled: its outcome is unknown; check it before you retry or skip it"),
+                        });
+                    }
                     return;
                 }
                 Some(StepStatus::Failed) => {

@@ -212,7 +212,17 @@ fn a_canceled_rollback_runs_only_the_undos_not_yet_run() {
         "ok read_only\nok stop\nrollback\nundo-ok stop\ncancel\nexpect canceled",
     );
     assert_eq!(driver.state.undos_left(), ["read_only"]);
-    run_script(&mut driver, "rollback\nundo-ok read_only");
+    // The undo stopped by the cancel may have done its work: the operator decides about it.
+    run_script(&mut driver, "rollback\nexpect needs_attention");
+    let attention = driver.state.attention.clone().unwrap();
+    assert_eq!(attention.step, "read_only");
+    assert!(
+        attention
+            .message
+            .contains("was stopped when the run was canceled"),
+        "{attention:?}"
+    );
+    run_script(&mut driver, "retry read_only\nundo-ok read_only");
     assert_eq!(driver.state.status, RunStatus::RolledBack);
     let undone: Vec<&str> = driver
         .journal
@@ -222,7 +232,8 @@ fn a_canceled_rollback_runs_only_the_undos_not_yet_run() {
             _ => None,
         })
         .collect();
-    // The undo of `stop` ran once, before the cancel; the undo canceled with the run ran again.
+    // The undo of `stop` ran once, before the cancel; the undo canceled with the run ran again
+    // when the operator said so.
     assert_eq!(undone, ["stop", "read_only", "read_only"]);
 }
 
@@ -318,4 +329,18 @@ with = { command = "fail" }
         wait(&driver),
         Some(("operator".to_owned(), Some(1_020_000)))
     );
+}
+
+#[test]
+fn an_idempotent_undo_stopped_by_a_cancel_runs_again_at_the_next_rollback() {
+    let toml = UNDOABLE.replace(
+        r#"with = { command = "set read-write" } }"#,
+        r#"with = { command = "set read-write" }, idempotent = true }"#,
+    );
+    let mut driver = Driver::new(&toml);
+    run_script(
+        &mut driver,
+        "ok read_only\nok stop\nrollback\nundo-ok stop\ncancel\nrollback\nundo-ok read_only",
+    );
+    assert_eq!(driver.state.status, RunStatus::RolledBack);
 }
