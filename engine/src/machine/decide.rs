@@ -1088,6 +1088,22 @@ impl Decider {
                 }
             )));
         }
+        // A step of a loop that has ended (its timeout fired) is history too: a new attempt
+        // would outlive the loop, and the run could end with it in flight.
+        let ended_loop = key
+            .match_indices('[')
+            .map(|(at, _)| &key[..at])
+            .find(|loop_key| {
+                self.state
+                    .step(loop_key)
+                    .is_some_and(|loop_state| !loop_state.status.is_active())
+            });
+        if let Some(loop_key) = ended_loop {
+            return Err(Rejection::Conflict(format!(
+                "step {key} of run {} is in loop {loop_key}, which has ended: skip it, or cancel or roll back the run",
+                self.state.id
+            )));
+        }
         let Some(step) = definition.step(&key) else {
             return Err(Rejection::NotFound(format!(
                 "step {key} is not in the definition of run {}",

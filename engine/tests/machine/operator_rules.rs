@@ -344,3 +344,41 @@ fn an_idempotent_undo_stopped_by_a_cancel_runs_again_at_the_next_rollback() {
     );
     assert_eq!(driver.state.status, RunStatus::RolledBack);
 }
+
+#[test]
+fn a_step_of_a_loop_that_timed_out_cannot_be_retried() {
+    let mut driver = Driver::new(
+        r#"
+name = "loop-timeout"
+
+[[steps]]
+id = "each"
+for_each = ["a"]
+timeout = "5s"
+on_failure = "continue"
+  [[steps.steps]]
+  id = "work"
+  action = "exec"
+  with = { command = "work {{ item }}" }
+"#,
+    );
+    run_script(
+        &mut driver,
+        "fail! each[0].work\nexpect needs_attention\nadvance 5s",
+    );
+    assert_eq!(
+        driver.state.step("each").unwrap().status,
+        StepStatus::Failed
+    );
+    // A new attempt would outlive the loop: the run could end with it in flight.
+    match driver.retry("each[0].work") {
+        Err(Rejection::Conflict(message)) => {
+            assert!(
+                message.contains("is in loop each, which has ended"),
+                "{message}"
+            )
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    run_script(&mut driver, "skip each[0].work\nexpect succeeded");
+}
