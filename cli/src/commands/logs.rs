@@ -141,7 +141,8 @@ async fn print_step_log(
         } else {
             ctx.client.get(&path).await?
         };
-        if cursor.attempt.as_ref() != Some(&chunk["attempt"]) {
+        let new_attempt = cursor.attempt.as_ref() != Some(&chunk["attempt"]);
+        if new_attempt {
             if with_header && !ctx.json {
                 let number = render::text(&chunk["attempt"]);
                 render::print(&format!("== {step}{label} (attempt {number}) ==\n"))?;
@@ -150,8 +151,11 @@ async fn print_step_log(
         }
 
         let data = chunk["data"].as_str().unwrap_or_default();
+        // One line per chunk with data (and one for a log that has none): not one per poll.
         if ctx.json {
-            render::print_json_line(&chunk)?;
+            if !data.is_empty() || (new_attempt && offset == 0) {
+                render::print_json_line(&chunk)?;
+            }
         } else if !data.is_empty() {
             render::print_bytes(data.as_bytes())?;
             at_line_start = data.ends_with('\n');
