@@ -129,7 +129,7 @@ action = "noop"
     assert_eq!(
         stderr(&refused),
         format!(
-            "error: skip of step gate of run {run} passes approval gate gate: say why with a \
+            "error: skip of approval gate gate of run {run} is an approval of it: say why with a \
              comment (`runbook skip {run} gate --comment REASON`); it is journaled with your uid\n"
         )
     );

@@ -1006,13 +1006,23 @@ impl Decider {
             } else {
                 key.to_owned()
             };
-            return Err(Rejection::Invalid {
-                message: format!(
-                    "{verb} of step {key} of run {} passes approval gate{} {}: say why with a comment \
-                     (`runbook {verb} {} {word} --comment REASON`); it is journaled with your uid",
+            let what = if gates.len() == 1 && gates[0] == key {
+                format!(
+                    "{verb} of approval gate {key} of run {} is an approval of it",
+                    self.state.id
+                )
+            } else {
+                format!(
+                    "{verb} of step {key} of run {} passes approval gate{} {}",
                     self.state.id,
                     if gates.len() == 1 { "" } else { "s" },
-                    gates.join(", "),
+                    gates.join(", ")
+                )
+            };
+            return Err(Rejection::Invalid {
+                message: format!(
+                    "{what}: say why with a comment (`runbook {verb} {} {word} --comment REASON`); \
+                     it is journaled with your uid",
                     self.state.id,
                 ),
                 field: "comment".to_owned(),
