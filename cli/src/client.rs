@@ -57,7 +57,7 @@ impl fmt::Display for ApiError {
                     "cannot reach the daemon at {}: {cause} \
                      (is `runbook daemon --data-dir {}` running?)",
                     socket.display(),
-                    data_dir.display()
+                    crate::render::shell_word(&data_dir.to_string_lossy())
                 )
             }
             // The daemon's message already names the file:line, param or run id.

@@ -11,6 +11,9 @@
 //! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
 //! | 7 | the watched run ended in a state other than `succeeded` |
 //!
+//! With `--json`, an error is printed as one line on stderr in the API's error shape (see
+//! [`json_error`]); a bad command line too (code `usage`).
+//!
 //! # Contract
 //!
 //! [`code_of`] walks the whole error chain, so wrapping an error in `anyhow::Context` never
@@ -22,8 +25,7 @@ use crate::client::ApiError;
 
 pub const SUCCESS: u8 = 0;
 pub const OTHER: u8 = 1;
-/// Not returned by [`code_of`]: clap exits with it itself on a bad command line.
-#[allow(dead_code)]
+/// Not returned by [`code_of`]: a bad command line (clap's own exit code for it).
 pub const USAGE: u8 = 2;
 pub const NOT_FOUND: u8 = 3;
 pub const INVALID: u8 = 4;
@@ -86,6 +88,57 @@ fn api_code(err: &ApiError) -> u8 {
         },
         ApiError::Protocol(_) => OTHER,
     }
+}
+
+/// `err` in the API's error shape, `{"error": {"code", "message", "field"}}`: the daemon's
+/// own code, message and field for an error it answered; else a code for the exit code
+/// (`not_found`, `invalid`, `conflict`, `unreachable`, `run_not_succeeded`, `internal`).
+pub fn json_error(err: &anyhow::Error) -> serde_json::Value {
+    for cause in err.chain() {
+        if let Some(ApiError::Api {
+            code,
+            message,
+            field,
+        }) = cause.downcast_ref::<ApiError>()
+        {
+            // Context added around the daemon's answer goes in front, as in the text form.
+            let message = match err.chain().count() {
+                1 => message.clone(),
+                _ => format!("{err:#}"),
+            };
+            return error_shape(code, &message, field.as_deref());
+        }
+    }
+    let code = match code_of(err) {
+        NOT_FOUND => "not_found",
+        INVALID => "invalid",
+        CONFLICT => "conflict",
+        UNREACHABLE => "unreachable",
+        RUN_NOT_SUCCEEDED => "run_not_succeeded",
+        _ => "internal",
+    };
+    error_shape(code, &format!("{err:#}"), None)
+}
+
+/// A command line clap refused, in the API's error shape (code `usage`).
+pub fn usage_error(err: &clap::Error) -> serde_json::Value {
+    let text = err.render().to_string();
+    let text = text.trim();
+    let message = text.strip_prefix("error: ").unwrap_or(text);
+    error_shape("usage", message, None)
+}
+
+fn error_shape(code: &str, message: &str, field: Option<&str>) -> serde_json::Value {
+    let mut error = serde_json::json!({"code": code, "message": message});
+    if let Some(field) = field {
+        error["field"] = serde_json::Value::String(field.to_owned());
+    }
+    serde_json::json!({ "error": error })
+}
+
+/// Prints an error (see [`json_error`]) as one line on stderr, where errors go.
+pub fn print_json_error(error: &serde_json::Value) {
+    eprintln!("{error}");
 }
 
 /// True when `err` is a broken pipe on stdout (`runbook logs ... | head`): not worth reporting.

@@ -3,7 +3,9 @@
 //! daemon's HTTP/JSON API on `<data-dir>/runbook.sock` (see `docs/api.md`).
 //!
 //! Data goes to stdout (`--json`: the daemon's JSON, pretty); progress, confirmations and
-//! errors go to stderr, errors as `error: <message>`. Exit codes are documented in [`exit`].
+//! errors go to stderr, errors as `error: <message>` (with `--json`, as one line of the API's
+//! error shape, `{"error": {"code", "message", "field"}}`). Exit codes are documented in
+//! [`exit`].
 
 mod client;
 mod commands;
@@ -85,13 +87,27 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Before parsing: a command line clap refuses is an error too, in JSON when asked for.
+    let json = std::env::args_os().skip(1).any(|arg| arg == "--json");
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if json && err.use_stderr() => {
+            exit::print_json_error(&exit::usage_error(&err));
+            return ExitCode::from(exit::USAGE);
+        }
+        Err(err) => err.exit(),
+    };
+    let json = cli.json;
     match run(cli).await {
         Ok(()) => ExitCode::from(exit::SUCCESS),
         // `runbook logs ... | head`: the reader is gone, which is not an error worth a word.
         Err(err) if exit::is_broken_pipe(&err) => ExitCode::from(exit::SUCCESS),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            if json {
+                exit::print_json_error(&exit::json_error(&err));
+            } else {
+                eprintln!("error: {err:#}");
+            }
             ExitCode::from(exit::code_of(&err))
         }
     }
@@ -164,6 +180,119 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// The `runbook ...` commands a text tells the operator to run: after a backquote, an
+    /// opening parenthesis, a colon or at the start of a line, up to the closing backquote or
+    /// parenthesis, `;`, `,`, ` (` or the end of the line.
+    pub(crate) fn commands_in(text: &str) -> Vec<Vec<String>> {
+        let mut commands = Vec::new();
+        for (start, _) in text.match_indices("runbook ") {
+            let before = text[..start].trim_end_matches(' ');
+            let introduced = before.is_empty()
+                || before.ends_with(['`', '(', ':', '\n'])
+                || text[..start].ends_with('`');
+            if !introduced {
+                continue;
+            }
+            let rest = &text[start..];
+            // `runbook   gates v1`: a label in `show`, not a command.
+            if rest["runbook ".len()..].starts_with(' ') {
+                continue;
+            }
+            let end = rest
+                .find(['`', ')', ';', ',', '\n'])
+                .into_iter()
+                .chain(rest.find(" ("))
+                .min()
+                .unwrap_or(rest.len());
+            let words = shlex::split(&rest[..end])
+                .unwrap_or_else(|| panic!("unbalanced quotes in {:?}", &rest[..end]));
+            commands.push(words);
+        }
+        commands
+    }
+
+    /// Every command a hint prints parses as it is printed.
+    pub(crate) fn check_hints_parse(text: &str) -> usize {
+        let commands = commands_in(text);
+        for words in &commands {
+            let parsed = Cli::try_parse_from(words);
+            assert!(
+                parsed.is_ok(),
+                "the hint {:?} in {text:?} does not parse: {}",
+                words.join(" "),
+                parsed.err().map(|err| err.to_string()).unwrap_or_default()
+            );
+        }
+        commands.len()
+    }
+
+    #[test]
+    fn every_printed_command_parses() {
+        use serde_json::json;
+        let id = "0193a8c4-5e2f-7abc-8def-0123456789ab";
+        let step_attention = json!({"id": id, "attention": {"reason": "step_failed",
+            "step": "gate", "message": "step gate failed: no approval after 1h"},
+            "steps": [{"id": "gate", "action": "approval"}], "undos_left": ["revoke"]});
+        let loop_attention = json!({"id": id, "attention": {"reason": "interrupted",
+            "step": "brokers[1].restart", "message": "outcome unknown"}, "steps": []});
+        let undo_attention = json!({"id": id, "attention": {"reason": "undo_failed",
+            "step": "revoke", "message": "the undo of revoke failed"},
+            "audit": [{"action": "rollback"}], "undos_left": ["revoke"]});
+        let stepless = json!({"id": id, "attention": {"reason": "corrupt", "message": "x"}});
+        let gate = json!({"id": id, "state": "waiting", "current_step": "gate",
+            "steps": [{"id": "gate", "state": "waiting", "waiting_for": "approval"}]});
+        let unreachable = client::ApiError::Unreachable {
+            socket: PathBuf::from("/tmp/data dir/runbook.sock"),
+            cause: "connection refused".to_owned(),
+        };
+        let texts = [
+            commands::show::attention_text(&step_attention).unwrap_or_default(),
+            commands::show::attention_text(&loop_attention).unwrap_or_default(),
+            commands::show::attention_text(&undo_attention).unwrap_or_default(),
+            commands::show::attention_text(&stepless).unwrap_or_default(),
+            commands::cancel::undos_warning(&json!({"id": id}), &["stop".to_owned()]),
+            commands::cancel::confirmation(
+                &json!({"id": id, "state": "canceled",
+                "undos_left": ["stop", "revoke"]}),
+                false,
+            ),
+            commands::watch::status(&gate, render::now()),
+            commands::watch::paused_hint(id),
+            commands::watch::demo_approval_hint("gate", id),
+            commands::ps::more_hint(id),
+            commands::ps::NONE_UNFINISHED.to_owned(),
+            commands::demo::more_hint("0193a8c4-5e2f"),
+            commands::schedule::backfill_rest_hint(
+                "1000",
+                "nightly",
+                "2026-01-07T00:00:00+00:00",
+                "2026-02-01T00:00:00Z",
+            ),
+            unreachable.to_string(),
+        ];
+        for text in &texts {
+            assert!(check_hints_parse(text) > 0, "no command found in {text:?}");
+        }
+        // The attention of a failed gate names both decisions, with the reason they need.
+        let gate_commands = commands_in(&texts[0]);
+        let lines: Vec<String> = gate_commands.iter().map(|words| words.join(" ")).collect();
+        assert_eq!(
+            lines,
+            [
+                format!("runbook retry {id} gate --comment REASON"),
+                format!("runbook skip {id} gate --comment REASON"),
+                format!("runbook rollback {id}"),
+                format!("runbook cancel {id}"),
+            ]
+        );
+        // A loop's step is quoted: to a shell, `brokers[1].restart` is a pattern.
+        assert!(texts[1].contains(&format!("runbook retry {id} 'brokers[1].restart'")));
+        // The extractor finds what the old hint printed, which did not parse.
+        let old = format!("decide with: runbook retry|skip|cancel {id} gate");
+        let words = &commands_in(&old)[0];
+        assert!(Cli::try_parse_from(words).is_err());
     }
 
     #[test]

@@ -186,6 +186,16 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// `word` as one word of a shell command line (quoted when it holds a space, a quote or any
+/// other character the shell would read), so that a printed command works when pasted.
+pub fn shell_word(word: &str) -> String {
+    match shlex::try_quote(word) {
+        Ok(quoted) => quoted.into_owned(),
+        // A NUL byte cannot be in an argument at all; show it as it is.
+        Err(_) => word.to_owned(),
+    }
+}
+
 /// Writes `text` to stdout as is.
 pub fn print(text: &str) -> Result<()> {
     print_bytes(text.as_bytes())
@@ -203,6 +213,13 @@ pub fn print_bytes(bytes: &[u8]) -> Result<()> {
 /// Writes a JSON value, pretty, to stdout (the `--json` output of every command).
 pub fn print_json(value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).context("cannot format JSON")?;
+    print(&format!("{text}\n"))
+}
+
+/// Writes a JSON value as one line to stdout (output that is a stream of objects, like
+/// `logs --json`, one per line).
+pub fn print_json_line(value: &Value) -> Result<()> {
+    let text = serde_json::to_string(value).context("cannot format JSON")?;
     print(&format!("{text}\n"))
 }
 

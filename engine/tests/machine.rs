@@ -29,6 +29,8 @@ mod driver;
 mod known_bugs;
 #[path = "machine/model.rs"]
 mod model;
+#[path = "machine/operator_rules.rs"]
+mod operator_rules;
 #[path = "machine/property.rs"]
 mod property;
 #[path = "machine/snapshots.rs"]

@@ -72,10 +72,7 @@ async fn run_demo(ctx: &Context) -> Result<()> {
             "\n{}",
             show::render_run(&final_run, render::now())
         ))?;
-        let short = render::short_id(&id);
-        eprintln!(
-            "\ndemo: more with `runbook show {short}`, `runbook logs {short}`, `runbook ps --all`"
-        );
+        eprintln!("\n{}", more_hint(render::short_id(&id)));
     }
     watch::outcome(ctx, &final_run)
 }
@@ -179,4 +176,9 @@ async fn stop_daemon(ctx: &Context, mut child: Child) -> Result<()> {
 /// Where the daemon this command starts writes its output.
 fn log_file(ctx: &Context) -> PathBuf {
     ctx.data_dir.join("daemon.log")
+}
+
+/// Where to look next after the demo.
+pub(crate) fn more_hint(short: &str) -> String {
+    format!("demo: more with `runbook show {short}`, `runbook logs {short}`, `runbook ps --all`")
 }

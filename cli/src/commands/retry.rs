@@ -13,7 +13,8 @@ pub struct Args {
     pub run: String,
     /// The step id (as shown by `runbook show`, e.g. `brokers[1].restart`)
     pub step: String,
-    /// Why: journaled with the decision
+    /// Why: journaled with the decision (required for an approval gate, whose skip or retry is
+    /// an approval of it)
     #[arg(long)]
     pub comment: Option<String>,
 }

@@ -206,12 +206,13 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
             );
             if result["truncated"] == true {
                 eprintln!(
-                    "stopped after {} instants, the most one backfill covers; the range goes on: \
-                     run `runbook schedule backfill {} --from {} --to {}` for the rest",
-                    render::text(&result["limit"]),
-                    args.name,
-                    render::text(&result["next_from"]),
-                    args.to
+                    "{}",
+                    backfill_rest_hint(
+                        &render::text(&result["limit"]),
+                        &args.name,
+                        &render::text(&result["next_from"]),
+                        &args.to
+                    )
                 );
             }
             Ok(())
@@ -295,4 +296,12 @@ fn show(schedule: &Value) -> Result<()> {
         ));
     }
     render::print(&out)
+}
+
+/// What a truncated backfill says: the command that covers the rest of the range.
+pub(crate) fn backfill_rest_hint(limit: &str, name: &str, next_from: &str, to: &str) -> String {
+    format!(
+        "stopped after {limit} instants, the most one backfill covers; the range goes on: \
+         run `runbook schedule backfill {name} --from {next_from} --to {to}` for the rest"
+    )
 }

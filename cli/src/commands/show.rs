@@ -51,6 +51,9 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
         ),
     );
     field("state", state_text(run));
+    if let Some(waiting) = waiting_text(run, now) {
+        field("waits for", waiting);
+    }
     if let Some(attention) = attention_text(run) {
         field("attention", attention);
     }
@@ -89,8 +92,14 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
             .unwrap_or_default();
         field("finished", format!("{}{took}", render::timestamp(finished)));
     } else if let Some(wakeup) = render::time(&run["next_wakeup"]) {
+        // A gate wakes up only when its approval's time is up.
+        let label = if run["waiting_for"] == "approval" {
+            "times out"
+        } else {
+            "wakes up"
+        };
         field(
-            "wakes up",
+            label,
             format!(
                 "{} ({}, step {})",
                 render::timestamp(wakeup),
@@ -126,6 +135,23 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
     out
 }
 
+/// `approval at step gate since 2026-01-02 12:00:01 (3m12s)`: what the run waits for.
+pub fn waiting_text(run: &Value, now: DateTime<Utc>) -> Option<String> {
+    let kind = run["waiting_for"].as_str()?;
+    let mut text = kind.to_owned();
+    if let Some(step) = run["current_step"].as_str() {
+        text.push_str(&format!(" at step {step}"));
+    }
+    if let Some(since) = render::time(&run["waiting_since"]) {
+        text.push_str(&format!(
+            " since {} ({})",
+            render::timestamp(since),
+            render::duration(now - since)
+        ));
+    }
+    Some(text)
+}
+
 /// `needs_attention (interrupted), paused`.
 fn state_text(run: &Value) -> String {
     let mut state = render::text(&run["state"]);
@@ -138,7 +164,8 @@ fn state_text(run: &Value) -> String {
     state
 }
 
-/// What the operator must decide, with the commands to do it.
+/// What the operator must decide, with the commands to do it: one whole command a line, each
+/// one that parses as it is printed (a skip or retry of an approval gate needs a reason).
 pub fn attention_text(run: &Value) -> Option<String> {
     let attention = &run["attention"];
     if !attention.is_object() {
@@ -146,14 +173,42 @@ pub fn attention_text(run: &Value) -> Option<String> {
     }
     let id = render::text(&run["id"]);
     let message = render::text(&attention["message"]);
-    match attention["step"].as_str() {
-        Some(step) => Some(format!(
-            "{step}: {message}\ndecide with: runbook retry|skip|cancel {id} {step}"
-        )),
-        None => Some(format!(
-            "{message}\ndecide with: runbook resume|cancel {id}"
-        )),
+    let mut commands = Vec::new();
+    let mut text = match attention["step"].as_str() {
+        Some(step) => {
+            let is_gate = run["steps"].as_array().is_some_and(|steps| {
+                steps
+                    .iter()
+                    .any(|each| each["id"] == step && each["action"] == "approval")
+            });
+            let reason = if is_gate { " --comment REASON" } else { "" };
+            // `brokers[1].restart` is a glob to the shell: quoted.
+            let word = render::shell_word(step);
+            commands.push(format!("runbook retry {id} {word}{reason}"));
+            commands.push(format!("runbook skip {id} {word}{reason}"));
+            format!("{step}: {message}")
+        }
+        None => {
+            commands.push(format!("runbook resume {id}"));
+            message
+        }
+    };
+    let rolling_back = attention["reason"] == "undo_failed"
+        || run["audit"]
+            .as_array()
+            .is_some_and(|audit| audit.iter().any(|entry| entry["action"] == "rollback"));
+    let undos_left = run["undos_left"]
+        .as_array()
+        .is_some_and(|left| !left.is_empty());
+    if undos_left && !rolling_back {
+        commands.push(format!("runbook rollback {id}"));
     }
+    commands.push(format!("runbook cancel {id}"));
+    text.push_str("\ndecide with one of:");
+    for command in commands {
+        text.push_str(&format!("\n  {command}"));
+    }
+    Some(text)
 }
 
 fn step_row(step: &Value, now: DateTime<Utc>) -> Vec<String> {
@@ -303,7 +358,10 @@ mod tests {
                           "message": "outcome unknown"}});
         assert_eq!(
             attention_text(&run).as_deref(),
-            Some("build: outcome unknown\ndecide with: runbook retry|skip|cancel 0193 build")
+            Some(
+                "build: outcome unknown\ndecide with one of:\n  runbook retry 0193 build\n  \
+                 runbook skip 0193 build\n  runbook cancel 0193"
+            )
         );
     }
 }

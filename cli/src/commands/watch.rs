@@ -79,9 +79,7 @@ pub async fn follow(ctx: &Context, run: &str, auto_approve: bool) -> Result<Valu
         if auto_approve {
             if let Some(step) = awaiting_approval(&current) {
                 if approved.insert(step.clone()) {
-                    progress.say(&format!(
-                        "demo: approving {step} (an operator would run: runbook approve {id})"
-                    ));
+                    progress.say(&demo_approval_hint(&step, &id));
                     let body = json!({"step": step, "comment": "approved by the demo"});
                     match ctx.client.post(&format!("{path}/approve"), body).await {
                         // Someone else approved it first: nothing left to do.
@@ -98,6 +96,11 @@ pub async fn follow(ctx: &Context, run: &str, auto_approve: bool) -> Result<Valu
         tokio::time::sleep(POLL_EVERY).await;
         current = ctx.client.get_patient(&path, DAEMON_PATIENCE).await?;
     }
+}
+
+/// What the demo says when it approves a gate itself.
+pub(crate) fn demo_approval_hint(step: &str, run_id: &str) -> String {
+    format!("demo: approving {step} (an operator would run: runbook approve {run_id})")
 }
 
 /// The step the run waits on for an approval, if any.
@@ -186,7 +189,7 @@ impl Progress {
         if paused != self.paused {
             self.paused = paused;
             let what = if paused {
-                format!("paused (runbook resume {})", self.run_id)
+                paused_hint(&self.run_id)
             } else {
                 "resumed".to_string()
             };
@@ -275,8 +278,13 @@ fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
     )
 }
 
+/// `paused (runbook resume <run>)`.
+pub(crate) fn paused_hint(run_id: &str) -> String {
+    format!("paused (runbook resume {run_id})")
+}
+
 /// The spinner's message: the current step and what it is doing, with a countdown for waits.
-fn status(run: &Value, now: DateTime<Utc>) -> String {
+pub(crate) fn status(run: &Value, now: DateTime<Utc>) -> String {
     let run_state = render::text(&run["state"]);
     let current = run["current_step"].as_str();
     let step = current.and_then(|id| steps(run).iter().find(|step| step["id"] == id));

@@ -461,14 +461,26 @@ async fn step_log(
     let Some(step_state) = state.step(&step) else {
         return Err(Error::NotFound(format!("run {run_id} has no started step {step:?}")).into());
     };
+    // The undo's own attempt and progress, not its step's.
+    let (attempt, active) = if query.undo {
+        let Some(undo) = &step_state.undo else {
+            return Err(Error::NotFound(format!(
+                "the undo of step {step:?} of run {run_id} has not started"
+            ))
+            .into());
+        };
+        (undo.attempts, undo.status.is_active())
+    } else {
+        (step_state.attempts, step_state.status.is_active())
+    };
     let path = app.engine.log_path(run_id, &step, query.undo);
     let data = read_from(&path, query.offset)
         .map_err(|error| Error::Internal(format!("reading {}: {error}", path.display())))?;
     let next_offset = query.offset + data.len() as u64;
-    let done = !step_state.status.is_active() || state.status.is_terminal();
+    let done = !active || state.status.is_terminal();
     ok(json!({
-        "step": step, "attempt": step_state.attempts, "offset": query.offset, "next_offset": next_offset,
-        "data": String::from_utf8_lossy(&data), "done": done,
+        "step": step, "undo": query.undo, "attempt": attempt, "offset": query.offset,
+        "next_offset": next_offset, "data": String::from_utf8_lossy(&data), "done": done,
     }))
 }
 
@@ -500,6 +512,9 @@ fn read_from(path: &std::path::Path, offset: u64) -> std::io::Result<Vec<u8>> {
 struct OperatorRequest {
     comment: Option<String>,
     step: Option<String>,
+    /// `cancel` only: run the undos of the completed steps too.
+    #[serde(default)]
+    rollback: bool,
 }
 
 async fn run_verb(
@@ -509,6 +524,12 @@ async fn run_verb(
     bytes: Bytes,
 ) -> ApiResult {
     let request: OperatorRequest = body(&bytes)?;
+    if request.rollback && verb != "cancel" {
+        return Err(ApiError::invalid(
+            format!("`rollback` is a field of cancel only, not of {verb}"),
+            Some("rollback"),
+        ));
+    }
     let by = Actor::uid(peer.uid);
     let comment = request.comment;
     let input = match verb.as_str() {
@@ -519,7 +540,11 @@ async fn run_verb(
         },
         "pause" => Input::Pause { by, comment },
         "resume" => Input::Resume { by, comment },
-        "cancel" => Input::Cancel { by, comment },
+        "cancel" => Input::Cancel {
+            by,
+            comment,
+            rollback: request.rollback,
+        },
         "rollback" => Input::Rollback { by, comment },
         other => {
             return Err(Error::NotFound(format!(
@@ -540,6 +565,12 @@ async fn step_verb(
     bytes: Bytes,
 ) -> ApiResult {
     let request: OperatorRequest = body(&bytes)?;
+    if request.rollback {
+        return Err(ApiError::invalid(
+            format!("`rollback` is a field of cancel only, not of {verb}"),
+            Some("rollback"),
+        ));
+    }
     let by = Actor::uid(peer.uid);
     let input = match verb.as_str() {
         "retry" => Input::Retry {

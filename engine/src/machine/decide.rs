@@ -63,6 +63,9 @@ pub enum Input {
     Cancel {
         by: Actor,
         comment: Option<String>,
+        /// Run the undo of every completed step too (newest first), as `rollback` does: the
+        /// run ends `rolled_back` instead of leaving what it changed in place.
+        rollback: bool,
     },
     Rollback {
         by: Actor,
@@ -139,6 +142,9 @@ pub enum Rejection {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The request lacks something it needs (`field` names it, e.g. `comment`).
+    #[error("{message}")]
+    Invalid { message: String, field: String },
 }
 
 /// A guard against a definition that would make `advance` loop forever (it cannot, but a bug
@@ -437,7 +443,25 @@ impl Decider {
                     }
                 }
             }
-            Input::Cancel { by, comment } => {
+            Input::Cancel {
+                by,
+                comment,
+                rollback: true,
+            } => {
+                self.ensure_not_finished()?;
+                if self.state.rollback.is_some() {
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is already rolling back",
+                        self.state.id
+                    )));
+                }
+                self.emit(EventKind::CancelRequested {
+                    by: by.clone(),
+                    comment: comment.clone(),
+                });
+                return self.rollback(by, comment);
+            }
+            Input::Cancel { by, comment, .. } => {
                 self.ensure_not_finished()?;
                 self.emit(EventKind::CancelRequested { by, comment });
                 self.cancel_active(None);
@@ -891,22 +915,125 @@ impl Decider {
                 }
             }
         };
-        let distinct = self
-            .state
-            .step(&key)
-            .is_some_and(|step| step.input.get("distinct_approver") == Some(&Value::Bool(true)));
-        if distinct && by.uid == self.state.started_by.uid {
-            return Err(Rejection::Conflict(format!(
-                "step {key} of run {} must be approved by someone other than uid {}, who started the run",
-                self.state.id, by.uid
-            )));
-        }
+        self.check_approver(&key, &by)?;
         self.emit(EventKind::Approved {
             step: key.clone(),
             by: by.clone(),
             comment: comment.clone(),
         });
         self.succeed(&key, json!({"approved_by": by.uid, "comment": comment}));
+        Ok(())
+    }
+
+    /// The approval gates a skip or retry of `key` would pass without an `approve`: `key`
+    /// itself if it is a gate, every gate under it (a loop's iterations) that was not approved,
+    /// and, for a loop, the gates of its body (iterations not started yet have them too).
+    fn gates_passed_by(&self, key: &str) -> Vec<String> {
+        let nested = format!("{key}[");
+        let mut gates: Vec<String> = self
+            .state
+            .steps
+            .iter()
+            .filter(|step| step.key == key || step.key.starts_with(&nested))
+            .filter(|step| step.action == "approval" && step.status != StepStatus::Succeeded)
+            .map(|step| step.key.clone())
+            .collect();
+        let definition = self.definition();
+        if let Some(for_each) = definition.step(key).and_then(|step| step.for_each.as_ref()) {
+            let mut body: Vec<&Step> = for_each.steps.iter().collect();
+            while let Some(step) = body.pop() {
+                if step.action == "approval" {
+                    gates.push(format!("{key}[*].{}", step.id));
+                }
+                if let Some(inner) = &step.for_each {
+                    body.extend(inner.steps.iter());
+                }
+            }
+        }
+        gates
+    }
+
+    /// Whether a gate wants someone other than the run's starter: its rendered input says so,
+    /// or (a gate not started yet) its definition does, literally or by a template (which is
+    /// taken to say yes: the rule cannot be weaker than what the gate may render to).
+    fn wants_distinct_approver(&self, gate: &str) -> bool {
+        if let Some(step) = self.state.step(gate) {
+            if !step.input.is_null() {
+                return step.input.get("distinct_approver") == Some(&Value::Bool(true));
+            }
+        }
+        let definition = self.definition();
+        definition
+            .step(gate)
+            .and_then(|step| step.with.get("distinct_approver"))
+            .is_some_and(|value| value == &Value::Bool(true) || value.is_string())
+    }
+
+    /// The rules of an approval gate, which hold for whoever passes it, by `approve` or by
+    /// `skip`/`retry`: a gate with `distinct_approver = true` is not passed by the run's starter.
+    fn check_approver(&self, gate: &str, by: &Actor) -> Result<(), Rejection> {
+        if self.wants_distinct_approver(gate) && by.uid == self.state.started_by.uid {
+            return Err(Rejection::Conflict(format!(
+                "step {gate} of run {} must be approved by someone other than uid {}, who started the run",
+                self.state.id, by.uid
+            )));
+        }
+        Ok(())
+    }
+
+    /// A skip or retry that passes approval gates is an approval of each: the gates' rules
+    /// apply, and the operator must say why (the comment is journaled with who did it).
+    fn check_gates_passed(
+        &self,
+        key: &str,
+        verb: &str,
+        by: &Actor,
+        comment: &Option<String>,
+    ) -> Result<(), Rejection> {
+        let gates = self.gates_passed_by(key);
+        if gates.is_empty() {
+            return Ok(());
+        }
+        for gate in &gates {
+            self.check_approver(gate, by).map_err(|rejection| match rejection {
+                Rejection::Conflict(message) if gate != key => Rejection::Conflict(format!(
+                    "{verb} of step {key} would pass approval gate {gate} without an approval: {message}"
+                )),
+                Rejection::Conflict(message) => Rejection::Conflict(format!(
+                    "{verb} of approval gate {key} counts as its approval: {message}"
+                )),
+                other => other,
+            })?;
+        }
+        if comment.as_deref().is_none_or(|text| text.trim().is_empty()) {
+            // A loop's step (`each[1].gate`) is a glob to the shell: quoted in the command.
+            let word = if key.contains(['[', ']']) {
+                format!("'{key}'")
+            } else {
+                key.to_owned()
+            };
+            let what = if gates.len() == 1 && gates[0] == key {
+                format!(
+                    "{verb} of approval gate {key} of run {} is an approval of it",
+                    self.state.id
+                )
+            } else {
+                format!(
+                    "{verb} of step {key} of run {} passes approval gate{} {}",
+                    self.state.id,
+                    if gates.len() == 1 { "" } else { "s" },
+                    gates.join(", ")
+                )
+            };
+            return Err(Rejection::Invalid {
+                message: format!(
+                    "{what}: say why with a comment (`runbook {verb} {} {word} --comment REASON`); \
+                     it is journaled with your uid",
+                    self.state.id,
+                ),
+                field: "comment".to_owned(),
+            });
+        }
         Ok(())
     }
 
@@ -921,7 +1048,10 @@ impl Decider {
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
                 step.undo.as_ref().is_some_and(|undo| {
-                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                    matches!(
+                        undo.status,
+                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
+                    )
                 })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
@@ -974,6 +1104,22 @@ impl Decider {
                 }
             )));
         }
+        // A step of a loop that has ended (its timeout fired) is history too: a new attempt
+        // would outlive the loop, and the run could end with it in flight.
+        let ended_loop = key
+            .match_indices('[')
+            .map(|(at, _)| &key[..at])
+            .find(|loop_key| {
+                self.state
+                    .step(loop_key)
+                    .is_some_and(|loop_state| !loop_state.status.is_active())
+            });
+        if let Some(loop_key) = ended_loop {
+            return Err(Rejection::Conflict(format!(
+                "step {key} of run {} is in loop {loop_key}, which has ended: skip it, or cancel or roll back the run",
+                self.state.id
+            )));
+        }
         let Some(step) = definition.step(&key) else {
             return Err(Rejection::NotFound(format!(
                 "step {key} is not in the definition of run {}",
@@ -990,6 +1136,7 @@ impl Decider {
                 "step {key} is a loop that already ran iterations; its steps were stopped: skip it, cancel or roll back"
             )));
         }
+        self.check_gates_passed(&key, "retry", &by, &comment)?;
         self.emit(EventKind::RetryRequested {
             step: key.clone(),
             by,
@@ -1008,7 +1155,10 @@ impl Decider {
         if self.state.rollback.is_some() {
             let failed_undo = |step: &super::state::StepState| {
                 step.undo.as_ref().is_some_and(|undo| {
-                    matches!(undo.status, StepStatus::Failed | StepStatus::Interrupted)
+                    matches!(
+                        undo.status,
+                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
+                    )
                 })
             };
             let key = self.resolve_step(&typed, failed_undo)?;
@@ -1057,6 +1207,7 @@ impl Decider {
                 state.status.name()
             )));
         }
+        self.check_gates_passed(&key, "skip", &by, &comment)?;
         self.cancel_timers(Some(&key));
         self.emit(EventKind::StepSkipped {
             step: key,
@@ -1068,31 +1219,27 @@ impl Decider {
     }
 
     fn rollback(&mut self, by: Actor, comment: Option<String>) -> Result<(), Rejection> {
-        if matches!(
-            self.state.status,
-            super::state::RunStatus::Canceled | super::state::RunStatus::RolledBack
-        ) {
+        if self.state.status == super::state::RunStatus::RolledBack {
             return Err(Rejection::Conflict(format!(
-                "run {} has already ended ({})",
-                self.state.id,
-                self.state.status.name()
+                "run {} has already ended (rolled_back)",
+                self.state.id
             )));
         }
-        if self.state.rollback.is_some() {
+        // (A canceled rollback is over: a new one may run what it left.)
+        if self.state.rollback.is_some() && !self.state.status.is_terminal() {
             return Err(Rejection::Conflict(format!(
                 "run {} is already rolling back",
                 self.state.id
             )));
         }
-        let definition = self.definition();
-        let queue: Vec<String> = self
-            .state
-            .completed
-            .iter()
-            .rev()
-            .filter(|key| definition.step(key).is_some_and(|step| step.undo.is_some()))
-            .map(|key| key.to_string())
-            .collect();
+        let queue = self.state.undos_left();
+        if self.state.status == super::state::RunStatus::Canceled && queue.is_empty() {
+            // A canceled run is reopened only for undos it still owes.
+            return Err(Rejection::Conflict(format!(
+                "run {} has already ended (canceled) and no undo of it is left to run",
+                self.state.id
+            )));
+        }
         self.emit(EventKind::RollbackStarted { by, comment, queue });
         self.cancel_active(None);
         Ok(())
@@ -1594,6 +1741,25 @@ impl Decider {
                     return;
                 }
                 Some(StepStatus::Succeeded | StepStatus::Skipped) => continue,
+                // Stopped when a rollback was canceled: its command may have done part or all of
+                // its work. Run again only if it may be (`idempotent`); else the operator says.
+                Some(StepStatus::Canceled) => {
+                    let idempotent = self
+                        .definition()
+                        .step(key)
+                        .and_then(|step| step.undo.as_ref())
+                        .is_some_and(|undo| undo.idempotent);
+                    if idempotent {
+                        self.start_undo(key);
+                    } else {
+                        self.emit(EventKind::NeedsAttention {
+                            reason: AttentionReason::Interrupted,
+                            step: key.clone(),
+                            message: format!("the undo of {key} was stopped when the run was canceled: its outcome is unknown; check it before you retry or skip it"),
+                        });
+                    }
+                    return;
+                }
                 Some(StepStatus::Failed) => {
                     let error = self
                         .state

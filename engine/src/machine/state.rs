@@ -161,6 +161,10 @@ pub struct StepState {
     /// A call that was aborted (the step was canceled) and has not reported its end yet.
     #[serde(default)]
     pub aborting: Option<u32>,
+    /// Since when the step waits for what `waiting_for` says (the first poll of a polling
+    /// step; the backoff of a retry; the request of an approval).
+    #[serde(default)]
+    pub waiting_since: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,6 +180,9 @@ pub struct Attention {
     pub reason: AttentionReason,
     pub step: String,
     pub message: String,
+    /// When the run began to wait for the operator (absent in snapshots of older releases).
+    #[serde(default)]
+    pub at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -372,6 +379,31 @@ impl RunState {
         self.steps.get_mut(position).map(Arc::make_mut)
     }
 
+    /// The completed steps with an `undo` that has not run to its end (never run, canceled
+    /// with the run, failed or interrupted), newest first: what a rollback would run now, and
+    /// what a plain cancel leaves undone.
+    pub fn undos_left(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        self.completed
+            .iter()
+            .rev()
+            .filter(|key| {
+                self.definition
+                    .step(key)
+                    .is_some_and(|step| step.undo.is_some())
+            })
+            .filter(|key| {
+                !self.step(key).is_some_and(|step| {
+                    step.undo.as_ref().is_some_and(|undo| {
+                        matches!(undo.status, StepStatus::Succeeded | StepStatus::Skipped)
+                    })
+                })
+            })
+            .filter(|key| seen.insert(key.to_string()))
+            .map(|key| key.to_string())
+            .collect()
+    }
+
     /// Replays a journal from the start.
     pub fn replay(id: Uuid, events: &[Event]) -> RunState {
         let mut state = RunState::empty(id);
@@ -456,6 +488,15 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             }
             match state.step_mut(step) {
                 Some(existing) => {
+                    // A poll goes on waiting for its condition; anything else waits anew.
+                    let polls_on = existing.waiting_for == Some(WaitingFor::Poll)
+                        && existing.attempts == *attempt;
+                    if !polls_on {
+                        existing.waiting_since = None;
+                    }
+                    if action == "for_each" {
+                        existing.waiting_since = Some(at);
+                    }
                     existing.status = status;
                     existing.attempts = *attempt;
                     existing.call = is_call.then_some(*call);
@@ -491,6 +532,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     undo: None,
                     note: None,
                     aborting: None,
+                    waiting_since: (action == "for_each").then_some(at),
                 })),
             }
         }
@@ -502,6 +544,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.error = None;
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
+                existing.waiting_since = None;
                 state.completed.push(Arc::from(step.as_str()));
             }
         }
@@ -516,10 +559,12 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 if *will_retry {
                     existing.status = StepStatus::Waiting;
                     existing.waiting_for = Some(WaitingFor::Retry);
+                    existing.waiting_since.get_or_insert(at);
                 } else {
                     existing.status = StepStatus::Failed;
                     existing.finished_at = Some(at);
                     existing.waiting_for = None;
+                    existing.waiting_since = None;
                 }
             }
         }
@@ -530,6 +575,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.polls += 1;
                 existing.output = Some(output.clone());
                 existing.waiting_for = Some(WaitingFor::Poll);
+                existing.waiting_since.get_or_insert(at);
             }
         }
         EventKind::StepInterrupted { step, rerun, .. } => {
@@ -574,6 +620,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         undo: None,
                         note: None,
                         aborting: None,
+                        waiting_since: None,
                     }));
                     let last = state.steps.len() - 1;
                     Arc::make_mut(&mut state.steps[last])
@@ -583,6 +630,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             existing.call = None;
             existing.finished_at = Some(at);
             existing.waiting_for = None;
+            existing.waiting_since = None;
             existing.skipped_by = by.clone();
             existing
                 .output
@@ -620,6 +668,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.aborting = None;
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
+                existing.waiting_since = None;
                 existing.status = if output.is_some() {
                     StepStatus::Succeeded
                 } else {
@@ -675,6 +724,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         TimerPurpose::Retry => WaitingFor::Retry,
                         _ => WaitingFor::Timer,
                     });
+                    existing.waiting_since.get_or_insert(at);
                 }
             }
         }
@@ -707,6 +757,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.aborting = existing.call.take();
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
+                existing.waiting_since = None;
             }
         }
         EventKind::TimerArmed {
@@ -730,6 +781,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         TimerPurpose::Retry => WaitingFor::Retry,
                         _ => WaitingFor::Timer,
                     });
+                    existing.waiting_since.get_or_insert(at);
                 }
             }
         }
@@ -756,6 +808,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             if let Some(existing) = state.step_mut(step) {
                 existing.status = StepStatus::Waiting;
                 existing.waiting_for = Some(WaitingFor::Approval);
+                existing.waiting_since.get_or_insert(at);
                 existing.prompt = Some(prompt.clone());
             }
         }
@@ -792,6 +845,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 reason: *reason,
                 step: step.clone(),
                 message: message.clone(),
+                at: Some(at),
             });
         }
         EventKind::Paused { by, suspended, .. } => {

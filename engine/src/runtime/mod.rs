@@ -84,6 +84,10 @@ impl From<Rejection> for Error {
         match rejection {
             Rejection::NotFound(message) => Error::NotFound(message),
             Rejection::Conflict(message) => Error::Conflict(message),
+            Rejection::Invalid { message, field } => Error::Invalid {
+                message,
+                field: Some(field),
+            },
         }
     }
 }

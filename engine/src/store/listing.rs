@@ -25,6 +25,19 @@ pub struct Listing {
     /// The resources the run holds (while it is not finished).
     #[serde(default)]
     pub locks: Vec<String>,
+    /// What the run waits for, and since when (absent in lines of older releases, and while
+    /// the run runs or has ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+}
+
+/// What a run waits for (see [`wait`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Wait {
+    /// `approval`, `timer`, `poll`, `window` or `operator`.
+    pub kind: String,
+    /// Since when it waits for it.
+    pub since: Option<DateTime<Utc>>,
 }
 
 impl Listing {
@@ -52,6 +65,7 @@ impl Listing {
             } else {
                 state.locks.clone()
             },
+            wait: wait(state),
         }
     }
 
@@ -108,6 +122,45 @@ pub fn current_step(state: &RunState) -> Option<String> {
                 .find(|step| step.status.is_active())
                 .map(|step| step.key.clone())
         })
+}
+
+/// What a run waits for, and since when: `operator` when it needs attention (a failed or
+/// interrupted step to retry or skip, a failed undo) or is paused; else what its current step
+/// waits for: `approval`, `timer` (a `wait` step, or the backoff before a retry), `window`,
+/// or `poll` (the next poll of an `until`). `None` while a call runs and once the run ended.
+/// (A run never waits for a lock: a run whose lock is held is refused at start.)
+pub fn wait(state: &RunState) -> Option<Wait> {
+    use crate::machine::WaitingFor;
+    if state.status.is_terminal() {
+        return None;
+    }
+    if let Some(attention) = &state.attention {
+        return Some(Wait {
+            kind: "operator".to_owned(),
+            since: attention.at,
+        });
+    }
+    if let Some(pause) = &state.paused {
+        return Some(Wait {
+            kind: "operator".to_owned(),
+            since: Some(pause.at),
+        });
+    }
+    let step = state.step(&current_step(state)?)?;
+    if !step.status.is_active() || step.call.is_some() {
+        return None;
+    }
+    let kind = match step.waiting_for? {
+        WaitingFor::Approval => "approval",
+        WaitingFor::Timer if step.action == "window" => "window",
+        WaitingFor::Timer | WaitingFor::Retry => "timer",
+        WaitingFor::Poll => "poll",
+        WaitingFor::Iterations => return None,
+    };
+    Some(Wait {
+        kind: kind.to_owned(),
+        since: step.waiting_since,
+    })
 }
 
 /// Counters the commits keep (`meta/counts`), so that metrics never scan.

@@ -547,6 +547,7 @@ impl Driver {
         let input = Input::Cancel {
             by: operator(),
             comment: None,
+            rollback: false,
         };
         self.operator("cancel", input)
     }
@@ -560,19 +561,21 @@ impl Driver {
     }
 
     pub(crate) fn retry(&mut self, step: &str) -> Result<(), Rejection> {
+        // A reason, as every skip or retry of an approval gate needs one.
         let input = Input::Retry {
             step: step.to_owned(),
             by: operator(),
-            comment: None,
+            comment: Some("checked by hand".to_owned()),
         };
         self.operator(&format!("retry {step}"), input)
     }
 
     pub(crate) fn skip(&mut self, step: &str) -> Result<(), Rejection> {
+        // A reason, as every skip or retry of an approval gate needs one.
         let input = Input::Skip {
             step: step.to_owned(),
             by: operator(),
-            comment: None,
+            comment: Some("checked by hand".to_owned()),
         };
         self.operator(&format!("skip {step}"), input)
     }
