@@ -621,6 +621,7 @@ impl Decider {
             step: key.to_owned(),
             error,
             will_retry,
+            aborted_call: None,
         });
         match retry.filter(|_| will_retry) {
             Some(retry) => self.arm(
@@ -697,7 +698,8 @@ impl Decider {
                     .step(key)
                     .is_some_and(|state| state.status.is_active());
                 if still_going {
-                    if let Some(call) = self.state.step(key).and_then(|state| state.call) {
+                    let in_flight = self.state.step(key).and_then(|state| state.call);
+                    if let Some(call) = in_flight {
                         self.effects.push(Effect::Abort { call });
                     }
                     let limit = self
@@ -719,6 +721,7 @@ impl Decider {
                         step: key.to_owned(),
                         error: format!("{what} after {limit}"),
                         will_retry: false,
+                        aborted_call: in_flight,
                     });
                     self.cancel_active_children_and_timers(key);
                 }

@@ -107,6 +107,10 @@ pub enum EventKind {
         step: String,
         error: String,
         will_retry: bool,
+        /// The step's call still running when it failed (its timeout came first): aborted, it
+        /// reports later, and if it ran to its end its effect counts (`AbortedCallCompleted`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        aborted_call: Option<u32>,
     },
     /// An `until` condition did not hold yet; the next poll is armed.
     StepPolled {

@@ -552,8 +552,12 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             step,
             error,
             will_retry,
+            aborted_call,
         } => {
             if let Some(existing) = state.step_mut(step) {
+                if aborted_call.is_some() {
+                    existing.aborting = *aborted_call;
+                }
                 existing.call = None;
                 existing.error = Some(error.clone());
                 if *will_retry {
@@ -666,16 +670,21 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 .filter(|existing| existing.aborting == Some(*call))
             {
                 existing.aborting = None;
-                existing.finished_at = Some(at);
-                existing.waiting_for = None;
-                existing.waiting_since = None;
-                existing.status = if output.is_some() {
-                    StepStatus::Succeeded
-                } else {
-                    StepStatus::Failed
-                };
-                existing.output = output.clone().or(existing.output.take());
-                existing.error = error.clone();
+                // A canceled step takes the call's result. One that timed out stays failed (it
+                // did not end in time: the operator decides), and one being retried keeps its
+                // new attempt; either way the effect is in place, so it counts as completed.
+                if existing.status == StepStatus::Canceled {
+                    existing.finished_at = Some(at);
+                    existing.waiting_for = None;
+                    existing.waiting_since = None;
+                    existing.status = if output.is_some() {
+                        StepStatus::Succeeded
+                    } else {
+                        StepStatus::Failed
+                    };
+                    existing.output = output.clone().or(existing.output.take());
+                    existing.error = error.clone();
+                }
                 if !state.completed.iter().any(|done| **done == **step) {
                     state.completed.push(Arc::from(step.as_str()));
                 }

@@ -480,3 +480,39 @@ proptest! {
         prop_assert!(driver.state.status.is_terminal());
     }
 }
+
+/// Found by the property test: a poll timed out while a poll call was in flight, that call
+/// ran to its end anyway, and a rollback then had to undo the step.
+#[test]
+fn a_poll_call_that_outlived_its_timeout_is_undone_by_a_rollback() {
+    let steps = vec![(
+        Kind::Poll { idempotent: false },
+        Policy {
+            on_failure: "pause",
+            retry: None,
+            undo: Some(false),
+            timeout: Some(2),
+        },
+    )];
+    let mut driver = Driver::new(&definition_text(&steps));
+    driver.workarounds = workarounds();
+    for op in [
+        Op::Finish {
+            pick: 0,
+            outcome: Outcome::Ok { done: false },
+        },
+        Op::Restart {
+            down_ms: 2000,
+            reattach: 0,
+        },
+        Op::LateReport {
+            pick: 0,
+            completed: true,
+        },
+        Op::Rollback,
+    ] {
+        driver.apply(&op);
+    }
+    driver.settle();
+    assert!(driver.state.status.is_terminal());
+}
