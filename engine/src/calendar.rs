@@ -33,6 +33,13 @@ pub struct Calendar {
     expression: String,
 }
 
+/// An IANA time zone by name, or an error saying what is expected.
+pub fn zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name).map_err(|_| {
+        format!("unknown time zone {name:?} (use an IANA name such as Asia/Shanghai)")
+    })
+}
+
 impl Calendar {
     pub fn parse(expression: &str, zone: &str) -> Result<Calendar, String> {
         let fields: Vec<&str> = expression.split_whitespace().collect();
@@ -53,9 +60,7 @@ impl Calendar {
         }
         let schedule = cron::Schedule::from_str(&full)
             .map_err(|error| format!("cron {expression:?}: {error}"))?;
-        let zone = Tz::from_str(zone).map_err(|_| {
-            format!("unknown time zone {zone:?} (use an IANA name such as Asia/Shanghai)")
-        })?;
+        let zone = self::zone(zone)?;
         Ok(Calendar {
             schedule,
             zone,

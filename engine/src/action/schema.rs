@@ -238,7 +238,7 @@ impl Schema {
         for key in self.keys.iter().filter(|key| all || key.required) {
             let value = match (key.values.first(), key.kind) {
                 (Some(value), _) => Value::from(*value),
-                (None, Kind::Text) => Value::from("x"),
+                (None, Kind::Text) => Value::from(key.name),
                 (None, Kind::Int) => Value::from(1),
                 (None, Kind::Bool) => Value::from(true),
                 (None, Kind::Duration) => Value::from("1m"),

@@ -39,6 +39,40 @@ pub fn resolve(
             });
         }
     }
+    // Every missing param is named in one error, so that one more try is enough.
+    let missing: Vec<&ParamSpec> = definition
+        .params
+        .iter()
+        .filter(|spec| spec.required && spec.default.is_none() && !given.contains_key(&spec.name))
+        .collect();
+    if let [spec] = missing.as_slice() {
+        return Err(ParamError {
+            param: spec.name.clone(),
+            message: format!(
+                "missing required param ({}); pass -p {}=...",
+                about(spec),
+                spec.name
+            ),
+        });
+    }
+    if !missing.is_empty() {
+        return Err(ParamError {
+            param: missing[0].name.clone(),
+            message: format!(
+                "missing required params: {}; pass {}",
+                missing
+                    .iter()
+                    .map(|spec| format!("{} ({})", spec.name, about(spec)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                missing
+                    .iter()
+                    .map(|spec| format!("-p {}=...", spec.name))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        });
+    }
     let mut resolved = Map::new();
     for spec in &definition.params {
         let value = match given.get(&spec.name) {
@@ -46,29 +80,20 @@ pub fn resolve(
                 param: spec.name.clone(),
                 message,
             })?,
-            None => match &spec.default {
-                Some(default) => default.clone(),
-                None if spec.required => {
-                    let about = if spec.description.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", spec.description)
-                    };
-                    return Err(ParamError {
-                        param: spec.name.clone(),
-                        message: format!(
-                            "missing required param ({}{about}); pass -p {}=...",
-                            spec.kind.name(),
-                            spec.name
-                        ),
-                    });
-                }
-                None => Value::Null,
-            },
+            None => spec.default.clone().unwrap_or(Value::Null),
         };
         resolved.insert(spec.name.clone(), value);
     }
     Ok(resolved)
+}
+
+/// A param's type and description, for messages (`string: Broker name`).
+fn about(spec: &ParamSpec) -> String {
+    if spec.description.is_empty() {
+        spec.kind.name().to_owned()
+    } else {
+        format!("{}: {}", spec.kind.name(), spec.description)
+    }
 }
 
 /// Checks one value against its spec and returns it in its typed form.

@@ -107,6 +107,7 @@ impl Engine {
             queued: 0,
             history: Vec::new(),
         };
+        crate::calendar::zone(&schedule.tz).map_err(|message| invalid(message, "tz"))?;
         let calendar = schedule
             .calendar()
             .map_err(|message| invalid(message, "cron"))?;
