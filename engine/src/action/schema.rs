@@ -221,9 +221,9 @@ impl Schema {
                 problems.push(Problem {
                     key: key.name.to_owned(),
                     message: format!(
-                        "missing: this action needs it ({}: {})",
-                        key.kind.expected(),
-                        key.description
+                        "missing required key: {} ({})",
+                        key.description,
+                        key.kind.expected()
                     ),
                 });
             }
@@ -447,7 +447,7 @@ mod tests {
             [
                 "grace: expected a duration such as \"30s\" or \"72h\", got 30",
                 "parse: \"yaml\" is not one of \"text\", \"json\", \"lines\"",
-                "command: missing: this action needs it (a shell command string or an argv list of strings: a shell string, or an argv list)"
+                "command: missing required key: a shell string, or an argv list (a shell command string or an argv list of strings)"
             ]
         );
         assert!(messages(

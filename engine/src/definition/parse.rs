@@ -1112,7 +1112,7 @@ mod tests {
             "t.toml:5: step \"a\": with.timeot: unknown key (did you mean the step's `timeout`, outside `with`?)",
             "t.toml:9: step \"b\": with.extra: unknown key (known keys: duration, until)",
             "t.toml:13: step \"c\": with.comand: unknown key (did you mean `command`?)",
-            "t.toml:13: step \"c\": with.command: missing: this action needs it",
+            "t.toml:13: step \"c\": with.command: missing required key: a shell string, or an argv list",
             "t.toml:17: step \"d\": with.distinct_approver: expected true or false, got \"yes\"",
         ] {
             assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
