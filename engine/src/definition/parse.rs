@@ -764,7 +764,17 @@ impl Parser<'_> {
             ));
         }
         self.keep(self.check_json(with_span, &with, &at("with"), scope));
-        self.check_input(with_span, &action_name, &with, &at("action"), &at("with"));
+        // The checks of a core action's values that need more than the schema (a regex that
+        // compiles, a cron that fires) run on an input that fits it, so that no mistake is
+        // reported twice.
+        let fits = self.check_input(
+            raw,
+            with_span,
+            &action_name,
+            &with,
+            &at("action"),
+            &at("with"),
+        );
         if let Some(condition) = &until {
             let span = Spanned::new(until_span.clone().unwrap_or(0..0), ());
             let mut with_output = scope.clone();
@@ -786,10 +796,13 @@ impl Parser<'_> {
                 format!("{}: `every` needs an `until` condition", at("every")),
             ));
         }
-        self.keep(
-            super::validate::check_core_input(&action_name, &with)
-                .map_err(|message| self.error(with_span, format!("{}: {message}", at("with")))),
-        );
+        if fits {
+            self.keep(
+                super::validate::check_core_input(&action_name, &with).map_err(|message| {
+                    self.error(with_span, format!("{}: {message}", at("with")))
+                }),
+            );
+        }
 
         let undo = match &step.undo {
             None => None,
@@ -803,19 +816,22 @@ impl Parser<'_> {
                 let mut undo_scope = scope.clone();
                 undo_scope.loop_vars.push("output".to_owned());
                 self.keep(self.check_json(undo, &undo_with, &at("undo.with"), &undo_scope));
-                self.check_input(
+                let fits = self.check_input(
+                    raw,
                     undo,
                     raw_undo.action.get_ref(),
                     &undo_with,
                     &at("undo.action"),
                     &at("undo.with"),
                 );
-                self.keep(
-                    super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with)
-                        .map_err(|message| {
-                            self.error(undo, format!("{}: {message}", at("undo.with")))
-                        }),
-                );
+                if fits {
+                    self.keep(
+                        super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with)
+                            .map_err(|message| {
+                                self.error(undo, format!("{}: {message}", at("undo.with")))
+                            }),
+                    );
+                }
                 Some(Box::new(Undo {
                     action: raw_undo.action.get_ref().clone(),
                     with: undo_with,
@@ -848,17 +864,18 @@ impl Parser<'_> {
     }
 
     /// Checks an action's name, and its input against the action's schema, when the actions
-    /// are known; every problem is kept.
-    fn check_input<T>(
+    /// are known; every problem is kept. Whether the input fits (or could not be checked).
+    fn check_input<S, T>(
         &self,
+        step_at: &Spanned<S>,
         at: &Spanned<T>,
         action: &str,
         with: &Value,
         action_field: &str,
         with_field: &str,
-    ) {
+    ) -> bool {
         let Some(actions) = self.actions else {
-            return;
+            return true;
         };
         match actions.schema(action) {
             None => {
@@ -868,18 +885,22 @@ impl Parser<'_> {
                     Some(near) => format!("did you mean {near:?}?"),
                     None => format!("core actions: {}", super::CORE_ACTIONS.join(", ")),
                 };
+                // At the step's line, as `validate` reports it for a definition read back.
                 self.keep::<()>(Err(self.error(
-                    at,
+                    step_at,
                     format!("{action_field}: unknown action {action:?} ({hint})"),
                 )));
+                false
             }
             Some(schema) => {
-                for problem in schema.check(with, false) {
+                let problems = schema.check(with, false);
+                for problem in &problems {
                     self.keep::<()>(Err(self.error(
                         at,
                         format!("{with_field}.{}: {}", problem.key, problem.message),
                     )));
                 }
+                problems.is_empty()
             }
         }
     }

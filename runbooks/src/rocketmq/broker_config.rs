@@ -28,6 +28,7 @@ use super::common::{explain, now_ms, with_admin, Admin, BrokerRef, Input};
 /// The input of `rocketmq.broker_config` (mutates: `set` changes the broker's config).
 pub const SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("broker", Kind::Text, "the broker, by name (or `broker_addr`)"),

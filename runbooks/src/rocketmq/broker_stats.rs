@@ -22,6 +22,7 @@ use super::common::{explain, now_ms, with_admin, Input};
 /// The input of `rocketmq.broker_stats` (read-only).
 pub const SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("broker", Kind::Text, "the broker, by name (or `broker_addr`)"),

@@ -25,6 +25,7 @@ type Seen = (String, BTreeMap<u64, String>, Vec<String>);
 /// The input of `rocketmq.cluster` (read-only).
 pub const SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("cluster", Kind::Text, "report only this cluster's brokers"),

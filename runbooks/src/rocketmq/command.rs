@@ -20,6 +20,7 @@ use super::files::{placeholders, vars};
 /// The input of `rocketmq.command` (mutates: it stops or starts a broker).
 pub const SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("command", Kind::Text, "the command template, with {{ var }} placeholders").required(),
         optional("vars", Kind::Table, "values of the placeholders"),

@@ -146,6 +146,7 @@ async fn all_groups(admin: &Admin) -> Result<Vec<String>, ActionFailure> {
 /// The input of `rocketmq.consumer_progress` (read-only).
 pub const PROGRESS_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("group", Kind::Text, "one consumer group"),
@@ -283,6 +284,7 @@ fn offsets_json(queues: &[QueueProgress], topic: &str) -> Vec<Value> {
 /// The input of `rocketmq.reset_offset` (mutates).
 pub const RESET_SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("group", Kind::Text, "the consumer group").required(),
@@ -410,6 +412,7 @@ async fn verify(
 /// The input of `rocketmq.restore_offsets` (mutates).
 pub const RESTORE_SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("group", Kind::Text, "the consumer group").required(),

@@ -154,6 +154,7 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
 /// The input of `rocketmq.config_file` (mutates).
 pub const CONFIG_FILE_SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("path", Kind::Text, "the broker config file (may use {{ var }} placeholders from `vars`)").required(),
         optional("key", Kind::Text, "the key to set").required(),
@@ -247,6 +248,7 @@ pub async fn run_config_file(input: Value, context: ActionContext) -> Result<Val
 /// The input of `rocketmq.commitlog_md5` (read-only).
 pub const COMMITLOG_MD5_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("dir", Kind::Text, "the commitlog directory (may use {{ var }} placeholders from `vars`)").required(),
         optional("count", Kind::Int, "how many of the newest files (default 2)"),

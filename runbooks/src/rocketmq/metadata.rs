@@ -29,6 +29,7 @@ use super::topic::{broker_topic_configs, config_json};
 /// The input of `rocketmq.copy_metadata` (mutates).
 pub const SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("source", Kind::Text, "the broker to copy from").required(),

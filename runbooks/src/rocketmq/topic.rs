@@ -152,6 +152,7 @@ fn route_json(topic: &str, route: &TopicRouteData) -> Value {
 /// The input of `rocketmq.topic_route` (read-only).
 pub const ROUTE_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("topic", Kind::Text, "the topic").required(),
@@ -179,6 +180,7 @@ pub async fn run_route(input: Value, context: ActionContext) -> Result<Value, Ac
 /// The input of `rocketmq.topic_list` (read-only).
 pub const LIST_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("cluster", Kind::Text, "only this cluster's topics"),
@@ -248,6 +250,7 @@ pub async fn user_topics(
 /// The input of `rocketmq.topic_status` (read-only).
 pub const STATUS_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("topic", Kind::Text, "the topic").required(),
@@ -334,6 +337,7 @@ fn changes_from(input: &Input<'_>) -> Result<Changes, ActionFailure> {
 /// The input of `rocketmq.topic_upsert` (mutates).
 pub const UPSERT_SCHEMA: Schema = Schema {
     mutates: true,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("topic", Kind::Text, "the topic").required(),
@@ -520,6 +524,7 @@ fn input_has_restore(restore: &[(String, Changes)]) -> bool {
 /// The input of `rocketmq.broker_topics` (read-only).
 pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
     mutates: false,
+    open: false,
     keys: &[
         optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
         optional("broker", Kind::Text, "the broker").required(),
