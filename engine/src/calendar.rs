@@ -35,9 +35,8 @@ pub struct Calendar {
 
 /// An IANA time zone by name, or an error saying what is expected.
 pub fn zone(name: &str) -> Result<Tz, String> {
-    Tz::from_str(name).map_err(|_| {
-        format!("unknown time zone {name:?} (use an IANA name such as Asia/Shanghai)")
-    })
+    Tz::from_str(name)
+        .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Asia/Shanghai)"))
 }
 
 impl Calendar {

@@ -72,10 +72,7 @@ fn validate_reports_every_mistake_in_file_order() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("bad.toml");
     std::fs::write(&file, BAD)?;
-    let output = Command::new(binary())
-        .arg("validate")
-        .arg(&file)
-        .output()?;
+    let output = Command::new(binary()).arg("validate").arg(&file).output()?;
     let stderr = stderr(&output);
     assert_eq!(output.status.code(), Some(4), "{stderr}");
     has_every_error_in_order(&stderr, &file.display().to_string());
@@ -222,10 +219,7 @@ fn timeout_as_a_number_names_the_step_and_what_is_expected() -> Result<()> {
         &file,
         "name = \"t\"\n[[steps]]\nid = \"slow\"\naction = \"noop\"\ntimeout = 30\n",
     )?;
-    let output = Command::new(binary())
-        .arg("validate")
-        .arg(&file)
-        .output()?;
+    let output = Command::new(binary()).arg("validate").arg(&file).output()?;
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(4), "{text}");
     assert!(
@@ -258,7 +252,10 @@ fn plan_and_describe_show_what_each_step_does_and_whether_it_mutates() -> Result
     assert_eq!(change["retry"]["backoff"], "5s", "{plan}");
     assert_eq!(change["when"], "params.broker != ''", "{plan}");
     assert_eq!(change["undo"]["action"], "exec", "{plan}");
-    assert_eq!(change["undo"]["input"]["command"], "echo undo 'b1'", "{plan}");
+    assert_eq!(
+        change["undo"]["input"]["command"], "echo undo 'b1'",
+        "{plan}"
+    );
     assert_eq!(change["undo"]["mutates"], true, "{plan}");
 
     let text = String::from_utf8_lossy(&daemon.cli(&["plan", &file])?.stdout).into_owned();
@@ -273,9 +270,12 @@ fn plan_and_describe_show_what_each_step_does_and_whether_it_mutates() -> Result
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
 
-    let described =
-        String::from_utf8_lossy(&daemon.cli(&["describe", "rocketmq.broker.decommission"])?.stdout)
-            .into_owned();
+    let described = String::from_utf8_lossy(
+        &daemon
+            .cli(&["describe", "rocketmq.broker.decommission"])?
+            .stdout,
+    )
+    .into_owned();
     assert!(described.contains(", reads only]"), "{described}");
     assert!(described.contains(", mutates]"), "{described}");
     Ok(())

@@ -23,10 +23,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .await?;
     // Whether each action mutates, from the schemas of the actions this build offers (the
     // daemon's own).
-    mark_mutating(
-        &mut definition["steps"],
-        &runbook_runbooks::actions(),
-    );
+    mark_mutating(&mut definition["steps"], &runbook_runbooks::actions());
     if ctx.json {
         return render::print_json(&definition);
     }
@@ -39,7 +36,9 @@ fn mark_mutating(steps: &mut Value, actions: &runbook_engine::action::Registry) 
         return;
     };
     let mark = |target: &mut Value| {
-        let schema = target["action"].as_str().and_then(|name| actions.schema(name));
+        let schema = target["action"]
+            .as_str()
+            .and_then(|name| actions.schema(name));
         if let (Some(schema), Some(object)) = (schema, target.as_object_mut()) {
             object.insert("mutates".to_owned(), Value::Bool(schema.mutates));
         }
@@ -216,7 +215,9 @@ fn undo(value: &Value) -> String {
         Some(false) => " (reads only)",
         None => "",
     };
-    let action = value["action"].as_str().map(|action| format!("{action}{effect}"));
+    let action = value["action"]
+        .as_str()
+        .map(|action| format!("{action}{effect}"));
     match action.as_deref() {
         Some(action) if is_empty(&value["with"]) => action.to_string(),
         Some(action) => format!("{action} {}", render::compact(&value["with"])),

@@ -25,9 +25,8 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .map_err(|err| exit::invalid(format!("cannot read {file_name}: {err}")))?;
     // The actions a daemon of this build offers.
     let actions = runbook_runbooks::actions();
-    let (definition, warnings) =
-        runbook_engine::definition::check(&file_name, &text, &actions)
-            .map_err(|err| exit::invalid(err.to_string()))?;
+    let (definition, warnings) = runbook_engine::definition::check(&file_name, &text, &actions)
+        .map_err(|err| exit::invalid(err.to_string()))?;
     for warning in &warnings {
         eprintln!("{warning}");
     }

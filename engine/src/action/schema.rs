@@ -355,9 +355,8 @@ pub const EXEC: Schema = Schema {
         optional("command", Kind::Command, "a shell string, or an argv list").required(),
         optional("env", Kind::Table, "environment variables for the command"),
         optional("cwd", Kind::Text, "the working directory"),
-        optional("parse", Kind::Text, "how to read stdout into `output`").one_of(&[
-            "text", "json", "lines",
-        ]),
+        optional("parse", Kind::Text, "how to read stdout into `output`")
+            .one_of(&["text", "json", "lines"]),
         optional("regex", Kind::Text, "captures taken from stdout"),
         optional(
             "grace",
@@ -478,7 +477,7 @@ mod tests {
         .is_empty());
         assert_eq!(
             messages(&EXEC, json!({"command": "x", "grace": "soon"}), true),
-            ["grace: expected a duration such as \"30s\" or \"72h\", got \"soon\""]
+            ["grace: expected a duration such as \"30s\" or \"72h\", got \"soon\": bad duration \"soon\": expected number at 0"]
         );
     }
 

@@ -644,10 +644,7 @@ async fn backfill_schedule(
                 )
             })
     };
-    let (from, to) = (
-        instant("from", &request.from)?,
-        instant("to", &request.to)?,
-    );
+    let (from, to) = (instant("from", &request.from)?, instant("to", &request.to)?);
     let backfill = app
         .engine
         .backfill_schedule(&name, from, to, request.dry_run)

@@ -790,7 +790,10 @@ impl Parser<'_> {
                 every = Some(std::time::Duration::from_secs(5));
             }
         } else if every.is_some() || every_template.is_some() {
-            let every_span = step.every.as_ref().map_or_else(|| action.span(), |every| every.span());
+            let every_span = step
+                .every
+                .as_ref()
+                .map_or_else(|| action.span(), |every| every.span());
             return Err(self.error(
                 &Spanned::new(every_span, ()),
                 format!("{}: `every` needs an `until` condition", at("every")),
@@ -798,9 +801,8 @@ impl Parser<'_> {
         }
         if fits {
             self.keep(
-                super::validate::check_core_input(&action_name, &with).map_err(|message| {
-                    self.error(with_span, format!("{}: {message}", at("with")))
-                }),
+                super::validate::check_core_input(&action_name, &with)
+                    .map_err(|message| self.error(with_span, format!("{}: {message}", at("with")))),
             );
         }
 
@@ -1150,10 +1152,26 @@ mod tests {
         let errors = errors(&text);
         let lines: Vec<&str> = errors.lines().collect();
         assert_eq!(lines.len(), 4, "{errors}");
-        assert!(lines[0].starts_with("t.toml:6: step \"a\": timeout: expected a duration string such as \"30s\""), "{errors}");
-        assert!(lines[1].starts_with("t.toml:10: step \"b\": with.command: unknown template variable `params.nope`"), "{errors}");
-        assert!(lines[2].starts_with("t.toml:11: step \"b\": on_failure: unknown value \"explode\""), "{errors}");
-        assert!(lines[3].starts_with("t.toml:14: step \"c\": action: unknown action \"nosuch\""), "{errors}");
+        assert!(
+            lines[0].starts_with(
+                "t.toml:6: step \"a\": timeout: expected a duration string such as \"30s\""
+            ),
+            "{errors}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "t.toml:10: step \"b\": with.command: unknown template variable `params.nope`"
+            ),
+            "{errors}"
+        );
+        assert!(
+            lines[2].starts_with("t.toml:11: step \"b\": on_failure: unknown value \"explode\""),
+            "{errors}"
+        );
+        assert!(
+            lines[3].starts_with("t.toml:12: step \"c\": action: unknown action \"nosuch\""),
+            "{errors}"
+        );
     }
 
     #[test]
@@ -1177,7 +1195,8 @@ mod tests {
             "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ got }}}}\" }}\n\
              [[steps]]\nid = \"b\"\naction = \"noop\"\ncapture = \"got\"\n"
         );
-        assert!(errors(&capture_later).contains("`got` is captured by step \"b\", which comes later in the file"));
+        assert!(errors(&capture_later)
+            .contains("`got` is captured by step \"b\", which comes later in the file"));
         let own = format!(
             "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.a.output }}}}\" }}\n"
         );

@@ -790,8 +790,10 @@ impl Engine {
                                 .join("; ")
                         );
                         context.log.line(&format!("[runbook] {message}"));
-                        Some(Box::pin(async move { Err(ActionFailure::permanent(message)) })
-                            as crate::action::ActionFuture)
+                        Some(
+                            Box::pin(async move { Err(ActionFailure::permanent(message)) })
+                                as crate::action::ActionFuture,
+                        )
                     }
                 }
                 (Some(action), true) => action.reattach(call.input.clone(), context),

@@ -175,13 +175,7 @@ fn plan_steps(
                         undo: None,
                         mutates: None,
                     });
-                    plan_steps(
-                        &for_each.steps,
-                        &format!("{key}[*]"),
-                        context,
-                        actions,
-                        out,
-                    )?;
+                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, actions, out)?;
                 }
             }
             continue;
@@ -209,9 +203,7 @@ fn plan_steps(
             Some(undo) => {
                 let input = match template::render(&undo.with, context) {
                     Ok(input) => input,
-                    Err(error) if error.is_limit() => {
-                        return Err(limit(&key, "undo.with", error))
-                    }
+                    Err(error) if error.is_limit() => return Err(limit(&key, "undo.with", error)),
                     Err(_) => undo.with.clone(),
                 };
                 Some(PlannedUndo {

@@ -513,7 +513,9 @@ mod tests {
         let context = json!({"params": {"a": 1}, "steps": {"early": {"output": {"x": 1}}}});
         let error = render(&json!("echo {{ steps.later.output.x }}"), &context).unwrap_err();
         assert!(
-            error.to_string().starts_with("undefined variable `steps.later`: template"),
+            error
+                .to_string()
+                .starts_with("undefined variable `steps.later`: template"),
             "{error}"
         );
         let error = render(&json!("{{ steps.early.output.y }}"), &context).unwrap_err();
@@ -525,7 +527,9 @@ mod tests {
         );
         let error = is_true("params.b == 1", &context).unwrap_err();
         assert!(
-            error.to_string().starts_with("undefined variable `params.b`:"),
+            error
+                .to_string()
+                .starts_with("undefined variable `params.b`:"),
             "{error}"
         );
     }

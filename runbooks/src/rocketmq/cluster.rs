@@ -13,8 +13,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use runbook_engine::action::{ActionContext, ActionFailure};
 use runbook_engine::action::schema::{optional, Kind, Schema};
+use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
@@ -27,10 +27,20 @@ pub const SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("cluster", Kind::Text, "report only this cluster's brokers"),
         optional("broker", Kind::Text, "the broker to report on"),
-        optional("expect", Kind::Text, "fail unless `broker` is so on every NameServer (needs `broker`)").one_of(&["registered", "absent"]),
+        optional(
+            "expect",
+            Kind::Text,
+            "fail unless `broker` is so on every NameServer (needs `broker`)",
+        )
+        .one_of(&["registered", "absent"]),
     ],
 };
 

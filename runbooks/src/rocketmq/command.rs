@@ -22,12 +22,22 @@ pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("command", Kind::Text, "the command template, with {{ var }} placeholders").required(),
+        optional(
+            "command",
+            Kind::Text,
+            "the command template, with {{ var }} placeholders",
+        )
+        .required(),
         optional("vars", Kind::Table, "values of the placeholders"),
         optional("env", Kind::Table, "environment variables for the command"),
         optional("cwd", Kind::Text, "the working directory"),
-        optional("parse", Kind::Text, "how to read stdout into `output`").one_of(&["text", "json", "lines"]),
-        optional("grace", Kind::Duration, "how long a stopped command has between SIGTERM and SIGKILL"),
+        optional("parse", Kind::Text, "how to read stdout into `output`")
+            .one_of(&["text", "json", "lines"]),
+        optional(
+            "grace",
+            Kind::Duration,
+            "how long a stopped command has between SIGTERM and SIGKILL",
+        ),
         optional("regex", Kind::Text, "captures taken from stdout"),
     ],
 };

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _};
 use rocketmq_model::message::MessageQueue;
-use runbook_engine::action::{ActionContext, ActionFailure};
 use runbook_engine::action::schema::{optional, Kind, Schema};
+use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{explain, is_system_group, now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
@@ -148,14 +148,35 @@ pub const PROGRESS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("group", Kind::Text, "one consumer group"),
         optional("groups", Kind::List, "consumer groups"),
-        optional("topic", Kind::Text, "count only this topic (default groups: those consuming it)"),
+        optional(
+            "topic",
+            Kind::Text,
+            "count only this topic (default groups: those consuming it)",
+        ),
         optional("broker", Kind::Text, "count only this broker's queues"),
-        optional("queue_from", Kind::Int, "count only queues with this id or higher"),
-        optional("retention", Kind::Duration, "report whether it has passed since `since_ms`"),
-        optional("since_ms", Kind::Int, "epoch milliseconds the retention is counted from"),
+        optional(
+            "queue_from",
+            Kind::Int,
+            "count only queues with this id or higher",
+        ),
+        optional(
+            "retention",
+            Kind::Duration,
+            "report whether it has passed since `since_ms`",
+        ),
+        optional(
+            "since_ms",
+            Kind::Int,
+            "epoch milliseconds the retention is counted from",
+        ),
     ],
 };
 
@@ -286,11 +307,25 @@ pub const RESET_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("group", Kind::Text, "the consumer group").required(),
         optional("topic", Kind::Text, "the topic").required(),
-        optional("timestamp", Kind::Instant, "reset to the first message stored at or after it").required(),
-        optional("force", Kind::Bool, "reset even ahead of the current offsets (default true)"),
+        optional(
+            "timestamp",
+            Kind::Instant,
+            "reset to the first message stored at or after it",
+        )
+        .required(),
+        optional(
+            "force",
+            Kind::Bool,
+            "reset even ahead of the current offsets (default true)",
+        ),
     ],
 };
 
@@ -414,9 +449,19 @@ pub const RESTORE_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("group", Kind::Text, "the consumer group").required(),
-        optional("offsets", Kind::Records, "[{topic, broker, queue_id, offset}], e.g. a reset's `previous`").required(),
+        optional(
+            "offsets",
+            Kind::Records,
+            "[{topic, broker, queue_id, offset}], e.g. a reset's `previous`",
+        )
+        .required(),
     ],
 };
 

@@ -17,8 +17,8 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
-use runbook_engine::action::{ActionContext, ActionFailure};
 use runbook_engine::action::schema::{optional, Kind, Schema};
+use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{now_ms, Input};
@@ -156,7 +156,12 @@ pub const CONFIG_FILE_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("path", Kind::Text, "the broker config file (may use {{ var }} placeholders from `vars`)").required(),
+        optional(
+            "path",
+            Kind::Text,
+            "the broker config file (may use {{ var }} placeholders from `vars`)",
+        )
+        .required(),
         optional("key", Kind::Text, "the key to set").required(),
         optional("value", Kind::Scalar, "the value (absent: remove the key)"),
         optional("vars", Kind::Table, "values of the placeholders in `path`"),
@@ -250,8 +255,17 @@ pub const COMMITLOG_MD5_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("dir", Kind::Text, "the commitlog directory (may use {{ var }} placeholders from `vars`)").required(),
-        optional("count", Kind::Int, "how many of the newest files (default 2)"),
+        optional(
+            "dir",
+            Kind::Text,
+            "the commitlog directory (may use {{ var }} placeholders from `vars`)",
+        )
+        .required(),
+        optional(
+            "count",
+            Kind::Int,
+            "how many of the newest files (default 2)",
+        ),
         optional("vars", Kind::Table, "values of the placeholders in `dir`"),
     ],
 };

@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{ConsumerAdmin as _, TopicAdmin as _};
 use rocketmq_protocol::protocol::subscription::subscription_group_config::SubscriptionGroupConfig;
-use runbook_engine::action::{ActionContext, ActionFailure};
 use runbook_engine::action::schema::{optional, Kind, Schema};
+use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{
@@ -31,7 +31,12 @@ pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("source", Kind::Text, "the broker to copy from").required(),
         optional("target", Kind::Text, "the broker to copy to").required(),
     ],

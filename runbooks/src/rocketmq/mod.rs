@@ -38,22 +38,58 @@ use self::common::FnAction;
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
     registry.register("rocketmq.cluster", FnAction(cluster::run, &cluster::SCHEMA));
-    registry.register("rocketmq.broker_config", FnAction(broker_config::run, &broker_config::SCHEMA));
-    registry.register("rocketmq.broker_stats", FnAction(broker_stats::run, &broker_stats::SCHEMA));
-    registry.register("rocketmq.topic_list", FnAction(topic::run_list, &topic::LIST_SCHEMA));
-    registry.register("rocketmq.topic_route", FnAction(topic::run_route, &topic::ROUTE_SCHEMA));
-    registry.register("rocketmq.topic_status", FnAction(topic::run_status, &topic::STATUS_SCHEMA));
-    registry.register("rocketmq.topic_upsert", FnAction(topic::run_upsert, &topic::UPSERT_SCHEMA));
-    registry.register("rocketmq.broker_topics", FnAction(topic::run_broker_topics, &topic::BROKER_TOPICS_SCHEMA));
-    registry.register("rocketmq.copy_metadata", FnAction(metadata::run, &metadata::SCHEMA));
+    registry.register(
+        "rocketmq.broker_config",
+        FnAction(broker_config::run, &broker_config::SCHEMA),
+    );
+    registry.register(
+        "rocketmq.broker_stats",
+        FnAction(broker_stats::run, &broker_stats::SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_list",
+        FnAction(topic::run_list, &topic::LIST_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_route",
+        FnAction(topic::run_route, &topic::ROUTE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_status",
+        FnAction(topic::run_status, &topic::STATUS_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_upsert",
+        FnAction(topic::run_upsert, &topic::UPSERT_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.broker_topics",
+        FnAction(topic::run_broker_topics, &topic::BROKER_TOPICS_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.copy_metadata",
+        FnAction(metadata::run, &metadata::SCHEMA),
+    );
     registry.register(
         "rocketmq.consumer_progress",
         FnAction(consumer::run_progress, &consumer::PROGRESS_SCHEMA),
     );
-    registry.register("rocketmq.reset_offset", FnAction(consumer::run_reset, &consumer::RESET_SCHEMA));
-    registry.register("rocketmq.restore_offsets", FnAction(consumer::run_restore, &consumer::RESTORE_SCHEMA));
-    registry.register("rocketmq.config_file", FnAction(files::run_config_file, &files::CONFIG_FILE_SCHEMA));
-    registry.register("rocketmq.commitlog_md5", FnAction(files::run_commitlog_md5, &files::COMMITLOG_MD5_SCHEMA));
+    registry.register(
+        "rocketmq.reset_offset",
+        FnAction(consumer::run_reset, &consumer::RESET_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.restore_offsets",
+        FnAction(consumer::run_restore, &consumer::RESTORE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.config_file",
+        FnAction(files::run_config_file, &files::CONFIG_FILE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.commitlog_md5",
+        FnAction(files::run_commitlog_md5, &files::COMMITLOG_MD5_SCHEMA),
+    );
     registry.register("rocketmq.command", command::Command);
 }
 
@@ -112,13 +148,17 @@ mod tests {
                     note: None,
                     recorder: Recorder::discard(),
                 };
-                let result =
-                    tokio::time::timeout(Duration::from_secs(3), action.call(input.clone(), context))
-                        .await;
+                let result = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    action.call(input.clone(), context),
+                )
+                .await;
                 if let Ok(Err(failure)) = result {
                     for key in schema.keys {
                         assert!(
-                            !failure.message.starts_with(&format!("{name}: {}:", key.name)),
+                            !failure
+                                .message
+                                .starts_with(&format!("{name}: {}:", key.name)),
                             "{name} refused an input built from its schema ({input}): {}",
                             failure.message
                         );

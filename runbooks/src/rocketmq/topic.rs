@@ -12,8 +12,8 @@ use cheetah_string::CheetahString;
 use rocketmq_client_rust::TopicAdmin as _;
 use rocketmq_model::topic::TopicConfig;
 use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
-use runbook_engine::action::{ActionContext, ActionFailure};
 use runbook_engine::action::schema::{optional, Kind, Schema};
+use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
 use super::common::{
@@ -154,7 +154,12 @@ pub const ROUTE_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -182,9 +187,18 @@ pub const LIST_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("cluster", Kind::Text, "only this cluster's topics"),
-        optional("include_system", Kind::Bool, "list system topics too (default false)"),
+        optional(
+            "include_system",
+            Kind::Bool,
+            "list system topics too (default false)",
+        ),
     ],
 };
 
@@ -252,7 +266,12 @@ pub const STATUS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -339,17 +358,39 @@ pub const UPSERT_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("topic", Kind::Text, "the topic").required(),
-        optional("brokers", Kind::List, "the brokers to change (default: the topic's route)"),
-        optional("cluster", Kind::Text, "change the topic on this cluster's masters"),
-        optional("direction", Kind::Text, "refuse a change of queue counts the other way").one_of(&["grow", "shrink"]),
+        optional(
+            "brokers",
+            Kind::List,
+            "the brokers to change (default: the topic's route)",
+        ),
+        optional(
+            "cluster",
+            Kind::Text,
+            "change the topic on this cluster's masters",
+        ),
+        optional(
+            "direction",
+            Kind::Text,
+            "refuse a change of queue counts the other way",
+        )
+        .one_of(&["grow", "shrink"]),
         optional("read_queues", Kind::Int, "read queue count"),
         optional("write_queues", Kind::Int, "write queue count"),
         optional("perm", Kind::Int, "permission: 2 write, 4 read, 6 both"),
         optional("order", Kind::Bool, "an ordered topic"),
         optional("attributes", Kind::Table, "topic attributes"),
-        optional("restore", Kind::Records, "a previous output's `brokers`: put each `previous` back"),
+        optional(
+            "restore",
+            Kind::Records,
+            "a previous output's `brokers`: put each `previous` back",
+        ),
     ],
 };
 
@@ -526,10 +567,24 @@ pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional("namesrv", Kind::List, "the NameServer list, host:port;host:port").required(),
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
         optional("broker", Kind::Text, "the broker").required(),
-        optional("like", Kind::Text, "another broker: report the topics it serves that `broker` does not"),
-        optional("expect", Kind::Text, "fail when a topic is written only through `broker`").one_of(&["replaceable"]),
+        optional(
+            "like",
+            Kind::Text,
+            "another broker: report the topics it serves that `broker` does not",
+        ),
+        optional(
+            "expect",
+            Kind::Text,
+            "fail when a topic is written only through `broker`",
+        )
+        .one_of(&["replaceable"]),
     ],
 };
 
