@@ -222,6 +222,12 @@ struct Scope {
     /// capture name → the step that captures it.
     capture_steps: std::rc::Rc<std::collections::BTreeMap<String, String>>,
     current: Option<String>,
+    /// The visible steps that may have no output when this place runs, and why: they may be
+    /// skipped (`when`) or may fail and be passed (`on_failure = "continue"`).
+    maybe_missing: std::collections::BTreeMap<String, &'static str>,
+    /// The names read by the `when` conditions of this step and the loops around it: a step
+    /// that tests `steps.x` there has guarded its reads of `x`'s output.
+    guarded: BTreeSet<String>,
 }
 
 impl Parser<'_> {
@@ -450,10 +456,32 @@ impl Parser<'_> {
             let step = raw_step.get_ref();
             let mut step_scope = scope.clone();
             step_scope.current = Some(step.id.get_ref().clone());
+            if let Some(condition) = &step.when {
+                if let Ok(names) =
+                    template::referenced_names(condition.get_ref(), TemplateKind::Expression)
+                {
+                    step_scope.guarded.extend(names);
+                }
+            }
             if let Some(step) = self.keep(self.convert_step(raw_step, &step_scope)) {
                 steps.push(step);
             }
-            scope.steps.insert(step.id.get_ref().clone());
+            let id = step.id.get_ref().clone();
+            if step.when.is_some() {
+                scope
+                    .maybe_missing
+                    .insert(id.clone(), "may be skipped (it has a `when`)");
+            } else if step
+                .on_failure
+                .as_ref()
+                .is_some_and(|value| value.get_ref() == "continue")
+            {
+                scope.maybe_missing.insert(
+                    id.clone(),
+                    "may fail and be passed (on_failure = \"continue\")",
+                );
+            }
+            scope.steps.insert(id);
             if let Some(capture) = &step.capture {
                 scope.captures.insert(capture.get_ref().clone());
             }
@@ -979,6 +1007,25 @@ impl Parser<'_> {
                 },
                 "steps" => match second {
                     None => true,
+                    // `steps.x.output.y` of a step that may have no output: only where a
+                    // `when` tests step x first.
+                    Some(step)
+                        if scope.steps.contains(step)
+                            && name.split('.').nth(2) == Some("output")
+                            && name.split('.').nth(3).is_some()
+                            && scope.maybe_missing.contains_key(step)
+                            && !guards(scope, step, None) =>
+                    {
+                        return Err(self.error(
+                            at,
+                            format!(
+                                "{field}: `{name}` reads step {step:?}, which {}: it has no \
+                                 output then; test it first, e.g. `when = \"steps.{step}.state \
+                                 == 'succeeded'\"`",
+                                scope.maybe_missing[step]
+                            ),
+                        ));
+                    }
                     Some(step) if scope.steps.contains(step) => true,
                     Some(step) if scope.order.contains_key(step) => {
                         return Err(self.error(
@@ -995,6 +1042,24 @@ impl Parser<'_> {
                     second,
                     None | Some("id") | Some("runbook") | Some("started_by")
                 ),
+                _ if scope.captures.contains(root)
+                    && scope
+                        .capture_steps
+                        .get(root)
+                        .and_then(|step| scope.maybe_missing.get(step).map(|why| (step, why)))
+                        .is_some_and(|(step, _)| !guards(scope, step, Some(root))) =>
+                {
+                    let step = &scope.capture_steps[root];
+                    return Err(self.error(
+                        at,
+                        format!(
+                            "{field}: `{name}` is captured by step {step:?}, which {}: it is \
+                             undefined then; test it first, e.g. `when = \"steps.{step}.state \
+                             == 'succeeded'\"`",
+                            scope.maybe_missing[step]
+                        ),
+                    ));
+                }
                 _ if !scope.captures.contains(root) && scope.capture_steps.contains_key(root) => {
                     let step = &scope.capture_steps[root];
                     return Err(self.error(
@@ -1052,6 +1117,17 @@ impl Parser<'_> {
             _ => Ok(()),
         }
     }
+}
+
+/// Whether a `when` around this place tests step `step` (or its capture).
+fn guards(scope: &Scope, step: &str, capture: Option<&str>) -> bool {
+    let prefix = format!("steps.{step}");
+    scope.guarded.iter().any(|name| {
+        name == &prefix
+            || name.starts_with(&format!("{prefix}."))
+            || capture
+                .is_some_and(|capture| name == capture || name.starts_with(&format!("{capture}.")))
+    })
 }
 
 /// Why step `step` (which exists) has no output at the place `scope` describes.
@@ -1201,6 +1277,26 @@ mod tests {
             "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.a.output }}}}\" }}\n"
         );
         assert!(errors(&own).contains("is this step itself"));
+        // A step that may be skipped or passed over has an output only where a `when` tests it.
+        let conditional = format!(
+            "{HEAD}[[steps]]\nid = \"maybe\"\naction = \"noop\"\nwhen = \"false\"\ncapture = \"got\"\n\
+             [[steps]]\nid = \"failing\"\naction = \"exec\"\nwith = {{ command = \"false\", parse = \"json\" }}\non_failure = \"continue\"\n\
+             [[steps]]\nid = \"reader\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.maybe.output.x }}}}\", cwd = \"{{{{ got.x }}}}\", env = {{ A = \"{{{{ steps.failing.output.json.a }}}}\" }} }}\n\
+             [[steps]]\nid = \"guarded\"\naction = \"exec\"\nwhen = \"steps.maybe.state == 'succeeded' and steps.failing.state == 'succeeded'\"\nwith = {{ command = \"echo {{{{ steps.maybe.output.x }}}} {{{{ got.x }}}} {{{{ steps.failing.output.json.a }}}}\" }}\n"
+        );
+        let errors_conditional = errors(&conditional);
+        assert_eq!(
+            errors_conditional.lines().count(),
+            3,
+            "{errors_conditional}"
+        );
+        for expected in [
+            "with.command: `steps.maybe.output.x` reads step \"maybe\", which may be skipped (it has a `when`): it has no output then",
+            "with.cwd: `got.x` is captured by step \"maybe\", which may be skipped",
+            "with.env.A: `steps.failing.output.json.a` reads step \"failing\", which may fail and be passed (on_failure = \"continue\")",
+        ] {
+            assert!(errors_conditional.contains(expected), "{expected:?} not in:\n{errors_conditional}");
+        }
         // Earlier steps, enclosing loops' earlier steps and siblings in an iteration are fine.
         let fine = format!(
             "{HEAD}[[steps]]\nid = \"first\"\naction = \"noop\"\ncapture = \"one\"\n\
