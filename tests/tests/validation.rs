@@ -116,6 +116,24 @@ fn a_rendered_input_outside_the_schema_fails_the_step_naming_the_key() -> Result
         error.contains("exec: the rendered input does not fit: with.parse: \"yaml\" is not one of \"text\", \"json\", \"lines\""),
         "{shown}"
     );
+
+    // A core action decided by the engine itself: a number is no duration.
+    let file = daemon.write_file(
+        "wait.toml",
+        "name = \"wait\"\n[params.seconds]\ntype = \"int\"\ndefault = 30\n\
+         [[steps]]\nid = \"pause\"\naction = \"wait\"\n\
+         with = { duration = \"{{ params.seconds }}\" }\non_failure = \"abort\"\n",
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    let shown = daemon.wait_state(&run, "failed", Duration::from_secs(20))?;
+    let error = step_of(&shown, "pause").expect("step pause")["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains("wait: the rendered input does not fit: with.duration: expected a duration such as \"30s\" or \"72h\", got 30"),
+        "{shown}"
+    );
     Ok(())
 }
 
