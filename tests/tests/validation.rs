@@ -87,6 +87,17 @@ fn the_daemon_reports_every_mistake_of_a_file_it_loads_or_is_given() -> Result<(
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(4), "{text}");
     has_every_error_in_order(&text, &daemon.path("runbooks/bad.toml"));
+    // `list` keeps one line per runbook: the first mistake, and how many more.
+    let listed = String::from_utf8_lossy(&daemon.cli(&["list"])?.stdout).into_owned();
+    let line = listed
+        .lines()
+        .find(|line| line.starts_with("bad "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(BAD_ERRORS[0]) && line.ends_with("(and 8 more: runbook describe bad)"),
+        "{listed}"
+    );
+    assert!(!listed.contains(BAD_ERRORS[1]), "{listed}");
     // A file sent with `start`.
     let file = daemon.write_file("bad.toml", BAD)?;
     let output = daemon.cli(&["start", &file])?;
