@@ -81,10 +81,11 @@ struct RawStep {
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     max_attempts: i64,
+    /// Any TOML value, so that a number (`backoff = 5`) is reported naming the step.
     #[serde(default)]
-    backoff: Option<String>,
+    backoff: Option<toml::Value>,
     #[serde(default)]
-    max_backoff: Option<String>,
+    max_backoff: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -941,11 +942,19 @@ impl Parser<'_> {
             .ok()
             .filter(|&attempts| attempts >= 1)
             .ok_or_else(|| self.error(raw, format!("{field}.max_attempts: must be at least 1")))?;
-        let parse = |text: &Option<String>, default: std::time::Duration, name: &str| match text {
-            None => Ok(default),
-            Some(text) => crate::duration::parse(text)
-                .map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
-        };
+        let parse =
+            |value: &Option<toml::Value>, default: std::time::Duration, name: &str| match value {
+                None => Ok(default),
+                Some(toml::Value::String(text)) => crate::duration::parse(text)
+                    .map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
+                Some(other) => Err(self.error(
+                    raw,
+                    format!(
+                        "{field}.{name}: expected a duration string such as \"5s\" or \"1m\", \
+                         got {other}"
+                    ),
+                )),
+            };
         let backoff = parse(&retry.backoff, std::time::Duration::from_secs(1), "backoff")?;
         let max_backoff = parse(
             &retry.max_backoff,
@@ -1334,6 +1343,10 @@ mod tests {
         check(
             &format!("{head}timeout = \"72 hours-ish\"\n"),
             Err("t.toml:9"),
+        );
+        check(
+            &format!("{head}retry = {{ max_attempts = 3, backoff = 5 }}\n"),
+            Err("t.toml:9: step \"a\": retry.backoff: expected a duration string such as \"5s\" or \"1m\", got 5"),
         );
         let wait_until = "name = \"x\"\n[params.t]\ndefault = \"1m\"\n[[steps]]\nid = \"a\"\naction = \"wait_until\"\nwith = { action = \"exec\", with = { command = \"true\" }, condition = \"output.exit_code == 0\", timeout = \"{{ params.t }}\" }\n";
         check(wait_until, Ok(()));
