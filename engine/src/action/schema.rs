@@ -6,8 +6,9 @@
 //! - Validation ([`Schema::check`] with `rendered = false`) refuses an unknown key (naming the
 //!   nearest known one), a missing required key, and a literal value of the wrong type or outside
 //!   the allowed set. A value that is a template (`{{ ... }}`) is only checked once it is rendered.
-//! - At run time ([`Schema::check`] with `rendered = true`) every value is checked; the runtime
-//!   fails the call with a permanent error naming the key before the action sees its input.
+//! - At run time ([`Schema::check`] with `rendered = true`) every value is checked (keys are
+//!   literal, so an unknown one was refused when the runbook was read); the runtime fails the
+//!   call with a permanent error naming the key before the action sees its input.
 //! - The types accept what the actions' parsers accept (a `Text` is also a number or a bool,
 //!   written as text), so a schema never refuses an input its action would take.
 
@@ -178,7 +179,9 @@ impl Schema {
         };
         for (name, value) in map {
             let Some(key) = self.key(name) else {
-                if self.open {
+                // Keys are never templates: an unknown one is refused when the runbook is read.
+                // A run started by an earlier release keeps running with it.
+                if self.open || rendered {
                     continue;
                 }
                 let names: Vec<&str> = self.keys.iter().map(|key| key.name).collect();
@@ -455,6 +458,8 @@ mod tests {
             messages(&WAIT, json!({"duration": "1s", "extra": 1}), false),
             ["extra: unknown key (known keys: duration, until)"]
         );
+        // Keys are checked when the runbook is read, not again in a run.
+        assert!(messages(&WAIT, json!({"duration": "1s", "extra": 1}), true).is_empty());
         // A noop's input is its output: any key is data.
         assert!(messages(&NOOP, json!({"x": 1}), false).is_empty());
     }
