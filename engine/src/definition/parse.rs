@@ -5,8 +5,9 @@
 //! enums and templates where the span is still known.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
+use std::rc::Rc;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
@@ -219,13 +220,13 @@ struct Scope {
     loop_vars: Vec<String>,
     /// Every step id of the file, in file order (depth first), and the step being checked:
     /// to say why a step that exists cannot be read here.
-    order: std::rc::Rc<std::collections::BTreeMap<String, usize>>,
+    order: Rc<BTreeMap<String, usize>>,
     /// capture name → the step that captures it.
-    capture_steps: std::rc::Rc<std::collections::BTreeMap<String, String>>,
+    capture_steps: Rc<BTreeMap<String, String>>,
     current: Option<String>,
     /// The visible steps that may have no output when this place runs, and why: they may be
     /// skipped (`when`) or may fail and be passed (`on_failure = "continue"`).
-    maybe_missing: std::collections::BTreeMap<String, &'static str>,
+    maybe_missing: BTreeMap<String, &'static str>,
     /// The names read by the `when` conditions of this step and the loops around it: a step
     /// that tests `steps.x` there has guarded its reads of `x`'s output.
     guarded: BTreeSet<String>,
@@ -421,7 +422,7 @@ impl Parser<'_> {
                 )));
             }
             let next = scope.order.len();
-            std::rc::Rc::make_mut(&mut scope.order)
+            Rc::make_mut(&mut scope.order)
                 .entry(id.clone())
                 .or_insert(next);
             if let Some(capture) = &step.capture {
@@ -438,8 +439,7 @@ impl Parser<'_> {
                         format!("step {id:?}: capture name {name:?} is used twice"),
                     )));
                 } else {
-                    std::rc::Rc::make_mut(&mut scope.capture_steps)
-                        .insert(name.clone(), id.clone());
+                    Rc::make_mut(&mut scope.capture_steps).insert(name.clone(), id.clone());
                 }
             }
             if let Some(nested) = &step.steps {
