@@ -234,7 +234,7 @@ fn every_missing_param_is_named_in_one_error() -> Result<()> {
     let text = stderr(&output);
     assert_eq!(output.status.code(), Some(4), "{text}");
     assert!(
-        text.contains("missing required params: broker (string: Broker name), namesrv (host_port); pass -p broker=... -p namesrv=..."),
+        text.trim_end().ends_with("error: missing required params: broker (string: Broker name), namesrv (host_port); pass -p broker=... -p namesrv=..."),
         "{text}"
     );
     Ok(())

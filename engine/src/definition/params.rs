@@ -4,12 +4,37 @@ use serde_json::{Map, Value};
 
 use super::{Definition, ParamKind, ParamSpec};
 
-/// A parameter that is missing, unknown or malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("param {param:?}: {message}")]
+/// A parameter that is missing, unknown or malformed; when several are missing, `param` is the
+/// first and `message` names them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamError {
     pub param: String,
     pub message: String,
+    /// Whether the error is about several params (then the message names each).
+    pub several: bool,
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.several {
+            write!(formatter, "{}", self.message)
+        } else {
+            write!(formatter, "param {:?}: {}", self.param, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+impl ParamError {
+    /// The request field it is about: `params.<name>`, or `params` for several.
+    pub fn field(&self) -> String {
+        if self.several {
+            "params".to_owned()
+        } else {
+            format!("params.{}", self.param)
+        }
+    }
 }
 
 /// Resolves the given values against the definition: unknown names, missing required params and
@@ -26,6 +51,7 @@ pub fn resolve(
                 .map(|spec| spec.name.as_str())
                 .collect();
             return Err(ParamError {
+                several: false,
                 param: name.clone(),
                 message: format!(
                     "unknown param for runbook {} (it takes: {})",
@@ -47,6 +73,7 @@ pub fn resolve(
         .collect();
     if let [spec] = missing.as_slice() {
         return Err(ParamError {
+            several: false,
             param: spec.name.clone(),
             message: format!(
                 "missing required param ({}); pass -p {}=...",
@@ -57,6 +84,7 @@ pub fn resolve(
     }
     if !missing.is_empty() {
         return Err(ParamError {
+            several: true,
             param: missing[0].name.clone(),
             message: format!(
                 "missing required params: {}; pass {}",
@@ -77,6 +105,7 @@ pub fn resolve(
     for spec in &definition.params {
         let value = match given.get(&spec.name) {
             Some(value) => check_value(spec, value).map_err(|message| ParamError {
+                several: false,
                 param: spec.name.clone(),
                 message,
             })?,

@@ -542,7 +542,7 @@ impl Engine {
             })?;
         let params =
             definition::resolve_params(&definition, given).map_err(|error| Error::Invalid {
-                field: Some(format!("params.{}", error.param)),
+                field: Some(error.field()),
                 message: error.to_string(),
             })?;
         let locks = if definition.locks.is_empty() {

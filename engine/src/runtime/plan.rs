@@ -88,7 +88,7 @@ pub fn plan(
     actions: &Registry,
 ) -> Result<Plan, Error> {
     let params = definition::resolve_params(definition, given).map_err(|error| Error::Invalid {
-        field: Some(format!("params.{}", error.param)),
+        field: Some(error.field()),
         message: error.to_string(),
     })?;
     let locks = render_locks(definition, &params)?;

@@ -81,12 +81,8 @@ impl Engine {
         let definition = entry
             .definition
             .map_err(|error| invalid(error, "runbook"))?;
-        definition::resolve_params(&definition, &spec.params).map_err(|error| {
-            invalid(
-                format!("schedule {name}: {error}"),
-                &format!("params.{}", error.param),
-            )
-        })?;
+        definition::resolve_params(&definition, &spec.params)
+            .map_err(|error| invalid(format!("schedule {name}: {error}"), &error.field()))?;
         let tz = spec.tz.unwrap_or_else(|| "UTC".to_owned());
         let mut schedule = Schedule {
             id: super::new_run_id(self.inner.clock.now()),
