@@ -8,6 +8,7 @@
 mod depth;
 mod params;
 mod parse;
+mod scope;
 mod validate;
 
 use std::time::Duration;

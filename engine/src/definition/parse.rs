@@ -5,7 +5,7 @@
 //! enums and templates where the span is still known.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 use std::rc::Rc;
 
@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
+use super::scope::Scope;
 use super::{
     Concurrency, Definition, Error, Errors, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy,
     Step, Undo,
@@ -207,29 +208,6 @@ struct Parser<'a> {
     errors: RefCell<Vec<Error>>,
     /// The actions whose names and input schemas are checked, when known.
     actions: Option<&'a Registry>,
-}
-
-/// What a template may name at one place in the file.
-#[derive(Clone, Default)]
-struct Scope {
-    params: BTreeSet<String>,
-    /// The steps that have ended on every path to this place (earlier in this sequence or in an
-    /// enclosing one): only their outputs can be read here.
-    steps: BTreeSet<String>,
-    captures: BTreeSet<String>,
-    loop_vars: Vec<String>,
-    /// Every step id of the file, in file order (depth first), and the step being checked:
-    /// to say why a step that exists cannot be read here.
-    order: Rc<BTreeMap<String, usize>>,
-    /// capture name → the step that captures it.
-    capture_steps: Rc<BTreeMap<String, String>>,
-    current: Option<String>,
-    /// The visible steps that may have no output when this place runs, and why: they may be
-    /// skipped (`when`) or may fail and be passed (`on_failure = "continue"`).
-    maybe_missing: BTreeMap<String, &'static str>,
-    /// The names read by the `when` conditions of this step and the loops around it: a step
-    /// that tests `steps.x` there has guarded its reads of `x`'s output.
-    guarded: BTreeSet<String>,
 }
 
 impl Parser<'_> {
@@ -1006,97 +984,9 @@ impl Parser<'_> {
             ));
         }
         for name in names {
-            let mut parts = name.split('.');
-            let root = parts.next().unwrap_or_default();
-            let second = parts.next();
-            let known = match root {
-                "params" => match second {
-                    None => true,
-                    Some(param) => scope.params.contains(param),
-                },
-                "steps" => match second {
-                    None => true,
-                    // `steps.x.output.y` of a step that may have no output: only where a
-                    // `when` tests step x first.
-                    Some(step)
-                        if scope.steps.contains(step)
-                            && name.split('.').nth(2) == Some("output")
-                            && name.split('.').nth(3).is_some()
-                            && scope.maybe_missing.contains_key(step)
-                            && !guards(scope, step, None) =>
-                    {
-                        return Err(self.error(
-                            at,
-                            format!(
-                                "{field}: `{name}` reads step {step:?}, which {}: it has no \
-                                 output then; test it first, e.g. `when = \"steps.{step}.state \
-                                 == 'succeeded'\"`",
-                                scope.maybe_missing[step]
-                            ),
-                        ));
-                    }
-                    Some(step) if scope.steps.contains(step) => true,
-                    Some(step) if scope.order.contains_key(step) => {
-                        return Err(self.error(
-                            at,
-                            format!(
-                                "{field}: `{name}` reads step {step:?}, which {}",
-                                not_yet(scope, step)
-                            ),
-                        ));
-                    }
-                    Some(_) => false,
-                },
-                "run" => matches!(
-                    second,
-                    None | Some("id") | Some("runbook") | Some("started_by")
-                ),
-                _ if scope.captures.contains(root)
-                    && scope
-                        .capture_steps
-                        .get(root)
-                        .and_then(|step| scope.maybe_missing.get(step).map(|why| (step, why)))
-                        .is_some_and(|(step, _)| !guards(scope, step, Some(root))) =>
-                {
-                    let step = &scope.capture_steps[root];
-                    return Err(self.error(
-                        at,
-                        format!(
-                            "{field}: `{name}` is captured by step {step:?}, which {}: it is \
-                             undefined then; test it first, e.g. `when = \"steps.{step}.state \
-                             == 'succeeded'\"`",
-                            scope.maybe_missing[step]
-                        ),
-                    ));
-                }
-                _ if !scope.captures.contains(root) && scope.capture_steps.contains_key(root) => {
-                    let step = &scope.capture_steps[root];
-                    return Err(self.error(
-                        at,
-                        format!(
-                            "{field}: `{name}` is captured by step {step:?}, which {}",
-                            not_yet(scope, step)
-                        ),
-                    ));
-                }
-                _ => {
-                    scope.captures.contains(root)
-                        || scope.loop_vars.iter().any(|var| var == root)
-                        || (root == "index" && !scope.loop_vars.is_empty())
-                        || template::GLOBAL_FUNCTIONS.contains(&root)
-                }
-            };
-            if !known {
-                let hint = match root {
-                    "params" => format!(" (params: {})", join(&scope.params)),
-                    "steps" => format!(" (steps: {})", join(&scope.steps)),
-                    _ => String::new(),
-                };
-                return Err(self.error(
-                    at,
-                    format!("{field}: unknown template variable `{name}`{hint}"),
-                ));
-            }
+            scope
+                .check(&name)
+                .map_err(|message| self.error(at, format!("{field}: {message}")))?;
         }
         Ok(())
     }
@@ -1125,44 +1015,6 @@ impl Parser<'_> {
             }
             _ => Ok(()),
         }
-    }
-}
-
-/// Whether a `when` around this place tests step `step` (or its capture).
-fn guards(scope: &Scope, step: &str, capture: Option<&str>) -> bool {
-    let prefix = format!("steps.{step}");
-    scope.guarded.iter().any(|name| {
-        name == &prefix
-            || name.starts_with(&format!("{prefix}."))
-            || capture
-                .is_some_and(|capture| name == capture || name.starts_with(&format!("{capture}.")))
-    })
-}
-
-/// Why step `step` (which exists) has no output at the place `scope` describes.
-fn not_yet(scope: &Scope, step: &str) -> String {
-    let Some(current) = &scope.current else {
-        return "has not run when the run starts (locks are taken first)".to_owned();
-    };
-    if current == step {
-        return "is this step itself: its output is `output`, in `until` and `undo`".to_owned();
-    }
-    match (scope.order.get(step), scope.order.get(current)) {
-        (Some(later), Some(here)) if later > here => {
-            format!("comes later in the file: it has not run when step {current:?} runs")
-        }
-        _ => format!(
-            "runs inside a for_each loop that does not enclose step {current:?}: its outputs \
-             exist only within an iteration"
-        ),
-    }
-}
-
-fn join(names: &BTreeSet<String>) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.iter().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 
