@@ -47,6 +47,12 @@ pub struct Calendar {
     expression: String,
 }
 
+/// An IANA time zone by name, or an error saying what is expected.
+pub fn zone(name: &str) -> Result<Tz, String> {
+    Tz::from_str(name)
+        .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Asia/Shanghai)"))
+}
+
 impl Calendar {
     pub fn parse(expression: &str, zone: &str) -> Result<Calendar, String> {
         let fields: Vec<&str> = expression.split_whitespace().collect();
@@ -89,9 +95,7 @@ impl Calendar {
                     .map_err(|error| format!("cron {expression:?}: {error}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let zone = Tz::from_str(zone).map_err(|_| {
-            format!("unknown time zone {zone:?} (use an IANA name such as Asia/Shanghai)")
-        })?;
+        let zone = self::zone(zone)?;
         Ok(Calendar {
             schedules,
             zone,

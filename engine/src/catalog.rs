@@ -53,10 +53,10 @@ impl Catalog {
         }
     }
 
-    /// Checks a definition sent with a request (`start ./file.toml`).
-    pub fn load_source(&self, source: &Source) -> Result<Arc<Definition>, definition::Error> {
-        let definition = definition::parse(&source.file, &source.text)?;
-        definition::validate(&definition, &|name| self.actions.contains(name))?;
+    /// Checks a definition sent with a request (`start ./file.toml`): every mistake, in file
+    /// order.
+    pub fn load_source(&self, source: &Source) -> Result<Arc<Definition>, definition::Errors> {
+        let (definition, _warnings) = definition::check(&source.file, &source.text, &self.actions)?;
         Ok(Arc::new(definition))
     }
 
@@ -198,11 +198,8 @@ pub fn read_file(path: &Path) -> Result<String, String> {
 }
 
 fn load(source: &Source, actions: &Registry) -> Entry {
-    let parsed = definition::parse(&source.file, &source.text).and_then(|definition| {
-        definition::validate(&definition, &|name| actions.contains(name)).map(|()| definition)
-    });
-    match parsed {
-        Ok(definition) => Entry {
+    match definition::check(&source.file, &source.text, actions) {
+        Ok((definition, _warnings)) => Entry {
             name: definition.name.clone(),
             source: source.file.clone(),
             definition: Ok(Arc::new(definition)),

@@ -34,7 +34,10 @@ fn check(text: &str) {
             return;
         }
     };
-    let _ = runbook_engine::runtime::plan(&definition, &serde_json::Map::new());
+    let actions = runbook_engine::action::Registry::new();
+    // The full check (every mistake, action schemas) must never panic either.
+    let _ = definition::check("fuzz.toml", text, &actions);
+    let _ = runbook_engine::runtime::plan(&definition, &serde_json::Map::new(), &actions);
     if definition::validate(&definition, &|name| name.starts_with("rocketmq.")).is_err() {
         return;
     }

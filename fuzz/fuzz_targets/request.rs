@@ -52,7 +52,11 @@ fn definition() -> &'static Definition {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(params) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data) {
-        let _ = runbook_engine::runtime::plan(definition(), &params);
+        let _ = runbook_engine::runtime::plan(
+            definition(),
+            &params,
+            &runbook_engine::action::Registry::new(),
+        );
     }
     if let Ok(text) = std::str::from_utf8(data) {
         let mut parts = text.splitn(2, '\n');

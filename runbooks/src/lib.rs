@@ -66,9 +66,7 @@ mod tests {
     fn every_builtin_runbook_validates() {
         let actions = actions();
         for source in builtin() {
-            let definition = runbook_engine::definition::parse(&source.file, &source.text)
-                .unwrap_or_else(|error| panic!("{error}"));
-            runbook_engine::definition::validate(&definition, &|name| actions.contains(name))
+            runbook_engine::definition::check(&source.file, &source.text, &actions)
                 .unwrap_or_else(|error| panic!("{error}"));
         }
     }

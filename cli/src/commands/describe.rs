@@ -17,14 +17,41 @@ pub struct Args {
 }
 
 pub async fn run(ctx: &Context, args: Args) -> Result<()> {
-    let definition = ctx
+    let mut definition = ctx
         .client
         .get(&format!("/v1/runbooks/{}", segment(&args.name)))
         .await?;
+    // Whether each action mutates, from the schemas of the actions this build offers (the
+    // daemon's own).
+    mark_mutating(&mut definition["steps"], &runbook_runbooks::actions());
     if ctx.json {
         return render::print_json(&definition);
     }
     render::print(&describe(&definition))
+}
+
+/// Sets `mutates` on every step (and undo) whose action is known.
+fn mark_mutating(steps: &mut Value, actions: &runbook_engine::action::Registry) {
+    let Some(steps) = steps.as_array_mut() else {
+        return;
+    };
+    let mark = |target: &mut Value| {
+        let schema = target["action"]
+            .as_str()
+            .and_then(|name| actions.schema(name));
+        if let (Some(schema), Some(object)) = (schema, target.as_object_mut()) {
+            object.insert("mutates".to_owned(), Value::Bool(schema.mutates));
+        }
+    };
+    for step in steps {
+        mark(step);
+        if let Some(undo) = step.get_mut("undo").filter(|undo| undo.is_object()) {
+            mark(undo);
+        }
+        if let Some(for_each) = step.get_mut("for_each").filter(|value| value.is_object()) {
+            mark_mutating(&mut for_each["steps"], actions);
+        }
+    }
 }
 
 /// The whole description as text.
@@ -102,7 +129,12 @@ fn steps_tree(steps: &[Value], depth: usize, out: &mut String) {
     for step in steps {
         let mut head = format!("{indent}- {}", render::text(&step["id"]));
         if let Some(action) = step["action"].as_str() {
-            head.push_str(&format!("  [{action}]"));
+            let effect = match step["mutates"].as_bool() {
+                Some(true) => ", mutates",
+                Some(false) => ", reads only",
+                None => "",
+            };
+            head.push_str(&format!("  [{action}{effect}]"));
         }
         if let Some(description) = step["description"].as_str() {
             if !description.is_empty() {
@@ -178,7 +210,15 @@ fn attributes(step: &Value) -> Vec<String> {
 
 /// An undo step: its action and input, or the value as text.
 fn undo(value: &Value) -> String {
-    match value["action"].as_str() {
+    let effect = match value["mutates"].as_bool() {
+        Some(true) => " (mutates)",
+        Some(false) => " (reads only)",
+        None => "",
+    };
+    let action = value["action"]
+        .as_str()
+        .map(|action| format!("{action}{effect}"));
+    match action.as_deref() {
         Some(action) if is_empty(&value["with"]) => action.to_string(),
         Some(action) => format!("{action} {}", render::compact(&value["with"])),
         None => render::text(value),

@@ -31,7 +31,16 @@ fn row(runbook: &Value) -> Vec<String> {
         _ => render::text(&runbook["source"]),
     };
     match render::error_text(&runbook["error"]) {
-        Some(error) => vec![name, "-".to_string(), format!("ERROR: {error}")],
+        Some(error) => {
+            // A file with several mistakes lists them one per line; the table shows the first.
+            let more = error.lines().count().saturating_sub(1);
+            let first = render::first_line(&error).to_string();
+            let error = match more {
+                0 => first,
+                _ => format!("{first} (and {more} more: runbook describe {name})"),
+            };
+            vec![name, "-".to_string(), format!("ERROR: {error}")]
+        }
         None => vec![
             name,
             render::text(&runbook["version"]),

@@ -62,10 +62,11 @@ pub fn render_plan(plan: &Value) -> String {
     let detail = " ".repeat(number_width + 4);
     for (index, step) in steps.iter().enumerate() {
         out.push_str(&format!(
-            "  {:>number_width$}. {}  [{}]\n",
+            "  {:>number_width$}. {}  [{}{}]\n",
             index + 1,
             render::text(&step["key"]),
-            render::text(&step["action"])
+            render::text(&step["action"]),
+            effect(&step["mutates"])
         ));
         if !step["input"].is_null() {
             out.push_str(&format!(
@@ -76,11 +77,44 @@ pub fn render_plan(plan: &Value) -> String {
         if !step["when"].is_null() {
             out.push_str(&format!("{detail}when: {}\n", render::text(&step["when"])));
         }
+        if !step["timeout"].is_null() {
+            out.push_str(&format!(
+                "{detail}timeout: {}\n",
+                render::text(&step["timeout"])
+            ));
+        }
+        let retry = &step["retry"];
+        if retry.is_object() {
+            out.push_str(&format!(
+                "{detail}retry: at most {} attempts, backoff {} doubling up to {}\n",
+                render::text(&retry["max_attempts"]),
+                render::text(&retry["backoff"]),
+                render::text(&retry["max_backoff"])
+            ));
+        }
+        let undo = &step["undo"];
+        if undo.is_object() {
+            out.push_str(&format!(
+                "{detail}undo: [{}{}] {}\n",
+                render::text(&undo["action"]),
+                effect(&undo["mutates"]),
+                render::compact(&undo["input"])
+            ));
+        }
         if let Some(note) = step["note"].as_str().filter(|note| !note.is_empty()) {
             out.push_str(&format!("{detail}note: {note}\n"));
         }
     }
     out
+}
+
+/// `, mutates` or `, reads only` after an action's name (nothing for a `for_each`).
+fn effect(mutates: &Value) -> &'static str {
+    match mutates.as_bool() {
+        Some(true) => ", mutates",
+        Some(false) => ", reads only",
+        None => "",
+    }
 }
 
 #[cfg(test)]
@@ -95,15 +129,20 @@ mod tests {
             "locks": ["demo:world"],
             "steps": [
                 {"key": "hello", "action": "exec", "input": {"argv": ["echo", "hello world"]},
-                 "when": null, "note": null},
+                 "when": null, "note": null, "mutates": true, "timeout": "5m",
+                 "retry": {"max_attempts": 3, "backoff": "5s", "max_backoff": "5m"},
+                 "undo": {"action": "exec", "input": {"command": "echo undo"}, "mutates": true}},
                 {"key": "gate", "action": "approval", "input": {}, "when": "params.name != ''",
-                 "note": "waits for `runbook approve`"}
+                 "note": "waits for `runbook approve`", "mutates": false}
             ]
         });
         let expect = "plan of demo v1 (nothing is executed)\n\nparams:\n  name = \"world\"\n\n\
-            locks:\n  demo:world\n\nsteps:\n  1. hello  [exec]\n\
+            locks:\n  demo:world\n\nsteps:\n  1. hello  [exec, mutates]\n\
             \x20    input: {\"argv\":[\"echo\",\"hello world\"]}\n\
-            \x20 2. gate  [approval]\n     input: {}\n     when: params.name != ''\n\
+            \x20    timeout: 5m\n\
+            \x20    retry: at most 3 attempts, backoff 5s doubling up to 5m\n\
+            \x20    undo: [exec, mutates] {\"command\":\"echo undo\"}\n\
+            \x20 2. gate  [approval, reads only]\n     input: {}\n     when: params.name != ''\n\
             \x20    note: waits for `runbook approve`\n";
         assert_eq!(render_plan(&plan), expect);
     }

@@ -9,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::{parse_params, Context};
 use crate::client::segment;
+use crate::exit;
 use crate::render;
 
 #[derive(Debug, clap::Subcommand)]
@@ -87,6 +88,10 @@ fn path(name: &str) -> String {
 pub async fn run(ctx: &Context, command: Command) -> Result<()> {
     match command {
         Command::Add(args) => {
+            // The zone is checked here so that the error names the flag, not the cron.
+            if let Err(message) = runbook_engine::calendar::zone(&args.tz) {
+                return Err(exit::invalid(format!("--tz: {message}")));
+            }
             let body = json!({
                 "name": args.name, "runbook": args.runbook, "params": parse_params(&args.params)?,
                 "cron": args.cron, "tz": args.tz, "overlap": args.overlap, "catch_up": args.catch_up,
@@ -175,6 +180,14 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Backfill(args) => {
+            for (flag, value) in [("--from", &args.from), ("--to", &args.to)] {
+                if let Err(error) = chrono::DateTime::parse_from_rfc3339(value) {
+                    return Err(exit::invalid(format!(
+                        "{flag} {value:?} is not an RFC 3339 instant ({error}); write e.g. \
+                         2026-01-01T00:00:00Z or 2026-01-01T02:00:00+02:00"
+                    )));
+                }
+            }
             let body = json!({"from": args.from, "to": args.to, "dry_run": args.dry_run});
             let result = ctx
                 .client

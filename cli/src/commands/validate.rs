@@ -1,6 +1,6 @@
 //! `runbook validate <file.toml>`: check a runbook file locally, without a daemon, with the
-//! same parser and action checks the daemon uses. Prints `ok: <name> v<version>, N steps`, or the error (which
-//! names file:line) and exits 4. Warnings (`file:line: warning: ...`, e.g. every `| raw` that
+//! same parser and action checks the daemon uses. Prints `ok: <name> v<version>, N steps`, or
+//! every error, one per line in file order (each names file:line), and exits 4. Warnings (`file:line: warning: ...`, e.g. every `| raw` that
 //! puts a value into a shell command unquoted) go to stderr and do not change the exit code.
 
 use std::path::PathBuf;
@@ -23,15 +23,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     let file_name = args.file.display().to_string();
     let text = std::fs::read_to_string(&args.file)
         .map_err(|err| exit::invalid(format!("cannot read {file_name}: {err}")))?;
-    let (definition, warnings) = runbook_engine::definition::parse_with_warnings(&file_name, &text)
+    // The actions a daemon of this build offers.
+    let actions = runbook_runbooks::actions();
+    let (definition, warnings) = runbook_engine::definition::check(&file_name, &text, &actions)
         .map_err(|err| exit::invalid(err.to_string()))?;
     for warning in &warnings {
         eprintln!("{warning}");
     }
-    // The actions a daemon of this build offers.
-    let actions = runbook_runbooks::actions();
-    runbook_engine::definition::validate(&definition, &|name| actions.contains(name))
-        .map_err(|err| exit::invalid(err.to_string()))?;
     let step_count = definition.steps.len();
     if ctx.json {
         render::print_json(&json!({

@@ -89,6 +89,10 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Exec;
 
 impl Action for Exec {
+    fn schema(&self) -> &'static super::Schema {
+        &super::schema::EXEC
+    }
+
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
         Box::pin(run(input, context))
     }

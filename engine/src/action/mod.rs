@@ -8,6 +8,7 @@
 
 mod exec;
 mod log;
+pub mod schema;
 pub mod shim;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 pub use self::exec::{set_command_umask, Exec};
 pub use self::log::LogSink;
+pub use self::schema::Schema;
 pub use crate::machine::ActionFailure;
 
 pub type ActionFuture = Pin<Box<dyn Future<Output = Result<Value, ActionFailure>> + Send>>;
@@ -50,6 +52,10 @@ pub struct ActionContext {
 }
 
 pub trait Action: Send + Sync + 'static {
+    /// The input the action takes and whether it mutates: validation refuses a `with` that does
+    /// not fit, and the runtime refuses a rendered input that does not, before `call`.
+    fn schema(&self) -> &'static Schema;
+
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture;
 
     /// After a daemon restart, for a call that was in flight: follow it to its real end if
@@ -115,6 +121,12 @@ impl Registry {
 
     pub fn get(&self, name: &str) -> Option<Arc<dyn Action>> {
         self.actions.get(name).cloned()
+    }
+
+    /// The schema of `name`: a core action the state machine decides (`noop`, `wait`, `window`,
+    /// `approval`) or a registered one.
+    pub fn schema(&self, name: &str) -> Option<&'static Schema> {
+        schema::core(name).or_else(|| self.actions.get(name).map(|action| action.schema()))
     }
 
     pub fn contains(&self, name: &str) -> bool {

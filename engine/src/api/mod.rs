@@ -301,7 +301,8 @@ async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
     let definition = definition_of(&app, &request)?;
     let params = request.params;
-    ok(runtime::off_workers(move || runtime::plan(&definition, &params)).await??)
+    let actions = app.catalog.actions().clone();
+    ok(runtime::off_workers(move || runtime::plan(&definition, &params, &actions)).await??)
 }
 
 // ----- runs -------------------------------------------------------------------------------------
@@ -644,8 +645,8 @@ async fn schedule_verb(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BackfillRequest {
-    from: chrono::DateTime<chrono::Utc>,
-    to: chrono::DateTime<chrono::Utc>,
+    from: String,
+    to: String,
     #[serde(default)]
     dry_run: bool,
 }
@@ -661,9 +662,23 @@ async fn backfill_schedule(
             Some("body"),
         )
     })?;
+    let instant = |field: &str, value: &str| {
+        chrono::DateTime::parse_from_rfc3339(value)
+            .map(|instant| instant.with_timezone(&chrono::Utc))
+            .map_err(|error| {
+                ApiError::invalid(
+                    format!(
+                        "{field}: {value:?} is not an RFC 3339 instant ({error}); write e.g. \
+                         2026-01-01T00:00:00Z"
+                    ),
+                    Some(field),
+                )
+            })
+    };
+    let (from, to) = (instant("from", &request.from)?, instant("to", &request.to)?);
     let backfill = app
         .engine
-        .backfill_schedule(&name, request.from, request.to, request.dry_run)
+        .backfill_schedule(&name, from, to, request.dry_run)
         .await?;
     ok(json!({
         "instants": backfill.instants, "firings": backfill.firings, "dry_run": request.dry_run,

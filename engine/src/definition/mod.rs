@@ -8,6 +8,7 @@
 mod depth;
 mod params;
 mod parse;
+mod scope;
 mod validate;
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 pub use depth::MAX_TOML_DEPTH;
 pub use params::{resolve as resolve_params, ParamError};
-pub use parse::{parse, parse_with_warnings, MAX_NESTING};
+pub use parse::{check, parse, parse_with_warnings, MAX_NESTING};
 pub use validate::{validate, CORE_ACTIONS};
 
 /// A definition error: what was wrong and where.
@@ -27,6 +28,41 @@ pub struct Error {
     pub file: String,
     pub line: usize,
     pub message: String,
+}
+
+/// Every mistake found in a runbook file, in file order (one per line when shown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Errors(pub Vec<Error>);
+
+impl Errors {
+    /// The first mistake in file order.
+    pub fn into_first(self) -> Error {
+        self.0.into_iter().next().unwrap_or_else(|| Error {
+            file: String::new(),
+            line: 0,
+            message: "invalid runbook".to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Errors {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(formatter)?;
+            }
+            write!(formatter, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Errors {}
+
+impl From<Error> for Errors {
+    fn from(error: Error) -> Errors {
+        Errors(vec![error])
+    }
 }
 
 /// A validated runbook.

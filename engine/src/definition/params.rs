@@ -4,12 +4,37 @@ use serde_json::{Map, Value};
 
 use super::{Definition, ParamKind, ParamSpec};
 
-/// A parameter that is missing, unknown or malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("param {param:?}: {message}")]
+/// A parameter that is missing, unknown or malformed; when several are missing, `param` is the
+/// first and `message` names them all.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamError {
     pub param: String,
     pub message: String,
+    /// Whether the error is about several params (then the message names each).
+    pub several: bool,
+}
+
+impl std::fmt::Display for ParamError {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.several {
+            write!(formatter, "{}", self.message)
+        } else {
+            write!(formatter, "param {:?}: {}", self.param, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ParamError {}
+
+impl ParamError {
+    /// The request field it is about: `params.<name>`, or `params` for several.
+    pub fn field(&self) -> String {
+        if self.several {
+            "params".to_owned()
+        } else {
+            format!("params.{}", self.param)
+        }
+    }
 }
 
 /// Resolves the given values against the definition: unknown names, missing required params and
@@ -26,6 +51,7 @@ pub fn resolve(
                 .map(|spec| spec.name.as_str())
                 .collect();
             return Err(ParamError {
+                several: false,
                 param: name.clone(),
                 message: format!(
                     "unknown param for runbook {} (it takes: {})",
@@ -39,36 +65,64 @@ pub fn resolve(
             });
         }
     }
+    // Every missing param is named in one error, so that one more try is enough.
+    let missing: Vec<&ParamSpec> = definition
+        .params
+        .iter()
+        .filter(|spec| spec.required && spec.default.is_none() && !given.contains_key(&spec.name))
+        .collect();
+    if let [spec] = missing.as_slice() {
+        return Err(ParamError {
+            several: false,
+            param: spec.name.clone(),
+            message: format!(
+                "missing required param ({}); pass -p {}=...",
+                about(spec),
+                spec.name
+            ),
+        });
+    }
+    if !missing.is_empty() {
+        return Err(ParamError {
+            several: true,
+            param: missing[0].name.clone(),
+            message: format!(
+                "missing required params: {}; pass {}",
+                missing
+                    .iter()
+                    .map(|spec| format!("{} ({})", spec.name, about(spec)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                missing
+                    .iter()
+                    .map(|spec| format!("-p {}=...", spec.name))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        });
+    }
     let mut resolved = Map::new();
     for spec in &definition.params {
         let value = match given.get(&spec.name) {
             Some(value) => check_value(spec, value).map_err(|message| ParamError {
+                several: false,
                 param: spec.name.clone(),
                 message,
             })?,
-            None => match &spec.default {
-                Some(default) => default.clone(),
-                None if spec.required => {
-                    let about = if spec.description.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", spec.description)
-                    };
-                    return Err(ParamError {
-                        param: spec.name.clone(),
-                        message: format!(
-                            "missing required param ({}{about}); pass -p {}=...",
-                            spec.kind.name(),
-                            spec.name
-                        ),
-                    });
-                }
-                None => Value::Null,
-            },
+            None => spec.default.clone().unwrap_or(Value::Null),
         };
         resolved.insert(spec.name.clone(), value);
     }
     Ok(resolved)
+}
+
+/// A param's type and description, for messages (`string: Broker name`).
+fn about(spec: &ParamSpec) -> String {
+    if spec.description.is_empty() {
+        spec.kind.name().to_owned()
+    } else {
+        format!("{}: {}", spec.kind.name(), spec.description)
+    }
 }
 
 /// Checks one value against its spec and returns it in its typed form.

@@ -5,18 +5,21 @@
 //! enums and templates where the span is still known.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
+use std::rc::Rc;
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
+use super::scope::Scope;
 use super::{
-    Concurrency, Definition, Error, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy, Step,
-    Undo,
+    Concurrency, Definition, Error, Errors, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy,
+    Step, Undo,
 };
+use crate::action::Registry;
 use crate::template::{self, TemplateKind};
 
 #[derive(Deserialize)]
@@ -58,11 +61,11 @@ struct RawStep {
     #[serde(default)]
     description: String,
     with: Option<Spanned<toml::Value>>,
-    timeout: Option<Spanned<String>>,
+    timeout: Option<Spanned<toml::Value>>,
     retry: Option<Spanned<RawRetry>>,
     when: Option<Spanned<String>>,
     until: Option<Spanned<String>>,
-    every: Option<Spanned<String>>,
+    every: Option<Spanned<toml::Value>>,
     capture: Option<Spanned<String>>,
     on_failure: Option<Spanned<String>>,
     #[serde(default)]
@@ -80,10 +83,11 @@ struct RawStep {
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     max_attempts: i64,
+    /// Any TOML value, so that a number (`backoff = 5`) is reported naming the step.
     #[serde(default)]
-    backoff: Option<String>,
+    backoff: Option<toml::Value>,
     #[serde(default)]
-    max_backoff: Option<String>,
+    max_backoff: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -136,44 +140,74 @@ pub fn parse(file: &str, text: &str) -> Result<Definition, Error> {
 }
 
 /// [`parse`], plus the warnings about what is allowed but risky (`file:line: warning: ...`):
-/// every template that puts a value into a shell command unquoted (`| raw`).
+/// every template that puts a value into a shell command unquoted (`| raw`). Returns the first
+/// error in file order; [`check`] returns them all.
 pub fn parse_with_warnings(file: &str, text: &str) -> Result<(Definition, Vec<String>), Error> {
+    parse_all(file, text, None).map_err(Errors::into_first)
+}
+
+/// Parses and checks a runbook file completely, as the daemon and `runbook validate` do: also
+/// every action name and every action's input against its schema (`actions`). On error, every
+/// mistake found, in file order.
+pub fn check(
+    file: &str,
+    text: &str,
+    actions: &Registry,
+) -> Result<(Definition, Vec<String>), Errors> {
+    parse_all(file, text, Some(actions))
+}
+
+fn parse_all(
+    file: &str,
+    text: &str,
+    actions: Option<&Registry>,
+) -> Result<(Definition, Vec<String>), Errors> {
     let parser = Parser {
         file,
         text,
         warnings: RefCell::new(Vec::new()),
+        errors: RefCell::new(Vec::new()),
+        actions,
     };
+    let single = |error: Error| Errors(vec![error]);
     if let Some((line, depth)) = super::depth::too_deep(text) {
-        return Err(parser.error_at(
+        return Err(single(parser.error_at(
             line,
             format!(
                 "tables and lists nested {depth} levels deep; a runbook file may nest at most {} \
                  (and steps at most {MAX_NESTING} loops deep)",
                 super::depth::MAX_TOML_DEPTH
             ),
-        ));
+        )));
     }
     let raw: RawDefinition = toml::from_str(text).map_err(|error| {
         let line = error.span().map(|span| parser.line_of(&span)).unwrap_or(1);
-        parser.error_at(line, error.message().trim().to_owned())
+        single(parser.error_at(line, error.message().trim().to_owned()))
     })?;
-    let definition = parser.convert(raw)?;
-    Ok((definition, parser.warnings.into_inner()))
+    let definition = parser.convert(raw);
+    let mut errors = parser.errors.into_inner();
+    match definition {
+        Ok(definition) if errors.is_empty() => Ok((definition, parser.warnings.into_inner())),
+        Ok(_) => {
+            errors.sort_by_key(|error| error.line);
+            Err(Errors(errors))
+        }
+        Err(error) => {
+            errors.push(error);
+            errors.sort_by_key(|error| error.line);
+            Err(Errors(errors))
+        }
+    }
 }
 
 struct Parser<'a> {
     file: &'a str,
     text: &'a str,
     warnings: RefCell<Vec<String>>,
-}
-
-/// What a template may name at one place in the file.
-#[derive(Clone, Default)]
-struct Scope {
-    params: BTreeSet<String>,
-    steps: BTreeSet<String>,
-    captures: BTreeSet<String>,
-    loop_vars: Vec<String>,
+    /// Mistakes found so far that did not stop the parse (each step is checked on its own).
+    errors: RefCell<Vec<Error>>,
+    /// The actions whose names and input schemas are checked, when known.
+    actions: Option<&'a Registry>,
 }
 
 impl Parser<'_> {
@@ -198,6 +232,17 @@ impl Parser<'_> {
         self.error_at(self.line_of(&spanned.span()), message)
     }
 
+    /// Keeps an error to report with the others and goes on with `None`.
+    fn keep<T>(&self, result: Result<T, Error>) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.errors.borrow_mut().push(error);
+                None
+            }
+        }
+    }
+
     fn convert(&self, raw: RawDefinition) -> Result<Definition, Error> {
         let name = raw.name.get_ref();
         if name.is_empty()
@@ -219,42 +264,32 @@ impl Parser<'_> {
                     self.error(version, "version: must be a positive integer".to_owned())
                 })?,
         };
-        let params = raw
+        let params: Vec<ParamSpec> = raw
             .params
             .0
             .iter()
-            .map(|(name, param)| self.convert_param(name, param))
-            .collect::<Result<Vec<_>, _>>()?;
+            .filter_map(|(name, param)| self.keep(self.convert_param(name, param)))
+            .collect();
 
+        let mut names = Scope::default();
+        let mut seen = HashSet::new();
+        self.collect_names(&raw.steps, &mut names, &mut seen, 0)?;
         let mut scope = Scope {
-            params: params.iter().map(|param| param.name.clone()).collect(),
+            params: raw.params.0.iter().map(|(name, _)| name.clone()).collect(),
+            order: names.order,
+            capture_steps: names.capture_steps,
             ..Scope::default()
         };
-        let mut seen = HashSet::new();
-        self.collect_names(&raw.steps, &mut scope, &mut seen, 0)?;
 
         let mut locks = Vec::new();
         for lock in &raw.locks {
-            self.check_template(
-                lock,
-                "locks",
-                TemplateKind::Text,
-                &Scope {
-                    steps: BTreeSet::new(),
-                    captures: BTreeSet::new(),
-                    ..scope.clone()
-                },
-            )?;
+            self.keep(self.check_template(lock, "locks", TemplateKind::Text, &scope));
             locks.push(lock.get_ref().clone());
         }
         if raw.steps.is_empty() {
             return Err(self.error_at(1, "a runbook needs at least one [[steps]] entry".to_owned()));
         }
-        let steps = raw
-            .steps
-            .iter()
-            .map(|step| self.convert_step(step, &scope))
-            .collect::<Result<Vec<_>, _>>()?;
+        let steps = self.convert_sequence(&raw.steps, &mut scope);
         Ok(Definition {
             name: name.clone(),
             version,
@@ -359,12 +394,15 @@ impl Parser<'_> {
                 ));
             }
             if !seen.insert(id.clone()) {
-                return Err(self.error(
+                self.keep::<()>(Err(self.error(
                     &step.id,
                     format!("duplicate step id {id:?}: step ids must be unique in a runbook"),
-                ));
+                )));
             }
-            scope.steps.insert(id.clone());
+            let next = scope.order.len();
+            Rc::make_mut(&mut scope.order)
+                .entry(id.clone())
+                .or_insert(next);
             if let Some(capture) = &step.capture {
                 let name = capture.get_ref();
                 if !is_identifier(name) || template::RESERVED_NAMES.contains(&name.as_str()) {
@@ -373,11 +411,13 @@ impl Parser<'_> {
                         format!("step {id:?}: capture {name:?}: must be an identifier and not one of {:?}", template::RESERVED_NAMES),
                     ));
                 }
-                if !scope.captures.insert(name.clone()) {
-                    return Err(self.error(
+                if scope.capture_steps.contains_key(name) {
+                    self.keep::<()>(Err(self.error(
                         capture,
                         format!("step {id:?}: capture name {name:?} is used twice"),
-                    ));
+                    )));
+                } else {
+                    Rc::make_mut(&mut scope.capture_steps).insert(name.clone(), id.clone());
                 }
             }
             if let Some(nested) = &step.steps {
@@ -385,6 +425,47 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Converts a sequence of steps, each seeing the steps before it; every error is kept.
+    /// Afterwards `scope` also sees the sequence's steps (not those nested in a loop).
+    fn convert_sequence(&self, raw: &[Spanned<RawStep>], scope: &mut Scope) -> Vec<Step> {
+        let mut steps = Vec::new();
+        for raw_step in raw {
+            let step = raw_step.get_ref();
+            let mut step_scope = scope.clone();
+            step_scope.current = Some(step.id.get_ref().clone());
+            if let Some(condition) = &step.when {
+                if let Ok(names) =
+                    template::referenced_names(condition.get_ref(), TemplateKind::Expression)
+                {
+                    step_scope.guarded.extend(names);
+                }
+            }
+            if let Some(step) = self.keep(self.convert_step(raw_step, &step_scope)) {
+                steps.push(step);
+            }
+            let id = step.id.get_ref().clone();
+            if step.when.is_some() {
+                scope
+                    .maybe_missing
+                    .insert(id.clone(), "may be skipped (it has a `when`)");
+            } else if step
+                .on_failure
+                .as_ref()
+                .is_some_and(|value| value.get_ref() == "continue")
+            {
+                scope.maybe_missing.insert(
+                    id.clone(),
+                    "may fail and be passed (on_failure = \"continue\")",
+                );
+            }
+            scope.steps.insert(id);
+            if let Some(capture) = &step.capture {
+                scope.captures.insert(capture.get_ref().clone());
+            }
+        }
+        steps
     }
 
     fn convert_step(&self, raw: &Spanned<RawStep>, scope: &Scope) -> Result<Step, Error> {
@@ -395,25 +476,42 @@ impl Parser<'_> {
 
         // A duration, or a template that renders to one when the step starts
         // (`timeout = "{{ params.retention }}"`).
-        let duration = |value: &Option<Spanned<String>>,
+        let duration = |value: &Option<Spanned<toml::Value>>,
                         field: &str|
          -> Result<(Option<std::time::Duration>, Option<String>), Error> {
-            match value {
-                None => Ok((None, None)),
-                Some(text) if text.get_ref().contains("{{") => {
-                    self.check_template(text, &at(field), TemplateKind::Text, scope)?;
-                    Ok((None, Some(text.get_ref().clone())))
-                }
-                Some(text) => crate::duration::parse(text.get_ref())
-                    .map(|duration| (Some(duration), None))
-                    .map_err(|message| self.error(text, format!("{}: {message}", at(field)))),
+            let Some(value) = value else {
+                return Ok((None, None));
+            };
+            let toml::Value::String(text) = value.get_ref() else {
+                return Err(self.error(
+                    value,
+                    format!(
+                        "{}: expected a duration string such as \"30s\", \"15m\" or \"72h\", got {}",
+                        at(field),
+                        value.get_ref()
+                    ),
+                ));
+            };
+            if text.contains("{{") {
+                self.check_text(value, text, &at(field), TemplateKind::Text, scope)?;
+                return Ok((None, Some(text.clone())));
             }
+            crate::duration::parse(text)
+                .map(|duration| (Some(duration), None))
+                .map_err(|message| self.error(value, format!("{}: {message}", at(field))))
         };
-        let (mut timeout, mut timeout_template) = duration(&step.timeout, "timeout")?;
-        let (mut every, mut every_template) = duration(&step.every, "every")?;
-        if let (Some(interval), Some(text)) = (every, &step.every) {
-            crate::duration::check_poll_interval(interval)
-                .map_err(|message| self.error(text, format!("{}: {message}", at("every"))))?;
+        // Each field is checked on its own, so that every mistake of the step is reported.
+        let (mut timeout, mut timeout_template) = self
+            .keep(duration(&step.timeout, "timeout"))
+            .unwrap_or_default();
+        let (mut every, mut every_template) = self
+            .keep(duration(&step.every, "every"))
+            .unwrap_or_default();
+        if let (Some(interval), Some(value)) = (every, &step.every) {
+            self.keep(
+                crate::duration::check_poll_interval(interval)
+                    .map_err(|message| self.error(value, format!("{}: {message}", at("every")))),
+            );
         }
         let on_failure = match &step.on_failure {
             None => OnFailure::Pause,
@@ -422,23 +520,24 @@ impl Parser<'_> {
                 "abort" => OnFailure::Abort,
                 "continue" => OnFailure::Continue,
                 other => {
-                    return Err(self.error(
+                    self.keep::<()>(Err(self.error(
                         value,
                         format!(
                             "{}: unknown value {other:?} (pause, abort, continue)",
                             at("on_failure")
                         ),
-                    ))
+                    )));
+                    OnFailure::Pause
                 }
             },
         };
         let retry = match &step.retry {
             None => None,
-            Some(retry) => Some(self.convert_retry(retry, &at("retry"))?),
+            Some(retry) => self.keep(self.convert_retry(retry, &at("retry"))),
         };
         let mut when = None;
         if let Some(condition) = &step.when {
-            self.check_template(condition, &at("when"), TemplateKind::Expression, scope)?;
+            self.keep(self.check_template(condition, &at("when"), TemplateKind::Expression, scope));
             when = Some(condition.get_ref().clone());
         }
 
@@ -506,10 +605,7 @@ impl Parser<'_> {
             };
             let mut inner = scope.clone();
             inner.loop_vars.push(var.clone());
-            let steps = nested
-                .iter()
-                .map(|nested| self.convert_step(nested, &inner))
-                .collect::<Result<Vec<_>, _>>()?;
+            let steps = self.convert_sequence(nested, &mut inner);
             if step.until.is_some()
                 || step.every.is_some()
                 || step.with.is_some()
@@ -685,7 +781,18 @@ impl Parser<'_> {
                 format!("{}: {action_name:?} cannot be used here", at("action")),
             ));
         }
-        self.check_json(with_span, &with, &at("with"), scope)?;
+        self.keep(self.check_json(with_span, &with, &at("with"), scope));
+        // The checks of a core action's values that need more than the schema (a regex that
+        // compiles, a cron that fires) run on an input that fits it, so that no mistake is
+        // reported twice.
+        let fits = self.check_input(
+            raw,
+            with_span,
+            &action_name,
+            &with,
+            &at("action"),
+            &at("with"),
+        );
         if let Some(condition) = &until {
             let span = Spanned::new(until_span.clone().unwrap_or(0..0), ());
             let mut with_output = scope.clone();
@@ -701,13 +808,21 @@ impl Parser<'_> {
                 every = Some(std::time::Duration::from_secs(5));
             }
         } else if every.is_some() || every_template.is_some() {
+            let every_span = step
+                .every
+                .as_ref()
+                .map_or_else(|| action.span(), |every| every.span());
             return Err(self.error(
-                step.every.as_ref().unwrap_or(action),
+                &Spanned::new(every_span, ()),
                 format!("{}: `every` needs an `until` condition", at("every")),
             ));
         }
-        super::validate::check_core_input(&action_name, &with)
-            .map_err(|message| self.error(with_span, format!("{}: {message}", at("with"))))?;
+        if fits {
+            self.keep(
+                super::validate::check_core_input(&action_name, &with)
+                    .map_err(|message| self.error(with_span, format!("{}: {message}", at("with")))),
+            );
+        }
 
         let undo = match &step.undo {
             None => None,
@@ -720,10 +835,23 @@ impl Parser<'_> {
                     .unwrap_or(Value::Object(Default::default()));
                 let mut undo_scope = scope.clone();
                 undo_scope.loop_vars.push("output".to_owned());
-                self.check_json(undo, &undo_with, &at("undo.with"), &undo_scope)?;
-                super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with).map_err(
-                    |message| self.error(undo, format!("{}: {message}", at("undo.with"))),
-                )?;
+                self.keep(self.check_json(undo, &undo_with, &at("undo.with"), &undo_scope));
+                let fits = self.check_input(
+                    raw,
+                    undo,
+                    raw_undo.action.get_ref(),
+                    &undo_with,
+                    &at("undo.action"),
+                    &at("undo.with"),
+                );
+                if fits {
+                    self.keep(
+                        super::validate::check_core_input(raw_undo.action.get_ref(), &undo_with)
+                            .map_err(|message| {
+                                self.error(undo, format!("{}: {message}", at("undo.with")))
+                            }),
+                    );
+                }
                 Some(Box::new(Undo {
                     action: raw_undo.action.get_ref().clone(),
                     with: undo_with,
@@ -755,17 +883,67 @@ impl Parser<'_> {
         })
     }
 
+    /// Checks an action's name, and its input against the action's schema, when the actions
+    /// are known; every problem is kept. Whether the input fits (or could not be checked).
+    fn check_input<S, T>(
+        &self,
+        step_at: &Spanned<S>,
+        at: &Spanned<T>,
+        action: &str,
+        with: &Value,
+        action_field: &str,
+        with_field: &str,
+    ) -> bool {
+        let Some(actions) = self.actions else {
+            return true;
+        };
+        match actions.schema(action) {
+            None => {
+                let mut known: Vec<&str> = super::CORE_ACTIONS.to_vec();
+                known.extend(actions.names());
+                let hint = match crate::action::schema::nearest(action, &known) {
+                    Some(near) => format!("did you mean {near:?}?"),
+                    None => format!("core actions: {}", super::CORE_ACTIONS.join(", ")),
+                };
+                // At the step's line, as `validate` reports it for a definition read back.
+                self.keep::<()>(Err(self.error(
+                    step_at,
+                    format!("{action_field}: unknown action {action:?} ({hint})"),
+                )));
+                false
+            }
+            Some(schema) => {
+                let problems = schema.check(with, false);
+                for problem in &problems {
+                    self.keep::<()>(Err(self.error(
+                        at,
+                        format!("{with_field}.{}: {}", problem.key, problem.message),
+                    )));
+                }
+                problems.is_empty()
+            }
+        }
+    }
+
     fn convert_retry(&self, raw: &Spanned<RawRetry>, field: &str) -> Result<RetryPolicy, Error> {
         let retry = raw.get_ref();
         let max_attempts = u32::try_from(retry.max_attempts)
             .ok()
             .filter(|&attempts| attempts >= 1)
             .ok_or_else(|| self.error(raw, format!("{field}.max_attempts: must be at least 1")))?;
-        let parse = |text: &Option<String>, default: std::time::Duration, name: &str| match text {
-            None => Ok(default),
-            Some(text) => crate::duration::parse(text)
-                .map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
-        };
+        let parse =
+            |value: &Option<toml::Value>, default: std::time::Duration, name: &str| match value {
+                None => Ok(default),
+                Some(toml::Value::String(text)) => crate::duration::parse(text)
+                    .map_err(|message| self.error(raw, format!("{field}.{name}: {message}"))),
+                Some(other) => Err(self.error(
+                    raw,
+                    format!(
+                        "{field}.{name}: expected a duration string such as \"5s\" or \"1m\", \
+                         got {other}"
+                    ),
+                )),
+            };
         let backoff = parse(&retry.backoff, std::time::Duration::from_secs(1), "backoff")?;
         let max_backoff = parse(
             &retry.max_backoff,
@@ -817,40 +995,9 @@ impl Parser<'_> {
             ));
         }
         for name in names {
-            let mut parts = name.split('.');
-            let root = parts.next().unwrap_or_default();
-            let second = parts.next();
-            let known = match root {
-                "params" => match second {
-                    None => true,
-                    Some(param) => scope.params.contains(param),
-                },
-                "steps" => match second {
-                    None => true,
-                    Some(step) => scope.steps.contains(step),
-                },
-                "run" => matches!(
-                    second,
-                    None | Some("id") | Some("runbook") | Some("started_by")
-                ),
-                _ => {
-                    scope.captures.contains(root)
-                        || scope.loop_vars.iter().any(|var| var == root)
-                        || (root == "index" && !scope.loop_vars.is_empty())
-                        || template::GLOBAL_FUNCTIONS.contains(&root)
-                }
-            };
-            if !known {
-                let hint = match root {
-                    "params" => format!(" (params: {})", join(&scope.params)),
-                    "steps" => format!(" (steps: {})", join(&scope.steps)),
-                    _ => String::new(),
-                };
-                return Err(self.error(
-                    at,
-                    format!("{field}: unknown template variable `{name}`{hint}"),
-                ));
-            }
+            scope
+                .check(&name)
+                .map_err(|message| self.error(at, format!("{field}: {message}")))?;
         }
         Ok(())
     }
@@ -864,22 +1011,21 @@ impl Parser<'_> {
     ) -> Result<(), Error> {
         match value {
             Value::String(text) => self.check_text(at, text, field, TemplateKind::Text, scope),
-            Value::Array(items) => items
-                .iter()
-                .try_for_each(|item| self.check_json(at, item, field, scope)),
-            Value::Object(map) => map.iter().try_for_each(|(key, item)| {
-                self.check_json(at, item, &format!("{field}.{key}"), scope)
-            }),
+            // Every value is checked, each mistake kept: one template's mistake hides no other.
+            Value::Array(items) => {
+                for item in items {
+                    self.keep(self.check_json(at, item, field, scope));
+                }
+                Ok(())
+            }
+            Value::Object(map) => {
+                for (key, item) in map {
+                    self.keep(self.check_json(at, item, &format!("{field}.{key}"), scope));
+                }
+                Ok(())
+            }
             _ => Ok(()),
         }
-    }
-}
-
-fn join(names: &BTreeSet<String>) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.iter().cloned().collect::<Vec<_>>().join(", ")
     }
 }
 
@@ -910,7 +1056,127 @@ pub(crate) fn toml_to_json(value: &toml::Value) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::parse;
+    use super::{check as check_all, parse};
+    use crate::action::Registry;
+
+    /// Every error `check` reports for `text` (with the core actions), one per line.
+    fn errors(text: &str) -> String {
+        match check_all("t.toml", text, &Registry::new()) {
+            Ok(_) => String::new(),
+            Err(errors) => errors.to_string(),
+        }
+    }
+
+    const HEAD: &str = "name = \"x\"\n";
+
+    #[test]
+    fn keys_in_with_are_checked_against_the_action_schema() {
+        let text = format!(
+            "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"true\", timeot = \"5s\", pasre = \"json\" }}\n\
+             [[steps]]\nid = \"b\"\naction = \"wait\"\nwith = {{ duration = \"1s\", extra = 1 }}\n\
+             [[steps]]\nid = \"c\"\naction = \"exec\"\nwith = {{ comand = \"true\" }}\n\
+             [[steps]]\nid = \"d\"\naction = \"approval\"\nwith = {{ distinct_approver = \"yes\" }}\n"
+        );
+        let errors = errors(&text);
+        for expected in [
+            "t.toml:5: step \"a\": with.pasre: unknown key (did you mean `parse`?)",
+            "t.toml:5: step \"a\": with.timeot: unknown key (did you mean the step's `timeout`, outside `with`?)",
+            "t.toml:9: step \"b\": with.extra: unknown key (known keys: duration, until)",
+            "t.toml:13: step \"c\": with.comand: unknown key (did you mean `command`?)",
+            "t.toml:13: step \"c\": with.command: missing required key: a shell string, or an argv list",
+            "t.toml:17: step \"d\": with.distinct_approver: expected true or false, got \"yes\"",
+        ] {
+            assert!(errors.contains(expected), "{expected:?} not in:\n{errors}");
+        }
+    }
+
+    #[test]
+    fn every_mistake_is_reported_in_file_order() {
+        let text = format!(
+            "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"true\" }}\ntimeout = 30\n\
+             [[steps]]\nid = \"b\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ params.nope }}}}\" }}\non_failure = \"explode\"\n\
+             [[steps]]\nid = \"c\"\naction = \"nosuch\"\n"
+        );
+        let errors = errors(&text);
+        let lines: Vec<&str> = errors.lines().collect();
+        assert_eq!(lines.len(), 4, "{errors}");
+        assert!(
+            lines[0].starts_with(
+                "t.toml:6: step \"a\": timeout: expected a duration string such as \"30s\""
+            ),
+            "{errors}"
+        );
+        assert!(
+            lines[1].starts_with(
+                "t.toml:10: step \"b\": with.command: unknown template variable `params.nope`"
+            ),
+            "{errors}"
+        );
+        assert!(
+            lines[2].starts_with("t.toml:11: step \"b\": on_failure: unknown value \"explode\""),
+            "{errors}"
+        );
+        assert!(
+            lines[3].starts_with("t.toml:12: step \"c\": action: unknown action \"nosuch\""),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_step_cannot_read_a_step_that_has_not_run() {
+        let forward = format!(
+            "{HEAD}[[steps]]\nid = \"early\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.later.output.stdout }}}}\" }}\n\
+             [[steps]]\nid = \"later\"\naction = \"exec\"\nwith = {{ command = \"true\" }}\n"
+        );
+        assert_eq!(
+            errors(&forward),
+            "t.toml:5: step \"early\": with.command: `steps.later.output.stdout` reads step \"later\", which comes later in the file: it has not run when step \"early\" runs"
+        );
+        let inside_loop = format!(
+            "{HEAD}[[steps]]\nid = \"each\"\nfor_each = [\"a\"]\n  [[steps.steps]]\n  id = \"inner\"\n  action = \"noop\"\n  capture = \"got\"\n\
+             [[steps]]\nid = \"after\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.inner.output }}}}\", env = {{ GOT = \"{{{{ got }}}}\" }} }}\n"
+        );
+        let errors_inside = errors(&inside_loop);
+        assert!(errors_inside.contains("`steps.inner.output` reads step \"inner\", which runs inside a for_each loop that does not enclose step \"after\""), "{errors_inside}");
+        assert!(errors_inside.contains("with.env.GOT: `got` is captured by step \"inner\", which runs inside a for_each loop"), "{errors_inside}");
+        let capture_later = format!(
+            "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ got }}}}\" }}\n\
+             [[steps]]\nid = \"b\"\naction = \"noop\"\ncapture = \"got\"\n"
+        );
+        assert!(errors(&capture_later)
+            .contains("`got` is captured by step \"b\", which comes later in the file"));
+        let own = format!(
+            "{HEAD}[[steps]]\nid = \"a\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.a.output }}}}\" }}\n"
+        );
+        assert!(errors(&own).contains("is this step itself"));
+        // A step that may be skipped or passed over has an output only where a `when` tests it.
+        let conditional = format!(
+            "{HEAD}[[steps]]\nid = \"maybe\"\naction = \"noop\"\nwhen = \"false\"\ncapture = \"got\"\n\
+             [[steps]]\nid = \"failing\"\naction = \"exec\"\nwith = {{ command = \"false\", parse = \"json\" }}\non_failure = \"continue\"\n\
+             [[steps]]\nid = \"reader\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.maybe.output.x }}}}\", cwd = \"{{{{ got.x }}}}\", env = {{ A = \"{{{{ steps.failing.output.json.a }}}}\" }} }}\n\
+             [[steps]]\nid = \"guarded\"\naction = \"exec\"\nwhen = \"steps.maybe.state == 'succeeded' and steps.failing.state == 'succeeded'\"\nwith = {{ command = \"echo {{{{ steps.maybe.output.x }}}} {{{{ got.x }}}} {{{{ steps.failing.output.json.a }}}}\" }}\n"
+        );
+        let errors_conditional = errors(&conditional);
+        assert_eq!(
+            errors_conditional.lines().count(),
+            3,
+            "{errors_conditional}"
+        );
+        for expected in [
+            "with.command: `steps.maybe.output.x` reads step \"maybe\", which may be skipped (it has a `when`): it has no output then",
+            "with.cwd: `got.x` is captured by step \"maybe\", which may be skipped",
+            "with.env.A: `steps.failing.output.json.a` reads step \"failing\", which may fail and be passed (on_failure = \"continue\")",
+        ] {
+            assert!(errors_conditional.contains(expected), "{expected:?} not in:\n{errors_conditional}");
+        }
+        // Earlier steps, enclosing loops' earlier steps and siblings in an iteration are fine.
+        let fine = format!(
+            "{HEAD}[[steps]]\nid = \"first\"\naction = \"noop\"\ncapture = \"one\"\n\
+             [[steps]]\nid = \"each\"\nfor_each = \"{{{{ [steps.first.output] }}}}\"\n  [[steps.steps]]\n  id = \"x\"\n  action = \"noop\"\n  [[steps.steps]]\n  id = \"y\"\n  action = \"exec\"\n  with = {{ command = \"echo {{{{ steps.x.output }}}} {{{{ one }}}} {{{{ steps.first.output }}}}\" }}\n\
+             [[steps]]\nid = \"last\"\naction = \"exec\"\nwith = {{ command = \"echo {{{{ steps.each.state }}}}\" }}\n"
+        );
+        assert_eq!(errors(&fine), "");
+    }
 
     fn check(text: &str, expect: Result<(), &str>) {
         match (parse("t.toml", text), expect) {
@@ -940,6 +1206,10 @@ mod tests {
         check(
             &format!("{head}timeout = \"72 hours-ish\"\n"),
             Err("t.toml:9"),
+        );
+        check(
+            &format!("{head}retry = {{ max_attempts = 3, backoff = 5 }}\n"),
+            Err("t.toml:9: step \"a\": retry.backoff: expected a duration string such as \"5s\" or \"1m\", got 5"),
         );
         let wait_until = "name = \"x\"\n[params.t]\ndefault = \"1m\"\n[[steps]]\nid = \"a\"\naction = \"wait_until\"\nwith = { action = \"exec\", with = { command = \"true\" }, condition = \"output.exit_code == 0\", timeout = \"{{ params.t }}\" }\n";
         check(wait_until, Ok(()));

@@ -1400,6 +1400,24 @@ impl Decider {
         if !self.arm_timeout(step, key) {
             return;
         }
+        // The core actions decided here get their rendered input checked against their schema
+        // here (the runtime checks the others before their call).
+        if let Some(schema) = crate::action::schema::core(&step.action) {
+            let problems = schema.check(&input, true);
+            if !problems.is_empty() {
+                let problems: Vec<String> = problems
+                    .iter()
+                    .map(|problem| format!("with.{problem}"))
+                    .collect();
+                let message = format!(
+                    "{}: the rendered input does not fit: {}",
+                    step.action,
+                    problems.join("; ")
+                );
+                self.fail(key, message, false);
+                return;
+            }
+        }
         match step.action.as_str() {
             "noop" => {
                 self.complete(key, Ok(input));

@@ -547,7 +547,7 @@ impl Engine {
             })?;
         let params =
             definition::resolve_params(&definition, given).map_err(|error| Error::Invalid {
-                field: Some(format!("params.{}", error.param)),
+                field: Some(error.field()),
                 message: error.to_string(),
             })?;
         let locks = if definition.locks.is_empty() {
@@ -784,7 +784,27 @@ impl Engine {
                             call.attempt
                         ));
                     }
-                    Some(action.call(call.input.clone(), context))
+                    // A template may have rendered to a value the action does not take:
+                    // refused here, naming the key, before the action sees it.
+                    let problems = action.schema().check(&call.input, true);
+                    if problems.is_empty() {
+                        Some(action.call(call.input.clone(), context))
+                    } else {
+                        let message = format!(
+                            "{}: the rendered input does not fit: {}",
+                            call.action,
+                            problems
+                                .iter()
+                                .map(|problem| format!("with.{problem}"))
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        );
+                        context.log.line(&format!("[runbook] {message}"));
+                        Some(
+                            Box::pin(async move { Err(ActionFailure::permanent(message)) })
+                                as crate::action::ActionFuture,
+                        )
+                    }
                 }
                 (Some(action), true) => action.reattach(call.input.clone(), context),
             };

@@ -4,7 +4,8 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use super::Error;
-use crate::definition::{self, Definition, Step};
+use crate::action::Registry;
+use crate::definition::{self, Definition, RetryPolicy, Step};
 use crate::template;
 
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +25,38 @@ pub struct PlannedStep {
     pub input: Value,
     pub when: Option<String>,
     pub note: Option<String>,
+    /// The step's timeout (`"6h"`, or the template that gives it).
+    pub timeout: Option<String>,
+    pub retry: Option<PlannedRetry>,
+    pub undo: Option<PlannedUndo>,
+    /// Whether the action changes the world (`None` for a `for_each`, which only holds steps).
+    pub mutates: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRetry {
+    pub max_attempts: u32,
+    pub backoff: String,
+    pub max_backoff: String,
+}
+
+impl From<&RetryPolicy> for PlannedRetry {
+    fn from(retry: &RetryPolicy) -> PlannedRetry {
+        PlannedRetry {
+            max_attempts: retry.max_attempts,
+            backoff: crate::duration::format(retry.backoff),
+            max_backoff: crate::duration::format(retry.max_backoff),
+        }
+    }
+}
+
+/// What `rollback` would run for a step: its input is rendered where it does not need the
+/// step's own output or earlier steps.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedUndo {
+    pub action: String,
+    pub input: Value,
+    pub mutates: Option<bool>,
 }
 
 /// Renders the lock resources of a run.
@@ -49,15 +82,19 @@ pub fn render_locks(
 }
 
 /// What a run of `definition` with `given` params would do.
-pub fn plan(definition: &Definition, given: &Map<String, Value>) -> Result<Plan, Error> {
+pub fn plan(
+    definition: &Definition,
+    given: &Map<String, Value>,
+    actions: &Registry,
+) -> Result<Plan, Error> {
     let params = definition::resolve_params(definition, given).map_err(|error| Error::Invalid {
-        field: Some(format!("params.{}", error.param)),
+        field: Some(error.field()),
         message: error.to_string(),
     })?;
     let locks = render_locks(definition, &params)?;
     let context = json!({ "params": params, "steps": {}, "run": {"id": "<run id>", "runbook": definition.name, "started_by": 0} });
     let mut steps = Vec::new();
-    plan_steps(&definition.steps, "", &context, &mut steps)?;
+    plan_steps(&definition.steps, "", &context, actions, &mut steps)?;
     Ok(Plan {
         runbook: definition.name.clone(),
         version: definition.version,
@@ -73,8 +110,10 @@ fn plan_steps(
     definition: &[Step],
     prefix: &str,
     context: &Value,
+    actions: &Registry,
     out: &mut Vec<PlannedStep>,
 ) -> Result<(), Error> {
+    let mutates = |action: &str| actions.schema(action).map(|schema| schema.mutates);
     let limit = |key: &str, field: &str, error: template::Error| Error::Invalid {
         message: format!("step {key:?}: {field}: {error}"),
         field: Some(format!("steps.{key}.{field}")),
@@ -104,6 +143,10 @@ fn plan_steps(
                             items.len(),
                             for_each.width
                         )),
+                        timeout: timeout_of(step),
+                        retry: None,
+                        undo: None,
+                        mutates: None,
                     });
                     for (index, item) in items.into_iter().enumerate() {
                         let mut inner = context.clone();
@@ -111,7 +154,13 @@ fn plan_steps(
                             map.insert(for_each.var.clone(), item);
                             map.insert("index".to_owned(), Value::from(index));
                         }
-                        plan_steps(&for_each.steps, &format!("{key}[{index}]"), &inner, out)?;
+                        plan_steps(
+                            &for_each.steps,
+                            &format!("{key}[{index}]"),
+                            &inner,
+                            actions,
+                            out,
+                        )?;
                     }
                 }
                 _ => {
@@ -121,8 +170,12 @@ fn plan_steps(
                         input: for_each.items.clone(),
                         when: step.when.clone(),
                         note: Some("items are known only at run time".to_owned()),
+                        timeout: timeout_of(step),
+                        retry: None,
+                        undo: None,
+                        mutates: None,
                     });
-                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, out)?;
+                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, actions, out)?;
                 }
             }
             continue;
@@ -145,13 +198,39 @@ fn plan_steps(
                 if note.is_empty() { "" } else { "; " }
             );
         }
+        let undo = match &step.undo {
+            None => None,
+            Some(undo) => {
+                let input = match template::render(&undo.with, context) {
+                    Ok(input) => input,
+                    Err(error) if error.is_limit() => return Err(limit(&key, "undo.with", error)),
+                    Err(_) => undo.with.clone(),
+                };
+                Some(PlannedUndo {
+                    action: undo.action.clone(),
+                    input,
+                    mutates: mutates(&undo.action),
+                })
+            }
+        };
         out.push(PlannedStep {
-            key,
             action: step.action.clone(),
             input,
             when: step.when.clone(),
             note: (!note.is_empty()).then_some(note),
+            timeout: timeout_of(step),
+            retry: step.retry.as_ref().map(PlannedRetry::from),
+            undo,
+            mutates: mutates(&step.action),
+            key,
         });
     }
     Ok(())
+}
+
+/// A step's timeout as written: a duration, or the template that gives one.
+fn timeout_of(step: &Step) -> Option<String> {
+    step.timeout
+        .map(crate::duration::format)
+        .or_else(|| step.timeout_template.clone())
 }

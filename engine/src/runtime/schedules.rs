@@ -81,12 +81,8 @@ impl Engine {
         let definition = entry
             .definition
             .map_err(|error| invalid(error, "runbook"))?;
-        definition::resolve_params(&definition, &spec.params).map_err(|error| {
-            invalid(
-                format!("schedule {name}: {error}"),
-                &format!("params.{}", error.param),
-            )
-        })?;
+        definition::resolve_params(&definition, &spec.params)
+            .map_err(|error| invalid(format!("schedule {name}: {error}"), &error.field()))?;
         let tz = spec.tz.unwrap_or_else(|| "UTC".to_owned());
         let mut schedule = Schedule {
             id: super::new_run_id(self.inner.clock.now()),
@@ -108,6 +104,7 @@ impl Engine {
             history: Vec::new(),
             classic_weekdays: true,
         };
+        crate::calendar::zone(&schedule.tz).map_err(|message| invalid(message, "tz"))?;
         let calendar = schedule
             .calendar()
             .map_err(|message| invalid(message, "cron"))?;

@@ -321,10 +321,11 @@ fn render_string(text: &str, context: &Value, command: bool) -> Result<String, E
             .as_ref()
             .is_some_and(|collected| collected.exceeded);
     if let Err(error) = result {
-        return Err(classify(
-            &format!("template {}", excerpt(text)),
-            error,
-            too_long,
+        return Err(name_undefined(
+            classify(&format!("template {}", excerpt(text)), error, too_long),
+            text,
+            TemplateKind::Text,
+            context,
         ));
     }
     let rendered = String::from_utf8(output.bytes)
@@ -380,14 +381,60 @@ fn eval_value(expression: &str, context: &Value) -> Result<minijinja::Value, Err
         .map_err(|error| Error::Invalid(format!("{expression:?}: {}", describe(error))))?;
     let value = compiled
         .eval(minijinja::Value::from_serialize(context))
-        .map_err(|error| classify(expression.trim(), error, false))?;
+        .map_err(|error| {
+            name_undefined(
+                classify(expression.trim(), error, false),
+                expression,
+                TemplateKind::Expression,
+                context,
+            )
+        })?;
     if value.is_undefined() {
-        return Err(Error::Invalid(format!(
-            "{}: is undefined",
-            expression.trim()
-        )));
+        return Err(name_undefined(
+            Error::Invalid(format!("{}: is undefined", expression.trim())),
+            expression,
+            TemplateKind::Expression,
+            context,
+        ));
     }
     Ok(value)
+}
+
+/// An error about an undefined value, with the variable that is not there named in front
+/// (minijinja only says "undefined value"): the first name the template reads that `context`
+/// does not have, as far as it goes (`steps.later` when there is no step `later` yet).
+fn name_undefined(error: Error, text: &str, kind: TemplateKind, context: &Value) -> Error {
+    let Error::Invalid(message) = &error else {
+        return error;
+    };
+    if !message.contains("undefined") {
+        return error;
+    }
+    let Ok(names) = referenced_names(text, kind) else {
+        return error;
+    };
+    for name in names {
+        let mut value = context;
+        let mut known = Vec::new();
+        for part in name.split('.') {
+            match value.get(part) {
+                Some(inner) => {
+                    value = inner;
+                    known.push(part);
+                }
+                None => {
+                    // An attribute of something that is not a table (a string's method) is not
+                    // a missing variable.
+                    if !(value.is_object() || known.is_empty()) {
+                        break;
+                    }
+                    known.push(part);
+                    return error.context(&format!("undefined variable `{}`", known.join(".")));
+                }
+            }
+        }
+    }
+    error
 }
 
 /// A rendering error as [`Error`]: a limit, or a mistake. `label` names the template.
@@ -458,6 +505,32 @@ mod tests {
         assert_eq!(
             render(&json!({"x": ["{{ params.n + 1 }}"]}), &context).unwrap(),
             json!({"x": [4]})
+        );
+    }
+
+    #[test]
+    fn an_undefined_variable_is_named() {
+        let context = json!({"params": {"a": 1}, "steps": {"early": {"output": {"x": 1}}}});
+        let error = render(&json!("echo {{ steps.later.output.x }}"), &context).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("undefined variable `steps.later`: template"),
+            "{error}"
+        );
+        let error = render(&json!("{{ steps.early.output.y }}"), &context).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("undefined variable `steps.early.output.y`:"),
+            "{error}"
+        );
+        let error = is_true("params.b == 1", &context).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("undefined variable `params.b`:"),
+            "{error}"
         );
     }
 

@@ -19,10 +19,46 @@ use std::collections::{BTreeMap, HashMap};
 
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::BrokerAdmin as _;
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
 use super::common::{explain, now_ms, with_admin, Admin, BrokerRef, Input};
+
+/// The input of `rocketmq.broker_config` (mutates: `set` changes the broker's config).
+pub const SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional(
+            "broker",
+            Kind::Text,
+            "the broker, by name (or `broker_addr`)",
+        ),
+        optional(
+            "broker_addr",
+            Kind::Text,
+            "the broker, by address host:port",
+        ),
+        optional("key", Kind::Text, "a config key to read"),
+        optional(
+            "set",
+            Kind::Table,
+            "config keys to change (the previous values are kept for undo)",
+        ),
+        optional(
+            "expect",
+            Kind::Table,
+            "config keys that must have these values",
+        ),
+    ],
+};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.broker_config", &input);

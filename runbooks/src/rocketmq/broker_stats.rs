@@ -13,10 +13,40 @@
 use std::collections::BTreeMap;
 
 use rocketmq_client_rust::BrokerAdmin as _;
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::common::{explain, now_ms, with_admin, Input};
+
+/// The input of `rocketmq.broker_stats` (read-only).
+pub const SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional(
+            "broker",
+            Kind::Text,
+            "the broker, by name (or `broker_addr`)",
+        ),
+        optional(
+            "broker_addr",
+            Kind::Text,
+            "the broker, by address host:port",
+        ),
+        optional(
+            "retention",
+            Kind::Duration,
+            "the retention, to report how much of it is left",
+        ),
+    ],
+};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.broker_stats", &input);

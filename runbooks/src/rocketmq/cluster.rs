@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
@@ -20,6 +21,28 @@ use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
 
 /// A broker as the NameServers report it: (cluster, brokerId → addr, the NameServers listing it).
 type Seen = (String, BTreeMap<u64, String>, Vec<String>);
+
+/// The input of `rocketmq.cluster` (read-only).
+pub const SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("cluster", Kind::Text, "report only this cluster's brokers"),
+        optional("broker", Kind::Text, "the broker to report on"),
+        optional(
+            "expect",
+            Kind::Text,
+            "fail unless `broker` is so on every NameServer (needs `broker`)",
+        )
+        .one_of(&["registered", "absent"]),
+    ],
+};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.cluster", &input);

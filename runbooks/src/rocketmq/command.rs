@@ -9,6 +9,7 @@
 //! `command` (as run). Like `exec`, it runs under the exec supervisor: after a daemon crash it
 //! re-attaches to a stop or start command still running instead of running it twice.
 
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture, Exec};
 use runbook_engine::template::shell;
 use serde_json::{json, Value};
@@ -16,10 +17,39 @@ use serde_json::{json, Value};
 use super::common::Input;
 use super::files::{placeholders, vars};
 
+/// The input of `rocketmq.command` (mutates: it stops or starts a broker).
+pub const SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "command",
+            Kind::Text,
+            "the command template, with {{ var }} placeholders",
+        )
+        .required(),
+        optional("vars", Kind::Table, "values of the placeholders"),
+        optional("env", Kind::Table, "environment variables for the command"),
+        optional("cwd", Kind::Text, "the working directory"),
+        optional("parse", Kind::Text, "how to read stdout into `output`")
+            .one_of(&["text", "json", "lines"]),
+        optional(
+            "grace",
+            Kind::Duration,
+            "how long a stopped command has between SIGTERM and SIGKILL",
+        ),
+        optional("regex", Kind::Text, "captures taken from stdout"),
+    ],
+};
+
 /// The `rocketmq.command` action.
 pub struct Command;
 
 impl Action for Command {
+    fn schema(&self) -> &'static Schema {
+        &SCHEMA
+    }
+
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
         Box::pin(async move {
             let (exec_input, command) = exec_input(&input)?;

@@ -19,7 +19,7 @@ use rocketmq_admin_core::client_adapter::{ClientRuntime, ClientRuntimeConfig, Te
 use rocketmq_client_rust::{DefaultMQAdminExt, RouteAdmin as _};
 use rocketmq_protocol::protocol::body::broker_body::cluster_info::ClusterInfo;
 use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
-use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture};
+use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture, Schema};
 use serde_json::Value;
 
 /// How long one request to a NameServer or broker may take.
@@ -120,14 +120,19 @@ pub fn explain<E: std::fmt::Display + 'static>(error: &E) -> String {
     text
 }
 
-/// Wraps an async function as an [`Action`] that stops when the call is cancelled.
-pub struct FnAction<F>(pub F);
+/// Wraps an async function, with the schema of its input, as an [`Action`] that stops when the
+/// call is cancelled.
+pub struct FnAction<F>(pub F, pub &'static Schema);
 
 impl<F, Fut> Action for FnAction<F>
 where
     F: Fn(Value, ActionContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Value, ActionFailure>> + Send + 'static,
 {
+    fn schema(&self) -> &'static Schema {
+        self.1
+    }
+
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
         let cancel = context.cancel.clone();
         let work = (self.0)(input, context);

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _};
 use rocketmq_model::message::MessageQueue;
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
@@ -142,6 +143,43 @@ async fn all_groups(admin: &Admin) -> Result<Vec<String>, ActionFailure> {
     Ok(groups.into_iter().collect())
 }
 
+/// The input of `rocketmq.consumer_progress` (read-only).
+pub const PROGRESS_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("group", Kind::Text, "one consumer group"),
+        optional("groups", Kind::List, "consumer groups"),
+        optional(
+            "topic",
+            Kind::Text,
+            "count only this topic (default groups: those consuming it)",
+        ),
+        optional("broker", Kind::Text, "count only this broker's queues"),
+        optional(
+            "queue_from",
+            Kind::Int,
+            "count only queues with this id or higher",
+        ),
+        optional(
+            "retention",
+            Kind::Duration,
+            "report whether it has passed since `since_ms`",
+        ),
+        optional(
+            "since_ms",
+            Kind::Int,
+            "epoch milliseconds the retention is counted from",
+        ),
+    ],
+};
+
 /// `rocketmq.consumer_progress`: input `namesrv`, and optionally `group` or `groups` (default:
 /// the groups consuming `topic`, or every user group), `topic`, `broker` (count only its
 /// queues), `queue_from` (count only queues with id ≥ this: the queues a shrink removes),
@@ -264,6 +302,33 @@ fn offsets_json(queues: &[QueueProgress], topic: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The input of `rocketmq.reset_offset` (mutates).
+pub const RESET_SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("group", Kind::Text, "the consumer group").required(),
+        optional("topic", Kind::Text, "the topic").required(),
+        optional(
+            "timestamp",
+            Kind::Instant,
+            "reset to the first message stored at or after it",
+        )
+        .required(),
+        optional(
+            "force",
+            Kind::Bool,
+            "reset even ahead of the current offsets (default true)",
+        ),
+    ],
+};
+
 /// `rocketmq.reset_offset`: input `namesrv`, `group`, `topic`, `timestamp` (epoch ms, RFC 3339
 /// or `now`), `force` (true). Saves the current offsets (`previous`), resets the group's offsets
 /// on `topic` to the first message stored at or after `timestamp` (pushed to online consumers;
@@ -378,6 +443,27 @@ async fn verify(
         "group {group} on topic {topic}: the offsets read back do not match ({last_problem}); an online consumer may have overwritten them"
     )))
 }
+
+/// The input of `rocketmq.restore_offsets` (mutates).
+pub const RESTORE_SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("group", Kind::Text, "the consumer group").required(),
+        optional(
+            "offsets",
+            Kind::Records,
+            "[{topic, broker, queue_id, offset}], e.g. a reset's `previous`",
+        )
+        .required(),
+    ],
+};
 
 /// `rocketmq.restore_offsets`: input `namesrv`, `group`, `offsets` (`[{topic, broker, queue_id,
 /// offset}]`, e.g. a reset's `previous`). Writes each offset on its broker (and pushes it to

@@ -17,6 +17,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
@@ -150,6 +151,23 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// The input of `rocketmq.config_file` (mutates).
+pub const CONFIG_FILE_SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "path",
+            Kind::Text,
+            "the broker config file (may use {{ var }} placeholders from `vars`)",
+        )
+        .required(),
+        optional("key", Kind::Text, "the key to set").required(),
+        optional("value", Kind::Scalar, "the value (absent: remove the key)"),
+        optional("vars", Kind::Table, "values of the placeholders in `path`"),
+    ],
+};
+
 /// `rocketmq.config_file`: input `path` (may use `{{ var }}` placeholders from `vars`), `key`,
 /// `value` (null removes the key). Output: `path`, `key`, `previous` (null when absent),
 /// `current`, `changed`.
@@ -231,6 +249,26 @@ pub async fn run_config_file(input: Value, context: ActionContext) -> Result<Val
     ));
     Ok(output)
 }
+
+/// The input of `rocketmq.commitlog_md5` (read-only).
+pub const COMMITLOG_MD5_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "dir",
+            Kind::Text,
+            "the commitlog directory (may use {{ var }} placeholders from `vars`)",
+        )
+        .required(),
+        optional(
+            "count",
+            Kind::Int,
+            "how many of the newest files (default 2)",
+        ),
+        optional("vars", Kind::Table, "values of the placeholders in `dir`"),
+    ],
+};
 
 /// `rocketmq.commitlog_md5`: input `dir` (the broker's commitlog directory; placeholders from
 /// `vars`), `count` (2). Output: `files: [{name, size, md5}]`, newest first (commitlog files are

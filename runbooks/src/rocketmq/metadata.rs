@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{ConsumerAdmin as _, TopicAdmin as _};
 use rocketmq_protocol::protocol::subscription::subscription_group_config::SubscriptionGroupConfig;
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
@@ -24,6 +25,22 @@ use super::common::{
     REQUEST_TIMEOUT,
 };
 use super::topic::{broker_topic_configs, config_json};
+
+/// The input of `rocketmq.copy_metadata` (mutates).
+pub const SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("source", Kind::Text, "the broker to copy from").required(),
+        optional("target", Kind::Text, "the broker to copy to").required(),
+    ],
+};
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.copy_metadata", &input);

@@ -37,22 +37,134 @@ use self::common::FnAction;
 
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
-    registry.register("rocketmq.cluster", FnAction(cluster::run));
-    registry.register("rocketmq.broker_config", FnAction(broker_config::run));
-    registry.register("rocketmq.broker_stats", FnAction(broker_stats::run));
-    registry.register("rocketmq.topic_list", FnAction(topic::run_list));
-    registry.register("rocketmq.topic_route", FnAction(topic::run_route));
-    registry.register("rocketmq.topic_status", FnAction(topic::run_status));
-    registry.register("rocketmq.topic_upsert", FnAction(topic::run_upsert));
-    registry.register("rocketmq.broker_topics", FnAction(topic::run_broker_topics));
-    registry.register("rocketmq.copy_metadata", FnAction(metadata::run));
+    registry.register("rocketmq.cluster", FnAction(cluster::run, &cluster::SCHEMA));
+    registry.register(
+        "rocketmq.broker_config",
+        FnAction(broker_config::run, &broker_config::SCHEMA),
+    );
+    registry.register(
+        "rocketmq.broker_stats",
+        FnAction(broker_stats::run, &broker_stats::SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_list",
+        FnAction(topic::run_list, &topic::LIST_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_route",
+        FnAction(topic::run_route, &topic::ROUTE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_status",
+        FnAction(topic::run_status, &topic::STATUS_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_upsert",
+        FnAction(topic::run_upsert, &topic::UPSERT_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.broker_topics",
+        FnAction(topic::run_broker_topics, &topic::BROKER_TOPICS_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.copy_metadata",
+        FnAction(metadata::run, &metadata::SCHEMA),
+    );
     registry.register(
         "rocketmq.consumer_progress",
-        FnAction(consumer::run_progress),
+        FnAction(consumer::run_progress, &consumer::PROGRESS_SCHEMA),
     );
-    registry.register("rocketmq.reset_offset", FnAction(consumer::run_reset));
-    registry.register("rocketmq.restore_offsets", FnAction(consumer::run_restore));
-    registry.register("rocketmq.config_file", FnAction(files::run_config_file));
-    registry.register("rocketmq.commitlog_md5", FnAction(files::run_commitlog_md5));
+    registry.register(
+        "rocketmq.reset_offset",
+        FnAction(consumer::run_reset, &consumer::RESET_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.restore_offsets",
+        FnAction(consumer::run_restore, &consumer::RESTORE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.config_file",
+        FnAction(files::run_config_file, &files::CONFIG_FILE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.commitlog_md5",
+        FnAction(files::run_commitlog_md5, &files::COMMITLOG_MD5_SCHEMA),
+    );
     registry.register("rocketmq.command", command::Command);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use runbook_engine::action::{ActionContext, LogSink, Recorder, Registry};
+    use serde_json::Value;
+
+    /// The parsing code and the schema must not disagree: for every action, an input built from
+    /// its schema (required keys only, and every key) gets past the action's reading of its
+    /// input. An input mistake is a permanent failure `<action>: <key>: ...`; anything else
+    /// (no NameServer listens on port 1, a file that is not there) means the input was taken.
+    #[tokio::test]
+    async fn every_action_takes_an_input_built_from_its_schema() {
+        let mut registry = Registry::new();
+        super::register(&mut registry);
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = registry
+            .names()
+            .filter(|name| name.starts_with("rocketmq."))
+            .map(str::to_owned)
+            .collect();
+        assert!(names.len() >= 15, "{names:?}");
+        for name in names {
+            let action = registry.get(&name).unwrap();
+            let schema = action.schema();
+            if name == "rocketmq.command" {
+                // It runs a command through `exec`: every key it takes is `exec`'s or its own.
+                for key in schema.keys {
+                    assert!(
+                        ["command", "vars"].contains(&key.name)
+                            || runbook_engine::action::schema::EXEC.key(key.name).is_some(),
+                        "{}",
+                        key.name
+                    );
+                }
+                continue;
+            }
+            for all in [false, true] {
+                let mut input = schema.sample(all);
+                if input.get("namesrv").is_some() {
+                    input["namesrv"] = Value::from("127.0.0.1:1");
+                }
+                assert!(schema.check(&input, true).is_empty(), "{name}: {input}");
+                let context = ActionContext {
+                    run_id: uuid::Uuid::nil(),
+                    step: "s".to_owned(),
+                    attempt: 1,
+                    undo: false,
+                    cancel: tokio_util::sync::CancellationToken::new(),
+                    draining: tokio_util::sync::CancellationToken::new(),
+                    log: LogSink::new(dir.path().join("log")),
+                    state_dir: dir.path().join("state"),
+                    note: None,
+                    recorder: Recorder::discard(),
+                };
+                let result = tokio::time::timeout(
+                    Duration::from_secs(3),
+                    action.call(input.clone(), context),
+                )
+                .await;
+                if let Ok(Err(failure)) = result {
+                    for key in schema.keys {
+                        assert!(
+                            !failure
+                                .message
+                                .starts_with(&format!("{name}: {}:", key.name)),
+                            "{name} refused an input built from its schema ({input}): {}",
+                            failure.message
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -12,6 +12,7 @@ use cheetah_string::CheetahString;
 use rocketmq_client_rust::TopicAdmin as _;
 use rocketmq_model::topic::TopicConfig;
 use rocketmq_protocol::protocol::route::topic_route_data::TopicRouteData;
+use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
@@ -148,6 +149,21 @@ fn route_json(topic: &str, route: &TopicRouteData) -> Value {
     })
 }
 
+/// The input of `rocketmq.topic_route` (read-only).
+pub const ROUTE_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("topic", Kind::Text, "the topic").required(),
+    ],
+};
+
 /// `rocketmq.topic_route`: input `namesrv`, `topic`. Output: `broker_names`, `writable_brokers`,
 /// `by_broker` (`{name: {read_queues, write_queues, perm, writable}}`), `addrs`,
 /// `min_/max_read_queues`, `min_/max_write_queues`. A topic that does not exist fails the step.
@@ -165,6 +181,26 @@ pub async fn run_route(input: Value, context: ActionContext) -> Result<Value, Ac
     })
     .await
 }
+
+/// The input of `rocketmq.topic_list` (read-only).
+pub const LIST_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("cluster", Kind::Text, "only this cluster's topics"),
+        optional(
+            "include_system",
+            Kind::Bool,
+            "list system topics too (default false)",
+        ),
+    ],
+};
 
 /// `rocketmq.topic_list`: input `namesrv`, optional `cluster`, `include_system` (false).
 /// Output: `topics` (sorted).
@@ -224,6 +260,21 @@ pub async fn user_topics(
     topics.dedup();
     Ok(topics)
 }
+
+/// The input of `rocketmq.topic_status` (read-only).
+pub const STATUS_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("topic", Kind::Text, "the topic").required(),
+    ],
+};
 
 /// `rocketmq.topic_status`: input `namesrv`, `topic`. Output: `queues` (`[{broker, queue_id,
 /// min_offset, max_offset, messages, last_update_ms}]`), `total_messages`, `max_offset_total`.
@@ -301,6 +352,47 @@ fn changes_from(input: &Input<'_>) -> Result<Changes, ActionFailure> {
     }
     Ok(changes)
 }
+
+/// The input of `rocketmq.topic_upsert` (mutates).
+pub const UPSERT_SCHEMA: Schema = Schema {
+    mutates: true,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("topic", Kind::Text, "the topic").required(),
+        optional(
+            "brokers",
+            Kind::List,
+            "the brokers to change (default: the topic's route)",
+        ),
+        optional(
+            "cluster",
+            Kind::Text,
+            "change the topic on this cluster's masters",
+        ),
+        optional(
+            "direction",
+            Kind::Text,
+            "refuse a change of queue counts the other way",
+        )
+        .one_of(&["grow", "shrink"]),
+        optional("read_queues", Kind::Int, "read queue count"),
+        optional("write_queues", Kind::Int, "write queue count"),
+        optional("perm", Kind::Int, "permission: 2 write, 4 read, 6 both"),
+        optional("order", Kind::Bool, "an ordered topic"),
+        optional("attributes", Kind::Table, "topic attributes"),
+        optional(
+            "restore",
+            Kind::Records,
+            "a previous output's `brokers`: put each `previous` back",
+        ),
+    ],
+};
 
 /// `rocketmq.topic_upsert`: input `namesrv`, `topic`, and the fields to change: `read_queues`,
 /// `write_queues`, `perm`, `order`, `attributes` (a table). Targets: `brokers` (names) or
@@ -469,6 +561,32 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
 fn input_has_restore(restore: &[(String, Changes)]) -> bool {
     !restore.is_empty()
 }
+
+/// The input of `rocketmq.broker_topics` (read-only).
+pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("broker", Kind::Text, "the broker").required(),
+        optional(
+            "like",
+            Kind::Text,
+            "another broker: report the topics it serves that `broker` does not",
+        ),
+        optional(
+            "expect",
+            Kind::Text,
+            "fail when a topic is written only through `broker`",
+        )
+        .one_of(&["replaceable"]),
+    ],
+};
 
 /// `rocketmq.broker_topics`: which user topics a broker serves, and whether another writable
 /// broker serves them too. Input: `namesrv`, `broker`, optional `like` (another broker: report
