@@ -1,7 +1,10 @@
 //! `rocketmq.broker_config`: read a broker's runtime config, or change keys and check that the
 //! broker really holds the new values.
 //!
-//! Input: `namesrv`, `broker` (name) or `broker_addr`, and any of: `key` (read one key into
+//! Input: `namesrv`, `broker` (name) or `broker_addr`, `replicas` (true: apply `set` and
+//! `expect` to every broker process registered under the brokerName, slaves first then the
+//! master, each read back; output `replicas: [{addr, id, role, previous, current}]`, and
+//! `previous`/`current` of the master), and any of: `key` (read one key into
 //! `value`), `set` (a table `{key = value}` to apply), `expect` (a table that must hold, or the
 //! step fails).
 //!
@@ -32,9 +35,70 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     let key = input.opt_string("key")?;
     let set = table(&input, "set")?;
     let expect = table(&input, "expect")?;
+    let replicas = input.bool_or("replicas", false)?;
+    if replicas && broker.is_none() {
+        return Err(input.bad("replicas", "needs `broker` (the group's brokerName)"));
+    }
+    if replicas && key.is_some() {
+        return Err(input.bad("replicas", "reads one broker: drop `key`, or `replicas`"));
+    }
     with_admin(&namesrv, |admin| async move {
+        if replicas {
+            let name = broker.unwrap_or_default();
+            let brokers = admin.brokers().await?;
+            let entry = brokers.get(&name).ok_or_else(|| {
+                ActionFailure::permanent(format!("broker {name} is not registered on namesrv {}", admin.namesrv))
+            })?;
+            if entry.master().is_none() {
+                return Err(ActionFailure::retryable(format!(
+                    "broker {name} has no master (brokerId 0) registered on namesrv {}: a failover may be under way",
+                    admin.namesrv
+                )));
+            }
+            // Slaves first, the master last: a client keeps writing to the master only.
+            let mut targets: Vec<(u64, String)> = entry.addrs.iter().map(|(id, addr)| (*id, addr.clone())).collect();
+            targets.sort_by_key(|(id, _)| (*id == 0, std::cmp::Reverse(*id)));
+            let mut outputs = Vec::new();
+            for (id, addr) in &targets {
+                let target = BrokerRef { name: name.clone(), addr: addr.clone() };
+                let mut one = apply(&admin, &target, &set, &expect, None, &context).await?;
+                one["id"] = json!(id);
+                one["role"] = json!(if *id == 0 { "master" } else { "slave" });
+                outputs.push(one);
+            }
+            let master = outputs.iter().find(|one| one["id"] == json!(0)).cloned().unwrap_or_default();
+            let mut output = json!({
+                "broker": name,
+                "addr": master["addr"],
+                "replicas": outputs,
+                "replica_count": targets.len(),
+                "observed_at_ms": now_ms(),
+            });
+            for field in ["previous", "current", "expected"] {
+                if let Some(value) = master.get(field) {
+                    output[field] = value.clone();
+                }
+            }
+            output["changed"] = json!(outputs.iter().any(|one| one["changed"] == json!(true)));
+            return Ok(output);
+        }
         let target = admin.resolve_broker(broker.as_deref(), broker_addr.as_deref()).await?;
-        let before = read(&admin, &target).await?;
+        apply(&admin, &target, &set, &expect, key.as_deref(), &context).await
+    })
+    .await
+}
+
+/// Applies `set`, checks `expect` and reads `key` on one broker process.
+async fn apply(
+    admin: &Admin,
+    target: &BrokerRef,
+    set: &BTreeMap<String, String>,
+    expect: &BTreeMap<String, String>,
+    key: Option<&str>,
+    context: &ActionContext,
+) -> Result<Value, ActionFailure> {
+    {
+        let before = read(admin, target).await?;
         let mut output = json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
 
         if !set.is_empty() {
@@ -55,9 +119,9 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             } else {
                 context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
             }
-            let after = read(&admin, &target).await?;
+            let after = read(admin, target).await?;
             let mut current = Map::new();
-            for (key, wanted) in &set {
+            for (key, wanted) in set {
                 let actual = after.get(key);
                 if actual != Some(wanted) {
                     return Err(ActionFailure::permanent(format!(
@@ -76,8 +140,8 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
         }
 
         if !expect.is_empty() {
-            let now = read(&admin, &target).await?;
-            for (key, wanted) in &expect {
+            let now = read(admin, target).await?;
+            for (key, wanted) in expect {
                 let actual = now.get(key);
                 if actual != Some(wanted) {
                     return Err(ActionFailure::permanent(format!(
@@ -93,7 +157,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             output["expected"] = Value::Object(checked);
         }
 
-        if let Some(key) = &key {
+        if let Some(key) = key {
             let value = before.get(key).ok_or_else(|| ActionFailure::permanent(format!("broker {} ({}) has no config key {key}", target.name, target.addr)))?;
             output["key"] = json!(key);
             output["value"] = json!(value);
@@ -102,8 +166,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             output["config"] = json!(before);
         }
         Ok(output)
-    })
-    .await
+    }
 }
 
 /// The broker's config as it reports it now.
