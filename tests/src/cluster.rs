@@ -256,17 +256,26 @@ impl Cluster {
     /// The stop command template by broker address: `{{ broker_addr }}` picks the process, so
     /// it serves masters and slaves alike.
     pub fn stop_command_by_addr(&self) -> String {
-        format!("sh {}/addr/{{{{ broker_addr }}}}/stop.sh", self.dir.display())
+        format!(
+            "sh {}/addr/{{{{ broker_addr }}}}/stop.sh",
+            self.dir.display()
+        )
     }
 
     /// The start command template by broker address.
     pub fn start_command_by_addr(&self) -> String {
-        format!("sh {}/addr/{{{{ broker_addr }}}}/start.sh", self.dir.display())
+        format!(
+            "sh {}/addr/{{{{ broker_addr }}}}/start.sh",
+            self.dir.display()
+        )
     }
 
     /// The config path template by broker address.
     pub fn config_template_by_addr(&self) -> String {
-        format!("{}/addr/{{{{ broker_addr }}}}/broker.conf", self.dir.display())
+        format!(
+            "{}/addr/{{{{ broker_addr }}}}/broker.conf",
+            self.dir.display()
+        )
     }
 
     /// The size in bytes of a broker's commitlog files (what it stored or replicated).
@@ -279,7 +288,10 @@ impl Cluster {
         };
         for entry in entries {
             let data = std::fs::read(entry?.path())?;
-            total += data.iter().rposition(|byte| *byte != 0).map_or(0, |at| at as u64 + 1);
+            total += data
+                .iter()
+                .rposition(|byte| *byte != 0)
+                .map_or(0, |at| at as u64 + 1);
         }
         Ok(total)
     }
@@ -905,7 +917,10 @@ impl Consumer {
 
     /// The message keys received so far.
     pub fn keys(&self) -> BTreeSet<String> {
-        self.keys.lock().map(|keys| keys.clone()).unwrap_or_default()
+        self.keys
+            .lock()
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
     }
 
     /// Waits until every key in `keys` arrived; fails naming the missing ones.

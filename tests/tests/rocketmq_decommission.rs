@@ -178,14 +178,20 @@ fn command_of(shown: &serde_json::Value, prefix: &str, suffix: &str) -> Vec<Stri
                         .as_str()
                         .is_some_and(|id| id.starts_with(prefix) && id.ends_with(suffix))
                 })
-                .map(|step| step["output"]["command"].as_str().unwrap_or_default().to_owned())
+                .map(|step| {
+                    step["output"]["command"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                })
                 .collect()
         })
         .unwrap_or_default()
 }
 
 #[test]
-fn decommission_makes_every_replica_read_only_and_stops_the_slave_before_the_master() -> Result<()> {
+fn decommission_makes_every_replica_read_only_and_stops_the_slave_before_the_master() -> Result<()>
+{
     let cluster = Cluster::start_groups(1, &["broker-a", "broker-b"], 1)?;
     cluster.create_topic("PayTopic", &["broker-a", "broker-b"], 2)?;
     let producer = cluster.producer()?;
@@ -318,9 +324,8 @@ fn a_second_decommission_in_the_cluster_is_refused_while_one_runs() -> Result<()
             ("stop_command", cluster.stop_command()),
         ]
     };
-    let as_refs = |params: &[(&'static str, String)]| -> Vec<(&'static str, String)> {
-        params.to_vec()
-    };
+    let as_refs =
+        |params: &[(&'static str, String)]| -> Vec<(&'static str, String)> { params.to_vec() };
     let first_params = as_refs(&params("broker-a"));
     let first: Vec<(&str, &str)> = first_params
         .iter()
@@ -334,7 +339,13 @@ fn a_second_decommission_in_the_cluster_is_refused_while_one_runs() -> Result<()
     let run = daemon.start_run("rocketmq.broker.decommission", &first)?;
     let other = daemon.start_run("rocketmq.broker.decommission", &second);
     let keys = traffic_until(
-        &daemon, &producer, "PairTopic", "pair", &run, "approve", "waiting",
+        &daemon,
+        &producer,
+        "PairTopic",
+        "pair",
+        &run,
+        "approve",
+        "waiting",
     )?;
     assert!(
         other.is_err(),

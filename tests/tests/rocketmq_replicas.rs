@@ -28,7 +28,9 @@ fn slave_registers_under_its_own_id_and_answers_admin_requests() -> Result<()> {
         ]
     );
     assert_eq!(
-        cluster.broker_config("broker-a-s1", "brokerRole")?.as_deref(),
+        cluster
+            .broker_config("broker-a-s1", "brokerRole")?
+            .as_deref(),
         Some("SLAVE")
     );
     assert_eq!(

@@ -173,7 +173,11 @@ fn namesrv_migration_moves_every_slave_too_slaves_first() -> Result<()> {
         .map(|steps| {
             steps
                 .iter()
-                .filter(|step| step["id"].as_str().is_some_and(|id| id.starts_with("roll[")))
+                .filter(|step| {
+                    step["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("roll["))
+                })
                 .collect()
         })
         .unwrap_or_default();

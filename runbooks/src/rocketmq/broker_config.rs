@@ -99,25 +99,58 @@ async fn apply(
 ) -> Result<Value, ActionFailure> {
     {
         let before = read(admin, target).await?;
-        let mut output = json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
+        let mut output =
+            json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
 
         if !set.is_empty() {
-            let previous: Map<String, Value> = set.keys().map(|key| (key.clone(), before.get(key).map_or(Value::Null, |value| json!(value)))).collect();
+            let previous: Map<String, Value> = set
+                .keys()
+                .map(|key| {
+                    (
+                        key.clone(),
+                        before.get(key).map_or(Value::Null, |value| json!(value)),
+                    )
+                })
+                .collect();
             let differing: HashMap<CheetahString, CheetahString> = set
                 .iter()
                 .filter(|(key, value)| before.get(*key) != Some(*value))
-                .map(|(key, value)| (CheetahString::from(key.as_str()), CheetahString::from(value.as_str())))
+                .map(|(key, value)| {
+                    (
+                        CheetahString::from(key.as_str()),
+                        CheetahString::from(value.as_str()),
+                    )
+                })
                 .collect();
             let changed = !differing.is_empty();
             if changed {
-                context.log.line(&format!("broker {} ({}): setting {}", target.name, target.addr, describe(&set, &before)));
+                context.log.line(&format!(
+                    "broker {} ({}): setting {}",
+                    target.name,
+                    target.addr,
+                    describe(set, &before)
+                ));
                 let refused = |error| {
                     let error = explain(&error);
-                    ActionFailure::retryable(format!("broker {} ({}) refused {}: {error}", target.name, target.addr, describe(&set, &before)))
+                    ActionFailure::retryable(format!(
+                        "broker {} ({}) refused {}: {error}",
+                        target.name,
+                        target.addr,
+                        describe(set, &before)
+                    ))
                 };
-                admin.inner.update_broker_config(target.addr(), differing).await.map_err(refused)?;
+                admin
+                    .inner
+                    .update_broker_config(target.addr(), differing)
+                    .await
+                    .map_err(refused)?;
             } else {
-                context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
+                context.log.line(&format!(
+                    "broker {} ({}): already {}",
+                    target.name,
+                    target.addr,
+                    describe(set, &before)
+                ));
             }
             let after = read(admin, target).await?;
             let mut current = Map::new();
@@ -133,7 +166,11 @@ async fn apply(
                 }
                 current.insert(key.clone(), json!(wanted));
             }
-            context.log.line(&format!("broker {}: read back {}", target.name, Value::Object(current.clone())));
+            context.log.line(&format!(
+                "broker {}: read back {}",
+                target.name,
+                Value::Object(current.clone())
+            ));
             output["previous"] = Value::Object(previous);
             output["current"] = Value::Object(current);
             output["changed"] = json!(changed);
@@ -152,13 +189,25 @@ async fn apply(
                     )));
                 }
             }
-            context.log.line(&format!("broker {}: as expected: {}", target.name, describe(&expect, &now)));
-            let checked: Map<String, Value> = expect.iter().map(|(key, value)| (key.clone(), json!(value))).collect();
+            context.log.line(&format!(
+                "broker {}: as expected: {}",
+                target.name,
+                describe(expect, &now)
+            ));
+            let checked: Map<String, Value> = expect
+                .iter()
+                .map(|(key, value)| (key.clone(), json!(value)))
+                .collect();
             output["expected"] = Value::Object(checked);
         }
 
         if let Some(key) = key {
-            let value = before.get(key).ok_or_else(|| ActionFailure::permanent(format!("broker {} ({}) has no config key {key}", target.name, target.addr)))?;
+            let value = before.get(key).ok_or_else(|| {
+                ActionFailure::permanent(format!(
+                    "broker {} ({}) has no config key {key}",
+                    target.name, target.addr
+                ))
+            })?;
             output["key"] = json!(key);
             output["value"] = json!(value);
         }

@@ -29,6 +29,9 @@ use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
 /// A broker as the NameServers report it: (cluster, brokerId → addr, the NameServers listing it).
 type Seen = (String, BTreeMap<u64, String>, Vec<String>);
 
+/// One broker process: (brokerName, brokerId, address).
+type Process = (String, u64, String);
+
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.cluster", &input);
     let namesrvs = input.namesrv()?;
@@ -51,7 +54,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     // broker name → (cluster, id → addr, the NameServers that list it)
     let mut seen: BTreeMap<String, Seen> = BTreeMap::new();
     // (broker name, id, addr) → the NameServers listing that process
-    let mut processes: BTreeMap<(String, u64, String), Vec<String>> = BTreeMap::new();
+    let mut processes: BTreeMap<Process, Vec<String>> = BTreeMap::new();
     let mut by_namesrv = serde_json::Map::new();
     let mut known_clusters = BTreeSet::new();
     for namesrv in &namesrvs {
@@ -111,8 +114,10 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     }
     let cluster_of = |name: &str| seen.get(name).map(|(cluster, _, _)| cluster.clone());
     // Slaves first (highest brokerId first), the master last, group by group.
-    let mut ordered: Vec<(&(String, u64, String), &Vec<String>)> = processes.iter().collect();
-    ordered.sort_by(|(a, _), (b, _)| (&a.0, a.1 == 0, std::cmp::Reverse(a.1)).cmp(&(&b.0, b.1 == 0, std::cmp::Reverse(b.1))));
+    let mut ordered: Vec<(&Process, &Vec<String>)> = processes.iter().collect();
+    ordered.sort_by(|(a, _), (b, _)| {
+        (&a.0, a.1 == 0, std::cmp::Reverse(a.1)).cmp(&(&b.0, b.1 == 0, std::cmp::Reverse(b.1)))
+    });
     let replicas: Vec<Value> = ordered
         .iter()
         .map(|((name, id, addr), on)| {
@@ -175,7 +180,10 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             }
             _ => {}
         }
-        let group: Vec<&Value> = replicas.iter().filter(|replica| replica["broker"] == json!(name)).collect();
+        let group: Vec<&Value> = replicas
+            .iter()
+            .filter(|replica| replica["broker"] == json!(name))
+            .collect();
         output["broker"] = json!({
             "name": name,
             "addr": addr,
@@ -198,7 +206,10 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 .collect();
             on.sort();
             on.dedup();
-            let missing: Vec<&String> = namesrvs.iter().filter(|namesrv| !on.contains(namesrv)).collect();
+            let missing: Vec<&String> = namesrvs
+                .iter()
+                .filter(|namesrv| !on.contains(namesrv))
+                .collect();
             all_registered &= missing.is_empty();
             all_absent &= on.is_empty();
             context.log.line(&format!(
@@ -206,7 +217,10 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 on.len(),
                 namesrvs.len()
             ));
-            by_addr.insert(wanted.clone(), json!({"registered_on": on, "missing_on": missing}));
+            by_addr.insert(
+                wanted.clone(),
+                json!({"registered_on": on, "missing_on": missing}),
+            );
         }
         output["by_addr"] = Value::Object(by_addr);
         output["addrs_registered_everywhere"] = json!(all_registered);
