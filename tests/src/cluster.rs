@@ -426,6 +426,41 @@ impl Cluster {
         script(&self.broker(name)?.dir.join("stop.sh"))
     }
 
+    /// Kills a broker process with SIGKILL (no unregistration: the NameServers keep listing it
+    /// until its registration expires).
+    pub fn kill_broker(&self, key: &str) -> Result<()> {
+        let broker = self.broker(key)?;
+        let text = std::fs::read_to_string(&broker.pid_file)
+            .with_context(|| format!("broker {key} is not running"))?;
+        let pid: i32 = text.trim().parse().context("a broker pid file")?;
+        // SAFETY: signalling a pid this harness started (from its own pid file).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks whether the process still exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&broker.pid_file);
+        Ok(())
+    }
+
+    /// Freezes (`SIGSTOP`, `freeze = true`) or thaws (`SIGCONT`) a broker process: frozen, it
+    /// keeps its connections and its registration but answers nothing.
+    pub fn freeze_broker(&self, key: &str, freeze: bool) -> Result<()> {
+        let broker = self.broker(key)?;
+        let text = std::fs::read_to_string(&broker.pid_file)
+            .with_context(|| format!("broker {key} is not running"))?;
+        let pid: i32 = text.trim().parse().context("a broker pid file")?;
+        let signal = if freeze { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling a pid this harness started (from its own pid file).
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        Ok(())
+    }
+
     /// Adds and starts a new broker, and waits until it is registered.
     pub fn add_broker(&mut self, name: &str) -> Result<Broker> {
         let broker = self.prepare_broker(name, None)?;
@@ -866,6 +901,45 @@ impl Producer {
             }
             if acked.is_empty() && count > 0 {
                 bail!("no message to {topic} was acknowledged; the last answer: {last_error}");
+            }
+            Ok(acked)
+        })
+    }
+
+    /// Sends `count` delayed messages (delay level `level`: 1 = 1 s, 3 = 10 s, 4 = 30 s) with
+    /// keys `<prefix>-0`.. to queue 0 of `topic` on `broker`; returns the acknowledged keys.
+    pub fn send_delayed_to_broker(
+        &self,
+        topic: &str,
+        broker: &str,
+        prefix: &str,
+        count: usize,
+        level: i32,
+    ) -> Result<Vec<String>> {
+        let producer = self.inner()?;
+        self.runtime.block_on(async {
+            let mut acked = Vec::new();
+            for index in 0..count {
+                let key = format!("{prefix}-{index}");
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .keys(vec![key.clone()])
+                    .delay_level(level)
+                    .body_slice(key.as_bytes())
+                    .build_unchecked();
+                match producer
+                    .send_to_queue_with_timeout(
+                        message,
+                        MessageQueue::from_parts(topic, broker, 0),
+                        5000,
+                    )
+                    .await
+                {
+                    Ok(Some(result)) if result.send_status == SendStatus::SendOk => acked.push(key),
+                    Ok(other) => bail!("sending delayed {key} to {topic} on {broker}: {other:?}"),
+                    Err(error) => bail!("sending delayed {key} to {topic} on {broker}: {error}"),
+                }
             }
             Ok(acked)
         })

@@ -420,3 +420,41 @@ fn a_group_without_consumer_is_listed_and_excluded_through_an_approval() -> Resu
     live.wait_keys(&keys, LONG)?;
     Ok(())
 }
+
+#[test]
+fn delayed_messages_keep_the_broker_until_they_are_delivered_and_consumed() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a", "broker-b"])?;
+    cluster.create_topic("PayTopic", &["broker-a", "broker-b"], 2)?;
+    let producer = cluster.producer()?;
+    let consumer = cluster.consumer("pay_group", "PayTopic")?;
+    // Due in 30 s, stored on broker-b: they are delivered there, after the run started.
+    let delayed = producer.send_delayed_to_broker("PayTopic", "broker-b", "delayed", 5, 4)?;
+    assert_eq!(delayed.len(), 5);
+    let daemon = Daemon::start()?;
+    let run = daemon.start_run(
+        "rocketmq.broker.decommission",
+        &[
+            ("namesrv", &cluster.namesrv()),
+            ("cluster", "TestCluster"),
+            ("broker", "broker-b"),
+            ("broker_config", &cluster.config_template()),
+            ("retention", "1s"),
+            ("route_refresh", "1s"),
+            ("stop_command", &cluster.stop_command()),
+        ],
+    )?;
+    let mut keys = traffic_until(
+        &daemon, &producer, "PayTopic", "during", &run, "approve", "waiting",
+    )?;
+    // At the gate, before anything is stopped, the delayed messages were delivered and consumed.
+    let have = consumer.keys();
+    let missing: Vec<&String> = delayed.iter().filter(|key| !have.contains(*key)).collect();
+    assert!(
+        missing.is_empty(),
+        "the run reached its stop gate with delayed message(s) {missing:?} not delivered and consumed: {}",
+        daemon.show(&run)?
+    );
+    keys.extend(delayed);
+    consumer.wait_keys(&keys, LONG)?;
+    Ok(())
+}

@@ -3,7 +3,9 @@
 //! Input: `namesrv`, `broker` or `broker_addr`, optional `retention` (a duration such as `72h`).
 //!
 //! Output: `file_reserved_time_hours` and `delete_when` (the broker's own retention settings),
-//! `delayed_backlog` (`scheduleMessageOffset_*`, null when the broker does not report them),
+//! `delayed_backlog` (messages from `scheduleMessageOffset_*`; a broker that does not report them,
+//! like the Rust broker, gets the number of delay levels of `SCHEDULE_TOPIC_XXXX` whose newest
+//! message is not due yet, and `delayed_due_at_ms`),
 //! `timer_backlog` (`timerCongestNum` + `timerOffsetBehind`, null when not reported),
 //! `half_backlog` (half messages on this broker the transaction check has not passed yet),
 //! `backlog_total`, `backlog_not_reported`, `put_tps` (messages/s over the broker's shortest window), `get_tps`,
@@ -17,7 +19,7 @@
 
 use std::collections::BTreeMap;
 
-use rocketmq_client_rust::{BrokerAdmin as _, ConsumerAdmin as _};
+use rocketmq_client_rust::{BrokerAdmin as _, ConsumerAdmin as _, TopicAdmin as _};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
@@ -89,7 +91,49 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 }
             }
         }
-        let schedule_backlog = (schedule_levels > 0).then_some(schedule_backlog);
+        let mut schedule_backlog = (schedule_levels > 0).then_some(schedule_backlog);
+        let mut delayed_due_at_ms: Option<i64> = None;
+        if schedule_backlog.is_none() {
+            // Brokers that do not report scheduleMessageOffset_* (the Rust broker): a delay
+            // level's queue (queueId = level - 1) of SCHEDULE_TOPIC_XXXX may still hold an
+            // undelivered message until its newest message is due: stored + the level's delay.
+            let levels: Vec<Option<i64>> = config_value("messageDelayLevel")
+                .unwrap_or_else(|| "1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m 30m 1h 2h".to_owned())
+                .split_whitespace()
+                .map(|level| runbook_engine::duration::parse(level).ok().map(|delay| delay.as_millis() as i64))
+                .collect();
+            match admin
+                .inner
+                .examine_topic_stats(cheetah_string::CheetahString::from("SCHEDULE_TOPIC_XXXX"), Some(target.addr()))
+                .await
+            {
+                Ok(stats) => {
+                    let mut pending = 0;
+                    for (queue, offset) in stats.get_offset_table() {
+                        if offset.get_max_offset() <= offset.get_min_offset().max(0) {
+                            continue;
+                        }
+                        let delay = usize::try_from(queue.queue_id()).ok().and_then(|index| levels.get(index).copied().flatten());
+                        // An unknown level: its messages are pending until somebody looks.
+                        let due = delay.map_or(i64::MAX, |delay| offset.get_last_update_timestamp().saturating_add(delay));
+                        if due > now {
+                            pending += 1;
+                            delayed_due_at_ms = Some(delayed_due_at_ms.map_or(due, |at: i64| at.max(due)));
+                        }
+                    }
+                    schedule_backlog = Some(pending);
+                }
+                Err(error) if matches!(error.broker_response_code(), Some(17)) => schedule_backlog = Some(0),
+                Err(error) => {
+                    return Err(ActionFailure::retryable(format!(
+                        "broker {} ({}) did not return the stats of SCHEDULE_TOPIC_XXXX: {}",
+                        target.name,
+                        target.addr,
+                        explain(&error)
+                    )))
+                }
+            }
+        }
         let timer_backlog = match (integer(raw.get("timerCongestNum")), integer(raw.get("timerOffsetBehind"))) {
             (None, None) => None,
             (congested, behind) => Some(congested.unwrap_or(0).max(0) + behind.unwrap_or(0).max(0)),
@@ -150,6 +194,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             "file_reserved_time_hours": file_reserved_time.as_deref().and_then(|text| text.trim().parse::<i64>().ok()),
             "delete_when": delete_when,
             "delayed_backlog": schedule_backlog,
+            "delayed_due_at_ms": delayed_due_at_ms,
             "timer_backlog": timer_backlog,
             "half_backlog": half_backlog,
             "backlog_not_reported": unknown,
