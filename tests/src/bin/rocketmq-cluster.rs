@@ -86,23 +86,24 @@ fn main() -> Result<()> {
     println!("              {}", cluster.start_command_by_addr());
     println!("              {}", cluster.config_template_by_addr());
     println!();
+    let group = names
+        .get(1)
+        .or_else(|| names.first())
+        .copied()
+        .unwrap_or("broker-a");
     println!(
-        "e.g.: runbook start rocketmq.broker.decommission -p namesrv='{}' -p broker=broker-b \\",
-        cluster.namesrv()
+        "e.g.: runbook start rocketmq.broker.decommission -p namesrv='{}' -p cluster={} -p broker={group} \\",
+        cluster.namesrv(),
+        cluster.name
     );
-    if let Some(broker) = cluster
-        .brokers
-        .values()
-        .nth(1)
-        .or_else(|| cluster.brokers.values().next())
-    {
-        println!(
-            "        -p broker_addr={} -p broker_config={} -p retention=30s \\",
-            broker.addr,
-            broker.config.display()
-        );
-    }
-    println!("        -p stop_command='{}'", cluster.stop_command());
+    println!(
+        "        -p broker_config='{}' -p retention=30s \\",
+        cluster.config_template_by_addr()
+    );
+    println!(
+        "        -p stop_command='{}'",
+        cluster.stop_command_by_addr()
+    );
     println!();
     println!("Ctrl-C stops every process.");
     wait_for_interrupt()?;
