@@ -7,7 +7,8 @@
 //! like the Rust broker, gets the number of delay levels of `SCHEDULE_TOPIC_XXXX` whose newest
 //! message is not due yet, and `delayed_due_at_ms`),
 //! `timer_backlog` (`timerCongestNum` + `timerOffsetBehind`, null when not reported),
-//! `half_backlog` (half messages on this broker the transaction check has not passed yet),
+//! `half_backlog` (half messages on this broker the transaction check, group `CID_RMQ_SYS_TRANS`,
+//! has not passed yet),
 //! `backlog_total`, `backlog_not_reported`, `put_tps` (messages/s over the broker's shortest window), `get_tps`,
 //! `put_total_today`, `earliest_message_time_ms` (null when the store holds no message),
 //! `earliest_message_age_ms`, `commit_log_min_offset`, `commit_log_max_offset`, `has_messages`,
@@ -142,7 +143,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
         let half_backlog = match admin
             .inner
             .examine_consume_stats(
-                cheetah_string::CheetahString::from("CID_SYS_RMQ_TRANS"),
+                cheetah_string::CheetahString::from(rocketmq_model::common::mix_all::CID_SYS_RMQ_TRANS),
                 Some(cheetah_string::CheetahString::from("RMQ_SYS_TRANS_HALF_TOPIC")),
                 None,
                 Some(target.addr()),
