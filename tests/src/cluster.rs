@@ -27,8 +27,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
     BrokerAdmin as _, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQAdminExt,
-    DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer as _, MessageListenerConcurrently,
-    RouteAdmin as _, TopicAdmin as _,
+    DefaultMQProducer, DefaultMQPushConsumer, LocalTransactionState, MQPushConsumer as _,
+    MessageListenerConcurrently, RouteAdmin as _, TopicAdmin as _, TransactionListener,
+    TransactionMQProducer,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
@@ -357,7 +358,7 @@ impl Cluster {
                 "brokerClusterName={cluster}\nbrokerName={name}\nbrokerId={id}\nnamesrvAddr={namesrv}\nbrokerIP1=127.0.0.1\nlistenPort={port}\nhaListenPort={ha}\n\
                  storePathRootDir={store}\nstorePathCommitLog={commitlog}\nmappedFileSizeCommitLog=1048576\nfileReservedTime=72\ndeleteWhen=04\n\
                  diskMaxUsedSpaceRatio=96\ndiskSpaceCleanForciblyRatio=97\ndiskSpaceWarningLevelRatio=98\n\
-                 {role}flushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\n",
+                 {role}flushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\ntransactionCheckInterval=3000\n",
                 cluster = self.name,
                 ha = port + 1,
                 store = store.display(),
@@ -692,6 +693,32 @@ impl Cluster {
         })
     }
 
+    /// A started transactional producer whose local transactions stay undecided (the broker
+    /// keeps their half messages and asks back) until [`TxProducer::decide`] commits them.
+    pub fn tx_producer(&self) -> Result<TxProducer> {
+        let namesrv = self.namesrv();
+        let commit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = Undecided(Arc::clone(&commit));
+        let producer = self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut producer = TransactionMQProducer::builder(runtime)
+                .producer_group(format!("test_tx_producer_{}", next_id()))
+                .name_server_addr(namesrv)
+                .transaction_listener(listener)
+                .build();
+            producer
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting a transactional producer: {error}"))?;
+            Ok::<_, anyhow::Error>(producer)
+        })?;
+        Ok(TxProducer {
+            producer: Some(producer),
+            commit,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
     /// A started push consumer of `topic` in `group`, counting what it receives.
     pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer> {
         let namesrv = self.namesrv();
@@ -968,6 +995,82 @@ impl Producer {
 }
 
 impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some(mut producer) = self.producer.take() {
+            self.runtime
+                .block_on(async move { producer.shutdown().await });
+        }
+    }
+}
+
+struct Undecided(Arc<std::sync::atomic::AtomicBool>);
+
+impl TransactionListener for Undecided {
+    fn execute_local_transaction(
+        &self,
+        _message: &dyn rocketmq_model::common::message::MessageTrait,
+        _arg: Option<&(dyn std::any::Any + Send + Sync)>,
+    ) -> LocalTransactionState {
+        LocalTransactionState::Unknown
+    }
+
+    fn check_local_transaction(&self, _message: &MessageExt) -> LocalTransactionState {
+        if self.0.load(Ordering::SeqCst) {
+            LocalTransactionState::CommitMessage
+        } else {
+            LocalTransactionState::Unknown
+        }
+    }
+}
+
+/// A test transactional producer: its half messages wait for [`TxProducer::decide`].
+pub struct TxProducer {
+    producer: Option<TransactionMQProducer>,
+    commit: Arc<std::sync::atomic::AtomicBool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TxProducer {
+    /// Sends `count` half messages with keys `<prefix>-0`.. to `topic`; returns the keys the
+    /// brokers stored as half messages.
+    pub fn send_half(&self, topic: &str, prefix: &str, count: usize) -> Result<Vec<String>> {
+        let producer = self
+            .producer
+            .as_ref()
+            .ok_or_else(|| anyhow!("the producer was shut down"))?;
+        self.runtime.block_on(async {
+            let mut stored = Vec::new();
+            for index in 0..count {
+                let key = format!("{prefix}-{index}");
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .keys(vec![key.clone()])
+                    .body_slice(key.as_bytes())
+                    .build_unchecked();
+                let result = producer
+                    .send_message_in_transaction::<(), _>(message, None)
+                    .await
+                    .map_err(|error| anyhow!("sending half message {key} to {topic}: {error}"))?;
+                if result
+                    .send_result
+                    .as_ref()
+                    .is_some_and(|sent| sent.send_status == SendStatus::SendOk)
+                {
+                    stored.push(key);
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    /// From now on, the broker's transaction check is answered "commit".
+    pub fn decide(&self) {
+        self.commit.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TxProducer {
     fn drop(&mut self) {
         if let Some(mut producer) = self.producer.take() {
             self.runtime

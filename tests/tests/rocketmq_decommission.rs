@@ -458,3 +458,57 @@ fn delayed_messages_keep_the_broker_until_they_are_delivered_and_consumed() -> R
     consumer.wait_keys(&keys, LONG)?;
     Ok(())
 }
+
+#[test]
+fn undecided_transactions_keep_the_broker_until_they_are_decided_and_consumed() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a", "broker-b"])?;
+    cluster.create_topic("TxTopic", &["broker-a", "broker-b"], 2)?;
+    let consumer = cluster.consumer("tx_group", "TxTopic")?;
+    let tx = cluster.tx_producer()?;
+    // Half messages on both brokers, their transactions undecided.
+    let half = tx.send_half("TxTopic", "half", 8)?;
+    assert_eq!(half.len(), 8);
+    let producer = cluster.producer()?;
+    let daemon = Daemon::start()?;
+    let started = std::time::Instant::now();
+    let run = daemon.start_run(
+        "rocketmq.broker.decommission",
+        &[
+            ("namesrv", &cluster.namesrv()),
+            ("cluster", "TestCluster"),
+            ("broker", "broker-b"),
+            ("broker_config", &cluster.config_template()),
+            ("retention", "1s"),
+            ("route_refresh", "1s"),
+            ("stop_command", &cluster.stop_command()),
+        ],
+    )?;
+    // The transactions are decided 15 s after the run started, while it runs.
+    let deadline = started + LONG;
+    let mut keys = Vec::new();
+    let mut batch = 0;
+    loop {
+        if started.elapsed() > Duration::from_secs(15) {
+            tx.decide();
+        }
+        let shown = daemon.show(&run)?;
+        if step_of(&shown, "approve").is_some_and(|step| step["state"] == "waiting") {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "no stop gate: {shown}");
+        keys.extend(producer.send_keyed("TxTopic", &format!("during-{batch}"), 2)?);
+        batch += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let have = consumer.keys();
+    let missing: Vec<&String> = half.iter().filter(|key| !have.contains(*key)).collect();
+    assert!(
+        missing.is_empty(),
+        "the run reached its stop gate {:?} after it started with transactional message(s) {missing:?} not decided and consumed: {}",
+        started.elapsed(),
+        daemon.show(&run)?
+    );
+    keys.extend(half);
+    consumer.wait_keys(&keys, LONG)?;
+    Ok(())
+}
