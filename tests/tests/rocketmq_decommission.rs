@@ -2,6 +2,11 @@
 //! rollback before the stop makes the broker writable again (in the broker and in its config
 //! file); a full run survives `kill -9` of the daemon during the retention wait and a restart of
 //! the broker itself (the read-only permission was persisted), and ends with the broker gone.
+//! With keyed traffic produced and consumed while each run goes: a master/slave group is made
+//! read-only on every replica and stopped slave first; an empty broker skips the retention; a
+//! second decommission in the cluster is refused; a group with no consumer online is excluded
+//! only through an approval; delayed messages and undecided transactions hold the run until
+//! they are delivered and consumed.
 
 use std::time::Duration;
 
@@ -495,7 +500,10 @@ fn undecided_transactions_keep_the_broker_until_they_are_decided_and_consumed() 
         if step_of(&shown, "approve").is_some_and(|step| step["state"] == "waiting") {
             break;
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "no stop gate: {shown}");
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no stop gate: {shown}"
+        );
         keys.extend(producer.send_keyed("TxTopic", &format!("during-{batch}"), 2)?);
         batch += 1;
         std::thread::sleep(Duration::from_millis(300));
