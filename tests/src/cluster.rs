@@ -15,25 +15,27 @@
 //! The binaries are looked up in `$RUNBOOK_ROCKETMQ_BIN` (default
 //! `$HOME/.cache/runbook/rocketmq/bin`); [`INSTALL_HINT`] says how to get them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{
     BrokerAdmin as _, ConsumeConcurrentlyContext, ConsumeConcurrentlyStatus, DefaultMQAdminExt,
-    DefaultMQProducer, DefaultMQPushConsumer, MQPushConsumer as _, MessageListenerConcurrently,
-    RouteAdmin as _, TopicAdmin as _,
+    DefaultMQProducer, DefaultMQPushConsumer, LocalTransactionState, MQPushConsumer as _,
+    MessageListenerConcurrently, RouteAdmin as _, TopicAdmin as _, TransactionListener,
+    TransactionMQProducer,
 };
 use rocketmq_model::common::consumer::consume_from_where::ConsumeFromWhere;
 use rocketmq_model::common::message::message_ext::MessageExt;
 use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::message::MessageQueue;
+use rocketmq_model::result::SendStatus;
 use rocketmq_model::topic::TopicConfig;
 use runbook_runbooks::rocketmq::common::client_runtime;
 
@@ -87,10 +89,16 @@ pub struct NameServer {
     log: PathBuf,
 }
 
-/// One broker (master, brokerId 0) and its files.
+/// One broker process (a master, brokerId 0, or a slave of its group) and its files.
 #[derive(Debug, Clone)]
 pub struct Broker {
+    /// Its brokerName (the group's name, shared by the master and its slaves).
     pub name: String,
+    /// The key in [`Cluster::brokers`] and the name of its directory: the brokerName for a
+    /// master, `<brokerName>-s<id>` for a slave.
+    pub key: String,
+    /// brokerId: 0 for the master, 1.. for slaves.
+    pub id: u64,
     pub addr: String,
     pub dir: PathBuf,
     /// Its Java-style config file (what `broker_config` points at).
@@ -98,6 +106,8 @@ pub struct Broker {
     pub commitlog: PathBuf,
     pub pid_file: PathBuf,
     pub log: PathBuf,
+    /// Its HA port (a master's: where its slaves replicate from).
+    pub ha_port: u16,
 }
 
 /// A running cluster; dropping it stops every process it started.
@@ -115,11 +125,18 @@ impl Cluster {
     /// Starts `namesrvs` NameServers and the named brokers (cluster `TestCluster`), in a new
     /// temporary directory, and waits until every broker is registered everywhere.
     pub fn start(namesrvs: usize, brokers: &[&str]) -> Result<Cluster> {
+        Cluster::start_groups(namesrvs, brokers, 0)
+    }
+
+    /// As [`Cluster::start`], each named broker group being a master and `slaves` slaves
+    /// (brokerId 1.., `brokerRole=SLAVE`, replicating from the master's HA port); returns once
+    /// every master and slave is registered on every NameServer.
+    pub fn start_groups(namesrvs: usize, brokers: &[&str], slaves: u64) -> Result<Cluster> {
         let temp = tempfile::Builder::new()
             .prefix("runbook-rocketmq-")
             .tempdir()?;
         let dir = temp.path().to_owned();
-        Cluster::start_in(dir, Some(temp), namesrvs, brokers)
+        Cluster::start_in_groups(dir, Some(temp), namesrvs, brokers, slaves)
     }
 
     /// As [`Cluster::start`], in `dir` (kept afterwards: for people).
@@ -128,6 +145,17 @@ impl Cluster {
         temp: Option<tempfile::TempDir>,
         namesrvs: usize,
         brokers: &[&str],
+    ) -> Result<Cluster> {
+        Cluster::start_in_groups(dir, temp, namesrvs, brokers, 0)
+    }
+
+    /// As [`Cluster::start_groups`], in `dir`.
+    pub fn start_in_groups(
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        namesrvs: usize,
+        brokers: &[&str],
+        slaves: u64,
     ) -> Result<Cluster> {
         let bin = bin_dir()?;
         std::fs::create_dir_all(&dir)?;
@@ -149,12 +177,16 @@ impl Cluster {
         }
         for name in brokers {
             cluster.prepare_broker(name, None)?;
+            for id in 1..=slaves {
+                cluster.prepare_slave(name, id, None)?;
+            }
         }
-        for name in brokers {
-            cluster.start_broker(name)?;
+        let keys: Vec<String> = cluster.brokers.keys().cloned().collect();
+        for key in &keys {
+            cluster.start_broker(key)?;
         }
-        for name in brokers {
-            cluster.wait_registered(name, Duration::from_secs(60))?;
+        for key in &keys {
+            cluster.wait_registered_replica(key, Duration::from_secs(60))?;
         }
         Ok(cluster)
     }
@@ -204,10 +236,65 @@ impl Cluster {
             .join(";")
     }
 
+    /// A broker process by key (a brokerName for a master, `<brokerName>-s<id>` for a slave).
     pub fn broker(&self, name: &str) -> Result<&Broker> {
         self.brokers
             .get(name)
             .ok_or_else(|| anyhow!("no broker {name} in this cluster"))
+    }
+
+    /// The master and slaves of broker group `name`, master first.
+    pub fn replicas(&self, name: &str) -> Vec<&Broker> {
+        let mut found: Vec<&Broker> = self
+            .brokers
+            .values()
+            .filter(|broker| broker.name == name)
+            .collect();
+        found.sort_by_key(|broker| broker.id);
+        found
+    }
+
+    /// The stop command template by broker address: `{{ broker_addr }}` picks the process, so
+    /// it serves masters and slaves alike.
+    pub fn stop_command_by_addr(&self) -> String {
+        format!(
+            "sh {}/addr/{{{{ broker_addr }}}}/stop.sh",
+            self.dir.display()
+        )
+    }
+
+    /// The start command template by broker address.
+    pub fn start_command_by_addr(&self) -> String {
+        format!(
+            "sh {}/addr/{{{{ broker_addr }}}}/start.sh",
+            self.dir.display()
+        )
+    }
+
+    /// The config path template by broker address.
+    pub fn config_template_by_addr(&self) -> String {
+        format!(
+            "{}/addr/{{{{ broker_addr }}}}/broker.conf",
+            self.dir.display()
+        )
+    }
+
+    /// The size in bytes of a broker's commitlog files (what it stored or replicated).
+    pub fn commitlog_bytes(&self, key: &str) -> Result<u64> {
+        let broker = self.broker(key)?;
+        // Mapped files are preallocated: count the bytes up to the last non-zero one.
+        let mut total = 0;
+        let Ok(entries) = std::fs::read_dir(&broker.commitlog) else {
+            return Ok(0);
+        };
+        for entry in entries {
+            let data = std::fs::read(entry?.path())?;
+            total += data
+                .iter()
+                .rposition(|byte| *byte != 0)
+                .map_or(0, |at| at as u64 + 1);
+        }
+        Ok(total)
     }
 
     /// The stop command template for runbooks (`{{ broker }}` is filled by the runbook).
@@ -228,8 +315,38 @@ impl Cluster {
     /// Writes a broker's directory, config and scripts (registering with `namesrv`, default:
     /// every NameServer of the cluster). Does not start it.
     pub fn prepare_broker(&mut self, name: &str, namesrv: Option<&str>) -> Result<Broker> {
+        self.prepare_replica(name, 0, namesrv)
+    }
+
+    /// Writes the directory, config and scripts of slave `id` (1..) of broker group `name`,
+    /// replicating from the group's master (prepared before). Does not start it.
+    pub fn prepare_slave(&mut self, name: &str, id: u64, namesrv: Option<&str>) -> Result<Broker> {
+        if id == 0 {
+            bail!("a slave's brokerId is 1 or more");
+        }
+        self.prepare_replica(name, id, namesrv)
+    }
+
+    fn prepare_replica(&mut self, name: &str, id: u64, namesrv: Option<&str>) -> Result<Broker> {
+        let key = if id == 0 {
+            name.to_owned()
+        } else {
+            format!("{name}-s{id}")
+        };
+        let role = if id == 0 {
+            "brokerRole=ASYNC_MASTER\n".to_owned()
+        } else {
+            let master = self
+                .brokers
+                .get(name)
+                .ok_or_else(|| anyhow!("slave {key}: prepare its master {name} first"))?;
+            format!(
+                "brokerRole=SLAVE\nhaMasterAddress=127.0.0.1:{}\n",
+                master.ha_port
+            )
+        };
         let port = free_broker_port()?;
-        let dir = self.dir.join(name);
+        let dir = self.dir.join(&key);
         let store = dir.join("store");
         std::fs::create_dir_all(&store)?;
         let config = dir.join("broker.conf");
@@ -238,10 +355,10 @@ impl Cluster {
         std::fs::write(
             &config,
             format!(
-                "brokerClusterName={cluster}\nbrokerName={name}\nbrokerId=0\nnamesrvAddr={namesrv}\nbrokerIP1=127.0.0.1\nlistenPort={port}\nhaListenPort={ha}\n\
+                "brokerClusterName={cluster}\nbrokerName={name}\nbrokerId={id}\nnamesrvAddr={namesrv}\nbrokerIP1=127.0.0.1\nlistenPort={port}\nhaListenPort={ha}\n\
                  storePathRootDir={store}\nstorePathCommitLog={commitlog}\nmappedFileSizeCommitLog=1048576\nfileReservedTime=72\ndeleteWhen=04\n\
                  diskMaxUsedSpaceRatio=96\ndiskSpaceCleanForciblyRatio=97\ndiskSpaceWarningLevelRatio=98\n\
-                 brokerRole=ASYNC_MASTER\nflushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\n",
+                 {role}flushDiskType=ASYNC_FLUSH\nbrokerPermission=6\nautoCreateTopicEnable=false\nautoCreateSubscriptionGroup=true\ntransactionCheckInterval=3000\n",
                 cluster = self.name,
                 ha = port + 1,
                 store = store.display(),
@@ -254,10 +371,10 @@ impl Cluster {
         std::fs::write(
             dir.join("start.sh"),
             format!(
-                "#!/bin/sh\n# Starts broker {name} in the background unless it already runs.\nset -e\n\
-                 if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'broker {name} already runs'; exit 0; fi\n\
+                "#!/bin/sh\n# Starts broker {key} in the background unless it already runs.\nset -e\n\
+                 if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'broker {key} already runs'; exit 0; fi\n\
                  cd '{dir}'\nROCKETMQ_HOME='{dir}' setsid '{bin}' -c '{config}' --log-filter '{filter}' >> '{log}' 2>&1 < /dev/null &\n\
-                 echo $! > '{pid}'\necho \"broker {name} started (pid $!)\"\n",
+                 echo $! > '{pid}'\necho \"broker {key} started (pid $!)\"\n",
                 pid = pid_file.display(),
                 dir = dir.display(),
                 bin = self.bin.join("rocketmq-broker-rust").display(),
@@ -269,24 +386,34 @@ impl Cluster {
         std::fs::write(
             dir.join("stop.sh"),
             format!(
-                "#!/bin/sh\n# Stops broker {name} (SIGTERM, then SIGKILL after 20 s) and waits until it is gone.\n\
-                 [ -f '{pid}' ] || {{ echo 'broker {name} is not running'; exit 0; }}\npid=$(cat '{pid}')\n\
-                 kill -TERM \"$pid\" 2>/dev/null || {{ rm -f '{pid}'; echo 'broker {name} was not running'; exit 0; }}\n\
+                "#!/bin/sh\n# Stops broker {key} (SIGTERM, then SIGKILL after 20 s) and waits until it is gone.\n\
+                 [ -f '{pid}' ] || {{ echo 'broker {key} is not running'; exit 0; }}\npid=$(cat '{pid}')\n\
+                 kill -TERM \"$pid\" 2>/dev/null || {{ rm -f '{pid}'; echo 'broker {key} was not running'; exit 0; }}\n\
                  i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -gt 200 ]; then kill -KILL \"$pid\"; fi; sleep 0.1; done\n\
-                 rm -f '{pid}'\necho \"broker {name} stopped (pid $pid)\"\n",
+                 rm -f '{pid}'\necho \"broker {key} stopped (pid $pid)\"\n",
                 pid = pid_file.display(),
             ),
         )?;
+        let addr = format!("127.0.0.1:{port}");
+        // <dir>/addr/<host:port> -> the broker's directory, for templates keyed by address.
+        let by_addr = self.dir.join("addr");
+        std::fs::create_dir_all(&by_addr)?;
+        let link = by_addr.join(&addr);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&dir, &link)?;
         let broker = Broker {
             name: name.to_owned(),
-            addr: format!("127.0.0.1:{port}"),
+            key: key.clone(),
+            id,
+            addr,
             dir,
             config,
             commitlog,
             pid_file,
             log,
+            ha_port: port + 1,
         };
-        self.brokers.insert(name.to_owned(), broker.clone());
+        self.brokers.insert(key, broker.clone());
         Ok(broker)
     }
 
@@ -298,6 +425,41 @@ impl Cluster {
     /// Runs a broker's `stop.sh` (returns once the process is gone).
     pub fn stop_broker(&self, name: &str) -> Result<()> {
         script(&self.broker(name)?.dir.join("stop.sh"))
+    }
+
+    /// Kills a broker process with SIGKILL (no unregistration: the NameServers keep listing it
+    /// until its registration expires).
+    pub fn kill_broker(&self, key: &str) -> Result<()> {
+        let broker = self.broker(key)?;
+        let text = std::fs::read_to_string(&broker.pid_file)
+            .with_context(|| format!("broker {key} is not running"))?;
+        let pid: i32 = text.trim().parse().context("a broker pid file")?;
+        // SAFETY: signalling a pid this harness started (from its own pid file).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // SAFETY: signal 0 only checks whether the process still exists.
+        while unsafe { libc::kill(pid, 0) } == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&broker.pid_file);
+        Ok(())
+    }
+
+    /// Freezes (`SIGSTOP`, `freeze = true`) or thaws (`SIGCONT`) a broker process: frozen, it
+    /// keeps its connections and its registration but answers nothing.
+    pub fn freeze_broker(&self, key: &str, freeze: bool) -> Result<()> {
+        let broker = self.broker(key)?;
+        let text = std::fs::read_to_string(&broker.pid_file)
+            .with_context(|| format!("broker {key} is not running"))?;
+        let pid: i32 = text.trim().parse().context("a broker pid file")?;
+        let signal = if freeze { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: signalling a pid this harness started (from its own pid file).
+        unsafe {
+            libc::kill(pid, signal);
+        }
+        Ok(())
     }
 
     /// Adds and starts a new broker, and waits until it is registered.
@@ -325,6 +487,58 @@ impl Cluster {
             names.sort();
             Ok(names)
         })
+    }
+
+    /// The broker processes registered on one NameServer: `(brokerName, brokerId, addr)`.
+    pub fn registered_addrs_on(&self, namesrv: &str) -> Result<Vec<(String, u64, String)>> {
+        let name = namesrv.to_owned();
+        self.with_admin(namesrv, |admin| async move {
+            let info = admin
+                .examine_broker_cluster_info()
+                .await
+                .map_err(|error| anyhow!("namesrv {name}: {error}"))?;
+            let mut found = Vec::new();
+            for (broker, data) in info.broker_addr_table.unwrap_or_default() {
+                for (id, addr) in data.broker_addrs() {
+                    found.push((broker.to_string(), *id, addr.to_string()));
+                }
+            }
+            found.sort();
+            Ok(found)
+        })
+    }
+
+    /// Waits until the broker process `key` (master or slave) is registered, under its own
+    /// brokerId and address, on every NameServer.
+    pub fn wait_registered_replica(&self, key: &str, timeout: Duration) -> Result<()> {
+        let broker = self.broker(key)?.clone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut missing = Vec::new();
+            for server in &self.namesrvs {
+                let there = self.registered_addrs_on(&server.addr).is_ok_and(|found| {
+                    found.iter().any(|(name, id, addr)| {
+                        *name == broker.name && *id == broker.id && *addr == broker.addr
+                    })
+                });
+                if !there {
+                    missing.push(server.addr.clone());
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "broker {key} ({}, id {}) is not registered on namesrv {} after {timeout:?}; its log ends:\n{}",
+                    broker.addr,
+                    broker.id,
+                    missing.join(", "),
+                    tail(&broker.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// A broker's runtime config value, read from the broker itself.
@@ -479,11 +693,38 @@ impl Cluster {
         })
     }
 
+    /// A started transactional producer whose local transactions stay undecided (the broker
+    /// keeps their half messages and asks back) until [`TxProducer::decide`] commits them.
+    pub fn tx_producer(&self) -> Result<TxProducer> {
+        let namesrv = self.namesrv();
+        let commit = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let listener = Undecided(Arc::clone(&commit));
+        let producer = self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut producer = TransactionMQProducer::builder(runtime)
+                .producer_group(format!("test_tx_producer_{}", next_id()))
+                .name_server_addr(namesrv)
+                .transaction_listener(listener)
+                .build();
+            producer
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting a transactional producer: {error}"))?;
+            Ok::<_, anyhow::Error>(producer)
+        })?;
+        Ok(TxProducer {
+            producer: Some(producer),
+            commit,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+
     /// A started push consumer of `topic` in `group`, counting what it receives.
     pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer> {
         let namesrv = self.namesrv();
         let received = Arc::new(AtomicUsize::new(0));
-        let listener = Counter(Arc::clone(&received));
+        let keys = Arc::new(Mutex::new(BTreeSet::new()));
+        let listener = Counter(Arc::clone(&received), Arc::clone(&keys));
         let consumer = self.runtime.block_on(async {
             let runtime = client_runtime().map_err(|message| anyhow!(message))?;
             let mut consumer = DefaultMQPushConsumer::builder(runtime)
@@ -505,6 +746,7 @@ impl Cluster {
         Ok(Consumer {
             consumer: Some(consumer),
             received,
+            keys,
             runtime: self.runtime.handle().clone(),
         })
     }
@@ -612,7 +854,7 @@ fn wait_listening(addr: &str, timeout: Duration, server: &mut NameServer) -> Res
     )
 }
 
-struct Counter(Arc<AtomicUsize>);
+struct Counter(Arc<AtomicUsize>, Arc<Mutex<BTreeSet<String>>>);
 
 impl MessageListenerConcurrently for Counter {
     fn consume_message(
@@ -620,6 +862,11 @@ impl MessageListenerConcurrently for Counter {
         messages: &[&MessageExt],
         _context: &ConsumeConcurrentlyContext,
     ) -> rocketmq_client_rust::ClientResult<ConsumeConcurrentlyStatus> {
+        if let Ok(mut keys) = self.1.lock() {
+            for message in messages {
+                keys.extend(message.message_inner().keys().unwrap_or_default());
+            }
+        }
         self.0.fetch_add(messages.len(), Ordering::SeqCst);
         Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
     }
@@ -657,6 +904,74 @@ impl Producer {
         })
     }
 
+    /// Sends `count` messages with keys `<prefix>-0`.. to `topic`; returns the keys the brokers
+    /// acknowledged (`SEND_OK`). A refused send is left out (its message was not stored); it
+    /// fails only when every send was refused.
+    pub fn send_keyed(&self, topic: &str, prefix: &str, count: usize) -> Result<Vec<String>> {
+        let producer = self.inner()?;
+        self.runtime.block_on(async {
+            let mut acked = Vec::new();
+            let mut last_error = String::new();
+            for index in 0..count {
+                let key = format!("{prefix}-{index}");
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .keys(vec![key.clone()])
+                    .body_slice(key.as_bytes())
+                    .build_unchecked();
+                match producer.send_with_timeout(message, 5000).await {
+                    Ok(Some(result)) if result.send_status == SendStatus::SendOk => acked.push(key),
+                    Ok(other) => last_error = format!("sending {key} to {topic}: {other:?}"),
+                    Err(error) => last_error = format!("sending {key} to {topic}: {error}"),
+                }
+            }
+            if acked.is_empty() && count > 0 {
+                bail!("no message to {topic} was acknowledged; the last answer: {last_error}");
+            }
+            Ok(acked)
+        })
+    }
+
+    /// Sends `count` delayed messages (delay level `level`: 1 = 1 s, 3 = 10 s, 4 = 30 s) with
+    /// keys `<prefix>-0`.. to queue 0 of `topic` on `broker`; returns the acknowledged keys.
+    pub fn send_delayed_to_broker(
+        &self,
+        topic: &str,
+        broker: &str,
+        prefix: &str,
+        count: usize,
+        level: i32,
+    ) -> Result<Vec<String>> {
+        let producer = self.inner()?;
+        self.runtime.block_on(async {
+            let mut acked = Vec::new();
+            for index in 0..count {
+                let key = format!("{prefix}-{index}");
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .keys(vec![key.clone()])
+                    .delay_level(level)
+                    .body_slice(key.as_bytes())
+                    .build_unchecked();
+                match producer
+                    .send_to_queue_with_timeout(
+                        message,
+                        MessageQueue::from_parts(topic, broker, 0),
+                        5000,
+                    )
+                    .await
+                {
+                    Ok(Some(result)) if result.send_status == SendStatus::SendOk => acked.push(key),
+                    Ok(other) => bail!("sending delayed {key} to {topic} on {broker}: {other:?}"),
+                    Err(error) => bail!("sending delayed {key} to {topic} on {broker}: {error}"),
+                }
+            }
+            Ok(acked)
+        })
+    }
+
     /// Sends one message to queue 0 of `topic` on `broker`; the broker's answer as an error text.
     pub fn send_to_broker(&self, topic: &str, broker: &str) -> Result<(), String> {
         let producer = self.inner().map_err(|error| error.to_string())?;
@@ -688,16 +1003,122 @@ impl Drop for Producer {
     }
 }
 
+struct Undecided(Arc<std::sync::atomic::AtomicBool>);
+
+impl TransactionListener for Undecided {
+    fn execute_local_transaction(
+        &self,
+        _message: &dyn rocketmq_model::common::message::MessageTrait,
+        _arg: Option<&(dyn std::any::Any + Send + Sync)>,
+    ) -> LocalTransactionState {
+        LocalTransactionState::Unknown
+    }
+
+    fn check_local_transaction(&self, _message: &MessageExt) -> LocalTransactionState {
+        if self.0.load(Ordering::SeqCst) {
+            LocalTransactionState::CommitMessage
+        } else {
+            LocalTransactionState::Unknown
+        }
+    }
+}
+
+/// A test transactional producer: its half messages wait for [`TxProducer::decide`].
+pub struct TxProducer {
+    producer: Option<TransactionMQProducer>,
+    commit: Arc<std::sync::atomic::AtomicBool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl TxProducer {
+    /// Sends `count` half messages with keys `<prefix>-0`.. to `topic`; returns the keys the
+    /// brokers stored as half messages.
+    pub fn send_half(&self, topic: &str, prefix: &str, count: usize) -> Result<Vec<String>> {
+        let producer = self
+            .producer
+            .as_ref()
+            .ok_or_else(|| anyhow!("the producer was shut down"))?;
+        self.runtime.block_on(async {
+            let mut stored = Vec::new();
+            for index in 0..count {
+                let key = format!("{prefix}-{index}");
+                let message = Message::builder()
+                    .topic(topic)
+                    .tags("test")
+                    .keys(vec![key.clone()])
+                    .body_slice(key.as_bytes())
+                    .build_unchecked();
+                let result = producer
+                    .send_message_in_transaction::<(), _>(message, None)
+                    .await
+                    .map_err(|error| anyhow!("sending half message {key} to {topic}: {error}"))?;
+                if result
+                    .send_result
+                    .as_ref()
+                    .is_some_and(|sent| sent.send_status == SendStatus::SendOk)
+                {
+                    stored.push(key);
+                }
+            }
+            Ok(stored)
+        })
+    }
+
+    /// From now on, the broker's transaction check is answered "commit".
+    pub fn decide(&self) {
+        self.commit.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for TxProducer {
+    fn drop(&mut self) {
+        if let Some(mut producer) = self.producer.take() {
+            self.runtime
+                .block_on(async move { producer.shutdown().await });
+        }
+    }
+}
+
 /// A test push consumer.
 pub struct Consumer {
     consumer: Option<DefaultMQPushConsumer>,
     received: Arc<AtomicUsize>,
+    keys: Arc<Mutex<BTreeSet<String>>>,
     runtime: tokio::runtime::Handle,
 }
 
 impl Consumer {
     pub fn received(&self) -> usize {
         self.received.load(Ordering::SeqCst)
+    }
+
+    /// The message keys received so far.
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.keys
+            .lock()
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until every key in `keys` arrived; fails naming the missing ones.
+    pub fn wait_keys(&self, keys: &[String], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let have = self.keys();
+            let missing: Vec<&String> = keys.iter().filter(|key| !have.contains(*key)).collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} of {} message(s) not consumed in {timeout:?}: {:?}",
+                    missing.len(),
+                    keys.len(),
+                    &missing[..missing.len().min(10)]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Waits until at least `count` messages arrived.

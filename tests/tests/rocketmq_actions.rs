@@ -208,3 +208,44 @@ retry = { max_attempts = 2, backoff = "100ms" }"#,
     }
     Ok(())
 }
+
+#[test]
+fn a_lag_query_that_fails_fails_the_poll_instead_of_reading_as_no_lag() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a", "broker-b"])?;
+    cluster.create_topic("LagTopic", &["broker-a", "broker-b"], 2)?;
+    let producer = cluster.producer()?;
+    let mut consumer = cluster.consumer("lag_group", "LagTopic")?;
+    let first = producer.send_keyed("LagTopic", "first", 20)?;
+    consumer.wait_keys(&first, LONG)?;
+    consumer.shutdown();
+    // Messages the group has not read: lag on both brokers.
+    let unread = producer.send_keyed("LagTopic", "unread", 20)?;
+    assert_eq!(unread.len(), 20);
+    // broker-b stops answering but stays registered: the NameServer still routes to it.
+    cluster.freeze_broker("broker-b", true)?;
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "lag.toml",
+        r#"
+name = "lag"
+[params.namesrv]
+required = true
+[[steps]]
+id = "progress"
+action = "rocketmq.consumer_progress"
+with = { namesrv = "{{ params.namesrv }}", group = "lag_group", topic = "LagTopic" }
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    let shown = daemon.wait_for(&run, LONG, |shown| {
+        shown["state"] != "running" && shown["state"] != "pending"
+    })?;
+    cluster.freeze_broker("broker-b", false)?;
+    assert_ne!(
+        shown["state"], "succeeded",
+        "an unanswered lag query read as a result: {shown}"
+    );
+    let error = shown.to_string();
+    assert!(error.contains("lag_group"), "{shown}");
+    Ok(())
+}

@@ -131,3 +131,87 @@ fn namesrv_migration_restarts_brokers_one_at_a_time_onto_every_new_namesrv() -> 
     );
     Ok(())
 }
+
+#[test]
+fn namesrv_migration_moves_every_slave_too_slaves_first() -> Result<()> {
+    let mut cluster = Cluster::start_groups(1, &["broker-a", "broker-b"], 1)?;
+    let old = cluster.namesrv();
+    let added = cluster.add_namesrv()?;
+    let new_list = format!("{old};{added}");
+    let daemon = Daemon::start()?;
+    let run = daemon.start_run(
+        "rocketmq.namesrv.migrate",
+        &[
+            ("namesrv", &old),
+            ("new_namesrv", &new_list),
+            ("cluster", "TestCluster"),
+            ("broker_config", &cluster.config_template_by_addr()),
+            ("stop_command", &cluster.stop_command_by_addr()),
+            ("start_command", &cluster.start_command_by_addr()),
+        ],
+    )?;
+    let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(300))?;
+    // Every process, slaves included, is registered on the new NameServer under its own id.
+    let registered = cluster.registered_addrs_on(&added)?;
+    for broker in cluster.brokers.values() {
+        assert!(
+            registered.contains(&(broker.name.clone(), broker.id, broker.addr.clone())),
+            "{} (id {}) is not on the new namesrv {added}: {registered:?}",
+            broker.key,
+            broker.id
+        );
+        let config = std::fs::read_to_string(&broker.config)?;
+        assert!(
+            config.contains(&format!("namesrvAddr={new_list}")),
+            "{}: {config}",
+            broker.key
+        );
+    }
+    // Within a group the slave went first: it was back before its master was stopped.
+    let roll: Vec<&serde_json::Value> = shown["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .filter(|step| {
+                    step["id"]
+                        .as_str()
+                        .is_some_and(|id| id.starts_with("roll["))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let at = |iteration: usize, step: &str, field: &str| -> String {
+        roll.iter()
+            .find(|found| {
+                found["id"].as_str().is_some_and(|id| {
+                    id.starts_with(&format!("roll[{iteration}]")) && id.ends_with(step)
+                })
+            })
+            .and_then(|found| found[field].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let slave_a = cluster.broker("broker-a-s1")?.addr.clone();
+    let first_stop = roll
+        .iter()
+        .find(|found| {
+            found["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("roll[0]") && id.ends_with("stop"))
+        })
+        .map(|found| found["output"]["command"].to_string())
+        .unwrap_or_default();
+    assert!(first_stop.contains(&slave_a), "{first_stop}: {shown}");
+    let slave_back = at(0, "registered", "finished_at");
+    let master_stopped = at(1, "stop", "started_at");
+    assert!(
+        !slave_back.is_empty() && slave_back <= master_stopped,
+        "{slave_back} / {master_stopped}: {shown}"
+    );
+    assert_eq!(
+        step_of(&shown, "verify").map(|step| step["output"]["addrs_registered_everywhere"].clone()),
+        Some(true.into()),
+        "{shown}"
+    );
+    Ok(())
+}

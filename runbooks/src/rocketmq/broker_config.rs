@@ -1,7 +1,10 @@
 //! `rocketmq.broker_config`: read a broker's runtime config, or change keys and check that the
 //! broker really holds the new values.
 //!
-//! Input: `namesrv`, `broker` (name) or `broker_addr`, and any of: `key` (read one key into
+//! Input: `namesrv`, `broker` (name) or `broker_addr`, `replicas` (true: apply `set` and
+//! `expect` to every broker process registered under the brokerName, slaves first then the
+//! master, each read back; output `replicas: [{addr, id, role, previous, current}]`, and
+//! `previous`/`current` of the master), and any of: `key` (read one key into
 //! `value`), `set` (a table `{key = value}` to apply), `expect` (a table that must hold, or the
 //! step fails).
 //!
@@ -42,6 +45,11 @@ pub const SCHEMA: Schema = Schema {
             "the broker, by name (or `broker_addr`)",
         ),
         optional(
+            "replicas",
+            Kind::Bool,
+            "set and check the value on every broker of the group `broker`",
+        ),
+        optional(
             "broker_addr",
             Kind::Text,
             "the broker, by address host:port",
@@ -68,32 +76,126 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     let key = input.opt_string("key")?;
     let set = table(&input, "set")?;
     let expect = table(&input, "expect")?;
+    let replicas = input.bool_or("replicas", false)?;
+    if replicas && broker.is_none() {
+        return Err(input.bad("replicas", "needs `broker` (the group's brokerName)"));
+    }
+    if replicas && key.is_some() {
+        return Err(input.bad("replicas", "reads one broker: drop `key`, or `replicas`"));
+    }
     with_admin(&namesrv, |admin| async move {
+        if replicas {
+            let name = broker.unwrap_or_default();
+            let brokers = admin.brokers().await?;
+            let entry = brokers.get(&name).ok_or_else(|| {
+                ActionFailure::permanent(format!("broker {name} is not registered on namesrv {}", admin.namesrv))
+            })?;
+            if entry.master().is_none() {
+                return Err(ActionFailure::retryable(format!(
+                    "broker {name} has no master (brokerId 0) registered on namesrv {}: a failover may be under way",
+                    admin.namesrv
+                )));
+            }
+            // Slaves first, the master last: a client keeps writing to the master only.
+            let mut targets: Vec<(u64, String)> = entry.addrs.iter().map(|(id, addr)| (*id, addr.clone())).collect();
+            targets.sort_by_key(|(id, _)| (*id == 0, std::cmp::Reverse(*id)));
+            let mut outputs = Vec::new();
+            for (id, addr) in &targets {
+                let target = BrokerRef { name: name.clone(), addr: addr.clone() };
+                let mut one = apply(&admin, &target, &set, &expect, None, &context).await?;
+                one["id"] = json!(id);
+                one["role"] = json!(if *id == 0 { "master" } else { "slave" });
+                outputs.push(one);
+            }
+            let master = outputs.iter().find(|one| one["id"] == json!(0)).cloned().unwrap_or_default();
+            let mut output = json!({
+                "broker": name,
+                "addr": master["addr"],
+                "replicas": outputs,
+                "replica_count": targets.len(),
+                "observed_at_ms": now_ms(),
+            });
+            for field in ["previous", "current", "expected"] {
+                if let Some(value) = master.get(field) {
+                    output[field] = value.clone();
+                }
+            }
+            output["changed"] = json!(outputs.iter().any(|one| one["changed"] == json!(true)));
+            return Ok(output);
+        }
         let target = admin.resolve_broker(broker.as_deref(), broker_addr.as_deref()).await?;
-        let before = read(&admin, &target).await?;
-        let mut output = json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
+        apply(&admin, &target, &set, &expect, key.as_deref(), &context).await
+    })
+    .await
+}
+
+/// Applies `set`, checks `expect` and reads `key` on one broker process.
+async fn apply(
+    admin: &Admin,
+    target: &BrokerRef,
+    set: &BTreeMap<String, String>,
+    expect: &BTreeMap<String, String>,
+    key: Option<&str>,
+    context: &ActionContext,
+) -> Result<Value, ActionFailure> {
+    {
+        let before = read(admin, target).await?;
+        let mut output =
+            json!({"broker": target.name, "addr": target.addr, "observed_at_ms": now_ms()});
 
         if !set.is_empty() {
-            let previous: Map<String, Value> = set.keys().map(|key| (key.clone(), before.get(key).map_or(Value::Null, |value| json!(value)))).collect();
+            let previous: Map<String, Value> = set
+                .keys()
+                .map(|key| {
+                    (
+                        key.clone(),
+                        before.get(key).map_or(Value::Null, |value| json!(value)),
+                    )
+                })
+                .collect();
             let differing: HashMap<CheetahString, CheetahString> = set
                 .iter()
                 .filter(|(key, value)| before.get(*key) != Some(*value))
-                .map(|(key, value)| (CheetahString::from(key.as_str()), CheetahString::from(value.as_str())))
+                .map(|(key, value)| {
+                    (
+                        CheetahString::from(key.as_str()),
+                        CheetahString::from(value.as_str()),
+                    )
+                })
                 .collect();
             let changed = !differing.is_empty();
             if changed {
-                context.log.line(&format!("broker {} ({}): setting {}", target.name, target.addr, describe(&set, &before)));
+                context.log.line(&format!(
+                    "broker {} ({}): setting {}",
+                    target.name,
+                    target.addr,
+                    describe(set, &before)
+                ));
                 let refused = |error| {
                     let error = explain(&error);
-                    ActionFailure::retryable(format!("broker {} ({}) refused {}: {error}", target.name, target.addr, describe(&set, &before)))
+                    ActionFailure::retryable(format!(
+                        "broker {} ({}) refused {}: {error}",
+                        target.name,
+                        target.addr,
+                        describe(set, &before)
+                    ))
                 };
-                admin.inner.update_broker_config(target.addr(), differing).await.map_err(refused)?;
+                admin
+                    .inner
+                    .update_broker_config(target.addr(), differing)
+                    .await
+                    .map_err(refused)?;
             } else {
-                context.log.line(&format!("broker {} ({}): already {}", target.name, target.addr, describe(&set, &before)));
+                context.log.line(&format!(
+                    "broker {} ({}): already {}",
+                    target.name,
+                    target.addr,
+                    describe(set, &before)
+                ));
             }
-            let after = read(&admin, &target).await?;
+            let after = read(admin, target).await?;
             let mut current = Map::new();
-            for (key, wanted) in &set {
+            for (key, wanted) in set {
                 let actual = after.get(key);
                 if actual != Some(wanted) {
                     return Err(ActionFailure::permanent(format!(
@@ -105,15 +207,19 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 }
                 current.insert(key.clone(), json!(wanted));
             }
-            context.log.line(&format!("broker {}: read back {}", target.name, Value::Object(current.clone())));
+            context.log.line(&format!(
+                "broker {}: read back {}",
+                target.name,
+                Value::Object(current.clone())
+            ));
             output["previous"] = Value::Object(previous);
             output["current"] = Value::Object(current);
             output["changed"] = json!(changed);
         }
 
         if !expect.is_empty() {
-            let now = read(&admin, &target).await?;
-            for (key, wanted) in &expect {
+            let now = read(admin, target).await?;
+            for (key, wanted) in expect {
                 let actual = now.get(key);
                 if actual != Some(wanted) {
                     return Err(ActionFailure::permanent(format!(
@@ -124,13 +230,25 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                     )));
                 }
             }
-            context.log.line(&format!("broker {}: as expected: {}", target.name, describe(&expect, &now)));
-            let checked: Map<String, Value> = expect.iter().map(|(key, value)| (key.clone(), json!(value))).collect();
+            context.log.line(&format!(
+                "broker {}: as expected: {}",
+                target.name,
+                describe(expect, &now)
+            ));
+            let checked: Map<String, Value> = expect
+                .iter()
+                .map(|(key, value)| (key.clone(), json!(value)))
+                .collect();
             output["expected"] = Value::Object(checked);
         }
 
-        if let Some(key) = &key {
-            let value = before.get(key).ok_or_else(|| ActionFailure::permanent(format!("broker {} ({}) has no config key {key}", target.name, target.addr)))?;
+        if let Some(key) = key {
+            let value = before.get(key).ok_or_else(|| {
+                ActionFailure::permanent(format!(
+                    "broker {} ({}) has no config key {key}",
+                    target.name, target.addr
+                ))
+            })?;
             output["key"] = json!(key);
             output["value"] = json!(value);
         }
@@ -138,8 +256,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             output["config"] = json!(before);
         }
         Ok(output)
-    })
-    .await
+    }
 }
 
 /// The broker's config as it reports it now.

@@ -26,11 +26,17 @@ pub struct QueueProgress {
     pub broker_offset: i64,
     pub consumer_offset: i64,
     pub last_timestamp_ms: i64,
+    /// The queue's min offset (messages below it expired): lag counts from
+    /// max(consumer offset, min offset), what the group can still read. None when unknown.
+    pub min_offset: Option<i64>,
 }
 
 impl QueueProgress {
     pub fn diff(&self) -> i64 {
-        (self.broker_offset - self.consumer_offset).max(0)
+        let from = self
+            .min_offset
+            .map_or(self.consumer_offset, |min| self.consumer_offset.max(min));
+        (self.broker_offset - from).max(0)
     }
 
     fn to_json(&self) -> Value {
@@ -40,19 +46,18 @@ impl QueueProgress {
             "queue_id": self.queue_id,
             "broker_offset": self.broker_offset,
             "consumer_offset": self.consumer_offset,
+            "min_offset": self.min_offset,
             "diff": self.diff(),
             "last_timestamp_ms": self.last_timestamp_ms,
         })
     }
 }
 
-fn is_missing_group(text: &str) -> bool {
-    let lower = text.to_lowercase();
-    lower.contains("offset table is empty")
-        || lower.contains("not found")
-        || lower.contains("not exist")
-        || lower.contains("no offset")
-        || lower.contains("consume stats")
+/// A typed "does not exist" answer (response code 17: topic, 22: subscription group): the only
+/// error that may mean "no offsets". Any other error (a timeout, a refused connection, a system
+/// error) hides lag and fails the poll.
+fn is_typed_absent(error: &rocketmq_client_rust::ClientError) -> bool {
+    matches!(error.broker_response_code(), Some(17 | 22))
 }
 
 /// The progress of `group` (on `topic` and its retry topic, or on everything it consumes).
@@ -68,7 +73,7 @@ pub async fn group_progress(
     };
     let mut queues = Vec::new();
     let mut found_any = false;
-    for (index, topic) in topics.iter().enumerate() {
+    for topic in &topics {
         let result = admin
             .inner
             .examine_consume_stats(
@@ -90,11 +95,13 @@ pub async fn group_progress(
                         broker_offset: offset.get_broker_offset(),
                         consumer_offset: offset.get_consumer_offset(),
                         last_timestamp_ms: offset.get_last_timestamp(),
+                        min_offset: None,
                     });
                 }
             }
-            // The retry topic exists only once a message was sent back.
-            Err(error) if index > 0 || is_missing_group(&error.to_string()) => {}
+            // The group or (its retry) topic does not exist, as the broker or NameServer says
+            // with a response code: no offsets there.
+            Err(error) if is_typed_absent(&error) => {}
             Err(error) => {
                 let error = explain(&error);
                 return Err(ActionFailure::retryable(format!(
@@ -106,9 +113,50 @@ pub async fn group_progress(
             }
         }
     }
+    // Messages below a queue's min offset expired: they are no lag any more.
+    let topics: std::collections::BTreeSet<String> =
+        queues.iter().map(|queue| queue.topic.clone()).collect();
+    for topic in topics {
+        let stats = admin
+            .inner
+            .examine_topic_stats(CheetahString::from(topic.as_str()), None)
+            .await
+            .map_err(|error| {
+                ActionFailure::retryable(format!(
+                    "topic {topic}: the brokers did not return its min offsets: {}",
+                    explain(&error)
+                ))
+            })?;
+        for (queue, offset) in stats.get_offset_table() {
+            for progress in queues.iter_mut().filter(|progress| {
+                progress.topic == topic
+                    && progress.broker == queue.broker_name().as_str()
+                    && progress.queue_id == queue.queue_id()
+            }) {
+                progress.min_offset = Some(offset.get_min_offset());
+            }
+        }
+    }
     queues
         .sort_by(|a, b| (&a.topic, &a.broker, a.queue_id).cmp(&(&b.topic, &b.broker, b.queue_id)));
     Ok(found_any.then_some(queues))
+}
+
+/// Whether `group` has a consumer online: the broker answers with its connections, or says
+/// "consumer not online" (response code 206). Any other error fails.
+async fn is_online(admin: &Admin, group: &str) -> Result<bool, ActionFailure> {
+    match admin
+        .inner
+        .examine_consumer_connection_info(CheetahString::from(group), None)
+        .await
+    {
+        Ok(connection) => Ok(!connection.get_connection_set().is_empty()),
+        Err(error) if matches!(error.broker_response_code(), Some(206 | 17 | 22)) => Ok(false),
+        Err(error) => Err(ActionFailure::retryable(format!(
+            "consumer group {group}: the brokers did not say whether a consumer is online: {}",
+            explain(&error)
+        ))),
+    }
 }
 
 /// Every user consumer group the masters hold.
@@ -173,6 +221,16 @@ pub const PROGRESS_SCHEMA: Schema = Schema {
             "report whether it has passed since `since_ms`",
         ),
         optional(
+            "online",
+            Kind::Bool,
+            "also report the lagging groups with no consumer online",
+        ),
+        optional(
+            "exclude_groups",
+            Kind::List,
+            "groups left out of the lag (an operator excluded them)",
+        ),
+        optional(
             "since_ms",
             Kind::Int,
             "epoch milliseconds the retention is counted from",
@@ -183,7 +241,11 @@ pub const PROGRESS_SCHEMA: Schema = Schema {
 /// `rocketmq.consumer_progress`: input `namesrv`, and optionally `group` or `groups` (default:
 /// the groups consuming `topic`, or every user group), `topic`, `broker` (count only its
 /// queues), `queue_from` (count only queues with id ≥ this: the queues a shrink removes),
-/// `retention` + `since_ms` (report whether the retention has passed since then).
+/// `retention` + `since_ms` (report whether the retention has passed since then),
+/// `exclude_groups` (groups left out, as an operator decided; listed in `excluded_groups`),
+/// `online` (true: ask whether each group has a consumer online; adds `online_diff_total`, the
+/// lag of groups with a consumer online, `offline_groups` and `offline_lagging_groups`).
+/// Lag counts from max(consumer offset, the queue's min offset): expired messages are no lag.
 ///
 /// Output: `groups: [{group, diff_total, queues: [{topic, broker, queue_id, broker_offset,
 /// consumer_offset, diff, last_timestamp_ms}], note}]`, `diff_total`, `by_broker`
@@ -198,6 +260,8 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
     let topic = input.opt_string("topic")?;
     let broker = input.opt_string("broker")?;
     let queue_from = input.opt_i64("queue_from")?;
+    let exclude = input.string_list("exclude_groups")?;
+    let check_online = input.bool_or("online", false)?;
     let retention = input.opt_duration("retention")?;
     let since_ms = input.opt_i64("since_ms")?;
     if retention.is_some() != since_ms.is_some() {
@@ -228,7 +292,15 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                 None => all_groups(&admin).await?,
             };
         }
+        let excluded: Vec<String> = groups.iter().filter(|group| exclude.contains(group)).cloned().collect();
+        groups.retain(|group| !exclude.contains(group));
+        if !excluded.is_empty() {
+            context.log.line(&format!("excluded by the operator: {}", excluded.join(", ")));
+        }
         let mut total = 0;
+        let mut online_total = 0;
+        let mut offline_lagging = Vec::new();
+        let mut offline = Vec::new();
         let mut by_broker: BTreeMap<String, i64> = BTreeMap::new();
         let mut reports = Vec::new();
         for group in &groups {
@@ -245,18 +317,39 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                 *by_broker.entry(queue.broker.clone()).or_default() += queue.diff();
             }
             total += group_total;
-            context.log.line(&format!("group {group}: diff {group_total} over {} queue(s){}", queues.len(), note.map_or_else(String::new, |note| format!(" ({note})"))));
-            reports.push(json!({"group": group, "diff_total": group_total, "queues": queues.iter().map(QueueProgress::to_json).collect::<Vec<_>>(), "note": note}));
+            let online = if check_online { Some(is_online(&admin, group).await?) } else { None };
+            match online {
+                Some(false) => {
+                    offline.push(group.clone());
+                    if group_total > 0 {
+                        offline_lagging.push(group.clone());
+                    }
+                }
+                _ => online_total += group_total,
+            }
+            context.log.line(&format!(
+                "group {group}: diff {group_total} over {} queue(s){}{}",
+                queues.len(),
+                match online { Some(true) => ", a consumer is online", Some(false) => ", NO consumer online", None => "" },
+                note.map_or_else(String::new, |note| format!(" ({note})"))
+            ));
+            reports.push(json!({"group": group, "diff_total": group_total, "online": online, "queues": queues.iter().map(QueueProgress::to_json).collect::<Vec<_>>(), "note": note}));
         }
         let now = now_ms();
         let mut output = json!({
             "groups": reports,
             "group_names": groups,
+            "excluded_groups": excluded,
             "diff_total": total,
             "by_broker": by_broker,
             "drained": total == 0,
             "observed_at_ms": now,
         });
+        if check_online {
+            output["online_diff_total"] = json!(online_total);
+            output["offline_groups"] = json!(offline);
+            output["offline_lagging_groups"] = json!(offline_lagging);
+        }
         if let (Some(retention), Some(since)) = (retention, since_ms) {
             let passed = now - since >= retention.as_millis() as i64;
             output["retention_passed"] = json!(passed);

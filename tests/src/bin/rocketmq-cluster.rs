@@ -2,7 +2,14 @@
 //! how to reach it and what to pass to the `rocketmq.*` runbooks, and stops everything on Ctrl-C.
 //!
 //! ```text
-//! cargo run -p runbook-tests --bin rocketmq-cluster -- [--namesrvs N] [--brokers a,b,c] [--dir DIR]
+//! cargo run -p runbook-tests --bin rocketmq-cluster -- [--namesrvs N] [--brokers a,b,c] [--slaves N] [--dir DIR]
+//! ```
+//!
+//! `--slaves N` gives each broker group N slaves (brokerId 1..N, `brokerRole=SLAVE`) next to its
+//! master; their directories are `<brokerName>-s<id>`, and `<dir>/addr/<host:port>` points at
+//! every broker's directory, so commands keyed by `{{ broker_addr }}` reach masters and slaves.
+//!
+//! ```text
 //! ```
 
 use std::path::PathBuf;
@@ -14,6 +21,7 @@ fn main() -> Result<()> {
     let mut namesrvs = 1;
     let mut brokers = vec!["broker-a".to_owned(), "broker-b".to_owned()];
     let mut dir: Option<PathBuf> = None;
+    let mut slaves = 0;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -32,9 +40,16 @@ fn main() -> Result<()> {
                     .map(str::to_owned)
                     .collect()
             }
+            "--slaves" => {
+                slaves = args
+                    .next()
+                    .context("--slaves needs a number")?
+                    .parse()
+                    .context("--slaves needs a number")?
+            }
             "--dir" => dir = Some(PathBuf::from(args.next().context("--dir needs a path")?)),
             "-h" | "--help" => {
-                println!("usage: rocketmq-cluster [--namesrvs N] [--brokers broker-a,broker-b] [--dir DIR]");
+                println!("usage: rocketmq-cluster [--namesrvs N] [--brokers broker-a,broker-b] [--slaves N] [--dir DIR]");
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -45,20 +60,21 @@ fn main() -> Result<()> {
     }
     let names: Vec<&str> = brokers.iter().map(String::as_str).collect();
     eprintln!(
-        "starting {namesrvs} NameServer(s) and broker(s) {} ...",
+        "starting {namesrvs} NameServer(s) and broker group(s) {} ({slaves} slave(s) each) ...",
         names.join(", ")
     );
     let cluster = match dir {
-        Some(dir) => Cluster::start_in(dir, None, namesrvs, &names)?,
-        None => Cluster::start(namesrvs, &names)?,
+        Some(dir) => Cluster::start_in_groups(dir, None, namesrvs, &names, slaves)?,
+        None => Cluster::start_groups(namesrvs, &names, slaves)?,
     };
     println!("cluster      {}", cluster.name);
     println!("dir          {}", cluster.dir.display());
     println!("namesrv      {}", cluster.namesrv());
     for broker in cluster.brokers.values() {
         println!(
-            "broker       {}  addr={}  config={}  log={}",
+            "broker       {}  id={}  addr={}  config={}  log={}",
             broker.name,
+            broker.id,
             broker.addr,
             broker.config.display(),
             broker.log.display()
@@ -66,24 +82,28 @@ fn main() -> Result<()> {
     }
     println!("stop_command  {}", cluster.stop_command());
     println!("start_command {}", cluster.start_command());
+    println!("by address    {}", cluster.stop_command_by_addr());
+    println!("              {}", cluster.start_command_by_addr());
+    println!("              {}", cluster.config_template_by_addr());
     println!();
+    let group = names
+        .get(1)
+        .or_else(|| names.first())
+        .copied()
+        .unwrap_or("broker-a");
     println!(
-        "e.g.: runbook start rocketmq.broker.decommission -p namesrv='{}' -p broker=broker-b \\",
-        cluster.namesrv()
+        "e.g.: runbook start rocketmq.broker.decommission -p namesrv='{}' -p cluster={} -p broker={group} \\",
+        cluster.namesrv(),
+        cluster.name
     );
-    if let Some(broker) = cluster
-        .brokers
-        .values()
-        .nth(1)
-        .or_else(|| cluster.brokers.values().next())
-    {
-        println!(
-            "        -p broker_addr={} -p broker_config={} -p retention=30s \\",
-            broker.addr,
-            broker.config.display()
-        );
-    }
-    println!("        -p stop_command='{}'", cluster.stop_command());
+    println!(
+        "        -p broker_config='{}' -p retention=30s \\",
+        cluster.config_template_by_addr()
+    );
+    println!(
+        "        -p stop_command='{}'",
+        cluster.stop_command_by_addr()
+    );
     println!();
     println!("Ctrl-C stops every process.");
     wait_for_interrupt()?;
