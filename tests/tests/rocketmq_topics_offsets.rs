@@ -165,3 +165,92 @@ fn offset_reset_is_verified_and_its_undo_restores_the_offsets() -> Result<()> {
     assert!(error.contains("ghost_group"), "{error}");
     Ok(())
 }
+
+fn epoch_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A producer that still writes to the queues a shrink removes (a stale route, or a queue id
+/// chosen by the application) while the shrink runs: the read queues must not shrink until no
+/// message arrives there any more, and every message the broker acknowledged is consumed.
+#[test]
+fn shrink_waits_until_no_write_reaches_the_removed_queues() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    cluster.create_topic("StaleTopic", &["broker-a"], 6)?;
+    let producer = cluster.producer()?;
+    let consumer = cluster.keyed_consumer("stale_group", "StaleTopic")?;
+    let mut acked: Vec<String> = Vec::new();
+    for index in 0..12 {
+        let key = format!("before-{index}");
+        producer
+            .send_keyed("StaleTopic", &key, Some(("broker-a", index % 6)))
+            .map_err(anyhow::Error::msg)?;
+        acked.push(key);
+    }
+    if let Err(missing) = consumer.wait_keys(&acked, LONG) {
+        anyhow::bail!("not consumed before the shrink: {missing:?}");
+    }
+    let daemon = Daemon::start()?;
+    let namesrv = cluster.namesrv();
+    let run = daemon.start_run(
+        "rocketmq.topic.shrink_queues",
+        &[
+            ("namesrv", &namesrv),
+            ("topic", "StaleTopic"),
+            ("queues", "3"),
+            ("retention", "10m"),
+            ("route_refresh", "2s"),
+            ("quiet_window", "3s"),
+            ("write_timeout", "2m"),
+        ],
+    )?;
+    // The stale writer: one message every 250 ms to queues 3..5 for 8 s, while the run goes on.
+    let (written, refused, last_ack_ms) = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut written = Vec::new();
+            let mut refused = Vec::new();
+            let mut last_ack_ms = 0;
+            let until = std::time::Instant::now() + Duration::from_secs(8);
+            let mut index = 0;
+            while std::time::Instant::now() < until {
+                let key = format!("stale-{index}");
+                match producer.send_keyed("StaleTopic", &key, Some(("broker-a", 3 + index % 3))) {
+                    Ok(()) => {
+                        last_ack_ms = epoch_ms();
+                        written.push(key);
+                    }
+                    Err(error) => refused.push(format!("{key}: {error}")),
+                }
+                index += 1;
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            (written, refused, last_ack_ms)
+        });
+        writer.join().unwrap_or_default()
+    });
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    acked.extend(written.iter().cloned());
+    // Every acknowledged message is consumed (none left in a queue nobody reads).
+    if let Err(missing) = consumer.wait_keys(&acked, Duration::from_secs(30)) {
+        anyhow::bail!(
+            "{} of {} acknowledged message(s) never consumed: {missing:?}; refused sends: {refused:?}\n{shown}",
+            missing.len(),
+            acked.len()
+        );
+    }
+    assert!(written.len() >= 20, "the writer wrote {written:?}");
+    // The read queues shrank only after the last write reached the removed queues.
+    let shrunk_at = output(&shown, "shrink_read")["observed_at_ms"]
+        .as_i64()
+        .unwrap_or(0);
+    assert!(
+        shrunk_at > last_ack_ms,
+        "read queues shrunk at {shrunk_at}, a write was acknowledged at {last_ack_ms}; refused: {refused:?}"
+    );
+    assert_eq!(output(&shown, "nothing_stranded")["written"], 0, "{shown}");
+    assert_eq!(output(&shown, "read_routed")["max_read_queues"], 3);
+    Ok(())
+}

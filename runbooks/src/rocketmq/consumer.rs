@@ -193,6 +193,9 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
         let mut total = 0;
         let mut by_broker: BTreeMap<String, i64> = BTreeMap::new();
         let mut reports = Vec::new();
+        // The max offset of every queue counted (the topic's own, not the retry topics'): what
+        // a later `rocketmq.queue_writes` compares with to see whether anything arrived since.
+        let mut max_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for group in &groups {
             let progress = group_progress(&admin, group, topic.as_deref()).await?;
             let note = progress.is_none().then_some("the brokers hold no offsets for this group");
@@ -202,6 +205,10 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                 .filter(|queue| broker.as_ref().is_none_or(|broker| &queue.broker == broker))
                 .filter(|queue| queue_from.is_none_or(|from| i64::from(queue.queue_id) >= from || queue.topic.starts_with("%RETRY%")))
                 .collect();
+            for queue in queues.iter().filter(|queue| topic.as_ref() == Some(&queue.topic)) {
+                let entry = max_offsets.entry((queue.broker.clone(), queue.queue_id)).or_default();
+                *entry = (*entry).max(queue.broker_offset);
+            }
             let group_total: i64 = queues.iter().map(QueueProgress::diff).sum();
             for queue in &queues {
                 *by_broker.entry(queue.broker.clone()).or_default() += queue.diff();
@@ -217,6 +224,7 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
             "diff_total": total,
             "by_broker": by_broker,
             "drained": total == 0,
+            "max_offsets": max_offsets.iter().map(|((broker, queue_id), offset)| json!({"broker": broker, "queue_id": queue_id, "max_offset": offset})).collect::<Vec<_>>(),
             "observed_at_ms": now,
         });
         if let (Some(retention), Some(since)) = (retention, since_ms) {

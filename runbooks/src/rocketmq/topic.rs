@@ -546,3 +546,139 @@ pub async fn run_broker_topics(
     })
     .await
 }
+
+/// One queue's max offset, as `rocketmq.queue_writes` reads and compares it.
+fn queue_key(entry: &Value) -> Option<(String, i32, i64)> {
+    Some((
+        entry.get("broker")?.as_str()?.to_owned(),
+        i32::try_from(entry.get("queue_id")?.as_i64()?).ok()?,
+        entry
+            .get("max_offset")
+            .or_else(|| entry.get("broker_offset"))?
+            .as_i64()?,
+    ))
+}
+
+/// `rocketmq.queue_writes`: are messages still written to queues `queue_from`.. of `topic` (the
+/// queues a shrink removes; brokers accept a write to any queue id below max(read, write), and
+/// producers send on a route they cached up to 30 s ago)? Reads each such queue's max offset on
+/// its broker (`GET_MAX_OFFSET`, which answers for a queue id beyond the topic's current counts
+/// too), twice, `window` apart, or once against `since` (a list of `{broker, queue_id,
+/// max_offset}`, e.g. an earlier output's `max_offsets` or a progress output's `max_offsets`).
+/// Input: `namesrv`, `topic`, `queue_from`, `queue_to` (exclusive; default: each broker's
+/// current max(read, write)), `window` (duration), `since`, `expect = "quiet"` (fail when a
+/// message was written). Output: `queues [{broker, queue_id, max_offset, written}]`, `written`,
+/// `quiet`, `max_offsets`.
+pub async fn run_queue_writes(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.queue_writes", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let queue_from = input
+        .opt_u32("queue_from")?
+        .ok_or_else(|| input.bad("queue_from", "is required (the first queue id removed)"))?;
+    let queue_to = input.opt_u32("queue_to")?;
+    let window = input.opt_duration("window")?;
+    let expect = input.opt_string("expect")?;
+    if let Some(expect) = &expect {
+        if expect != "quiet" {
+            return Err(input.bad("expect", format!("{expect:?}: the only check is \"quiet\"")));
+        }
+    }
+    let mut since: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    match input.get("since") {
+        None => {}
+        Some(Value::Array(entries)) => {
+            for entry in entries {
+                let (broker, queue_id, offset) = queue_key(entry).ok_or_else(|| {
+                    input.bad("since", format!("{entry} is not {{broker, queue_id, max_offset}}"))
+                })?;
+                since.insert((broker, queue_id), offset);
+            }
+        }
+        Some(other) => {
+            return Err(input.bad(
+                "since",
+                format!("must be a list of {{broker, queue_id, max_offset}}, not {other}"),
+            ))
+        }
+    }
+    if window.is_none() && input.get("since").is_none() {
+        return Err(input.bad("window", "give `window` (sample twice) or `since` (compare with)"));
+    }
+    with_admin(&namesrv, |admin| async move {
+        let route = existing_route(&admin, &topic).await?;
+        let mut queues: Vec<(BrokerRef, i32)> = Vec::new();
+        for queue in &route.queue_datas {
+            let name = queue.broker_name().to_string();
+            let broker = admin.resolve_broker(Some(&name), None).await?;
+            let upper = queue_to.unwrap_or_else(|| queue.read_queue_nums().max(queue.write_queue_nums()));
+            for queue_id in queue_from..upper.max(queue_from) {
+                queues.push((broker.clone(), queue_id as i32));
+            }
+        }
+        for (broker, queue_id) in since.keys() {
+            if !queues.iter().any(|(known, id)| &known.name == broker && id == queue_id) {
+                queues.push((admin.resolve_broker(Some(broker), None).await?, *queue_id));
+            }
+        }
+        let sample = |queues: Vec<(BrokerRef, i32)>| {
+            let admin = std::sync::Arc::clone(&admin);
+            let topic = topic.clone();
+            async move {
+                let mut offsets = BTreeMap::new();
+                for (broker, queue_id) in queues {
+                    let queue = rocketmq_model::message::MessageQueue::from_parts(topic.as_str(), broker.name.as_str(), queue_id);
+                    let offset = rocketmq_client_rust::OffsetAdmin::max_offset(&admin.inner, broker.addr(), queue, REQUEST_TIMEOUT.as_millis() as u64)
+                        .await
+                        .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) did not return the max offset of topic {topic} queue {queue_id}: {}", broker.name, broker.addr, explain(&error))))?;
+                    offsets.insert((broker.name.clone(), queue_id), offset);
+                }
+                Ok::<_, ActionFailure>(offsets)
+            }
+        };
+        let before = match window {
+            Some(window) => {
+                let first = sample(queues.clone()).await?;
+                tokio::time::sleep(window).await;
+                first
+            }
+            None => since.clone(),
+        };
+        let after = sample(queues.clone()).await?;
+        let mut written_total = 0;
+        let mut report = Vec::new();
+        let mut max_offsets = Vec::new();
+        for ((broker, queue_id), offset) in &after {
+            let written = before.get(&(broker.clone(), *queue_id)).map_or(0, |earlier| (offset - earlier).max(0));
+            written_total += written;
+            report.push(json!({"broker": broker, "queue_id": queue_id, "max_offset": offset, "written": written}));
+            max_offsets.push(json!({"broker": broker, "queue_id": queue_id, "max_offset": offset}));
+        }
+        let busy: Vec<String> = report
+            .iter()
+            .filter(|queue| queue["written"].as_i64().unwrap_or(0) > 0)
+            .map(|queue| format!("{} queue {} (+{})", queue["broker"].as_str().unwrap_or(""), queue["queue_id"], queue["written"]))
+            .collect();
+        context.log.line(&format!(
+            "topic {topic}: {written_total} message(s) written to queue(s) {queue_from}.. {}{}",
+            window.map_or_else(|| "since the earlier reading".to_owned(), |window| format!("in {window:?}")),
+            if busy.is_empty() { String::new() } else { format!(": {}", busy.join(", ")) }
+        ));
+        if expect.is_some() && written_total > 0 {
+            return Err(ActionFailure::permanent(format!(
+                "topic {topic}: {written_total} message(s) were written to removed queue(s) {} after the drain check; \
+                 with the read queues shrunk no consumer reads them: roll back (the read queues come back) and shrink again once no producer writes there",
+                busy.join(", ")
+            )));
+        }
+        Ok(json!({
+            "topic": topic,
+            "queues": report,
+            "written": written_total,
+            "quiet": written_total == 0,
+            "max_offsets": max_offsets,
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}
