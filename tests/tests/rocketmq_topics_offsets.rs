@@ -48,10 +48,13 @@ fn queues_expand_then_shrink_in_two_verified_phases() -> Result<()> {
             ("topic", "GrowTopic"),
             ("queues", "3"),
             ("retention", "10m"),
+            ("route_refresh", "1s"),
+            ("quiet_window", "2s"),
         ],
     )?;
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(output(&shown, "write_routed")["max_write_queues"], 3);
+    assert_eq!(step_of(&shown, "ordered_approval").map(|step| step["state"].clone()), Some("skipped".into()), "{shown}");
     assert_eq!(output(&shown, "drained")["drained"], true, "{shown}");
     assert!(
         output(&shown, "drained")["group_names"]
@@ -466,5 +469,86 @@ fn reset_undo_never_sends_a_whole_topic_reset() -> Result<()> {
         .map(|queues| queues.iter().map(|queue| queue["offset"].as_i64().unwrap_or(0)).sum())
         .unwrap_or(0);
     assert_eq!(restored, 20, "{undo}");
+    Ok(())
+}
+
+const PERM_PROBE: &str = r#"
+name = "perm_probe"
+[params.namesrv]
+required = true
+[params.perm]
+required = true
+[[steps]]
+id = "set"
+action = "rocketmq.topic_upsert"
+with = { namesrv = "{{ params.namesrv }}", topic = "OrderedTopic", perm = "{{ params.perm }}", order = true }
+"#;
+
+/// A topic permission other than 2, 4 or 6 is refused naming the param; expanding or shrinking
+/// an ordered topic waits for an approval that names the key -> queue change.
+#[test]
+fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    cluster.create_topic("OrderedTopic", &["broker-a"], 4)?;
+    let daemon = Daemon::start()?;
+    let namesrv = cluster.namesrv();
+    let probe = daemon.write_file("perm_probe.toml", PERM_PROBE)?;
+    for perm in ["0", "1", "3", "7"] {
+        let run = daemon.start_run(&probe, &[("namesrv", &namesrv), ("perm", perm)])?;
+        let shown = daemon.wait_for(&run, LONG, |shown| {
+            shown["state"] == "needs_attention" || shown["state"] == "succeeded"
+        })?;
+        let error = step_of(&shown, "set")
+            .map(|step| step["error"].to_string())
+            .unwrap_or_default();
+        assert!(
+            shown["state"] == "needs_attention"
+                && error.contains("perm")
+                && error.contains(&format!("{perm} is not a topic permission")),
+            "perm {perm}: {shown}"
+        );
+    }
+    // perm 6 and order = true: an ordered topic.
+    let run = daemon.start_run(&probe, &[("namesrv", &namesrv), ("perm", "6")])?;
+    daemon.wait_state(&run, "succeeded", LONG)?;
+
+    let run = daemon.start_run(
+        "rocketmq.topic.expand_queues",
+        &[("namesrv", &namesrv), ("topic", "OrderedTopic"), ("queues", "8")],
+    )?;
+    let shown = daemon.wait_step(&run, "ordered_approval", "waiting", LONG)?;
+    let change = output(&shown, "ordered")["change"].to_string();
+    assert!(
+        change.contains("4 → 8") && change.contains("went to queue 3 and now goes to queue 7"),
+        "{change}"
+    );
+    assert_eq!(cluster.route_brokers("OrderedTopic")?, ["broker-a"]);
+    let approved = daemon.cli(&["approve", &run])?;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    assert_eq!(output(&shown, "routed")["max_write_queues"], 8);
+
+    let run = daemon.start_run(
+        "rocketmq.topic.shrink_queues",
+        &[
+            ("namesrv", &namesrv),
+            ("topic", "OrderedTopic"),
+            ("queues", "4"),
+            ("route_refresh", "1s"),
+            ("quiet_window", "1s"),
+        ],
+    )?;
+    let shown = daemon.wait_step(&run, "ordered_approval", "waiting", LONG)?;
+    assert!(
+        output(&shown, "ordered")["change"].to_string().contains("8 → 4"),
+        "{shown}"
+    );
+    assert_eq!(
+        step_of(&shown, "shrink_write").map(|step| step["state"].clone()),
+        Some("pending".into())
+    );
+    let approved = daemon.cli(&["approve", &run])?;
+    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    daemon.wait_state(&run, "succeeded", LONG)?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 //! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left |
 //! | `rocketmq.topic_list` / `topic_route` / `topic_status` | what the NameServers and brokers say about topics |
 //! | `rocketmq.topic_upsert` | read-modify-write of a topic config on its brokers |
+//! | `rocketmq.topic_order` | whether a topic is ordered; what a queue change does to its key → queue mapping |
 //! | `rocketmq.queue_writes` | whether messages still arrive on the queues a shrink removes |
 //! | `rocketmq.broker_topics` | the topics a broker serves; whether another writable broker serves them |
 //! | `rocketmq.copy_metadata` | copy topics and subscription groups from one broker to another |
@@ -47,6 +48,7 @@ pub fn register(registry: &mut Registry) {
     registry.register("rocketmq.topic_upsert", FnAction(topic::run_upsert));
     registry.register("rocketmq.broker_topics", FnAction(topic::run_broker_topics));
     registry.register("rocketmq.queue_writes", FnAction(topic::run_queue_writes));
+    registry.register("rocketmq.topic_order", FnAction(topic::run_topic_order));
     registry.register("rocketmq.copy_metadata", FnAction(metadata::run));
     registry.register(
         "rocketmq.consumer_progress",

@@ -270,13 +270,17 @@ struct Changes {
     attributes: Option<Map<String, Value>>,
 }
 
-fn changes_from(input: &Input<'_>) -> Result<Changes, ActionFailure> {
+/// The topic permissions that mean something (`PermName`: 4 read, 2 write; 1 "inherit" is a
+/// broker flag, and 0, 3, 5, 7 on a topic are a mistake the broker would store as given).
+pub const TOPIC_PERMS: [u32; 3] = [2, 4, 6];
+
+fn changes_from(input: &Input<'_>, strict: bool) -> Result<Changes, ActionFailure> {
     let perm = input.opt_u32("perm")?;
     if let Some(perm) = perm {
-        if perm > 7 {
+        if (strict && !TOPIC_PERMS.contains(&perm)) || perm > 7 {
             return Err(input.bad(
                 "perm",
-                format!("{perm} is not a permission (2 write, 4 read, 6 both)"),
+                format!("{perm} is not a topic permission: use 6 (read and write), 4 (read only) or 2 (write only)"),
             ));
         }
     }
@@ -325,7 +329,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
             ));
         }
     }
-    let changes = changes_from(&input)?;
+    let changes = changes_from(&input, true)?;
     let mut restore: Vec<(String, Changes)> = Vec::new();
     match input.get("restore") {
         None => {}
@@ -336,7 +340,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
                 match entry.get("previous") {
                     Some(previous @ Value::Object(_)) => restore.push((
                         broker,
-                        changes_from(&Input::new("rocketmq.topic_upsert", previous))?,
+                        changes_from(&Input::new("rocketmq.topic_upsert", previous), false)?,
                     )),
                     _ => context.log.line(&format!(
                         "broker {broker} did not have topic {topic} before: left as it is"
@@ -677,6 +681,63 @@ pub async fn run_queue_writes(input: Value, context: ActionContext) -> Result<Va
             "written": written_total,
             "quiet": written_total == 0,
             "max_offsets": max_offsets,
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}
+
+/// `rocketmq.topic_order`: is `topic` ordered (`order = true` in a broker's topic config, or an
+/// `orderTopic` KV config on the NameServers), and what a change of its write queues to `queues`
+/// per broker does to the key → queue mapping? Ordered producers pick `hash(key) % queue count`
+/// over every write queue of the route, so a new count sends a key to another queue: messages
+/// of one key are then in two queues and may be consumed out of order while the old one drains.
+/// Input: `namesrv`, `topic`, `queues`. Output: `ordered`, `order_conf`, `brokers [{broker,
+/// order, write_queues}]`, `queues_before`, `queues_after` (totals), `change` (the sentence an
+/// approval shows).
+pub async fn run_topic_order(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_order", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let queues = input
+        .opt_u32("queues")?
+        .ok_or_else(|| input.bad("queues", "is required (the new write queues per broker)"))?;
+    with_admin(&namesrv, |admin| async move {
+        let route = existing_route(&admin, &topic).await?;
+        let order_conf = route.order_topic_conf.as_ref().map(|conf| conf.to_string()).filter(|conf| !conf.trim().is_empty());
+        let mut brokers = Vec::new();
+        let mut ordered = order_conf.is_some();
+        let (mut before, mut after) = (0u32, 0u32);
+        for queue in &route.queue_datas {
+            let name = queue.broker_name().to_string();
+            let target = admin.resolve_broker(Some(&name), None).await?;
+            let configs = broker_topic_configs(&admin, &target).await?;
+            let order = configs.get(&topic).is_some_and(|config| config.order);
+            ordered |= order;
+            before += queue.write_queue_nums();
+            after += queues;
+            brokers.push(json!({"broker": name, "order": order, "write_queues": queue.write_queue_nums()}));
+        }
+        let change = if before == after {
+            format!("topic {topic}: {before} write queue(s), unchanged: every key keeps its queue")
+        } else {
+            let hash = before.max(after) - 1;
+            format!(
+                "topic {topic} is {}: its write queues {before} → {after} change the key → queue mapping (hash % queue count): a key whose hash is {hash} went to queue {} and now goes to queue {}; messages of one key are in two queues until the old one is drained, and may be consumed out of order",
+                if ordered { "ordered" } else { "not ordered" },
+                hash % before.max(1),
+                hash % after.max(1)
+            )
+        };
+        context.log.line(&change);
+        Ok(json!({
+            "topic": topic,
+            "ordered": ordered,
+            "order_conf": order_conf,
+            "brokers": brokers,
+            "queues_before": before,
+            "queues_after": after,
+            "change": change,
             "observed_at_ms": now_ms(),
         }))
     })
