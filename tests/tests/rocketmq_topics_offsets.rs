@@ -527,6 +527,22 @@ fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
     assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(output(&shown, "routed")["max_write_queues"], 8);
+    // The backup taken before the change: the topic as it was (4 queues), named by `show`.
+    let backup = output(&shown, "backup");
+    let path = backup["path"].as_str().unwrap_or_default().to_owned();
+    let topics: Value = serde_json::from_str(&std::fs::read_to_string(format!(
+        "{path}/broker-a/topics.json"
+    ))?)?;
+    assert_eq!(topics["OrderedTopic"]["write_queues"], 4, "{topics}");
+    assert!(std::path::Path::new(&format!("{path}/broker-a/subscription_groups.json")).exists());
+    assert!(std::path::Path::new(&format!("{path}/broker-a/consumer_offsets.json")).exists());
+    assert!(backup["topics"].as_u64().unwrap_or(0) >= 1, "{backup}");
+    let text = daemon.cli(&["show", &run])?;
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(&path),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
 
     let run = daemon.start_run(
         "rocketmq.topic.shrink_queues",

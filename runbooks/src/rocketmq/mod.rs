@@ -6,6 +6,7 @@
 //!
 //! | action | what |
 //! |---|---|
+//! | `rocketmq.backup` | every broker's topics, groups and consumer offsets saved as JSON in the run's directory |
 //! | `rocketmq.cluster` | members, per NameServer; `expect = "registered" / "absent"` |
 //! | `rocketmq.broker_config` | get (`key`), set (`set`, keeps `previous` for undo), check (`expect`) |
 //! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left |
@@ -23,6 +24,7 @@
 //!
 //! `docs/rocketmq.md` describes inputs and outputs for operators.
 
+mod backup;
 mod broker_config;
 mod broker_stats;
 mod cluster;
@@ -39,6 +41,7 @@ use self::common::FnAction;
 
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
+    registry.register("rocketmq.backup", FnAction(backup::run));
     registry.register("rocketmq.cluster", FnAction(cluster::run));
     registry.register("rocketmq.broker_config", FnAction(broker_config::run));
     registry.register("rocketmq.broker_stats", FnAction(broker_stats::run));
