@@ -475,8 +475,8 @@ fn input_has_restore(restore: &[(String, Changes)]) -> bool {
 }
 
 /// `rocketmq.broker_topics`: which user topics a broker serves, and whether another writable
-/// broker serves them too. Input: `namesrv`, `broker`, optional `like` (another broker: report
-/// the topics it serves that `broker` does not), optional `expect = "replaceable"` (fail when a
+/// broker serves them too. Input: `namesrv`, `broker`, optional `like` (other brokers, a list:
+/// report the topics they serve that `broker` does not), optional `expect = "replaceable"` (fail when a
 /// topic is written only through `broker`). Output: `topics` (served by `broker`), `sole_writer`,
 /// `missing` (with `like`), `topic_count`.
 pub async fn run_broker_topics(
@@ -486,7 +486,7 @@ pub async fn run_broker_topics(
     let input = Input::new("rocketmq.broker_topics", &input);
     let namesrv = input.namesrv()?;
     let broker = input.string("broker")?;
-    let like = input.opt_string("like")?;
+    let like = input.string_list("like")?;
     let expect = input.opt_string("expect")?;
     if let Some(expect) = &expect {
         if expect != "replaceable" {
@@ -497,7 +497,7 @@ pub async fn run_broker_topics(
         }
     }
     with_admin(&namesrv, |admin| async move {
-        if let Some(like) = &like {
+        for like in &like {
             admin.resolve_broker(Some(like), None).await?;
         }
         let topics = user_topics(&admin, None, false).await?;
@@ -519,10 +519,8 @@ pub async fn run_broker_topics(
                     sole_writer.push(topic.clone());
                 }
             }
-            if let Some(like) = &like {
-                if names.contains(like) && !names.contains(&broker) {
-                    missing.push(topic.clone());
-                }
+            if like.iter().any(|like| names.contains(like)) && !names.contains(&broker) {
+                missing.push(topic.clone());
             }
         }
         context.log.line(&format!(
@@ -531,7 +529,7 @@ pub async fn run_broker_topics(
             topics.len(),
             names_or_none(served.iter()),
             names_or_none(sole_writer.iter()),
-            like.as_ref().map_or_else(String::new, |like| format!("; on {like} but not on {broker}: {}", names_or_none(missing.iter())))
+            if like.is_empty() { String::new() } else { format!("; on {} but not on {broker}: {}", like.join(", "), names_or_none(missing.iter())) }
         ));
         if expect.is_some() && !sole_writer.is_empty() {
             return Err(ActionFailure::permanent(format!(
