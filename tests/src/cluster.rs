@@ -794,7 +794,10 @@ impl Cluster {
 impl KeyedConsumer {
     /// Every key received so far, with how many times it was delivered.
     pub fn keys(&self) -> BTreeMap<String, usize> {
-        self.keys.lock().map(|keys| keys.clone()).unwrap_or_default()
+        self.keys
+            .lock()
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
     }
 
     /// Messages received so far (deliveries, duplicates included).

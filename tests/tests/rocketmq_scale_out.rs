@@ -52,14 +52,21 @@ fn scale_out_copies_the_union_of_the_cluster_groups_first_and_reports_difference
     let copy = step_of(&shown, "copy")
         .map(|step| step["output"].clone())
         .unwrap_or_default();
-    assert_eq!(copy["sources"], serde_json::json!(["broker-a", "broker-b"]), "{copy}");
+    assert_eq!(
+        copy["sources"],
+        serde_json::json!(["broker-a", "broker-b"]),
+        "{copy}"
+    );
     assert_eq!(
         copy["topics"],
         serde_json::json!(["OnBoth", "OnlyOnA", "OnlyOnB"]),
         "{copy}"
     );
     let groups = copy["groups"].to_string();
-    assert!(groups.contains("group_a") && groups.contains("group_b"), "{copy}");
+    assert!(
+        groups.contains("group_a") && groups.contains("group_b"),
+        "{copy}"
+    );
     assert!(!groups.contains("shared_group"), "{copy}");
     let differing = copy["differing"].to_string();
     assert!(
@@ -74,7 +81,10 @@ fn scale_out_copies_the_union_of_the_cluster_groups_first_and_reports_difference
     assert!(log.contains("differing group shared_group"), "{log}");
     for topic in ["OnlyOnA", "OnlyOnB", "OnBoth"] {
         assert!(
-            cluster.route_brokers(topic)?.iter().any(|name| name == "broker-new"),
+            cluster
+                .route_brokers(topic)?
+                .iter()
+                .any(|name| name == "broker-new"),
             "{topic}"
         );
     }
@@ -82,6 +92,9 @@ fn scale_out_copies_the_union_of_the_cluster_groups_first_and_reports_difference
     let backup = step_of(&shown, "backup")
         .map(|step| step["output"].clone())
         .unwrap_or_default();
-    assert!(backup["summary"].to_string().contains("backup of"), "{backup}");
+    assert!(
+        backup["summary"].to_string().contains("backup of"),
+        "{backup}"
+    );
     Ok(())
 }

@@ -54,7 +54,11 @@ fn queues_expand_then_shrink_in_two_verified_phases() -> Result<()> {
     )?;
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(output(&shown, "write_routed")["max_write_queues"], 3);
-    assert_eq!(step_of(&shown, "ordered_approval").map(|step| step["state"].clone()), Some("skipped".into()), "{shown}");
+    assert_eq!(
+        step_of(&shown, "ordered_approval").map(|step| step["state"].clone()),
+        Some("skipped".into()),
+        "{shown}"
+    );
     assert_eq!(output(&shown, "drained")["drained"], true, "{shown}");
     assert!(
         output(&shown, "drained")["group_names"]
@@ -265,40 +269,6 @@ fn shrink_waits_until_no_write_reaches_the_removed_queues() -> Result<()> {
     Ok(())
 }
 
-/// Commits `offsets` for `group` on `topic` (queue id → offset) on `broker`, as a consumer that
-/// keeps its own offsets and does not take a reset does (LitePull with auto-commit, some gRPC
-/// clients).
-fn commit_offsets(
-    cluster: &Cluster,
-    group: &str,
-    topic: &str,
-    broker: &str,
-    offsets: &[(i32, i64)],
-) -> Result<()> {
-    let addr = cluster.broker(broker)?.addr.clone();
-    let (group, topic, broker) = (group.to_owned(), topic.to_owned(), broker.to_owned());
-    let offsets = offsets.to_vec();
-    cluster.with_admin(&cluster.namesrv(), |admin| async move {
-        for (queue_id, offset) in offsets {
-            let queue = rocketmq_model::message::MessageQueue::from_parts(
-                topic.as_str(),
-                broker.as_str(),
-                queue_id,
-            );
-            rocketmq_client_rust::OffsetAdmin::update_consume_offset(
-                &*admin,
-                addr.as_str().into(),
-                group.as_str().into(),
-                queue,
-                offset as u64,
-            )
-            .await
-            .map_err(|error| anyhow::anyhow!("committing {group} queue {queue_id}: {error}"))?;
-        }
-        Ok(())
-    })
-}
-
 /// Restarts `broker` with `useServerSideResetOffset=false`: it then pushes a reset to the online
 /// consumers and leaves the offsets to them, as Java 4.x brokers do (and reads a per-queue reset
 /// request as a whole-topic reset by timestamp).
@@ -371,15 +341,26 @@ fn online_reset_is_verified_against_what_the_consumers_really_did() -> Result<()
     let shown = daemon.wait_for(&run, LONG, |shown| {
         shown["state"] == "needs_attention" || shown["state"] == "succeeded"
     })?;
-    let replayed = consumer.keys().values().filter(|count| **count >= 2).count();
-    assert_eq!(shown["state"], "needs_attention", "replayed {replayed}: {shown}");
+    let replayed = consumer
+        .keys()
+        .values()
+        .filter(|count| **count >= 2)
+        .count();
+    assert_eq!(
+        shown["state"], "needs_attention",
+        "replayed {replayed}: {shown}"
+    );
     let error = step_of(&shown, "reset")
         .map(|step| step["error"].to_string())
         .unwrap_or_default();
     assert!(error.contains("did not reach the consumers"), "{error}");
     consumer.shutdown();
     let canceled = daemon.cli(&["cancel", &run])?;
-    assert!(canceled.status.success(), "{}", String::from_utf8_lossy(&canceled.stderr));
+    assert!(
+        canceled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&canceled.stderr)
+    );
     daemon.wait_state(&run, "canceled", LONG)?;
 
     let run = daemon.start_run(
@@ -433,7 +414,11 @@ fn reset_undo_never_sends_a_whole_topic_reset() -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
 
     let rolled = daemon.cli(&["rollback", &run])?;
-    assert!(rolled.status.success(), "{}", String::from_utf8_lossy(&rolled.stderr));
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
     let shown = daemon.wait_for(&run, LONG, |shown| {
         shown["state"] == "needs_attention" || shown["state"] == "rolled_back"
     })?;
@@ -449,7 +434,9 @@ fn reset_undo_never_sends_a_whole_topic_reset() -> Result<()> {
         .map(|step| step["undo"].clone())
         .unwrap_or_default();
     assert!(
-        undo["error"].to_string().contains("useServerSideResetOffset")
+        undo["error"]
+            .to_string()
+            .contains("useServerSideResetOffset")
             && undo["error"].to_string().contains("Stop the consumers"),
         "{undo}"
     );
@@ -458,7 +445,11 @@ fn reset_undo_never_sends_a_whole_topic_reset() -> Result<()> {
     consumer.shutdown();
     std::thread::sleep(Duration::from_secs(2));
     let retried = daemon.cli(&["retry", &run, "reset"])?;
-    assert!(retried.status.success(), "{}", String::from_utf8_lossy(&retried.stderr));
+    assert!(
+        retried.status.success(),
+        "{}",
+        String::from_utf8_lossy(&retried.stderr)
+    );
     let shown = daemon.wait_state(&run, "rolled_back", LONG)?;
     let undo = step_of(&shown, "reset")
         .map(|step| step["undo"].clone())
@@ -466,7 +457,12 @@ fn reset_undo_never_sends_a_whole_topic_reset() -> Result<()> {
     assert_eq!(undo["output"]["online"], false, "{undo}");
     let restored: i64 = undo["output"]["current"]
         .as_array()
-        .map(|queues| queues.iter().map(|queue| queue["offset"].as_i64().unwrap_or(0)).sum())
+        .map(|queues| {
+            queues
+                .iter()
+                .map(|queue| queue["offset"].as_i64().unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0);
     assert_eq!(restored, 20, "{undo}");
     Ok(())
@@ -514,7 +510,11 @@ fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
 
     let run = daemon.start_run(
         "rocketmq.topic.expand_queues",
-        &[("namesrv", &namesrv), ("topic", "OrderedTopic"), ("queues", "8")],
+        &[
+            ("namesrv", &namesrv),
+            ("topic", "OrderedTopic"),
+            ("queues", "8"),
+        ],
     )?;
     let shown = daemon.wait_step(&run, "ordered_approval", "waiting", LONG)?;
     let change = output(&shown, "ordered")["change"].to_string();
@@ -524,7 +524,11 @@ fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
     );
     assert_eq!(cluster.route_brokers("OrderedTopic")?, ["broker-a"]);
     let approved = daemon.cli(&["approve", &run])?;
-    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     assert_eq!(output(&shown, "routed")["max_write_queues"], 8);
     // The backup taken before the change: the topic as it was (4 queues), named by `show`.
@@ -556,7 +560,9 @@ fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
     )?;
     let shown = daemon.wait_step(&run, "ordered_approval", "waiting", LONG)?;
     assert!(
-        output(&shown, "ordered")["change"].to_string().contains("8 → 4"),
+        output(&shown, "ordered")["change"]
+            .to_string()
+            .contains("8 → 4"),
         "{shown}"
     );
     assert_eq!(
@@ -564,7 +570,11 @@ fn topic_perm_is_checked_and_ordered_topics_need_approval() -> Result<()> {
         Some("pending".into())
     );
     let approved = daemon.cli(&["approve", &run])?;
-    assert!(approved.status.success(), "{}", String::from_utf8_lossy(&approved.stderr));
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
     daemon.wait_state(&run, "succeeded", LONG)?;
     Ok(())
 }

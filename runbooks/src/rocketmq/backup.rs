@@ -18,8 +18,9 @@ use super::common::{explain, now_ms, with_admin, BrokerRef, Input, REQUEST_TIMEO
 use super::topic::{broker_topic_configs, config_json};
 
 fn write_json(path: &Path, value: &Value) -> Result<(), ActionFailure> {
-    let text = serde_json::to_vec_pretty(value)
-        .map_err(|error| ActionFailure::permanent(format!("encoding {}: {error}", path.display())))?;
+    let text = serde_json::to_vec_pretty(value).map_err(|error| {
+        ActionFailure::permanent(format!("encoding {}: {error}", path.display()))
+    })?;
     let temporary = path.with_extension("json.tmp");
     std::fs::write(&temporary, text)
         .and_then(|()| std::fs::File::open(&temporary)?.sync_all())

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use cheetah_string::CheetahString;
-use rocketmq_client_rust::{BrokerAdmin as _, ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _};
+use rocketmq_client_rust::{
+    BrokerAdmin as _, ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _,
+};
 use rocketmq_model::message::MessageQueue;
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
@@ -357,13 +359,25 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
 
 /// Messages read from each broker today so far (`msgGetTotalTodayNow`, every group's pulls of
 /// user topics): what bounds how far a group can have consumed past a reset target since.
-async fn get_totals(admin: &Admin, brokers: &[String]) -> Result<BTreeMap<String, i64>, ActionFailure> {
+async fn get_totals(
+    admin: &Admin,
+    brokers: &[String],
+) -> Result<BTreeMap<String, i64>, ActionFailure> {
     let mut totals = BTreeMap::new();
     for name in brokers {
         let target = admin.resolve_broker(Some(name), None).await?;
-        let table = admin.inner.fetch_broker_runtime_stats(target.addr()).await.map_err(|error| {
-            ActionFailure::retryable(format!("broker {} ({}) did not return its runtime stats: {}", target.name, target.addr, explain(&error)))
-        })?;
+        let table = admin
+            .inner
+            .fetch_broker_runtime_stats(target.addr())
+            .await
+            .map_err(|error| {
+                ActionFailure::retryable(format!(
+                    "broker {} ({}) did not return its runtime stats: {}",
+                    target.name,
+                    target.addr,
+                    explain(&error)
+                ))
+            })?;
         let total = table
             .table
             .iter()
@@ -394,26 +408,48 @@ async fn verify_online(
     gets_before: &BTreeMap<String, i64>,
     settle: std::time::Duration,
 ) -> Result<Vec<QueueProgress>, ActionFailure> {
-    context.log.line(&format!("group {group} on topic {topic}: watching the offsets for {settle:?}"));
+    context.log.line(&format!(
+        "group {group} on topic {topic}: watching the offsets for {settle:?}"
+    ));
     tokio::time::sleep(settle).await;
-    let after = group_progress(admin, group, Some(topic)).await?.unwrap_or_default();
-    let brokers: Vec<String> = targets.keys().map(|(broker, _)| broker.clone()).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
+    let after = group_progress(admin, group, Some(topic))
+        .await?
+        .unwrap_or_default();
+    let brokers: Vec<String> = targets
+        .keys()
+        .map(|(broker, _)| broker.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let gets_after = get_totals(admin, &brokers).await?;
     let mut problems = Vec::new();
     let mut advanced: BTreeMap<String, (i64, Vec<String>)> = BTreeMap::new();
     for ((broker, queue_id), wanted) in targets {
-        let found = after.iter().find(|queue| queue.topic == topic && &queue.broker == broker && queue.queue_id == *queue_id);
+        let found = after.iter().find(|queue| {
+            queue.topic == topic && &queue.broker == broker && queue.queue_id == *queue_id
+        });
         let Some(queue) = found else {
-            problems.push(format!("broker {broker} queue {queue_id}: no offset reported"));
+            problems.push(format!(
+                "broker {broker} queue {queue_id}: no offset reported"
+            ));
             continue;
         };
-        let before = prior.get(&(broker.clone(), *queue_id)).copied().unwrap_or(-1);
+        let before = prior
+            .get(&(broker.clone(), *queue_id))
+            .copied()
+            .unwrap_or(-1);
         if queue.consumer_offset < *wanted {
-            problems.push(format!("broker {broker} queue {queue_id}: offset {} is before the target {wanted}", queue.consumer_offset));
+            problems.push(format!(
+                "broker {broker} queue {queue_id}: offset {} is before the target {wanted}",
+                queue.consumer_offset
+            ));
         } else if queue.consumer_offset > *wanted {
             let entry = advanced.entry(broker.clone()).or_default();
             entry.0 += queue.consumer_offset - wanted;
-            entry.1.push(format!("queue {queue_id} at {} (target {wanted}, before the reset {before})", queue.consumer_offset));
+            entry.1.push(format!(
+                "queue {queue_id} at {} (target {wanted}, before the reset {before})",
+                queue.consumer_offset
+            ));
         }
     }
     for (broker, (past, queues)) in &advanced {
@@ -560,15 +596,17 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
         }
         for (topic, queues) in &wanted {
             for ((broker, queue_id), offset) in queues {
-                let Some((target, _)) = brokers.get(broker) else { continue };
+                let Some((target, server_side)) = brokers.get(broker) else { continue };
                 let queue = MessageQueue::from_parts(topic.as_str(), broker.as_str(), *queue_id);
                 admin
                     .inner
                     .update_consume_offset(target.addr(), CheetahString::from(group.as_str()), queue, *offset as u64)
                     .await
                     .map_err(|error| ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {}", explain(&error))))?;
-                if online {
-                    // The broker keeps the offset as a reset its consumers take at their next pull.
+                if *server_side {
+                    // The broker keeps the offset as a reset its consumers take at their next
+                    // pull; until then it ignores plain commits (an earlier reset's among them),
+                    // so the saved offset must go the same way.
                     admin
                         .inner
                         .reset_offset_by_queue_id(target.addr(), CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), *queue_id, *offset as u64)
@@ -579,7 +617,7 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
             context.log.line(&format!(
                 "group {group} on topic {topic}: restored {} offset(s) ({})",
                 queues.len(),
-                if online { "reset on the brokers for the online consumers" } else { "written on the brokers: no consumer online" }
+                if online { "reset on the brokers, for the online consumers" } else { "written on the brokers: no consumer online" }
             ));
         }
         let mut current = Vec::new();

@@ -571,7 +571,10 @@ fn queue_key(entry: &Value) -> Option<(String, i32, i64)> {
 /// current max(read, write)), `window` (duration), `since`, `expect = "quiet"` (fail when a
 /// message was written). Output: `queues [{broker, queue_id, max_offset, written}]`, `written`,
 /// `quiet`, `max_offsets`.
-pub async fn run_queue_writes(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+pub async fn run_queue_writes(
+    input: Value,
+    context: ActionContext,
+) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.queue_writes", &input);
     let namesrv = input.namesrv()?;
     let topic = input.string("topic")?;
@@ -592,7 +595,10 @@ pub async fn run_queue_writes(input: Value, context: ActionContext) -> Result<Va
         Some(Value::Array(entries)) => {
             for entry in entries {
                 let (broker, queue_id, offset) = queue_key(entry).ok_or_else(|| {
-                    input.bad("since", format!("{entry} is not {{broker, queue_id, max_offset}}"))
+                    input.bad(
+                        "since",
+                        format!("{entry} is not {{broker, queue_id, max_offset}}"),
+                    )
                 })?;
                 since.insert((broker, queue_id), offset);
             }
@@ -605,7 +611,10 @@ pub async fn run_queue_writes(input: Value, context: ActionContext) -> Result<Va
         }
     }
     if window.is_none() && input.get("since").is_none() {
-        return Err(input.bad("window", "give `window` (sample twice) or `since` (compare with)"));
+        return Err(input.bad(
+            "window",
+            "give `window` (sample twice) or `since` (compare with)",
+        ));
     }
     with_admin(&namesrv, |admin| async move {
         let route = existing_route(&admin, &topic).await?;
