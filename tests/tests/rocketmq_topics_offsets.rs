@@ -180,6 +180,38 @@ fn epoch_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits (up to 60 s) until `group` has committed everything stored in `topic`.
+fn wait_lag_zero(cluster: &Cluster, group: &str, topic: &str) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (group_owned, topic_owned) = (group.to_owned(), topic.to_owned());
+        let lag = cluster.with_admin(&cluster.namesrv(), |admin| async move {
+            let stats = rocketmq_client_rust::ConsumerAdmin::examine_consume_stats(
+                &*admin,
+                group_owned.as_str().into(),
+                Some(topic_owned.as_str().into()),
+                None,
+                None,
+                None,
+            )
+            .await
+            .map_err(|error| anyhow::anyhow!("consume stats of {group_owned}: {error}"))?;
+            Ok(stats
+                .offset_table
+                .values()
+                .map(|offset| (offset.get_broker_offset() - offset.get_consumer_offset()).max(0))
+                .sum::<i64>())
+        })?;
+        if lag == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!("group {group} still lags {lag} message(s) on {topic}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 /// A producer that still writes to the queues a shrink removes (a stale route, or a queue id
 /// chosen by the application) while the shrink runs: the read queues must not shrink until no
 /// message arrives there any more, and every message the broker acknowledged is consumed.
@@ -200,8 +232,8 @@ fn shrink_waits_until_no_write_reaches_the_removed_queues() -> Result<()> {
     if let Err(missing) = consumer.wait_keys(&acked, LONG) {
         anyhow::bail!("not consumed before the shrink: {missing:?}");
     }
-    // The consumer commits its offsets every 5 s: nothing is left to drain when the run starts.
-    std::thread::sleep(Duration::from_secs(6));
+    // Nothing is left to drain when the run starts (the consumer commits its offsets lazily).
+    wait_lag_zero(&cluster, "stale_group", "StaleTopic")?;
     let daemon = Daemon::start()?;
     let namesrv = cluster.namesrv();
     let run = daemon.start_run(
