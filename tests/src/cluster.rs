@@ -1150,3 +1150,149 @@ impl Drop for Consumer {
         self.shutdown();
     }
 }
+
+/// Counts every message a consumer receives by key (a message without keys counts under "").
+struct KeyCounter(Arc<std::sync::Mutex<BTreeMap<String, usize>>>);
+
+impl MessageListenerConcurrently for KeyCounter {
+    fn consume_message(
+        &self,
+        messages: &[&MessageExt],
+        _context: &ConsumeConcurrentlyContext,
+    ) -> rocketmq_client_rust::ClientResult<ConsumeConcurrentlyStatus> {
+        if let Ok(mut keys) = self.0.lock() {
+            for message in messages {
+                let key = message
+                    .keys()
+                    .map(|keys| keys.join(" "))
+                    .unwrap_or_default();
+                *keys.entry(key).or_default() += 1;
+            }
+        }
+        Ok(ConsumeConcurrentlyStatus::ConsumeSuccess)
+    }
+}
+
+/// A push consumer that records the key of every message it receives (how many times each).
+pub struct KeyedConsumer {
+    consumer: Option<DefaultMQPushConsumer>,
+    keys: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Cluster {
+    /// A started push consumer of `topic` in `group` that records message keys.
+    pub fn keyed_consumer(&self, group: &str, topic: &str) -> Result<KeyedConsumer> {
+        let namesrv = self.namesrv();
+        let keys = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let listener = KeyCounter(Arc::clone(&keys));
+        let consumer = self.runtime.block_on(async {
+            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
+            let mut consumer = DefaultMQPushConsumer::builder(runtime)
+                .consumer_group(group.to_owned())
+                .name_server_addr(namesrv)
+                .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
+                .build();
+            consumer
+                .subscribe(topic, "*")
+                .await
+                .map_err(|error| anyhow!("subscribing {group} to {topic}: {error}"))?;
+            consumer.register_message_listener_concurrently(listener);
+            consumer
+                .start()
+                .await
+                .map_err(|error| anyhow!("starting consumer {group}: {error}"))?;
+            Ok::<_, anyhow::Error>(consumer)
+        })?;
+        Ok(KeyedConsumer {
+            consumer: Some(consumer),
+            keys,
+            runtime: self.runtime.handle().clone(),
+        })
+    }
+}
+
+impl KeyedConsumer {
+    /// Every key received so far, with how many times it was delivered.
+    pub fn keys(&self) -> BTreeMap<String, usize> {
+        self.keys
+            .lock()
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
+    }
+
+    /// Messages received so far (deliveries, duplicates included).
+    pub fn deliveries(&self) -> usize {
+        self.keys().values().sum()
+    }
+
+    /// Waits until every key of `keys` was received at least once; the missing ones otherwise.
+    pub fn wait_keys(&self, keys: &[String], timeout: Duration) -> Result<(), Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let received = self.keys();
+            let missing: Vec<String> = keys
+                .iter()
+                .filter(|key| !received.contains_key(*key))
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(missing);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the consumer (it persists its offsets first).
+    pub fn shutdown(&mut self) {
+        if let Some(mut consumer) = self.consumer.take() {
+            self.runtime
+                .block_on(async move { consumer.shutdown().await });
+        }
+    }
+}
+
+impl Drop for KeyedConsumer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl Producer {
+    /// Sends one message with `key` to `topic`: to queue `queue_id` of `broker` when given,
+    /// else wherever the producer's (possibly cached) route sends it. The broker's answer as an
+    /// error text.
+    pub fn send_keyed(
+        &self,
+        topic: &str,
+        key: &str,
+        queue: Option<(&str, i32)>,
+    ) -> Result<(), String> {
+        let producer = self.inner().map_err(|error| error.to_string())?;
+        self.runtime.block_on(async {
+            let message = Message::builder()
+                .topic(topic)
+                .tags("test")
+                .keys(vec![key.to_owned()])
+                .body_slice(key.as_bytes())
+                .build_unchecked();
+            let sent = match queue {
+                Some((broker, queue_id)) => {
+                    producer
+                        .send_to_queue_with_timeout(
+                            message,
+                            MessageQueue::from_parts(topic, broker, queue_id),
+                            5000,
+                        )
+                        .await
+                }
+                None => producer.send_with_timeout(message, 5000).await,
+            };
+            sent.map(|_| ())
+                .map_err(|error| runbook_runbooks::rocketmq::common::explain(&error))
+        })
+    }
+}

@@ -232,8 +232,8 @@ fn step_row(step: &Value, now: DateTime<Utc>) -> Vec<String> {
     ]
 }
 
-/// The note of a step: its error, what it waits for (with a countdown), how late its timer
-/// fired, who approved it, and the state of its undo.
+/// The note of a step: its error, what it waits for (with a countdown), its output's `summary`
+/// when it succeeded, how late its timer fired, who approved it, and the state of its undo.
 pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
     let mut notes = Vec::new();
     if let Some(error) = render::error_text(&step["error"]) {
@@ -258,6 +258,15 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
             (Some("retry"), Some(countdown)) => notes.push(format!("retry {countdown}")),
             (_, Some(countdown)) => notes.push(format!("fires {countdown}")),
             _ => {}
+        }
+    }
+    // An action's one-line account of what it did (a backup names its path).
+    if state == "succeeded" {
+        if let Some(summary) = step["output"]["summary"]
+            .as_str()
+            .filter(|summary| !summary.is_empty())
+        {
+            notes.push(summary.to_string());
         }
     }
     // Under 100 ms late is scheduling noise, not news.

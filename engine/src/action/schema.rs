@@ -33,7 +33,7 @@ pub struct Key {
     #[serde(rename = "type")]
     pub kind: Kind,
     pub required: bool,
-    /// The allowed values of a `Text` key (empty: any).
+    /// The allowed values of a `Text` or `Int` key, as text (empty: any).
     pub values: &'static [&'static str],
     pub description: &'static str,
 }
@@ -220,8 +220,14 @@ impl Schema {
                 });
                 continue;
             }
-            if let (false, Value::String(text)) = (key.values.is_empty(), value) {
-                if !key.values.contains(&text.trim()) {
+            // Allowed values are written as text; a number is compared as its text.
+            let text = match value {
+                Value::String(text) => Some(text.trim().to_owned()),
+                Value::Number(number) => Some(number.to_string()),
+                _ => None,
+            };
+            if let (false, Some(text)) = (key.values.is_empty(), text) {
+                if !key.values.contains(&text.as_str()) {
                     problems.push(Problem {
                         key: name.clone(),
                         message: format!(
@@ -257,6 +263,9 @@ impl Schema {
         let mut map = serde_json::Map::new();
         for key in self.keys.iter().filter(|key| all || key.required) {
             let value = match (key.values.first(), key.kind) {
+                (Some(value), Kind::Int) => value
+                    .parse::<i64>()
+                    .map_or_else(|_| Value::from(*value), Value::from),
                 (Some(value), _) => Value::from(*value),
                 (None, Kind::Text) => Value::from(key.name),
                 (None, Kind::Int) => Value::from(1),

@@ -8,7 +8,9 @@
 use std::collections::BTreeMap;
 
 use cheetah_string::CheetahString;
-use rocketmq_client_rust::{ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _};
+use rocketmq_client_rust::{
+    BrokerAdmin as _, ConsumerAdmin as _, OffsetAdmin as _, TopicAdmin as _,
+};
 use rocketmq_model::message::MessageQueue;
 use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
@@ -303,6 +305,9 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
         let mut offline = Vec::new();
         let mut by_broker: BTreeMap<String, i64> = BTreeMap::new();
         let mut reports = Vec::new();
+        // The max offset of every queue counted (the topic's own, not the retry topics'): what
+        // a later `rocketmq.queue_writes` compares with to see whether anything arrived since.
+        let mut max_offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for group in &groups {
             let progress = group_progress(&admin, group, topic.as_deref()).await?;
             let note = progress.is_none().then_some("the brokers hold no offsets for this group");
@@ -312,6 +317,10 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
                 .filter(|queue| broker.as_ref().is_none_or(|broker| &queue.broker == broker))
                 .filter(|queue| queue_from.is_none_or(|from| i64::from(queue.queue_id) >= from || queue.topic.starts_with("%RETRY%")))
                 .collect();
+            for queue in queues.iter().filter(|queue| topic.as_ref() == Some(&queue.topic)) {
+                let entry = max_offsets.entry((queue.broker.clone(), queue.queue_id)).or_default();
+                *entry = (*entry).max(queue.broker_offset);
+            }
             let group_total: i64 = queues.iter().map(QueueProgress::diff).sum();
             for queue in &queues {
                 *by_broker.entry(queue.broker.clone()).or_default() += queue.diff();
@@ -343,6 +352,7 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
             "diff_total": total,
             "by_broker": by_broker,
             "drained": total == 0,
+            "max_offsets": max_offsets.iter().map(|((broker, queue_id), offset)| json!({"broker": broker, "queue_id": queue_id, "max_offset": offset})).collect::<Vec<_>>(),
             "observed_at_ms": now,
         });
         if check_online {
@@ -415,6 +425,11 @@ pub const RESET_SCHEMA: Schema = Schema {
         )
         .required(),
         optional(
+            "settle",
+            Kind::Duration,
+            "how long the consumers' offsets are watched after an online reset (default 20s)",
+        ),
+        optional(
             "force",
             Kind::Bool,
             "reset even ahead of the current offsets (default true)",
@@ -433,6 +448,9 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
     let topic = input.string("topic")?;
     let timestamp = parse_timestamp(&input, "timestamp")?;
     let force = input.bool_or("force", true)?;
+    let settle = input
+        .opt_duration("settle")?
+        .unwrap_or(std::time::Duration::from_secs(20));
     if timestamp < 0 {
         return Err(input.bad("timestamp", "must not be before 1970"));
     }
@@ -442,6 +460,9 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
             ActionFailure::permanent(format!("consumer group {group} has no offsets on topic {topic}: there is nothing to reset (has it ever consumed?)"))
         })?;
         let previous = offsets_json(&before, &topic);
+        let route = existing_route(&admin, &topic).await?;
+        let route_brokers: Vec<String> = route.queue_datas.iter().map(|queue| queue.broker_name().to_string()).collect();
+        let gets_before = get_totals(&admin, &route_brokers).await?;
         context.log.line(&format!("group {group} on topic {topic}: saved {} offset(s) before the reset", previous.len()));
 
         let mut method = "broker_push";
@@ -475,7 +496,16 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
             .collect();
         context.log.line(&format!("group {group} on topic {topic}: reset {} queue(s) ({method})", reset_to.len()));
 
-        let after = verify(&admin, &group, &topic, &targets, method == "broker_push").await?;
+        let after = if method == "broker_push" {
+            let prior: BTreeMap<(String, i32), i64> = before
+                .iter()
+                .filter(|queue| queue.topic == topic)
+                .map(|queue| ((queue.broker.clone(), queue.queue_id), queue.consumer_offset))
+                .collect();
+            verify_online(&admin, &context, &group, &topic, &targets, &prior, &gets_before, settle).await?
+        } else {
+            verify(&admin, &group, &topic, &targets, false).await?
+        };
         Ok(json!({
             "group": group,
             "topic": topic,
@@ -488,6 +518,125 @@ pub async fn run_reset(input: Value, context: ActionContext) -> Result<Value, Ac
         }))
     })
     .await
+}
+
+/// Messages read from each broker today so far (`msgGetTotalTodayNow`, every group's pulls of
+/// user topics): what bounds how far a group can have consumed past a reset target since.
+async fn get_totals(
+    admin: &Admin,
+    brokers: &[String],
+) -> Result<BTreeMap<String, i64>, ActionFailure> {
+    let mut totals = BTreeMap::new();
+    for name in brokers {
+        let target = admin.resolve_broker(Some(name), None).await?;
+        let table = admin
+            .inner
+            .fetch_broker_runtime_stats(target.addr())
+            .await
+            .map_err(|error| {
+                ActionFailure::retryable(format!(
+                    "broker {} ({}) did not return its runtime stats: {}",
+                    target.name,
+                    target.addr,
+                    explain(&error)
+                ))
+            })?;
+        let total = table
+            .table
+            .iter()
+            .find(|(key, _)| key.as_str() == "msgGetTotalTodayNow")
+            .and_then(|(_, value)| value.trim().parse::<i64>().ok());
+        if let Some(total) = total {
+            totals.insert(name.clone(), total);
+        }
+    }
+    Ok(totals)
+}
+
+/// The online path's read-back. A reset the consumers never took can still read back as the
+/// target for a moment (brokers with `useServerSideResetOffset` write it themselves, and the
+/// client that did not take it commits its own offset over it at its next persist), so the
+/// offsets are watched for `settle`, then each must be at or after its target, and how far the
+/// group got past the targets on a broker must be covered by what was read from that broker
+/// since the reset (`msgGetTotalTodayNow` grew by at least that much). An offset still at its
+/// pre-reset value with nothing re-read fails.
+#[allow(clippy::too_many_arguments)]
+async fn verify_online(
+    admin: &Admin,
+    context: &ActionContext,
+    group: &str,
+    topic: &str,
+    targets: &BTreeMap<(String, i32), i64>,
+    prior: &BTreeMap<(String, i32), i64>,
+    gets_before: &BTreeMap<String, i64>,
+    settle: std::time::Duration,
+) -> Result<Vec<QueueProgress>, ActionFailure> {
+    context.log.line(&format!(
+        "group {group} on topic {topic}: watching the offsets for {settle:?}"
+    ));
+    tokio::time::sleep(settle).await;
+    let after = group_progress(admin, group, Some(topic))
+        .await?
+        .unwrap_or_default();
+    let brokers: Vec<String> = targets
+        .keys()
+        .map(|(broker, _)| broker.clone())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let gets_after = get_totals(admin, &brokers).await?;
+    let mut problems = Vec::new();
+    let mut advanced: BTreeMap<String, (i64, Vec<String>)> = BTreeMap::new();
+    for ((broker, queue_id), wanted) in targets {
+        let found = after.iter().find(|queue| {
+            queue.topic == topic && &queue.broker == broker && queue.queue_id == *queue_id
+        });
+        let Some(queue) = found else {
+            problems.push(format!(
+                "broker {broker} queue {queue_id}: no offset reported"
+            ));
+            continue;
+        };
+        let before = prior
+            .get(&(broker.clone(), *queue_id))
+            .copied()
+            .unwrap_or(-1);
+        if queue.consumer_offset < *wanted {
+            problems.push(format!(
+                "broker {broker} queue {queue_id}: offset {} is before the target {wanted}",
+                queue.consumer_offset
+            ));
+        } else if queue.consumer_offset > *wanted {
+            let entry = advanced.entry(broker.clone()).or_default();
+            entry.0 += queue.consumer_offset - wanted;
+            entry.1.push(format!(
+                "queue {queue_id} at {} (target {wanted}, before the reset {before})",
+                queue.consumer_offset
+            ));
+        }
+    }
+    for (broker, (past, queues)) in &advanced {
+        match (gets_before.get(broker), gets_after.get(broker)) {
+            (Some(start), Some(end)) if end >= start => {
+                let read = end - start;
+                if *past > read {
+                    problems.push(format!(
+                        "broker {broker}: the group is {past} message(s) past the targets ({}) but only {read} message(s) were read from the broker since the reset",
+                        queues.join(", ")
+                    ));
+                }
+            }
+            _ => context.log.line(&format!("broker {broker}: its read counter restarted (a new day or a restart); the offsets past the target are not checked against it")),
+        }
+    }
+    if problems.is_empty() {
+        context.log.line(&format!("group {group} on topic {topic}: every offset is at or after its target, within what was read since"));
+        return Ok(after);
+    }
+    Err(ActionFailure::permanent(format!(
+        "group {group} on topic {topic}: the reset did not reach the consumers ({}); a consumer that does not take the reset (LitePull, some 5.x gRPC clients) commits its own offsets over it: stop it and reset again",
+        problems.join("; ")
+    )))
 }
 
 /// Reads the offsets back: each must be the target (or, with consumers online, may have moved on
@@ -559,8 +708,9 @@ pub const RESTORE_SCHEMA: Schema = Schema {
 };
 
 /// `rocketmq.restore_offsets`: input `namesrv`, `group`, `offsets` (`[{topic, broker, queue_id,
-/// offset}]`, e.g. a reset's `previous`). Writes each offset on its broker (and pushes it to
-/// online consumers), then reads them back.
+/// offset}]`, e.g. a reset's `previous`). Writes each offset on its broker and, with consumers
+/// online, resets each queue to it on brokers that reset on their side (refused elsewhere: see
+/// below), then reads them back.
 pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.restore_offsets", &input);
     let namesrv = input.namesrv()?;
@@ -593,34 +743,73 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
             .insert((broker, queue_id), offset);
     }
     with_admin(&namesrv, |admin| async move {
-        let mut online = false;
+        // Are consumers of the group online? (The brokers answer "not online" with an error.)
+        let connections = admin
+            .inner
+            .examine_consumer_connection_info(CheetahString::from(group.as_str()), None)
+            .await
+            .map(|connection| connection.get_connection_set().len())
+            .unwrap_or(0);
+        let online = connections > 0;
+        // Online consumers keep their own offsets, so the restored ones must reach them too. A
+        // per-queue reset request carries an explicit offset only for a broker that resets on its
+        // own side (`useServerSideResetOffset=true`: Java 5.x and rocketmq-rust by default). Any
+        // other broker (Java 4.x has no such key) reads it as a whole-topic reset by timestamp,
+        // and the timestamp is 0: every consumer of the group would go back to the earliest
+        // message. There the offsets can only be written while the group is offline.
+        let mut brokers: BTreeMap<String, (super::common::BrokerRef, bool)> = BTreeMap::new();
+        for queues in wanted.values() {
+            for (broker, _) in queues.keys() {
+                if brokers.contains_key(broker) {
+                    continue;
+                }
+                let target = admin.resolve_broker(Some(broker), None).await?;
+                let config = super::broker_config::read(&admin, &target).await?;
+                let server_side = config.get("useServerSideResetOffset").is_some_and(|value| value.trim() == "true");
+                if online && !server_side {
+                    return Err(ActionFailure::permanent(format!(
+                        "group {group} has {connections} consumer(s) online and broker {broker} ({}) does not reset offsets on its side \
+                         (useServerSideResetOffset is {}): it would take a per-queue reset for a whole-topic reset to the earliest message. \
+                         Stop the consumers of group {group} and run this again (the saved offsets are then written on the brokers)",
+                        target.addr,
+                        config.get("useServerSideResetOffset").map_or_else(|| "absent, as on Java 4.x".to_owned(), |value| format!("{value:?}"))
+                    )));
+                }
+                brokers.insert(broker.clone(), (target, server_side));
+            }
+        }
         for (topic, queues) in &wanted {
             for ((broker, queue_id), offset) in queues {
-                let target = admin.resolve_broker(Some(broker), None).await?;
+                let Some((target, server_side)) = brokers.get(broker) else { continue };
                 let queue = MessageQueue::from_parts(topic.as_str(), broker.as_str(), *queue_id);
                 admin
                     .inner
                     .update_consume_offset(target.addr(), CheetahString::from(group.as_str()), queue, *offset as u64)
                     .await
                     .map_err(|error| ActionFailure::retryable(format!("broker {broker}: writing the offset of group {group} on {topic} queue {queue_id}: {}", explain(&error))))?;
-                // Online consumers keep their own offsets: push the restored one to them too.
-                match admin
-                    .inner
-                    .reset_offset_by_queue_id(target.addr(), CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), *queue_id, *offset as u64)
-                    .await
-                {
-                    Ok(()) => online = true,
-                    Err(error) => context.log.line(&format!("broker {broker}: no online consumer took the offset of queue {queue_id} ({})", explain(&error))),
+                if *server_side {
+                    // The broker keeps the offset as a reset its consumers take at their next
+                    // pull; until then it ignores plain commits (an earlier reset's among them),
+                    // so the saved offset must go the same way.
+                    admin
+                        .inner
+                        .reset_offset_by_queue_id(target.addr(), CheetahString::from(group.as_str()), CheetahString::from(topic.as_str()), *queue_id, *offset as u64)
+                        .await
+                        .map_err(|error| ActionFailure::retryable(format!("broker {broker}: resetting group {group} on {topic} queue {queue_id} to {offset}: {}", explain(&error))))?;
                 }
             }
-            context.log.line(&format!("group {group} on topic {topic}: restored {} offset(s)", queues.len()));
+            context.log.line(&format!(
+                "group {group} on topic {topic}: restored {} offset(s) ({})",
+                queues.len(),
+                if online { "reset on the brokers, for the online consumers" } else { "written on the brokers: no consumer online" }
+            ));
         }
         let mut current = Vec::new();
         for (topic, queues) in &wanted {
             let after = verify(&admin, &group, topic, queues, online).await?;
             current.extend(offsets_json(&after, topic));
         }
-        Ok(json!({"group": group, "restored": entries_json(&wanted), "current": current, "observed_at_ms": now_ms()}))
+        Ok(json!({"group": group, "restored": entries_json(&wanted), "current": current, "online": online, "observed_at_ms": now_ms()}))
     })
     .await
 }

@@ -1,20 +1,25 @@
-//! `rocketmq.copy_metadata`: copy every topic config and subscription group from one broker to
-//! another (scale-out: a new broker serves only the topics it holds).
+//! `rocketmq.copy_metadata`: copy every topic config and subscription group of a cluster to a
+//! new broker (scale-out: a new broker serves only the topics it holds).
 //!
-//! Input: `namesrv`, `source` (broker name), `target` (broker name).
+//! Input: `namesrv`, `target` (broker name), `cluster` (default: the target's), `source` (only
+//! this broker, instead of every master of the cluster).
 //!
-//! Broker-local system topics (`TBW102`, `SCHEDULE_TOPIC_XXXX`, the topics named after a broker
-//! or cluster, `rmq_sys_*`, `%RETRY%`/`%DLQ%` topics, which brokers create on demand) and the
-//! brokers' own consumer groups are skipped. A topic or group the target already holds with the
-//! same config is left alone, so a retry is harmless. Afterwards the target's topics and groups
-//! are read back: every copied one must be there, with the source's queue counts and perm.
+//! The union over every master of the cluster but the target is copied, so a topic that lives
+//! on one broker only is not missed. Groups go first: with `autoCreateSubscriptionGroup=false`
+//! a consumer the new broker serves is refused until its group is there. Broker-local system
+//! topics and the brokers' own groups are skipped. A topic or group the target already holds
+//! with the same config is left alone (a retry is harmless); one it holds with another config,
+//! or that differs between sources, is reported in `differing` and in the log, and the target's
+//! copy is not overwritten. Afterwards the target's topics and groups are read back.
 //!
-//! Output: `topics` (copied), `unchanged`, `groups` (copied), `skipped` (system topics).
+//! Output: `sources`, `groups` (copied), `unchanged_groups`, `topics` (copied), `unchanged`,
+//! `differing [{kind, name, brokers, configs, note}]`, `skipped` (system topics).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{ConsumerAdmin as _, TopicAdmin as _};
+use rocketmq_model::topic::TopicConfig;
 use rocketmq_protocol::protocol::subscription::subscription_group_config::SubscriptionGroupConfig;
 use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
@@ -37,17 +42,27 @@ pub const SCHEMA: Schema = Schema {
             "the NameServer list, host:port;host:port",
         )
         .required(),
-        optional("source", Kind::Text, "the broker to copy from").required(),
         optional("target", Kind::Text, "the broker to copy to").required(),
+        optional(
+            "source",
+            Kind::Text,
+            "copy only from this broker (default: every master of the cluster)",
+        ),
+        optional(
+            "cluster",
+            Kind::Text,
+            "the cluster whose masters are copied (default: the target's)",
+        ),
     ],
 };
 
 pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let input = Input::new("rocketmq.copy_metadata", &input);
     let namesrv = input.namesrv()?;
-    let source_name = input.string("source")?;
     let target_name = input.string("target")?;
-    if source_name == target_name {
+    let cluster = input.opt_string("cluster")?;
+    let only_source = input.opt_string("source")?;
+    if only_source.as_deref() == Some(target_name.as_str()) {
         return Err(input.bad("target", "is the same broker as `source`"));
     }
     with_admin(&namesrv, |admin| async move {
@@ -59,128 +74,187 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let source = admin.resolve_broker(Some(&source_name), None).await?;
         let target = admin.resolve_broker(Some(&target_name), None).await?;
+        let cluster = cluster.unwrap_or_else(|| brokers.get(&target_name).map(|entry| entry.cluster.clone()).unwrap_or_default());
+        // Every master of the cluster but the target (or only `source`, when given).
+        let mut sources = Vec::new();
+        for (name, entry) in &brokers {
+            if name == &target_name || entry.cluster != cluster {
+                continue;
+            }
+            if only_source.as_ref().is_some_and(|only| only != name) {
+                continue;
+            }
+            match entry.master() {
+                Some(addr) => sources.push(BrokerRef { name: name.clone(), addr: addr.to_owned() }),
+                None => context.log.line(&format!("broker {name}: no master registered, its metadata is not copied")),
+            }
+        }
+        if let Some(only) = &only_source {
+            if sources.is_empty() {
+                admin.resolve_broker(Some(only), None).await?;
+            }
+        }
+        if sources.is_empty() {
+            return Err(ActionFailure::permanent(format!(
+                "cluster {cluster} has no master other than {target_name} on namesrv {}: nothing to copy from",
+                admin.namesrv
+            )));
+        }
+        let source_names: Vec<String> = sources.iter().map(|source| source.name.clone()).collect();
 
-        let source_topics = broker_topic_configs(&admin, &source).await?;
-        let target_topics = broker_topic_configs(&admin, &target).await?;
-        let mut copied = Vec::new();
-        let mut unchanged = Vec::new();
-        let mut skipped = Vec::new();
-        let mut wanted = BTreeMap::new();
-        let ordered: BTreeMap<&String, _> = source_topics.iter().collect();
-        for (name, config) in ordered {
-            if is_system_topic(name, &broker_names, &cluster_names) {
-                skipped.push(name.clone());
-                continue;
-            }
-            wanted.insert(name.clone(), config_json(config));
-            if target_topics
-                .get(name)
-                .is_some_and(|existing| config_json(existing) == config_json(config))
-            {
-                unchanged.push(name.clone());
-                continue;
-            }
-            context.log.line(&format!(
-                "topic {name}: {} -> broker {}",
-                config_json(config),
-                target.name
-            ));
-            admin
-                .inner
-                .create_and_update_topic_config(target.addr(), config.clone())
-                .await
-                .map_err(|error| {
-                    let error = explain(&error);
-                    {
-                        ActionFailure::retryable(format!(
-                            "broker {} ({}) refused topic {name}: {error}",
-                            target.name, target.addr
-                        ))
+        // The union over the sources; a topic or group whose config differs between them is
+        // reported, and the first source (by name) holding it gives the config.
+        let mut wanted_groups: BTreeMap<String, (String, SubscriptionGroupConfig)> = BTreeMap::new();
+        let mut wanted_topics: BTreeMap<String, (String, TopicConfig)> = BTreeMap::new();
+        let mut differing = Vec::new();
+        let mut skipped = BTreeSet::new();
+        for source in &sources {
+            for (name, config) in groups(&admin, source).await? {
+                if is_system_group(&name) {
+                    continue;
+                }
+                match wanted_groups.get(&name) {
+                    Some((first, held)) => {
+                        if group_json(held) != group_json(&config) {
+                            differing.push(json!({"kind": "group", "name": name, "brokers": [first, source.name], "configs": [group_json(held), group_json(&config)]}));
+                        }
                     }
-                })?;
-            copied.push(name.clone());
+                    None => {
+                        wanted_groups.insert(name, (source.name.clone(), config));
+                    }
+                }
+            }
+            for (name, config) in broker_topic_configs(&admin, source).await? {
+                if is_system_topic(&name, &broker_names, &cluster_names) {
+                    skipped.insert(name);
+                    continue;
+                }
+                match wanted_topics.get(&name) {
+                    Some((first, held)) => {
+                        if config_json(held) != config_json(&config) {
+                            differing.push(json!({"kind": "topic", "name": name, "brokers": [first, source.name], "configs": [config_json(held), config_json(&config)]}));
+                        }
+                    }
+                    None => {
+                        wanted_topics.insert(name, (source.name.clone(), config));
+                    }
+                }
+            }
         }
 
-        let source_groups = groups(&admin, &source).await?;
+        // Groups first: with autoCreateSubscriptionGroup=false, consumers routed to the new
+        // broker by a copied topic would be refused until their group is there.
         let target_groups = groups(&admin, &target).await?;
         let mut copied_groups = Vec::new();
-        for (name, config) in &source_groups {
-            if is_system_group(name) {
+        let mut unchanged_groups = Vec::new();
+        let mut kept_groups = BTreeSet::new();
+        for (name, (from, config)) in &wanted_groups {
+            if let Some(existing) = target_groups.get(name) {
+                if group_json(existing) == group_json(config) {
+                    unchanged_groups.push(name.clone());
+                } else {
+                    kept_groups.insert(name.clone());
+                    differing.push(json!({"kind": "group", "name": name, "brokers": [from, target.name], "configs": [group_json(config), group_json(existing)], "note": "left as the target holds it"}));
+                }
                 continue;
             }
-            if target_groups.contains_key(name) {
-                continue;
-            }
-            context.log.line(&format!(
-                "subscription group {name} -> broker {}",
-                target.name
-            ));
+            context.log.line(&format!("subscription group {name} (from {from}) -> broker {}", target.name));
             admin
                 .inner
                 .create_and_update_subscription_group_config(target.addr(), config.clone())
                 .await
-                .map_err(|error| {
-                    let error = explain(&error);
-                    {
-                        ActionFailure::retryable(format!(
-                            "broker {} ({}) refused subscription group {name}: {error}",
-                            target.name, target.addr
-                        ))
-                    }
-                })?;
+                .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused subscription group {name}: {}", target.name, target.addr, explain(&error))))?;
             copied_groups.push(name.clone());
         }
 
-        // The postcondition, read independently: the target holds every user topic and group.
-        let after_topics = broker_topic_configs(&admin, &target).await?;
-        for (name, config) in &wanted {
-            match after_topics.get(name) {
-                Some(held) if &config_json(held) == config => {}
-                Some(held) => {
-                    return Err(ActionFailure::permanent(format!(
-                        "broker {} holds topic {name} as {} but broker {} has {config}",
-                        target.name,
-                        config_json(held),
-                        source.name
-                    )))
+        let target_topics = broker_topic_configs(&admin, &target).await?;
+        let mut copied = Vec::new();
+        let mut unchanged = Vec::new();
+        let mut kept_topics = BTreeSet::new();
+        for (name, (from, config)) in &wanted_topics {
+            if let Some(existing) = target_topics.get(name) {
+                if config_json(existing) == config_json(config) {
+                    unchanged.push(name.clone());
+                } else {
+                    kept_topics.insert(name.clone());
+                    differing.push(json!({"kind": "topic", "name": name, "brokers": [from, target.name], "configs": [config_json(config), config_json(existing)], "note": "left as the target holds it"}));
                 }
-                None => {
-                    return Err(ActionFailure::permanent(format!(
-                        "broker {} does not hold topic {name} after the copy",
-                        target.name
-                    )))
-                }
+                continue;
+            }
+            context.log.line(&format!("topic {name}: {} (from {from}) -> broker {}", config_json(config), target.name));
+            admin
+                .inner
+                .create_and_update_topic_config(target.addr(), config.clone())
+                .await
+                .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused topic {name}: {}", target.name, target.addr, explain(&error))))?;
+            copied.push(name.clone());
+        }
+        for entry in &differing {
+            context.log.line(&format!(
+                "differing {} {}: {} has {}, {} has {}{}",
+                entry["kind"].as_str().unwrap_or(""),
+                entry["name"].as_str().unwrap_or(""),
+                entry["brokers"][0].as_str().unwrap_or(""),
+                entry["configs"][0],
+                entry["brokers"][1].as_str().unwrap_or(""),
+                entry["configs"][1],
+                entry["note"].as_str().map_or_else(String::new, |note| format!(" ({note})"))
+            ));
+        }
+
+        // The postcondition, read independently: the target holds every user group and topic.
+        let after_groups = groups(&admin, &target).await?;
+        for name in wanted_groups.keys() {
+            if !after_groups.contains_key(name) {
+                return Err(ActionFailure::permanent(format!("broker {} does not hold subscription group {name} after the copy", target.name)));
             }
         }
-        let after_groups = groups(&admin, &target).await?;
-        for name in source_groups.keys().filter(|name| !is_system_group(name)) {
-            if !after_groups.contains_key(name) {
-                return Err(ActionFailure::permanent(format!(
-                    "broker {} does not hold subscription group {name} after the copy",
-                    target.name
-                )));
+        let after_topics = broker_topic_configs(&admin, &target).await?;
+        for (name, (from, config)) in &wanted_topics {
+            match after_topics.get(name) {
+                Some(_) if kept_topics.contains(name) => {}
+                Some(held) if config_json(held) == config_json(config) => {}
+                Some(held) => {
+                    return Err(ActionFailure::permanent(format!(
+                        "broker {} holds topic {name} as {} but broker {from} has {}",
+                        target.name,
+                        config_json(held),
+                        config_json(config)
+                    )))
+                }
+                None => return Err(ActionFailure::permanent(format!("broker {} does not hold topic {name} after the copy", target.name))),
             }
         }
         context.log.line(&format!(
-            "broker {}: {} topic(s) copied, {} already there, {} group(s) copied",
+            "broker {}: from {}: {} group(s) copied, {} already there; {} topic(s) copied, {} already there; {} differing config(s)",
             target.name,
+            source_names.join(", "),
+            copied_groups.len(),
+            unchanged_groups.len(),
             copied.len(),
             unchanged.len(),
-            copied_groups.len()
+            differing.len()
         ));
         Ok(json!({
-            "source": source.name,
+            "sources": source_names,
             "target": target.name,
+            "cluster": cluster,
+            "groups": copied_groups,
+            "unchanged_groups": unchanged_groups,
             "topics": copied,
             "unchanged": unchanged,
-            "groups": copied_groups,
-            "skipped": skipped,
+            "differing": differing,
+            "skipped": skipped.into_iter().collect::<Vec<_>>(),
             "observed_at_ms": now_ms(),
         }))
     })
     .await
+}
+
+/// A subscription group's config as compared between brokers.
+fn group_json(config: &SubscriptionGroupConfig) -> Value {
+    serde_json::to_value(config).unwrap_or(Value::Null)
 }
 
 async fn groups(

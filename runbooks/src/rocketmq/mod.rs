@@ -6,11 +6,14 @@
 //!
 //! | action | what |
 //! |---|---|
+//! | `rocketmq.backup` | every broker's topics, groups and consumer offsets saved as JSON in the run's directory |
 //! | `rocketmq.cluster` | members, per NameServer; `expect = "registered" / "absent"` |
 //! | `rocketmq.broker_config` | get (`key`), set (`set`, keeps `previous` for undo), check (`expect`) |
 //! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left |
 //! | `rocketmq.topic_list` / `topic_route` / `topic_status` | what the NameServers and brokers say about topics |
 //! | `rocketmq.topic_upsert` | read-modify-write of a topic config on its brokers |
+//! | `rocketmq.topic_order` | whether a topic is ordered; what a queue change does to its key → queue mapping |
+//! | `rocketmq.queue_writes` | whether messages still arrive on the queues a shrink removes |
 //! | `rocketmq.broker_topics` | the topics a broker serves; whether another writable broker serves them |
 //! | `rocketmq.copy_metadata` | copy topics and subscription groups from one broker to another |
 //! | `rocketmq.consumer_progress` | lag per group, broker and queue (with `%RETRY%` topics) |
@@ -21,6 +24,7 @@
 //!
 //! `docs/rocketmq.md` describes inputs and outputs for operators.
 
+mod backup;
 mod broker_config;
 mod broker_stats;
 mod cluster;
@@ -37,6 +41,7 @@ use self::common::FnAction;
 
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
+    registry.register("rocketmq.backup", FnAction(backup::run, &backup::SCHEMA));
     registry.register("rocketmq.cluster", FnAction(cluster::run, &cluster::SCHEMA));
     registry.register(
         "rocketmq.broker_config",
@@ -69,6 +74,14 @@ pub fn register(registry: &mut Registry) {
     registry.register(
         "rocketmq.copy_metadata",
         FnAction(metadata::run, &metadata::SCHEMA),
+    );
+    registry.register(
+        "rocketmq.queue_writes",
+        FnAction(topic::run_queue_writes, &topic::QUEUE_WRITES_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.topic_order",
+        FnAction(topic::run_topic_order, &topic::TOPIC_ORDER_SCHEMA),
     );
     registry.register(
         "rocketmq.consumer_progress",
@@ -134,6 +147,18 @@ mod tests {
                 let mut input = schema.sample(all);
                 if input.get("namesrv").is_some() {
                     input["namesrv"] = Value::from("127.0.0.1:1");
+                }
+                // Keys that exclude each other (each is tried in the required-only input and
+                // alone with the others): `replicas` sets a value on every replica, `key` reads
+                // one broker.
+                if all && name == "rocketmq.broker_config" {
+                    if let Some(map) = input.as_object_mut() {
+                        map.remove("replicas");
+                    }
+                }
+                // One of `window` and `since` is needed.
+                if !all && name == "rocketmq.queue_writes" {
+                    input["window"] = Value::from("1s");
                 }
                 assert!(schema.check(&input, true).is_empty(), "{name}: {input}");
                 let context = ActionContext {

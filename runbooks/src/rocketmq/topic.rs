@@ -321,13 +321,17 @@ struct Changes {
     attributes: Option<Map<String, Value>>,
 }
 
-fn changes_from(input: &Input<'_>) -> Result<Changes, ActionFailure> {
+/// The topic permissions that mean something (`PermName`: 4 read, 2 write; 1 "inherit" is a
+/// broker flag, and 0, 3, 5, 7 on a topic are a mistake the broker would store as given).
+pub const TOPIC_PERMS: [u32; 3] = [2, 4, 6];
+
+fn changes_from(input: &Input<'_>, strict: bool) -> Result<Changes, ActionFailure> {
     let perm = input.opt_u32("perm")?;
     if let Some(perm) = perm {
-        if perm > 7 {
+        if (strict && !TOPIC_PERMS.contains(&perm)) || perm > 7 {
             return Err(input.bad(
                 "perm",
-                format!("{perm} is not a permission (2 write, 4 read, 6 both)"),
+                format!("{perm} is not a topic permission: use 6 (read and write), 4 (read only) or 2 (write only)"),
             ));
         }
     }
@@ -383,7 +387,8 @@ pub const UPSERT_SCHEMA: Schema = Schema {
         .one_of(&["grow", "shrink"]),
         optional("read_queues", Kind::Int, "read queue count"),
         optional("write_queues", Kind::Int, "write queue count"),
-        optional("perm", Kind::Int, "permission: 2 write, 4 read, 6 both"),
+        optional("perm", Kind::Int, "permission: 6 read and write, 4 read only, 2 write only")
+            .one_of(&["6", "4", "2"]),
         optional("order", Kind::Bool, "an ordered topic"),
         optional("attributes", Kind::Table, "topic attributes"),
         optional(
@@ -417,7 +422,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
             ));
         }
     }
-    let changes = changes_from(&input)?;
+    let changes = changes_from(&input, true)?;
     let mut restore: Vec<(String, Changes)> = Vec::new();
     match input.get("restore") {
         None => {}
@@ -428,7 +433,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
                 match entry.get("previous") {
                     Some(previous @ Value::Object(_)) => restore.push((
                         broker,
-                        changes_from(&Input::new("rocketmq.topic_upsert", previous))?,
+                        changes_from(&Input::new("rocketmq.topic_upsert", previous), false)?,
                     )),
                     _ => context.log.line(&format!(
                         "broker {broker} did not have topic {topic} before: left as it is"
@@ -576,8 +581,8 @@ pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
         optional("broker", Kind::Text, "the broker").required(),
         optional(
             "like",
-            Kind::Text,
-            "another broker: report the topics it serves that `broker` does not",
+            Kind::List,
+            "other brokers: report the topics they serve that `broker` does not",
         ),
         optional(
             "expect",
@@ -589,8 +594,8 @@ pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
 };
 
 /// `rocketmq.broker_topics`: which user topics a broker serves, and whether another writable
-/// broker serves them too. Input: `namesrv`, `broker`, optional `like` (another broker: report
-/// the topics it serves that `broker` does not), optional `expect = "replaceable"` (fail when a
+/// broker serves them too. Input: `namesrv`, `broker`, optional `like` (other brokers, a list:
+/// report the topics they serve that `broker` does not), optional `expect = "replaceable"` (fail when a
 /// topic is written only through `broker`). Output: `topics` (served by `broker`), `sole_writer`,
 /// `missing` (with `like`), `topic_count`.
 pub async fn run_broker_topics(
@@ -600,7 +605,7 @@ pub async fn run_broker_topics(
     let input = Input::new("rocketmq.broker_topics", &input);
     let namesrv = input.namesrv()?;
     let broker = input.string("broker")?;
-    let like = input.opt_string("like")?;
+    let like = input.string_list("like")?;
     let expect = input.opt_string("expect")?;
     if let Some(expect) = &expect {
         if expect != "replaceable" {
@@ -611,7 +616,7 @@ pub async fn run_broker_topics(
         }
     }
     with_admin(&namesrv, |admin| async move {
-        if let Some(like) = &like {
+        for like in &like {
             admin.resolve_broker(Some(like), None).await?;
         }
         let topics = user_topics(&admin, None, false).await?;
@@ -633,10 +638,8 @@ pub async fn run_broker_topics(
                     sole_writer.push(topic.clone());
                 }
             }
-            if let Some(like) = &like {
-                if names.contains(like) && !names.contains(&broker) {
-                    missing.push(topic.clone());
-                }
+            if like.iter().any(|like| names.contains(like)) && !names.contains(&broker) {
+                missing.push(topic.clone());
             }
         }
         context.log.line(&format!(
@@ -645,7 +648,7 @@ pub async fn run_broker_topics(
             topics.len(),
             names_or_none(served.iter()),
             names_or_none(sole_writer.iter()),
-            like.as_ref().map_or_else(String::new, |like| format!("; on {like} but not on {broker}: {}", names_or_none(missing.iter())))
+            if like.is_empty() { String::new() } else { format!("; on {} but not on {broker}: {}", like.join(", "), names_or_none(missing.iter())) }
         ));
         if expect.is_some() && !sole_writer.is_empty() {
             return Err(ActionFailure::permanent(format!(
@@ -659,6 +662,256 @@ pub async fn run_broker_topics(
             "topic_count": served.len(),
             "sole_writer": sole_writer,
             "missing": missing,
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}
+
+/// One queue's max offset, as `rocketmq.queue_writes` reads and compares it.
+fn queue_key(entry: &Value) -> Option<(String, i32, i64)> {
+    Some((
+        entry.get("broker")?.as_str()?.to_owned(),
+        i32::try_from(entry.get("queue_id")?.as_i64()?).ok()?,
+        entry
+            .get("max_offset")
+            .or_else(|| entry.get("broker_offset"))?
+            .as_i64()?,
+    ))
+}
+
+/// The input of `rocketmq.queue_writes` (read-only).
+pub const QUEUE_WRITES_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("topic", Kind::Text, "the topic").required(),
+        optional("queue_from", Kind::Int, "the first queue id removed").required(),
+        optional(
+            "queue_to",
+            Kind::Int,
+            "the queue id after the last one (default: each broker's max(read, write))",
+        ),
+        optional(
+            "window",
+            Kind::Duration,
+            "read the max offsets twice, this far apart",
+        ),
+        optional(
+            "since",
+            Kind::Records,
+            "max offsets read before ({broker, queue_id, max_offset})",
+        ),
+        optional("expect", Kind::Text, "fail when a message was written").one_of(&["quiet"]),
+    ],
+};
+
+/// `rocketmq.queue_writes`: are messages still written to queues `queue_from`.. of `topic` (the
+/// queues a shrink removes; brokers accept a write to any queue id below max(read, write), and
+/// producers send on a route they cached up to 30 s ago)? Reads each such queue's max offset on
+/// its broker (`GET_MAX_OFFSET`, which answers for a queue id beyond the topic's current counts
+/// too), twice, `window` apart, or once against `since` (a list of `{broker, queue_id,
+/// max_offset}`, e.g. an earlier output's `max_offsets` or a progress output's `max_offsets`).
+/// Input: `namesrv`, `topic`, `queue_from`, `queue_to` (exclusive; default: each broker's
+/// current max(read, write)), `window` (duration), `since`, `expect = "quiet"` (fail when a
+/// message was written). Output: `queues [{broker, queue_id, max_offset, written}]`, `written`,
+/// `quiet`, `max_offsets`.
+pub async fn run_queue_writes(
+    input: Value,
+    context: ActionContext,
+) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.queue_writes", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let queue_from = input
+        .opt_u32("queue_from")?
+        .ok_or_else(|| input.bad("queue_from", "is required (the first queue id removed)"))?;
+    let queue_to = input.opt_u32("queue_to")?;
+    let window = input.opt_duration("window")?;
+    let expect = input.opt_string("expect")?;
+    if let Some(expect) = &expect {
+        if expect != "quiet" {
+            return Err(input.bad("expect", format!("{expect:?}: the only check is \"quiet\"")));
+        }
+    }
+    let mut since: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    match input.get("since") {
+        None => {}
+        Some(Value::Array(entries)) => {
+            for entry in entries {
+                let (broker, queue_id, offset) = queue_key(entry).ok_or_else(|| {
+                    input.bad(
+                        "since",
+                        format!("{entry} is not {{broker, queue_id, max_offset}}"),
+                    )
+                })?;
+                since.insert((broker, queue_id), offset);
+            }
+        }
+        Some(other) => {
+            return Err(input.bad(
+                "since",
+                format!("must be a list of {{broker, queue_id, max_offset}}, not {other}"),
+            ))
+        }
+    }
+    if window.is_none() && input.get("since").is_none() {
+        return Err(input.bad(
+            "window",
+            "give `window` (sample twice) or `since` (compare with)",
+        ));
+    }
+    with_admin(&namesrv, |admin| async move {
+        let route = existing_route(&admin, &topic).await?;
+        let mut queues: Vec<(BrokerRef, i32)> = Vec::new();
+        for queue in &route.queue_datas {
+            let name = queue.broker_name().to_string();
+            let broker = admin.resolve_broker(Some(&name), None).await?;
+            let upper = queue_to.unwrap_or_else(|| queue.read_queue_nums().max(queue.write_queue_nums()));
+            for queue_id in queue_from..upper.max(queue_from) {
+                queues.push((broker.clone(), queue_id as i32));
+            }
+        }
+        for (broker, queue_id) in since.keys() {
+            if !queues.iter().any(|(known, id)| &known.name == broker && id == queue_id) {
+                queues.push((admin.resolve_broker(Some(broker), None).await?, *queue_id));
+            }
+        }
+        let sample = |queues: Vec<(BrokerRef, i32)>| {
+            let admin = std::sync::Arc::clone(&admin);
+            let topic = topic.clone();
+            async move {
+                let mut offsets = BTreeMap::new();
+                for (broker, queue_id) in queues {
+                    let queue = rocketmq_model::message::MessageQueue::from_parts(topic.as_str(), broker.name.as_str(), queue_id);
+                    let offset = rocketmq_client_rust::OffsetAdmin::max_offset(&admin.inner, broker.addr(), queue, REQUEST_TIMEOUT.as_millis() as u64)
+                        .await
+                        .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) did not return the max offset of topic {topic} queue {queue_id}: {}", broker.name, broker.addr, explain(&error))))?;
+                    offsets.insert((broker.name.clone(), queue_id), offset);
+                }
+                Ok::<_, ActionFailure>(offsets)
+            }
+        };
+        let before = match window {
+            Some(window) => {
+                let first = sample(queues.clone()).await?;
+                tokio::time::sleep(window).await;
+                first
+            }
+            None => since.clone(),
+        };
+        let after = sample(queues.clone()).await?;
+        let mut written_total = 0;
+        let mut report = Vec::new();
+        let mut max_offsets = Vec::new();
+        for ((broker, queue_id), offset) in &after {
+            let written = before.get(&(broker.clone(), *queue_id)).map_or(0, |earlier| (offset - earlier).max(0));
+            written_total += written;
+            report.push(json!({"broker": broker, "queue_id": queue_id, "max_offset": offset, "written": written}));
+            max_offsets.push(json!({"broker": broker, "queue_id": queue_id, "max_offset": offset}));
+        }
+        let busy: Vec<String> = report
+            .iter()
+            .filter(|queue| queue["written"].as_i64().unwrap_or(0) > 0)
+            .map(|queue| format!("{} queue {} (+{})", queue["broker"].as_str().unwrap_or(""), queue["queue_id"], queue["written"]))
+            .collect();
+        context.log.line(&format!(
+            "topic {topic}: {written_total} message(s) written to queue(s) {queue_from}.. {}{}",
+            window.map_or_else(|| "since the earlier reading".to_owned(), |window| format!("in {window:?}")),
+            if busy.is_empty() { String::new() } else { format!(": {}", busy.join(", ")) }
+        ));
+        if expect.is_some() && written_total > 0 {
+            return Err(ActionFailure::permanent(format!(
+                "topic {topic}: {written_total} message(s) were written to removed queue(s) {} after the drain check; \
+                 with the read queues shrunk no consumer reads them: roll back (the read queues come back) and shrink again once no producer writes there",
+                busy.join(", ")
+            )));
+        }
+        Ok(json!({
+            "topic": topic,
+            "queues": report,
+            "written": written_total,
+            "quiet": written_total == 0,
+            "max_offsets": max_offsets,
+            "observed_at_ms": now_ms(),
+        }))
+    })
+    .await
+}
+
+/// The input of `rocketmq.topic_order` (read-only).
+pub const TOPIC_ORDER_SCHEMA: Schema = Schema {
+    mutates: false,
+    open: false,
+    keys: &[
+        optional(
+            "namesrv",
+            Kind::List,
+            "the NameServer list, host:port;host:port",
+        )
+        .required(),
+        optional("topic", Kind::Text, "the topic").required(),
+        optional("queues", Kind::Int, "the new write queues per broker").required(),
+    ],
+};
+
+/// `rocketmq.topic_order`: is `topic` ordered (`order = true` in a broker's topic config, or an
+/// `orderTopic` KV config on the NameServers), and what a change of its write queues to `queues`
+/// per broker does to the key → queue mapping? Ordered producers pick `hash(key) % queue count`
+/// over every write queue of the route, so a new count sends a key to another queue: messages
+/// of one key are then in two queues and may be consumed out of order while the old one drains.
+/// Input: `namesrv`, `topic`, `queues`. Output: `ordered`, `order_conf`, `brokers [{broker,
+/// order, write_queues}]`, `queues_before`, `queues_after` (totals), `change` (the sentence an
+/// approval shows).
+pub async fn run_topic_order(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.topic_order", &input);
+    let namesrv = input.namesrv()?;
+    let topic = input.string("topic")?;
+    let queues = input
+        .opt_u32("queues")?
+        .ok_or_else(|| input.bad("queues", "is required (the new write queues per broker)"))?;
+    with_admin(&namesrv, |admin| async move {
+        let route = existing_route(&admin, &topic).await?;
+        let order_conf = route.order_topic_conf.as_ref().map(|conf| conf.to_string()).filter(|conf| !conf.trim().is_empty());
+        let mut brokers = Vec::new();
+        let mut ordered = order_conf.is_some();
+        let (mut before, mut after) = (0u32, 0u32);
+        for queue in &route.queue_datas {
+            let name = queue.broker_name().to_string();
+            let target = admin.resolve_broker(Some(&name), None).await?;
+            let configs = broker_topic_configs(&admin, &target).await?;
+            let order = configs.get(&topic).is_some_and(|config| config.order);
+            ordered |= order;
+            before += queue.write_queue_nums();
+            after += queues;
+            brokers.push(json!({"broker": name, "order": order, "write_queues": queue.write_queue_nums()}));
+        }
+        let change = if before == after {
+            format!("topic {topic}: {before} write queue(s), unchanged: every key keeps its queue")
+        } else {
+            let hash = before.max(after) - 1;
+            format!(
+                "topic {topic} is {}: its write queues {before} → {after} change the key → queue mapping (hash % queue count): a key whose hash is {hash} went to queue {} and now goes to queue {}; messages of one key are in two queues until the old one is drained, and may be consumed out of order",
+                if ordered { "ordered" } else { "not ordered" },
+                hash % before.max(1),
+                hash % after.max(1)
+            )
+        };
+        context.log.line(&change);
+        Ok(json!({
+            "topic": topic,
+            "ordered": ordered,
+            "order_conf": order_conf,
+            "brokers": brokers,
+            "queues_before": before,
+            "queues_after": after,
+            "change": change,
             "observed_at_ms": now_ms(),
         }))
     })
