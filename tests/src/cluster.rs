@@ -1265,7 +1265,7 @@ impl Producer {
     /// Sends one message with `key` to `topic`: to queue `queue_id` of `broker` when given,
     /// else wherever the producer's (possibly cached) route sends it. The broker's answer as an
     /// error text.
-    pub fn send_keyed(
+    pub fn send_key(
         &self,
         topic: &str,
         key: &str,

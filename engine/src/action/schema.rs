@@ -231,12 +231,13 @@ impl Schema {
                     problems.push(Problem {
                         key: name.clone(),
                         message: format!(
-                            "{text:?} is not one of {}",
+                            "{text:?} is not one of {} ({})",
                             key.values
                                 .iter()
                                 .map(|value| format!("{value:?}"))
                                 .collect::<Vec<_>>()
-                                .join(", ")
+                                .join(", "),
+                            key.description
                         ),
                     });
                 }
@@ -479,7 +480,7 @@ mod tests {
             messages(&EXEC, json!({"parse": "yaml", "grace": 30}), false),
             [
                 "grace: expected a duration such as \"30s\" or \"72h\", got 30",
-                "parse: \"yaml\" is not one of \"text\", \"json\", \"lines\"",
+                "parse: \"yaml\" is not one of \"text\", \"json\", \"lines\" (how to read stdout into `output`)",
                 "command: missing required key: a shell string, or an argv list (a shell command string or an argv list of strings)"
             ]
         );

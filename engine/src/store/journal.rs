@@ -533,7 +533,7 @@ impl<T: Tables> Journal<T> {
             None => Counts::default(),
         };
         // The state index: counted, and every unfinished run in it checked against its line.
-        let state_index: Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>>> = if all {
+        let state_index: super::tables::Scan<'_> = if all {
             self.tables
                 .scan(Tree::ByState, Bound::Unbounded, Bound::Unbounded, false)
         } else {

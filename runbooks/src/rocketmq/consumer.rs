@@ -822,3 +822,40 @@ fn entries_json(wanted: &BTreeMap<String, BTreeMap<(String, i32), i64>>) -> Vec<
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use rocketmq_client_rust::ClientError;
+
+    use super::is_typed_absent;
+
+    /// Only a broker's "does not exist" response code means "no offsets". Errors whose text
+    /// happens to say "not found", "not exist" or "consume stats" (a timeout of the consume
+    /// stats request, a broker that is not found in the route) were read as "no offsets" by
+    /// matching the text, and hid the group's lag.
+    #[test]
+    fn only_a_typed_absent_answer_means_no_offsets() {
+        assert!(is_typed_absent(&ClientError::broker_operation_failed(
+            "GET_CONSUME_STATS",
+            17,
+            "topic not exist"
+        )));
+        assert!(is_typed_absent(&ClientError::broker_operation_failed(
+            "GET_CONSUME_STATS",
+            22,
+            "subscription group not exist"
+        )));
+        for error in [
+            ClientError::timeout("get consume stats", 3000),
+            ClientError::broker_not_found("broker-a"),
+            ClientError::broker_operation_failed(
+                "GET_CONSUME_STATS",
+                1,
+                "consume stats not found: system busy",
+            ),
+            ClientError::service_failed("examine consume stats: connection refused"),
+        ] {
+            assert!(!is_typed_absent(&error), "{error}");
+        }
+    }
+}

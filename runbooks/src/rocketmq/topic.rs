@@ -387,8 +387,12 @@ pub const UPSERT_SCHEMA: Schema = Schema {
         .one_of(&["grow", "shrink"]),
         optional("read_queues", Kind::Int, "read queue count"),
         optional("write_queues", Kind::Int, "write queue count"),
-        optional("perm", Kind::Int, "permission: 6 read and write, 4 read only, 2 write only")
-            .one_of(&["6", "4", "2"]),
+        optional(
+            "perm",
+            Kind::Int,
+            "permission: 6 read and write, 4 read only, 2 write only",
+        )
+        .one_of(&["6", "4", "2"]),
         optional("order", Kind::Bool, "an ordered topic"),
         optional("attributes", Kind::Table, "topic attributes"),
         optional(
