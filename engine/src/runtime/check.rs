@@ -1,0 +1,678 @@
+//! `plan --check`: a plan whose read-only steps are run against the real target and whose
+//! mutating steps show what they would change.
+//!
+//! Nothing is journaled and nothing is changed: no run is created; every call gets a throwaway
+//! [`ActionContext`] (a temporary directory removed afterwards, a log that is shown in the result,
+//! a recorder that keeps nothing). Steps run in order, as a run would: a read-only step's output
+//! feeds the templates of the steps after it; a mutating step is not run, its action's
+//! [`Action::preview`](crate::action::Action::preview) reads the current state and says what it
+//! would change (before → after), and the steps that use its output show their template.
+//! `wait`, `window`, `approval` and `noop` are described, never executed. Each call has a time
+//! limit ([`CheckLimits::call`]) and so has the whole check ([`CheckLimits::total`]); a step not
+//! reached in time says so.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::plan::{Plan, PlannedStep};
+use super::Error;
+use crate::action::{ActionContext, LogSink, Recorder, Registry};
+use crate::definition::{Definition, Step};
+use crate::template;
+
+/// How long a check may take.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckLimits {
+    /// One read or preview.
+    pub call: Duration,
+    /// The whole check; the steps not reached by then are not checked.
+    pub total: Duration,
+    /// A `for_each` over more items than this is listed, its steps not checked.
+    pub iterations: usize,
+}
+
+impl Default for CheckLimits {
+    fn default() -> CheckLimits {
+        CheckLimits {
+            call: Duration::from_secs(30),
+            total: Duration::from_secs(120),
+            iterations: 8,
+        }
+    }
+}
+
+/// The most bytes of a call's log shown in its check.
+const LOG_SHOWN: usize = 4096;
+
+/// What the check did for one step. `status`:
+/// - `read`: a read-only step ran; `output` is what it returned.
+/// - `failed`: a read-only step, or a mutating step's preview, failed (`error`): a run would
+///   stop here (unless the cause is gone by then).
+/// - `would_change`: a mutating step's preview found something to change (`preview`).
+/// - `unchanged`: a mutating step's preview found everything already as asked.
+/// - `no_preview`: a mutating step whose action cannot tell what it would change.
+/// - `pending`: the input needs the output of a step the check did not run (`note` says which).
+/// - `skipped`: `when` is false.
+/// - `described`: `wait`, `window`, `approval`, `noop`, `for_each`: not executed.
+/// - `not_checked`: the check's time limit was reached, or a loop was too long.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepCheck {
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preview: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// `when` as evaluated now (`None` when there is none or it could not be evaluated).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub when: Option<bool>,
+    /// For a polled step: whether its `until` condition holds on this output.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<bool>,
+    /// The call's log lines.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub log: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_ms: Option<u64>,
+}
+
+impl StepCheck {
+    fn new(status: &'static str) -> StepCheck {
+        StepCheck {
+            status,
+            output: None,
+            preview: None,
+            error: None,
+            note: None,
+            when: None,
+            until: None,
+            log: Vec::new(),
+            elapsed_ms: None,
+        }
+    }
+
+    fn noted(status: &'static str, note: impl Into<String>) -> StepCheck {
+        StepCheck {
+            note: Some(note.into()),
+            ..StepCheck::new(status)
+        }
+    }
+}
+
+/// The counts of a check, and why steps were not checked.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CheckSummary {
+    pub read: usize,
+    pub would_change: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+    /// Steps not checked (pending, no preview, time limit, long loop), with `reasons`.
+    pub not_checked: usize,
+    pub described: usize,
+    pub skipped: usize,
+    /// Each reason a step was not checked, with how many.
+    pub reasons: BTreeMap<String, usize>,
+    /// Set when the whole check's time limit was reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_reached: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// A plan of `definition` with `given` params, checked against the real target.
+pub async fn check(
+    definition: Arc<Definition>,
+    given: Map<String, Value>,
+    actions: Registry,
+    limits: CheckLimits,
+) -> Result<Plan, Error> {
+    let started = Instant::now();
+    let plan = {
+        let (definition, actions) = (Arc::clone(&definition), actions.clone());
+        super::off_workers(move || super::plan(&definition, &given, &actions)).await??
+    };
+    let dir = TempDir::create()?;
+    let context = json!({
+        "params": plan.params,
+        "steps": {},
+        "run": {"id": "<run id>", "runbook": definition.name, "started_by": 0},
+    });
+    let mut checker = Checker {
+        actions,
+        limits,
+        deadline: started + limits.total,
+        dir: dir.0.clone(),
+        calls: 0,
+        unknown: BTreeMap::new(),
+        planned: plan.steps,
+    };
+    checker
+        .walk(&definition.steps, String::new(), context)
+        .await?;
+    let Checker { planned, .. } = checker;
+    drop(dir);
+    let mut summary = CheckSummary::default();
+    for step in &planned {
+        let Some(check) = &step.check else { continue };
+        match check.status {
+            "read" => summary.read += 1,
+            "would_change" => summary.would_change += 1,
+            "unchanged" => summary.unchanged += 1,
+            "failed" => summary.failed += 1,
+            "described" => summary.described += 1,
+            "skipped" => summary.skipped += 1,
+            _ => {
+                summary.not_checked += 1;
+                let reason = match check.status {
+                    "pending" => "its input needs the output of a step not run by the check",
+                    "no_preview" => "its action has no preview",
+                    _ => check.note.as_deref().unwrap_or("not reached"),
+                };
+                *summary.reasons.entry(reason.to_owned()).or_default() += 1;
+                if check.note.as_deref().is_some_and(is_limit_note) {
+                    summary.limit_reached = Some(format!(
+                        "the check stopped at its limit of {}",
+                        crate::duration::format(limits.total)
+                    ));
+                }
+            }
+        }
+    }
+    summary.elapsed_ms = started.elapsed().as_millis() as u64;
+    Ok(Plan {
+        steps: planned,
+        check: Some(summary),
+        ..plan
+    })
+}
+
+fn limit_note(limits: &CheckLimits) -> String {
+    format!(
+        "not checked: the check's time limit ({}) was reached",
+        crate::duration::format(limits.total)
+    )
+}
+
+fn is_limit_note(note: &str) -> bool {
+    note.contains("the check's time limit")
+}
+
+struct Checker {
+    actions: Registry,
+    limits: CheckLimits,
+    deadline: Instant,
+    dir: std::path::PathBuf,
+    calls: u64,
+    /// Steps whose output the check does not have, by template name (`steps.<id>` or a
+    /// capture), with why.
+    unknown: BTreeMap<String, String>,
+    planned: Vec<PlannedStep>,
+}
+
+type Walk<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+impl Checker {
+    fn set(&mut self, key: &str, check: StepCheck) {
+        if let Some(step) = self.planned.iter_mut().find(|step| step.key == key) {
+            step.check = Some(check);
+        }
+    }
+
+    /// Every planned step under `prefix` (a loop's iterations) gets `check`.
+    fn set_under(&mut self, prefix: &str, check: &StepCheck) {
+        for step in &mut self.planned {
+            if step.key.starts_with(prefix) && step.check.is_none() {
+                step.check = Some(check.clone());
+            }
+        }
+    }
+
+    /// The earlier steps a template uses whose output the check does not have.
+    fn missing_outputs(&self, value: &Value) -> Vec<String> {
+        let text = value.to_string();
+        self.unknown
+            .iter()
+            .filter(|(name, _)| uses(&text, name))
+            .map(|(name, why)| format!("`{name}` ({why})"))
+            .collect()
+    }
+
+    fn walk<'a>(&'a mut self, steps: &'a [Step], prefix: String, context: Value) -> Walk<'a> {
+        Box::pin(async move {
+            let mut context = context;
+            for step in steps {
+                let key = if prefix.is_empty() {
+                    step.id.clone()
+                } else {
+                    format!("{prefix}.{}", step.id)
+                };
+                let output = self.step(step, &key, &context).await?;
+                let name = format!("steps.{}", step.id);
+                match output {
+                    Some(output) => {
+                        if let Some(steps) = context.get_mut("steps").and_then(Value::as_object_mut)
+                        {
+                            steps.insert(
+                                step.id.clone(),
+                                json!({"output": output, "state": "succeeded", "attempts": 1, "error": null}),
+                            );
+                        }
+                        if let (Some(capture), Some(map)) =
+                            (&step.capture, context.as_object_mut())
+                        {
+                            map.insert(capture.clone(), output);
+                        }
+                        self.unknown.remove(&name);
+                    }
+                    None => {
+                        let why = match self
+                            .planned
+                            .iter()
+                            .find(|planned| planned.key == key)
+                            .and_then(|planned| planned.check.as_ref())
+                            .map(|check| check.status)
+                        {
+                            Some("failed") => "failed in the check",
+                            Some("would_change" | "unchanged" | "no_preview") => {
+                                "a mutating step, not run"
+                            }
+                            Some("skipped") => "skipped: its `when` is false",
+                            _ => "not run by the check",
+                        };
+                        self.unknown.insert(name, why.to_owned());
+                        if let Some(capture) = &step.capture {
+                            self.unknown.insert(capture.clone(), why.to_owned());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Checks one step; its output when it ran (a read-only step that succeeded).
+    async fn step(
+        &mut self,
+        step: &Step,
+        key: &str,
+        context: &Value,
+    ) -> Result<Option<Value>, Error> {
+        let mut when_now = None;
+        if let Some(condition) = &step.when {
+            let (condition_text, scope) = (condition.clone(), context.clone());
+            match super::off_workers(move || template::is_true(&condition_text, &scope)).await? {
+                Ok(false) => {
+                    let check = StepCheck {
+                        when: Some(false),
+                        ..StepCheck::noted("skipped", format!("when is false now: {condition}"))
+                    };
+                    self.set(key, check.clone());
+                    self.set_under(&format!("{key}["), &check);
+                    return Ok(None);
+                }
+                Ok(true) => when_now = Some(true),
+                Err(_) => {}
+            }
+        }
+        let when_note = |check: &mut StepCheck| {
+            check.when = when_now;
+            if step.when.is_some() && when_now.is_none() {
+                let note = "`when` is decided at run time (it uses outputs the check does not have)";
+                check.note = Some(match check.note.take() {
+                    Some(before) => format!("{before}; {note}"),
+                    None => note.to_owned(),
+                });
+            }
+        };
+        if let Some(for_each) = &step.for_each {
+            let (items, scope) = (for_each.items.clone(), context.clone());
+            let rendered = super::off_workers(move || template::render(&items, &scope)).await?;
+            let Ok(Value::Array(items)) = rendered else {
+                let missing = self.missing_outputs(&for_each.items);
+                let mut check = StepCheck::noted(
+                    "described",
+                    format!(
+                        "not executed: the items are known at run time{}",
+                        if missing.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (they use {})", missing.join(", "))
+                        }
+                    ),
+                );
+                when_note(&mut check);
+                self.set(key, check);
+                let pending = StepCheck::noted(
+                    "pending",
+                    "inside a loop whose items are known at run time",
+                );
+                self.set_under(&format!("{key}["), &pending);
+                return Ok(None);
+            };
+            let mut check = StepCheck::noted(
+                "described",
+                format!("not executed: a loop over {} item(s)", items.len()),
+            );
+            when_note(&mut check);
+            self.set(key, check);
+            if items.len() > self.limits.iterations {
+                let skipped = StepCheck::noted(
+                    "not_checked",
+                    format!(
+                        "not checked: the loop has {} items (more than {}); its items are listed",
+                        items.len(),
+                        self.limits.iterations
+                    ),
+                );
+                self.set_under(&format!("{key}["), &skipped);
+                return Ok(None);
+            }
+            for (index, item) in items.into_iter().enumerate() {
+                let mut inner = context.clone();
+                if let Some(map) = inner.as_object_mut() {
+                    map.insert(for_each.var.clone(), item);
+                    map.insert("index".to_owned(), Value::from(index));
+                }
+                let saved = self.unknown.clone();
+                self.walk(&for_each.steps, format!("{key}[{index}]"), inner)
+                    .await?;
+                self.unknown = saved;
+            }
+            return Ok(None);
+        }
+        match step.action.as_str() {
+            "wait" | "window" | "approval" | "noop" => {
+                let (with, scope) = (step.with.clone(), context.clone());
+                let input = super::off_workers(move || template::render(&with, &scope))
+                    .await?
+                    .ok();
+                let what = describe_core(&step.action, input.as_ref().unwrap_or(&step.with));
+                let mut check = StepCheck::noted("described", format!("not executed: {what}"));
+                when_note(&mut check);
+                self.set(key, check);
+                return Ok(None);
+            }
+            _ => {}
+        }
+        let (with, scope) = (step.with.clone(), context.clone());
+        let input = match super::off_workers(move || template::render(&with, &scope)).await? {
+            Ok(input) => input,
+            Err(error) => {
+                let missing = self.missing_outputs(&step.with);
+                let note = if missing.is_empty() {
+                    format!("the input does not render now: {error}")
+                } else {
+                    format!("its input uses the output of {}", missing.join(", "))
+                };
+                let mut check = StepCheck::noted("pending", note);
+                when_note(&mut check);
+                self.set(key, check);
+                return Ok(None);
+            }
+        };
+        if let Some(planned) = self.planned.iter_mut().find(|planned| planned.key == key) {
+            if planned.input != input {
+                planned.input = input.clone();
+                planned.note = planned.note.as_ref().map(|note| {
+                    note.replace(
+                        "rendered at run time (uses earlier steps)",
+                        "rendered with the outputs the check read",
+                    )
+                });
+            }
+        }
+        let Some(action) = self.actions.get(&step.action) else {
+            let mut check = StepCheck::new("failed");
+            check.error = Some(format!("unknown action {:?}", step.action));
+            self.set(key, check);
+            return Ok(None);
+        };
+        let schema = action.schema();
+        let problems = schema.check(&input, true);
+        if !problems.is_empty() {
+            let mut check = StepCheck::new("failed");
+            check.error = Some(format!(
+                "{}: the rendered input does not fit: {}",
+                step.action,
+                problems
+                    .iter()
+                    .map(|problem| format!("with.{problem}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+            when_note(&mut check);
+            self.set(key, check);
+            return Ok(None);
+        }
+        let now = Instant::now();
+        if now >= self.deadline {
+            self.set(key, StepCheck::noted("not_checked", limit_note(&self.limits)));
+            return Ok(None);
+        }
+        let limit = self.limits.call.min(self.deadline - now);
+        self.calls += 1;
+        let log_path = self.dir.join(format!("{}.log", self.calls));
+        let cancel = CancellationToken::new();
+        let call_context = ActionContext {
+            run_id: uuid::Uuid::nil(),
+            step: key.to_owned(),
+            attempt: 1,
+            undo: false,
+            cancel: cancel.clone(),
+            draining: CancellationToken::new(),
+            log: LogSink::new(log_path.clone()),
+            state_dir: self.dir.join(format!("{}.state", self.calls)),
+            note: None,
+            recorder: Recorder::discard(),
+        };
+        let future = if schema.mutates {
+            match action.preview(input.clone(), call_context) {
+                Some(future) => future,
+                None => {
+                    let mut check = StepCheck::noted(
+                        "no_preview",
+                        format!(
+                            "no preview: would call {} with {}",
+                            step.action,
+                            serde_json::to_string(&input).unwrap_or_default()
+                        ),
+                    );
+                    when_note(&mut check);
+                    self.set(key, check);
+                    return Ok(None);
+                }
+            }
+        } else {
+            action.call(input.clone(), call_context)
+        };
+        let result = tokio::time::timeout(limit, future).await;
+        cancel.cancel();
+        let elapsed_ms = now.elapsed().as_millis() as u64;
+        let log = read_log(&log_path);
+        let mut check = match result {
+            Err(_) => {
+                let whole = limit < self.limits.call;
+                StepCheck {
+                    error: Some(format!(
+                        "no answer within {}{}",
+                        crate::duration::format(limit),
+                        if whole {
+                            " (the rest of the check's time limit)"
+                        } else {
+                            " (the limit of one call in a check)"
+                        }
+                    )),
+                    ..StepCheck::new("failed")
+                }
+            }
+            Ok(Err(failure)) => StepCheck {
+                error: Some(failure.message),
+                ..StepCheck::new("failed")
+            },
+            Ok(Ok(output)) if schema.mutates => {
+                let changes = output
+                    .get("changes")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                let runs = output.get("runs").is_some_and(|runs| !runs.is_null());
+                StepCheck {
+                    note: output.get("note").and_then(Value::as_str).map(str::to_owned),
+                    preview: Some(output),
+                    ..StepCheck::new(if changes > 0 || runs {
+                        "would_change"
+                    } else {
+                        "unchanged"
+                    })
+                }
+            }
+            Ok(Ok(output)) => {
+                let mut check = StepCheck::new("read");
+                if let Some(until) = &step.until {
+                    let mut scope = context.clone();
+                    if let Some(map) = scope.as_object_mut() {
+                        map.insert("output".to_owned(), output.clone());
+                    }
+                    let condition = until.clone();
+                    let holds =
+                        super::off_workers(move || template::is_true(&condition, &scope)).await?;
+                    let every = step
+                        .every
+                        .map(crate::duration::format)
+                        .or_else(|| step.every_template.clone())
+                        .unwrap_or_default();
+                    check.until = holds.as_ref().ok().copied();
+                    check.note = Some(match holds {
+                        Ok(true) => format!("until {until}: holds now"),
+                        Ok(false) => {
+                            format!("until {until}: does not hold yet (a run polls every {every})")
+                        }
+                        Err(error) => format!("until {until}: cannot be evaluated: {error}"),
+                    });
+                }
+                check.output = Some(output);
+                check
+            }
+        };
+        check.log = log;
+        check.elapsed_ms = Some(elapsed_ms);
+        when_note(&mut check);
+        let output = (check.status == "read").then(|| check.output.clone()).flatten();
+        self.set(key, check);
+        Ok(output)
+    }
+}
+
+/// Whether template text uses `name` (`steps.x` or a capture) as a name, not as a prefix of
+/// another one.
+fn uses(text: &str, name: &str) -> bool {
+    let mut from = 0;
+    while let Some(at) = text[from..].find(name) {
+        let start = from + at;
+        let end = start + name.len();
+        let before = text[..start].chars().next_back();
+        let after = text[end..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+        if !word(after) && !word(before) && before != Some('.') {
+            return true;
+        }
+        from = end;
+    }
+    false
+}
+
+/// What a core action the state machine decides would do.
+fn describe_core(action: &str, input: &Value) -> String {
+    let text = |key: &str| {
+        input
+            .get(key)
+            .map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+    };
+    match action {
+        "wait" => match (text("duration"), text("until")) {
+            (Some(duration), _) => format!("waits {duration}"),
+            (None, Some(until)) => format!("waits until {until}"),
+            _ => "waits".to_owned(),
+        },
+        "window" => format!(
+            "waits for a time window {}",
+            serde_json::to_string(input).unwrap_or_default()
+        ),
+        "approval" => match text("prompt") {
+            Some(prompt) => format!("waits for `runbook approve`: {prompt}"),
+            None => "waits for `runbook approve`".to_owned(),
+        },
+        _ => "does nothing".to_owned(),
+    }
+}
+
+/// A directory private to one check (mode 0700, under the system's temporary directory),
+/// removed with everything in it when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn create() -> Result<TempDir, Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_nanos());
+        let path = std::env::temp_dir().join(format!(
+            "runbook-check-{}-{nanos}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(|error| {
+                Error::Internal(format!(
+                    "creating {} for the check: {error}",
+                    path.display()
+                ))
+            })?;
+        Ok(TempDir(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(path = %self.0.display(), %error, "cannot remove a check's directory");
+        }
+    }
+}
+
+/// The call's log lines, the last [`LOG_SHOWN`] bytes.
+fn read_log(path: &std::path::Path) -> Vec<String> {
+    let Ok(bytes) = std::fs::read(path) else {
+        return Vec::new();
+    };
+    let start = bytes.len().saturating_sub(LOG_SHOWN);
+    String::from_utf8_lossy(&bytes[start..])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_is_used_only_as_a_whole_name() {
+        assert!(uses("{{ steps.before.output.x }}", "steps.before"));
+        assert!(!uses("{{ steps.before_all.output }}", "steps.before"));
+        assert!(!uses("{{ params.steps.before }}", "steps.before"));
+        assert!(uses("{{ route.max }}", "route"));
+        assert!(!uses("{{ reroute.max }}", "route"));
+    }
+}
