@@ -125,6 +125,7 @@ pub fn json_error(err: &anyhow::Error) -> serde_json::Value {
         CONFLICT => "conflict",
         UNREACHABLE => "unreachable",
         RUN_NOT_SUCCEEDED => "run_not_succeeded",
+        CHECK_FAILED => "check_failed",
         _ => "internal",
     };
     error_shape(code, &format!("{err:#}"), None)

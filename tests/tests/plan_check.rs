@@ -140,9 +140,14 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
         drained["note"].as_str().is_some_and(|note| note.contains("steps.shrink_write")),
         "{drained}"
     );
+    // Phase 2 on the topic as it is now (4 write queues) would strand messages; phase 1 changes
+    // that first, so it is not a failure of the check.
     let shrink_read = check_of(&checked, "shrink_read");
-    let read = change(shrink_read, "on broker broker-c: read_queues").expect("read_queues change");
-    assert_eq!((read["before"].clone(), read["after"].clone()), (4.into(), 2.into()));
+    assert_eq!(shrink_read["status"], "may_fail", "{shrink_read}");
+    assert!(
+        shrink_read["note"].as_str().is_some_and(|note| note.contains("`shrink_write` would change it first")),
+        "{shrink_read}"
+    );
     assert_eq!(checked["check"]["failed"], 0, "{stdout}");
 
     // The text form says the same: `check:` lines and a summary.
@@ -153,7 +158,7 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
         text.contains("check: topic CheckTopic on broker broker-a: write_queues: 4 → 2"),
         "{text}"
     );
-    assert!(text.contains("\ncheck: 4 step(s) read, 2 would change"), "{text}");
+    assert!(text.contains("\ncheck: 3 step(s) read, 1 would change"), "{text}");
 
     // Decommissioning broker-c: its real registration and permission, the would-be ones.
     let broker_c = cluster.broker("broker-c")?.clone();

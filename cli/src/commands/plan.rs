@@ -159,6 +159,10 @@ fn render_check(out: &mut String, detail: &str, check: &Value) {
             out,
             &format!("FAILED: {}", render::text(&check["error"])),
         ),
+        "may_fail" => line(
+            out,
+            &format!("fails now: {}", render::text(&check["error"])),
+        ),
         "would_change" | "unchanged" => {
             let changes = check["preview"]["changes"]
                 .as_array()
@@ -209,6 +213,7 @@ fn summary(check: &Value) -> String {
     for (key, what) in [
         ("unchanged", "unchanged"),
         ("failed", "failed"),
+        ("may_fail", "fail on the state now (earlier steps would change it)"),
         ("skipped", "skipped by `when`"),
         ("described", "described (wait, approval, loop: not executed)"),
     ] {
@@ -232,6 +237,9 @@ fn summary(check: &Value) -> String {
             count("not_checked"),
             reasons.join("; ")
         ));
+    }
+    if let Some(first) = check["first_failure"].as_str() {
+        text.push_str(&format!("; a run would stop at `{first}`"));
     }
     if let Some(limit) = check["limit_reached"].as_str() {
         text.push_str(&format!("; {limit}"));

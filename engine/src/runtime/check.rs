@@ -55,6 +55,8 @@ const LOG_SHOWN: usize = 4096;
 /// - `read`: a read-only step ran; `output` is what it returned.
 /// - `failed`: a read-only step, or a mutating step's preview, failed (`error`): a run would
 ///   stop here (unless the cause is gone by then).
+/// - `may_fail`: as `failed`, but an earlier step would change something first: the failure is
+///   on the state now, a run may not meet it.
 /// - `would_change`: a mutating step's preview found something to change (`preview`).
 /// - `unchanged`: a mutating step's preview found everything already as asked.
 /// - `no_preview`: a mutating step whose action cannot tell what it would change.
@@ -116,6 +118,11 @@ pub struct CheckSummary {
     pub would_change: usize,
     pub unchanged: usize,
     pub failed: usize,
+    /// The first step whose check failed: where a run would stop.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_failure: Option<String>,
+    /// Steps whose check failed on the state now, which an earlier step would change first.
+    pub may_fail: usize,
     /// Steps not checked (pending, no preview, time limit, long loop), with `reasons`.
     pub not_checked: usize,
     pub described: usize,
@@ -153,6 +160,7 @@ pub async fn check(
         dir: dir.0.clone(),
         calls: 0,
         unknown: BTreeMap::new(),
+        changed_before: Vec::new(),
         planned: plan.steps,
     };
     checker
@@ -167,7 +175,11 @@ pub async fn check(
             "read" => summary.read += 1,
             "would_change" => summary.would_change += 1,
             "unchanged" => summary.unchanged += 1,
-            "failed" => summary.failed += 1,
+            "failed" => {
+                summary.failed += 1;
+                summary.first_failure.get_or_insert_with(|| step.key.clone());
+            }
+            "may_fail" => summary.may_fail += 1,
             "described" => summary.described += 1,
             "skipped" => summary.skipped += 1,
             _ => {
@@ -215,13 +227,34 @@ struct Checker {
     /// Steps whose output the check does not have, by template name (`steps.<id>` or a
     /// capture), with why.
     unknown: BTreeMap<String, String>,
+    /// The steps checked so far that would change something.
+    changed_before: Vec<String>,
     planned: Vec<PlannedStep>,
 }
 
 type Walk<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
 
 impl Checker {
-    fn set(&mut self, key: &str, check: StepCheck) {
+    fn set(&mut self, key: &str, mut check: StepCheck) {
+        match check.status {
+            "failed" if !self.changed_before.is_empty() => {
+                check.status = "may_fail";
+                let note = format!(
+                    "this is the state now; {} would change it first, so a run may not fail here",
+                    self.changed_before
+                        .iter()
+                        .map(|key| format!("`{key}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                check.note = Some(match check.note.take() {
+                    Some(before) => format!("{before}; {note}"),
+                    None => note,
+                });
+            }
+            "would_change" | "no_preview" => self.changed_before.push(key.to_owned()),
+            _ => {}
+        }
         if let Some(step) = self.planned.iter_mut().find(|step| step.key == key) {
             step.check = Some(check);
         }
@@ -281,7 +314,7 @@ impl Checker {
                             .and_then(|planned| planned.check.as_ref())
                             .map(|check| check.status)
                         {
-                            Some("failed") => "failed in the check",
+                            Some("failed" | "may_fail") => "failed in the check",
                             Some("would_change" | "unchanged" | "no_preview") => {
                                 "a mutating step, not run"
                             }
