@@ -163,7 +163,7 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     // Decommissioning broker-c: its real registration and permission, the would-be ones.
     let broker_c = cluster.broker("broker-c")?.clone();
     let config_c = broker_c.config.display().to_string();
-    let file_before = std::fs::read(&broker_c.config)?;
+    let file_before = std::fs::read_to_string(&broker_c.config)?;
     let stop_command = cluster.stop_command();
     let params = [
         ("namesrv", namesrv.as_str()),
@@ -215,7 +215,7 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(topic_configs(&cluster, "CheckTopic", &brokers)?, topics_before);
     assert_eq!(cluster.broker_config("broker-c", "brokerPermission")?.as_deref(), Some("6"));
-    assert_eq!(std::fs::read(&broker_c.config)?, file_before);
+    assert_eq!(std::fs::read_to_string(&broker_c.config)?, file_before);
     assert!(cluster.registered_on(&namesrv)?.iter().any(|name| name == "broker-c"));
     assert_nothing_kept(&daemon)?;
     Ok(())
