@@ -31,13 +31,7 @@ fn topic_configs(
             let table = wrapper.topic_config_table().cloned().unwrap_or_default();
             table
                 .get(&CheetahString::from(topic.as_str()))
-                .map(|config| {
-                    (
-                        config.read_queue_nums,
-                        config.write_queue_nums,
-                        config.perm,
-                    )
-                })
+                .map(|config| (config.read_queue_nums, config.write_queue_nums, config.perm))
                 .ok_or_else(|| anyhow!("{addr} has no topic {topic}"))
         })?;
         out.insert(name.to_string(), config);
@@ -58,10 +52,19 @@ fn change<'a>(check: &'a Value, suffix: &str) -> Option<&'a Value> {
     check["preview"]["changes"]
         .as_array()?
         .iter()
-        .find(|change| change["what"].as_str().is_some_and(|what| what.ends_with(suffix)))
+        .find(|change| {
+            change["what"]
+                .as_str()
+                .is_some_and(|what| what.ends_with(suffix))
+        })
 }
 
-fn plan(daemon: &Daemon, runbook: &str, params: &[(&str, &str)], json: bool) -> Result<(i32, String, String)> {
+fn plan(
+    daemon: &Daemon,
+    runbook: &str,
+    params: &[(&str, &str)],
+    json: bool,
+) -> Result<(i32, String, String)> {
     let mut args: Vec<String> = Vec::new();
     if json {
         args.push("--json".to_owned());
@@ -121,23 +124,34 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     let checked: Value = serde_json::from_str(&stdout)?;
     let before = check_of(&checked, "before");
     assert_eq!(before["status"], "read", "{before}");
-    assert_eq!(before["output"]["by_broker"]["broker-b"]["write_queues"], 4, "{before}");
+    assert_eq!(
+        before["output"]["by_broker"]["broker-b"]["write_queues"], 4,
+        "{before}"
+    );
     let shrink_write = check_of(&checked, "shrink_write");
     assert_eq!(shrink_write["status"], "would_change", "{shrink_write}");
     for broker in brokers {
         let write = change(shrink_write, &format!("on broker {broker}: write_queues"))
             .unwrap_or_else(|| panic!("no write_queues change on {broker}: {shrink_write}"));
-        assert_eq!((write["before"].clone(), write["after"].clone()), (4.into(), 2.into()));
+        assert_eq!(
+            (write["before"].clone(), write["after"].clone()),
+            (4.into(), 2.into())
+        );
     }
     // Phase 1 keeps the read queues: no change of them is announced.
-    assert!(change(shrink_write, "read_queues").is_none(), "{shrink_write}");
+    assert!(
+        change(shrink_write, "read_queues").is_none(),
+        "{shrink_write}"
+    );
     let write_routed = check_of(&checked, "write_routed");
     assert_eq!(write_routed["status"], "read", "{write_routed}");
     assert_eq!(write_routed["until"], false, "{write_routed}");
     let drained = check_of(&checked, "drained");
     assert_eq!(drained["status"], "pending", "{drained}");
     assert!(
-        drained["note"].as_str().is_some_and(|note| note.contains("steps.shrink_write")),
+        drained["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("steps.shrink_write")),
         "{drained}"
     );
     // Phase 2 on the topic as it is now (4 write queues) would strand messages; phase 1 changes
@@ -145,7 +159,9 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     let shrink_read = check_of(&checked, "shrink_read");
     assert_eq!(shrink_read["status"], "may_fail", "{shrink_read}");
     assert!(
-        shrink_read["note"].as_str().is_some_and(|note| note.contains("`shrink_write` would change it first")),
+        shrink_read["note"]
+            .as_str()
+            .is_some_and(|note| note.contains("`shrink_write` would change it first")),
         "{shrink_read}"
     );
     assert_eq!(checked["check"]["failed"], 0, "{stdout}");
@@ -158,7 +174,10 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
         text.contains("check: topic CheckTopic on broker broker-a: write_queues: 4 → 2"),
         "{text}"
     );
-    assert!(text.contains("\ncheck: 3 step(s) read, 1 would change"), "{text}");
+    assert!(
+        text.contains("\ncheck: 3 step(s) read, 1 would change"),
+        "{text}"
+    );
 
     // Decommissioning broker-c: its real registration and permission, the would-be ones.
     let broker_c = cluster.broker("broker-c")?.clone();
@@ -196,27 +215,44 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     let stop = check_of(&checked, "stop");
     assert_eq!(stop["status"], "would_change", "{stop}");
     let would_run = stop["preview"]["runs"].as_str().unwrap_or_default();
-    assert!(would_run.contains("broker-c") && would_run.contains("stop"), "{stop}");
+    assert!(
+        would_run.contains("broker-c") && would_run.contains("stop"),
+        "{stop}"
+    );
     let target = change(stop, "broker broker-c").expect("the broker the stop command stops");
     assert!(
-        target["before"]
-            .as_str()
-            .is_some_and(|before| before.starts_with("registered") && before.contains(&broker_c.addr)),
+        target["before"].as_str().is_some_and(
+            |before| before.starts_with("registered") && before.contains(&broker_c.addr)
+        ),
         "{stop}"
     );
     assert_eq!(target["after"], "stopped by the command", "{stop}");
     let gone = check_of(&checked, "gone");
-    assert_eq!((gone["status"].clone(), gone["until"].clone()), ("read".into(), false.into()));
+    assert_eq!(
+        (gone["status"].clone(), gone["until"].clone()),
+        ("read".into(), false.into())
+    );
     let (code, text, _) = plan(&daemon, "rocketmq.broker.decommission", &params, false)?;
     println!("{text}");
     assert_eq!(code, 0);
 
     // Nothing changed: topics, broker permission, config file; broker-c still registered.
     std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(topic_configs(&cluster, "CheckTopic", &brokers)?, topics_before);
-    assert_eq!(cluster.broker_config("broker-c", "brokerPermission")?.as_deref(), Some("6"));
+    assert_eq!(
+        topic_configs(&cluster, "CheckTopic", &brokers)?,
+        topics_before
+    );
+    assert_eq!(
+        cluster
+            .broker_config("broker-c", "brokerPermission")?
+            .as_deref(),
+        Some("6")
+    );
     assert_eq!(std::fs::read_to_string(&broker_c.config)?, file_before);
-    assert!(cluster.registered_on(&namesrv)?.iter().any(|name| name == "broker-c"));
+    assert!(cluster
+        .registered_on(&namesrv)?
+        .iter()
+        .any(|name| name == "broker-c"));
     assert_nothing_kept(&daemon)?;
     Ok(())
 }
@@ -237,10 +273,14 @@ fn a_read_only_step_whose_target_does_not_answer_shows_its_error() -> Result<()>
     let before = check_of(&checked, "before");
     assert_eq!(before["status"], "failed", "{before}");
     assert!(
-        before["error"].as_str().is_some_and(|error| error.contains(&nowhere)),
+        before["error"]
+            .as_str()
+            .is_some_and(|error| error.contains(&nowhere)),
         "{before}"
     );
-    assert!(checked["check"]["failed"].as_u64().is_some_and(|failed| failed >= 1));
+    assert!(checked["check"]["failed"]
+        .as_u64()
+        .is_some_and(|failed| failed >= 1));
     let (code, text, _) = plan(&daemon, "rocketmq.topic.shrink_queues", &params, false)?;
     println!("{text}");
     assert_eq!(code, 8);

@@ -151,14 +151,12 @@ fn render_check(out: &mut String, detail: &str, check: &Value) {
         "read" => {
             let mut output = render::compact(&check["output"]);
             if output.chars().count() > OUTPUT_SHOWN {
-                output = output.chars().take(OUTPUT_SHOWN).collect::<String>() + "… (--json shows all)";
+                output =
+                    output.chars().take(OUTPUT_SHOWN).collect::<String>() + "… (--json shows all)";
             }
             line(out, &format!("read {output}"));
         }
-        "failed" => line(
-            out,
-            &format!("FAILED: {}", render::text(&check["error"])),
-        ),
+        "failed" => line(out, &format!("FAILED: {}", render::text(&check["error"]))),
         "may_fail" => line(
             out,
             &format!("fails now: {}", render::text(&check["error"])),
@@ -189,7 +187,11 @@ fn render_check(out: &mut String, detail: &str, check: &Value) {
     if let Some(note) = note {
         line(out, note);
     }
-    for log in check["log"].as_array().map(Vec::as_slice).unwrap_or_default() {
+    for log in check["log"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+    {
         out.push_str(&format!("{detail}  | {}\n", render::text(log)));
     }
 }
@@ -213,9 +215,15 @@ fn summary(check: &Value) -> String {
     for (key, what) in [
         ("unchanged", "unchanged"),
         ("failed", "failed"),
-        ("may_fail", "fail on the state now (earlier steps would change it)"),
+        (
+            "may_fail",
+            "fail on the state now (earlier steps would change it)",
+        ),
         ("skipped", "skipped by `when`"),
-        ("described", "described (wait, approval, loop: not executed)"),
+        (
+            "described",
+            "described (wait, approval, loop: not executed)",
+        ),
     ] {
         if count(key) > 0 {
             parts.push(format!("{} {what}", count(key)));

@@ -101,7 +101,9 @@ impl Action for Exec {
     fn preview(&self, input: Value, _context: ActionContext) -> Option<ActionFuture> {
         Some(Box::pin(async move {
             let command = would_run(&input)?;
-            Ok(serde_json::json!({"changes": [], "runs": command, "note": format!("would run: {command}")}))
+            Ok(
+                serde_json::json!({"changes": [], "runs": command, "note": format!("would run: {command}")}),
+            )
         }))
     }
 

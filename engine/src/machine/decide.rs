@@ -1657,7 +1657,12 @@ impl Decider {
             .state
             .step(key)
             .and_then(|state| state.iterations.as_ref())
-            .map(|iterations| iterations.iter().map(|iteration| iteration.status).collect())
+            .map(|iterations| {
+                iterations
+                    .iter()
+                    .map(|iteration| iteration.status)
+                    .collect()
+            })
             .unwrap_or_default();
         let mut blocked = None;
         for (index, status) in iterations.iter().enumerate() {

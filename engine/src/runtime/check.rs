@@ -177,7 +177,9 @@ pub async fn check(
             "unchanged" => summary.unchanged += 1,
             "failed" => {
                 summary.failed += 1;
-                summary.first_failure.get_or_insert_with(|| step.key.clone());
+                summary
+                    .first_failure
+                    .get_or_insert_with(|| step.key.clone());
             }
             "may_fail" => summary.may_fail += 1,
             "described" => summary.described += 1,
@@ -299,8 +301,7 @@ impl Checker {
                                 json!({"output": output, "state": "succeeded", "attempts": 1, "error": null}),
                             );
                         }
-                        if let (Some(capture), Some(map)) =
-                            (&step.capture, context.as_object_mut())
+                        if let (Some(capture), Some(map)) = (&step.capture, context.as_object_mut())
                         {
                             map.insert(capture.clone(), output);
                         }
@@ -359,7 +360,8 @@ impl Checker {
         let when_note = |check: &mut StepCheck| {
             check.when = when_now;
             if step.when.is_some() && when_now.is_none() {
-                let note = "`when` is decided at run time (it uses outputs the check does not have)";
+                let note =
+                    "`when` is decided at run time (it uses outputs the check does not have)";
                 check.note = Some(match check.note.take() {
                     Some(before) => format!("{before}; {note}"),
                     None => note.to_owned(),
@@ -384,10 +386,8 @@ impl Checker {
                 );
                 when_note(&mut check);
                 self.set(key, check);
-                let pending = StepCheck::noted(
-                    "pending",
-                    "inside a loop whose items are known at run time",
-                );
+                let pending =
+                    StepCheck::noted("pending", "inside a loop whose items are known at run time");
                 self.set_under(&format!("{key}["), &pending);
                 return Ok(None);
             };
@@ -488,7 +488,10 @@ impl Checker {
         }
         let now = Instant::now();
         if now >= self.deadline {
-            self.set(key, StepCheck::noted("not_checked", limit_note(&self.limits)));
+            self.set(
+                key,
+                StepCheck::noted("not_checked", limit_note(&self.limits)),
+            );
             return Ok(None);
         }
         let limit = self.limits.call.min(self.deadline - now);
@@ -558,7 +561,10 @@ impl Checker {
                     .map_or(0, Vec::len);
                 let runs = output.get("runs").is_some_and(|runs| !runs.is_null());
                 StepCheck {
-                    note: output.get("note").and_then(Value::as_str).map(str::to_owned),
+                    note: output
+                        .get("note")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
                     preview: Some(output),
                     ..StepCheck::new(if changes > 0 || runs {
                         "would_change"
@@ -598,7 +604,9 @@ impl Checker {
         check.log = log;
         check.elapsed_ms = Some(elapsed_ms);
         when_note(&mut check);
-        let output = (check.status == "read").then(|| check.output.clone()).flatten();
+        let output = (check.status == "read")
+            .then(|| check.output.clone())
+            .flatten();
         self.set(key, check);
         Ok(output)
     }
@@ -625,9 +633,11 @@ fn uses(text: &str, name: &str) -> bool {
 /// What a core action the state machine decides would do.
 fn describe_core(action: &str, input: &Value) -> String {
     let text = |key: &str| {
-        input
-            .get(key)
-            .map(|value| value.as_str().map_or_else(|| value.to_string(), str::to_owned))
+        input.get(key).map(|value| {
+            value
+                .as_str()
+                .map_or_else(|| value.to_string(), str::to_owned)
+        })
     };
     match action {
         "wait" => match (text("duration"), text("until")) {
@@ -768,7 +778,11 @@ mod tests {
         let plan = check(Arc::new(definition), Map::new(), actions, limits)
             .await
             .expect("a check");
-        (plan, reads.load(Ordering::SeqCst), changes.load(Ordering::SeqCst))
+        (
+            plan,
+            reads.load(Ordering::SeqCst),
+            changes.load(Ordering::SeqCst),
+        )
     }
 
     fn step<'a>(plan: &'a Plan, key: &str) -> &'a StepCheck {
@@ -840,7 +854,11 @@ with = { prompt = "go?" }
         assert_eq!((second.status, second.when), ("read", Some(true)));
         assert_eq!(second.output.as_ref().unwrap()["echo"]["n"], 3);
         let planned = plan.steps.iter().find(|step| step.key == "change").unwrap();
-        assert_eq!(planned.input, json!({"to": 3}), "rendered with the read output");
+        assert_eq!(
+            planned.input,
+            json!({"to": 3}),
+            "rendered with the read output"
+        );
         let change = step(&plan, "change");
         assert_eq!(change.status, "would_change");
         assert_eq!(change.preview.as_ref().unwrap()["changes"][0]["after"], 3);
@@ -853,8 +871,16 @@ with = { prompt = "go?" }
         let after = step(&plan, "after");
         assert_eq!(after.status, "pending");
         assert!(
-            after.note.as_deref().unwrap().contains("`steps.change` (a mutating step, not run)")
-                && after.note.as_deref().unwrap().contains("`when` is decided at run time"),
+            after
+                .note
+                .as_deref()
+                .unwrap()
+                .contains("`steps.change` (a mutating step, not run)")
+                && after
+                    .note
+                    .as_deref()
+                    .unwrap()
+                    .contains("`when` is decided at run time"),
             "{:?}",
             after.note
         );
@@ -862,7 +888,13 @@ with = { prompt = "go?" }
         assert_eq!(step(&plan, "gate").status, "described");
         let summary = plan.check.unwrap();
         assert_eq!(
-            (summary.read, summary.would_change, summary.skipped, summary.described, summary.not_checked),
+            (
+                summary.read,
+                summary.would_change,
+                summary.skipped,
+                summary.described,
+                summary.not_checked
+            ),
             (2, 1, 1, 1, 2)
         );
         assert!(summary.limit_reached.is_none());
@@ -901,13 +933,32 @@ with = { fail = true }
         };
         let started = Instant::now();
         let (plan, _, _) = checked(runbook, limits).await;
-        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         let slow = step(&plan, "slow");
         assert_eq!(slow.status, "failed");
-        assert!(slow.error.as_deref().unwrap().contains("the limit of one call"), "{:?}", slow.error);
+        assert!(
+            slow.error
+                .as_deref()
+                .unwrap()
+                .contains("the limit of one call"),
+            "{:?}",
+            slow.error
+        );
         let slower = step(&plan, "slower");
         assert_eq!(slower.status, "failed");
-        assert!(slower.error.as_deref().unwrap().contains("the rest of the check's time limit"), "{:?}", slower.error);
+        assert!(
+            slower
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("the rest of the check's time limit"),
+            "{:?}",
+            slower.error
+        );
         for key in ["late", "broken"] {
             assert_eq!(step(&plan, key).status, "not_checked", "{key}");
         }
@@ -936,12 +987,18 @@ with = { n = "{{ steps.broken.output.echo }}" }
         let (plan, reads, _) = checked(runbook, CheckLimits::default()).await;
         assert_eq!(reads, 1);
         let broken = step(&plan, "broken");
-        assert_eq!((broken.status, broken.error.as_deref()), ("failed", Some("nobody answers")));
+        assert_eq!(
+            (broken.status, broken.error.as_deref()),
+            ("failed", Some("nobody answers"))
+        );
         let uses = step(&plan, "uses");
         assert_eq!(uses.status, "pending");
-        assert!(uses.note.as_deref().unwrap().contains("failed in the check"));
+        assert!(uses
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("failed in the check"));
     }
-
 
     #[test]
     fn a_name_is_used_only_as_a_whole_name() {

@@ -28,6 +28,9 @@ use super::{
 use crate::machine::{Event, RunState};
 use crate::schedule::Schedule;
 
+/// Key/value pairs read from a tree, one at a time.
+type KeyValues<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>> + 'a>;
+
 /// A [`Store`] over any [`Tables`].
 pub struct Journal<T: Tables> {
     tables: T,
@@ -533,7 +536,7 @@ impl<T: Tables> Journal<T> {
             None => Counts::default(),
         };
         // The state index: counted, and every unfinished run in it checked against its line.
-        let state_index: Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Error>>> = if all {
+        let state_index: KeyValues<'_> = if all {
             self.tables
                 .scan(Tree::ByState, Bound::Unbounded, Bound::Unbounded, false)
         } else {

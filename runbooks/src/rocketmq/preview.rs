@@ -195,10 +195,7 @@ struct Wanted {
 fn wanted_from(input: &Input<'_>) -> Result<Wanted, ActionFailure> {
     let perm = input.opt_u32("perm")?;
     if perm.is_some_and(|perm| perm > 7) {
-        return Err(input.bad(
-            "perm",
-            "is not a permission (2 write, 4 read, 6 both)",
-        ));
+        return Err(input.bad("perm", "is not a permission (2 write, 4 read, 6 both)"));
     }
     let wanted = Wanted {
         read_queues: input.opt_u32("read_queues")?,
@@ -437,7 +434,12 @@ async fn offsets_now(
             queues
                 .into_iter()
                 .filter(|queue| queue.topic == topic)
-                .map(|queue| ((queue.topic, queue.broker, queue.queue_id), queue.consumer_offset))
+                .map(|queue| {
+                    (
+                        (queue.topic, queue.broker, queue.queue_id),
+                        queue.consumer_offset,
+                    )
+                })
                 .collect()
         }))
 }
@@ -510,7 +512,10 @@ pub async fn restore_offsets(input: Value, context: ActionContext) -> Result<Val
     let namesrv = input.namesrv()?;
     let group = input.string("group")?;
     let Some(Value::Array(entries)) = input.get("offsets") else {
-        return Err(input.bad("offsets", "must be a list of {topic, broker, queue_id, offset}"));
+        return Err(input.bad(
+            "offsets",
+            "must be a list of {topic, broker, queue_id, offset}",
+        ));
     };
     let mut targets = BTreeMap::new();
     for entry in entries {
@@ -523,7 +528,10 @@ pub async fn restore_offsets(input: Value, context: ActionContext) -> Result<Val
             .opt_i64("offset")?
             .filter(|offset| *offset >= 0)
             .ok_or_else(|| input.bad("offsets", "an entry has no valid offset"))?;
-        targets.insert((entry.string("topic")?, entry.string("broker")?, queue_id), offset);
+        targets.insert(
+            (entry.string("topic")?, entry.string("broker")?, queue_id),
+            offset,
+        );
     }
     with_admin(&namesrv, |admin| async move {
         let mut now = BTreeMap::new();
@@ -569,13 +577,19 @@ pub async fn config_file(input: Value, _context: ActionContext) -> Result<Value,
     let changes = if previous == value {
         Vec::new()
     } else {
-        vec![change(format!("{path}: {key}"), json!(previous), json!(value))]
+        vec![change(
+            format!("{path}: {key}"),
+            json!(previous),
+            json!(value),
+        )]
     };
     let note = match changes.is_empty() {
         true => format!("{key} is already {}", value.as_deref().unwrap_or("absent")),
         false => format!("{path} replaced atomically, every other line kept"),
     };
-    Ok(json!({"path": path, "key": key, "changes": changes, "note": note, "observed_at_ms": now_ms()}))
+    Ok(
+        json!({"path": path, "key": key, "changes": changes, "note": note, "observed_at_ms": now_ms()}),
+    )
 }
 
 /// `rocketmq.command`: the command as it would run; for the broker it names, whether it is
@@ -604,7 +618,9 @@ pub async fn command(input: Value, context: ActionContext) -> Result<Value, Acti
             json!(effect),
         ));
     }
-    Ok(json!({"changes": changes, "runs": command, "note": format!("would run: {command}"), "observed_at_ms": now_ms()}))
+    Ok(
+        json!({"changes": changes, "runs": command, "note": format!("would run: {command}"), "observed_at_ms": now_ms()}),
+    )
 }
 
 /// Where `broker` is registered now, asked of the NameServers its config file names; what could
@@ -657,8 +673,16 @@ mod tests {
         assert_eq!(
             changes,
             vec![
-                change("group g on t, broker broker-a queue 1: offset".to_owned(), json!(7), json!(3)),
-                change("group g on t, broker broker-a queue 2: offset".to_owned(), json!(null), json!(0)),
+                change(
+                    "group g on t, broker broker-a queue 1: offset".to_owned(),
+                    json!(7),
+                    json!(3)
+                ),
+                change(
+                    "group g on t, broker broker-a queue 2: offset".to_owned(),
+                    json!(null),
+                    json!(0)
+                ),
             ]
         );
     }
