@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use cheetah_string::CheetahString;
-use rocketmq_client_rust::TopicAdmin as _;
+use rocketmq_client_rust::{ConsumerAdmin as _, TopicAdmin as _};
 use runbook_tests::cluster::Cluster;
 use runbook_tests::Daemon;
 use serde_json::Value;
@@ -37,6 +37,37 @@ fn topic_configs(
         out.insert(name.to_string(), config);
     }
     Ok(out)
+}
+
+/// The consumer offsets of `group` on `topic`, per `(broker, queue)`, read from the brokers.
+fn group_offsets(
+    cluster: &Cluster,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<(String, i32), i64>> {
+    let (group, topic) = (group.to_owned(), topic.to_owned());
+    cluster.with_admin(&cluster.namesrv(), |admin| async move {
+        let stats = admin
+            .examine_consume_stats(
+                CheetahString::from(group.as_str()),
+                Some(CheetahString::from(topic.as_str())),
+                None,
+                None,
+                Some(5000),
+            )
+            .await
+            .map_err(|error| anyhow!("progress of {group}: {error}"))?;
+        Ok(stats
+            .offset_table
+            .iter()
+            .map(|(queue, offset)| {
+                (
+                    (queue.broker_name().to_string(), queue.queue_id()),
+                    offset.get_consumer_offset(),
+                )
+            })
+            .collect())
+    })
 }
 
 fn check_of<'a>(plan: &'a Value, key: &str) -> &'a Value {
@@ -253,6 +284,57 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
         .registered_on(&namesrv)?
         .iter()
         .any(|name| name == "broker-c"));
+    assert_nothing_kept(&daemon)?;
+    Ok(())
+}
+
+#[test]
+fn an_offset_reset_check_shows_each_queue_now_and_where_it_would_go() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    cluster.create_topic("ReplayCheck", &["broker-a"], 2)?;
+    cluster.producer()?.send("ReplayCheck", 20)?;
+    let mut consumer = cluster.consumer("replay_check", "ReplayCheck")?;
+    consumer.wait_received(20, Duration::from_secs(120))?;
+    // Let the consumer persist its offsets, then stop it (an offline group).
+    std::thread::sleep(Duration::from_secs(6));
+    consumer.shutdown();
+    let daemon = Daemon::start()?;
+    let namesrv = cluster.namesrv();
+    let offsets_before = group_offsets(&cluster, "replay_check", "ReplayCheck")?;
+    assert_eq!(
+        offsets_before.values().sum::<i64>(),
+        20,
+        "{offsets_before:?}"
+    );
+
+    let params = [
+        ("namesrv", namesrv.as_str()),
+        ("group", "replay_check"),
+        ("topic", "ReplayCheck"),
+        ("timestamp", "0"),
+    ];
+    let (code, stdout, stderr) = plan(&daemon, "rocketmq.consumer.reset_offset", &params, true)?;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let checked: Value = serde_json::from_str(&stdout)?;
+    let reset = check_of(&checked, "reset");
+    assert_eq!(reset["status"], "would_change", "{reset}");
+    for ((broker, queue), offset) in &offsets_before {
+        let moved = change(reset, &format!("broker {broker} queue {queue}: offset"))
+            .unwrap_or_else(|| panic!("no change of queue {queue}: {reset}"));
+        assert_eq!(
+            (moved["before"].clone(), moved["after"].clone()),
+            ((*offset).into(), 0.into()),
+            "{reset}"
+        );
+    }
+    assert_eq!(check_of(&checked, "before")["status"], "read");
+    let (_, text, _) = plan(&daemon, "rocketmq.consumer.reset_offset", &params, false)?;
+    println!("{text}");
+
+    assert_eq!(
+        group_offsets(&cluster, "replay_check", "ReplayCheck")?,
+        offsets_before
+    );
     assert_nothing_kept(&daemon)?;
     Ok(())
 }

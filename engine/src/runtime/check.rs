@@ -340,6 +340,13 @@ impl Checker {
         key: &str,
         context: &Value,
     ) -> Result<Option<Value>, Error> {
+        // Rendering is bounded too: a long walk (nested loops of described steps) stops here.
+        if Instant::now() >= self.deadline {
+            let check = StepCheck::noted("not_checked", limit_note(&self.limits));
+            self.set(key, check.clone());
+            self.set_under(&format!("{key}["), &check);
+            return Ok(None);
+        }
         let mut when_now = None;
         if let Some(condition) = &step.when {
             let (condition_text, scope) = (condition.clone(), context.clone());

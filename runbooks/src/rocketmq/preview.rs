@@ -568,10 +568,8 @@ pub async fn config_file(input: Value, _context: ActionContext) -> Result<Value,
     if path.ends_with(".toml") {
         return Err(input.bad("path", format!("{path}: only Java properties files (broker.conf) are supported; TOML broker configs are not")));
     }
-    let reading = path.clone();
-    let text = tokio::task::spawn_blocking(move || std::fs::read_to_string(&reading))
+    let text = read_small(&path)
         .await
-        .map_err(|error| ActionFailure::retryable(format!("reading {path}: {error}")))?
         .map_err(|error| ActionFailure::permanent(format!("broker config file {path}: {error}")))?;
     let previous = property(&text, &key);
     let changes = if previous == value {
@@ -590,6 +588,15 @@ pub async fn config_file(input: Value, _context: ActionContext) -> Result<Value,
     Ok(
         json!({"path": path, "key": key, "changes": changes, "note": note, "observed_at_ms": now_ms()}),
     )
+}
+
+/// A config file read for a preview: a regular file of at most 1 MiB, opened without waiting
+/// (a FIFO or a device is refused), on a blocking thread.
+async fn read_small(path: &str) -> Result<String, String> {
+    let path = std::path::PathBuf::from(path);
+    tokio::task::spawn_blocking(move || runbook_engine::catalog::read_file(&path))
+        .await
+        .map_err(|error| error.to_string())?
 }
 
 /// `rocketmq.command`: the command as it would run; for the broker it names, whether it is
@@ -629,10 +636,8 @@ async fn registration(broker: &str, config: Option<&String>) -> String {
     let Some(path) = config.filter(|path| !path.is_empty()).cloned() else {
         return "registration unknown (no broker_config to find its NameServers)".to_owned();
     };
-    let reading = path.clone();
-    let text = match tokio::task::spawn_blocking(move || std::fs::read_to_string(reading)).await {
-        Ok(Ok(text)) => text,
-        Ok(Err(error)) => return format!("registration unknown ({path}: {error})"),
+    let text = match read_small(&path).await {
+        Ok(text) => text,
         Err(error) => return format!("registration unknown ({path}: {error})"),
     };
     let Some(namesrv) = property(&text, "namesrvAddr") else {
@@ -655,6 +660,43 @@ async fn registration(broker: &str, config: Option<&String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn context(dir: &std::path::Path) -> ActionContext {
+        ActionContext {
+            run_id: uuid::Uuid::nil(),
+            step: "s".to_owned(),
+            attempt: 1,
+            undo: false,
+            cancel: tokio_util::sync::CancellationToken::new(),
+            draining: tokio_util::sync::CancellationToken::new(),
+            log: runbook_engine::action::LogSink::new(dir.join("log")),
+            state_dir: dir.join("state"),
+            note: None,
+            recorder: runbook_engine::action::Recorder::discard(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_config_file_preview_reads_the_value_and_leaves_the_file_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.conf");
+        let text = "brokerName=broker-c\nbrokerPermission=6\n";
+        std::fs::write(&path, text).unwrap();
+        let input =
+            json!({"path": path.display().to_string(), "key": "brokerPermission", "value": "4"});
+        let preview = config_file(input, context(dir.path())).await.unwrap();
+        assert_eq!(preview["changes"][0]["before"], "6", "{preview}");
+        assert_eq!(preview["changes"][0]["after"], "4", "{preview}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        let same =
+            json!({"path": path.display().to_string(), "key": "brokerName", "value": "broker-c"});
+        let preview = config_file(same, context(dir.path())).await.unwrap();
+        assert_eq!(preview["changes"], json!([]), "{preview}");
+        // A device is refused, not read forever.
+        let device = json!({"path": "/dev/zero", "key": "k", "value": "v"});
+        let failure = config_file(device, context(dir.path())).await.unwrap_err();
+        assert!(failure.message.contains("/dev/zero"), "{}", failure.message);
+    }
 
     #[test]
     fn a_permission_says_what_it_allows() {
