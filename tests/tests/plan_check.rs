@@ -367,6 +367,11 @@ fn a_read_only_step_whose_target_does_not_answer_shows_its_error() -> Result<()>
     println!("{text}");
     assert_eq!(code, 8);
     assert!(text.contains("check: FAILED: "), "{text}");
+    assert!(text.contains("a run would stop at `before`"), "{text}");
+    // A run has no check mode.
+    let body = serde_json::json!({"runbook": "rocketmq.topic.shrink_queues", "params": {"namesrv": nowhere, "topic": "T", "queues": 2}, "check": true});
+    let refused = daemon.api("POST", "/v1/runs", Some(body.to_string().as_bytes()))?;
+    assert_eq!(refused.status, 400, "{}", refused.text());
     assert_nothing_kept(&daemon)?;
     Ok(())
 }

@@ -294,4 +294,38 @@ mod tests {
             \x20    note: waits for `runbook approve`\n";
         assert_eq!(render_plan(&plan), expect);
     }
+
+    #[test]
+    fn a_checked_plan_shows_check_lines_and_a_summary() {
+        let plan = json!({
+            "runbook": "demo", "version": 1, "params": {}, "locks": [],
+            "steps": [
+                {"key": "route", "action": "rocketmq.topic_route", "input": {}, "mutates": false,
+                 "check": {"status": "failed", "error": "namesrv 127.0.0.1:1 did not answer"}},
+                {"key": "perm", "action": "rocketmq.topic_upsert", "input": {}, "mutates": true,
+                 "check": {"status": "would_change", "note": "read-modify-write",
+                           "preview": {"changes": [{"what": "topic T on broker-a: perm",
+                                                    "before": "6 (read/write)", "after": "4 (read-only)"}]}}}
+            ],
+            "check": {"read": 0, "would_change": 1, "failed": 1, "first_failure": "route",
+                      "not_checked": 1, "reasons": {"its action has no preview": 1}, "elapsed_ms": 12}
+        });
+        let text = render_plan(&plan);
+        assert!(
+            text.starts_with("plan of demo v1 (checked against the target"),
+            "{text}"
+        );
+        assert!(
+            text.contains("     check: FAILED: namesrv 127.0.0.1:1 did not answer\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("     check: topic T on broker-a: perm: 6 (read/write) → 4 (read-only)\n     check: read-modify-write\n"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("\ncheck: 0 step(s) read, 1 would change, 1 failed, 1 not checked (1: its action has no preview); a run would stop at `route` [12 ms]\n"),
+            "{text}"
+        );
+    }
 }
