@@ -333,6 +333,64 @@ impl Checker {
         })
     }
 
+    /// A loop whose items the plan could not know (they come from a step the check ran): its
+    /// planned `key[*]` steps become one set per item (when there are few enough to check),
+    /// rendered as the plan renders them.
+    async fn expand(
+        &mut self,
+        step: &Step,
+        key: &str,
+        items: &[Value],
+        context: &Value,
+    ) -> Result<(), Error> {
+        let Some(for_each) = &step.for_each else {
+            return Ok(());
+        };
+        if let Some(planned) = self.planned.iter_mut().find(|planned| planned.key == key) {
+            planned.input = Value::Array(items.to_vec());
+            planned.note = Some(format!(
+                "{} iterations (items read by the check)",
+                items.len()
+            ));
+        }
+        let wildcard = format!("{key}[*]");
+        let Some(at) = self
+            .planned
+            .iter()
+            .position(|planned| planned.key.starts_with(&wildcard))
+        else {
+            return Ok(());
+        };
+        if items.len() > self.limits.iterations {
+            return Ok(());
+        }
+        let mut expanded = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let mut inner = context.clone();
+            if let Some(map) = inner.as_object_mut() {
+                map.insert(for_each.var.clone(), item.clone());
+                map.insert("index".to_owned(), Value::from(index));
+            }
+            let (steps, prefix, actions) = (
+                for_each.steps.clone(),
+                format!("{key}[{index}]"),
+                self.actions.clone(),
+            );
+            expanded.extend(
+                super::off_workers(move || {
+                    let mut out = Vec::new();
+                    super::plan::plan_steps(&steps, &prefix, &inner, &actions, &mut out)
+                        .map(|()| out)
+                })
+                .await??,
+            );
+        }
+        self.planned
+            .retain(|planned| !planned.key.starts_with(&wildcard));
+        self.planned.splice(at..at, expanded);
+        Ok(())
+    }
+
     /// Checks one step; its output when it ran (a read-only step that succeeded).
     async fn step(
         &mut self,
@@ -398,6 +456,7 @@ impl Checker {
                 self.set_under(&format!("{key}["), &pending);
                 return Ok(None);
             };
+            self.expand(step, key, &items, context).await?;
             let mut check = StepCheck::noted(
                 "described",
                 format!("not executed: a loop over {} item(s)", items.len()),
@@ -905,6 +964,66 @@ with = { prompt = "go?" }
             (2, 1, 1, 1, 2)
         );
         assert!(summary.limit_reached.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_loop_over_items_read_by_the_check_is_checked_item_by_item() {
+        let runbook = r#"
+name = "t"
+version = 1
+
+[[steps]]
+id = "list"
+action = "test.read"
+with = { items = ["a", "b"] }
+
+[[steps]]
+id = "each"
+for_each = "{{ steps.list.output.echo.items }}"
+as = "item"
+
+  [[steps.steps]]
+  id = "look"
+  action = "test.read"
+  with = { name = "{{ item }}" }
+
+  [[steps.steps]]
+  id = "touch"
+  action = "test.change"
+  with = { to = "{{ steps.look.output.echo.name }}" }
+"#;
+        let (plan, reads, changes) = checked(runbook, CheckLimits::default()).await;
+        assert_eq!((reads, changes), (3, 0));
+        let keys: Vec<&str> = plan.steps.iter().map(|step| step.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "list",
+                "each",
+                "each[0].look",
+                "each[0].touch",
+                "each[1].look",
+                "each[1].touch"
+            ]
+        );
+        assert_eq!(step(&plan, "each").status, "described");
+        assert_eq!(
+            step(&plan, "each[1].look").output.as_ref().unwrap()["echo"]["name"],
+            "b"
+        );
+        let touch = step(&plan, "each[1].touch");
+        assert_eq!(touch.preview.as_ref().unwrap()["changes"][0]["after"], "b");
+
+        // More items than a check takes: listed, their steps not checked.
+        let limits = CheckLimits {
+            iterations: 1,
+            ..CheckLimits::default()
+        };
+        let (plan, reads, _) = checked(runbook, limits).await;
+        assert_eq!(reads, 1);
+        let each = plan.steps.iter().find(|step| step.key == "each").unwrap();
+        assert_eq!(each.input, json!(["a", "b"]));
+        assert_eq!(step(&plan, "each[*].look").status, "not_checked");
     }
 
     #[tokio::test]

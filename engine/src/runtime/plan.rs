@@ -114,7 +114,7 @@ pub fn plan(
 
 /// A template that exceeds a limit is an error of the plan (it would fail the same way when the
 /// run gets there); one that needs earlier steps' outputs is shown as written.
-fn plan_steps(
+pub(super) fn plan_steps(
     definition: &[Step],
     prefix: &str,
     context: &Value,
