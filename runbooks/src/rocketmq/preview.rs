@@ -614,7 +614,12 @@ pub async fn command(input: Value, context: ActionContext) -> Result<Value, Acti
         } else {
             "as the command leaves it"
         };
-        let before = registration(broker, vars.get("broker_config")).await;
+        // The config file path may itself hold placeholders (`/etc/rocketmq/{{ broker }}.conf`).
+        let config = vars.get("broker_config").map(|path| {
+            render_placeholders(&reader, "vars.broker_config", path, &vars)
+                .unwrap_or_else(|_| path.clone())
+        });
+        let before = registration(broker, config.as_ref()).await;
         let addr = vars.get("broker_addr").filter(|addr| !addr.is_empty());
         changes.push(change(
             format!(
