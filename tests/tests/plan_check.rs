@@ -139,6 +139,7 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     let cluster = Cluster::start(1, &["broker-a", "broker-b", "broker-c"])?;
     let brokers = ["broker-a", "broker-b", "broker-c"];
     cluster.create_topic("CheckTopic", &brokers, 4)?;
+    cluster.create_topic("OnlyOnA", &["broker-a"], 3)?;
     let daemon = Daemon::start()?;
     let namesrv = cluster.namesrv();
     let topics_before = topic_configs(&cluster, "CheckTopic", &brokers)?;
@@ -308,6 +309,41 @@ fn check_shows_real_values_and_would_be_ones_and_changes_nothing() -> Result<()>
     }
     let (_, text, _) = plan(&daemon, "rocketmq.namesrv.migrate", &params, false)?;
     println!("{text}");
+
+    // Scaling out to broker-b from broker-a: the topic only broker-a serves would be copied,
+    // the one both serve alike would not.
+    let params = [
+        ("namesrv", namesrv.as_str()),
+        ("broker", "broker-b"),
+        ("source_broker", "broker-a"),
+    ];
+    let (code, stdout, stderr) = plan(&daemon, "rocketmq.broker.scale_out", &params, true)?;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let checked: Value = serde_json::from_str(&stdout)?;
+    let copy = check_of(&checked, "copy");
+    let only_a = change(copy, "topic OnlyOnA on broker broker-b").expect("OnlyOnA would be copied");
+    assert_eq!(only_a["before"], Value::Null, "{copy}");
+    assert_eq!(
+        (
+            only_a["after"]["read_queues"].clone(),
+            only_a["after"]["perm"].clone()
+        ),
+        (3.into(), 6.into())
+    );
+    assert!(
+        change(copy, "topic CheckTopic on broker broker-b").is_none(),
+        "{copy}"
+    );
+    let routes = check_of(&checked, "routes");
+    assert_eq!(
+        routes["output"]["missing"],
+        serde_json::json!(["OnlyOnA"]),
+        "{routes}"
+    );
+    assert!(
+        topic_configs(&cluster, "OnlyOnA", &["broker-b"]).is_err(),
+        "OnlyOnA was copied"
+    );
 
     // Nothing changed: topics, broker permission, config file; broker-c still registered.
     std::thread::sleep(Duration::from_secs(1));

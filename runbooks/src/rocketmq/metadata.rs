@@ -183,7 +183,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     .await
 }
 
-async fn groups(
+pub(super) async fn groups(
     admin: &Admin,
     broker: &BrokerRef,
 ) -> Result<BTreeMap<String, SubscriptionGroupConfig>, ActionFailure> {

@@ -10,6 +10,7 @@
 //! | `rocketmq.reset_offset` | per queue: the group's offset now → the offset of the first message stored at or after `timestamp` (the brokers' search by time, as the reset uses) |
 //! | `rocketmq.restore_offsets` | per queue: the group's offset now → the saved one |
 //! | `rocketmq.config_file` | the key's value in the file now → the new one |
+//! | `rocketmq.copy_metadata` | each user topic the target lacks or holds otherwise (its config there → the source's), each subscription group it lacks |
 //! | `rocketmq.command` | the command as it would run, and whether the broker it names is registered now |
 
 use std::collections::BTreeMap;
@@ -78,6 +79,7 @@ pub fn attach(registry: &mut Registry) {
     with(registry, "rocketmq.reset_offset", reset_offset);
     with(registry, "rocketmq.restore_offsets", restore_offsets);
     with(registry, "rocketmq.config_file", config_file);
+    with(registry, "rocketmq.copy_metadata", copy_metadata);
     with(registry, "rocketmq.command", command);
 }
 
@@ -588,6 +590,69 @@ pub async fn config_file(input: Value, _context: ActionContext) -> Result<Value,
     Ok(
         json!({"path": path, "key": key, "changes": changes, "note": note, "observed_at_ms": now_ms()}),
     )
+}
+
+/// `rocketmq.copy_metadata`: each user topic the target lacks or holds with another config,
+/// and each subscription group it lacks.
+pub async fn copy_metadata(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.copy_metadata", &input);
+    let namesrv = input.namesrv()?;
+    let source_name = input.string("source")?;
+    let target_name = input.string("target")?;
+    if source_name == target_name {
+        return Err(input.bad("target", "is the same broker as `source`"));
+    }
+    with_admin(&namesrv, |admin| async move {
+        let brokers = admin.brokers().await?;
+        let broker_names: Vec<String> = brokers.keys().cloned().collect();
+        let cluster_names: Vec<String> = brokers
+            .values()
+            .map(|entry| entry.cluster.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let source = admin.resolve_broker(Some(&source_name), None).await?;
+        let target = admin.resolve_broker(Some(&target_name), None).await?;
+        let source_topics = broker_topic_configs(&admin, &source).await?;
+        let target_topics = broker_topic_configs(&admin, &target).await?;
+        let mut changes = Vec::new();
+        let mut unchanged = 0;
+        let ordered: BTreeMap<&String, _> = source_topics.iter().collect();
+        for (name, config) in ordered {
+            if super::common::is_system_topic(name, &broker_names, &cluster_names) {
+                continue;
+            }
+            let wanted = super::topic::config_json(config);
+            match target_topics.get(name).map(super::topic::config_json) {
+                Some(held) if held == wanted => unchanged += 1,
+                held => changes.push(change(
+                    format!("topic {name} on broker {}", target.name),
+                    json!(held),
+                    wanted,
+                )),
+            }
+        }
+        let topics = changes.len();
+        let target_groups = super::metadata::groups(&admin, &target).await?;
+        for name in super::metadata::groups(&admin, &source).await?.keys() {
+            if !super::common::is_system_group(name) && !target_groups.contains_key(name) {
+                changes.push(change(
+                    format!("subscription group {name} on broker {}", target.name),
+                    Value::Null,
+                    json!(format!("copied from broker {}", source.name)),
+                ));
+            }
+        }
+        let note = format!(
+            "{topics} topic(s) and {} subscription group(s) would be copied from broker {} to broker {}; {unchanged} topic(s) already the same there",
+            changes.len() - topics,
+            source.name,
+            target.name
+        );
+        context.log.line(&note);
+        Ok(json!({"source": source.name, "target": target.name, "changes": changes, "note": note, "observed_at_ms": now_ms()}))
+    })
+    .await
 }
 
 /// A config file read for a preview: a regular file of at most 1 MiB, opened without waiting
