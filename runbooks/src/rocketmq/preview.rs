@@ -768,6 +768,62 @@ mod tests {
         assert!(failure.message.contains("/dev/zero"), "{}", failure.message);
     }
 
+    /// A preview reads its input as the action does: an input built from the action's schema
+    /// (required keys only, and every key) gets past the preview's reading of it. An input
+    /// mistake is a permanent failure `<action>: <key>: ...`; anything else (no NameServer
+    /// listens on port 1, a file that is not there) means the input was taken.
+    #[tokio::test]
+    async fn every_preview_takes_an_input_built_from_its_schema() {
+        let mut registry = Registry::new();
+        super::super::register(&mut registry);
+        let dir = tempfile::tempdir().unwrap();
+        let mut previewed = Vec::new();
+        let names: Vec<String> = registry
+            .names()
+            .filter(|name| name.starts_with("rocketmq."))
+            .map(str::to_owned)
+            .collect();
+        for name in names {
+            let action = registry.get(&name).unwrap();
+            let schema = action.schema();
+            for all in [false, true] {
+                let mut input = schema.sample(all);
+                if input.get("namesrv").is_some() {
+                    input["namesrv"] = Value::from("127.0.0.1:1");
+                }
+                let Some(preview) = action.preview(input.clone(), context(dir.path())) else {
+                    continue;
+                };
+                previewed.push(name.clone());
+                let result = tokio::time::timeout(std::time::Duration::from_secs(3), preview).await;
+                if let Ok(Err(failure)) = result {
+                    for key in schema.keys {
+                        assert!(
+                            !failure
+                                .message
+                                .starts_with(&format!("{name}: {}:", key.name)),
+                            "{name} refused an input built from its schema ({input}): {}",
+                            failure.message
+                        );
+                    }
+                }
+            }
+        }
+        previewed.dedup();
+        assert_eq!(
+            previewed,
+            [
+                "rocketmq.broker_config",
+                "rocketmq.command",
+                "rocketmq.config_file",
+                "rocketmq.copy_metadata",
+                "rocketmq.reset_offset",
+                "rocketmq.restore_offsets",
+                "rocketmq.topic_upsert",
+            ]
+        );
+    }
+
     #[test]
     fn a_permission_says_what_it_allows() {
         assert_eq!(perm_text(6), "6 (read/write)");
