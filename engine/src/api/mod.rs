@@ -306,9 +306,14 @@ async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
     let params = request.params;
     let actions = app.catalog.actions().clone();
     if request.check {
-        return ok(
-            runtime::check(definition, params, actions, runtime::CheckLimits::default()).await?,
-        );
+        return ok(runtime::check(
+            definition,
+            params,
+            actions,
+            runtime::CheckLimits::default(),
+            app.engine.draining(),
+        )
+        .await?);
     }
     ok(runtime::off_workers(move || runtime::plan(&definition, &params, &actions)).await??)
 }

@@ -141,6 +141,7 @@ pub async fn check(
     given: Map<String, Value>,
     actions: Registry,
     limits: CheckLimits,
+    draining: CancellationToken,
 ) -> Result<Plan, Error> {
     let started = Instant::now();
     let plan = {
@@ -157,6 +158,7 @@ pub async fn check(
         actions,
         limits,
         deadline: started + limits.total,
+        draining,
         dir: dir.0.clone(),
         calls: 0,
         unknown: BTreeMap::new(),
@@ -224,6 +226,8 @@ struct Checker {
     actions: Registry,
     limits: CheckLimits,
     deadline: Instant,
+    /// The daemon's shutdown: no call starts after it, a call in flight is stopped.
+    draining: CancellationToken,
     dir: std::path::PathBuf,
     calls: u64,
     /// Steps whose output the check does not have, by template name (`steps.<id>` or a
@@ -399,6 +403,12 @@ impl Checker {
         context: &Value,
     ) -> Result<Option<Value>, Error> {
         // Rendering is bounded too: a long walk (nested loops of described steps) stops here.
+        if self.draining.is_cancelled() {
+            let check = StepCheck::noted("not_checked", "not checked: the daemon is shutting down");
+            self.set(key, check.clone());
+            self.set_under(&format!("{key}["), &check);
+            return Ok(None);
+        }
         if Instant::now() >= self.deadline {
             let check = StepCheck::noted("not_checked", limit_note(&self.limits));
             self.set(key, check.clone());
@@ -570,7 +580,7 @@ impl Checker {
             attempt: 1,
             undo: false,
             cancel: cancel.clone(),
-            draining: CancellationToken::new(),
+            draining: self.draining.clone(),
             log: LogSink::new(log_path.clone()),
             state_dir: self.dir.join(format!("{}.state", self.calls)),
             note: None,
@@ -596,7 +606,13 @@ impl Checker {
         } else {
             action.call(input.clone(), call_context)
         };
-        let result = tokio::time::timeout(limit, future).await;
+        let draining = self.draining.clone();
+        let result = tokio::select! {
+            result = tokio::time::timeout(limit, future) => result,
+            _ = draining.cancelled() => Ok(Err(crate::action::ActionFailure::retryable(
+                "stopped: the daemon is shutting down",
+            ))),
+        };
         cancel.cancel();
         let elapsed_ms = now.elapsed().as_millis() as u64;
         let log = read_log(&log_path);
@@ -841,9 +857,15 @@ mod tests {
         let definition = crate::definition::parse("t.toml", text).expect("a valid runbook");
         let (reads, changes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let actions = registry(&reads, &changes);
-        let plan = check(Arc::new(definition), Map::new(), actions, limits)
-            .await
-            .expect("a check");
+        let plan = check(
+            Arc::new(definition),
+            Map::new(),
+            actions,
+            limits,
+            CancellationToken::new(),
+        )
+        .await
+        .expect("a check");
         (
             plan,
             reads.load(Ordering::SeqCst),
@@ -1092,6 +1114,30 @@ with = { fail = true }
         assert_eq!((summary.failed, summary.not_checked), (2, 2));
         assert_eq!(summary.first_failure.as_deref(), Some("slow"));
         assert!(summary.limit_reached.is_some());
+    }
+
+    #[tokio::test]
+    async fn a_daemon_shutting_down_calls_nothing_more() {
+        let definition = crate::definition::parse("t.toml", RUNBOOK).expect("a valid runbook");
+        let (reads, changes) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let draining = CancellationToken::new();
+        draining.cancel();
+        let plan = check(
+            Arc::new(definition),
+            Map::new(),
+            registry(&reads, &changes),
+            CheckLimits::default(),
+            draining,
+        )
+        .await
+        .expect("a check");
+        assert_eq!(reads.load(Ordering::SeqCst), 0);
+        let first = step(&plan, "first");
+        assert_eq!(first.status, "not_checked");
+        assert_eq!(
+            first.note.as_deref(),
+            Some("not checked: the daemon is shutting down")
+        );
     }
 
     #[tokio::test]

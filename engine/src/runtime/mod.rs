@@ -186,6 +186,11 @@ impl Engine {
         &self.inner.clock
     }
 
+    /// Cancelled when the daemon begins to shut down (a check stops calling actions then).
+    pub fn draining(&self) -> CancellationToken {
+        self.inner.draining.clone()
+    }
+
     pub fn actions(&self) -> &Registry {
         &self.inner.actions
     }
