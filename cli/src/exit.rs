@@ -10,6 +10,7 @@
 //! | 5 | conflict (`conflict`, `ambiguous`): wrong run state, lock held, ambiguous id prefix |
 //! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
 //! | 7 | the watched run ended in a state other than `succeeded` |
+//! | 8 | `plan --check`: the check of a step failed (a run would stop there) |
 //!
 //! With `--json`, an error is printed as one line on stderr in the API's error shape (see
 //! [`json_error`]); a bad command line too (code `usage`).
@@ -32,6 +33,7 @@ pub const INVALID: u8 = 4;
 pub const CONFLICT: u8 = 5;
 pub const UNREACHABLE: u8 = 6;
 pub const RUN_NOT_SUCCEEDED: u8 = 7;
+pub const CHECK_FAILED: u8 = 8;
 
 /// An error raised by the CLI itself (not by the daemon) that carries its own exit code.
 #[derive(Debug)]
@@ -60,6 +62,14 @@ pub fn invalid(message: impl Into<String>) -> anyhow::Error {
 pub fn run_not_succeeded(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(Error {
         code: RUN_NOT_SUCCEEDED,
+        message: message.into(),
+    })
+}
+
+/// `plan --check` found a step whose check failed (exit code 8).
+pub fn check_failed(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Error {
+        code: CHECK_FAILED,
         message: message.into(),
     })
 }
@@ -115,6 +125,7 @@ pub fn json_error(err: &anyhow::Error) -> serde_json::Value {
         CONFLICT => "conflict",
         UNREACHABLE => "unreachable",
         RUN_NOT_SUCCEEDED => "run_not_succeeded",
+        CHECK_FAILED => "check_failed",
         _ => "internal",
     };
     error_shape(code, &format!("{err:#}"), None)

@@ -97,6 +97,16 @@ impl Action for Exec {
         Box::pin(run(input, context))
     }
 
+    /// The command it would run, as the shell would get it; nothing is started.
+    fn preview(&self, input: Value, _context: ActionContext) -> Option<ActionFuture> {
+        Some(Box::pin(async move {
+            let command = would_run(&input)?;
+            Ok(
+                serde_json::json!({"changes": [], "runs": command, "note": format!("would run: {command}")}),
+            )
+        }))
+    }
+
     fn reattach(&self, input: Value, context: ActionContext) -> Option<ActionFuture> {
         let spec = match spec(&input) {
             Ok(spec) => spec,
@@ -160,6 +170,28 @@ pub(crate) struct ExecSpec {
     pub grace: Duration,
     /// `host` as written, when the command runs over ssh.
     pub host: Option<String>,
+}
+
+/// The command `input` runs, as one line: a shell string as given, an argv quoted word by word;
+/// with `host`, the host it runs on.
+pub fn would_run(input: &Value) -> Result<String, ActionFailure> {
+    spec(input)?;
+    let command = match input.get("command") {
+        Some(Value::Array(argv)) => argv
+            .iter()
+            .map(|word| match word {
+                Value::String(text) => crate::template::shell::quote(text),
+                other => crate::template::shell::quote(&other.to_string()),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Some(Value::String(command)) => command.clone(),
+        _ => String::new(),
+    };
+    Ok(match input.get("host").and_then(Value::as_str) {
+        Some(host) => format!("{command} (on {host})"),
+        None => command,
+    })
 }
 
 pub(crate) fn spec(input: &Value) -> Result<ExecSpec, ActionFailure> {

@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::exec::{set_command_umask, Exec};
+pub use self::exec::{set_command_umask, would_run, Exec};
 pub use self::log::LogSink;
 pub use self::schema::Schema;
 pub use crate::machine::ActionFailure;
@@ -62,6 +62,14 @@ pub trait Action: Send + Sync + 'static {
     /// that can be known (it still runs, or it left its result behind), or `None` when its
     /// outcome is unknown (the step is then `interrupted`).
     fn reattach(&self, _input: Value, _context: ActionContext) -> Option<ActionFuture> {
+        None
+    }
+
+    /// What a call with `input` would change, computed by reading the current state only
+    /// (`runbook plan --check`): `{"changes": [{"what", "before", "after"}], "note"}`, plus
+    /// `"runs"` (the command) for an action that runs a command. `None`: the action cannot
+    /// tell without doing it. A preview must never change anything.
+    fn preview(&self, _input: Value, _context: ActionContext) -> Option<ActionFuture> {
         None
     }
 }

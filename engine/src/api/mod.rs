@@ -259,6 +259,9 @@ struct StartRequest {
     #[serde(default)]
     params: Map<String, Value>,
     comment: Option<String>,
+    /// `plan` only: run the read-only steps and preview the mutating ones.
+    #[serde(default)]
+    check: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +305,16 @@ async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
     let definition = definition_of(&app, &request)?;
     let params = request.params;
     let actions = app.catalog.actions().clone();
+    if request.check {
+        return ok(runtime::check(
+            definition,
+            params,
+            actions,
+            runtime::CheckLimits::default(),
+            app.engine.draining(),
+        )
+        .await?);
+    }
     ok(runtime::off_workers(move || runtime::plan(&definition, &params, &actions)).await??)
 }
 
@@ -313,6 +326,12 @@ async fn start_run(
     bytes: Bytes,
 ) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
+    if request.check {
+        return Err(ApiError::invalid(
+            "`check` belongs to POST /v1/plan (a run has no check mode)".to_owned(),
+            Some("check"),
+        ));
+    }
     let definition = definition_of(&app, &request)?;
     let state = app
         .engine

@@ -14,6 +14,7 @@
 //!   dropped from memory once nobody uses it, and read back from the store when an input (its
 //!   timer, an operator) or a reader needs it. Start-up loads only the runs that are not parked.
 
+mod check;
 mod plan;
 mod retention;
 mod schedules;
@@ -38,6 +39,7 @@ use crate::machine::{
 };
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
+pub use check::{check, CheckLimits, CheckSummary, StepCheck};
 pub use plan::{plan, Plan, PlannedStep};
 pub use retention::{run_collector, Collected};
 pub use schedules::{Backfill, ScheduleSpec, BACKFILL_LIMIT};
@@ -182,6 +184,11 @@ impl Engine {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.clock
+    }
+
+    /// Cancelled when the daemon begins to shut down (a check stops calling actions then).
+    pub fn draining(&self) -> CancellationToken {
+        self.inner.draining.clone()
     }
 
     pub fn actions(&self) -> &Registry {

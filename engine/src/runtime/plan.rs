@@ -3,6 +3,7 @@
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::check::{CheckSummary, StepCheck};
 use super::Error;
 use crate::action::Registry;
 use crate::definition::{self, Definition, RetryPolicy, Step};
@@ -15,6 +16,9 @@ pub struct Plan {
     pub params: Map<String, Value>,
     pub locks: Vec<String>,
     pub steps: Vec<PlannedStep>,
+    /// With `check`: what the check read and found (see [`check`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSummary>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +35,9 @@ pub struct PlannedStep {
     pub undo: Option<PlannedUndo>,
     /// Whether the action changes the world (`None` for a `for_each`, which only holds steps).
     pub mutates: Option<bool>,
+    /// With `check`: what the check did for this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub check: Option<StepCheck>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -101,12 +108,13 @@ pub fn plan(
         params,
         locks,
         steps,
+        check: None,
     })
 }
 
 /// A template that exceeds a limit is an error of the plan (it would fail the same way when the
 /// run gets there); one that needs earlier steps' outputs is shown as written.
-fn plan_steps(
+pub(super) fn plan_steps(
     definition: &[Step],
     prefix: &str,
     context: &Value,
@@ -147,6 +155,7 @@ fn plan_steps(
                         retry: None,
                         undo: None,
                         mutates: None,
+                        check: None,
                     });
                     for (index, item) in items.into_iter().enumerate() {
                         let mut inner = context.clone();
@@ -174,6 +183,7 @@ fn plan_steps(
                         retry: None,
                         undo: None,
                         mutates: None,
+                        check: None,
                     });
                     plan_steps(&for_each.steps, &format!("{key}[*]"), context, actions, out)?;
                 }
@@ -222,6 +232,7 @@ fn plan_steps(
             retry: step.retry.as_ref().map(PlannedRetry::from),
             undo,
             mutates: mutates(&step.action),
+            check: None,
             key,
         });
     }

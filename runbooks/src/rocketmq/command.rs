@@ -66,7 +66,7 @@ impl Action for Command {
 }
 
 /// The `exec` input for a command template, and the command as it runs.
-fn exec_input(input: &Value) -> Result<(Value, String), ActionFailure> {
+pub(super) fn exec_input(input: &Value) -> Result<(Value, String), ActionFailure> {
     let reader = Input::new("rocketmq.command", input);
     let vars = vars(&reader)?;
     let template = reader.string("command")?;

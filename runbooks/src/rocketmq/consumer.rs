@@ -373,7 +373,7 @@ pub async fn run_progress(input: Value, context: ActionContext) -> Result<Value,
 }
 
 /// A point in time as operators write it: epoch milliseconds, RFC 3339, or `now`.
-fn parse_timestamp(input: &Input<'_>, field: &str) -> Result<i64, ActionFailure> {
+pub(super) fn parse_timestamp(input: &Input<'_>, field: &str) -> Result<i64, ActionFailure> {
     if let Some(number) = input.get(field).and_then(Value::as_i64) {
         return Ok(number);
     }

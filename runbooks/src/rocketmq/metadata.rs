@@ -66,83 +66,15 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
         return Err(input.bad("target", "is the same broker as `source`"));
     }
     with_admin(&namesrv, |admin| async move {
-        let brokers = admin.brokers().await?;
-        let broker_names: Vec<String> = brokers.keys().cloned().collect();
-        let cluster_names: Vec<String> = brokers
-            .values()
-            .map(|entry| entry.cluster.clone())
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let target = admin.resolve_broker(Some(&target_name), None).await?;
-        let cluster = cluster.unwrap_or_else(|| brokers.get(&target_name).map(|entry| entry.cluster.clone()).unwrap_or_default());
-        // Every master of the cluster but the target (or only `source`, when given).
-        let mut sources = Vec::new();
-        for (name, entry) in &brokers {
-            if name == &target_name || entry.cluster != cluster {
-                continue;
-            }
-            if only_source.as_ref().is_some_and(|only| only != name) {
-                continue;
-            }
-            match entry.master() {
-                Some(addr) => sources.push(BrokerRef { name: name.clone(), addr: addr.to_owned() }),
-                None => context.log.line(&format!("broker {name}: no master registered, its metadata is not copied")),
-            }
-        }
-        if let Some(only) = &only_source {
-            if sources.is_empty() {
-                admin.resolve_broker(Some(only), None).await?;
-            }
-        }
-        if sources.is_empty() {
-            return Err(ActionFailure::permanent(format!(
-                "cluster {cluster} has no master other than {target_name} on namesrv {}: nothing to copy from",
-                admin.namesrv
-            )));
-        }
-        let source_names: Vec<String> = sources.iter().map(|source| source.name.clone()).collect();
-
-        // The union over the sources; a topic or group whose config differs between them is
-        // reported, and the first source (by name) holding it gives the config.
-        let mut wanted_groups: BTreeMap<String, (String, SubscriptionGroupConfig)> = BTreeMap::new();
-        let mut wanted_topics: BTreeMap<String, (String, TopicConfig)> = BTreeMap::new();
-        let mut differing = Vec::new();
-        let mut skipped = BTreeSet::new();
-        for source in &sources {
-            for (name, config) in groups(&admin, source).await? {
-                if is_system_group(&name) {
-                    continue;
-                }
-                match wanted_groups.get(&name) {
-                    Some((first, held)) => {
-                        if group_json(held) != group_json(&config) {
-                            differing.push(json!({"kind": "group", "name": name, "brokers": [first, source.name], "configs": [group_json(held), group_json(&config)]}));
-                        }
-                    }
-                    None => {
-                        wanted_groups.insert(name, (source.name.clone(), config));
-                    }
-                }
-            }
-            for (name, config) in broker_topic_configs(&admin, source).await? {
-                if is_system_topic(&name, &broker_names, &cluster_names) {
-                    skipped.insert(name);
-                    continue;
-                }
-                match wanted_topics.get(&name) {
-                    Some((first, held)) => {
-                        if config_json(held) != config_json(&config) {
-                            differing.push(json!({"kind": "topic", "name": name, "brokers": [first, source.name], "configs": [config_json(held), config_json(&config)]}));
-                        }
-                    }
-                    None => {
-                        wanted_topics.insert(name, (source.name.clone(), config));
-                    }
-                }
-            }
-        }
-
+        let CopyPlan {
+            cluster,
+            target,
+            source_names,
+            wanted_groups,
+            wanted_topics,
+            mut differing,
+            skipped,
+        } = plan(&admin, &context, &target_name, cluster, only_source.as_deref()).await?;
         // Groups first: with autoCreateSubscriptionGroup=false, consumers routed to the new
         // broker by a copied topic would be refused until their group is there.
         let target_groups = groups(&admin, &target).await?;
@@ -252,12 +184,131 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
     .await
 }
 
+/// What a copy to `target_name` takes from where: the union of the groups and topics of every
+/// master of `cluster` (default: the target's) but the target, or of `only_source`; where the
+/// sources differ, the first (by name) gives the config and the difference is listed.
+pub(super) struct CopyPlan {
+    pub cluster: String,
+    pub target: BrokerRef,
+    pub source_names: Vec<String>,
+    pub wanted_groups: BTreeMap<String, (String, SubscriptionGroupConfig)>,
+    pub wanted_topics: BTreeMap<String, (String, TopicConfig)>,
+    pub differing: Vec<Value>,
+    pub skipped: BTreeSet<String>,
+}
+
+/// Reads the sources of a copy (nothing is changed); see [`CopyPlan`].
+pub(super) async fn plan(
+    admin: &Admin,
+    context: &ActionContext,
+    target_name: &str,
+    cluster: Option<String>,
+    only_source: Option<&str>,
+) -> Result<CopyPlan, ActionFailure> {
+    let brokers = admin.brokers().await?;
+    let broker_names: Vec<String> = brokers.keys().cloned().collect();
+    let cluster_names: Vec<String> = brokers
+        .values()
+        .map(|entry| entry.cluster.clone())
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let target = admin.resolve_broker(Some(target_name), None).await?;
+    let cluster = cluster.unwrap_or_else(|| {
+        brokers
+            .get(target_name)
+            .map(|entry| entry.cluster.clone())
+            .unwrap_or_default()
+    });
+    // Every master of the cluster but the target (or only `source`, when given).
+    let mut sources = Vec::new();
+    for (name, entry) in &brokers {
+        if name == target_name || entry.cluster != cluster {
+            continue;
+        }
+        if only_source.as_ref().is_some_and(|only| only != name) {
+            continue;
+        }
+        match entry.master() {
+            Some(addr) => sources.push(BrokerRef {
+                name: name.clone(),
+                addr: addr.to_owned(),
+            }),
+            None => context.log.line(&format!(
+                "broker {name}: no master registered, its metadata is not copied"
+            )),
+        }
+    }
+    if let Some(only) = &only_source {
+        if sources.is_empty() {
+            admin.resolve_broker(Some(only), None).await?;
+        }
+    }
+    if sources.is_empty() {
+        return Err(ActionFailure::permanent(format!(
+            "cluster {cluster} has no master other than {target_name} on namesrv {}: nothing to copy from",
+            admin.namesrv
+        )));
+    }
+    let source_names: Vec<String> = sources.iter().map(|source| source.name.clone()).collect();
+
+    // The union over the sources; a topic or group whose config differs between them is
+    // reported, and the first source (by name) holding it gives the config.
+    let mut wanted_groups: BTreeMap<String, (String, SubscriptionGroupConfig)> = BTreeMap::new();
+    let mut wanted_topics: BTreeMap<String, (String, TopicConfig)> = BTreeMap::new();
+    let mut differing = Vec::new();
+    let mut skipped = BTreeSet::new();
+    for source in &sources {
+        for (name, config) in groups(admin, source).await? {
+            if is_system_group(&name) {
+                continue;
+            }
+            match wanted_groups.get(&name) {
+                Some((first, held)) => {
+                    if group_json(held) != group_json(&config) {
+                        differing.push(json!({"kind": "group", "name": name, "brokers": [first, source.name], "configs": [group_json(held), group_json(&config)]}));
+                    }
+                }
+                None => {
+                    wanted_groups.insert(name, (source.name.clone(), config));
+                }
+            }
+        }
+        for (name, config) in broker_topic_configs(admin, source).await? {
+            if is_system_topic(&name, &broker_names, &cluster_names) {
+                skipped.insert(name);
+                continue;
+            }
+            match wanted_topics.get(&name) {
+                Some((first, held)) => {
+                    if config_json(held) != config_json(&config) {
+                        differing.push(json!({"kind": "topic", "name": name, "brokers": [first, source.name], "configs": [config_json(held), config_json(&config)]}));
+                    }
+                }
+                None => {
+                    wanted_topics.insert(name, (source.name.clone(), config));
+                }
+            }
+        }
+    }
+
+    Ok(CopyPlan {
+        cluster,
+        target,
+        source_names,
+        wanted_groups,
+        wanted_topics,
+        differing,
+        skipped,
+    })
+}
+
 /// A subscription group's config as compared between brokers.
 fn group_json(config: &SubscriptionGroupConfig) -> Value {
     serde_json::to_value(config).unwrap_or(Value::Null)
 }
 
-async fn groups(
+pub(super) async fn groups(
     admin: &Admin,
     broker: &BrokerRef,
 ) -> Result<BTreeMap<String, SubscriptionGroupConfig>, ActionFailure> {

@@ -33,6 +33,7 @@ pub mod common;
 mod consumer;
 mod files;
 mod metadata;
+mod preview;
 mod topic;
 
 use runbook_engine::action::Registry;
@@ -41,6 +42,11 @@ use self::common::FnAction;
 
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
+    register_actions(registry);
+    preview::attach(registry);
+}
+
+fn register_actions(registry: &mut Registry) {
     registry.register("rocketmq.backup", FnAction(backup::run, &backup::SCHEMA));
     registry.register("rocketmq.cluster", FnAction(cluster::run, &cluster::SCHEMA));
     registry.register(
