@@ -283,7 +283,11 @@ pub async fn read(
         .collect())
 }
 
-fn table(input: &Input<'_>, field: &str) -> Result<BTreeMap<String, String>, ActionFailure> {
+/// A table of `key = value` (values as text), as `set` and `expect` are given.
+pub(super) fn table(
+    input: &Input<'_>,
+    field: &str,
+) -> Result<BTreeMap<String, String>, ActionFailure> {
     match input.get(field) {
         None => Ok(BTreeMap::new()),
         Some(Value::Object(map)) => map

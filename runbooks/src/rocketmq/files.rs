@@ -168,16 +168,11 @@ pub const CONFIG_FILE_SCHEMA: Schema = Schema {
     ],
 };
 
-/// `rocketmq.config_file`: input `path` (may use `{{ var }}` placeholders from `vars`), `key`,
-/// `value` (null removes the key). Output: `path`, `key`, `previous` (null when absent),
-/// `current`, `changed`.
-pub async fn run_config_file(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
-    let input = Input::new("rocketmq.config_file", &input);
-    let vars = vars(&input)?;
-    let path = render_placeholders(&input, "path", &input.string("path")?, &vars)?;
-    let key = input.string("key")?;
-    let value = match input.get("value") {
-        None => None,
+/// The `value` a config-file edit sets: text (a number or bool as its text), or `None` to
+/// remove the key.
+pub(super) fn config_value(input: &Input<'_>) -> Result<Option<String>, ActionFailure> {
+    Ok(match input.get("value") {
+        None | Some(Value::Null) => None,
         Some(Value::String(text)) => Some(text.clone()),
         Some(Value::Number(number)) => Some(number.to_string()),
         Some(Value::Bool(flag)) => Some(flag.to_string()),
@@ -187,7 +182,18 @@ pub async fn run_config_file(input: Value, context: ActionContext) -> Result<Val
                 format!("must be a string, a number or null, not {other}"),
             ))
         }
-    };
+    })
+}
+
+/// `rocketmq.config_file`: input `path` (may use `{{ var }}` placeholders from `vars`), `key`,
+/// `value` (null removes the key). Output: `path`, `key`, `previous` (null when absent),
+/// `current`, `changed`.
+pub async fn run_config_file(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
+    let input = Input::new("rocketmq.config_file", &input);
+    let vars = vars(&input)?;
+    let path = render_placeholders(&input, "path", &input.string("path")?, &vars)?;
+    let key = input.string("key")?;
+    let value = config_value(&input)?;
     if key.contains(['=', ':', '\n']) || value.as_deref().is_some_and(|value| value.contains('\n'))
     {
         return Err(input.bad(

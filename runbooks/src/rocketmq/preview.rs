@@ -98,29 +98,6 @@ pub fn perm_text(perm: u32) -> String {
     format!("{perm} ({what})")
 }
 
-/// A table of `key = value` (values as text), as `broker_config` reads `set` and `expect`.
-fn text_table(input: &Input<'_>, field: &str) -> Result<BTreeMap<String, String>, ActionFailure> {
-    match input.get(field) {
-        None => Ok(BTreeMap::new()),
-        Some(Value::Object(map)) => map
-            .iter()
-            .map(|(key, value)| match value {
-                Value::String(text) => Ok((key.clone(), text.clone())),
-                Value::Number(number) => Ok((key.clone(), number.to_string())),
-                Value::Bool(flag) => Ok((key.clone(), flag.to_string())),
-                other => Err(input.bad(
-                    field,
-                    format!("{key}: must be a string, number or bool, not {other}"),
-                )),
-            })
-            .collect(),
-        Some(other) => Err(input.bad(
-            field,
-            format!("must be a table of key = value, not {other}"),
-        )),
-    }
-}
-
 /// `rocketmq.broker_config`: each `set` key's current value → the new one; `expect` compared
 /// with the values after the `set`.
 pub async fn broker_config(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
@@ -129,8 +106,8 @@ pub async fn broker_config(input: Value, context: ActionContext) -> Result<Value
     let broker = input.opt_string("broker")?;
     let broker_addr = input.opt_string("broker_addr")?;
     let key = input.opt_string("key")?;
-    let set = text_table(&input, "set")?;
-    let expect = text_table(&input, "expect")?;
+    let set = super::broker_config::table(&input, "set")?;
+    let expect = super::broker_config::table(&input, "expect")?;
     with_admin(&namesrv, |admin| async move {
         let target = admin
             .resolve_broker(broker.as_deref(), broker_addr.as_deref())
@@ -184,75 +161,6 @@ pub async fn broker_config(input: Value, context: ActionContext) -> Result<Value
     .await
 }
 
-/// What a topic upsert asks for on one broker (`None`: keep what the broker has).
-#[derive(Debug, Clone, Default)]
-struct Wanted {
-    read_queues: Option<u32>,
-    write_queues: Option<u32>,
-    perm: Option<u32>,
-    order: Option<bool>,
-    attributes: Option<Map<String, Value>>,
-}
-
-fn wanted_from(input: &Input<'_>) -> Result<Wanted, ActionFailure> {
-    let perm = input.opt_u32("perm")?;
-    if perm.is_some_and(|perm| perm > 7) {
-        return Err(input.bad("perm", "is not a permission (2 write, 4 read, 6 both)"));
-    }
-    let wanted = Wanted {
-        read_queues: input.opt_u32("read_queues")?,
-        write_queues: input.opt_u32("write_queues")?,
-        perm,
-        order: match input.get("order") {
-            None => None,
-            Some(_) => Some(input.bool_or("order", false)?),
-        },
-        attributes: match input.get("attributes") {
-            None => None,
-            Some(Value::Object(map)) => Some(map.clone()),
-            Some(other) => {
-                return Err(input.bad("attributes", format!("must be a table, not {other}")))
-            }
-        },
-    };
-    if wanted.read_queues == Some(0) || wanted.write_queues == Some(0) {
-        return Err(input.bad("read_queues/write_queues", "must be at least 1"));
-    }
-    Ok(wanted)
-}
-
-fn apply(previous: Option<&TopicConfig>, topic: &str, wanted: &Wanted) -> TopicConfig {
-    let mut config = previous.cloned().unwrap_or_else(|| {
-        let mut fresh = TopicConfig::with_queues(topic, 8, 8);
-        fresh.perm = 6;
-        fresh
-    });
-    if let Some(read) = wanted.read_queues {
-        config.read_queue_nums = read;
-    }
-    if let Some(write) = wanted.write_queues {
-        config.write_queue_nums = write;
-    }
-    if let Some(perm) = wanted.perm {
-        config.perm = perm;
-    }
-    if let Some(order) = wanted.order {
-        config.order = order;
-    }
-    if let Some(attributes) = &wanted.attributes {
-        for (key, value) in attributes {
-            let value = value
-                .as_str()
-                .map_or_else(|| value.to_string(), str::to_owned);
-            config.attributes.insert(
-                CheetahString::from(key.as_str()),
-                CheetahString::from(value.as_str()),
-            );
-        }
-    }
-    config
-}
-
 /// `rocketmq.topic_upsert`: per target broker, each field that would change (the call's own
 /// target choice, read-modify-write and refusals).
 pub async fn topic_upsert(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
@@ -270,8 +178,8 @@ pub async fn topic_upsert(input: Value, context: ActionContext) -> Result<Value,
             ));
         }
     }
-    let wanted = wanted_from(&input)?;
-    let mut restore: Vec<(String, Wanted)> = Vec::new();
+    let wanted = super::topic::changes_from(&input, true)?;
+    let mut restore: Vec<(String, super::topic::Changes)> = Vec::new();
     if let Some(entries) = input.get("restore") {
         let Value::Array(entries) = entries else {
             return Err(input.bad("restore", "must be a list of {broker, previous}"));
@@ -282,19 +190,22 @@ pub async fn topic_upsert(input: Value, context: ActionContext) -> Result<Value,
             if let Some(previous @ Value::Object(_)) = entry.get("previous") {
                 restore.push((
                     broker,
-                    wanted_from(&Input::new("rocketmq.topic_upsert", previous))?,
+                    super::topic::changes_from(
+                        &Input::new("rocketmq.topic_upsert", previous),
+                        false,
+                    )?,
                 ));
             }
         }
     }
     with_admin(&namesrv, |admin| async move {
-        let targets: Vec<(String, Wanted)> = if !restore.is_empty() {
+        let targets: Vec<(String, super::topic::Changes)> = if !restore.is_empty() {
             restore
         } else if !brokers.is_empty() {
             brokers.into_iter().map(|name| (name, wanted.clone())).collect()
         } else if let Some(cluster) = &cluster {
             let registered = admin.brokers().await?;
-            let in_cluster: Vec<(String, Wanted)> = registered
+            let in_cluster: Vec<(String, super::topic::Changes)> = registered
                 .iter()
                 .filter(|(_, entry)| &entry.cluster == cluster)
                 .map(|(name, _)| (name.clone(), wanted.clone()))
@@ -327,7 +238,7 @@ pub async fn topic_upsert(input: Value, context: ActionContext) -> Result<Value,
             let target = admin.resolve_broker(Some(name), None).await?;
             let configs = broker_topic_configs(&admin, &target).await?;
             let previous = configs.get(&topic);
-            let after = apply(previous, &topic, wanted);
+            let after = wanted.apply(previous, &topic);
             if let (Some(direction), Some(previous)) = (&direction, previous) {
                 let grows = after.read_queue_nums >= previous.read_queue_nums
                     && after.write_queue_nums >= previous.write_queue_nums;
@@ -555,18 +466,7 @@ pub async fn config_file(input: Value, _context: ActionContext) -> Result<Value,
     let vars = vars(&input)?;
     let path = render_placeholders(&input, "path", &input.string("path")?, &vars)?;
     let key = input.string("key")?;
-    let value = match input.get("value") {
-        None => None,
-        Some(Value::String(text)) => Some(text.clone()),
-        Some(Value::Number(number)) => Some(number.to_string()),
-        Some(Value::Bool(flag)) => Some(flag.to_string()),
-        Some(other) => {
-            return Err(input.bad(
-                "value",
-                format!("must be a string, a number or null, not {other}"),
-            ))
-        }
-    };
+    let value = super::files::config_value(&input)?;
     if path.ends_with(".toml") {
         return Err(input.bad("path", format!("{path}: only Java properties files (broker.conf) are supported; TOML broker configs are not")));
     }

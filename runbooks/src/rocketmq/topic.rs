@@ -313,7 +313,7 @@ pub async fn run_status(input: Value, context: ActionContext) -> Result<Value, A
 
 /// The fields a topic upsert changes on one broker (`None`: keep what the broker has).
 #[derive(Debug, Clone, Default)]
-struct Changes {
+pub(super) struct Changes {
     read_queues: Option<u32>,
     write_queues: Option<u32>,
     perm: Option<u32>,
@@ -321,11 +321,50 @@ struct Changes {
     attributes: Option<Map<String, Value>>,
 }
 
+impl Changes {
+    /// `previous` (or a new topic's defaults: 8 read and write queues, perm 6) with the
+    /// changes made.
+    pub(super) fn apply(&self, previous: Option<&TopicConfig>, topic: &str) -> TopicConfig {
+        let mut wanted = previous.cloned().unwrap_or_else(|| {
+            let mut fresh = TopicConfig::with_queues(topic, 8, 8);
+            fresh.perm = 6;
+            fresh
+        });
+        wanted.topic_name = Some(CheetahString::from(topic));
+        if let Some(read) = self.read_queues {
+            wanted.read_queue_nums = read;
+        }
+        if let Some(write) = self.write_queues {
+            wanted.write_queue_nums = write;
+        }
+        if let Some(perm) = self.perm {
+            wanted.perm = perm;
+        }
+        if let Some(order) = self.order {
+            wanted.order = order;
+        }
+        if let Some(attributes) = &self.attributes {
+            for (key, value) in attributes {
+                let value = value
+                    .as_str()
+                    .map_or_else(|| value.to_string(), str::to_owned);
+                wanted.attributes.insert(
+                    CheetahString::from(key.as_str()),
+                    CheetahString::from(value.as_str()),
+                );
+            }
+        }
+        wanted
+    }
+}
+
 /// The topic permissions that mean something (`PermName`: 4 read, 2 write; 1 "inherit" is a
 /// broker flag, and 0, 3, 5, 7 on a topic are a mistake the broker would store as given).
 pub const TOPIC_PERMS: [u32; 3] = [2, 4, 6];
 
-fn changes_from(input: &Input<'_>, strict: bool) -> Result<Changes, ActionFailure> {
+/// The changes an upsert's input asks for; `strict`: a permission must be 2, 4 or 6 (a
+/// `restore` of what a broker held takes it as it was).
+pub(super) fn changes_from(input: &Input<'_>, strict: bool) -> Result<Changes, ActionFailure> {
     let perm = input.opt_u32("perm")?;
     if let Some(perm) = perm {
         if (strict && !TOPIC_PERMS.contains(&perm)) || perm > 7 {
@@ -481,30 +520,7 @@ pub async fn run_upsert(input: Value, context: ActionContext) -> Result<Value, A
             let target = admin.resolve_broker(Some(name), None).await?;
             let configs = broker_topic_configs(&admin, &target).await?;
             let previous = configs.get(&topic).cloned();
-            let mut wanted = previous.clone().unwrap_or_else(|| {
-                let mut fresh = TopicConfig::with_queues(topic.as_str(), 8, 8);
-                fresh.perm = 6;
-                fresh
-            });
-            wanted.topic_name = Some(CheetahString::from(topic.as_str()));
-            if let Some(read) = changes.read_queues {
-                wanted.read_queue_nums = read;
-            }
-            if let Some(write) = changes.write_queues {
-                wanted.write_queue_nums = write;
-            }
-            if let Some(perm) = changes.perm {
-                wanted.perm = perm;
-            }
-            if let Some(order) = changes.order {
-                wanted.order = order;
-            }
-            if let Some(attributes) = &changes.attributes {
-                for (key, value) in attributes {
-                    let value = value.as_str().map_or_else(|| value.to_string(), str::to_owned);
-                    wanted.attributes.insert(CheetahString::from(key.as_str()), CheetahString::from(value.as_str()));
-                }
-            }
+            let wanted = changes.apply(previous.as_ref(), &topic);
             if let (Some(direction), Some(previous)) = (&direction, &previous) {
                 let grows = wanted.read_queue_nums >= previous.read_queue_nums && wanted.write_queue_nums >= previous.write_queue_nums;
                 let shrinks = wanted.read_queue_nums <= previous.read_queue_nums && wanted.write_queue_nums <= previous.write_queue_nums;
