@@ -35,12 +35,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional(
             "cluster",
             Kind::Text,

@@ -33,12 +33,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional(
             "broker",
             Kind::Text,

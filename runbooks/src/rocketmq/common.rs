@@ -25,6 +25,14 @@ use serde_json::Value;
 /// How long one request to a NameServer or broker may take.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// The `namesrv` key every `rocketmq.*` action but `command` takes.
+pub const NAMESRV: runbook_engine::action::schema::Key = runbook_engine::action::schema::optional(
+    "namesrv",
+    runbook_engine::action::schema::Kind::List,
+    "the NameServer list, host:port;host:port",
+)
+.required();
+
 /// The process-wide RocketMQ client runtime: its own small Tokio runtime owned by a
 /// [`RuntimeOwner`], as the rocketmq-rust client expects. Created on first use, never dropped
 /// (dropping a Tokio runtime from inside another one would panic).

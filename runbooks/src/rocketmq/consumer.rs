@@ -198,12 +198,7 @@ pub const PROGRESS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("group", Kind::Text, "one consumer group"),
         optional("groups", Kind::List, "consumer groups"),
         optional(
@@ -410,12 +405,7 @@ pub const RESET_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("group", Kind::Text, "the consumer group").required(),
         optional("topic", Kind::Text, "the topic").required(),
         optional(
@@ -691,12 +681,7 @@ pub const RESTORE_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("group", Kind::Text, "the consumer group").required(),
         optional(
             "offsets",

@@ -36,12 +36,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("target", Kind::Text, "the broker to copy to").required(),
         optional(
             "source",

@@ -154,12 +154,7 @@ pub const ROUTE_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -187,12 +182,7 @@ pub const LIST_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("cluster", Kind::Text, "only this cluster's topics"),
         optional(
             "include_system",
@@ -266,12 +256,7 @@ pub const STATUS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -401,12 +386,7 @@ pub const UPSERT_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional(
             "brokers",
@@ -592,12 +572,7 @@ pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("broker", Kind::Text, "the broker").required(),
         optional(
             "like",
@@ -705,12 +680,7 @@ pub const QUEUE_WRITES_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional("queue_from", Kind::Int, "the first queue id removed").required(),
         optional(
@@ -870,12 +840,7 @@ pub const TOPIC_ORDER_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        optional(
-            "namesrv",
-            Kind::List,
-            "the NameServer list, host:port;host:port",
-        )
-        .required(),
+        super::common::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional("queues", Kind::Int, "the new write queues per broker").required(),
     ],
