@@ -719,13 +719,15 @@ impl Cluster {
         })
     }
 
-    /// A started push consumer of `topic` in `group`, counting what it receives.
-    pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer> {
+    /// A started push consumer of `topic` in `group` (from the first offset) with `listener`.
+    fn start_push_consumer(
+        &self,
+        group: &str,
+        topic: &str,
+        listener: impl MessageListenerConcurrently + 'static,
+    ) -> Result<DefaultMQPushConsumer> {
         let namesrv = self.namesrv();
-        let received = Arc::new(AtomicUsize::new(0));
-        let keys = Arc::new(Mutex::new(BTreeSet::new()));
-        let listener = Counter(Arc::clone(&received), Arc::clone(&keys));
-        let consumer = self.runtime.block_on(async {
+        self.runtime.block_on(async {
             let runtime = client_runtime().map_err(|message| anyhow!(message))?;
             let mut consumer = DefaultMQPushConsumer::builder(runtime)
                 .consumer_group(group.to_owned())
@@ -741,8 +743,16 @@ impl Cluster {
                 .start()
                 .await
                 .map_err(|error| anyhow!("starting consumer {group}: {error}"))?;
-            Ok::<_, anyhow::Error>(consumer)
-        })?;
+            Ok(consumer)
+        })
+    }
+
+    /// A started push consumer of `topic` in `group`, counting what it receives.
+    pub fn consumer(&self, group: &str, topic: &str) -> Result<Consumer> {
+        let received = Arc::new(AtomicUsize::new(0));
+        let keys = Arc::new(Mutex::new(BTreeSet::new()));
+        let listener = Counter(Arc::clone(&received), Arc::clone(&keys));
+        let consumer = self.start_push_consumer(group, topic, listener)?;
         Ok(Consumer {
             consumer: Some(consumer),
             received,
@@ -1183,27 +1193,9 @@ pub struct KeyedConsumer {
 impl Cluster {
     /// A started push consumer of `topic` in `group` that records message keys.
     pub fn keyed_consumer(&self, group: &str, topic: &str) -> Result<KeyedConsumer> {
-        let namesrv = self.namesrv();
         let keys = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
         let listener = KeyCounter(Arc::clone(&keys));
-        let consumer = self.runtime.block_on(async {
-            let runtime = client_runtime().map_err(|message| anyhow!(message))?;
-            let mut consumer = DefaultMQPushConsumer::builder(runtime)
-                .consumer_group(group.to_owned())
-                .name_server_addr(namesrv)
-                .consume_from_where(ConsumeFromWhere::ConsumeFromFirstOffset)
-                .build();
-            consumer
-                .subscribe(topic, "*")
-                .await
-                .map_err(|error| anyhow!("subscribing {group} to {topic}: {error}"))?;
-            consumer.register_message_listener_concurrently(listener);
-            consumer
-                .start()
-                .await
-                .map_err(|error| anyhow!("starting consumer {group}: {error}"))?;
-            Ok::<_, anyhow::Error>(consumer)
-        })?;
+        let consumer = self.start_push_consumer(group, topic, listener)?;
         Ok(KeyedConsumer {
             consumer: Some(consumer),
             keys,
