@@ -918,17 +918,39 @@ impl Producer {
     /// acknowledged (`SEND_OK`). A refused send is left out (its message was not stored); it
     /// fails only when every send was refused.
     pub fn send_keyed(&self, topic: &str, prefix: &str, count: usize) -> Result<Vec<String>> {
+        self.send_keyed_sized(topic, prefix, count, 0)
+    }
+
+    /// As [`Producer::send_keyed`], each body being the key padded to `body_bytes` bytes (keep
+    /// it under 4096, where the client starts compressing): fills the brokers' 1 MiB commitlog
+    /// files in a few hundred messages.
+    pub fn send_keyed_sized(
+        &self,
+        topic: &str,
+        prefix: &str,
+        count: usize,
+        body_bytes: usize,
+    ) -> Result<Vec<String>> {
         let producer = self.inner()?;
         self.runtime.block_on(async {
             let mut acked = Vec::new();
             let mut last_error = String::new();
             for index in 0..count {
                 let key = format!("{prefix}-{index}");
+                // Padding that does not compress (the client compresses large bodies).
+                let mut body = key.clone().into_bytes();
+                let mut state = (index as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                while body.len() < body_bytes {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    body.push(b'a' + (state % 26) as u8);
+                }
                 let message = Message::builder()
                     .topic(topic)
                     .tags("test")
                     .keys(vec![key.clone()])
-                    .body_slice(key.as_bytes())
+                    .body_slice(&body)
                     .build_unchecked();
                 match producer.send_with_timeout(message, 5000).await {
                     Ok(Some(result)) if result.send_status == SendStatus::SendOk => acked.push(key),

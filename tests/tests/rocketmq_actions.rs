@@ -1,10 +1,13 @@
 //! The `rocketmq.*` actions against a real cluster (two brokers, one NameServer): what they
 //! read, that their changes are checked by reading back, and that a broker, topic or NameServer
-//! that does not exist stops the run in `needs_attention` with an error naming it.
+//! that does not exist stops the run in `needs_attention` with an error naming it; a lag query
+//! that fails fails the poll; messages that expired on the broker are no lag.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::{OffsetAdmin as _, TopicAdmin as _};
 use runbook_tests::cluster::Cluster;
 use runbook_tests::{step_of, Daemon};
 use serde_json::Value;
@@ -247,5 +250,129 @@ with = { namesrv = "{{ params.namesrv }}", group = "lag_group", topic = "LagTopi
     );
     let error = shown.to_string();
     assert!(error.contains("lag_group"), "{shown}");
+    Ok(())
+}
+
+/// The min offset of queue 0 of `topic` on broker `key`.
+fn min_offset(cluster: &Cluster, key: &str, topic: &str) -> Result<i64> {
+    let addr = cluster.broker(key)?.addr.clone();
+    let topic = topic.to_owned();
+    cluster.with_admin(&cluster.namesrv(), |admin| async move {
+        let stats = admin
+            .examine_topic_stats(
+                CheetahString::from(topic.as_str()),
+                Some(CheetahString::from(addr.as_str())),
+            )
+            .await
+            .map_err(|error| anyhow!("stats of {topic} on {addr}: {error}"))?;
+        stats
+            .get_offset_table()
+            .iter()
+            .find(|(queue, _)| queue.queue_id() == 0)
+            .map(|(_, offset)| offset.get_min_offset())
+            .ok_or_else(|| anyhow!("{topic} has no queue 0 on {addr}"))
+    })
+}
+
+#[test]
+fn expired_messages_are_no_lag_only_what_the_group_can_still_read_is() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    // fileReservedTime=0: every commitlog file but the one being written has expired, and a
+    // manual delete request (deleteExpiredCommitLog) removes them at the broker's next clean-up
+    // (every 10 s), which then raises the consume queues' min offsets. deleteFileBatchMax: the
+    // Rust broker 1.0.0 defaults it to 0, and then refuses every delete.
+    let broker = cluster.broker("broker-a")?.clone();
+    let config = std::fs::read_to_string(&broker.config)?;
+    anyhow::ensure!(config.contains("fileReservedTime=72\n"), "{config}");
+    std::fs::write(
+        &broker.config,
+        config.replace(
+            "fileReservedTime=72\n",
+            "fileReservedTime=0\ndeleteFileBatchMax=10\n",
+        ),
+    )?;
+    cluster.stop_broker("broker-a")?;
+    cluster.start_broker("broker-a")?;
+    cluster.wait_registered("broker-a", LONG)?;
+    cluster.create_topic("ExpireTopic", &["broker-a"], 1)?;
+    let producer = cluster.producer()?;
+    let mut consumer = cluster.consumer("expire_group", "ExpireTopic")?;
+    let read = producer.send_keyed("ExpireTopic", "read", 5)?;
+    consumer.wait_keys(&read, LONG)?;
+    consumer.shutdown();
+    // 600 messages of 4000 bytes the group never reads: about 2.4 commitlog files of 1 MiB.
+    let unread = producer.send_keyed_sized("ExpireTopic", "unread", 600, 4000)?;
+    assert_eq!(unread.len(), 600);
+    let addr = broker.addr.clone();
+    cluster.with_admin(&cluster.namesrv(), |admin| async move {
+        admin
+            .delete_expired_commit_log_by_addr(CheetahString::from(addr.as_str()))
+            .await
+            .map_err(|error| anyhow!("deleting the expired commitlog of {addr}: {error}"))
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let min = loop {
+        let min = min_offset(&cluster, "broker-a", "ExpireTopic")?;
+        if min > 5 {
+            break min;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the min offset of ExpireTopic stayed at {min}: no commitlog file expired"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    // What the group can still read: the messages from the min offset on.
+    let readable = 605 - min;
+    assert!(readable > 0 && readable < 600, "min offset {min}");
+
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "expired.toml",
+        r#"
+name = "expired"
+[params.namesrv]
+required = true
+[[steps]]
+id = "progress"
+action = "rocketmq.consumer_progress"
+with = { namesrv = "{{ params.namesrv }}", group = "expire_group", topic = "ExpireTopic" }
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    let shown = daemon.wait_for(&run, LONG, |shown| {
+        shown["state"] != "running" && shown["state"] != "pending"
+    })?;
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    let progress = output(&shown, "progress");
+    let queue = progress["groups"][0]["queues"]
+        .as_array()
+        .and_then(|queues| {
+            queues
+                .iter()
+                .find(|queue| queue["topic"] == "ExpireTopic" && queue["queue_id"] == 0)
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(queue["consumer_offset"], 5, "{progress}");
+    assert_eq!(queue["broker_offset"], 605, "{progress}");
+    assert_eq!(queue["min_offset"], min, "{progress}");
+    assert_eq!(
+        progress["diff_total"], readable,
+        "the lag must count only the {readable} message(s) still readable, not the {} expired ones: {progress}",
+        min - 5
+    );
+
+    // That lag is exactly what the group consumes when it comes back: the last `readable` keys.
+    let back = cluster.consumer("expire_group", "ExpireTopic")?;
+    let expected = &unread[unread.len() - readable as usize..];
+    back.wait_keys(expected, LONG)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let received: Vec<String> = back
+        .keys()
+        .into_iter()
+        .filter(|key| key.starts_with("unread-"))
+        .collect();
+    assert_eq!(received.len() as i64, readable, "{received:?}");
     Ok(())
 }
