@@ -882,6 +882,17 @@ impl MessageListenerConcurrently for Counter {
     }
 }
 
+/// How a test message is delayed.
+#[derive(Debug, Clone, Copy)]
+pub enum Delay {
+    /// A delay level (1 = 1 s, 3 = 10 s, 4 = 30 s): the broker parks the message in
+    /// `SCHEDULE_TOPIC_XXXX`.
+    Level(i32),
+    /// `TIMER_DELAY_SEC` (a 5.x timer message): the broker parks it in its timer wheel
+    /// (`rmq_sys_wheel_timer`).
+    Seconds(u64),
+}
+
 /// A test producer.
 pub struct Producer {
     producer: Option<DefaultMQProducer>,
@@ -965,28 +976,31 @@ impl Producer {
         })
     }
 
-    /// Sends `count` delayed messages (delay level `level`: 1 = 1 s, 3 = 10 s, 4 = 30 s) with
-    /// keys `<prefix>-0`.. to queue 0 of `topic` on `broker`; returns the acknowledged keys.
+    /// Sends `count` delayed messages with keys `<prefix>-0`.. to queue 0 of `topic` on
+    /// `broker`; returns the acknowledged keys.
     pub fn send_delayed_to_broker(
         &self,
         topic: &str,
         broker: &str,
         prefix: &str,
         count: usize,
-        level: i32,
+        delay: Delay,
     ) -> Result<Vec<String>> {
         let producer = self.inner()?;
         self.runtime.block_on(async {
             let mut acked = Vec::new();
             for index in 0..count {
                 let key = format!("{prefix}-{index}");
-                let message = Message::builder()
+                let builder = Message::builder()
                     .topic(topic)
                     .tags("test")
                     .keys(vec![key.clone()])
-                    .delay_level(level)
-                    .body_slice(key.as_bytes())
-                    .build_unchecked();
+                    .body_slice(key.as_bytes());
+                let message = match delay {
+                    Delay::Level(level) => builder.delay_level(level),
+                    Delay::Seconds(seconds) => builder.delay_secs(seconds),
+                }
+                .build_unchecked();
                 match producer
                     .send_to_queue_with_timeout(
                         message,

@@ -5,13 +5,15 @@
 //! With keyed traffic produced and consumed while each run goes: a master/slave group is made
 //! read-only on every replica and stopped slave first; an empty broker skips the retention; a
 //! second decommission in the cluster is refused; a group with no consumer online is excluded
-//! only through an approval; delayed messages and undecided transactions hold the run until
-//! they are delivered and consumed.
+//! only through an approval; delayed messages, timer messages and undecided transactions hold
+//! the run until they are delivered and consumed.
 
 use std::time::Duration;
 
 use anyhow::Result;
-use runbook_tests::cluster::Cluster;
+use cheetah_string::CheetahString;
+use rocketmq_client_rust::BrokerAdmin as _;
+use runbook_tests::cluster::{Cluster, Delay};
 use runbook_tests::{step_of, Daemon};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -433,7 +435,8 @@ fn delayed_messages_keep_the_broker_until_they_are_delivered_and_consumed() -> R
     let producer = cluster.producer()?;
     let consumer = cluster.consumer("pay_group", "PayTopic")?;
     // Due in 30 s, stored on broker-b: they are delivered there, after the run started.
-    let delayed = producer.send_delayed_to_broker("PayTopic", "broker-b", "delayed", 5, 4)?;
+    let delayed =
+        producer.send_delayed_to_broker("PayTopic", "broker-b", "delayed", 5, Delay::Level(4))?;
     assert_eq!(delayed.len(), 5);
     let daemon = Daemon::start()?;
     let run = daemon.start_run(
@@ -460,6 +463,93 @@ fn delayed_messages_keep_the_broker_until_they_are_delivered_and_consumed() -> R
         daemon.show(&run)?
     );
     keys.extend(delayed);
+    consumer.wait_keys(&keys, LONG)?;
+    Ok(())
+}
+
+/// The timer backlog a broker reports: `timerCongestNum` + `timerOffsetBehind`.
+fn timer_backlog(cluster: &Cluster, key: &str) -> Result<i64> {
+    let addr = cluster.broker(key)?.addr.clone();
+    cluster.with_admin(&cluster.namesrv(), |admin| async move {
+        let stats = admin
+            .fetch_broker_runtime_stats(CheetahString::from(addr.as_str()))
+            .await
+            .map_err(|error| anyhow::anyhow!("runtime stats of {addr}: {error}"))?;
+        let number = |key: &str| {
+            stats
+                .table
+                .get(&CheetahString::from(key))
+                .and_then(|value| value.trim().parse::<i64>().ok())
+                .unwrap_or(0)
+        };
+        Ok(number("timerCongestNum") + number("timerOffsetBehind"))
+    })
+}
+
+#[test]
+fn timer_messages_keep_the_broker_until_they_are_delivered_and_consumed() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a", "broker-b"])?;
+    cluster.create_topic("PayTopic", &["broker-a", "broker-b"], 2)?;
+    let producer = cluster.producer()?;
+    let consumer = cluster.consumer("pay_group", "PayTopic")?;
+    // Timer messages (TIMER_DELAY_SEC) due in 45 s, parked in broker-b's timer wheel: nothing
+    // in SCHEDULE_TOPIC_XXXX, no lag on PayTopic until they are delivered there.
+    let timed =
+        producer.send_delayed_to_broker("PayTopic", "broker-b", "timed", 5, Delay::Seconds(45))?;
+    assert_eq!(timed.len(), 5);
+    // The broker counts them in its timer backlog (timerCongestNum + timerOffsetBehind).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while timer_backlog(&cluster, "broker-b")? < 5 {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "broker-b does not report the timer messages as pending"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let daemon = Daemon::start()?;
+    let run = daemon.start_run(
+        "rocketmq.broker.decommission",
+        &[
+            ("namesrv", &cluster.namesrv()),
+            ("cluster", "TestCluster"),
+            ("broker", "broker-b"),
+            ("broker_config", &cluster.config_template()),
+            ("retention", "1s"),
+            ("route_refresh", "1s"),
+            ("stop_command", &cluster.stop_command()),
+        ],
+    )?;
+    let mut keys = traffic_until(
+        &daemon,
+        &producer,
+        "PayTopic",
+        "during",
+        &run,
+        "no_pending",
+        "succeeded",
+    )?;
+    keys.extend(traffic_until(
+        &daemon, &producer, "PayTopic", "after", &run, "approve", "waiting",
+    )?);
+    // At the gate, before anything is stopped, the timer messages were delivered and consumed.
+    let have = consumer.keys();
+    let missing: Vec<&String> = timed.iter().filter(|key| !have.contains(*key)).collect();
+    assert!(
+        missing.is_empty(),
+        "the run reached its stop gate with timer message(s) {missing:?} not delivered and consumed: {}",
+        daemon.show(&run)?
+    );
+    let shown = daemon.show(&run)?;
+    let pending = step_of(&shown, "no_pending")
+        .map(|step| step["output"].clone())
+        .unwrap_or_default();
+    assert_eq!(pending["timer_backlog"], 0, "{pending}");
+    assert_eq!(
+        pending["backlog_not_reported"],
+        serde_json::json!([]),
+        "{pending}"
+    );
+    keys.extend(timed);
     consumer.wait_keys(&keys, LONG)?;
     Ok(())
 }
