@@ -84,6 +84,20 @@ pub struct Definition {
     /// Whether any step renders a template: computed once, neither stored nor compared.
     #[serde(skip)]
     pub template_use: TemplateUse,
+    /// Where each top-level step id sits: computed once, neither stored nor compared.
+    #[serde(skip)]
+    pub positions: StepPositions,
+}
+
+/// A cache of the top-level steps' positions by id, for [`Definition::step`]: a runbook of
+/// ten thousand steps would otherwise search them for every lookup, several times a decision.
+#[derive(Debug, Clone, Default)]
+pub struct StepPositions(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+
+impl PartialEq for StepPositions {
+    fn eq(&self, _: &StepPositions) -> bool {
+        true
+    }
 }
 
 /// A cache of [`Definition::uses_templates`].
@@ -246,11 +260,22 @@ pub enum Concurrency {
 impl Definition {
     /// The definition of the step instance `key` (`loop[2].child`), if any.
     pub fn step(&self, key: &str) -> Option<&Step> {
+        let positions = self.positions.0.get_or_init(|| {
+            let mut positions = std::collections::HashMap::with_capacity(self.steps.len());
+            for (position, step) in self.steps.iter().enumerate() {
+                positions.entry(step.id.clone()).or_insert(position);
+            }
+            positions
+        });
         let mut steps = &self.steps;
         let mut found = None;
-        for segment in key.split('.') {
+        for (depth, segment) in key.split('.').enumerate() {
             let id = segment.split('[').next().unwrap_or(segment);
-            let step = steps.iter().find(|step| step.id == id)?;
+            let step = if depth == 0 {
+                steps.get(*positions.get(id)?)?
+            } else {
+                steps.iter().find(|step| step.id == id)?
+            };
             found = Some(step);
             if let Some(for_each) = &step.for_each {
                 steps = &for_each.steps;

@@ -299,6 +299,7 @@ impl Parser<'_> {
             locks,
             steps,
             template_use: Default::default(),
+            positions: Default::default(),
         })
     }
 

@@ -18,29 +18,38 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
         prefixes.push(segments[..depth].join("."));
     }
 
+    // The steps of each enclosing scope, found by key: a walk over every step state of the
+    // run would cost the run's length for every template (a loop over many items).
     let mut steps = Map::new();
-    for step in &state.steps {
-        let (prefix, id) = match step.key.rsplit_once('.') {
-            Some((prefix, id)) => (prefix, id),
-            None => ("", step.key.as_str()),
+    for prefix in &prefixes {
+        let scope = if prefix.is_empty() {
+            Some(&state.definition.steps)
+        } else {
+            split_iteration(prefix)
+                .and_then(|(loop_key, _)| state.definition.step(loop_key))
+                .and_then(|step| step.for_each.as_ref())
+                .map(|for_each| &for_each.steps)
         };
-        if !prefixes.iter().any(|enclosing| enclosing == prefix) {
-            continue;
-        }
-        let view = json!({
-            "output": step.output.clone().unwrap_or(Value::Null),
-            "state": step.status.name(),
-            "attempts": step.attempts,
-            "error": step.error,
-        });
-        steps.insert(id.to_owned(), view);
-        if step.status == StepStatus::Succeeded {
-            if let Some(capture) = state
-                .definition
-                .step(&step.key)
-                .and_then(|definition| definition.capture.as_ref())
-            {
-                context.insert(capture.clone(), step.output.clone().unwrap_or(Value::Null));
+        for definition in scope.into_iter().flatten() {
+            let key = if prefix.is_empty() {
+                definition.id.clone()
+            } else {
+                format!("{prefix}.{}", definition.id)
+            };
+            let Some(step) = state.step(&key) else {
+                continue;
+            };
+            let view = json!({
+                "output": step.output.clone().unwrap_or(Value::Null),
+                "state": step.status.name(),
+                "attempts": step.attempts,
+                "error": step.error,
+            });
+            steps.insert(definition.id.clone(), view);
+            if step.status == StepStatus::Succeeded {
+                if let Some(capture) = &definition.capture {
+                    context.insert(capture.clone(), step.output.clone().unwrap_or(Value::Null));
+                }
             }
         }
     }

@@ -480,10 +480,13 @@ impl Decider {
     // ----- results ---------------------------------------------------------------------------
 
     fn on_call_finished(&mut self, call: u32, result: Result<Value, ActionFailure>) {
+        // From the newest step back: a call in flight belongs to a recent step, and a long run
+        // must not walk every finished step for each result.
         if let Some(step) = self
             .state
             .steps
             .iter()
+            .rev()
             .find(|step| step.call == Some(call))
             .map(|step| step.key.clone())
         {
@@ -1652,23 +1655,34 @@ impl Decider {
         let Some(for_each) = &step.for_each else {
             return Progress::Busy;
         };
-        // The iterations' statuses only: the items (which may be large) are not copied.
-        let iterations: Vec<IterationStatus> = self
-            .state
-            .step(key)
-            .and_then(|state| state.iterations.as_ref())
-            .map(|iterations| {
-                iterations
-                    .iter()
-                    .map(|iteration| iteration.status)
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut blocked = None;
-        for (index, status) in iterations.iter().enumerate() {
-            if *status != IterationStatus::Running {
-                continue;
+        let width = for_each.width as usize;
+        // Iterations start in index order (the lowest pending first), so every one that is not
+        // pending comes before every pending one: a decision looks at those after the leading
+        // done ones up to `width` pending ones, never at the whole list.
+        let (count, running, pending) = {
+            let Some(state) = self.state.step(key) else {
+                return Progress::Busy;
+            };
+            let iterations = state.iterations.clone().unwrap_or_default();
+            let mut running = Vec::new();
+            let mut pending = Vec::new();
+            let from = state.iterations_done.0.min(iterations.len());
+            for (index, iteration) in iterations.skip(from).iter().enumerate() {
+                match iteration.status {
+                    IterationStatus::Done => {}
+                    IterationStatus::Running => running.push(from + index),
+                    IterationStatus::Pending => {
+                        pending.push(from + index);
+                        if pending.len() >= width.max(1) {
+                            break;
+                        }
+                    }
+                }
             }
+            (iterations.len(), running, pending)
+        };
+        let mut blocked = None;
+        for &index in &running {
             let before = self.events.len();
             match self.advance_sequence(&for_each.steps, &format!("{key}[{index}]")) {
                 Progress::Done => {
@@ -1699,21 +1713,12 @@ impl Decider {
         if let Some(blocked) = blocked {
             return blocked;
         }
-        let running = iterations
-            .iter()
-            .filter(|status| **status == IterationStatus::Running)
-            .count();
-        let pending: Vec<usize> = iterations
-            .iter()
-            .enumerate()
-            .filter(|(_, status)| **status == IterationStatus::Pending)
-            .map(|(index, _)| index)
-            .collect();
+        let running = running.len();
         if pending.is_empty() {
             if running == 0 {
                 // Each iteration's outputs, by the loop's own step ids (looked up by key: a
                 // walk over every step state per iteration was quadratic in the items).
-                let outputs: Vec<Value> = (0..iterations.len())
+                let outputs: Vec<Value> = (0..count)
                     .map(|index| {
                         let outputs: Map<String, Value> = for_each
                             .steps
@@ -1734,7 +1739,6 @@ impl Decider {
             }
             return Progress::Busy;
         }
-        let width = for_each.width as usize;
         let to_start = match for_each.mode {
             Concurrency::Serial if running == 0 => width.min(pending.len()),
             Concurrency::Serial => 0,

@@ -1,8 +1,9 @@
 //! A run's state: the fold of its events. [`evolve`] is total: it never fails, so a journal that
 //! was accepted once can always be replayed.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use imbl::{HashMap, Vector};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -153,7 +154,9 @@ pub struct StepState {
     pub prompt: Option<String>,
     pub approval: Option<ApprovalRecord>,
     pub skipped_by: Option<Actor>,
-    pub iterations: Option<Vec<Iteration>>,
+    /// Persistent: changing one iteration of a loop over 100,000 items copies a path of the
+    /// tree, not the list.
+    pub iterations: Option<Vector<Iteration>>,
     pub undo: Option<UndoState>,
     /// The latest note of the call in flight (see `EventKind::CallNoted`).
     #[serde(default)]
@@ -165,6 +168,11 @@ pub struct StepState {
     /// step; the backoff of a retry; the request of an approval).
     #[serde(default)]
     pub waiting_since: Option<DateTime<Utc>>,
+    /// For a loop: how many leading iterations are known done, so that a decision looks only
+    /// at the iterations after them (a cache like [`RunState::done_prefix`]: never stored,
+    /// never compared; it catches up with the next iteration to finish after a restore).
+    #[serde(skip)]
+    pub(crate) iterations_done: DonePrefix,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,14 +236,16 @@ pub struct RunState {
     pub status: RunStatus,
     pub paused: Option<Pause>,
     pub attention: Option<Attention>,
-    /// Each step's state behind its own `Arc`: a decision clones the run's state, and a run of
-    /// ten thousand steps must not copy ten thousand step states to change one (a changed step
-    /// is copied on write, see [`RunState::step_mut`]). Stored as plain step states.
-    pub steps: Vec<Arc<StepState>>,
+    /// Each step's state behind its own `Arc`, in a persistent vector: a decision clones the
+    /// run's state, and a run of ten thousand steps must copy neither ten thousand step states
+    /// nor ten thousand pointers to change one (a clone shares the tree; a changed step copies
+    /// one path of it and the step itself, see [`RunState::step_mut`]). Stored as a plain list
+    /// of step states.
+    pub steps: Vector<Arc<StepState>>,
     /// Keys of completed steps in the order they completed (rollback runs it backwards): those
     /// that succeeded, and those whose aborted call ran to its end anyway.
-    /// (Shared strings: cloning the state for a decision copies pointers, not keys.)
-    pub completed: Vec<Arc<str>>,
+    /// (Persistent, like `steps`: cloning the state for a decision copies nothing.)
+    pub completed: Vector<Arc<str>>,
     pub timers: Vec<ActiveTimer>,
     pub rollback: Option<Rollback>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -265,7 +275,8 @@ impl PartialEq for DonePrefix {
 
 /// Where each step instance sits in [`RunState::steps`], by a hash of its key: a cache for
 /// lookups (a run with many steps would otherwise search them all for each), never stored and
-/// never compared. Steps are only ever appended, so it extends itself as they are.
+/// never compared. Steps are only ever appended, so it extends itself as they are. A persistent
+/// map, so that cloning the state for a decision does not copy an entry per step.
 #[derive(Default)]
 struct StepIndex(std::sync::Mutex<(usize, HashMap<u64, usize>)>);
 
@@ -275,7 +286,7 @@ impl StepIndex {
         BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
     }
 
-    fn position(&self, steps: &[Arc<StepState>], key: &str) -> Option<usize> {
+    fn position(&self, steps: &Vector<Arc<StepState>>, key: &str) -> Option<usize> {
         let mut guard = self
             .0
             .lock()
@@ -356,8 +367,8 @@ impl RunState {
             status: RunStatus::Running,
             paused: None,
             attention: None,
-            steps: Vec::new(),
-            completed: Vec::new(),
+            steps: Vector::new(),
+            completed: Vector::new(),
             timers: Vec::new(),
             rollback: None,
             finished_at: None,
@@ -508,9 +519,10 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     existing.note = None;
                     if iterations.is_some() {
                         existing.iterations = iterations;
+                        existing.iterations_done = DonePrefix::default();
                     }
                 }
-                None => state.steps.push(Arc::new(StepState {
+                None => state.steps.push_back(Arc::new(StepState {
                     key: step.clone(),
                     action: action.clone(),
                     status,
@@ -533,6 +545,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     note: None,
                     aborting: None,
                     waiting_since: (action == "for_each").then_some(at),
+                    iterations_done: DonePrefix::default(),
                 })),
             }
         }
@@ -545,7 +558,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 existing.finished_at = Some(at);
                 existing.waiting_for = None;
                 existing.waiting_since = None;
-                state.completed.push(Arc::from(step.as_str()));
+                state.completed.push_back(Arc::from(step.as_str()));
             }
         }
         EventKind::StepFailed {
@@ -602,7 +615,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             let existing = match state.index.position(&state.steps, step) {
                 Some(index) => Arc::make_mut(&mut state.steps[index]),
                 None => {
-                    state.steps.push(Arc::new(StepState {
+                    state.steps.push_back(Arc::new(StepState {
                         key: step.clone(),
                         action,
                         status: StepStatus::Skipped,
@@ -625,6 +638,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         note: None,
                         aborting: None,
                         waiting_since: None,
+                        iterations_done: DonePrefix::default(),
                     }));
                     let last = state.steps.len() - 1;
                     Arc::make_mut(&mut state.steps[last])
@@ -686,7 +700,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     existing.error = error.clone();
                 }
                 if !state.completed.iter().any(|done| **done == **step) {
-                    state.completed.push(Arc::from(step.as_str()));
+                    state.completed.push_back(Arc::from(step.as_str()));
                 }
                 // Rolling back: this change is the newest, so it is undone first.
                 if let Some(rollback) = state.rollback.as_mut() {
@@ -837,12 +851,19 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             } else {
                 IterationStatus::Done
             };
-            if let Some(iteration) = state
-                .step_mut(step)
-                .and_then(|existing| existing.iterations.as_mut())
-                .and_then(|all| all.get_mut(*index))
+            if let Some(StepState {
+                iterations: Some(all),
+                iterations_done,
+                ..
+            }) = state.step_mut(step)
             {
-                iteration.status = status;
+                if let Some(iteration) = all.get_mut(*index) {
+                    iteration.status = status;
+                }
+                let done = &mut iterations_done.0;
+                while *done < all.len() && all[*done].status == IterationStatus::Done {
+                    *done += 1;
+                }
             }
         }
         EventKind::NeedsAttention {
