@@ -10,8 +10,9 @@ use uuid::Uuid;
 
 use super::{Engine, Error};
 
-/// How many runs one batch deletes (one writer request, its deletes in one log record).
-const BATCH: usize = 16;
+/// How many runs one batch deletes (one writer request, its deletes in one log record, written
+/// and synced alone): a commit arriving meanwhile waits for at most this many runs' deletes.
+const BATCH: usize = 4;
 /// The pause between two batches, leaving the writer to other commits.
 const PAUSE: Duration = Duration::from_millis(2);
 /// How often the background collector looks for expired runs.

@@ -164,15 +164,19 @@ struct Loop {
 
 impl Loop {
     fn run(mut self, receiver: mpsc::Receiver<Request>) {
+        // A collection taken off the queue while a batch of commits was being gathered: it
+        // goes first in the next batch, alone.
+        let mut deferred: Option<Request> = None;
         loop {
-            let first = match self.failed {
+            let first = match (deferred.take(), &self.failed) {
+                (Some(request), _) => Some(request),
                 // Wake up now and then to try a reopen even when nobody writes.
-                Some(_) => match receiver.recv_timeout(REOPEN_EVERY) {
+                (None, Some(_)) => match receiver.recv_timeout(REOPEN_EVERY) {
                     Ok(request) => Some(request),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
-                None => match Self::next(&receiver) {
+                (None, None) => match Self::next(&receiver) {
                     Some(request) => Some(request),
                     None => return,
                 },
@@ -181,9 +185,16 @@ impl Loop {
                 self.try_reopen();
             }
             let Some(first) = first else { continue };
+            // A collection (hundreds of deletes) is written and synced in a batch of its own,
+            // so that no commit waits for more than one collection batch.
+            let alone = matches!(first.write, Write::Collect(_));
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while !alone && batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
+                    Ok(request) if matches!(request.write, Write::Collect(_)) => {
+                        deferred = Some(request);
+                        break;
+                    }
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
