@@ -92,7 +92,9 @@ pub struct Definition {
 /// A cache of the top-level steps' positions by id, for [`Definition::step`]: a runbook of
 /// ten thousand steps would otherwise search them for every lookup, several times a decision.
 #[derive(Debug, Clone, Default)]
-pub struct StepPositions(std::sync::OnceLock<std::collections::HashMap<String, usize>>);
+pub struct StepPositions(
+    std::sync::OnceLock<std::sync::Arc<std::collections::HashMap<String, usize>>>,
+);
 
 impl PartialEq for StepPositions {
     fn eq(&self, _: &StepPositions) -> bool {
@@ -265,7 +267,7 @@ impl Definition {
             for (position, step) in self.steps.iter().enumerate() {
                 positions.entry(step.id.clone()).or_insert(position);
             }
-            positions
+            std::sync::Arc::new(positions)
         });
         let mut steps = &self.steps;
         let mut found = None;

@@ -261,6 +261,9 @@ pub struct RunState {
     /// never compared, reset by every event that re-starts a step or rolls the run back.
     #[serde(skip)]
     pub(crate) done_prefix: DonePrefix,
+    /// Which steps have a call in flight: a cache, never stored, never compared.
+    #[serde(skip)]
+    in_flight: InFlight,
 }
 
 /// See [`RunState::done_prefix`].
@@ -270,6 +273,113 @@ pub(crate) struct DonePrefix(pub(crate) usize);
 impl PartialEq for DonePrefix {
     fn eq(&self, _: &DonePrefix) -> bool {
         true
+    }
+}
+
+/// The positions of the steps that are active (running or waiting) and of those with a call in
+/// flight — their own, their undo's, or one being aborted — so that knowing whether a run is
+/// running or parked, and which step it is at, does not walk every step of a long run at every
+/// event. A cache, never stored and never compared: built by one walk when first asked (after a
+/// restore), then kept by [`evolve`] from the steps each event touched (every change to a step
+/// goes through [`RunState::step_mut`] or [`RunState::push_step`], which note its position).
+#[derive(Default)]
+struct InFlight {
+    positions: std::sync::Mutex<Option<Live>>,
+    /// The steps the event being applied changed.
+    touched: Vec<usize>,
+}
+
+#[derive(Clone, Default)]
+struct Live {
+    active: imbl::OrdSet<usize>,
+    in_flight: imbl::OrdSet<usize>,
+}
+
+impl Live {
+    fn note(&mut self, position: usize, step: Option<&StepState>) {
+        match step {
+            Some(step) if step.status.is_active() => self.active.insert(position),
+            _ => self.active.remove(&position),
+        };
+        let in_flight = step.is_some_and(|step| {
+            step.call.is_some()
+                || step.aborting.is_some()
+                || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())
+        });
+        match in_flight {
+            true => self.in_flight.insert(position),
+            false => self.in_flight.remove(&position),
+        };
+    }
+}
+
+impl InFlight {
+    /// The positions, built from `steps` if not known yet.
+    fn live(&self, steps: &Vector<Arc<StepState>>) -> Live {
+        let mut guard = self
+            .positions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        guard
+            .get_or_insert_with(|| {
+                let mut live = Live::default();
+                for (position, step) in steps.iter().enumerate() {
+                    live.note(position, Some(step));
+                }
+                live
+            })
+            .clone()
+    }
+
+    /// Brings the positions up to date with the steps touched since the last call.
+    fn settle(&mut self, steps: &Vector<Arc<StepState>>) {
+        let touched = std::mem::take(&mut self.touched);
+        let positions = self
+            .positions
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(live) = positions {
+            for position in touched {
+                live.note(position, steps.get(position).map(|step| &**step));
+            }
+            // Debug builds (every test) check the cache against a walk over every step.
+            #[cfg(debug_assertions)]
+            {
+                let mut walked = Live::default();
+                for (position, step) in steps.iter().enumerate() {
+                    walked.note(position, Some(step));
+                }
+                assert!(
+                    walked.active == live.active && walked.in_flight == live.in_flight,
+                    "the cache of live steps went stale"
+                );
+            }
+        }
+    }
+}
+
+impl Clone for InFlight {
+    fn clone(&self) -> InFlight {
+        let guard = self
+            .positions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        InFlight {
+            positions: std::sync::Mutex::new(guard.clone()),
+            touched: self.touched.clone(),
+        }
+    }
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, _: &InFlight) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for InFlight {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("InFlight")
     }
 }
 
@@ -343,11 +453,23 @@ impl RunState {
             self.status,
             RunStatus::Waiting | RunStatus::Paused | RunStatus::NeedsAttention
         ) || self.status.is_terminal();
-        waits
-            && self.steps.iter().all(|step| {
-                step.call.is_none()
-                    && step.aborting.is_none()
-                    && step.undo.as_ref().is_none_or(|undo| undo.call.is_none())
+        waits && self.in_flight.live(&self.steps).in_flight.is_empty()
+    }
+
+    /// The positions in [`RunState::steps`] of the active steps (running or waiting), ascending.
+    pub(crate) fn active_positions(&self) -> imbl::OrdSet<usize> {
+        self.in_flight.live(&self.steps).active
+    }
+
+    /// Whether a step's own call or its undo's is in flight (one being aborted aside).
+    fn calls_running(&self) -> bool {
+        self.in_flight
+            .live(&self.steps)
+            .in_flight
+            .iter()
+            .filter_map(|position| self.steps.get(*position))
+            .any(|step| {
+                step.call.is_some() || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())
             })
     }
 
@@ -377,6 +499,7 @@ impl RunState {
             poll_history: Default::default(),
             index: StepIndex::default(),
             done_prefix: DonePrefix::default(),
+            in_flight: InFlight::default(),
         }
     }
 
@@ -385,9 +508,18 @@ impl RunState {
         self.steps.get(position).map(|step| &**step)
     }
 
+    /// Every change to a step goes through here or [`RunState::push_step`].
     fn step_mut(&mut self, key: &str) -> Option<&mut StepState> {
         let position = self.index.position(&self.steps, key)?;
+        self.in_flight.touched.push(position);
         self.steps.get_mut(position).map(Arc::make_mut)
+    }
+
+    fn push_step(&mut self, step: StepState) -> &mut StepState {
+        self.in_flight.touched.push(self.steps.len());
+        self.steps.push_back(Arc::new(step));
+        let last = self.steps.len() - 1;
+        Arc::make_mut(&mut self.steps[last])
     }
 
     /// The completed steps with an `undo` that has not run to its end (never run, canceled
@@ -522,31 +654,33 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         existing.iterations_done = DonePrefix::default();
                     }
                 }
-                None => state.steps.push_back(Arc::new(StepState {
-                    key: step.clone(),
-                    action: action.clone(),
-                    status,
-                    attempts: *attempt,
-                    call: is_call.then_some(*call),
-                    polls: 0,
-                    started_at: at,
-                    finished_at: None,
-                    input: Arc::new(input.clone()),
-                    output: None,
-                    error: None,
-                    waiting_for: (action == "for_each").then_some(WaitingFor::Iterations),
-                    fire_at: None,
-                    late_by_ms: None,
-                    prompt: None,
-                    approval: None,
-                    skipped_by: None,
-                    iterations,
-                    undo: None,
-                    note: None,
-                    aborting: None,
-                    waiting_since: (action == "for_each").then_some(at),
-                    iterations_done: DonePrefix::default(),
-                })),
+                None => {
+                    state.push_step(StepState {
+                        key: step.clone(),
+                        action: action.clone(),
+                        status,
+                        attempts: *attempt,
+                        call: is_call.then_some(*call),
+                        polls: 0,
+                        started_at: at,
+                        finished_at: None,
+                        input: Arc::new(input.clone()),
+                        output: None,
+                        error: None,
+                        waiting_for: (action == "for_each").then_some(WaitingFor::Iterations),
+                        fire_at: None,
+                        late_by_ms: None,
+                        prompt: None,
+                        approval: None,
+                        skipped_by: None,
+                        iterations,
+                        undo: None,
+                        note: None,
+                        aborting: None,
+                        waiting_since: (action == "for_each").then_some(at),
+                        iterations_done: DonePrefix::default(),
+                    });
+                }
             }
         }
         EventKind::StepSucceeded { step, output } => {
@@ -613,36 +747,32 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                 .map(|definition| definition.action.clone())
                 .unwrap_or_default();
             let existing = match state.index.position(&state.steps, step) {
-                Some(index) => Arc::make_mut(&mut state.steps[index]),
-                None => {
-                    state.steps.push_back(Arc::new(StepState {
-                        key: step.clone(),
-                        action,
-                        status: StepStatus::Skipped,
-                        attempts: 0,
-                        call: None,
-                        polls: 0,
-                        started_at: at,
-                        finished_at: None,
-                        input: Arc::new(Value::Null),
-                        output: None,
-                        error: None,
-                        waiting_for: None,
-                        fire_at: None,
-                        late_by_ms: None,
-                        prompt: None,
-                        approval: None,
-                        skipped_by: None,
-                        iterations: None,
-                        undo: None,
-                        note: None,
-                        aborting: None,
-                        waiting_since: None,
-                        iterations_done: DonePrefix::default(),
-                    }));
-                    let last = state.steps.len() - 1;
-                    Arc::make_mut(&mut state.steps[last])
-                }
+                Some(_) => state.step_mut(step).expect("the step was just found"),
+                None => state.push_step(StepState {
+                    key: step.clone(),
+                    action,
+                    status: StepStatus::Skipped,
+                    attempts: 0,
+                    call: None,
+                    polls: 0,
+                    started_at: at,
+                    finished_at: None,
+                    input: Arc::new(Value::Null),
+                    output: None,
+                    error: None,
+                    waiting_for: None,
+                    fire_at: None,
+                    late_by_ms: None,
+                    prompt: None,
+                    approval: None,
+                    skipped_by: None,
+                    iterations: None,
+                    undo: None,
+                    note: None,
+                    aborting: None,
+                    waiting_since: None,
+                    iterations_done: DonePrefix::default(),
+                }),
             };
             existing.status = StepStatus::Skipped;
             existing.call = None;
@@ -990,14 +1120,13 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             };
         }
     }
+    state.in_flight.settle(&state.steps);
     if !state.status.is_terminal() {
         state.status = if state.attention.is_some() {
             RunStatus::NeedsAttention
         } else if state.paused.is_some() {
             RunStatus::Paused
-        } else if state.steps.iter().any(|step| {
-            step.call.is_some() || step.undo.as_ref().is_some_and(|undo| undo.call.is_some())
-        }) {
+        } else if state.calls_running() {
             RunStatus::Running
         } else {
             RunStatus::Waiting

@@ -108,20 +108,19 @@ pub fn current_step(state: &RunState) -> Option<String> {
     if let Some(attention) = &state.attention {
         return Some(attention.step.clone());
     }
-    state
-        .steps
+    // (From the run's few active steps, not a walk over all of a long run's steps.)
+    let active: Vec<_> = state
+        .active_positions()
         .iter()
-        .filter(|step| step.status.is_active() && step.action != "for_each")
+        .filter_map(|position| state.steps.get(*position))
+        .cloned()
+        .collect();
+    active
+        .iter()
+        .rev()
+        .find(|step| step.action != "for_each")
+        .or_else(|| active.last())
         .map(|step| step.key.clone())
-        .next_back()
-        .or_else(|| {
-            state
-                .steps
-                .iter()
-                .rev()
-                .find(|step| step.status.is_active())
-                .map(|step| step.key.clone())
-        })
 }
 
 /// What a run waits for, and since when: `operator` when it needs attention (a failed or
