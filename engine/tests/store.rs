@@ -280,3 +280,128 @@ fn drive_memory<T: runbook_engine::store::tables::Tables>(
     store.sync().unwrap();
     state.id
 }
+
+/// A finished run's journal is folded: its last event keeps its key, the others go into one
+/// compressed record (with the final snapshot, compressed too). What a crash leaves right after
+/// the finishing commit reads back whole, refuses a new run of the same id, takes damage to the
+/// record as a corrupt run named in `verify`, and a collection removes the record with the run.
+#[test]
+fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
+    use runbook_engine::store::tables::{scan_prefix, Tables, Tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let mut text = String::from("name = \"short\"\n");
+    for index in 0..10 {
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{index}\"\naction = \"noop\"\n"
+        ));
+    }
+    let definition = Arc::new(definition::parse("short.toml", &text).unwrap());
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let id = Uuid::from_u64_pair(7, 7);
+    let (mut state, mut decision) = machine::create(
+        id,
+        definition.clone(),
+        Map::new(),
+        Vec::new(),
+        Actor::uid(1000),
+        None,
+        now,
+    );
+    let mut events = decision.events.clone();
+    store
+        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
+        .unwrap();
+    while decision.effects.contains(&Effect::Continue) {
+        let (mut next, next_decision) = machine::decide(&state, Input::Continue, now).unwrap();
+        store
+            .apply(
+                &Commit::new(
+                    state.last_seq,
+                    &next_decision.events,
+                    &mut next,
+                    next_decision.settled(),
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        events.extend(next_decision.events.iter().cloned());
+        state = next;
+        decision = next_decision;
+    }
+    assert!(state.status.is_terminal(), "{:?}", state.status);
+    store.sync().unwrap();
+    let crashed = dir.path().join("crashed");
+    copy_dir(&path, &crashed);
+    drop(store);
+
+    let store = SledStore::open(&crashed).unwrap();
+    let as_json = |events: &[machine::Event]| serde_json::to_value(events).unwrap();
+    assert_eq!(as_json(&store.events(id).unwrap()), as_json(&events));
+    assert_eq!(store.load_run(id).unwrap(), Some(state.clone()));
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    // A new run may not take the id of a folded one.
+    let (mut again, created) = machine::create(
+        id,
+        definition,
+        Map::new(),
+        Vec::new(),
+        Actor::uid(1000),
+        None,
+        now,
+    );
+    let refused = store.apply(&Commit::new(0, &created.events, &mut again, false).unwrap());
+    assert!(
+        matches!(refused, Err(runbook_engine::store::Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    let tables = store.into_tables();
+    let keyed: Vec<u64> = scan_prefix(&tables, Tree::Events, id.as_bytes(), false)
+        .map(|entry| u64::from_be_bytes(entry.unwrap().0[16..24].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        keyed,
+        vec![state.last_seq],
+        "only the last event keeps its key"
+    );
+    let record = tables.get(Tree::Folded, id.as_bytes()).unwrap().unwrap();
+    let snapshot = tables.get(Tree::Runs, id.as_bytes()).unwrap().unwrap();
+    let plain: usize = events
+        .iter()
+        .map(|event| serde_json::to_vec(event).unwrap().len())
+        .sum();
+    assert!(
+        record.len() + snapshot.len() < plain / 2,
+        "folded {} + snapshot {} bytes for {plain} bytes of events",
+        record.len(),
+        snapshot.len()
+    );
+
+    // Damage to the record: the run is corrupt, named.
+    let mut damaged = record.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x20;
+    tables
+        .write(&[runbook_engine::store::tables::Op {
+            tree: Tree::Folded,
+            key: id.as_bytes().to_vec(),
+            value: Some(damaged),
+        }])
+        .unwrap();
+    let store = runbook_engine::store::Journal::over(tables);
+    let problems = store.verify().unwrap().join("\n");
+    assert!(problems.contains(&format!("folded/{id}")), "{problems}");
+    assert!(store.load_run(id).is_err());
+
+    // Collected: nothing of it is left.
+    assert_eq!(store.collect(&[id]).unwrap(), vec![id]);
+    store.sync().unwrap();
+    let tables = store.into_tables();
+    assert_eq!(tables.get(Tree::Folded, id.as_bytes()).unwrap(), None);
+    assert_eq!(
+        scan_prefix(&tables, Tree::Events, id.as_bytes(), false).count(),
+        0
+    );
+}

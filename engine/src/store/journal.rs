@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use super::fold;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
 use super::{
@@ -204,9 +205,11 @@ impl<'a> Tx<'a> {
 fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     let id = commit.run_id;
     // The journal must end exactly where the caller thinks it does.
+    // (A new run's id must be unused: its first event may be folded away.)
     let next_taken = tx
         .get(Tree::Events, &event_key(id, commit.expected_seq + 1))?
-        .is_some();
+        .is_some()
+        || (commit.expected_seq == 0 && tx.get(Tree::Folded, id.as_bytes())?.is_some());
     let last_present = commit.expected_seq == 0
         || tx
             .get(Tree::Events, &event_key(id, commit.expected_seq))?
@@ -270,6 +273,13 @@ fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
                 tx.delete(Tree::Events, event_key(id, *seq).to_vec());
             }
         }
+        if commit.listing.is_finished() {
+            let last = commit
+                .events
+                .last()
+                .map_or(commit.expected_seq, |(seq, _)| *seq);
+            fold_journal(tx, id, last)?;
+        }
     }
     let active = tx.get(Tree::Active, id.as_bytes())?.is_some();
     if commit.parked && active {
@@ -288,6 +298,46 @@ fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     tx.listing(&mut counts, id, Some(&commit.listing))?;
     if counts != before {
         tx.put_counts(&counts)?;
+    }
+    Ok(())
+}
+
+/// Folds a finished run's events but the last (`last`) into its folded record (see `fold.rs`),
+/// with those it already holds, when the journal is small enough. The commit storing the run's
+/// final snapshot calls it, so a read needs none of the folded events but the first (the
+/// definition).
+fn fold_journal(tx: &mut Tx<'_>, run_id: Uuid, last: u64) -> Result<(), Error> {
+    if last > fold::MAX_EVENTS {
+        return Ok(());
+    }
+    let mut events = match tx.get(Tree::Folded, run_id.as_bytes())? {
+        Some(record) => fold::decode(run_id, &record)?,
+        None => Vec::new(),
+    };
+    let from = events.last().map_or(1, |(seq, _)| seq + 1);
+    let mut bytes: usize = events.iter().map(|(_, event)| event.len()).sum();
+    let mut folded = Vec::new();
+    // By key, through this commit's and the batch's changes (a forgotten poll round is gone).
+    for seq in from..last {
+        if let Some(event) = tx.get(Tree::Events, &event_key(run_id, seq))? {
+            bytes += event.len();
+            if bytes > fold::MAX_BYTES {
+                return Ok(());
+            }
+            events.push((seq, event));
+            folded.push(seq);
+        }
+    }
+    if folded.is_empty() {
+        return Ok(());
+    }
+    tx.put(
+        Tree::Folded,
+        run_id.as_bytes().to_vec(),
+        fold::encode(&events)?,
+    );
+    for seq in folded {
+        tx.delete(Tree::Events, event_key(run_id, seq).to_vec());
     }
     Ok(())
 }
@@ -328,6 +378,7 @@ fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> {
     tx.listing(&mut counts, run_id, None)?;
     tx.put_counts(&counts)?;
     tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
+    tx.delete(Tree::Folded, run_id.as_bytes().to_vec());
     tx.delete(Tree::Active, run_id.as_bytes().to_vec());
     let events: Vec<Vec<u8>> = scan_prefix(tx.tables, Tree::Events, run_id.as_bytes(), false)
         .map(|entry| entry.map(|(key, _)| key))
@@ -434,6 +485,16 @@ impl<T: Tables> Journal<T> {
     /// From format 1 (no `active` index) and 2 (no listings): builds what is missing from the
     /// runs, writes it durably, then records the new format.
     fn upgrade(&self, found: u32) -> Result<(), Error> {
+        if found == 3 {
+            // 4 only adds folded journals; unfolded ones stay readable as they are.
+            self.write_now(vec![Op {
+                tree: Tree::Meta,
+                key: b"format".to_vec(),
+                value: Some(encode_value(&STORE_FORMAT)?),
+            }])?;
+            tracing::info!(from = found, "upgraded the store to format {STORE_FORMAT}");
+            return Ok(());
+        }
         let mut ops = Vec::new();
         let mut staged = Staged::default();
         let mut upgraded = 0;
@@ -744,8 +805,24 @@ impl<T: Tables> Journal<T> {
         Ok(found)
     }
 
+    /// A run's folded events (none if it has no folded record).
+    fn folded(&self, run_id: Uuid) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        match self.tables.get(Tree::Folded, run_id.as_bytes())? {
+            Some(record) => fold::decode(run_id, &record),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn restore(&self, run_id: Uuid, snapshot: &[u8]) -> Result<RunState, Error> {
-        let first = self.tables.get(Tree::Events, &event_key(run_id, 1))?;
+        let first = match self.tables.get(Tree::Events, &event_key(run_id, 1))? {
+            Some(first) => Some(first),
+            None => self
+                .folded(run_id)?
+                .into_iter()
+                .next()
+                .filter(|(seq, _)| *seq == 1)
+                .map(|(_, first)| first),
+        };
         restore(run_id, snapshot, first.as_deref(), |from| {
             let from = event_key(run_id, from);
             let to = event_key(run_id, u64::MAX);
@@ -864,10 +941,15 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
-        scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
+        let folded = self.folded(run_id)?.into_iter().map(Ok);
+        let keyed = scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
+            .map(|entry| entry.map(|(key, bytes)| (event_seq(&key), bytes)));
+        // The folded ones all come before the keyed ones.
+        folded
+            .chain(keyed)
             .map(|entry| {
-                let (key, bytes) = entry?;
-                decode_event(run_id, event_seq(&key), &bytes)
+                let (seq, bytes) = entry?;
+                decode_event(run_id, seq, &bytes)
             })
             .collect()
     }
@@ -942,6 +1024,31 @@ impl<T: Tables> Store for Journal<T> {
             let run_id = Uuid::from_slice(&key[..16]).unwrap_or_default();
             if let Err(error) = decode_event(run_id, event_seq(&key), &bytes) {
                 problems.push(error.to_string());
+            }
+        }
+        for entry in self
+            .tables
+            .scan(Tree::Folded, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, record) = entry?;
+            let Ok(run_id) = Uuid::from_slice(&key) else {
+                problems.push(format!("folded/{key:?}: bad run id"));
+                continue;
+            };
+            if self.tables.get(Tree::Runs, &key)?.is_none() {
+                problems.push(format!(
+                    "folded/{run_id}: the journal of a run that does not exist"
+                ));
+            }
+            match fold::decode(run_id, &record) {
+                Ok(events) => {
+                    for (seq, bytes) in events {
+                        if let Err(error) = decode_event(run_id, seq, &bytes) {
+                            problems.push(error.to_string());
+                        }
+                    }
+                }
+                Err(error) => problems.push(error.to_string()),
             }
         }
         for schedule in self.load_schedules()? {

@@ -15,6 +15,7 @@
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
 
 pub mod envelope;
+mod fold;
 mod journal;
 pub mod listing;
 mod memory;
@@ -35,9 +36,10 @@ pub use envelope::FORMAT;
 
 /// The layout of the store on disk (trees, keys, write-ahead log), recorded in `meta/format`.
 /// 1: sled only; 2: sled behind a write-ahead log, with the `active` index; 3: the log written
-/// before sled (all or nothing), listings, secondary indexes, counters, claims. A build refuses
+/// before sled (all or nothing), listings, secondary indexes, counters, claims; 4: finished
+/// runs' journals folded into one compressed record (`fold.rs`). A build refuses
 /// a store whose layout is newer than it knows, and upgrades an older one when it opens it.
-pub const STORE_FORMAT: u32 = 3;
+pub const STORE_FORMAT: u32 = 4;
 pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,7 +167,7 @@ pub struct Commit {
     /// `(seq, envelope)` of each new event.
     pub events: Vec<(u64, Vec<u8>)>,
     /// The run's snapshot after the events, when this commit stores one (see
-    /// [`SNAPSHOT_EVERY`]); the events alone otherwise.
+    /// [`SNAPSHOT_EVERY`], and always for a finished run); the events alone otherwise.
     pub snapshot: Option<Vec<u8>>,
     /// Seqs of superseded poll rounds to delete (only with a snapshot, never the first event
     /// nor any after `expected_seq`; see `machine::poll_history`).
@@ -198,13 +200,21 @@ impl Commit {
     ) -> Result<Commit, Error> {
         let run_id = snapshot.id;
         let parked = settled && snapshot.is_parked();
-        let (stored, forget_events) = if crosses_snapshot_seq(
-            expected_seq,
-            snapshot.last_seq,
-            snapshot_interval(snapshot.steps.len()),
-        ) {
+        // A finished run's snapshot is stored with the commit that finishes it: its journal
+        // is then folded (see `fold.rs`), and a read replays nothing.
+        let (stored, forget_events) = if snapshot.status.is_terminal()
+            || crosses_snapshot_seq(
+                expected_seq,
+                snapshot.last_seq,
+                snapshot_interval(snapshot.steps.len()),
+            ) {
             let forget = crate::machine::take_superseded_polls(snapshot);
-            (Some(envelope::encode(&*snapshot)?), forget)
+            let encoded = if snapshot.status.is_terminal() {
+                envelope::encode_compressed(&*snapshot)?
+            } else {
+                envelope::encode(&*snapshot)?
+            };
+            (Some(encoded), forget)
         } else {
             (None, Vec::new())
         };

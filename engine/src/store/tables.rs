@@ -37,10 +37,12 @@ pub enum Tree {
     Finished = 10,
     /// a launch's unique claim (a schedule's instant) → the run id that holds it.
     Claims = 11,
+    /// run_id → a finished run's events but its last, in one compressed record (`fold.rs`).
+    Folded = 12,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 12] = [
+    pub const ALL: [Tree; 13] = [
         Tree::Runs,
         Tree::Events,
         Tree::Timers,
@@ -53,6 +55,7 @@ impl Tree {
         Tree::ByRunbook,
         Tree::Finished,
         Tree::Claims,
+        Tree::Folded,
     ];
 
     pub fn code(self) -> u8 {
@@ -78,6 +81,7 @@ impl Tree {
             Tree::ByRunbook => "by_runbook",
             Tree::Finished => "finished",
             Tree::Claims => "claims",
+            Tree::Folded => "folded",
         }
     }
 }
