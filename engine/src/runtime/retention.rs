@@ -50,12 +50,24 @@ impl Engine {
             before: Some(before),
             ..Collected::default()
         };
-        let store = self.inner.writer.store();
         if dry_run {
-            collected.runs = store.expired_runs(before_ms, usize::MAX)?;
-            for run_id in &collected.runs {
-                collected.file_bytes += dir_size(&self.run_dir(*run_id));
-            }
+            // (Off the async workers: a scan of the index and a walk of every run's directory.)
+            let store = self.inner.writer.store();
+            let runs_dir = self.inner.data_dir.join("runs");
+            let (runs, file_bytes) = tokio::task::spawn_blocking(move || {
+                let runs = store.expired_runs(before_ms, usize::MAX)?;
+                let bytes = runs
+                    .iter()
+                    .map(|run_id| dir_size(&runs_dir.join(run_id.to_string())))
+                    .sum();
+                Ok::<_, crate::store::Error>((runs, bytes))
+            })
+            .await
+            .map_err(|error| {
+                Error::Internal(format!("the dry run of a collection failed: {error}"))
+            })??;
+            collected.runs = runs;
+            collected.file_bytes = file_bytes;
             return Ok(collected);
         }
         loop {
@@ -64,17 +76,14 @@ impl Engine {
                 break;
             }
             let deleted = self.inner.writer.collect(batch.clone()).await?;
-            for run_id in &deleted {
-                let dir = self.run_dir(*run_id);
-                collected.file_bytes += dir_size(&dir);
-                match std::fs::remove_dir_all(&dir) {
-                    Ok(()) => {}
-                    Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(error) => {
-                        tracing::warn!(run = %run_id, %error, "cannot remove a collected run's directory")
-                    }
-                }
-            }
+            // Off the async workers: a run's directory may hold many files.
+            let dirs: Vec<_> = deleted
+                .iter()
+                .map(|run_id| (*run_id, self.run_dir(*run_id)))
+                .collect();
+            collected.file_bytes += tokio::task::spawn_blocking(move || remove_dirs(&dirs))
+                .await
+                .unwrap_or(0);
             collected.runs.extend(&deleted);
             // (A run of the batch that was not finished after all — a rollback reopened it —
             // left the index of finished runs in that same commit: the next batch moves on.)
@@ -115,6 +124,22 @@ pub async fn run_collector(
         }
         wait = EVERY;
     }
+}
+
+/// Removes collected runs' directories; returns the bytes they held.
+fn remove_dirs(dirs: &[(Uuid, std::path::PathBuf)]) -> u64 {
+    let mut bytes = 0;
+    for (run_id, dir) in dirs {
+        bytes += dir_size(dir);
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                tracing::warn!(run = %run_id, %error, "cannot remove a collected run's directory")
+            }
+        }
+    }
+    bytes
 }
 
 fn dir_size(dir: &std::path::Path) -> u64 {
