@@ -745,26 +745,33 @@ struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     fn create() -> Result<TempDir, Error> {
+        use std::hash::{BuildHasher, Hasher};
         use std::os::unix::fs::DirBuilderExt;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |since| since.as_nanos());
-        let path = std::env::temp_dir().join(format!(
-            "runbook-check-{}-{nanos}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&path)
-            .map_err(|error| {
-                Error::Internal(format!(
-                    "creating {} for the check: {error}",
-                    path.display()
-                ))
-            })?;
-        Ok(TempDir(path))
+        // A name nobody can guess (the hasher's keys are random per process); one that exists
+        // already (left over, or planted by another local user) is never reused: try another.
+        let mut attempts = 0;
+        loop {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u64(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+            let path = std::env::temp_dir().join(format!(
+                "runbook-check-{}-{:016x}",
+                std::process::id(),
+                hasher.finish()
+            ));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(TempDir(path)),
+                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && attempts < 8 => {
+                    attempts += 1;
+                }
+                Err(error) => {
+                    return Err(Error::Internal(format!(
+                        "creating {} for the check: {error}",
+                        path.display()
+                    )))
+                }
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use cheetah_string::CheetahString;
 use rocketmq_admin_core::client_adapter::{ClientRuntime, ClientRuntimeConfig, TelemetryHandle};
@@ -88,10 +88,8 @@ pub fn client_runtime() -> Result<Arc<ClientRuntime>, String> {
 /// Milliseconds since the Unix epoch, from the system clock (outputs carry it as evidence of
 /// when the cluster was observed).
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as i64)
-        .unwrap_or(0)
+    use runbook_engine::clock::Clock;
+    runbook_engine::clock::SystemClock.now().timestamp_millis()
 }
 
 /// An error as text; for a client error, with the broker's response code and what it means
