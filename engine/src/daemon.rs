@@ -45,6 +45,9 @@ pub enum Error {
     /// The data dir, or a directory on the way to it, is open to another user.
     #[error("{0}")]
     Unsafe(String),
+    /// A setting of the daemon's environment is wrong.
+    #[error("{0}")]
+    Config(String),
     #[error(transparent)]
     Store(#[from] crate::store::Error),
     #[error(transparent)]
@@ -62,6 +65,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let data_dir = config.data_dir.clone();
+    crate::failpoint::check_env().map_err(Error::Config)?;
     // Before anything is created: every file of the data dir is the daemon's user's alone.
     let inherited_umask = crate::private_dir::set_private_umask();
     crate::action::set_command_umask(inherited_umask);

@@ -1,7 +1,7 @@
 //! Crash under load: a few hundred runs with large params, locks, waits, `noop`s and short
 //! commands, while the test `kill -9`s the daemon at random instants (some of them while starts
 //! are in flight) and, now and then, restarts it armed with the failpoint
-//! `AfterCommitBeforeFlush` (the writer applied a batch to the store but did not make it durable
+//! `StagedBeforeSync` (the writer applied a batch to the store but did not make it durable
 //! yet). The store promises that a crash at any instant leaves the acknowledged commits plus, at
 //! most, whole unacknowledged ones; never part of one.
 //!
@@ -435,7 +435,7 @@ impl Load {
     fn failpoint_crash(&mut self, kill: u64) -> Result<()> {
         let skip = self.rng.between(0, 12).to_string();
         self.daemon.set_env(&[
-            ("RUNBOOK_FAILPOINT", "AfterCommitBeforeFlush"),
+            ("RUNBOOK_FAILPOINT", "StagedBeforeSync"),
             ("RUNBOOK_FAILPOINT_SKIP", &skip),
         ]);
         let restarted = self.daemon.restart();

@@ -697,7 +697,7 @@ impl Engine {
             let (engine, schedule) = (self.clone(), schedule.to_owned());
             tokio::spawn(async move { engine.schedule_run_ended(&schedule, run_id).await });
         }
-        crate::failpoint::hit("AfterFlushBeforeEffect");
+        crate::failpoint::hit(crate::failpoint::Failpoint::DurableBeforeEffect);
         self.after_commit(run_id, &decision);
         Ok((next, parked))
     }
@@ -844,7 +844,7 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .remove(&(call.run_id, call.call));
-            crate::failpoint::hit("AfterEffectBeforeRecord");
+            crate::failpoint::hit(crate::failpoint::Failpoint::EffectBeforeRecord);
             let unreleased = matches!(&input, Input::ActionFinished { result: Err(failure), .. } if failure.never_started);
             if unreleased && engine.inner.draining.is_cancelled() {
                 // Not a failure of the step: shutdown held it back. The restart starts it again.

@@ -312,7 +312,7 @@ impl Engine {
         next.next_fire = plan.next_fire;
         // A crash here leaves the runs launched and the schedule as it was: the instants fire
         // again at restart, and their claims make the launches find the runs instead.
-        crate::failpoint::hit("ScheduleLaunchedBeforeSaved");
+        crate::failpoint::hit(crate::failpoint::Failpoint::ScheduleLaunchedBeforeSaved);
         if let Err(error) = self.save(schedule, next).await {
             tracing::error!(%error, "cannot store a schedule's firing; trying again in a second");
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;

@@ -103,7 +103,7 @@ pub async fn run_timers(engine: Engine, shutdown: CancellationToken) {
 }
 
 async fn fire(engine: &Engine, key: TimerKey) {
-    crate::failpoint::hit("TimerFire");
+    crate::failpoint::hit(crate::failpoint::Failpoint::TimerFire);
     let late = engine.clock().now() - key.fire_at();
     engine
         .timer_lateness()

@@ -254,7 +254,7 @@ impl Tables for SledTables {
             }
         };
         // Durable: now sled may see it (and write it out whenever it likes).
-        crate::failpoint::hit("AfterLogSyncBeforeApply");
+        crate::failpoint::hit(crate::failpoint::Failpoint::LogDurableBeforeApply);
         if let Err(error) = apply(&self.trees, ops) {
             // sled holds part of a durable batch: reopening replays the log and completes it.
             self.failed.store(true, Ordering::SeqCst);

@@ -209,7 +209,7 @@ impl Wal {
         std::fs::rename(&temporary, &path)?;
         sync_dir(dir)?;
         // A crash here leaves the old segments beside the new one: replay reads them all.
-        crate::failpoint::hit("CheckpointNewSegment");
+        crate::failpoint::hit(crate::failpoint::Failpoint::CheckpointNewSegment);
         for (_, segment) in old {
             if segment != path {
                 std::fs::remove_file(segment)?;
@@ -257,9 +257,9 @@ impl Wal {
         record.extend_from_slice(&payload);
         // The record plus a zero header after it, so that the log always ends in zeros.
         self.allocate(record.len() as u64 + HEADER as u64);
-        crate::failpoint::hit("BeforeFlush");
+        crate::failpoint::hit(crate::failpoint::Failpoint::BeforeLogWrite);
         self.file.write_all_at(&record, self.position)?;
-        crate::failpoint::hit("AfterFlushBeforeFsync");
+        crate::failpoint::hit(crate::failpoint::Failpoint::LogWrittenBeforeFsync);
         self.file.sync_data()?;
         self.position += record.len() as u64;
         self.allocated = self.allocated.max(self.position);

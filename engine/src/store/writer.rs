@@ -244,7 +244,7 @@ impl Loop {
                             .into_iter()
                             .map(unit),
                     );
-                    crate::failpoint::hit("BeforeCommit");
+                    crate::failpoint::hit(crate::failpoint::Failpoint::BeforeScheduleStaged);
                     results.push(unit(store.apply_schedule(commit)));
                 }
                 Write::RemoveTimer(key) => {
@@ -268,7 +268,7 @@ impl Loop {
             }
         }
         results.extend(store.apply_many(&runs).into_iter().map(unit));
-        crate::failpoint::hit("AfterCommitBeforeFlush");
+        crate::failpoint::hit(crate::failpoint::Failpoint::StagedBeforeSync);
         let started = Instant::now();
         let mut failure = results.iter().find_map(|result| match result {
             Err(error) if error.is_failure() => Some(error.clone()),
