@@ -55,7 +55,11 @@ impl Engine {
             let store = self.inner.writer.store();
             let runs_dir = self.inner.data_dir.join("runs");
             let (runs, file_bytes) = tokio::task::spawn_blocking(move || {
-                let runs = store.expired_runs(before_ms, usize::MAX)?;
+                let runs: Vec<Uuid> = store
+                    .expired_runs(before_ms, None, usize::MAX)?
+                    .into_iter()
+                    .map(|expired| expired.run_id)
+                    .collect();
                 let bytes = runs
                     .iter()
                     .map(|run_id| dir_size(&runs_dir.join(run_id.to_string())))
@@ -70,12 +74,20 @@ impl Engine {
             collected.file_bytes = file_bytes;
             return Ok(collected);
         }
+        // Each batch scans on from the last one's end, never over the keys just deleted.
+        let mut after = None;
         loop {
-            let batch = self.inner.writer.store().expired_runs(before_ms, BATCH)?;
-            if batch.is_empty() {
+            let batch = self
+                .inner
+                .writer
+                .store()
+                .expired_runs(before_ms, after.as_ref(), BATCH)?;
+            let Some(last) = batch.last() else {
                 break;
-            }
-            let deleted = self.inner.writer.collect(batch.clone()).await?;
+            };
+            after = Some(*last);
+            let batch: Vec<Uuid> = batch.iter().map(|expired| expired.run_id).collect();
+            let deleted = self.inner.writer.collect(batch).await?;
             // Off the async workers: a run's directory may hold many files.
             let dirs: Vec<_> = deleted
                 .iter()

@@ -23,8 +23,8 @@ use super::fold;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
 use super::{
-    decode_event, decode_value, encode_value, restore, Commit, Error, ScheduleCommit, Store,
-    TimerKey, STORE_FORMAT,
+    decode_event, decode_value, encode_value, restore, Commit, Error, Expired, ScheduleCommit,
+    Store, TimerKey, STORE_FORMAT,
 };
 use crate::machine::{Event, RunState};
 use crate::schedule::Schedule;
@@ -785,18 +785,37 @@ impl<T: Tables> Journal<T> {
     }
 
     /// The finished runs that finished before `before_ms`, oldest first, at most `limit`.
-    pub fn expired(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error> {
+    pub fn expired(
+        &self,
+        before_ms: u64,
+        after: Option<&Expired>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, Error> {
         let end = before_ms.to_be_bytes();
+        let from = after.map(|after| {
+            let mut key = after.finished_at_ms.to_be_bytes().to_vec();
+            key.extend_from_slice(after.run_id.as_bytes());
+            key
+        });
         let mut found = Vec::new();
         for entry in self.tables.scan(
             Tree::Finished,
-            Bound::Unbounded,
+            from.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
             Bound::Excluded(end.as_slice()),
             false,
         ) {
             let (key, _) = entry?;
-            if let Some(run_id) = listing::trailing_id(&key) {
-                found.push(run_id);
+            let finished_at_ms = key
+                .get(..8)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map(u64::from_be_bytes);
+            if let (Some(finished_at_ms), Some(run_id)) =
+                (finished_at_ms, listing::trailing_id(&key))
+            {
+                found.push(Expired {
+                    finished_at_ms,
+                    run_id,
+                });
                 if found.len() >= limit {
                     break;
                 }
@@ -1148,8 +1167,13 @@ impl<T: Tables> Store for Journal<T> {
         Ok(deleted)
     }
 
-    fn expired_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error> {
-        self.expired(before_ms, limit)
+    fn expired_runs(
+        &self,
+        before_ms: u64,
+        after: Option<&Expired>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, Error> {
+        self.expired(before_ms, after, limit)
     }
 
     fn check(&self) -> Result<Vec<String>, Error> {

@@ -158,6 +158,13 @@ fn crosses_snapshot_seq(expected_seq: u64, last_seq: u64, every: u64) -> bool {
     expected_seq == 0 || last_seq / every != expected_seq / every
 }
 
+/// A finished run in the retention index: when it finished, and its id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Expired {
+    pub finished_at_ms: u64,
+    pub run_id: Uuid,
+}
+
 /// One transition of one run, encoded, ready to apply atomically.
 #[derive(Debug, Clone)]
 pub struct Commit {
@@ -350,8 +357,15 @@ pub trait Store: Send + Sync + 'static {
     /// The counters the commits keep.
     fn counts(&self) -> Result<Counts, Error>;
 
-    /// Finished runs that finished before `before_ms`, oldest first, at most `limit`.
-    fn expired_runs(&self, before_ms: u64, limit: usize) -> Result<Vec<Uuid>, Error>;
+    /// Finished runs that finished before `before_ms`, oldest first, at most `limit`; with
+    /// `after`, only those after that one in the order of the retention index (a collection
+    /// goes on from where its last batch ended, rather than over the keys it just deleted).
+    fn expired_runs(
+        &self,
+        before_ms: u64,
+        after: Option<&Expired>,
+        limit: usize,
+    ) -> Result<Vec<Expired>, Error>;
 
     /// Deletes the given runs whole (snapshot, events, listing, index entries) if they are
     /// finished; a run that is not finished is left alone. Like [`Store::apply`], durable at

@@ -389,7 +389,12 @@ impl Store for Failed {
     fn counts(&self) -> Result<super::Counts, Error> {
         self.reads()?.counts()
     }
-    fn expired_runs(&self, _: u64, _: usize) -> Result<Vec<Uuid>, Error> {
+    fn expired_runs(
+        &self,
+        _: u64,
+        _: Option<&super::Expired>,
+        _: usize,
+    ) -> Result<Vec<super::Expired>, Error> {
         Err(self.error.clone())
     }
     fn collect(&self, _: &[Uuid]) -> Result<Vec<Uuid>, Error> {
