@@ -107,6 +107,7 @@ pub async fn run(
         config.retain,
         stop_timers.clone(),
     ));
+    let archiver = tokio::spawn(runtime::run_archiver(engine.clone(), stop_timers.clone()));
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
 
     let app = crate::api::router(crate::api::AppState {
@@ -128,6 +129,7 @@ pub async fn run(
     stop_timers.cancel();
     let _ = timers.await;
     let _ = collector.await;
+    let _ = archiver.await;
     let _ = std::fs::remove_file(&socket);
     served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
     engine.writer().store().checkpoint()?;

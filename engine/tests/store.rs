@@ -239,7 +239,7 @@ fn derived_indexes_are_checked_and_repaired() {
             },
         ])
         .unwrap();
-    let checked = Journal::open_over(tables, false).unwrap();
+    let checked = Journal::open_over(tables, None, false).unwrap();
     let problems = checked.check().unwrap();
     let text = problems.join("\n");
     assert!(
@@ -250,7 +250,7 @@ fn derived_indexes_are_checked_and_repaired() {
     );
     assert!(text.contains("timer 3 belongs to no run"), "{text}");
     assert!(text.contains("counters"), "{text}");
-    let repaired = Journal::open_over(checked.into_tables(), true).unwrap();
+    let repaired = Journal::open_over(checked.into_tables(), None, true).unwrap();
     assert_eq!(repaired.check().unwrap(), Vec::<String>::new());
     assert_eq!(repaired.lock_holder("orphan").unwrap(), None);
     assert_eq!(repaired.next_timer().unwrap().map(|key| key.run_id), None);
@@ -285,13 +285,12 @@ fn drive_memory<T: runbook_engine::store::tables::Tables>(
 /// compressed record (with the final snapshot, compressed too). What a crash leaves right after
 /// the finishing commit reads back whole, refuses a new run of the same id, takes damage to the
 /// record as a corrupt run named in `verify`, and a collection removes the record with the run.
-#[test]
-fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
-    use runbook_engine::store::tables::{scan_prefix, Tables, Tree};
-
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("store");
-    let store = SledStore::open(&path).unwrap();
+/// A 10-step `noop` run `id`, committed to its end as the daemon does (not synced): its
+/// definition, final state and events.
+fn finish(
+    store: &impl Store,
+    id: Uuid,
+) -> (Arc<definition::Definition>, RunState, Vec<machine::Event>) {
     let mut text = String::from("name = \"short\"\n");
     for index in 0..10 {
         text.push_str(&format!(
@@ -299,38 +298,66 @@ fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
         ));
     }
     let definition = Arc::new(definition::parse("short.toml", &text).unwrap());
-    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
-    let id = Uuid::from_u64_pair(7, 7);
-    let (mut state, mut decision) = machine::create(
+    let (mut state, decision) = machine::create(
         id,
         definition.clone(),
         Map::new(),
         Vec::new(),
         Actor::uid(1000),
         None,
-        now,
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
     );
-    let mut events = decision.events.clone();
     store
         .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
-    while decision.effects.contains(&Effect::Continue) {
-        let (mut next, next_decision) = machine::decide(&state, Input::Continue, now).unwrap();
+    let mut events = decision.events.clone();
+    if decision.effects.contains(&Effect::Continue) {
+        let (end, more) = go_on(store, state, Input::Continue);
+        state = end;
+        events.extend(more);
+    }
+    assert!(state.status.is_terminal(), "{:?}", state.status);
+    (definition, state, events)
+}
+
+/// Feeds `input` to a run, then `Continue` while it asks for it, committing each decision
+/// (not synced): its state then, and the new events.
+fn go_on(store: &impl Store, mut state: RunState, input: Input) -> (RunState, Vec<machine::Event>) {
+    let now = Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
+    let mut input = Some(input);
+    let mut events = Vec::new();
+    while let Some(next_input) = input.take() {
+        let (mut next, decision) = machine::decide(&state, next_input, now).unwrap();
         store
             .apply(
                 &Commit::new(
                     state.last_seq,
-                    &next_decision.events,
+                    &decision.events,
                     &mut next,
-                    next_decision.settled(),
+                    decision.settled(),
                 )
                 .unwrap(),
             )
             .unwrap();
-        events.extend(next_decision.events.iter().cloned());
+        events.extend(decision.events.iter().cloned());
         state = next;
-        decision = next_decision;
+        if decision.effects.contains(&Effect::Continue) {
+            input = Some(Input::Continue);
+        }
     }
+    (state, events)
+}
+
+#[test]
+fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
+    use runbook_engine::store::tables::{scan_prefix, Tables, Tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+    let id = Uuid::from_u64_pair(7, 7);
+    let (definition, state, events) = finish(&store, id);
     assert!(state.status.is_terminal(), "{:?}", state.status);
     store.sync().unwrap();
     let crashed = dir.path().join("crashed");
@@ -404,4 +431,163 @@ fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
         scan_prefix(&tables, Tree::Events, id.as_bytes(), false).count(),
         0
     );
+}
+
+fn segments(dir: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(dir.join("archive"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".seg"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+fn finished_runs_move_to_the_archive_whole_and_come_back_for_a_rollback() {
+    use runbook_engine::store::tables::{Tables, Tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let ids: Vec<Uuid> = (1..=3).map(|n| Uuid::from_u64_pair(9, n)).collect();
+    let runs: Vec<_> = ids.iter().map(|id| finish(&store, *id)).collect();
+    store.sync().unwrap();
+    let as_json = |events: &[machine::Event]| serde_json::to_value(events).unwrap();
+    let reads_back = |store: &SledStore, index: usize| {
+        let (_, state, events) = &runs[index];
+        assert_eq!(store.load_run(ids[index]).unwrap().as_ref(), Some(state));
+        assert_eq!(as_json(&store.events(ids[index]).unwrap()), as_json(events));
+    };
+
+    // Written to the archive and synced, not yet moved: a crash here loses nothing, and the
+    // entries nobody points at go with their segment.
+    let (prepared, cursor) = store.archive_prepare(None, 2).unwrap();
+    assert_eq!(
+        prepared.iter().map(|run| run.run_id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    assert_eq!(cursor, Some(ids[1]));
+    let crashed = dir.path().join("crashed");
+    copy_dir(&path, &crashed);
+    {
+        let store = SledStore::open(&crashed).unwrap();
+        assert!(segments(&crashed).is_empty(), "{:?}", segments(&crashed));
+        for index in 0..3 {
+            reads_back(&store, index);
+        }
+        assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    }
+
+    assert_eq!(store.archive_commit(&prepared).unwrap(), ids[..2]);
+    store.sync().unwrap();
+    let (rest, _) = store.archive_prepare(Some(ids[1]), 10).unwrap();
+    assert_eq!(store.archive_commit(&rest).unwrap(), ids[2..]);
+    store.sync().unwrap();
+    // Moved twice is moved once: the second commit finds the run gone from the tables.
+    assert!(store.archive_commit(&rest).unwrap().is_empty());
+    store.sync().unwrap();
+    assert_eq!(store.archive_prepare(None, 10).unwrap().0.len(), 0);
+    for index in 0..3 {
+        reads_back(&store, index);
+    }
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    assert_eq!(store.find_runs(&ids[0].as_bytes()[..8], 10).unwrap(), ids);
+    drop(store);
+
+    // Reopened: read from the archive, and the tables hold none of their records.
+    let store = SledStore::open(&path).unwrap();
+    for index in 0..3 {
+        reads_back(&store, index);
+    }
+    let tables = store.into_tables();
+    for id in &ids {
+        for tree in [Tree::Runs, Tree::Folded] {
+            assert_eq!(tables.get(tree, id.as_bytes()).unwrap(), None, "{tree:?}");
+        }
+        assert!(tables.get(Tree::Archived, id.as_bytes()).unwrap().is_some());
+        assert!(tables.get(Tree::Listings, id.as_bytes()).unwrap().is_some());
+    }
+    drop(tables);
+
+    // A rollback reopens a finished run: its records come back, the commit goes on from
+    // its last event, and it is archived again when it ends.
+    let store = SledStore::open(&path).unwrap();
+    let (definition, state, mut events) = runs[0].clone();
+    let (rolled_back, more) = go_on(
+        &store,
+        state,
+        Input::Rollback {
+            by: Actor::uid(1000),
+            comment: None,
+        },
+    );
+    assert_eq!(rolled_back.status.name(), "rolled_back");
+    events.extend(more);
+    store.sync().unwrap();
+    assert_eq!(store.load_run(ids[0]).unwrap(), Some(rolled_back.clone()));
+    assert_eq!(as_json(&store.events(ids[0]).unwrap()), as_json(&events));
+    let (again, _) = store.archive_prepare(None, 10).unwrap();
+    assert_eq!(store.archive_commit(&again).unwrap(), ids[..1]);
+    store.sync().unwrap();
+    assert_eq!(store.load_run(ids[0]).unwrap(), Some(rolled_back));
+    assert_eq!(as_json(&store.events(ids[0]).unwrap()), as_json(&events));
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+
+    // A new run may not take an archived run's id.
+    let (mut reused, created) = machine::create(
+        ids[1],
+        definition,
+        Map::new(),
+        Vec::new(),
+        Actor::uid(1000),
+        None,
+        Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap(),
+    );
+    let refused = store.apply(&Commit::new(0, &created.events, &mut reused, false).unwrap());
+    assert!(
+        matches!(refused, Err(runbook_engine::store::Error::Conflict { .. })),
+        "{refused:?}"
+    );
+    drop(store);
+
+    // Damage to an entry: the run is corrupt, named with where it is.
+    let first = path.join("archive").join(&segments(&path)[0]);
+    let mut bytes = std::fs::read(&first).unwrap();
+    // (In the last entry of the first segment, the third run's: the first entry is the first
+    // run's before its rollback, which nothing points at any more.)
+    let last = bytes.len() - 100;
+    bytes[last] ^= 0x20;
+    std::fs::write(&first, &bytes).unwrap();
+    let store = SledStore::open(&path).unwrap();
+    let problems = store.verify().unwrap().join("\n");
+    assert!(problems.contains("checksum"), "{problems}");
+    assert!(problems.contains(&segments(&path)[0]), "{problems}");
+    assert!(problems.contains(&ids[2].to_string()), "{problems}");
+    assert!(store.load_run(ids[2]).is_err());
+
+    // Collected: the pointers go, then the segments, and their bytes come back.
+    assert_eq!(store.collect(&ids).unwrap(), ids);
+    store.sync().unwrap();
+    assert!(!segments(&path).is_empty());
+    assert!(store.archive_tidy(false).unwrap() > 0);
+    assert!(segments(&path).is_empty(), "{:?}", segments(&path));
+    // The segment appends go to is left to the archiver's own call (an entry in it may
+    // still wait for its commit).
+    let late = Uuid::from_u64_pair(9, 4);
+    finish(&store, late);
+    store.sync().unwrap();
+    let (prepared, _) = store.archive_prepare(None, 10).unwrap();
+    assert_eq!(store.archive_commit(&prepared).unwrap(), vec![late]);
+    store.sync().unwrap();
+    assert_eq!(store.collect(&[late]).unwrap(), vec![late]);
+    store.sync().unwrap();
+    assert_eq!(store.archive_tidy(false).unwrap(), 0);
+    assert_eq!(segments(&path).len(), 1);
+    assert!(store.archive_tidy(true).unwrap() > 0);
+    assert!(segments(&path).is_empty(), "{:?}", segments(&path));
+    for id in ids.iter().chain([&late]) {
+        assert_eq!(store.load_run(*id).unwrap(), None);
+    }
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
 }

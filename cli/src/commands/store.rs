@@ -42,10 +42,14 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
                 println!("{}", run.as_str().unwrap_or_default());
             }
             eprintln!(
-                "store gc: {} {count} finished run(s) older than {} ({} bytes of logs and call dirs)",
+                "store gc: {} {count} finished run(s) older than {} ({} bytes of logs and call dirs{})",
                 if dry_run { "would remove" } else { "removed" },
                 humantime::format_duration(std::time::Duration::from_secs(retain)),
-                report["file_bytes"].as_u64().unwrap_or(0)
+                report["file_bytes"].as_u64().unwrap_or(0),
+                match report["archive_bytes"].as_u64() {
+                    Some(bytes) if !dry_run => format!(", {bytes} bytes of archive segments"),
+                    _ => String::new(),
+                }
             );
             Ok(())
         }

@@ -730,6 +730,7 @@ async fn collect_store(State(app): State<AppState>, Query(query): Query<GcQuery>
         "runs": collected.runs.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "count": collected.runs.len(),
         "file_bytes": collected.file_bytes,
+        "archive_bytes": collected.archive_bytes,
     }))
 }
 

@@ -14,6 +14,7 @@
 //!   dropped from memory once nobody uses it, and read back from the store when an input (its
 //!   timer, an operator) or a reader needs it. Start-up loads only the runs that are not parked.
 
+mod archiver;
 mod check;
 mod plan;
 mod retention;
@@ -39,6 +40,7 @@ use crate::machine::{
 };
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
+pub use archiver::run_archiver;
 pub use check::{check, CheckLimits, CheckSummary, StepCheck};
 pub use plan::{plan, Plan, PlannedStep};
 pub use retention::{run_collector, Collected};

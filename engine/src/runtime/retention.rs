@@ -10,11 +10,15 @@ use uuid::Uuid;
 
 use super::{Engine, Error};
 
-/// How many runs one batch deletes (one writer request, its deletes in one log record, written
-/// and synced alone): a commit arriving meanwhile waits for at most this many runs' deletes.
-const BATCH: usize = 4;
+/// How many runs one batch deletes (one writer request, a dozen deletes per archived run,
+/// joining the commits' group sync): a commit synced with it waits for at most this many
+/// runs' deletes.
+const BATCH: usize = 16;
 /// The pause between two batches, leaving the writer to other commits.
-const PAUSE: Duration = Duration::from_millis(2);
+const PAUSE: Duration = Duration::from_millis(1);
+/// Every this many batches, archive segments no run is in any more are deleted (and at the
+/// end): the disk space comes back as the collection goes.
+const TIDY_EVERY: usize = 64;
 /// How often the background collector looks for expired runs.
 pub const EVERY: Duration = Duration::from_secs(600);
 
@@ -25,6 +29,8 @@ pub struct Collected {
     pub runs: Vec<Uuid>,
     /// Bytes of run directories (step logs, call dirs) removed.
     pub file_bytes: u64,
+    /// Bytes of archive segments deleted (no run left in them).
+    pub archive_bytes: u64,
     /// Runs finished before this instant were collected.
     pub before: Option<DateTime<Utc>>,
 }
@@ -76,7 +82,7 @@ impl Engine {
         }
         // Each batch scans on from the last one's end, never over the keys just deleted.
         let mut after = None;
-        loop {
+        for batches in 1.. {
             let batch = self
                 .inner
                 .writer
@@ -99,12 +105,17 @@ impl Engine {
             collected.runs.extend(&deleted);
             // (A run of the batch that was not finished after all — a rollback reopened it —
             // left the index of finished runs in that same commit: the next batch moves on.)
+            if batches % TIDY_EVERY == 0 {
+                collected.archive_bytes += self.tidy_archive(false).await?;
+            }
             tokio::time::sleep(PAUSE).await;
         }
+        collected.archive_bytes += self.tidy_archive(false).await?;
         if !collected.runs.is_empty() {
             tracing::info!(
                 runs = collected.runs.len(),
                 file_bytes = collected.file_bytes,
+                archive_bytes = collected.archive_bytes,
                 "collected finished runs past retention"
             );
         }

@@ -19,6 +19,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use uuid::Uuid;
 
+use super::archive::{self, Archive, ArchivedRun, Pointer, Record};
 use super::fold;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
@@ -32,6 +33,8 @@ use crate::schedule::Schedule;
 /// A [`Store`] over any [`Tables`].
 pub struct Journal<T: Tables> {
     tables: T,
+    /// Where finished runs are moved (`archive.rs`); none for a store in memory.
+    archive: Option<Archive>,
     staged: Mutex<Staged>,
 }
 
@@ -45,15 +48,17 @@ struct Staged {
 /// One commit's view: the tables, what earlier commits staged, and its own changes.
 struct Tx<'a> {
     tables: &'a dyn Tables,
+    archive: Option<&'a Archive>,
     staged: &'a Staged,
     ops: Vec<Op>,
     latest: HashMap<(Tree, Vec<u8>), Option<Vec<u8>>>,
 }
 
 impl<'a> Tx<'a> {
-    fn new(tables: &'a dyn Tables, staged: &'a Staged) -> Tx<'a> {
+    fn new(tables: &'a dyn Tables, archive: Option<&'a Archive>, staged: &'a Staged) -> Tx<'a> {
         Tx {
             tables,
+            archive,
             staged,
             ops: Vec::new(),
             latest: HashMap::new(),
@@ -204,6 +209,19 @@ impl<'a> Tx<'a> {
 /// before it changes anything.
 fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     let id = commit.run_id;
+    if tx.get(Tree::Archived, id.as_bytes())?.is_some() {
+        if commit.expected_seq == 0 {
+            // A new run's id must be unused.
+            return Err(Error::Conflict {
+                run_id: id,
+                expected: 0,
+                found: 1,
+            });
+        }
+        // A finished run changes again (a rollback reopens it): its records come back into
+        // the tables first, and the commit's checks read them there.
+        unarchive(tx, id)?;
+    }
     // The journal must end exactly where the caller thinks it does.
     // (A new run's id must be unused: its first event may be folded away.)
     let next_taken = tx
@@ -365,8 +383,75 @@ fn schedule_commit(tx: &mut Tx<'_>, commit: &ScheduleCommit) -> Result<(), Error
     Ok(())
 }
 
-/// Deletes a finished run whole: its snapshot, events, listing and index entries. A run that is
-/// not finished (or no longer exists) is left alone; returns whether it was deleted.
+/// Puts an archived run's records back into the tables and drops its pointer.
+fn unarchive(tx: &mut Tx<'_>, run_id: Uuid) -> Result<(), Error> {
+    let Some(bytes) = tx.get(Tree::Archived, run_id.as_bytes())? else {
+        return Ok(());
+    };
+    let pointer = Pointer::decode(run_id, &bytes)?;
+    let archive = tx.archive.ok_or_else(|| Error::Corrupt {
+        key: format!("archived/{run_id}"),
+        reason: "the run is archived, but this store has no archive".to_owned(),
+    })?;
+    for (tree, key, value) in archive.read(run_id, &pointer)? {
+        tx.put(tree, key, value);
+    }
+    tx.delete(Tree::Archived, run_id.as_bytes().to_vec());
+    segment_count(tx, pointer.segment, -1)
+}
+
+/// Moves one prepared run out of the tables, if its records are still exactly those archived
+/// (nothing changed it since: no late event, no rollback) and it is still finished. Returns
+/// whether it was moved.
+fn archive_run(tx: &mut Tx<'_>, run: &ArchivedRun) -> Result<bool, Error> {
+    let id = run.run_id;
+    if !tx.listed(id)?.is_some_and(|line| line.is_finished())
+        || tx.get(Tree::Archived, id.as_bytes())?.is_some()
+        || tx.get(Tree::Runs, id.as_bytes())?.is_none()
+    {
+        return Ok(false);
+    }
+    let mut last = 0;
+    for (tree, key, value) in &run.records {
+        if tx.get(*tree, key)?.as_ref() != Some(value) {
+            return Ok(false);
+        }
+        if *tree == Tree::Events {
+            last = last.max(event_seq(key));
+        }
+    }
+    // Nothing appended after the journal's end as it was archived.
+    if tx.get(Tree::Events, &event_key(id, last + 1))?.is_some() {
+        return Ok(false);
+    }
+    for (tree, key, _) in &run.records {
+        tx.delete(*tree, key.clone());
+    }
+    tx.put(Tree::Archived, id.as_bytes().to_vec(), run.pointer.encode());
+    segment_count(tx, run.pointer.segment, 1)?;
+    Ok(true)
+}
+
+/// Moves a segment's pointer count by `by`; a count of zero is no key at all (the segment
+/// file is then garbage: see [`Store::archive_tidy`]).
+fn segment_count(tx: &mut Tx<'_>, segment: u32, by: i64) -> Result<(), Error> {
+    let key = archive::count_key(segment);
+    let count: u64 = match tx.get(Tree::Meta, &key)? {
+        Some(bytes) => decode_value(&|| format!("meta/archive/{segment}"), &bytes)?,
+        None => 0,
+    };
+    let count = count.saturating_add_signed(by);
+    if count == 0 {
+        tx.delete(Tree::Meta, key);
+    } else {
+        tx.put(Tree::Meta, key, encode_value(&count)?);
+    }
+    Ok(())
+}
+
+/// Deletes a finished run whole: its snapshot, events, listing and index entries, its pointer
+/// into the archive. A run that is not finished (or no longer exists) is left alone; returns
+/// whether it was deleted.
 fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> {
     let Some(listed) = tx.listed(run_id)? else {
         return Ok(false);
@@ -380,6 +465,15 @@ fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> {
     tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
     tx.delete(Tree::Folded, run_id.as_bytes().to_vec());
     tx.delete(Tree::Active, run_id.as_bytes().to_vec());
+    if let Some(bytes) = tx.get(Tree::Archived, run_id.as_bytes())? {
+        // (A pointer that does not decode is dropped all the same; its segment's count is
+        // then one too high, which keeps the file: never the other way round.)
+        tx.delete(Tree::Archived, run_id.as_bytes().to_vec());
+        if let Ok(pointer) = Pointer::decode(run_id, &bytes) {
+            segment_count(tx, pointer.segment, -1)?;
+        }
+        return Ok(true);
+    }
     let events: Vec<Vec<u8>> = scan_prefix(tx.tables, Tree::Events, run_id.as_bytes(), false)
         .map(|entry| entry.map(|(key, _)| key))
         .collect::<Result<_, _>>()?;
@@ -387,6 +481,22 @@ fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> {
         tx.delete(Tree::Events, key);
     }
     Ok(true)
+}
+
+/// An archived run's events, ascending: the folded ones, then the keyed ones.
+fn archived_events(run_id: Uuid, records: &[Record]) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+    let mut events = match records.iter().find(|(tree, _, _)| *tree == Tree::Folded) {
+        Some((_, _, record)) => fold::decode(run_id, record)?,
+        None => Vec::new(),
+    };
+    let mut keyed: Vec<(u64, Vec<u8>)> = records
+        .iter()
+        .filter(|(tree, _, _)| *tree == Tree::Events)
+        .map(|(_, key, value)| (event_seq(key), value.clone()))
+        .collect();
+    keyed.sort_by_key(|(seq, _)| *seq);
+    events.extend(keyed);
+    Ok(events)
 }
 
 pub(crate) fn event_key(run_id: Uuid, seq: u64) -> [u8; 24] {
@@ -407,6 +517,7 @@ impl<T: Tables> Journal<T> {
     pub fn over(tables: T) -> Journal<T> {
         Journal {
             tables,
+            archive: None,
             staged: Mutex::new(Staged::default()),
         }
     }
@@ -418,8 +529,14 @@ impl<T: Tables> Journal<T> {
 
     /// A journal over tables read from disk: refuses a newer layout, upgrades an older one,
     /// and checks the derived indexes against the runs, repairing what does not match.
-    pub fn open_over(tables: T, repair: bool) -> Result<Journal<T>, Error> {
-        let journal = Journal::over(tables);
+    /// With `archive`, finished runs are moved to segment files in that directory (and, with
+    /// `repair`, segment files no pointer names are deleted).
+    pub fn open_over(
+        tables: T,
+        archive: Option<&std::path::Path>,
+        repair: bool,
+    ) -> Result<Journal<T>, Error> {
+        let mut journal = Journal::over(tables);
         let found = match journal.tables.get(Tree::Meta, b"format")? {
             Some(bytes) => decode_value::<u32>(&|| "meta/format".to_owned(), &bytes)?,
             None if journal.is_empty()? => {
@@ -447,15 +564,72 @@ impl<T: Tables> Journal<T> {
                 tracing::warn!(%problem, "repaired a derived index of the store");
             }
         }
+        if let Some(dir) = archive {
+            let known: Vec<u32> = journal
+                .segment_counts()?
+                .into_iter()
+                .map(|(segment, _)| segment)
+                .collect();
+            journal.archive = Some(Archive::open(dir, &known)?);
+            if repair {
+                let freed = journal.archive_tidy(true)?;
+                if freed > 0 {
+                    tracing::info!(bytes = freed, "removed archive segments no run is in");
+                }
+            }
+        }
         Ok(journal)
     }
 
+    /// The archive's segments that runs are in, with how many.
+    fn segment_counts(&self) -> Result<Vec<(u32, u64)>, Error> {
+        let mut counts = Vec::new();
+        for entry in scan_prefix(&self.tables, Tree::Meta, archive::COUNT_PREFIX, false) {
+            let (key, bytes) = entry?;
+            if let Some(segment) = archive::count_segment(&key) {
+                let count = decode_value(&|| format!("meta/archive/{segment}"), &bytes)?;
+                counts.push((segment, count));
+            }
+        }
+        Ok(counts)
+    }
+
+    /// An archived run's records (`None`: the run is not archived).
+    fn archived(&self, run_id: Uuid) -> Result<Option<Vec<Record>>, Error> {
+        let Some(bytes) = self.tables.get(Tree::Archived, run_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let pointer = Pointer::decode(run_id, &bytes)?;
+        let archive = self.archive.as_ref().ok_or_else(|| Error::Corrupt {
+            key: format!("archived/{run_id}"),
+            reason: "the run is archived, but this store has no archive".to_owned(),
+        })?;
+        archive.read(run_id, &pointer).map(Some)
+    }
+
+    /// A run's records as the tables hold them, for the archive: snapshot, folded journal,
+    /// event keys.
+    fn live_records(&self, run_id: Uuid) -> Result<Vec<Record>, Error> {
+        let mut records = Vec::new();
+        for tree in [Tree::Runs, Tree::Folded] {
+            if let Some(value) = self.tables.get(tree, run_id.as_bytes())? {
+                records.push((tree, run_id.as_bytes().to_vec(), value));
+            }
+        }
+        for entry in scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false) {
+            let (key, value) = entry?;
+            records.push((Tree::Events, key, value));
+        }
+        Ok(records)
+    }
+
     fn is_empty(&self) -> Result<bool, Error> {
-        Ok(self
-            .tables
-            .scan(Tree::Runs, Bound::Unbounded, Bound::Unbounded, false)
-            .next()
-            .is_none())
+        Ok([Tree::Runs, Tree::Archived].into_iter().all(|tree| {
+            self.tables
+                .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
+                .next()
+                .is_none()
+        }))
     }
 
     fn staged(&self) -> MutexGuard<'_, Staged> {
@@ -473,7 +647,7 @@ impl<T: Tables> Journal<T> {
     fn stage(&self, rules: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
         let mut staged = self.staged();
         let (ops, latest) = {
-            let mut tx = Tx::new(&self.tables, &staged);
+            let mut tx = Tx::new(&self.tables, self.archive.as_ref(), &staged);
             rules(&mut tx)?;
             (tx.ops, tx.latest)
         };
@@ -485,8 +659,9 @@ impl<T: Tables> Journal<T> {
     /// From format 1 (no `active` index) and 2 (no listings): builds what is missing from the
     /// runs, writes it durably, then records the new format.
     fn upgrade(&self, found: u32) -> Result<(), Error> {
-        if found == 3 {
-            // 4 only adds folded journals; unfolded ones stay readable as they are.
+        if found >= 3 {
+            // 4 only adds folded journals, 5 the archive; what is in the tables stays
+            // readable as it is.
             self.write_now(vec![Op {
                 tree: Tree::Meta,
                 key: b"format".to_vec(),
@@ -519,7 +694,7 @@ impl<T: Tables> Journal<T> {
                 }
             };
             let (tx_ops, tx_latest) = {
-                let mut tx = Tx::new(&self.tables, &staged);
+                let mut tx = Tx::new(&self.tables, self.archive.as_ref(), &staged);
                 let mut counts = tx.counts()?;
                 if found < 2 && !state.is_parked() {
                     tx.put(Tree::Active, run_id.as_bytes().to_vec(), Vec::new());
@@ -857,6 +1032,29 @@ impl<T: Tables> Journal<T> {
         })
     }
 
+    /// An archived run's state, from its records.
+    fn restore_archived(&self, run_id: Uuid, records: &[Record]) -> Result<RunState, Error> {
+        let snapshot = records
+            .iter()
+            .find(|(tree, _, _)| *tree == Tree::Runs)
+            .ok_or_else(|| Error::Corrupt {
+                key: format!("archived/{run_id}"),
+                reason: "the entry holds no snapshot".to_owned(),
+            })?;
+        let events = archived_events(run_id, records)?;
+        let first = events
+            .first()
+            .filter(|(seq, _)| *seq == 1)
+            .map(|(_, bytes)| bytes.as_slice());
+        restore(run_id, &snapshot.2, first, |from| {
+            events
+                .iter()
+                .filter(move |(seq, _)| *seq >= from)
+                .map(|(seq, bytes)| Ok((*seq, bytes.as_slice())))
+                .collect::<Vec<_>>()
+        })
+    }
+
     /// Runs newest first from one index (`prefix` of `tree`, or the listings themselves).
     fn page_of(
         &self,
@@ -943,23 +1141,34 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
-        let mut found = Vec::new();
-        for entry in scan_prefix(&self.tables, Tree::Runs, prefix, false).take(limit) {
-            if let Ok(run_id) = Uuid::from_slice(&entry?.0) {
-                found.push(run_id);
+        let mut found = BTreeSet::new();
+        for tree in [Tree::Runs, Tree::Archived] {
+            for entry in scan_prefix(&self.tables, tree, prefix, false).take(limit) {
+                if let Ok(run_id) = Uuid::from_slice(&entry?.0) {
+                    found.insert(run_id);
+                }
             }
         }
-        Ok(found)
+        Ok(found.into_iter().take(limit).collect())
     }
 
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
-        let Some(snapshot) = self.tables.get(Tree::Runs, run_id.as_bytes())? else {
-            return Ok(None);
-        };
-        self.restore(run_id, &snapshot).map(Some)
+        if let Some(snapshot) = self.tables.get(Tree::Runs, run_id.as_bytes())? {
+            return self.restore(run_id, &snapshot).map(Some);
+        }
+        match self.archived(run_id)? {
+            Some(records) => self.restore_archived(run_id, &records).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
+        if let Some(records) = self.archived(run_id)? {
+            return archived_events(run_id, &records)?
+                .into_iter()
+                .map(|(seq, bytes)| decode_event(run_id, seq, &bytes))
+                .collect();
+        }
         let folded = self.folded(run_id)?.into_iter().map(Ok);
         let keyed = scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
             .map(|entry| entry.map(|(key, bytes)| (event_seq(&key), bytes)));
@@ -1070,6 +1279,37 @@ impl<T: Tables> Store for Journal<T> {
                 Err(error) => problems.push(error.to_string()),
             }
         }
+        // Archived runs: each entry read back whole, and every segment's count right.
+        let mut pointed: std::collections::BTreeMap<u32, u64> = Default::default();
+        for entry in self
+            .tables
+            .scan(Tree::Archived, Bound::Unbounded, Bound::Unbounded, false)
+        {
+            let (key, bytes) = entry?;
+            let Ok(run_id) = Uuid::from_slice(&key) else {
+                problems.push(format!("archived/{key:?}: bad run id"));
+                continue;
+            };
+            if let Ok(pointer) = Pointer::decode(run_id, &bytes) {
+                *pointed.entry(pointer.segment).or_default() += 1;
+            }
+            if self.tables.get(Tree::Listings, &key)?.is_none() {
+                problems.push(format!("archived/{run_id}: a run with no listing"));
+            }
+            let restored = self
+                .archived(run_id)
+                .and_then(|records| self.restore_archived(run_id, &records.unwrap_or_default()));
+            if let Err(error) = restored {
+                problems.push(error.to_string());
+            }
+        }
+        let counted: std::collections::BTreeMap<u32, u64> =
+            self.segment_counts()?.into_iter().collect();
+        if counted != pointed {
+            problems.push(format!(
+                "the archive's segment counts {counted:?} do not match its pointers {pointed:?}"
+            ));
+        }
         for schedule in self.load_schedules()? {
             if let Err(error) = schedule {
                 problems.push(error.to_string());
@@ -1178,5 +1418,104 @@ impl<T: Tables> Store for Journal<T> {
 
     fn check(&self) -> Result<Vec<String>, Error> {
         self.check_indexes(false)
+    }
+
+    fn archive_prepare(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<ArchivedRun>, Option<Uuid>), Error> {
+        let Some(archive) = &self.archive else {
+            return Ok((Vec::new(), None));
+        };
+        // Every finished run has a folded record (a run too long to fold stays in the
+        // tables); one reopened by a rollback is passed over.
+        let mut runs = Vec::new();
+        let mut cursor = None;
+        let after = after.map(|id| *id.as_bytes());
+        let scan = self.tables.scan(
+            Tree::Folded,
+            after
+                .as_ref()
+                .map_or(Bound::Unbounded, |after| Bound::Excluded(after.as_slice())),
+            Bound::Unbounded,
+            false,
+        );
+        for (looked, entry) in scan.enumerate() {
+            if runs.len() >= limit || looked >= limit.saturating_mul(4) {
+                break;
+            }
+            let Ok(run_id) = Uuid::from_slice(&entry?.0) else {
+                continue;
+            };
+            cursor = Some(run_id);
+            let finished = match self.tables.get(Tree::Listings, run_id.as_bytes())? {
+                Some(bytes) => decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes)
+                    .is_ok_and(|line| line.is_finished()),
+                None => false,
+            };
+            if finished {
+                let records = self.live_records(run_id)?;
+                let bytes: usize = records
+                    .iter()
+                    .map(|(_, key, value)| key.len() + value.len())
+                    .sum();
+                if bytes < archive::MAX_ENTRY / 2 {
+                    runs.push((run_id, records));
+                }
+            }
+        }
+        if runs.is_empty() {
+            return Ok((Vec::new(), cursor));
+        }
+        let pointers = archive.append(&runs)?;
+        let prepared = runs
+            .into_iter()
+            .zip(pointers)
+            .map(|((run_id, records), pointer)| ArchivedRun {
+                run_id,
+                pointer,
+                records,
+            })
+            .collect();
+        Ok((prepared, cursor))
+    }
+
+    fn archive_commit(&self, runs: &[ArchivedRun]) -> Result<Vec<Uuid>, Error> {
+        let mut moved = Vec::new();
+        for run in runs {
+            let mut done = false;
+            self.stage(|tx| {
+                done = archive_run(tx, run)?;
+                Ok(())
+            })?;
+            if done {
+                moved.push(run.run_id);
+            }
+        }
+        Ok(moved)
+    }
+
+    fn archive_tidy(&self, settled: bool) -> Result<u64, Error> {
+        let Some(archive) = &self.archive else {
+            return Ok(0);
+        };
+        let known: BTreeSet<u32> = self
+            .segment_counts()?
+            .into_iter()
+            .map(|(segment, _)| segment)
+            .collect();
+        if settled && !known.contains(&archive.current()) {
+            // Nothing is left in the segment appends go to: it goes too.
+            archive.end_current();
+        }
+        let current = archive.current();
+        let mut freed = 0;
+        for segment in archive.segments()? {
+            if segment != current && !known.contains(&segment) {
+                freed += archive.remove(segment)?;
+            }
+        }
+        Ok(freed)
     }
 }

@@ -14,6 +14,7 @@
 //!   a power cut.
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
 
+mod archive;
 pub mod envelope;
 mod fold;
 mod journal;
@@ -27,6 +28,7 @@ mod writer;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+pub use self::archive::ArchivedRun;
 pub use self::journal::Journal;
 pub use self::listing::{Counts, ListQuery, Listing, Page};
 pub use self::memory::{MemoryStore, MemoryTables};
@@ -37,9 +39,10 @@ pub use envelope::FORMAT;
 /// The layout of the store on disk (trees, keys, write-ahead log), recorded in `meta/format`.
 /// 1: sled only; 2: sled behind a write-ahead log, with the `active` index; 3: the log written
 /// before sled (all or nothing), listings, secondary indexes, counters, claims; 4: finished
-/// runs' journals folded into one compressed record (`fold.rs`). A build refuses
+/// runs' journals folded into one compressed record (`fold.rs`); 5: finished runs moved to
+/// the archive's segment files (`archive.rs`). A build refuses
 /// a store whose layout is newer than it knows, and upgrades an older one when it opens it.
-pub const STORE_FORMAT: u32 = 4;
+pub const STORE_FORMAT: u32 = 5;
 pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -374,6 +377,36 @@ pub trait Store: Send + Sync + 'static {
 
     /// Checks the derived indexes against the runs, changing nothing; one line per problem.
     fn check(&self) -> Result<Vec<String>, Error>;
+
+    /// The first step of moving finished runs out of the tables (see `archive.rs`): up to
+    /// `limit` finished runs after `after`, their records read, appended to the archive and
+    /// synced. Returns them, and the last run looked at (where the next call goes on; `None`
+    /// when there was nothing left). A store without an archive moves nothing.
+    fn archive_prepare(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<ArchivedRun>, Option<Uuid>), Error> {
+        let _ = (after, limit);
+        Ok((Vec::new(), None))
+    }
+
+    /// The second step: deletes the prepared runs' records from the tables and stores where
+    /// they are, for each run whose records are still exactly those archived. Like
+    /// [`Store::apply`], durable at the next sync. Returns the runs moved.
+    fn archive_commit(&self, runs: &[ArchivedRun]) -> Result<Vec<Uuid>, Error> {
+        let _ = runs;
+        Ok(Vec::new())
+    }
+
+    /// Deletes the archive's segment files that no durable pointer names any more; returns
+    /// the bytes given back. The one appends go to may hold entries whose pointers are not
+    /// committed yet: it is left alone unless `settled` (the archiver's own call, between its
+    /// batches: no prepared run awaits its commit).
+    fn archive_tidy(&self, settled: bool) -> Result<u64, Error> {
+        let _ = settled;
+        Ok(0)
+    }
 
     /// The ids of the runs that are not parked (see [`Commit::parked`]).
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error>;

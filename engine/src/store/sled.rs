@@ -52,13 +52,13 @@ impl SledStore {
     /// Opens (or creates) the store in `dir`: replays its write-ahead log, upgrades an older
     /// layout, checks (and repairs) the derived indexes.
     pub fn open(dir: &Path) -> Result<SledStore, Error> {
-        Journal::open_over(SledTables::open(dir)?, true)
+        Journal::open_over(SledTables::open(dir)?, Some(&dir.join("archive")), true)
     }
 
     /// Opens the store (replaying its log) without repairing its derived indexes: for
     /// `store verify`, which reports them.
     pub fn open_unrepaired(dir: &Path) -> Result<SledStore, Error> {
-        Journal::open_over(SledTables::open(dir)?, false)
+        Journal::open_over(SledTables::open(dir)?, Some(&dir.join("archive")), false)
     }
 }
 

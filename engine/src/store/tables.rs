@@ -39,10 +39,12 @@ pub enum Tree {
     Claims = 11,
     /// run_id → a finished run's events but its last, in one compressed record (`fold.rs`).
     Folded = 12,
+    /// run_id → where an archived run's records are (`archive.rs`).
+    Archived = 13,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 13] = [
+    pub const ALL: [Tree; 14] = [
         Tree::Runs,
         Tree::Events,
         Tree::Timers,
@@ -56,6 +58,7 @@ impl Tree {
         Tree::Finished,
         Tree::Claims,
         Tree::Folded,
+        Tree::Archived,
     ];
 
     pub fn code(self) -> u8 {
@@ -82,6 +85,7 @@ impl Tree {
             Tree::Finished => "finished",
             Tree::Claims => "claims",
             Tree::Folded => "folded",
+            Tree::Archived => "archived",
         }
     }
 }

@@ -32,6 +32,8 @@ enum Write {
     Schedule(ScheduleCommit),
     /// Deletes finished runs (retention); answers with those deleted.
     Collect(Vec<Uuid>),
+    /// Moves archived runs out of the tables; answers with those moved.
+    Archive(Vec<super::ArchivedRun>),
     /// Drops a timer index entry no run or schedule claims.
     RemoveTimer(TimerKey),
 }
@@ -116,6 +118,12 @@ impl Writer {
         self.send(Write::Collect(runs)).await
     }
 
+    /// Moves runs whose entries the archive holds out of the tables, durably; returns the
+    /// ones moved.
+    pub async fn archive(&self, runs: Vec<super::ArchivedRun>) -> Result<Vec<Uuid>, Error> {
+        self.send(Write::Archive(runs)).await
+    }
+
     async fn send(&self, write: Write) -> Result<Vec<Uuid>, Error> {
         let (reply, answer) = oneshot::channel();
         self.sender
@@ -164,19 +172,15 @@ struct Loop {
 
 impl Loop {
     fn run(mut self, receiver: mpsc::Receiver<Request>) {
-        // A collection taken off the queue while a batch of commits was being gathered: it
-        // goes first in the next batch, alone.
-        let mut deferred: Option<Request> = None;
         loop {
-            let first = match (deferred.take(), &self.failed) {
-                (Some(request), _) => Some(request),
+            let first = match &self.failed {
                 // Wake up now and then to try a reopen even when nobody writes.
-                (None, Some(_)) => match receiver.recv_timeout(REOPEN_EVERY) {
+                Some(_) => match receiver.recv_timeout(REOPEN_EVERY) {
                     Ok(request) => Some(request),
                     Err(mpsc::RecvTimeoutError::Timeout) => None,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 },
-                (None, None) => match Self::next(&receiver) {
+                None => match Self::next(&receiver) {
                     Some(request) => Some(request),
                     None => return,
                 },
@@ -185,16 +189,12 @@ impl Loop {
                 self.try_reopen();
             }
             let Some(first) = first else { continue };
-            // A collection (hundreds of deletes) is written and synced in a batch of its own,
-            // so that no commit waits for more than one collection batch.
-            let alone = matches!(first.write, Write::Collect(_));
+            // Collections and archive moves join the batch like commits: they are small (a
+            // few deletes per run, a few runs per request), and a request of their own would
+            // cost a sync that the commits behind it wait for.
             let mut batch = vec![first];
-            while !alone && batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH {
                 match receiver.try_recv() {
-                    Ok(request) if matches!(request.write, Write::Collect(_)) => {
-                        deferred = Some(request);
-                        break;
-                    }
                     Ok(request) => batch.push(request),
                     Err(_) => break,
                 }
@@ -264,6 +264,15 @@ impl Loop {
                             .map(unit),
                     );
                     results.push(store.collect(ids));
+                }
+                Write::Archive(moved) => {
+                    results.extend(
+                        store
+                            .apply_many(&std::mem::take(&mut runs))
+                            .into_iter()
+                            .map(unit),
+                    );
+                    results.push(store.archive_commit(moved));
                 }
             }
         }

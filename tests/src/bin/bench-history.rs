@@ -1,6 +1,7 @@
 //! `bench-history`: what a long history costs. Fills a store with N finished runs (each a
 //! 10-step `noop` runbook, finished 100 days ago) written through the engine's own store and
-//! commit code, exactly as the daemon writes them; then, on the real `runbook daemon`:
+//! commit code, exactly as the daemon writes them, and moved to the archive as the daemon's
+//! archiver does; then, on the real `runbook daemon`:
 //!
 //! - bytes on disk per finished run (the store after a checkpoint);
 //! - `GET /v1/runs?limit=50` (`ps` of the newest 50) p99, over 100 requests;
@@ -152,15 +153,31 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
         if pending == FILL_BATCH {
             store.sync()?;
             pending = 0;
+            archive(&store)?;
         }
         if index > 0 && index % 100_000 == 0 {
             eprintln!("  {index} runs written ({:.0?})", started.elapsed());
         }
     }
     store.sync()?;
+    archive(&store)?;
     store.checkpoint()?;
     eprintln!("  {runs} runs written in {:.1?}", started.elapsed());
     Ok(())
+}
+
+/// Moves the finished runs to the archive as the daemon's archiver does (its batch size).
+fn archive(store: &SledStore) -> Result<()> {
+    let mut after = None;
+    loop {
+        let (runs, cursor) = store.archive_prepare(after, 32)?;
+        let Some(cursor) = cursor else {
+            return Ok(());
+        };
+        after = Some(cursor);
+        store.archive_commit(&runs)?;
+        store.sync()?;
+    }
 }
 
 fn dir_bytes(dir: &Path) -> u64 {
