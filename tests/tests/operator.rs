@@ -115,6 +115,44 @@ with = {{ command = "echo never >> {marker}" }}
 }
 
 #[test]
+fn a_finished_run_is_archived_and_still_rolls_back_after_a_crash() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let marker = daemon.path("archived.marker");
+    let file = daemon.write_file(
+        "archived.toml",
+        &format!(
+            r#"
+name = "archived"
+[[steps]]
+id = "change"
+action = "exec"
+with = {{ command = "echo do >> {marker}" }}
+undo = {{ action = "exec", with = {{ command = "echo undo >> {marker}" }} }}
+"#
+        ),
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    let before = daemon.wait_state(&run, "succeeded", LONG)?;
+    // The archiver moves it out of the tables within seconds.
+    daemon.wait_until(LONG, || {
+        Ok(daemon.log().contains("moved finished runs to the archive"))
+    })?;
+    daemon.kill9();
+    daemon.restart()?;
+    let after = daemon.show(&run)?;
+    assert_eq!(after["steps"], before["steps"]);
+    let rolled = daemon.cli(&["rollback", &run, "--comment", "undo it"])?;
+    assert!(
+        rolled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rolled.stderr)
+    );
+    daemon.wait_state(&run, "rolled_back", LONG)?;
+    assert_eq!(lines(&marker), ["do", "undo"]);
+    Ok(())
+}
+
+#[test]
 fn a_held_lock_refuses_a_second_run_naming_the_holder() -> Result<()> {
     let daemon = Daemon::start()?;
     let file = daemon.write_file(

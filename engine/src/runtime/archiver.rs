@@ -36,6 +36,9 @@ impl Engine {
             }
         }
         self.tidy_archive(true).await?;
+        if moved > 0 {
+            tracing::info!(runs = moved, "moved finished runs to the archive");
+        }
         Ok(moved)
     }
 
