@@ -591,3 +591,58 @@ fn finished_runs_move_to_the_archive_whole_and_come_back_for_a_rollback() {
     }
     assert_eq!(store.verify().unwrap(), Vec::<String>::new());
 }
+
+#[test]
+fn a_run_read_while_the_archiver_moves_it_reads_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    let runs: Vec<(Uuid, RunState, serde_json::Value)> = (1..=120)
+        .map(|n| {
+            let id = Uuid::from_u64_pair(11, n);
+            let (_, state, events) = finish(store.as_ref(), id);
+            (id, state, serde_json::to_value(events).unwrap())
+        })
+        .collect();
+    store.sync().unwrap();
+    let runs = Arc::new(runs);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|reader| {
+            let (store, runs, done) = (store.clone(), runs.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                    for (id, state, events) in runs.iter().skip(reader).step_by(2) {
+                        let loaded = store.load_run(*id).unwrap();
+                        assert!(
+                            loaded.as_ref() == Some(state),
+                            "run {id} read as {loaded:?}"
+                        );
+                        let read = serde_json::to_value(store.events(*id).unwrap()).unwrap();
+                        assert!(
+                            &read == events,
+                            "run {id}: {} events read, {} stored",
+                            read.as_array().map_or(0, Vec::len),
+                            events.as_array().map_or(0, Vec::len)
+                        );
+                        reads += 1;
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let mut after = None;
+    loop {
+        let (prepared, cursor) = store.archive_prepare(after, 4).unwrap();
+        let Some(cursor) = cursor else { break };
+        after = Some(cursor);
+        store.archive_commit(&prepared).unwrap();
+        store.sync().unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    assert_eq!(store.archive_prepare(None, 10).unwrap().0.len(), 0);
+}

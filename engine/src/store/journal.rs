@@ -393,6 +393,7 @@ fn unarchive(tx: &mut Tx<'_>, run_id: Uuid) -> Result<(), Error> {
         key: format!("archived/{run_id}"),
         reason: "the run is archived, but this store has no archive".to_owned(),
     })?;
+    // The records first, then the pointer goes: a reader always finds one or the other.
     for (tree, key, value) in archive.read(run_id, &pointer)? {
         tx.put(tree, key, value);
     }
@@ -424,10 +425,12 @@ fn archive_run(tx: &mut Tx<'_>, run: &ArchivedRun) -> Result<bool, Error> {
     if tx.get(Tree::Events, &event_key(id, last + 1))?.is_some() {
         return Ok(false);
     }
+    // The pointer first, then the deletes (the tables apply a batch in order): a reader that
+    // finds no pointer after reading the records read them whole (see `load_run`).
+    tx.put(Tree::Archived, id.as_bytes().to_vec(), run.pointer.encode());
     for (tree, key, _) in &run.records {
         tx.delete(*tree, key.clone());
     }
-    tx.put(Tree::Archived, id.as_bytes().to_vec(), run.pointer.encode());
     segment_count(tx, run.pointer.segment, 1)?;
     Ok(true)
 }
@@ -596,15 +599,26 @@ impl<T: Tables> Journal<T> {
 
     /// An archived run's records (`None`: the run is not archived).
     fn archived(&self, run_id: Uuid) -> Result<Option<Vec<Record>>, Error> {
-        let Some(bytes) = self.tables.get(Tree::Archived, run_id.as_bytes())? else {
+        let Some(mut bytes) = self.tables.get(Tree::Archived, run_id.as_bytes())? else {
             return Ok(None);
         };
-        let pointer = Pointer::decode(run_id, &bytes)?;
         let archive = self.archive.as_ref().ok_or_else(|| Error::Corrupt {
             key: format!("archived/{run_id}"),
             reason: "the run is archived, but this store has no archive".to_owned(),
         })?;
-        archive.read(run_id, &pointer).map(Some)
+        loop {
+            let pointer = Pointer::decode(run_id, &bytes)?;
+            match archive.read(run_id, &pointer) {
+                Ok(records) => return Ok(Some(records)),
+                // Collected, or reopened and archived again, while it was read (its old
+                // segment may be gone): read what the pointer says now.
+                Err(error) => match self.tables.get(Tree::Archived, run_id.as_bytes())? {
+                    Some(now) if now != bytes => bytes = now,
+                    Some(_) => return Err(error),
+                    None => return Ok(None),
+                },
+            }
+        }
     }
 
     /// A run's records as the tables hold them, for the archive: snapshot, folded journal,
@@ -1032,6 +1046,36 @@ impl<T: Tables> Journal<T> {
         })
     }
 
+    /// Reads a run that the archiver may move meanwhile (no run mutex orders them): from the
+    /// archive when it is archived, else from the tables — and those reads count only if no
+    /// pointer appeared by the time they ended (an archive move stores the pointer before it
+    /// deletes anything, and a rollback puts the records back before it drops the pointer).
+    /// `None`: the run is in neither.
+    fn read_moving<R>(
+        &self,
+        run_id: Uuid,
+        from_archive: impl Fn(&[Record]) -> Result<R, Error>,
+        from_tables: impl Fn() -> Result<R, Error>,
+    ) -> Result<Option<R>, Error> {
+        for _ in 0..3 {
+            if let Some(records) = self.archived(run_id)? {
+                return from_archive(&records).map(Some);
+            }
+            let read = from_tables();
+            if self
+                .tables
+                .get(Tree::Archived, run_id.as_bytes())?
+                .is_none()
+            {
+                return read.map(Some);
+            }
+        }
+        Err(Error::Io {
+            kind: std::io::ErrorKind::Interrupted,
+            message: format!("run {run_id} kept moving to and from the archive while it was read"),
+        })
+    }
+
     /// An archived run's state, from its records.
     fn restore_archived(&self, run_id: Uuid, records: &[Record]) -> Result<RunState, Error> {
         let snapshot = records
@@ -1153,33 +1197,39 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn load_run(&self, run_id: Uuid) -> Result<Option<RunState>, Error> {
-        if let Some(snapshot) = self.tables.get(Tree::Runs, run_id.as_bytes())? {
-            return self.restore(run_id, &snapshot).map(Some);
-        }
-        match self.archived(run_id)? {
-            Some(records) => self.restore_archived(run_id, &records).map(Some),
-            None => Ok(None),
-        }
+        let from_archive = |records: &[Record]| self.restore_archived(run_id, records).map(Some);
+        self.read_moving(run_id, from_archive, || {
+            match self.tables.get(Tree::Runs, run_id.as_bytes())? {
+                Some(snapshot) => self.restore(run_id, &snapshot).map(Some),
+                None => Ok(None),
+            }
+        })
+        .map(Option::flatten)
     }
 
     fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
-        if let Some(records) = self.archived(run_id)? {
-            return archived_events(run_id, &records)?
+        let from_archive = |records: &[Record]| {
+            archived_events(run_id, records)?
                 .into_iter()
                 .map(|(seq, bytes)| decode_event(run_id, seq, &bytes))
-                .collect();
-        }
-        let folded = self.folded(run_id)?.into_iter().map(Ok);
-        let keyed = scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
-            .map(|entry| entry.map(|(key, bytes)| (event_seq(&key), bytes)));
-        // The folded ones all come before the keyed ones.
-        folded
-            .chain(keyed)
-            .map(|entry| {
-                let (seq, bytes) = entry?;
-                decode_event(run_id, seq, &bytes)
-            })
-            .collect()
+                .collect()
+        };
+        let from_tables = || {
+            let folded = self.folded(run_id)?.into_iter().map(Ok);
+            let keyed = scan_prefix(&self.tables, Tree::Events, run_id.as_bytes(), false)
+                .map(|entry| entry.map(|(key, bytes)| (event_seq(&key), bytes)));
+            // The folded ones all come before the keyed ones.
+            folded
+                .chain(keyed)
+                .map(|entry| {
+                    let (seq, bytes) = entry?;
+                    decode_event(run_id, seq, &bytes)
+                })
+                .collect()
+        };
+        Ok(self
+            .read_moving(run_id, from_archive, from_tables)?
+            .unwrap_or_default())
     }
 
     fn next_timer(&self) -> Result<Option<TimerKey>, Error> {
