@@ -99,7 +99,7 @@ pub async fn run(
         .map_err(|error| Error::Io(format!("cannot restrict {}: {error}", socket.display())))?;
 
     engine.recover().await;
-    tokio::spawn(engine.clone().reload_on_reopen());
+    engine.spawn_tracked(engine.clone().reload_on_reopen());
     let stop_timers = CancellationToken::new();
     let timers = tokio::spawn(runtime::run_timers(engine.clone(), stop_timers.clone()));
     let collector = tokio::spawn(runtime::run_collector(
@@ -131,6 +131,10 @@ pub async fn run(
     let _ = collector.await;
     let _ = archiver.await;
     let _ = std::fs::remove_file(&socket);
+    // Nothing commits during the final checkpoint: the tracked tasks have ended, and the
+    // writer takes no more commits (a call that ends now is re-attached after the restart).
+    engine.settle().await;
+    engine.writer().close().await;
     served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
     engine.writer().store().checkpoint()?;
     tracing::info!("daemon stopped");

@@ -227,3 +227,42 @@ with = { duration = "3s" }
     assert!(paused_at.elapsed() >= Duration::from_secs(6));
     Ok(())
 }
+
+#[test]
+fn a_clean_stop_while_runs_step_leaves_nothing_to_replay() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let mut text = String::from("name = \"busy\"\n");
+    for index in 0..1500 {
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{index}\"\naction = \"noop\"\n"
+        ));
+    }
+    let file = daemon.write_file("busy.toml", &text)?;
+    let runs: Vec<String> = (0..3)
+        .map(|_| daemon.start_run(&file, &[]))
+        .collect::<Result<_>>()?;
+    // Stopped while the runs are still stepping: each next step was a task of its own.
+    daemon.wait_until(LONG, || {
+        Ok(daemon.show(&runs[0])?["steps"]
+            .as_array()
+            .is_some_and(|steps| steps.iter().any(|step| step["state"] == "succeeded")))
+    })?;
+    let state = daemon.show(&runs[2])?["state"].clone();
+    assert!(state == "running" || state == "waiting", "{state}");
+    let status = daemon.terminate()?;
+    assert!(status.success(), "{status}");
+    let logged = daemon.log().len();
+    daemon.restart()?;
+    let restarted = daemon.log()[logged..].to_owned();
+    assert!(
+        !restarted.contains("replayed the write-ahead log"),
+        "a commit landed after the final checkpoint:\n{restarted}"
+    );
+    for run in &runs {
+        let shown = daemon.wait_state(run, "succeeded", LONG)?;
+        for step in shown["steps"].as_array().into_iter().flatten() {
+            assert_eq!(step["attempts"], 1, "{run}: {step}");
+        }
+    }
+    Ok(())
+}

@@ -122,6 +122,9 @@ struct Inner {
     accepting: AtomicBool,
     /// Cancelled at shutdown: no new action call starts (see [`ActionContext::draining`]).
     draining: CancellationToken,
+    /// The short tasks that commit on their own (a run's next step, a schedule's hook, the
+    /// reload after a reopen): shutdown waits for them before the final checkpoint.
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// A cheap, cloneable handle to the engine.
@@ -180,6 +183,7 @@ impl Engine {
                 timer_lateness: crate::histogram::Histogram::default(),
                 accepting: AtomicBool::new(true),
                 draining: CancellationToken::new(),
+                tasks: tokio_util::task::TaskTracker::new(),
             }),
         })
     }
@@ -211,6 +215,19 @@ impl Engine {
     pub fn stop_accepting(&self) {
         self.inner.accepting.store(false, Ordering::SeqCst);
         self.inner.draining.cancel();
+    }
+
+    /// Runs `task` as one of the tasks shutdown waits for (see [`Engine::settle`]).
+    pub fn spawn_tracked(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        self.inner.tasks.spawn(task);
+    }
+
+    /// At shutdown, after [`Engine::stop_accepting`]: waits until every tracked task has
+    /// ended. None starts a next step any more (the restarted daemon continues each run), so
+    /// this ends as soon as the steps being decided are committed.
+    pub async fn settle(&self) {
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
     }
 
     /// After a restart: every action call that was in flight is offered to its action to
@@ -300,7 +317,11 @@ impl Engine {
     /// after a restart.
     pub async fn reload_on_reopen(self) {
         let mut generation = self.inner.writer.generation();
-        while generation.changed().await.is_ok() {
+        loop {
+            tokio::select! {
+                _ = self.inner.draining.cancelled() => return,
+                changed = generation.changed() => if changed.is_err() { return },
+            }
             tracing::info!("reloading runs and schedules from the reopened store");
             let store = self.inner.writer.store();
             let mut run_ids = match store.active_run_ids() {
@@ -697,7 +718,7 @@ impl Engine {
             .filter(|_| ended)
         {
             let (engine, schedule) = (self.clone(), schedule.to_owned());
-            tokio::spawn(async move { engine.schedule_run_ended(&schedule, run_id).await });
+            self.spawn_tracked(async move { engine.schedule_run_ended(&schedule, run_id).await });
         }
         crate::failpoint::hit(crate::failpoint::Failpoint::DurableBeforeEffect);
         self.after_commit(run_id, &decision);
@@ -715,9 +736,12 @@ impl Engine {
         for effect in &decision.effects {
             match effect {
                 Effect::Call(call) => self.spawn(call.clone(), None),
+                // Shutting down: the restarted daemon continues the run (recovery feeds every
+                // live run `Continue`).
+                Effect::Continue if self.inner.draining.is_cancelled() => {}
                 Effect::Continue => {
                     let engine = self.clone();
-                    tokio::spawn(async move {
+                    self.spawn_tracked(async move {
                         if let Err(error) = engine.handle(run_id, Input::Continue).await {
                             tracing::error!(run = %run_id, %error, "cannot continue a run");
                         }

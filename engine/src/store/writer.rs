@@ -36,6 +36,9 @@ enum Write {
     Archive(Vec<super::ArchivedRun>),
     /// Drops a timer index entry no run or schedule claims.
     RemoveTimer(TimerKey),
+    /// Answered once everything before it is written; every request after it is refused
+    /// ([`Error::Closed`]).
+    Close,
 }
 
 struct Request {
@@ -124,6 +127,12 @@ impl Writer {
         self.send(Write::Archive(runs)).await
     }
 
+    /// Stops writing (shutdown, before the final checkpoint): resolves once every request
+    /// sent before it is written and synced; every later one fails with [`Error::Closed`].
+    pub async fn close(&self) {
+        let _ = self.send(Write::Close).await;
+    }
+
     async fn send(&self, write: Write) -> Result<Vec<Uuid>, Error> {
         let (reply, answer) = oneshot::channel();
         self.sender
@@ -199,12 +208,23 @@ impl Loop {
                     Err(_) => break,
                 }
             }
+            let closing = batch
+                .iter()
+                .any(|request| matches!(request.write, Write::Close));
             let results = match &self.failed {
                 Some((error, _)) => batch.iter().map(|_| Err(error.clone())).collect(),
                 None => self.write(&batch),
             };
             for (request, result) in batch.into_iter().zip(results) {
                 let _ = request.reply.send(result);
+            }
+            if closing {
+                // (What came in the batch after the close was written with it: it arrived
+                // before the close was answered.)
+                for request in receiver.iter() {
+                    let _ = request.reply.send(Err(Error::Closed));
+                }
+                return;
             }
         }
     }
@@ -235,46 +255,27 @@ impl Loop {
         let mut runs: Vec<&Commit> = Vec::new();
         let unit = |result: Result<(), Error>| result.map(|()| Vec::new());
         for request in batch {
-            match &request.write {
-                Write::Run(commit) => runs.push(commit.as_ref()),
-                Write::Schedule(commit) => {
-                    results.extend(
-                        store
-                            .apply_many(&std::mem::take(&mut runs))
-                            .into_iter()
-                            .map(unit),
-                    );
-                    crate::failpoint::hit(crate::failpoint::Failpoint::BeforeScheduleStaged);
-                    results.push(unit(store.apply_schedule(commit)));
-                }
-                Write::RemoveTimer(key) => {
-                    results.extend(
-                        store
-                            .apply_many(&std::mem::take(&mut runs))
-                            .into_iter()
-                            .map(unit),
-                    );
-                    results.push(unit(store.remove_timer(key)));
-                }
-                Write::Collect(ids) => {
-                    results.extend(
-                        store
-                            .apply_many(&std::mem::take(&mut runs))
-                            .into_iter()
-                            .map(unit),
-                    );
-                    results.push(store.collect(ids));
-                }
-                Write::Archive(moved) => {
-                    results.extend(
-                        store
-                            .apply_many(&std::mem::take(&mut runs))
-                            .into_iter()
-                            .map(unit),
-                    );
-                    results.push(store.archive_commit(moved));
-                }
+            if let Write::Run(commit) = &request.write {
+                runs.push(commit.as_ref());
+                continue;
             }
+            // Anything else is applied after the run commits before it.
+            results.extend(
+                store
+                    .apply_many(&std::mem::take(&mut runs))
+                    .into_iter()
+                    .map(unit),
+            );
+            results.push(match &request.write {
+                Write::Schedule(commit) => {
+                    crate::failpoint::hit(crate::failpoint::Failpoint::BeforeScheduleStaged);
+                    unit(store.apply_schedule(commit))
+                }
+                Write::RemoveTimer(key) => unit(store.remove_timer(key)),
+                Write::Collect(ids) => store.collect(ids),
+                Write::Archive(moved) => store.archive_commit(moved),
+                Write::Run(_) | Write::Close => Ok(Vec::new()),
+            });
         }
         results.extend(store.apply_many(&runs).into_iter().map(unit));
         crate::failpoint::hit(crate::failpoint::Failpoint::StagedBeforeSync);
