@@ -182,7 +182,9 @@ fn the_checks_see_what_they_look_for() {
     );
     let machine = sources("engine/src/machine");
     assert!(
-        machine.iter().any(|file| file.ends_with("decide.rs")),
+        machine
+            .iter()
+            .any(|file| file.ends_with("decide/operator.rs")),
         "{machine:?}"
     );
 }

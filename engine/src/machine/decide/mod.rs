@@ -1,0 +1,484 @@
+//! `decide`: what an input means for a run, as events to journal and effects to run after.
+//!
+//! Every function here is pure: time comes in as `now`, and nothing is read or written outside
+//! the state. The events of one decision are journaled in one commit; the effects run only
+//! after that commit is durable.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::context;
+use super::event::{
+    Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
+};
+use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
+use crate::definition::{Concurrency, Definition, OnFailure, Step};
+use crate::{calendar, template};
+
+mod advance;
+mod operator;
+mod results;
+mod start;
+
+/// Something that happens to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An action call ended (or was canceled).
+    ActionFinished {
+        call: u32,
+        result: Result<Value, ActionFailure>,
+    },
+    /// A durable timer is due.
+    TimerFired {
+        timer: u64,
+    },
+    /// After a restart: the call was in flight and cannot be re-attached.
+    Interrupted {
+        call: u32,
+    },
+    /// After a restart: the call was in flight but certainly never started what it does (an
+    /// exec whose supervisor was never released); `reason` says how that is known.
+    NotStarted {
+        call: u32,
+        reason: String,
+    },
+    /// An action journals a note about its call in flight (see `EventKind::CallNoted`).
+    CallNote {
+        call: u32,
+        note: Value,
+    },
+    /// Go on with whatever can start (after a yield, and at recovery).
+    Continue,
+    Approve {
+        step: Option<String>,
+        by: Actor,
+        comment: Option<String>,
+    },
+    Pause {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Resume {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Cancel {
+        by: Actor,
+        comment: Option<String>,
+        /// Run the undo of every completed step too (newest first), as `rollback` does: the
+        /// run ends `rolled_back` instead of leaving what it changed in place.
+        rollback: bool,
+    },
+    Rollback {
+        by: Actor,
+        comment: Option<String>,
+    },
+    Retry {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+    Skip {
+        step: String,
+        by: Actor,
+        comment: Option<String>,
+    },
+}
+
+/// How an action call failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionFailure {
+    pub message: String,
+    /// May another attempt succeed? (A command's non-zero exit may; a malformed input never.)
+    pub retryable: bool,
+    /// The call ran to its own end and failed there (an exec whose command exited non-zero by
+    /// itself, even after it was asked to stop): what it changes may have changed. For an
+    /// aborted call this is journaled (`AbortedCallCompleted`), and a rollback undoes it.
+    pub ran_to_end: bool,
+    /// The call certainly never started what it does (an exec whose command was never
+    /// released). After a restart such a call is started again.
+    pub never_started: bool,
+}
+
+/// Work for the shell, to do once the decision's events are durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Call(Call),
+    /// Cancel an action call in flight (timeout, cancel, rollback).
+    Abort {
+        call: u32,
+    },
+    /// Feed `Input::Continue` once this decision is durable: a step ended within it, and the
+    /// next one starts in a commit of its own.
+    Continue,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub run_id: Uuid,
+    pub call: u32,
+    pub step: String,
+    pub attempt: u32,
+    pub undo: bool,
+    pub action: String,
+    pub input: Value,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decision {
+    pub events: Vec<Event>,
+    pub effects: Vec<Effect>,
+}
+
+impl Decision {
+    /// Nothing is left to continue with: no [`Effect::Continue`].
+    pub fn settled(&self) -> bool {
+        !self.effects.contains(&Effect::Continue)
+    }
+}
+
+/// Why an operator's request was refused; nothing was journaled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// The request lacks something it needs (`field` names it, e.g. `comment`).
+    #[error("{message}")]
+    Invalid { message: String, field: String },
+}
+
+/// A guard against a definition that would make `advance` loop forever (it cannot, but a bug
+/// must not hang the daemon).
+const MAX_EVENTS_PER_DECISION: usize = 100_000;
+
+/// Creates a run: `RunCreated`, then everything that can start at once.
+pub fn create(
+    run_id: Uuid,
+    definition: Arc<Definition>,
+    params: Map<String, Value>,
+    locks: Vec<String>,
+    by: Actor,
+    comment: Option<String>,
+    now: DateTime<Utc>,
+) -> (RunState, Decision) {
+    let mut decider = Decider::new(RunState::empty(run_id), now);
+    decider.emit(EventKind::RunCreated {
+        run_id,
+        definition: (*definition).clone(),
+        params,
+        locks,
+        by,
+        comment,
+    });
+    decider.advance();
+    decider.finish()
+}
+
+/// Decides what `input` means for the run in `state`. Returns the new state and the decision, or
+/// a rejection when an operator's request does not fit the run.
+pub fn decide(
+    state: &RunState,
+    input: Input,
+    now: DateTime<Utc>,
+) -> Result<(RunState, Decision), Rejection> {
+    let mut decider = Decider::new(state.clone(), now);
+    decider.apply(input)?;
+    decider.advance();
+    Ok(decider.finish())
+}
+
+struct Decider {
+    state: RunState,
+    now: DateTime<Utc>,
+    events: Vec<Event>,
+    effects: Vec<Effect>,
+    /// A step ended inside this decision: stop here, so that each step costs its own durable
+    /// commit (the shell continues with `Input::Continue`).
+    yielded: bool,
+}
+
+/// What a sequence of steps is doing.
+enum Progress {
+    Done,
+    Busy,
+    Blocked {
+        reason: AttentionReason,
+        step: String,
+        message: String,
+    },
+    Abort {
+        error: String,
+    },
+}
+
+impl Decider {
+    fn new(state: RunState, now: DateTime<Utc>) -> Decider {
+        Decider {
+            state,
+            now,
+            events: Vec::new(),
+            effects: Vec::new(),
+            yielded: false,
+        }
+    }
+
+    fn finish(self) -> (RunState, Decision) {
+        (
+            self.state,
+            Decision {
+                events: self.events,
+                effects: self.effects,
+            },
+        )
+    }
+
+    fn emit(&mut self, kind: EventKind) {
+        let event = Event {
+            seq: self.state.last_seq + 1,
+            at: self.now,
+            kind,
+        };
+        evolve(&mut self.state, &event);
+        self.events.push(event);
+    }
+
+    fn definition(&self) -> Arc<Definition> {
+        self.state.definition.clone()
+    }
+
+    fn arm(&mut self, purpose: TimerPurpose, step: &str, fire_at: DateTime<Utc>) {
+        if self.state.paused.is_some() {
+            // A paused run's clock stands still: the timer waits for the resume, whole.
+            let remaining_ms = (fire_at - self.now).num_milliseconds().max(0);
+            self.emit(EventKind::TimerSuspended {
+                purpose,
+                step: step.to_owned(),
+                remaining_ms,
+            });
+            return;
+        }
+        let timer = self.state.last_seq + 1;
+        self.emit(EventKind::TimerArmed {
+            timer,
+            fire_at,
+            purpose,
+            step: step.to_owned(),
+        });
+    }
+
+    /// Cancels the timers of `key` and of every step nested under it.
+    fn cancel_timers(&mut self, key: Option<&str>) {
+        let timers: Vec<_> = self
+            .state
+            .timers
+            .iter()
+            .filter(|timer| {
+                key.is_none_or(|key| {
+                    timer.step == key || timer.step.starts_with(&format!("{key}["))
+                })
+            })
+            .map(|timer| (timer.timer, timer.fire_at))
+            .collect();
+        for (timer, fire_at) in timers {
+            self.emit(EventKind::TimerCanceled { timer, fire_at });
+        }
+    }
+
+    /// Stops every active step under `key` (or all): aborts calls in flight, marks them canceled.
+    fn cancel_active(&mut self, key: Option<&str>) {
+        self.cancel_timers(key);
+        let active: Vec<(String, Option<u32>)> = self
+            .state
+            .steps
+            .iter()
+            .filter(|step| step.status.is_active())
+            .filter(|step| {
+                key.is_none_or(|key| step.key == key || step.key.starts_with(&format!("{key}[")))
+            })
+            .map(|step| (step.key.clone(), step.call))
+            .collect();
+        for (step, call) in active {
+            if let Some(call) = call {
+                self.effects.push(Effect::Abort { call });
+            }
+            self.emit(EventKind::StepCanceled { step });
+        }
+        if key.is_none() {
+            let undos: Vec<(String, u32)> = self
+                .state
+                .steps
+                .iter()
+                .filter_map(|step| {
+                    let call = step.undo.as_ref().and_then(|undo| undo.call)?;
+                    Some((step.key.clone(), call))
+                })
+                .collect();
+            for (step, call) in undos {
+                self.effects.push(Effect::Abort { call });
+                self.emit(EventKind::UndoCanceled { step });
+            }
+        }
+    }
+
+    fn ensure_not_finished(&self) -> Result<(), Rejection> {
+        if self.state.status.is_terminal() {
+            return Err(Rejection::Conflict(format!(
+                "run {} has already ended ({})",
+                self.state.id,
+                self.state.status.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn apply(&mut self, input: Input) -> Result<(), Rejection> {
+        let system = matches!(
+            input,
+            Input::ActionFinished { .. }
+                | Input::TimerFired { .. }
+                | Input::Interrupted { .. }
+                | Input::NotStarted { .. }
+                | Input::Continue
+        );
+        // (A note for a call that is not in flight is refused below: the action must then not
+        // start what the note announced.)
+        if system && self.state.status.is_terminal() {
+            // A late report of a call aborted when the run ended changes nothing but the record
+            // of how it ended (a rollback of the finished run waits for that, and undoes a call
+            // that ran to its end).
+            match input {
+                Input::ActionFinished { call, result } => self.on_aborted_call_result(call, result),
+                Input::Interrupted { call } | Input::NotStarted { call, .. } => {
+                    self.on_aborted_call_ended(call)
+                }
+                _ => {}
+            }
+            return Ok(());
+        }
+        match input {
+            Input::ActionFinished { call, result } => self.on_call_finished(call, result),
+            Input::TimerFired { timer } => self.on_timer(timer),
+            Input::Interrupted { call } => self.on_interrupted(call),
+            Input::NotStarted { call, reason } => self.on_not_started(call, reason),
+            Input::Continue => {}
+            Input::CallNote { call, note } => {
+                if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
+                    let step = step.key.clone();
+                    self.emit(EventKind::CallNoted {
+                        step,
+                        call,
+                        undo: false,
+                        note,
+                    });
+                } else if let Some(step) = self.state.steps.iter().find(|step| {
+                    step.undo
+                        .as_ref()
+                        .is_some_and(|undo| undo.call == Some(call))
+                }) {
+                    let step = step.key.clone();
+                    self.emit(EventKind::CallNoted {
+                        step,
+                        call,
+                        undo: true,
+                        note,
+                    });
+                } else {
+                    return Err(Rejection::Conflict(format!(
+                        "call {call} of run {} is not in flight",
+                        self.state.id
+                    )));
+                }
+            }
+            Input::Approve { step, by, comment } => return self.approve(step, by, comment),
+            Input::Pause { by, comment } => {
+                self.ensure_not_finished()?;
+                if self.state.paused.is_some() {
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is already paused",
+                        self.state.id
+                    )));
+                }
+                let suspended: Vec<SuspendedTimer> = self
+                    .state
+                    .timers
+                    .iter()
+                    .map(|timer| SuspendedTimer {
+                        purpose: timer.purpose,
+                        step: timer.step.clone(),
+                        remaining_ms: (timer.fire_at - self.now).num_milliseconds().max(0),
+                    })
+                    .collect();
+                self.cancel_timers(None);
+                self.emit(EventKind::Paused {
+                    by,
+                    comment,
+                    suspended,
+                });
+            }
+            Input::Resume { by, comment } => {
+                self.ensure_not_finished()?;
+                let Some(pause) = self.state.paused.clone() else {
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is not paused",
+                        self.state.id
+                    )));
+                };
+                self.emit(EventKind::Resumed { by, comment });
+                for timer in pause.suspended {
+                    // A step that ended (or was skipped) while paused wants its timer no more.
+                    let wanted = self.state.step(&timer.step).is_some_and(|step| {
+                        step.status.is_active()
+                            && match timer.purpose {
+                                TimerPurpose::Timeout => true,
+                                TimerPurpose::Wait | TimerPurpose::Window => {
+                                    step.waiting_for == Some(WaitingFor::Timer)
+                                }
+                                TimerPurpose::Poll => step.waiting_for == Some(WaitingFor::Poll),
+                                TimerPurpose::Retry => step.waiting_for == Some(WaitingFor::Retry),
+                            }
+                    });
+                    if wanted {
+                        let fire_at = crate::duration::after_ms(self.now, timer.remaining_ms);
+                        self.arm(timer.purpose, &timer.step, fire_at);
+                    }
+                }
+            }
+            Input::Cancel {
+                by,
+                comment,
+                rollback: true,
+            } => {
+                self.ensure_not_finished()?;
+                if self.state.rollback.is_some() {
+                    return Err(Rejection::Conflict(format!(
+                        "run {} is already rolling back",
+                        self.state.id
+                    )));
+                }
+                self.emit(EventKind::CancelRequested {
+                    by: by.clone(),
+                    comment: comment.clone(),
+                });
+                return self.rollback(by, comment);
+            }
+            Input::Cancel { by, comment, .. } => {
+                self.ensure_not_finished()?;
+                self.emit(EventKind::CancelRequested { by, comment });
+                self.cancel_active(None);
+                self.emit(EventKind::RunFinished {
+                    state: FinalState::Canceled,
+                    error: None,
+                });
+            }
+            Input::Rollback { by, comment } => return self.rollback(by, comment),
+            Input::Retry { step, by, comment } => return self.retry(step, by, comment),
+            Input::Skip { step, by, comment } => return self.skip(step, by, comment),
+        }
+        Ok(())
+    }
+}
