@@ -1,0 +1,166 @@
+//! The runs held in memory: found, loaded from the store on demand, dropped when parked and
+//! unused, and reloaded after the store was reopened.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use uuid::Uuid;
+
+use super::*;
+
+impl Engine {
+    /// After the store was reopened (it failed, e.g. on a full disk): the journal on disk is
+    /// the truth, so every run in memory or not parked, and every schedule, is read again, and
+    /// calls whose start is journaled but which do not run in this process are recovered as
+    /// after a restart.
+    pub async fn reload_on_reopen(self) {
+        let mut generation = self.inner.writer.generation();
+        loop {
+            tokio::select! {
+                _ = self.inner.draining.cancelled() => return,
+                changed = generation.changed() => if changed.is_err() { return },
+            }
+            tracing::info!("reloading runs and schedules from the reopened store");
+            let store = self.inner.writer.store();
+            let mut run_ids = match store.active_run_ids() {
+                Ok(ids) => ids,
+                Err(error) => {
+                    tracing::error!(%error, "cannot reload runs");
+                    continue;
+                }
+            };
+            run_ids.extend(self.slots().into_iter().map(|(run_id, _)| run_id));
+            run_ids.sort();
+            run_ids.dedup();
+            for run_id in run_ids {
+                let slot = self
+                    .inner
+                    .runs
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .entry(run_id)
+                    .or_insert_with(|| {
+                        Arc::new(Mutex::new(Slot::Corrupt {
+                            reason: "loading".to_owned(),
+                        }))
+                    })
+                    .clone();
+                // Read under the run's lock, so that a transition committed meanwhile is kept.
+                let mut guard = slot.lock().await;
+                *guard = match store.load_run(run_id) {
+                    Ok(Some(state)) => Slot::Live(Arc::new(state)),
+                    Ok(None) => {
+                        drop(guard);
+                        self.inner
+                            .runs
+                            .write()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .remove(&run_id);
+                        continue;
+                    }
+                    Err(error) => Slot::Corrupt {
+                        reason: error.to_string(),
+                    },
+                };
+            }
+            if let Ok(loaded) = store.load_schedules() {
+                let mut schedules = self.inner.schedules.lock().await;
+                for schedule in loaded.into_iter().flatten().map(Schedule::upgrade) {
+                    schedules.insert(schedule.name.clone(), schedule);
+                }
+            }
+            self.recover().await;
+        }
+    }
+
+    pub(super) fn slots(&self) -> Vec<(Uuid, Arc<Mutex<Slot>>)> {
+        let runs = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        runs.iter().map(|(id, slot)| (*id, slot.clone())).collect()
+    }
+
+    /// The run's slot, read from the store into memory if it is not there.
+    pub(super) fn slot(&self, run_id: Uuid) -> Result<Option<Arc<Mutex<Slot>>>, Error> {
+        let resident = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&run_id)
+            .cloned();
+        if resident.is_some() {
+            return Ok(resident);
+        }
+        // Read under the write lock, so that two readers never hold two copies of one run.
+        let mut runs = self
+            .inner
+            .runs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(slot) = runs.get(&run_id) {
+            return Ok(Some(slot.clone()));
+        }
+        let slot = match self.inner.writer.store().load_run(run_id) {
+            Ok(Some(state)) => Slot::Live(Arc::new(state)),
+            Ok(None) => return Ok(None),
+            Err(error) if error.is_failure() => return Err(error.into()),
+            Err(error) => {
+                tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
+                Slot::Corrupt {
+                    reason: error.to_string(),
+                }
+            }
+        };
+        let slot = Arc::new(Mutex::new(slot));
+        runs.insert(run_id, slot.clone());
+        Ok(Some(slot))
+    }
+
+    /// Hands back a slot taken with [`Engine::slot`]: with `evict`, a parked run that nobody
+    /// else holds leaves memory (the store has all of it).
+    pub(super) fn release(&self, run_id: Uuid, slot: Arc<Mutex<Slot>>, evict: bool) {
+        if !evict {
+            return;
+        }
+        let mut runs = self
+            .inner
+            .runs
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        drop(slot);
+        let Some(held) = runs.get(&run_id) else {
+            return;
+        };
+        // Under the write lock nobody can take a new reference; the map's is the only one.
+        if Arc::strong_count(held) != 1 {
+            return;
+        }
+        let parked = match held.try_lock() {
+            Ok(guard) => matches!(&*guard, Slot::Live(state) if state.is_parked()),
+            Err(_) => false,
+        };
+        if parked {
+            runs.remove(&run_id);
+        }
+    }
+
+    /// Whether a run exists, without reading it.
+    pub(super) fn exists(&self, run_id: Uuid) -> Result<bool, Error> {
+        let resident = self
+            .inner
+            .runs
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .contains_key(&run_id);
+        Ok(resident
+            || !self
+                .inner
+                .writer
+                .store()
+                .find_runs(run_id.as_bytes(), 1)?
+                .is_empty())
+    }
+}
