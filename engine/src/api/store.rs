@@ -1,0 +1,86 @@
+//! The store (`verify`, `gc`) and `/metrics`.
+
+use super::*;
+
+pub(super) async fn verify_store(State(app): State<AppState>) -> ApiResult {
+    let problems = app.engine.writer().store().verify().map_err(Error::from)?;
+    ok(json!({ "ok": problems.is_empty(), "problems": problems }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GcQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+pub(super) async fn collect_store(
+    State(app): State<AppState>,
+    Query(query): Query<GcQuery>,
+) -> ApiResult {
+    let collected = app
+        .engine
+        .collect_expired(app.retain, query.dry_run)
+        .await?;
+    ok(json!({
+        "dry_run": query.dry_run,
+        "retain_seconds": app.retain.map(|retain| retain.as_secs()),
+        "finished_before": collected.before,
+        "runs": collected.runs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "count": collected.runs.len(),
+        "file_bytes": collected.file_bytes,
+        "archive_bytes": collected.archive_bytes,
+    }))
+}
+
+// ----- metrics ----------------------------------------------------------------------------------
+
+pub(super) async fn metrics(State(app): State<AppState>) -> Response {
+    // From the counters the commits keep: never a scan of the runs. A store that cannot be
+    // read shows as no runs; the writer figures below still show.
+    let counts = app.engine.writer().store().counts().unwrap_or_default();
+    let by_state = counts.runs;
+    let pending_timers = counts.timers;
+    let stats = app.engine.writer().stats();
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "# HELP runbook_runs Runs by state.\n# TYPE runbook_runs gauge"
+    );
+    for (state, count) in by_state {
+        let _ = writeln!(text, "runbook_runs{{state=\"{state}\"}} {count}");
+    }
+    let _ = writeln!(
+        text,
+        "# HELP runbook_timers_pending Armed durable timers.\n# TYPE runbook_timers_pending gauge"
+    );
+    let _ = writeln!(text, "runbook_timers_pending {pending_timers}");
+    let _ = writeln!(
+        text,
+        "# HELP runbook_runs_in_memory Runs held in memory (not parked, or in use).\n# TYPE runbook_runs_in_memory gauge"
+    );
+    let _ = writeln!(
+        text,
+        "runbook_runs_in_memory {}",
+        app.engine.runs_in_memory()
+    );
+    let _ = writeln!(text, "# HELP runbook_store_commits_total Transitions committed.\n# TYPE runbook_store_commits_total counter");
+    let _ = writeln!(text, "runbook_store_commits_total {}", stats.commits);
+    let _ = writeln!(text, "# HELP runbook_store_syncs_total Durable syncs (group commits).\n# TYPE runbook_store_syncs_total counter");
+    let _ = writeln!(text, "runbook_store_syncs_total {}", stats.syncs);
+    let _ = writeln!(text, "# HELP runbook_store_sync_seconds_total Time spent in syncs.\n# TYPE runbook_store_sync_seconds_total counter");
+    let _ = writeln!(
+        text,
+        "runbook_store_sync_seconds_total {:.6}",
+        stats.sync_seconds_total
+    );
+    text.push_str(&app.engine.writer().sync_latency().render(
+        "runbook_store_sync_seconds",
+        "Time each group commit took to be durable (one log write and fdatasync).",
+    ));
+    text.push_str(&app.engine.timer_lateness().render(
+        "runbook_timer_lateness_seconds",
+        "How long after its deadline each durable timer fired.",
+    ));
+    ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
