@@ -10,20 +10,25 @@ use uuid::Uuid;
 use crate::machine::{RunState, RunStatus};
 
 /// A run's line in a listing, stored with every commit that changes it (`listings` tree).
+/// Empty fields are left out: a million finished runs keep a million lines.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Listing {
     pub runbook: String,
     pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_wakeup: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<DateTime<Utc>>,
     /// The run's armed timers as `(fire_at_ms, timer)`: what the timer index must hold for it.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timers: Vec<(u64, u64)>,
     /// The resources the run holds (while it is not finished).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub locks: Vec<String>,
     /// What the run waits for, and since when (absent in lines of older releases, and while
     /// the run runs or has ended).
