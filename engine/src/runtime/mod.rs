@@ -127,6 +127,9 @@ struct Inner {
     /// The short tasks that commit on their own (a run's next step, a schedule's hook, the
     /// reload after a reopen): shutdown waits for them before the final checkpoint.
     tasks: tokio_util::task::TaskTracker,
+    /// Held by the collection under way: one at a time (the background collector and
+    /// `store gc` would otherwise compete for the writer).
+    collecting: Mutex<()>,
 }
 
 /// A cheap, cloneable handle to the engine.
@@ -186,6 +189,7 @@ impl Engine {
                 accepting: AtomicBool::new(true),
                 draining: CancellationToken::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
+                collecting: Mutex::new(()),
             }),
         })
     }

@@ -10,11 +10,14 @@ use uuid::Uuid;
 
 use super::{Engine, Error};
 
-/// How many runs one batch deletes (one writer request, a dozen deletes per archived run,
+/// How many runs one batch deletes (one writer request, a dozen operations per archived run,
 /// joining the commits' group sync): a commit synced with it waits for at most this many
 /// runs' deletes.
-const BATCH: usize = 16;
-/// The pause between two batches, leaving the writer to other commits.
+const BATCH: usize = 8;
+/// After each batch the collector waits this many times as long as the batch took (and at
+/// least [`PAUSE`]): it takes at most a third of the writer's time, whatever the load, and
+/// commits rarely find a batch ahead of them.
+const YIELD: u32 = 2;
 const PAUSE: Duration = Duration::from_millis(1);
 /// Every this many batches, archive segments no run is in any more are deleted (and at the
 /// end): the disk space comes back as the collection goes.
@@ -80,6 +83,7 @@ impl Engine {
             collected.file_bytes = file_bytes;
             return Ok(collected);
         }
+        let _one_at_a_time = self.inner.collecting.lock().await;
         // Each batch scans on from the last one's end, never over the keys just deleted.
         let mut after = None;
         for batches in 1.. {
@@ -93,7 +97,9 @@ impl Engine {
             };
             after = Some(*last);
             let batch: Vec<Uuid> = batch.iter().map(|expired| expired.run_id).collect();
+            let started = std::time::Instant::now();
             let deleted = self.inner.writer.collect(batch).await?;
+            let took = started.elapsed();
             // Off the async workers: a run's directory may hold many files.
             let dirs: Vec<_> = deleted
                 .iter()
@@ -108,7 +114,7 @@ impl Engine {
             if batches % TIDY_EVERY == 0 {
                 collected.archive_bytes += self.tidy_archive(false).await?;
             }
-            tokio::time::sleep(PAUSE).await;
+            tokio::time::sleep(PAUSE.max(took * YIELD)).await;
         }
         collected.archive_bytes += self.tidy_archive(false).await?;
         if !collected.runs.is_empty() {

@@ -436,9 +436,11 @@ pub(super) fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> 
     let mut counts = tx.counts()?;
     tx.listing(&mut counts, run_id, None)?;
     tx.put_counts(&counts)?;
-    tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
-    tx.delete(Tree::Folded, run_id.as_bytes().to_vec());
-    tx.delete(Tree::Active, run_id.as_bytes().to_vec());
+    if tx.get(Tree::Active, run_id.as_bytes())?.is_some() {
+        tx.delete(Tree::Active, run_id.as_bytes().to_vec());
+    }
+    // Only what is there is deleted: a collection is a dozen operations per run, in the same
+    // log records as the commits it is synced with.
     if let Some(bytes) = tx.get(Tree::Archived, run_id.as_bytes())? {
         // (A pointer that does not decode is dropped all the same; its segment's count is
         // then one too high, which keeps the file: never the other way round.)
@@ -448,6 +450,8 @@ pub(super) fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> 
         }
         return Ok(true);
     }
+    tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
+    tx.delete(Tree::Folded, run_id.as_bytes().to_vec());
     let events: Vec<Vec<u8>> = scan_prefix(tx.tables, Tree::Events, run_id.as_bytes(), false)
         .map(|entry| entry.map(|(key, _)| key))
         .collect::<Result<_, _>>()?;
