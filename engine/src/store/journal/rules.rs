@@ -72,6 +72,22 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// Removes then adds timer index entries, keeping the counter.
+    pub(super) fn timers(
+        &mut self,
+        counts: &mut Counts,
+        remove: &[TimerKey],
+        add: &[TimerKey],
+    ) -> Result<(), Error> {
+        for key in remove {
+            self.timer(counts, key, false)?;
+        }
+        for key in add {
+            self.timer(counts, key, true)?;
+        }
+        Ok(())
+    }
+
     /// Adds or removes a timer index entry, keeping the counter.
     pub(super) fn timer(
         &mut self,
@@ -278,12 +294,7 @@ pub(super) fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> 
     }
     let mut counts = tx.counts()?;
     let before = counts.clone();
-    for key in &commit.timers_remove {
-        tx.timer(&mut counts, key, false)?;
-    }
-    for key in &commit.timers_add {
-        tx.timer(&mut counts, key, true)?;
-    }
+    tx.timers(&mut counts, &commit.timers_remove, &commit.timers_add)?;
     tx.listing(&mut counts, id, Some(&commit.listing))?;
     if counts != before {
         tx.put_counts(&counts)?;
@@ -342,12 +353,7 @@ pub(super) fn schedule_commit(tx: &mut Tx<'_>, commit: &ScheduleCommit) -> Resul
     }
     let mut counts = tx.counts()?;
     let before = counts.clone();
-    for key in &commit.timers_remove {
-        tx.timer(&mut counts, key, false)?;
-    }
-    for key in &commit.timers_add {
-        tx.timer(&mut counts, key, true)?;
-    }
+    tx.timers(&mut counts, &commit.timers_remove, &commit.timers_add)?;
     if counts != before {
         tx.put_counts(&counts)?;
     }
