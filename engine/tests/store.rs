@@ -54,7 +54,7 @@ fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
         now,
     );
     store
-        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
+        .stage(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
     store.sync().unwrap();
     for _ in 0..limit {
@@ -70,7 +70,7 @@ fn drive(store: &SledStore, noops: usize, limit: usize) -> RunState {
             next_decision.settled(),
         )
         .unwrap();
-        store.apply(&commit).unwrap();
+        store.stage(&commit).unwrap();
         store.sync().unwrap();
         state = next;
         decision = next_decision;
@@ -178,7 +178,7 @@ fn an_unsynced_commit_leaves_no_part_of_itself() {
             now,
         );
         store
-            .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
+            .stage(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
             .unwrap();
         unacknowledged.push(state.id);
     }
@@ -275,7 +275,7 @@ fn drive_memory<T: runbook_engine::store::tables::Tables>(
         now,
     );
     store
-        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
+        .stage(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
     store.sync().unwrap();
     state.id
@@ -308,7 +308,7 @@ fn finish(
         Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
     );
     store
-        .apply(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
+        .stage(&Commit::new(0, &decision.events, &mut state, decision.settled()).unwrap())
         .unwrap();
     let mut events = decision.events.clone();
     if decision.effects.contains(&Effect::Continue) {
@@ -329,7 +329,7 @@ fn go_on(store: &impl Store, mut state: RunState, input: Input) -> (RunState, Ve
     while let Some(next_input) = input.take() {
         let (mut next, decision) = machine::decide(&state, next_input, now).unwrap();
         store
-            .apply(
+            .stage(
                 &Commit::new(
                     state.last_seq,
                     &decision.events,
@@ -379,7 +379,7 @@ fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
         None,
         now,
     );
-    let refused = store.apply(&Commit::new(0, &created.events, &mut again, false).unwrap());
+    let refused = store.stage(&Commit::new(0, &created.events, &mut again, false).unwrap());
     assert!(
         matches!(refused, Err(runbook_engine::store::Error::Conflict { .. })),
         "{refused:?}"
@@ -544,7 +544,7 @@ fn finished_runs_move_to_the_archive_whole_and_come_back_for_a_rollback() {
         None,
         Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap(),
     );
-    let refused = store.apply(&Commit::new(0, &created.events, &mut reused, false).unwrap());
+    let refused = store.stage(&Commit::new(0, &created.events, &mut reused, false).unwrap());
     assert!(
         matches!(refused, Err(runbook_engine::store::Error::Conflict { .. })),
         "{refused:?}"

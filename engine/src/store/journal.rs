@@ -4,13 +4,13 @@
 //!
 //! # Contract
 //!
-//! - [`Journal::apply_many`] checks each commit against the tables *and the commits applied
+//! - [`Store::stage_many`] checks each commit against the tables *and the commits applied
 //!   before it that are not synced yet*, and stages its changes in memory; a refused commit
 //!   stages nothing. Nothing reaches the tables before [`Journal::sync`], which hands every
 //!   staged change to [`Tables::write`] as one batch: durable before visible, all or nothing.
 //!   So readers never see a commit that is not durable, and a crash leaves exactly the synced
 //!   batches.
-//! - Only the writer thread applies and syncs, so a commit's checks and its changes see no
+//! - Only the writer thread stages and syncs, so a commit's checks and its changes see no
 //!   other writer.
 
 use std::collections::{BTreeSet, HashMap};
@@ -144,7 +144,10 @@ impl<T: Tables> Journal<T> {
     }
 
     /// Stages one change through the rules: a refused one stages nothing.
-    fn stage(&self, rules: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>) -> Result<(), Error> {
+    fn stage_with(
+        &self,
+        rules: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut staged = self.staged();
         let (ops, latest) = {
             let mut tx = Tx::new(&self.tables, self.archive.as_ref(), &staged);
@@ -283,8 +286,8 @@ impl<T: Tables> Journal<T> {
 }
 
 impl<T: Tables> Store for Journal<T> {
-    fn apply(&self, commit: &Commit) -> Result<(), Error> {
-        self.stage(|tx| run_commit(tx, commit))
+    fn stage(&self, commit: &Commit) -> Result<(), Error> {
+        self.stage_with(|tx| run_commit(tx, commit))
     }
 
     fn sync(&self) -> Result<(), Error> {
@@ -390,7 +393,7 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn remove_timer(&self, key: &TimerKey) -> Result<(), Error> {
-        self.stage(|tx| {
+        self.stage_with(|tx| {
             let mut counts = tx.counts()?;
             tx.timer(&mut counts, key, false)?;
             tx.put_counts(&counts)
@@ -408,8 +411,8 @@ impl<T: Tables> Store for Journal<T> {
         self.verify_all()
     }
 
-    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
-        self.stage(|tx| schedule_commit(tx, commit))
+    fn stage_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error> {
+        self.stage_with(|tx| schedule_commit(tx, commit))
     }
 
     fn load_schedules(&self) -> Result<Vec<Result<Schedule, Error>>, Error> {
@@ -485,7 +488,7 @@ impl<T: Tables> Store for Journal<T> {
         let mut deleted = Vec::new();
         for run_id in runs {
             let mut gone = false;
-            self.stage(|tx| {
+            self.stage_with(|tx| {
                 gone = collect_run(tx, *run_id)?;
                 Ok(())
             })?;

@@ -6,11 +6,16 @@
 //!
 //! # Contract
 //!
-//! - [`Store::apply`] applies all of one [`Commit`] (its events, snapshot, timer index and lock
-//!   changes) or, when it is refused (a conflict, a held lock), none of it. Concurrent readers
-//!   may see a commit half applied, so the runtime reads a run only while no commit of it is
-//!   under way; after a crash, the store holds every synced commit whole.
-//! - After [`Store::sync`] returns, everything applied before it survives a process crash *and*
+//! Words: a commit is *staged* ([`Store::stage`]: checked and held, not yet durable), then
+//! *synced* ([`Store::sync`]: durable, and only then visible); [`Writer::commit`] does both and
+//! returns once the commit is durable.
+//!
+//! - [`Store::stage`] stages all of one [`Commit`] (its events, snapshot, timer index and lock
+//!   changes) or, when it is refused (a conflict, a held lock), none of it. After a crash, the
+//!   store holds every synced commit whole. While a sync writes its batch, a concurrent reader
+//!   may see part of it, so the runtime reads a run only while no commit of it is under way
+//!   (and a run the archiver may move is read through `Journal::read_moving`).
+//! - After [`Store::sync`] returns, everything staged before it survives a process crash *and*
 //!   a power cut.
 //! - Keys are big-endian so that byte order is logical order (see [`TimerKey`]).
 
@@ -333,18 +338,18 @@ pub type LoadedRun = Result<RunState, (Uuid, Error)>;
 
 /// The journal, in domain terms.
 pub trait Store: Send + Sync + 'static {
-    /// Applies one commit (not yet durable: see [`Store::sync`]). Fails with
+    /// Stages one commit (not yet durable: see [`Store::sync`]). Fails with
     /// [`Error::Conflict`] when the run's last stored seq is not `expected_seq`, and with
     /// [`Error::LockHeld`] when another run holds a resource to acquire.
-    fn apply(&self, commit: &Commit) -> Result<(), Error>;
+    fn stage(&self, commit: &Commit) -> Result<(), Error>;
 
-    /// Applies several commits in order; one result per commit (a refused commit changes
-    /// nothing, the others apply).
-    fn apply_many(&self, commits: &[&Commit]) -> Vec<Result<(), Error>> {
-        commits.iter().map(|commit| self.apply(commit)).collect()
+    /// Stages several commits in order; one result per commit (a refused commit changes
+    /// nothing, the others are staged).
+    fn stage_many(&self, commits: &[&Commit]) -> Vec<Result<(), Error>> {
+        commits.iter().map(|commit| self.stage(commit)).collect()
     }
 
-    /// Makes everything applied so far durable, power-safe.
+    /// Makes everything staged so far durable, power-safe, and visible to readers.
     fn sync(&self) -> Result<(), Error>;
 
     /// Folds what is durable into the store's main files, so that the next open has nothing
@@ -371,7 +376,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Expired>, Error>;
 
     /// Deletes the given runs whole (snapshot, events, listing, index entries) if they are
-    /// finished; a run that is not finished is left alone. Like [`Store::apply`], durable at
+    /// finished; a run that is not finished is left alone. Like [`Store::stage`], durable at
     /// the next sync. Returns the runs deleted.
     fn collect(&self, runs: &[Uuid]) -> Result<Vec<Uuid>, Error>;
 
@@ -393,7 +398,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The second step: deletes the prepared runs' records from the tables and stores where
     /// they are, for each run whose records are still exactly those archived. Like
-    /// [`Store::apply`], durable at the next sync. Returns the runs moved.
+    /// [`Store::stage`], durable at the next sync. Returns the runs moved.
     fn archive_commit(&self, runs: &[ArchivedRun]) -> Result<Vec<Uuid>, Error> {
         let _ = runs;
         Ok(Vec::new())
@@ -442,7 +447,7 @@ pub trait Store: Send + Sync + 'static {
     fn due_timers(&self, until_ms: u64, limit: usize) -> Result<Vec<TimerKey>, Error>;
 
     /// Drops a timer entry no run claims (left by a run that could not be read, for example).
-    /// Like [`Store::apply`], durable at the next sync (only the writer changes the store).
+    /// Like [`Store::stage`], durable at the next sync (only the writer changes the store).
     fn remove_timer(&self, key: &TimerKey) -> Result<(), Error>;
 
     /// The run holding `resource`, if any.
@@ -453,7 +458,7 @@ pub trait Store: Send + Sync + 'static {
     fn verify(&self) -> Result<Vec<String>, Error>;
 
     /// Applies one schedule change atomically (not yet durable: see [`Store::sync`]).
-    fn apply_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error>;
+    fn stage_schedule(&self, commit: &ScheduleCommit) -> Result<(), Error>;
 
     /// Every schedule, or the error that kept one from being read.
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error>;

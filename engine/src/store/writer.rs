@@ -262,14 +262,14 @@ impl Loop {
             // Anything else is applied after the run commits before it.
             results.extend(
                 store
-                    .apply_many(&std::mem::take(&mut runs))
+                    .stage_many(&std::mem::take(&mut runs))
                     .into_iter()
                     .map(unit),
             );
             results.push(match &request.write {
                 Write::Schedule(commit) => {
                     crate::failpoint::hit(crate::failpoint::Failpoint::BeforeScheduleStaged);
-                    unit(store.apply_schedule(commit))
+                    unit(store.stage_schedule(commit))
                 }
                 Write::RemoveTimer(key) => unit(store.remove_timer(key)),
                 Write::Collect(ids) => store.collect(ids),
@@ -277,7 +277,7 @@ impl Loop {
                 Write::Run(_) | Write::Close => Ok(Vec::new()),
             });
         }
-        results.extend(store.apply_many(&runs).into_iter().map(unit));
+        results.extend(store.stage_many(&runs).into_iter().map(unit));
         crate::failpoint::hit(crate::failpoint::Failpoint::StagedBeforeSync);
         let started = Instant::now();
         let mut failure = results.iter().find_map(|result| match result {
@@ -381,7 +381,7 @@ impl Failed {
 }
 
 impl Store for Failed {
-    fn apply(&self, _: &Commit) -> Result<(), Error> {
+    fn stage(&self, _: &Commit) -> Result<(), Error> {
         Err(self.error.clone())
     }
     fn sync(&self) -> Result<(), Error> {
@@ -437,7 +437,7 @@ impl Store for Failed {
     fn verify(&self) -> Result<Vec<String>, Error> {
         Err(self.error.clone())
     }
-    fn apply_schedule(&self, _: &ScheduleCommit) -> Result<(), Error> {
+    fn stage_schedule(&self, _: &ScheduleCommit) -> Result<(), Error> {
         Err(self.error.clone())
     }
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error> {

@@ -128,7 +128,7 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
             None,
             now,
         );
-        store.apply(&Commit::new(
+        store.stage(&Commit::new(
             0,
             &decision.events,
             &mut state,
@@ -137,7 +137,7 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
         while decision.effects.contains(&Effect::Continue) {
             let (mut next, next_decision) = machine::decide(&state, Input::Continue, now)
                 .map_err(|rejection| anyhow::anyhow!("{rejection}"))?;
-            store.apply(&Commit::new(
+            store.stage(&Commit::new(
                 state.last_seq,
                 &next_decision.events,
                 &mut next,

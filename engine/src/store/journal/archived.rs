@@ -184,7 +184,7 @@ impl<T: Tables> Journal<T> {
         let mut moved = Vec::new();
         for run in runs {
             let mut done = false;
-            self.stage(|tx| {
+            self.stage_with(|tx| {
                 done = archive_run(tx, run)?;
                 Ok(())
             })?;

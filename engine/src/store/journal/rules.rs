@@ -192,7 +192,7 @@ impl<'a> Tx<'a> {
     }
 }
 
-/// The rules of one run commit (see [`Store::apply`]). Checks first: a refused commit returns
+/// The rules of one run commit (see [`Store::stage`]). Checks first: a refused commit returns
 /// before it changes anything.
 pub(super) fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     let id = commit.run_id;
