@@ -10,9 +10,10 @@ use uuid::Uuid;
 
 use super::{Engine, Error};
 
-/// Runs moved per batch: one archive append and sync, then one writer request of a few deletes
-/// per run.
-const BATCH: usize = 32;
+/// Runs moved per batch: one archive append and sync (off the writer), then one writer request
+/// of a dozen operations per run, which joins a group commit: small, so that the commits synced
+/// with it hardly wait for it.
+const BATCH: usize = 8;
 /// How often the archiver looks for finished runs.
 pub const EVERY: Duration = Duration::from_secs(2);
 
