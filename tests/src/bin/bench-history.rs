@@ -170,7 +170,7 @@ fn fill(dir: &Path, runs: usize) -> Result<()> {
 fn archive(store: &SledStore) -> Result<()> {
     let mut after = None;
     loop {
-        let (runs, cursor) = store.archive_prepare(after, 32)?;
+        let (runs, cursor) = store.archive_prepare(after, 8)?;
         let Some(cursor) = cursor else {
             return Ok(());
         };
