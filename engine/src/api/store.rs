@@ -3,7 +3,17 @@
 use super::*;
 
 pub(super) async fn verify_store(State(app): State<AppState>) -> ApiResult {
-    let problems = app.engine.writer().store().verify().map_err(Error::from)?;
+    // Seconds of reads on a big store: off the request threads.
+    let store = app.engine.writer().store();
+    let problems = tokio::task::spawn_blocking(move || store.verify())
+        .await
+        .map_err(|error| {
+            Error::from(crate::store::Error::io(
+                "store verify",
+                &std::io::Error::other(error.to_string()),
+            ))
+        })?
+        .map_err(Error::from)?;
     ok(json!({ "ok": problems.is_empty(), "problems": problems }))
 }
 
