@@ -37,7 +37,7 @@ use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::message::MessageQueue;
 use rocketmq_model::result::SendStatus;
 use rocketmq_model::topic::TopicConfig;
-use runbook_runbooks::rocketmq::common::client_runtime;
+use runbook_runbooks::rocketmq::session::client_runtime;
 
 /// How to install the server binaries the harness runs.
 pub const INSTALL_HINT: &str =
@@ -1035,7 +1035,7 @@ impl Producer {
                 )
                 .await
                 .map(|_| ())
-                .map_err(|error| runbook_runbooks::rocketmq::common::explain(&error))
+                .map_err(|error| runbook_runbooks::rocketmq::session::explain(&error))
         })
     }
 }
@@ -1320,7 +1320,7 @@ impl Producer {
                 None => producer.send_with_timeout(message, 5000).await,
             };
             sent.map(|_| ())
-                .map_err(|error| runbook_runbooks::rocketmq::common::explain(&error))
+                .map_err(|error| runbook_runbooks::rocketmq::session::explain(&error))
         })
     }
 }

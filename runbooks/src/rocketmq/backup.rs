@@ -15,7 +15,8 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
-use super::common::{explain, now_ms, with_admin, BrokerRef, Input, REQUEST_TIMEOUT};
+use super::input::Input;
+use super::session::{explain, now_ms, with_admin, BrokerRef, REQUEST_TIMEOUT};
 use super::topic::{broker_topic_configs, config_json};
 
 fn write_json(path: &Path, value: &Value) -> Result<(), ActionFailure> {
@@ -35,7 +36,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional(
             "cluster",
             Kind::Text,

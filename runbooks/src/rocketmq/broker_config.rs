@@ -26,14 +26,15 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
-use super::common::{explain, now_ms, with_admin, Admin, BrokerRef, Input};
+use super::input::Input;
+use super::session::{explain, now_ms, with_admin, Admin, BrokerRef};
 
 /// The input of `rocketmq.broker_config` (mutates: `set` changes the broker's config).
 pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional(
             "broker",
             Kind::Text,

@@ -25,14 +25,15 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{explain, now_ms, with_admin, Input};
+use super::input::Input;
+use super::session::{explain, now_ms, with_admin};
 
 /// The input of `rocketmq.broker_stats` (read-only).
 pub const SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional(
             "broker",
             Kind::Text,
@@ -172,7 +173,7 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 Some(cheetah_string::CheetahString::from("RMQ_SYS_TRANS_HALF_TOPIC")),
                 None,
                 Some(target.addr()),
-                Some(super::common::REQUEST_TIMEOUT.as_millis() as u64),
+                Some(super::session::REQUEST_TIMEOUT.as_millis() as u64),
             )
             .await
         {

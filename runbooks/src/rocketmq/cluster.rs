@@ -25,7 +25,8 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{brokers_of, names_or_none, now_ms, with_admin, Input};
+use super::input::Input;
+use super::session::{brokers_of, names_or_none, now_ms, with_admin};
 
 /// A broker as the NameServers report it: (cluster, brokerId → addr, the NameServers listing it).
 type Seen = (String, BTreeMap<u64, String>, Vec<String>);
@@ -35,7 +36,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("cluster", Kind::Text, "report only this cluster's brokers"),
         optional("broker", Kind::Text, "the broker to report on"),
         optional(

@@ -14,8 +14,8 @@ use runbook_engine::action::{Action, ActionContext, ActionFailure, ActionFuture,
 use runbook_engine::template::shell;
 use serde_json::{json, Value};
 
-use super::common::Input;
 use super::files::{placeholders, vars};
+use super::input::Input;
 
 /// The input of `rocketmq.command` (mutates: it stops or starts a broker).
 pub const SCHEMA: Schema = Schema {

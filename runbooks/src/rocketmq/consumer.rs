@@ -16,7 +16,9 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{explain, is_system_group, now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
+use super::input::Input;
+use super::session::{explain, now_ms, with_admin, Admin, REQUEST_TIMEOUT};
+use super::system::is_system_group;
 use super::topic::existing_route;
 
 /// One queue's progress for one group.
@@ -198,7 +200,7 @@ pub const PROGRESS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("group", Kind::Text, "one consumer group"),
         optional("groups", Kind::List, "consumer groups"),
         optional(
@@ -405,7 +407,7 @@ pub const RESET_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("group", Kind::Text, "the consumer group").required(),
         optional("topic", Kind::Text, "the topic").required(),
         optional(
@@ -681,7 +683,7 @@ pub const RESTORE_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("group", Kind::Text, "the consumer group").required(),
         optional(
             "offsets",
@@ -742,7 +744,7 @@ pub async fn run_restore(input: Value, context: ActionContext) -> Result<Value, 
         // other broker (Java 4.x has no such key) reads it as a whole-topic reset by timestamp,
         // and the timestamp is 0: every consumer of the group would go back to the earliest
         // message. There the offsets can only be written while the group is offline.
-        let mut brokers: BTreeMap<String, (super::common::BrokerRef, bool)> = BTreeMap::new();
+        let mut brokers: BTreeMap<String, (super::session::BrokerRef, bool)> = BTreeMap::new();
         for queues in wanted.values() {
             for (broker, _) in queues.keys() {
                 if brokers.contains_key(broker) {

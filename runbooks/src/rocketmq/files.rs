@@ -21,7 +21,8 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{now_ms, Input};
+use super::input::Input;
+use super::session::now_ms;
 
 /// Replaces `{{ name }}` (spaces optional) by each var; fails on a placeholder left unknown.
 pub fn render_placeholders(

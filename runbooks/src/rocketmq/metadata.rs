@@ -25,10 +25,9 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::common::{
-    explain, is_system_group, is_system_topic, now_ms, with_admin, Admin, BrokerRef, Input,
-    REQUEST_TIMEOUT,
-};
+use super::input::Input;
+use super::session::{explain, now_ms, with_admin, Admin, BrokerRef, REQUEST_TIMEOUT};
+use super::system::{is_system_group, is_system_topic};
 use super::topic::{broker_topic_configs, config_json};
 
 /// The input of `rocketmq.copy_metadata` (mutates).
@@ -36,7 +35,7 @@ pub const SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("target", Kind::Text, "the broker to copy to").required(),
         optional(
             "source",

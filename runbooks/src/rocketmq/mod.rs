@@ -29,16 +29,21 @@ mod broker_config;
 mod broker_stats;
 mod cluster;
 mod command;
-pub mod common;
 mod consumer;
 mod files;
+pub mod input;
 mod metadata;
 mod preview;
+pub mod session;
+pub mod system;
 mod topic;
 
-use runbook_engine::action::Registry;
+use std::future::Future;
 
-use self::common::FnAction;
+use runbook_engine::action::{
+    Action, ActionContext, ActionFailure, ActionFuture, Registry, Schema,
+};
+use serde_json::Value;
 
 /// Registers every `rocketmq.*` action.
 pub fn register(registry: &mut Registry) {
@@ -110,6 +115,31 @@ fn register_actions(registry: &mut Registry) {
         FnAction(files::run_commitlog_md5, &files::COMMITLOG_MD5_SCHEMA),
     );
     registry.register("rocketmq.command", command::Command);
+}
+
+/// Wraps an async function, with the schema of its input, as an [`Action`] that stops when the
+/// call is cancelled.
+pub struct FnAction<F>(pub F, pub &'static Schema);
+
+impl<F, Fut> Action for FnAction<F>
+where
+    F: Fn(Value, ActionContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Value, ActionFailure>> + Send + 'static,
+{
+    fn schema(&self) -> &'static Schema {
+        self.1
+    }
+
+    fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
+        let cancel = context.cancel.clone();
+        let work = (self.0)(input, context);
+        Box::pin(async move {
+            tokio::select! {
+                _ = cancel.cancelled() => Err(ActionFailure::retryable("cancelled")),
+                result = work => result,
+            }
+        })
+    }
 }
 
 #[cfg(test)]

@@ -25,9 +25,10 @@ use runbook_engine::action::{
 };
 use serde_json::{json, Map, Value};
 
-use super::common::{now_ms, with_admin, Admin, Input, REQUEST_TIMEOUT};
 use super::consumer::{group_progress, parse_timestamp};
 use super::files::{property, render_placeholders, vars};
+use super::input::Input;
+use super::session::{now_ms, with_admin, Admin, REQUEST_TIMEOUT};
 use super::topic::{broker_topic_configs, existing_route, route};
 
 /// An action with a preview: `call` and `reattach` are the wrapped action's; `preview` runs the
@@ -390,7 +391,7 @@ pub async fn reset_offset(input: Value, context: ActionContext) -> Result<Value,
                     .inner
                     .search_offset(addr.clone(), CheetahString::from(topic.as_str()), queue_id, timestamp as u64, REQUEST_TIMEOUT.as_millis() as u64)
                     .await
-                    .map_err(|error| ActionFailure::retryable(format!("broker {broker} ({addr}) did not search queue {queue_id} of topic {topic} by time: {}", super::common::explain(&error))))?;
+                    .map_err(|error| ActionFailure::retryable(format!("broker {broker} ({addr}) did not search queue {queue_id} of topic {topic} by time: {}", super::session::explain(&error))))?;
                 let key = (topic.clone(), broker.clone(), queue_id);
                 let found = found as i64;
                 // Without `force`, a reset never moves an offset forward.
@@ -613,7 +614,7 @@ async fn registration(broker: &str, config: Option<&String>) -> String {
     let Some(namesrv) = property(&text, "namesrvAddr") else {
         return format!("registration unknown ({path} names no namesrvAddr)");
     };
-    let addresses = super::common::split_list(&namesrv);
+    let addresses = super::input::split_list(&namesrv);
     let asked = with_admin(&addresses, |admin| async move { admin.brokers().await }).await;
     match asked {
         Ok(brokers) => match brokers.get(broker) {

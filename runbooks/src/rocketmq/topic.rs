@@ -16,10 +16,11 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Map, Value};
 
-use super::common::{
-    brokers_of, explain, is_system_topic, names_or_none, now_ms, with_admin, Admin, BrokerRef,
-    Input, REQUEST_TIMEOUT,
+use super::input::Input;
+use super::session::{
+    brokers_of, explain, names_or_none, now_ms, with_admin, Admin, BrokerRef, REQUEST_TIMEOUT,
 };
+use super::system::is_system_topic;
 
 const PERM_WRITE: u32 = 2;
 
@@ -154,7 +155,7 @@ pub const ROUTE_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -182,7 +183,7 @@ pub const LIST_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("cluster", Kind::Text, "only this cluster's topics"),
         optional(
             "include_system",
@@ -256,7 +257,7 @@ pub const STATUS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
     ],
 };
@@ -386,7 +387,7 @@ pub const UPSERT_SCHEMA: Schema = Schema {
     mutates: true,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional(
             "brokers",
@@ -572,7 +573,7 @@ pub const BROKER_TOPICS_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("broker", Kind::Text, "the broker").required(),
         optional(
             "like",
@@ -680,7 +681,7 @@ pub const QUEUE_WRITES_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional("queue_from", Kind::Int, "the first queue id removed").required(),
         optional(
@@ -840,7 +841,7 @@ pub const TOPIC_ORDER_SCHEMA: Schema = Schema {
     mutates: false,
     open: false,
     keys: &[
-        super::common::NAMESRV,
+        super::input::NAMESRV,
         optional("topic", Kind::Text, "the topic").required(),
         optional("queues", Kind::Int, "the new write queues per broker").required(),
     ],

@@ -1,0 +1,292 @@
+//! The admin session every `rocketmq.*` action opens: the shared client runtime, a connected
+//! admin client, the brokers the NameServer registers, and errors named as the cluster gave them.
+//!
+//! # Contract
+//!
+//! # Contract
+//!
+//! - An input error is permanent (another attempt will not cure it) and names the field.
+//! - A network error is retryable and names the NameServer or broker that did not answer.
+//! - "Does not exist" (a broker, a topic) is permanent and names the thing and where it was
+//!   looked up, with what does exist.
+//! - Every admin session opened is closed on every path; a cancelled action (timeout, cancel,
+//!   rollback) stops at its next await.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cheetah_string::CheetahString;
+use rocketmq_admin_core::client_adapter::{ClientRuntime, ClientRuntimeConfig, TelemetryHandle};
+use rocketmq_client_rust::{DefaultMQAdminExt, RouteAdmin as _};
+use rocketmq_protocol::protocol::body::broker_body::cluster_info::ClusterInfo;
+use rocketmq_runtime::{RuntimeConfig, RuntimeOwner};
+use runbook_engine::action::ActionFailure;
+
+/// How long one request to a NameServer or broker may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// The process-wide RocketMQ client runtime: its own small Tokio runtime owned by a
+/// [`RuntimeOwner`], as the rocketmq-rust client expects. Created on first use, never dropped
+/// (dropping a Tokio runtime from inside another one would panic).
+struct Shared {
+    _owner: RuntimeOwner,
+    client_runtime: Arc<ClientRuntime>,
+}
+
+static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+
+fn build_shared() -> Result<Shared, String> {
+    rocketmq_protocol::protocol::remoting_command_compat::initialize_remoting_defaults(
+        rocketmq_model::version::CURRENT_VERSION as i32,
+    )
+    .map_err(|error| {
+        let error = explain(&error);
+        format!("initializing the RocketMQ remoting defaults: {error}")
+    })?;
+    let config = RuntimeConfig::for_parallelism("runbook-rocketmq", 2);
+    let owner = RuntimeOwner::plan(config)
+        .map_err(|error| {
+            let error = explain(&error);
+            format!("planning the RocketMQ client runtime: {error}")
+        })?
+        .build()
+        .map_err(|error| {
+            let error = explain(&error);
+            format!("starting the RocketMQ client runtime: {error}")
+        })?;
+    let client_runtime = ClientRuntime::try_new(
+        owner.root_context().component("client"),
+        ClientRuntimeConfig::default(),
+        TelemetryHandle::noop(),
+    )
+    .map_err(|error| {
+        let error = explain(&error);
+        format!("creating the RocketMQ client runtime: {error}")
+    })?;
+    Ok(Shared {
+        _owner: owner,
+        client_runtime,
+    })
+}
+
+/// The shared client runtime (for the admin sessions here and for test producers/consumers).
+pub fn client_runtime() -> Result<Arc<ClientRuntime>, String> {
+    match SHARED.get_or_init(build_shared) {
+        Ok(shared) => Ok(Arc::clone(&shared.client_runtime)),
+        Err(message) => Err(message.clone()),
+    }
+}
+
+/// Milliseconds since the Unix epoch, from the system clock (outputs carry it as evidence of
+/// when the cluster was observed).
+pub fn now_ms() -> i64 {
+    use runbook_engine::clock::Clock;
+    runbook_engine::clock::SystemClock.now().timestamp_millis()
+}
+
+/// An error as text; for a client error, with the broker's response code and what it means
+/// (the client's own text is often only "Broker operation failed").
+pub fn explain<E: std::fmt::Display + 'static>(error: &E) -> String {
+    let Some(client) =
+        (error as &dyn std::any::Any).downcast_ref::<rocketmq_client_rust::ClientError>()
+    else {
+        return error.to_string();
+    };
+    let mut text = client.to_string();
+    if let Some(code) = client.broker_response_code() {
+        let meaning = match code {
+            1 => "system error",
+            2 => "system busy",
+            3 => "request not supported",
+            13 => "message illegal",
+            14 => "service not available",
+            16 => "no permission",
+            17 => "topic does not exist",
+            22 => "subscription group does not exist",
+            24 => "subscription not latest",
+            206 => "consumer not online",
+            _ => "",
+        };
+        text.push_str(&format!(
+            " (broker response code {code}{}{meaning})",
+            if meaning.is_empty() { "" } else { ": " }
+        ));
+    }
+    if let Some(addr) = client.broker_addr() {
+        text.push_str(&format!(" [{addr}]"));
+    }
+    text
+}
+
+/// A started admin client bound to a NameServer list. Close it with [`Admin::close`].
+pub struct Admin {
+    pub inner: DefaultMQAdminExt,
+    /// The address list as given (for messages).
+    pub namesrv: String,
+}
+
+impl Admin {
+    pub async fn connect(namesrv: &[String]) -> Result<Admin, ActionFailure> {
+        let joined = namesrv.join(";");
+        let runtime = client_runtime().map_err(ActionFailure::permanent)?;
+        let mut inner = DefaultMQAdminExt::with_timeout(runtime, REQUEST_TIMEOUT);
+        inner.set_namesrv_addr(joined.as_str());
+        inner
+            .client_config_mut()
+            .set_instance_name(format!("runbook-{}-{}", std::process::id(), now_ms()).into());
+        inner.start().await.map_err(|error| {
+            let error = explain(&error);
+            {
+                ActionFailure::retryable(format!(
+                    "starting an admin client for namesrv {joined}: {error}"
+                ))
+            }
+        })?;
+        Ok(Admin {
+            inner,
+            namesrv: joined,
+        })
+    }
+
+    pub async fn close(mut self) {
+        self.inner.shutdown().await;
+    }
+
+    /// The cluster as this NameServer list sees it.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ActionFailure> {
+        self.inner
+            .examine_broker_cluster_info()
+            .await
+            .map_err(|error| {
+                let error = explain(&error);
+                {
+                    ActionFailure::retryable(format!(
+                        "namesrv {} did not answer the cluster query: {error}",
+                        self.namesrv
+                    ))
+                }
+            })
+    }
+
+    /// Every registered broker group: name → (cluster, master address or None, all addresses).
+    pub async fn brokers(&self) -> Result<BTreeMap<String, BrokerEntry>, ActionFailure> {
+        let info = self.cluster_info().await?;
+        Ok(brokers_of(&info))
+    }
+
+    /// The master address of broker `name` (or `addr` when given directly).
+    pub async fn resolve_broker(
+        &self,
+        name: Option<&str>,
+        addr: Option<&str>,
+    ) -> Result<BrokerRef, ActionFailure> {
+        let brokers = self.brokers().await?;
+        if let Some(addr) = addr {
+            let found = brokers
+                .iter()
+                .find(|(_, entry)| entry.addrs.values().any(|known| known == addr));
+            return Ok(BrokerRef {
+                name: name
+                    .map(str::to_owned)
+                    .or_else(|| found.map(|(name, _)| name.clone()))
+                    .unwrap_or_else(|| addr.to_owned()),
+                addr: addr.to_owned(),
+            });
+        }
+        let Some(name) = name else {
+            return Err(ActionFailure::permanent(
+                "give `broker` (a broker name) or `broker_addr` (host:port)",
+            ));
+        };
+        match brokers.get(name) {
+            Some(entry) => match entry.master() {
+                Some(addr) => Ok(BrokerRef {
+                    name: name.to_owned(),
+                    addr: addr.to_owned(),
+                }),
+                None => Err(ActionFailure::retryable(format!(
+                    "broker {name} has no master (brokerId 0) registered on namesrv {}",
+                    self.namesrv
+                ))),
+            },
+            None => Err(ActionFailure::permanent(format!(
+                "broker {name} is not registered on namesrv {} (registered: {})",
+                self.namesrv,
+                names_or_none(brokers.keys())
+            ))),
+        }
+    }
+}
+
+/// One broker group as the NameServer registers it.
+#[derive(Debug, Clone)]
+pub struct BrokerEntry {
+    pub cluster: String,
+    /// brokerId → address.
+    pub addrs: BTreeMap<u64, String>,
+}
+
+impl BrokerEntry {
+    pub fn master(&self) -> Option<&str> {
+        self.addrs.get(&0).map(String::as_str)
+    }
+}
+
+/// A broker to talk to: its name and the address used.
+#[derive(Debug, Clone)]
+pub struct BrokerRef {
+    pub name: String,
+    pub addr: String,
+}
+
+impl BrokerRef {
+    pub fn addr(&self) -> CheetahString {
+        CheetahString::from(self.addr.as_str())
+    }
+}
+
+pub fn brokers_of(info: &ClusterInfo) -> BTreeMap<String, BrokerEntry> {
+    let mut brokers = BTreeMap::new();
+    if let Some(table) = &info.broker_addr_table {
+        for (name, data) in table {
+            let addrs = data
+                .broker_addrs()
+                .iter()
+                .map(|(id, addr)| (*id, addr.to_string()))
+                .collect();
+            brokers.insert(
+                name.to_string(),
+                BrokerEntry {
+                    cluster: data.cluster().to_owned(),
+                    addrs,
+                },
+            );
+        }
+    }
+    brokers
+}
+
+pub fn names_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
+    let list: Vec<&str> = names.map(String::as_str).collect();
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// Runs `work` with a connected admin client and closes it afterwards, whatever happened.
+pub async fn with_admin<T, F, Fut>(namesrv: &[String], work: F) -> Result<T, ActionFailure>
+where
+    F: FnOnce(Arc<Admin>) -> Fut,
+    Fut: Future<Output = Result<T, ActionFailure>>,
+{
+    let admin = Arc::new(Admin::connect(namesrv).await?);
+    let result = work(Arc::clone(&admin)).await;
+    if let Ok(admin) = Arc::try_unwrap(admin) {
+        admin.close().await;
+    }
+    result
+}
