@@ -248,17 +248,21 @@ mod tests {
             cause: "connection refused".to_owned(),
         };
         let texts = [
-            commands::show::attention_text(&step_attention).unwrap_or_default(),
-            commands::show::attention_text(&loop_attention).unwrap_or_default(),
-            commands::show::attention_text(&undo_attention).unwrap_or_default(),
-            commands::show::attention_text(&stepless).unwrap_or_default(),
+            commands::show::attention_text(&commands::show::run_view(&step_attention).unwrap())
+                .unwrap_or_default(),
+            commands::show::attention_text(&commands::show::run_view(&loop_attention).unwrap())
+                .unwrap_or_default(),
+            commands::show::attention_text(&commands::show::run_view(&undo_attention).unwrap())
+                .unwrap_or_default(),
+            commands::show::attention_text(&commands::show::run_view(&stepless).unwrap())
+                .unwrap_or_default(),
             commands::cancel::undos_warning(&json!({"id": id}), &["stop".to_owned()]),
             commands::cancel::confirmation(
                 &json!({"id": id, "state": "canceled",
                 "undos_left": ["stop", "revoke"]}),
                 false,
             ),
-            commands::watch::status(&gate, render::now()),
+            commands::watch::status(&commands::show::run_view(&gate).unwrap(), render::now()),
             commands::watch::paused_hint(id),
             commands::watch::demo_approval_hint("gate", id),
             commands::ps::more_hint(id),

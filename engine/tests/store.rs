@@ -11,7 +11,7 @@ use serde_json::Map;
 use uuid::Uuid;
 
 use runbook_engine::definition;
-use runbook_engine::machine::{self, Actor, Effect, Input, RunState};
+use runbook_engine::machine::{self, Actor, Effect, Input, RunState, TimerId};
 use runbook_engine::store::{Commit, SledStore, Store, SNAPSHOT_EVERY};
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -112,12 +112,7 @@ fn what_a_crash_leaves_opens_to_the_acknowledged_runs() {
         Some(&between)
     );
     // Only the run that has work left is loaded at start-up.
-    let active: Vec<Uuid> = reopened
-        .load_active_runs()
-        .unwrap()
-        .into_iter()
-        .map(|run| run.unwrap().id)
-        .collect();
+    let active: Vec<Uuid> = reopened.active_run_ids().unwrap();
     assert_eq!(active, vec![between.id]);
     assert_eq!(
         reopened.events(parked.id).unwrap().len() as u64,
@@ -224,7 +219,11 @@ fn derived_indexes_are_checked_and_repaired() {
     let run = drive_memory(&store);
     let tables = store.into_tables();
     let ghost = Uuid::from_u64_pair(9, 9);
-    let ghost_timer = TimerKey::new(Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(), ghost, 3);
+    let ghost_timer = TimerKey::new(
+        Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
+        ghost,
+        TimerId(3),
+    );
     tables
         .write(&[
             Op {

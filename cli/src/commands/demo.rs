@@ -70,7 +70,7 @@ async fn run_demo(ctx: &Context) -> Result<()> {
     if !ctx.json {
         render::print(&format!(
             "\n{}",
-            show::render_run(&final_run, render::now())
+            show::render_run(&show::run_view(&final_run)?, render::now())
         ))?;
         eprintln!("\n{}", more_hint(render::short_id(&id)));
     }

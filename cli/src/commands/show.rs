@@ -5,8 +5,10 @@
 //!
 //! [`render_run`] and [`step_note`] are shared with `watch` and `demo`.
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use chrono::{DateTime, Utc};
+use runbook_engine::api::{ActorView, AuditView, RunView, StepView};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::{run_path, Context};
@@ -23,7 +25,12 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
     if ctx.json {
         return render::print_json(&run);
     }
-    render::print(&render_run(&run, render::now()))
+    render::print(&render_run(&run_view(&run)?, render::now()))
+}
+
+/// The daemon's answer read as a run: the API's own view type.
+pub fn run_view(run: &Value) -> Result<RunView> {
+    RunView::deserialize(run).context("the daemon's answer is not a run")
 }
 
 /// The states in which a run is over and will not change again.
@@ -31,9 +38,14 @@ pub fn is_finished(state: &str) -> bool {
     matches!(state, "succeeded" | "failed" | "canceled" | "rolled_back")
 }
 
+/// A view's error, if it says anything.
+pub fn error_text(error: &Option<String>) -> Option<String> {
+    error.clone().filter(|error| !error.is_empty())
+}
+
 /// The whole run as text: header, step table, audit.
-pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
-    let id = render::text(&run["id"]);
+pub fn render_run(run: &RunView, now: DateTime<Utc>) -> String {
+    let id = run.id.clone();
     let mut out = String::new();
     let mut field = |label: &str, value: String| {
         for (index, line) in value.lines().enumerate() {
@@ -42,14 +54,7 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
         }
     };
     field("run", id.clone());
-    field(
-        "runbook",
-        format!(
-            "{} v{}",
-            render::text(&run["runbook"]),
-            render::text(&run["version"])
-        ),
-    );
+    field("runbook", format!("{} v{}", run.runbook, run.version));
     field("state", state_text(run));
     if let Some(waiting) = waiting_text(run, now) {
         field("waits for", waiting);
@@ -57,43 +62,40 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
     if let Some(attention) = attention_text(run) {
         field("attention", attention);
     }
-    if let Some(error) = render::error_text(&run["error"]) {
+    if let Some(error) = error_text(&run.error) {
         field("error", error);
     }
-    if let Some(params) = run["params"]
-        .as_object()
-        .filter(|params| !params.is_empty())
-    {
-        let lines: Vec<String> = params
+    if !run.params.is_empty() {
+        let lines: Vec<String> = run
+            .params
             .iter()
             .map(|(key, value)| format!("{key} = {}", render::compact(value)))
             .collect();
         field("params", lines.join("\n"));
     }
-    if let Some(locks) = run["locks"].as_array().filter(|locks| !locks.is_empty()) {
-        let locks: Vec<String> = locks.iter().map(render::text).collect();
-        field("locks", locks.join(", "));
+    if !run.locks.is_empty() {
+        field("locks", run.locks.join(", "));
     }
-    let created = render::time(&run["created_at"]);
-    if let Some(created) = created {
+    if let Some(created) = run.created_at {
         field(
             "created",
             format!(
                 "{} by {} ({})",
                 render::timestamp(created),
-                actor(&run["started_by"]),
+                actor(run.started_by.as_ref()),
                 render::relative(created, now)
             ),
         );
     }
-    if let Some(finished) = render::time(&run["finished_at"]) {
-        let took = created
+    if let Some(finished) = run.finished_at {
+        let took = run
+            .created_at
             .map(|created| format!(" (took {})", render::duration(finished - created)))
             .unwrap_or_default();
         field("finished", format!("{}{took}", render::timestamp(finished)));
-    } else if let Some(wakeup) = render::time(&run["next_wakeup"]) {
+    } else if let Some(wakeup) = run.next_wakeup {
         // A gate wakes up only when its approval's time is up.
-        let label = if run["waiting_for"] == "approval" {
+        let label = if run.waiting_for.as_deref() == Some("approval") {
             "times out"
         } else {
             "wakes up"
@@ -104,29 +106,21 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
                 "{} ({}, step {})",
                 render::timestamp(wakeup),
                 render::relative(wakeup, now),
-                render::text(&run["current_step"])
+                run.current_step.as_deref().unwrap_or_default()
             ),
         );
     }
 
-    let steps = run["steps"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let rows: Vec<Vec<String>> = steps.iter().map(|step| step_row(step, now)).collect();
+    let rows: Vec<Vec<String>> = run.steps.iter().map(|step| step_row(step, now)).collect();
     out.push('\n');
     out.push_str(&render::table(
         &["STEP", "STATE", "ATTEMPTS", "STARTED", "DURATION", "NOTE"],
         &rows,
     ));
 
-    let audit = run["audit"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    if !audit.is_empty() {
+    if !run.audit.is_empty() {
         out.push_str("\naudit:\n");
-        let rows: Vec<Vec<String>> = audit.iter().map(audit_row).collect();
+        let rows: Vec<Vec<String>> = run.audit.iter().map(audit_row).collect();
         for line in render::table(&["SEQ", "AT", "BY", "ACTION", "STEP", "COMMENT"], &rows).lines()
         {
             out.push_str(&format!("  {line}\n"));
@@ -136,13 +130,12 @@ pub fn render_run(run: &Value, now: DateTime<Utc>) -> String {
 }
 
 /// `approval at step gate since 2026-01-02 12:00:01 (3m12s)`: what the run waits for.
-pub fn waiting_text(run: &Value, now: DateTime<Utc>) -> Option<String> {
-    let kind = run["waiting_for"].as_str()?;
-    let mut text = kind.to_owned();
-    if let Some(step) = run["current_step"].as_str() {
+pub fn waiting_text(run: &RunView, now: DateTime<Utc>) -> Option<String> {
+    let mut text = run.waiting_for.clone()?;
+    if let Some(step) = &run.current_step {
         text.push_str(&format!(" at step {step}"));
     }
-    if let Some(since) = render::time(&run["waiting_since"]) {
+    if let Some(since) = run.waiting_since {
         text.push_str(&format!(
             " since {} ({})",
             render::timestamp(since),
@@ -153,12 +146,12 @@ pub fn waiting_text(run: &Value, now: DateTime<Utc>) -> Option<String> {
 }
 
 /// `needs_attention (interrupted), paused`.
-fn state_text(run: &Value) -> String {
-    let mut state = render::text(&run["state"]);
-    if let Some(reason) = run["reason"].as_str().filter(|reason| !reason.is_empty()) {
+fn state_text(run: &RunView) -> String {
+    let mut state = run.state.clone();
+    if let Some(reason) = run.reason.as_deref().filter(|reason| !reason.is_empty()) {
         state.push_str(&format!(" ({reason})"));
     }
-    if run["paused"].as_bool() == Some(true) && run["state"].as_str() != Some("paused") {
+    if run.paused && run.state != "paused" {
         state.push_str(", paused");
     }
     state
@@ -166,41 +159,32 @@ fn state_text(run: &Value) -> String {
 
 /// What the operator must decide, with the commands to do it: one whole command a line, each
 /// one that parses as it is printed (a skip or retry of an approval gate needs a reason).
-pub fn attention_text(run: &Value) -> Option<String> {
-    let attention = &run["attention"];
-    if !attention.is_object() {
-        return None;
-    }
-    let id = render::text(&run["id"]);
-    let message = render::text(&attention["message"]);
+pub fn attention_text(run: &RunView) -> Option<String> {
+    let attention = run.attention.as_ref()?;
+    let id = &run.id;
     let mut commands = Vec::new();
-    let mut text = match attention["step"].as_str() {
+    let step = Some(attention.step.as_str()).filter(|step| !step.is_empty());
+    let mut text = match step {
         Some(step) => {
-            let is_gate = run["steps"].as_array().is_some_and(|steps| {
-                steps
-                    .iter()
-                    .any(|each| each["id"] == step && each["action"] == "approval")
-            });
+            let is_gate = run
+                .steps
+                .iter()
+                .any(|each| each.id == step && each.action == "approval");
             let reason = if is_gate { " --comment REASON" } else { "" };
             // `brokers[1].restart` is a glob to the shell: quoted.
             let word = render::shell_word(step);
             commands.push(format!("runbook retry {id} {word}{reason}"));
             commands.push(format!("runbook skip {id} {word}{reason}"));
-            format!("{step}: {message}")
+            format!("{step}: {}", attention.message)
         }
         None => {
             commands.push(format!("runbook resume {id}"));
-            message
+            attention.message.clone()
         }
     };
-    let rolling_back = attention["reason"] == "undo_failed"
-        || run["audit"]
-            .as_array()
-            .is_some_and(|audit| audit.iter().any(|entry| entry["action"] == "rollback"));
-    let undos_left = run["undos_left"]
-        .as_array()
-        .is_some_and(|left| !left.is_empty());
-    if undos_left && !rolling_back {
+    let rolling_back = attention.reason == "undo_failed"
+        || run.audit.iter().any(|entry| entry.action == "rollback");
+    if !run.undos_left.is_empty() && !rolling_back {
         commands.push(format!("runbook rollback {id}"));
     }
     commands.push(format!("runbook cancel {id}"));
@@ -211,22 +195,23 @@ pub fn attention_text(run: &Value) -> Option<String> {
     Some(text)
 }
 
-fn step_row(step: &Value, now: DateTime<Utc>) -> Vec<String> {
-    let started = render::time(&step["started_at"]);
-    let duration = match (started, render::time(&step["finished_at"])) {
+fn step_row(step: &StepView, now: DateTime<Utc>) -> Vec<String> {
+    let duration = match (step.started_at, step.finished_at) {
         (Some(started), Some(finished)) => render::duration(finished - started),
         (Some(started), None) => render::duration(now - started),
         _ => String::new(),
     };
-    let attempts = match step["attempts"].as_u64() {
-        Some(0) | None => String::new(),
-        Some(attempts) => attempts.to_string(),
+    let attempts = match step.attempts {
+        0 => String::new(),
+        attempts => attempts.to_string(),
     };
     vec![
-        render::text(&step["id"]),
-        render::text(&step["state"]),
+        step.id.clone(),
+        step.state.clone(),
         attempts,
-        started.map(render::short_timestamp).unwrap_or_default(),
+        step.started_at
+            .map(render::short_timestamp)
+            .unwrap_or_default(),
         duration,
         step_note(step, now),
     ]
@@ -234,22 +219,22 @@ fn step_row(step: &Value, now: DateTime<Utc>) -> Vec<String> {
 
 /// The note of a step: its error, what it waits for (with a countdown), its output's `summary`
 /// when it succeeded, how late its timer fired, who approved it, and the state of its undo.
-pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
+pub fn step_note(step: &StepView, now: DateTime<Utc>) -> String {
     let mut notes = Vec::new();
-    if let Some(error) = render::error_text(&step["error"]) {
+    if let Some(error) = error_text(&step.error) {
         notes.push(error);
     }
-    let state = step["state"].as_str().unwrap_or_default();
+    let state = step.state.as_str();
     if matches!(state, "waiting" | "running") {
-        let countdown = render::time(&step["fire_at"]).map(|at| {
+        let countdown = step.fire_at.map(|at| {
             if at > now {
                 format!("in {}", render::duration(at - now))
             } else {
                 "now".to_string()
             }
         });
-        match (step["waiting_for"].as_str(), countdown) {
-            (Some("approval"), _) => match step["prompt"].as_str().filter(|p| !p.is_empty()) {
+        match (step.waiting_for.as_deref(), countdown) {
+            (Some("approval"), _) => match step.prompt.as_deref().filter(|p| !p.is_empty()) {
                 Some(prompt) => notes.push(format!("waiting for approval: {prompt}")),
                 None => notes.push("waiting for approval".to_string()),
             },
@@ -262,7 +247,7 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
     }
     // An action's one-line account of what it did (a backup names its path).
     if state == "succeeded" {
-        if let Some(summary) = step["output"]["summary"]
+        if let Some(summary) = step.output["summary"]
             .as_str()
             .filter(|summary| !summary.is_empty())
         {
@@ -270,27 +255,22 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
         }
     }
     // Under 100 ms late is scheduling noise, not news.
-    if let Some(late_ms) = step["late_by_ms"]
-        .as_i64()
-        .filter(|late_ms| *late_ms >= 100)
-    {
+    if let Some(late_ms) = step.late_by_ms.filter(|late_ms| *late_ms >= 100) {
         notes.push(format!("fired {} late", render::duration_ms(late_ms)));
     }
-    let approval = &step["approval"];
-    if approval.is_object() {
-        let mut text = format!("approved by {}", actor(&approval["by"]));
-        if let Some(comment) = approval["comment"].as_str().filter(|c| !c.is_empty()) {
+    if let Some(approval) = &step.approval {
+        let mut text = format!("approved by {}", actor(Some(&approval.by)));
+        if let Some(comment) = approval.comment.as_deref().filter(|c| !c.is_empty()) {
             text.push_str(&format!(": {comment}"));
         }
         notes.push(text);
     }
-    if step["skipped_by"].is_object() {
-        notes.push(format!("skipped by {}", actor(&step["skipped_by"])));
+    if let Some(skipped_by) = &step.skipped_by {
+        notes.push(format!("skipped by {}", actor(Some(skipped_by))));
     }
-    let undo = &step["undo"];
-    if undo.is_object() {
-        let mut text = format!("undo {}", render::text(&undo["state"]));
-        if let Some(error) = render::error_text(&undo["error"]) {
+    if let Some(undo) = &step.undo {
+        let mut text = format!("undo {}", undo.state);
+        if let Some(error) = error_text(&undo.error) {
             text.push_str(&format!(": {error}"));
         }
         notes.push(text);
@@ -298,29 +278,27 @@ pub fn step_note(step: &Value, now: DateTime<Utc>) -> String {
     notes.join("; ")
 }
 
-fn audit_row(entry: &Value) -> Vec<String> {
+fn audit_row(entry: &AuditView) -> Vec<String> {
     vec![
-        render::text(&entry["seq"]),
-        render::time(&entry["at"])
-            .map(render::timestamp)
-            .unwrap_or_default(),
-        actor(&entry["actor"]),
-        render::text(&entry["action"]),
-        entry["step"].as_str().unwrap_or_default().to_string(),
-        entry["comment"].as_str().unwrap_or_default().to_string(),
+        entry.seq.to_string(),
+        render::timestamp(entry.at),
+        actor(Some(&entry.actor)),
+        entry.action.clone(),
+        entry.step.clone().unwrap_or_default(),
+        entry.comment.clone().unwrap_or_default(),
     ]
 }
 
 /// `uid 1000` for an actor `{"uid": 1000}` (`uid 0 (schedule:nightly)` with a name); the
 /// daemon itself when there is none.
-pub fn actor(actor: &Value) -> String {
-    match actor["uid"].as_u64() {
-        Some(uid) => match actor["name"].as_str() {
-            Some(name) => format!("uid {uid} ({name})"),
-            None => format!("uid {uid}"),
-        },
-        None if actor.is_null() => "the daemon".to_string(),
-        None => render::text(actor),
+pub fn actor(actor: Option<&ActorView>) -> String {
+    match actor {
+        Some(ActorView {
+            uid,
+            name: Some(name),
+        }) => format!("uid {uid} ({name})"),
+        Some(ActorView { uid, name: None }) => format!("uid {uid}"),
+        None => "the daemon".to_string(),
     }
 }
 
@@ -337,7 +315,10 @@ mod tests {
     #[test]
     fn notes_for_each_kind_of_step() {
         let now = now();
-        let check = |step: Value, expect: &str| assert_eq!(step_note(&step, now), expect);
+        let check = |step: Value, expect: &str| {
+            let step = StepView::deserialize(&step).unwrap();
+            assert_eq!(step_note(&step, now), expect)
+        };
         let in_2m3s = (now + TimeDelta::seconds(123)).to_rfc3339();
         check(
             json!({"state": "waiting", "waiting_for": "timer", "fire_at": in_2m3s}),
@@ -366,7 +347,7 @@ mod tests {
         let run = json!({"id": "0193", "attention": {"reason": "interrupted", "step": "build",
                           "message": "outcome unknown"}});
         assert_eq!(
-            attention_text(&run).as_deref(),
+            attention_text(&run_view(&run).unwrap()).as_deref(),
             Some(
                 "build: outcome unknown\ndecide with one of:\n  runbook retry 0193 build\n  \
                  runbook skip 0193 build\n  runbook cancel 0193"

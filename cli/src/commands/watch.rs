@@ -17,7 +17,9 @@ use chrono::{DateTime, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 
-use super::show::{attention_text, is_finished, step_note};
+use runbook_engine::api::{RunView, StepView};
+
+use super::show::{attention_text, error_text, is_finished, run_view, step_note};
 use super::{run_path, Context};
 use crate::client::ApiError;
 use crate::exit;
@@ -50,12 +52,12 @@ pub fn outcome(ctx: &Context, final_run: &Value) -> Result<()> {
     if ctx.json {
         render::print_json(final_run)?;
     }
-    let state = final_run["state"].as_str().unwrap_or("unknown");
-    if state == "succeeded" {
+    let run = run_view(final_run)?;
+    if run.state == "succeeded" {
         return Ok(());
     }
-    let mut message = format!("run {} ended {state}", render::text(&final_run["id"]));
-    if let Some(error) = render::error_text(&final_run["error"]) {
+    let mut message = format!("run {} ended {}", run.id, run.state);
+    if let Some(error) = error_text(&run.error) {
         message.push_str(&format!(": {error}"));
     }
     Err(exit::run_not_succeeded(message))
@@ -66,18 +68,19 @@ pub fn outcome(ctx: &Context, final_run: &Value) -> Result<()> {
 pub async fn follow(ctx: &Context, run: &str, auto_approve: bool) -> Result<Value> {
     let mut current = ctx.client.get(&run_path(run)).await?;
     // From here on, use the full id: a prefix could become ambiguous while we watch.
-    let id = render::text(&current["id"]);
+    let id = run_view(&current)?.id;
     let path = run_path(&id);
     let mut progress = Progress::new(&id);
     let mut approved: HashSet<String> = HashSet::new();
     loop {
-        progress.update(&current, render::now());
-        if is_finished(current["state"].as_str().unwrap_or_default()) {
-            progress.finish(&current);
+        let view = run_view(&current)?;
+        progress.update(&view, render::now());
+        if is_finished(&view.state) {
+            progress.finish(&view);
             return Ok(current);
         }
         if auto_approve {
-            if let Some(step) = awaiting_approval(&current) {
+            if let Some(step) = awaiting_approval(&view) {
                 if approved.insert(step.clone()) {
                     progress.say(&demo_approval_hint(&step, &id));
                     let body = json!({"step": step, "comment": "approved by the demo"});
@@ -104,22 +107,11 @@ pub(crate) fn demo_approval_hint(step: &str, run_id: &str) -> String {
 }
 
 /// The step the run waits on for an approval, if any.
-fn awaiting_approval(run: &Value) -> Option<String> {
-    steps(run)
+fn awaiting_approval(run: &RunView) -> Option<String> {
+    run.steps
         .iter()
-        .find(|step| {
-            step["state"].as_str() == Some("waiting")
-                && step["waiting_for"].as_str() == Some("approval")
-        })
-        .and_then(|step| step["id"].as_str())
-        .map(str::to_string)
-}
-
-fn steps(run: &Value) -> &[Value] {
-    run["steps"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+        .find(|step| step.state == "waiting" && step.waiting_for.as_deref() == Some("approval"))
+        .map(|step| step.id.clone())
 }
 
 /// Reports what changed between two polls of a run: as lines, and on a terminal as a spinner.
@@ -128,7 +120,7 @@ struct Progress {
     /// `Some` when stderr is a terminal (indicatif decides, honouring `TERM=dumb` and the like).
     spinner: Option<ProgressBar>,
     /// The last seen `(state, attempts)` of every step, by step id.
-    step_states: HashMap<String, (String, u64)>,
+    step_states: HashMap<String, (String, u32)>,
     /// The attention message already reported, so it is printed once.
     attention: Option<String>,
     paused: bool,
@@ -163,17 +155,16 @@ impl Progress {
         }
     }
 
-    fn update(&mut self, run: &Value, now: DateTime<Utc>) {
-        let width = steps(run)
+    fn update(&mut self, run: &RunView, now: DateTime<Utc>) {
+        let width = run
+            .steps
             .iter()
-            .map(|step| render::text(&step["id"]).chars().count())
+            .map(|step| step.id.chars().count())
             .max()
             .unwrap_or(0)
             .max(MIN_STEP_WIDTH);
-        for step in steps(run) {
-            let id = render::text(&step["id"]);
-            let state = render::text(&step["state"]);
-            let attempts = step["attempts"].as_u64().unwrap_or(0);
+        for step in &run.steps {
+            let (id, state, attempts) = (step.id.clone(), step.state.clone(), step.attempts);
             let seen = self.step_states.get(&id);
             let changed = match seen {
                 Some((old_state, old_attempts)) => *old_state != state || *old_attempts != attempts,
@@ -185,7 +176,7 @@ impl Progress {
             }
         }
 
-        let paused = run["paused"].as_bool() == Some(true) || run["state"] == "paused";
+        let paused = run.paused || run.state == "paused";
         if paused != self.paused {
             self.paused = paused;
             let what = if paused {
@@ -196,7 +187,7 @@ impl Progress {
             self.say(&format!("[{}] run {what}", render::clock(now)));
         }
 
-        let attention = if run["state"] == "needs_attention" {
+        let attention = if run.state == "needs_attention" {
             attention_text(run)
         } else {
             None
@@ -221,12 +212,12 @@ impl Progress {
         }
     }
 
-    fn finish(&self, run: &Value) {
+    fn finish(&self, run: &RunView) {
         if let Some(bar) = &self.spinner {
             bar.finish_and_clear();
         }
-        let finished = render::time(&run["finished_at"]);
-        let took = match (render::time(&run["created_at"]), finished) {
+        let finished = run.finished_at;
+        let took = match (run.created_at, finished) {
             (Some(created), Some(finished)) => {
                 format!(" in {}", render::duration(finished - created))
             }
@@ -237,16 +228,15 @@ impl Progress {
             "[{}] run {} {}{took}",
             render::clock(at),
             self.run_id,
-            render::text(&run["state"])
+            run.state
         );
     }
 }
 
 /// `[12:00:01] hello      succeeded (0.02s)`, stamped with when the step changed.
-fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
-    let started = render::time(&step["started_at"]);
-    let finished = render::time(&step["finished_at"]);
-    let state = render::text(&step["state"]);
+fn step_line(step: &StepView, width: usize, now: DateTime<Utc>) -> String {
+    let (started, finished) = (step.started_at, step.finished_at);
+    let state = step.state.clone();
     // `started_at` is the first attempt's; a retry's `running` is stamped when it is seen.
     let at = match state.as_str() {
         "running" | "waiting" => now,
@@ -259,7 +249,7 @@ fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
     } else {
         (state.clone(), note)
     };
-    let attempts = step["attempts"].as_u64().unwrap_or(0);
+    let attempts = step.attempts;
     if state == "running" && attempts > 1 {
         status.push_str(&format!(" (attempt {attempts})"));
     }
@@ -271,11 +261,7 @@ fn step_line(step: &Value, width: usize, now: DateTime<Utc>) -> String {
     if !note.is_empty() {
         status.push_str(&format!(": {note}"));
     }
-    format!(
-        "[{}] {:width$} {status}",
-        render::clock(at),
-        render::text(&step["id"])
-    )
+    format!("[{}] {:width$} {status}", render::clock(at), step.id)
 }
 
 /// `paused (runbook resume <run>)`.
@@ -284,38 +270,33 @@ pub(crate) fn paused_hint(run_id: &str) -> String {
 }
 
 /// The spinner's message: the current step and what it is doing, with a countdown for waits.
-pub(crate) fn status(run: &Value, now: DateTime<Utc>) -> String {
-    let run_state = render::text(&run["state"]);
-    let current = run["current_step"].as_str();
-    let step = current.and_then(|id| steps(run).iter().find(|step| step["id"] == id));
+pub(crate) fn status(run: &RunView, now: DateTime<Utc>) -> String {
+    let run_state = run.state.clone();
+    let current = run.current_step.as_deref();
+    let step = current.and_then(|id| run.steps.iter().find(|step| step.id == id));
     let Some(step) = step else {
         return run_state;
     };
-    let id = render::text(&step["id"]);
+    let id = &step.id;
     if run_state == "needs_attention" {
         return format!("{id}  needs attention (see above)");
     }
-    if run["paused"].as_bool() == Some(true) || run_state == "paused" {
+    if run.paused || run_state == "paused" {
         return format!("{id}  paused");
     }
-    if step["waiting_for"].as_str() == Some("approval") {
-        let run_id = render::text(&run["id"]);
+    if step.waiting_for.as_deref() == Some("approval") {
         return format!(
             "{id}  waiting for approval: runbook approve {}",
-            render::short_id(&run_id)
+            render::short_id(&run.id)
         );
     }
-    let wakeup = render::time(&run["next_wakeup"]).or_else(|| render::time(&step["fire_at"]));
-    if let Some(wakeup) = wakeup.filter(|_| step["state"] == "waiting") {
+    let wakeup = run.next_wakeup.or(step.fire_at);
+    if let Some(wakeup) = wakeup.filter(|_| step.state == "waiting") {
         return format!("{id}  ⏳ {} left", render::duration(wakeup - now));
     }
-    match render::time(&step["started_at"]) {
-        Some(started) => format!(
-            "{id}  {} ({})",
-            render::text(&step["state"]),
-            render::duration(now - started)
-        ),
-        None => format!("{id}  {}", render::text(&step["state"])),
+    match step.started_at {
+        Some(started) => format!("{id}  {} ({})", step.state, render::duration(now - started)),
+        None => format!("{id}  {}", step.state),
     }
 }
 
@@ -323,6 +304,7 @@ pub(crate) fn status(run: &Value, now: DateTime<Utc>) -> String {
 mod tests {
     use super::*;
     use chrono::TimeDelta;
+    use serde::Deserialize;
 
     fn now() -> DateTime<Utc> {
         render::time(&json!("2026-01-01T12:00:00Z")).unwrap_or_default()
@@ -334,7 +316,7 @@ mod tests {
         let step = json!({"id": "hello", "state": "succeeded", "attempts": 1,
             "started_at": now.to_rfc3339(),
             "finished_at": (now + TimeDelta::milliseconds(20)).to_rfc3339()});
-        let line = step_line(&step, 10, now);
+        let line = step_line(&StepView::deserialize(&step).unwrap(), 10, now);
         let clock = render::clock(now + TimeDelta::milliseconds(20));
         assert_eq!(line, format!("[{clock}] hello      succeeded (0.02s)"));
     }
@@ -345,7 +327,7 @@ mod tests {
         let run = json!({"id": "0193", "state": "waiting", "current_step": "wait",
             "next_wakeup": (now + TimeDelta::seconds(119)).to_rfc3339(),
             "steps": [{"id": "wait", "state": "waiting", "waiting_for": "timer"}]});
-        assert_eq!(status(&run, now), "wait  ⏳ 1m59s left");
+        assert_eq!(status(&run_view(&run).unwrap(), now), "wait  ⏳ 1m59s left");
     }
 
     #[test]
@@ -353,6 +335,9 @@ mod tests {
         let run = json!({"steps": [
             {"id": "hello", "state": "succeeded"},
             {"id": "gate", "state": "waiting", "waiting_for": "approval"}]});
-        assert_eq!(awaiting_approval(&run).as_deref(), Some("gate"));
+        assert_eq!(
+            awaiting_approval(&run_view(&run).unwrap()).as_deref(),
+            Some("gate")
+        );
     }
 }

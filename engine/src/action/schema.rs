@@ -15,6 +15,8 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::definition::CoreAction;
+
 /// What an action takes and whether it mutates.
 #[derive(Debug, Serialize)]
 pub struct Schema {
@@ -431,12 +433,12 @@ const APPROVAL: Schema = Schema {
 /// The schema of a core action the state machine decides itself (`noop`, `wait`, `window`,
 /// `approval`); `exec` is a registered action like any other.
 pub fn core(action: &str) -> Option<&'static Schema> {
-    match action {
-        "noop" => Some(&NOOP),
-        "wait" => Some(&WAIT),
-        "window" => Some(&WINDOW),
-        "approval" => Some(&APPROVAL),
-        _ => None,
+    match crate::definition::CoreAction::of(action)? {
+        CoreAction::Noop => Some(&NOOP),
+        CoreAction::Wait => Some(&WAIT),
+        CoreAction::Window => Some(&WINDOW),
+        CoreAction::Approval => Some(&APPROVAL),
+        CoreAction::Exec | CoreAction::WaitUntil | CoreAction::ForEach => None,
     }
 }
 

@@ -25,8 +25,10 @@ use serde_json::{json, Map, Value};
 
 use crate::catalog::{Catalog, Source};
 use crate::machine::{Actor, Input};
-use crate::runtime::{self, Engine, Error, Slot};
-pub use views::{RunSummary, RunView, StepView, UndoView};
+use crate::runtime::{self, Engine, Error, Resident};
+pub use views::{
+    ActorView, ApprovalView, AttentionView, AuditView, RunSummary, RunView, StepView, UndoView,
+};
 
 use errors::*;
 use runs::*;

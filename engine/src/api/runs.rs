@@ -235,8 +235,8 @@ pub(super) async fn list_runs(
 
 pub(super) async fn show_run(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let run_id = app.engine.resolve(&id)?;
-    let slot = app.engine.get(run_id).await?;
-    ok(RunView::of(run_id, &slot))
+    let resident = app.engine.get(run_id).await?;
+    ok(RunView::of(run_id, &resident))
 }
 
 pub(super) async fn run_events(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
@@ -258,7 +258,7 @@ pub(super) async fn step_log(
     Query(query): Query<LogQuery>,
 ) -> ApiResult {
     let run_id = app.engine.resolve(&id)?;
-    let Slot::Live(state) = app.engine.get(run_id).await? else {
+    let Resident::Live(state) = app.engine.get(run_id).await? else {
         return Err(Error::Conflict(format!("run {run_id} is corrupt")).into());
     };
     let Some(step_state) = state.step(&step) else {

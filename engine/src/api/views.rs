@@ -1,29 +1,30 @@
-//! The JSON shapes the API returns (see `docs/api.md`).
+//! The JSON shapes the API returns (see `docs/api.md`): types of their own, built from the
+//! run's state, so that the journal's format and the API's can each change without the other
+//! (the CLI reads these same types back).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::definition::Step;
-use crate::machine::{
-    Actor, ApprovalRecord, Attention, AuditEntry, RunState, StepState, WaitingFor,
-};
-use crate::runtime::Slot;
+use crate::machine::{Actor, ApprovalRecord, Attention, AuditEntry, RunState, StepState};
+use crate::runtime::Resident;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct RunView {
     pub id: String,
     pub runbook: String,
     pub version: u32,
     pub state: String,
     pub reason: Option<String>,
-    pub attention: Option<Attention>,
+    pub attention: Option<AttentionView>,
     pub paused: bool,
     pub params: Map<String, Value>,
     pub locks: Vec<String>,
     pub created_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
-    pub started_by: Option<Actor>,
+    pub started_by: Option<ActorView>,
     pub current_step: Option<String>,
     /// What the run waits for: `approval`, `timer`, `poll`, `window` or `operator`.
     pub waiting_for: Option<String>,
@@ -34,10 +35,96 @@ pub struct RunView {
     pub undos_left: Vec<String>,
     pub error: Option<String>,
     pub steps: Vec<StepView>,
-    pub audit: Vec<AuditEntry>,
+    pub audit: Vec<AuditView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Who did something: the peer's uid, and its user name when it has one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ActorView {
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Why a run waits for the operator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AttentionView {
+    /// `interrupted`, `step_failed` or `undo_failed`.
+    pub reason: String,
+    pub step: String,
+    pub message: String,
+    /// Since when (unknown for runs of older releases).
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// An approval of a gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct ApprovalView {
+    pub by: ActorView,
+    pub comment: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// One operator action on the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct AuditView {
+    pub seq: u64,
+    pub at: DateTime<Utc>,
+    pub actor: ActorView,
+    pub action: String,
+    pub step: Option<String>,
+    pub comment: Option<String>,
+}
+
+impl From<&Actor> for ActorView {
+    fn from(actor: &Actor) -> ActorView {
+        ActorView {
+            uid: actor.uid,
+            name: actor.name.clone(),
+        }
+    }
+}
+
+impl From<&Attention> for AttentionView {
+    fn from(attention: &Attention) -> AttentionView {
+        AttentionView {
+            reason: attention.reason.name().to_owned(),
+            step: attention.step.clone(),
+            message: attention.message.clone(),
+            at: attention.at,
+        }
+    }
+}
+
+impl From<&ApprovalRecord> for ApprovalView {
+    fn from(approval: &ApprovalRecord) -> ApprovalView {
+        ApprovalView {
+            by: (&approval.by).into(),
+            comment: approval.comment.clone(),
+            at: approval.at,
+        }
+    }
+}
+
+impl From<&AuditEntry> for AuditView {
+    fn from(entry: &AuditEntry) -> AuditView {
+        AuditView {
+            seq: entry.seq,
+            at: entry.at,
+            actor: (&entry.actor).into(),
+            action: entry.action.clone(),
+            step: entry.step.clone(),
+            comment: entry.comment.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct StepView {
     pub id: String,
     pub action: String,
@@ -51,15 +138,17 @@ pub struct StepView {
     pub error: Option<String>,
     pub fire_at: Option<DateTime<Utc>>,
     pub late_by_ms: Option<i64>,
-    pub waiting_for: Option<WaitingFor>,
+    /// `timer`, `approval`, `poll`, `retry` or `iterations`, while the step is active.
+    pub waiting_for: Option<String>,
     pub waiting_since: Option<DateTime<Utc>>,
     pub prompt: Option<String>,
-    pub approval: Option<ApprovalRecord>,
-    pub skipped_by: Option<Actor>,
+    pub approval: Option<ApprovalView>,
+    pub skipped_by: Option<ActorView>,
     pub undo: Option<UndoView>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct UndoView {
     pub state: String,
     pub attempts: u32,
@@ -67,7 +156,8 @@ pub struct UndoView {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default)]
 pub struct RunSummary {
     pub id: String,
     pub runbook: String,
@@ -82,10 +172,10 @@ pub struct RunSummary {
 }
 
 impl RunView {
-    pub fn of(id: uuid::Uuid, slot: &Slot) -> RunView {
-        match slot {
-            Slot::Live(state) => RunView::from_state(state),
-            Slot::Corrupt { reason } => RunView {
+    pub fn of(id: uuid::Uuid, resident: &Resident) -> RunView {
+        match resident {
+            Resident::Live(state) => RunView::from_state(state),
+            Resident::Corrupt { reason } => RunView {
                 id: id.to_string(),
                 runbook: String::new(),
                 version: 0,
@@ -131,13 +221,13 @@ impl RunView {
             version: state.version,
             state: state.status.name().to_owned(),
             reason: reason(state),
-            attention: state.attention.clone(),
+            attention: state.attention.as_ref().map(AttentionView::from),
             paused: state.paused.is_some(),
             params: state.params.clone(),
             locks: state.locks.clone(),
             created_at: Some(state.created_at),
             finished_at: state.finished_at,
-            started_by: Some(state.started_by.clone()),
+            started_by: Some((&state.started_by).into()),
             current_step: current_step(state),
             waiting_for: wait.as_ref().map(|wait| wait.kind.clone()),
             waiting_since: wait.and_then(|wait| wait.since),
@@ -145,7 +235,7 @@ impl RunView {
             undos_left: state.undos_left(),
             error: state.error.clone(),
             steps,
-            audit: state.audit.clone(),
+            audit: state.audit.iter().map(AuditView::from).collect(),
         }
     }
 }
@@ -186,11 +276,7 @@ use crate::store::listing::{current_step, reason};
 
 fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Vec<StepView>) {
     for definition in definitions {
-        let key = if prefix.is_empty() {
-            definition.id.clone()
-        } else {
-            format!("{prefix}.{}", definition.id)
-        };
+        let key = crate::machine::step_key::child(prefix, &definition.id);
         match state.step(&key) {
             Some(step) => {
                 out.push(step_view(step));
@@ -198,7 +284,12 @@ fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Ve
                 {
                     for (index, iteration) in iterations.iter().enumerate() {
                         if iteration.status != crate::machine::IterationStatus::Pending {
-                            list_steps(state, &for_each.steps, &format!("{key}[{index}]"), out);
+                            list_steps(
+                                state,
+                                &for_each.steps,
+                                &crate::machine::step_key::iteration(&key, index),
+                                out,
+                            );
                         }
                     }
                 }
@@ -241,16 +332,46 @@ fn step_view(step: &StepState) -> StepView {
         error: step.error.clone(),
         fire_at: step.fire_at,
         late_by_ms: step.late_by_ms,
-        waiting_for: step.waiting_for.filter(|_| step.status.is_active()),
+        waiting_for: step
+            .waiting_for
+            .filter(|_| step.status.is_active())
+            .map(|waiting| waiting.name().to_owned()),
         waiting_since: step.waiting_since.filter(|_| step.status.is_active()),
         prompt: step.prompt.clone(),
-        approval: step.approval.clone(),
-        skipped_by: step.skipped_by.clone(),
+        approval: step.approval.as_ref().map(ApprovalView::from),
+        skipped_by: step.skipped_by.as_ref().map(ActorView::from),
         undo: step.undo.as_ref().map(|undo| UndoView {
             state: undo.status.name().to_owned(),
             attempts: undo.attempts,
             output: undo.output.clone().unwrap_or(Value::Null),
             error: undo.error.clone(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::machine::{AttentionReason, WaitingFor};
+
+    #[test]
+    fn the_views_name_states_as_the_journal_does() {
+        // The API's words are its own, but they were the journal's serde names until the views
+        // got their own types: a client that read them then reads the same now.
+        for waiting in [
+            WaitingFor::Timer,
+            WaitingFor::Approval,
+            WaitingFor::Poll,
+            WaitingFor::Retry,
+            WaitingFor::Iterations,
+        ] {
+            assert_eq!(serde_json::to_value(waiting).unwrap(), waiting.name());
+        }
+        for reason in [
+            AttentionReason::Interrupted,
+            AttentionReason::StepFailed,
+            AttentionReason::UndoFailed,
+        ] {
+            assert_eq!(serde_json::to_value(reason).unwrap(), reason.name());
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! definition and checks everything that can be checked before a run starts (actions, step ids,
 //! durations, cron expressions, template variables); every error names the file, line and field.
 
+mod core;
 mod depth;
 mod params;
 mod parse;
@@ -16,10 +17,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use core::{makes_call, CoreAction};
 pub use depth::MAX_TOML_DEPTH;
 pub use params::{resolve as resolve_params, ParamError};
 pub use parse::{check, parse, parse_with_warnings, MAX_NESTING};
-pub use validate::{validate, CORE_ACTIONS};
+pub use validate::validate;
 
 /// A definition error: what was wrong and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -16,8 +16,8 @@ use toml::Spanned;
 
 use super::scope::Scope;
 use super::{
-    Concurrency, Definition, Error, Errors, ForEach, OnFailure, ParamKind, ParamSpec, RetryPolicy,
-    Step, Undo,
+    Concurrency, CoreAction, Definition, Error, Errors, ForEach, OnFailure, ParamKind, ParamSpec,
+    RetryPolicy, Step, Undo,
 };
 use crate::action::Registry;
 use crate::template::{self, TemplateKind};

@@ -2,11 +2,8 @@
 
 use serde_json::Value;
 
-use super::{Definition, Error};
+use super::{CoreAction, Definition, Error};
 use crate::clock::{Clock, SystemClock};
-
-/// The actions the engine itself implements; domain actions are registered by `runbooks`.
-pub const CORE_ACTIONS: &[&str] = &["exec", "wait", "wait_until", "approval", "window", "noop"];
 
 /// Checks every action name (steps and undos) against the core actions and `is_known`.
 pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Result<(), Error> {
@@ -17,14 +14,14 @@ pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Res
             actions.push(("undo.action", undo.action.as_str()));
         }
         for (field, action) in actions {
-            if action != "for_each" && !CORE_ACTIONS.contains(&action) && !is_known(action) {
+            if CoreAction::of(action).is_none() && !is_known(action) {
                 return Err(Error {
                     file: definition.source.clone(),
                     line: step.line,
                     message: format!(
                         "step {:?}: {field}: unknown action {action:?} (core actions: {})",
                         step.id,
-                        CORE_ACTIONS.join(", ")
+                        CoreAction::step_action_names().join(", ")
                     ),
                 });
             }
@@ -74,8 +71,8 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
             Some(_) => Err(format!("{name}: must be a string")),
         }
     };
-    match action {
-        "exec" => {
+    match CoreAction::of(action) {
+        Some(CoreAction::Exec) => {
             match field("command") {
                 Some(Value::String(command)) if !command.trim().is_empty() => {}
                 Some(Value::Array(argv)) if !argv.is_empty() && argv.iter().all(Value::is_string) => {}
@@ -103,7 +100,7 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
             }
             text_field("cwd")?;
         }
-        "wait" => match (text_field("duration")?, text_field("until")?) {
+        Some(CoreAction::Wait) => match (text_field("duration")?, text_field("until")?) {
             (Some(duration), None) => {
                 if !is_template(duration) {
                     crate::duration::parse(duration).map_err(|message| format!("duration: {message}"))?;
@@ -118,7 +115,7 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
             }
             _ => return Err("wait needs exactly one of `duration` (e.g. \"72h\") or `until` (an RFC 3339 instant)".to_owned()),
         },
-        "window" => {
+        Some(CoreAction::Window) => {
             let cron = text_field("cron")?.ok_or("cron: window needs `cron` (e.g. \"0 4 * * *\")")?;
             let zone = text_field("tz")?;
             if !is_template(cron) && !zone.is_some_and(is_template) {
@@ -129,7 +126,7 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
                     .map_err(|message| format!("cron: {message}"))?;
             }
         }
-        "approval" => {
+        Some(CoreAction::Approval) => {
             text_field("prompt")?;
             if field("distinct_approver").is_some_and(|value| !value.is_boolean()) {
                 return Err("distinct_approver: must be true or false".to_owned());

@@ -25,17 +25,13 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
         let scope = if prefix.is_empty() {
             Some(&state.definition.steps)
         } else {
-            split_iteration(prefix)
+            super::step_key::split_iteration(prefix)
                 .and_then(|(loop_key, _)| state.definition.step(loop_key))
                 .and_then(|step| step.for_each.as_ref())
                 .map(|for_each| &for_each.steps)
         };
         for definition in scope.into_iter().flatten() {
-            let key = if prefix.is_empty() {
-                definition.id.clone()
-            } else {
-                format!("{prefix}.{}", definition.id)
-            };
+            let key = super::step_key::child(prefix, &definition.id);
             let Some(step) = state.step(&key) else {
                 continue;
             };
@@ -57,7 +53,7 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
 
     // Loop variables of the enclosing loops, outermost first.
     for prefix in prefixes.iter().skip(1) {
-        let Some((loop_key, index)) = split_iteration(prefix) else {
+        let Some((loop_key, index)) = super::step_key::split_iteration(prefix) else {
             continue;
         };
         let Some(definition) = state
@@ -77,11 +73,4 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
         context.insert("index".to_owned(), Value::from(index));
     }
     Value::Object(context)
-}
-
-/// `loop[2]` → (`loop`, 2); `a[0].loop[2]` → (`a[0].loop`, 2).
-pub fn split_iteration(prefix: &str) -> Option<(&str, usize)> {
-    let open = prefix.rfind('[')?;
-    let index = prefix[open + 1..].strip_suffix(']')?.parse().ok()?;
-    Some((&prefix[..open], index))
 }

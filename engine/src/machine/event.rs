@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
+use super::ids::{CallId, TimerId};
 use crate::definition::Definition;
 
 /// Who asked for something: the peer uid of the API caller (or the daemon's own uid for work it
@@ -69,6 +70,16 @@ pub enum AttentionReason {
     UndoFailed,
 }
 
+impl AttentionReason {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttentionReason::Interrupted => "interrupted",
+            AttentionReason::StepFailed => "step_failed",
+            AttentionReason::UndoFailed => "undo_failed",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinalState {
@@ -95,7 +106,9 @@ pub enum EventKind {
     StepStarted {
         step: String,
         attempt: u32,
-        call: u32,
+        /// `None` for a step that runs no call (journaled as `0`).
+        #[serde(with = "super::ids::no_call_is_zero")]
+        call: Option<CallId>,
         action: String,
         input: Value,
     },
@@ -110,7 +123,7 @@ pub enum EventKind {
         /// The step's call still running when it failed (its timeout came first): aborted, it
         /// reports later, and if it ran to its end its effect counts (`AbortedCallCompleted`).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        aborted_call: Option<u32>,
+        aborted_call: Option<CallId>,
     },
     /// An `until` condition did not hold yet; the next poll is armed.
     StepPolled {
@@ -120,7 +133,7 @@ pub enum EventKind {
     /// The daemon stopped while the call ran; `rerun` when the step is idempotent.
     StepInterrupted {
         step: String,
-        call: u32,
+        call: CallId,
         rerun: bool,
     },
     StepSkipped {
@@ -137,14 +150,14 @@ pub enum EventKind {
     /// The call of a step canceled while it ran (timeout, cancel, rollback) has really ended.
     AbortedCallEnded {
         step: String,
-        call: u32,
+        call: CallId,
     },
     /// The call of a step canceled while it ran ran to its end anyway (its command ignored the
     /// stop, or had finished when it came): `output` when it succeeded, else `error`. Its effect
     /// is in place, so the step counts as completed and a rollback undoes it.
     AbortedCallCompleted {
         step: String,
-        call: u32,
+        call: CallId,
         output: Option<Value>,
         error: Option<String>,
     },
@@ -152,7 +165,7 @@ pub enum EventKind {
     /// supervisor was never released), so it is started again; `reason` says how that is known.
     CallNeverStarted {
         step: String,
-        call: u32,
+        call: CallId,
         #[serde(default)]
         undo: bool,
         reason: String,
@@ -172,24 +185,24 @@ pub enum EventKind {
     /// time), so that a restarted daemon can re-attach to it.
     CallNoted {
         step: String,
-        call: u32,
+        call: CallId,
         #[serde(default)]
         undo: bool,
         note: Value,
     },
     TimerArmed {
-        timer: u64,
+        timer: TimerId,
         fire_at: DateTime<Utc>,
         purpose: TimerPurpose,
         step: String,
     },
     TimerFired {
-        timer: u64,
+        timer: TimerId,
         fire_at: DateTime<Utc>,
         late_by_ms: i64,
     },
     TimerCanceled {
-        timer: u64,
+        timer: TimerId,
         fire_at: DateTime<Utc>,
     },
     ApprovalRequested {
@@ -240,7 +253,7 @@ pub enum EventKind {
     UndoStarted {
         step: String,
         attempt: u32,
-        call: u32,
+        call: CallId,
         action: String,
         input: Value,
     },
@@ -254,7 +267,7 @@ pub enum EventKind {
     },
     UndoInterrupted {
         step: String,
-        call: u32,
+        call: CallId,
         rerun: bool,
     },
     UndoSkipped {

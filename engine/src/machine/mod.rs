@@ -17,14 +17,19 @@
 mod context;
 mod decide;
 mod event;
+mod ids;
 mod poll_history;
 mod state;
+pub mod step_key;
 
 pub use context::for_step as context_for_step;
-pub use decide::{create, decide, ActionFailure, Call, Decision, Effect, Input, Rejection};
+pub use decide::{
+    create, decide, ActionFailure, Call, CallInFlight, Decision, Effect, Input, Rejection,
+};
 pub use event::{
     Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
 };
+pub use ids::{CallId, TimerId};
 pub use poll_history::{take_superseded as take_superseded_polls, PollHistory, PollRounds};
 pub use state::{
     evolve, ActiveTimer, ApprovalRecord, Attention, AuditEntry, Iteration, IterationStatus, Pause,

@@ -13,6 +13,7 @@ use uuid::Uuid;
 use super::event::{
     Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
 };
+use super::ids::{CallId, TimerId};
 use crate::definition::Definition;
 
 mod evolve;
@@ -97,6 +98,18 @@ pub enum WaitingFor {
     Iterations,
 }
 
+impl WaitingFor {
+    pub fn name(self) -> &'static str {
+        match self {
+            WaitingFor::Timer => "timer",
+            WaitingFor::Approval => "approval",
+            WaitingFor::Poll => "poll",
+            WaitingFor::Retry => "retry",
+            WaitingFor::Iterations => "iterations",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApprovalRecord {
     pub by: Actor,
@@ -123,7 +136,7 @@ pub struct Iteration {
 pub struct UndoState {
     pub status: StepStatus,
     pub attempts: u32,
-    pub call: Option<u32>,
+    pub call: Option<CallId>,
     pub action: String,
     #[serde(default)]
     pub input: Value,
@@ -143,7 +156,7 @@ pub struct StepState {
     pub status: StepStatus,
     pub attempts: u32,
     /// The action call in flight, if any.
-    pub call: Option<u32>,
+    pub call: Option<CallId>,
     pub polls: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -166,7 +179,7 @@ pub struct StepState {
     pub note: Option<Value>,
     /// A call that was aborted (the step was canceled) and has not reported its end yet.
     #[serde(default)]
-    pub aborting: Option<u32>,
+    pub aborting: Option<CallId>,
     /// Since when the step waits for what `waiting_for` says (the first poll of a polling
     /// step; the backoff of a retry; the request of an approval).
     #[serde(default)]
@@ -180,7 +193,7 @@ pub struct StepState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ActiveTimer {
-    pub timer: u64,
+    pub timer: TimerId,
     pub fire_at: DateTime<Utc>,
     pub purpose: TimerPurpose,
     pub step: String,
@@ -235,7 +248,7 @@ pub struct RunState {
     pub created_at: DateTime<Utc>,
     pub started_by: Actor,
     pub last_seq: u64,
-    pub next_call: u32,
+    pub next_call: CallId,
     pub status: RunStatus,
     pub paused: Option<Pause>,
     pub attention: Option<Attention>,
@@ -488,7 +501,7 @@ impl RunState {
             created_at: DateTime::<Utc>::UNIX_EPOCH,
             started_by: Actor::uid(0),
             last_seq: 0,
-            next_call: 1,
+            next_call: CallId::FIRST,
             status: RunStatus::Running,
             paused: None,
             attention: None,

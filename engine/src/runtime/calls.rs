@@ -6,52 +6,28 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::*;
+use crate::machine::CallInFlight;
+
+/// How a call is launched.
+pub(super) enum Launch {
+    /// Its start was just journaled: run the action.
+    Start,
+    /// It was in flight when the daemon stopped: re-attach to it, with the last note it
+    /// recorded (what it needs to find its work again), if any.
+    Reattach { note: Option<Value> },
+}
 
 impl Engine {
     /// After a restart: every action call that was in flight is offered to its action to
     /// re-attach; one that cannot be is reported interrupted (the machine re-runs it when the
     /// step is idempotent, else asks the operator).
     pub async fn recover(&self) {
-        let slots: Vec<_> = self.slots();
-        for (run_id, slot) in slots {
-            // (call, its note, whether it was being aborted when the daemon stopped)
-            let in_flight: Vec<(Call, Option<Value>, bool)> = match &*slot.lock().await {
-                // A finished run may still have a call that was being stopped when it ended.
-                Slot::Live(state) => state
-                    .steps
-                    .iter()
-                    .filter(|step| !state.status.is_terminal() || step.aborting.is_some())
-                    .flat_map(|step| {
-                        let main = step.call.or(step.aborting).map(|call| {
-                            let call = Call {
-                                run_id,
-                                call,
-                                step: step.key.clone(),
-                                attempt: step.attempts,
-                                undo: false,
-                                action: step.action.clone(),
-                                input: (*step.input).clone(),
-                            };
-                            (call, step.note.clone(), step.aborting.is_some())
-                        });
-                        let undo = step.undo.as_ref().and_then(|undo| {
-                            undo.call.map(|call| {
-                                let call = Call {
-                                    run_id,
-                                    call,
-                                    step: step.key.clone(),
-                                    attempt: undo.attempts,
-                                    undo: true,
-                                    action: undo.action.clone(),
-                                    input: undo.input.clone(),
-                                };
-                                (call, undo.note.clone(), false)
-                            })
-                        });
-                        main.into_iter().chain(undo)
-                    })
-                    .collect(),
-                Slot::Corrupt { .. } => Vec::new(),
+        let residents: Vec<_> = self.residents();
+        for (run_id, resident) in residents {
+            // A finished run may still have a call that was being stopped when it ended.
+            let in_flight = match &*resident.lock().await {
+                Resident::Live(state) => state.calls_in_flight(),
+                Resident::Corrupt { .. } => Vec::new(),
             };
             if let Err(error) = self.handle(run_id, Input::Continue).await {
                 if !matches!(error, Error::Conflict(_)) {
@@ -64,13 +40,17 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .clone();
-            for (call, note, aborting) in in_flight
+            for CallInFlight {
+                call,
+                note,
+                aborting,
+            } in in_flight
                 .into_iter()
-                .filter(|(call, _, _)| !running_here.contains_key(&(run_id, call.call)))
+                .filter(|found| !running_here.contains_key(&(run_id, found.call.call)))
             {
-                tracing::warn!(run = %run_id, step = %call.step, call = call.call, "an action was in flight when the daemon stopped");
+                tracing::warn!(run = %run_id, step = %call.step, call = %call.call, "an action was in flight when the daemon stopped");
                 let number = call.call;
-                self.spawn(call, Some(note));
+                self.spawn(call, Launch::Reattach { note });
                 if aborting {
                     // It was being stopped: re-attach only to stop it and learn that it ended.
                     let token = self
@@ -99,7 +79,7 @@ impl Engine {
         }
         for effect in &decision.effects {
             match effect {
-                Effect::Call(call) => self.spawn(call.clone(), None),
+                Effect::Call(call) => self.spawn(call.clone(), Launch::Start),
                 // Shutting down: the restarted daemon continues the run (recovery feeds every
                 // live run `Continue`).
                 Effect::Continue if self.inner.draining.is_cancelled() => {}
@@ -127,13 +107,17 @@ impl Engine {
         }
     }
 
-    /// Runs an action call, or (with `reattach`, after a restart) re-attaches to one, and feeds
-    /// its end back as an input.
-    pub(super) fn spawn(&self, call: Call, reattach: Option<Option<Value>>) {
-        if self.inner.draining.is_cancelled() && reattach.is_none() {
+    /// Runs an action call, or (after a restart) re-attaches to one, and feeds its end back as
+    /// an input.
+    pub(super) fn spawn(&self, call: Call, launch: Launch) {
+        let (reattach, note) = match launch {
+            Launch::Start => (false, None),
+            Launch::Reattach { note } => (true, note),
+        };
+        if self.inner.draining.is_cancelled() && !reattach {
             // Shutting down: its start is journaled, nothing was released; the restarted
             // daemon finds it never started and starts it again.
-            tracing::info!(run = %call.run_id, step = %call.step, call = call.call, "shutting down: the call is left to start after the restart");
+            tracing::info!(run = %call.run_id, step = %call.step, call = %call.call, "shutting down: the call is left to start after the restart");
             return;
         }
         let engine = self.clone();
@@ -167,11 +151,11 @@ impl Engine {
                 draining: engine.inner.draining.clone(),
                 log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
                 state_dir: engine.call_dir(call.run_id, call.call),
-                note: reattach.clone().flatten(),
+                note,
                 recorder,
             };
             let action = engine.inner.actions.get(&call.action);
-            let future = match (&action, reattach.is_some()) {
+            let future = match (&action, reattach) {
                 (None, _) => None,
                 (Some(action), false) => {
                     if call.undo || call.attempt > 1 {
@@ -208,12 +192,10 @@ impl Engine {
             let input = match (future, action.is_some()) {
                 (Some(future), _) => match future.await {
                     // After a restart, a call that provably never started is started again.
-                    Err(failure) if failure.never_started && reattach.is_some() => {
-                        Input::NotStarted {
-                            call: call.call,
-                            reason: failure.message,
-                        }
-                    }
+                    Err(failure) if failure.never_started && reattach => Input::NotStarted {
+                        call: call.call,
+                        reason: failure.message,
+                    },
                     result => Input::ActionFinished {
                         call: call.call,
                         result,
@@ -257,7 +239,7 @@ impl Engine {
             return;
         }
         let polls = match self.get(call.run_id).await {
-            Ok(Slot::Live(state)) => state
+            Ok(Resident::Live(state)) => state
                 .definition
                 .step(&call.step)
                 .is_some_and(|step| step.until.is_some()),
@@ -273,7 +255,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn call_dir(&self, run_id: Uuid, call: u32) -> PathBuf {
+    pub(super) fn call_dir(&self, run_id: Uuid, call: CallId) -> PathBuf {
         self.inner
             .data_dir
             .join("runs")

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{Plan, PlannedStep};
 use super::Error;
 use crate::action::{ActionContext, LogSink, Recorder, Registry};
-use crate::definition::{Definition, Step};
+use crate::definition::{CoreAction, Definition, Step};
 use crate::template;
 
 mod step;
@@ -269,9 +269,10 @@ impl Checker {
     }
 
     /// Every planned step under `prefix` (a loop's iterations) gets `check`.
-    fn set_under(&mut self, prefix: &str, check: &StepCheck) {
+    /// Gives the steps inside the iterations of the loop `key` that have no check yet `check`.
+    fn set_under(&mut self, key: &str, check: &StepCheck) {
         for step in &mut self.planned {
-            if step.key.starts_with(prefix) && step.check.is_none() {
+            if crate::machine::step_key::is_nested_in(&step.key, key) && step.check.is_none() {
                 step.check = Some(check.clone());
             }
         }
@@ -291,11 +292,7 @@ impl Checker {
         Box::pin(async move {
             let mut context = context;
             for step in steps {
-                let key = if prefix.is_empty() {
-                    step.id.clone()
-                } else {
-                    format!("{prefix}.{}", step.id)
-                };
+                let key = crate::machine::step_key::child(&prefix, &step.id);
                 let output = self.step(step, &key, &context).await?;
                 let name = format!("steps.{}", step.id);
                 match output {
@@ -359,7 +356,7 @@ impl Checker {
                 items.len()
             ));
         }
-        let wildcard = format!("{key}[*]");
+        let wildcard = crate::machine::step_key::every_iteration(key);
         let Some(at) = self
             .planned
             .iter()
@@ -379,7 +376,7 @@ impl Checker {
             }
             let (steps, prefix, actions) = (
                 for_each.steps.clone(),
-                format!("{key}[{index}]"),
+                crate::machine::step_key::iteration(key, index),
                 self.actions.clone(),
             );
             expanded.extend(
@@ -425,17 +422,17 @@ fn describe_core(action: &str, input: &Value) -> String {
                 .map_or_else(|| value.to_string(), str::to_owned)
         })
     };
-    match action {
-        "wait" => match (text("duration"), text("until")) {
+    match CoreAction::of(action) {
+        Some(CoreAction::Wait) => match (text("duration"), text("until")) {
             (Some(duration), _) => format!("waits {duration}"),
             (None, Some(until)) => format!("waits until {until}"),
             _ => "waits".to_owned(),
         },
-        "window" => format!(
+        Some(CoreAction::Window) => format!(
             "waits for a time window {}",
             serde_json::to_string(input).unwrap_or_default()
         ),
-        "approval" => match text("prompt") {
+        Some(CoreAction::Approval) => match text("prompt") {
             Some(prompt) => format!("waits for `runbook approve`: {prompt}"),
             None => "waits for `runbook approve`".to_owned(),
         },

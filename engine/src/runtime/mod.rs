@@ -38,7 +38,7 @@ use crate::catalog::Catalog;
 use crate::clock::Clock;
 use crate::definition::{self, Definition};
 use crate::machine::{
-    self, ActionFailure, Actor, Call, Decision, Effect, Event, Input, Rejection, RunState,
+    self, ActionFailure, Actor, Call, CallId, Decision, Effect, Event, Input, Rejection, RunState,
 };
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
@@ -100,7 +100,7 @@ impl From<Rejection> for Error {
 
 /// A run as the engine holds it. The state is shared, not copied, with readers.
 #[derive(Debug, Clone)]
-pub enum Slot {
+pub enum Resident {
     Live(Arc<RunState>),
     /// Its records could not be read; `reason` names the key.
     Corrupt {
@@ -116,8 +116,8 @@ struct Inner {
     schedules: Mutex<BTreeMap<String, Schedule>>,
     data_dir: PathBuf,
     /// The runs held in memory (see the contract above), each behind its own lock.
-    runs: RwLock<HashMap<Uuid, Arc<Mutex<Slot>>>>,
-    calls: StdMutex<HashMap<(Uuid, u32), CancellationToken>>,
+    runs: RwLock<HashMap<Uuid, Arc<Mutex<Resident>>>>,
+    calls: StdMutex<HashMap<(Uuid, CallId), CancellationToken>>,
     timer_wake: Notify,
     /// How late each timer fired (deadline → firing), for `/metrics`.
     timer_lateness: crate::histogram::Histogram,
@@ -158,16 +158,23 @@ impl Engine {
             }
         }
         let mut runs = HashMap::new();
-        for loaded in writer.store().load_active_runs()? {
-            match loaded {
-                Ok(state) => {
-                    runs.insert(state.id, Arc::new(Mutex::new(Slot::Live(Arc::new(state)))));
+        // The runs that are not parked: those the daemon works on. One that cannot be read
+        // is kept as such, and never hides the others.
+        let store = writer.store();
+        for run_id in store.active_run_ids()? {
+            match store.load_run(run_id) {
+                Ok(Some(state)) => {
+                    runs.insert(
+                        run_id,
+                        Arc::new(Mutex::new(Resident::Live(Arc::new(state)))),
+                    );
                 }
-                Err((run_id, error)) => {
+                Ok(None) => {}
+                Err(error) => {
                     tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
                     runs.insert(
                         run_id,
-                        Arc::new(Mutex::new(Slot::Corrupt {
+                        Arc::new(Mutex::new(Resident::Corrupt {
                             reason: error.to_string(),
                         })),
                     );
@@ -384,7 +391,7 @@ impl Engine {
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .entry(run_id)
-                .or_insert_with(|| Arc::new(Mutex::new(Slot::Live(Arc::new(state.clone())))));
+                .or_insert_with(|| Arc::new(Mutex::new(Resident::Live(Arc::new(state.clone())))));
         }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
         self.after_commit(run_id, &decision);
@@ -406,26 +413,26 @@ impl Engine {
         if operator && !self.inner.accepting.load(Ordering::SeqCst) {
             return Err(Error::Unavailable("the daemon is shutting down".to_owned()));
         }
-        let slot = self
-            .slot(run_id)?
+        let resident = self
+            .resident(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
-        let result = self.decide_and_commit(run_id, &slot, input).await;
+        let result = self.decide_and_commit(run_id, &resident, input).await;
         // A run with a step to continue with stays: its next input is on its way.
         let evict = matches!(&result, Ok((_, true)));
-        self.release(run_id, slot, evict);
+        self.release(run_id, resident, evict);
         result.map(|(state, _)| state)
     }
 
     async fn decide_and_commit(
         &self,
         run_id: Uuid,
-        slot: &Mutex<Slot>,
+        resident: &Mutex<Resident>,
         input: Input,
     ) -> Result<(Arc<RunState>, bool), Error> {
-        let mut guard = slot.lock().await;
+        let mut guard = resident.lock().await;
         let state = match &*guard {
-            Slot::Live(state) => state,
-            Slot::Corrupt { reason } => {
+            Resident::Live(state) => state,
+            Resident::Corrupt { reason } => {
                 return Err(Error::Conflict(format!(
                     "run {run_id} is corrupt ({reason}); it cannot change"
                 )))
@@ -458,7 +465,7 @@ impl Engine {
                     panic_message(&panic)
                 );
                 tracing::error!(run = %run_id, %reason, "internal error; run held");
-                *guard = Slot::Corrupt {
+                *guard = Resident::Corrupt {
                     reason: reason.clone(),
                 };
                 return Err(Error::Internal(reason));
@@ -478,7 +485,7 @@ impl Engine {
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
         let next = Arc::new(next);
-        *guard = Slot::Live(next.clone());
+        *guard = Resident::Live(next.clone());
         drop(guard);
         if let Some(schedule) = next
             .started_by
@@ -511,14 +518,14 @@ impl Engine {
     }
 
     /// A run's current state (or its corruption).
-    pub async fn get(&self, run_id: Uuid) -> Result<Slot, Error> {
-        let slot = self
-            .slot(run_id)?
+    pub async fn get(&self, run_id: Uuid) -> Result<Resident, Error> {
+        let resident = self
+            .resident(run_id)?
             .ok_or_else(|| Error::NotFound(format!("no run {run_id}")))?;
-        let current = slot.lock().await.clone();
+        let current = resident.lock().await.clone();
         // (A run that was just parked may still have a step to continue with: if it leaves
         // memory now, that input reads it back.)
-        self.release(run_id, slot, true);
+        self.release(run_id, resident, true);
         Ok(current)
     }
 
@@ -533,8 +540,8 @@ impl Engine {
     /// adopted only once its commit is durable, so its `last_seq` bounds what may be shown.
     pub async fn events(&self, run_id: Uuid) -> Result<Vec<Event>, Error> {
         let durable = match self.get(run_id).await? {
-            Slot::Live(state) => Some(state.last_seq),
-            Slot::Corrupt { .. } => None,
+            Resident::Live(state) => Some(state.last_seq),
+            Resident::Corrupt { .. } => None,
         };
         let mut events = self.inner.writer.store().events(run_id)?;
         if let Some(last_seq) = durable {

@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use super::check::{CheckSummary, StepCheck};
 use super::Error;
 use crate::action::Registry;
-use crate::definition::{self, Definition, RetryPolicy, Step};
+use crate::definition::{self, CoreAction, Definition, RetryPolicy, Step};
 use crate::template;
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,11 +127,7 @@ pub(super) fn plan_steps(
         field: Some(format!("steps.{key}.{field}")),
     };
     for step in definition {
-        let key = if prefix.is_empty() {
-            step.id.clone()
-        } else {
-            format!("{prefix}.{}", step.id)
-        };
+        let key = crate::machine::step_key::child(prefix, &step.id);
         let mut note = step.description.clone();
         if let Some(for_each) = &step.for_each {
             match template::render(&for_each.items, context) {
@@ -143,7 +139,7 @@ pub(super) fn plan_steps(
                     };
                     out.push(PlannedStep {
                         key: key.clone(),
-                        action: "for_each".to_owned(),
+                        action: CoreAction::ForEach.name().to_owned(),
                         input: Value::Array(items.clone()),
                         when: step.when.clone(),
                         note: Some(format!(
@@ -165,7 +161,7 @@ pub(super) fn plan_steps(
                         }
                         plan_steps(
                             &for_each.steps,
-                            &format!("{key}[{index}]"),
+                            &crate::machine::step_key::iteration(&key, index),
                             &inner,
                             actions,
                             out,
@@ -175,7 +171,7 @@ pub(super) fn plan_steps(
                 _ => {
                     out.push(PlannedStep {
                         key: key.clone(),
-                        action: "for_each".to_owned(),
+                        action: CoreAction::ForEach.name().to_owned(),
                         input: for_each.items.clone(),
                         when: step.when.clone(),
                         note: Some("items are known only at run time".to_owned()),
@@ -185,7 +181,13 @@ pub(super) fn plan_steps(
                         mutates: None,
                         check: None,
                     });
-                    plan_steps(&for_each.steps, &format!("{key}[*]"), context, actions, out)?;
+                    plan_steps(
+                        &for_each.steps,
+                        &crate::machine::step_key::every_iteration(&key),
+                        context,
+                        actions,
+                        out,
+                    )?;
                 }
             }
             continue;

@@ -29,26 +29,26 @@ impl Engine {
                     continue;
                 }
             };
-            run_ids.extend(self.slots().into_iter().map(|(run_id, _)| run_id));
+            run_ids.extend(self.residents().into_iter().map(|(run_id, _)| run_id));
             run_ids.sort();
             run_ids.dedup();
             for run_id in run_ids {
-                let slot = self
+                let resident = self
                     .inner
                     .runs
                     .write()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
                     .entry(run_id)
                     .or_insert_with(|| {
-                        Arc::new(Mutex::new(Slot::Corrupt {
+                        Arc::new(Mutex::new(Resident::Corrupt {
                             reason: "loading".to_owned(),
                         }))
                     })
                     .clone();
                 // Read under the run's lock, so that a transition committed meanwhile is kept.
-                let mut guard = slot.lock().await;
+                let mut guard = resident.lock().await;
                 *guard = match store.load_run(run_id) {
-                    Ok(Some(state)) => Slot::Live(Arc::new(state)),
+                    Ok(Some(state)) => Resident::Live(Arc::new(state)),
                     Ok(None) => {
                         drop(guard);
                         self.inner
@@ -58,7 +58,7 @@ impl Engine {
                             .remove(&run_id);
                         continue;
                     }
-                    Err(error) => Slot::Corrupt {
+                    Err(error) => Resident::Corrupt {
                         reason: error.to_string(),
                     },
                 };
@@ -73,17 +73,19 @@ impl Engine {
         }
     }
 
-    pub(super) fn slots(&self) -> Vec<(Uuid, Arc<Mutex<Slot>>)> {
+    pub(super) fn residents(&self) -> Vec<(Uuid, Arc<Mutex<Resident>>)> {
         let runs = self
             .inner
             .runs
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        runs.iter().map(|(id, slot)| (*id, slot.clone())).collect()
+        runs.iter()
+            .map(|(id, resident)| (*id, resident.clone()))
+            .collect()
     }
 
-    /// The run's slot, read from the store into memory if it is not there.
-    pub(super) fn slot(&self, run_id: Uuid) -> Result<Option<Arc<Mutex<Slot>>>, Error> {
+    /// The run as the engine holds it, read from the store into memory if it is not there.
+    pub(super) fn resident(&self, run_id: Uuid) -> Result<Option<Arc<Mutex<Resident>>>, Error> {
         let resident = self
             .inner
             .runs
@@ -100,28 +102,28 @@ impl Engine {
             .runs
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(slot) = runs.get(&run_id) {
-            return Ok(Some(slot.clone()));
+        if let Some(resident) = runs.get(&run_id) {
+            return Ok(Some(resident.clone()));
         }
-        let slot = match self.inner.writer.store().load_run(run_id) {
-            Ok(Some(state)) => Slot::Live(Arc::new(state)),
+        let resident = match self.inner.writer.store().load_run(run_id) {
+            Ok(Some(state)) => Resident::Live(Arc::new(state)),
             Ok(None) => return Ok(None),
             Err(error) if error.is_failure() => return Err(error.into()),
             Err(error) => {
                 tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
-                Slot::Corrupt {
+                Resident::Corrupt {
                     reason: error.to_string(),
                 }
             }
         };
-        let slot = Arc::new(Mutex::new(slot));
-        runs.insert(run_id, slot.clone());
-        Ok(Some(slot))
+        let resident = Arc::new(Mutex::new(resident));
+        runs.insert(run_id, resident.clone());
+        Ok(Some(resident))
     }
 
-    /// Hands back a slot taken with [`Engine::slot`]: with `evict`, a parked run that nobody
+    /// Hands back a run taken with [`Engine::resident`]: with `evict`, a parked run that nobody
     /// else holds leaves memory (the store has all of it).
-    pub(super) fn release(&self, run_id: Uuid, slot: Arc<Mutex<Slot>>, evict: bool) {
+    pub(super) fn release(&self, run_id: Uuid, resident: Arc<Mutex<Resident>>, evict: bool) {
         if !evict {
             return;
         }
@@ -130,7 +132,7 @@ impl Engine {
             .runs
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        drop(slot);
+        drop(resident);
         let Some(held) = runs.get(&run_id) else {
             return;
         };
@@ -139,7 +141,7 @@ impl Engine {
             return;
         }
         let parked = match held.try_lock() {
-            Ok(guard) => matches!(&*guard, Slot::Live(state) if state.is_parked()),
+            Ok(guard) => matches!(&*guard, Resident::Live(state) if state.is_parked()),
             Err(_) => false,
         };
         if parked {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use super::{Engine, Error, Slot};
+use super::{Engine, Error, Resident};
 use crate::definition;
 use crate::machine::Actor;
 use crate::schedule::{plan_fire, CatchUp, Firing, Overlap, Schedule};
@@ -357,7 +357,7 @@ impl Engine {
     async fn prune(&self, schedule: &mut Schedule) {
         let mut still_active = Vec::new();
         for run_id in &schedule.active_runs {
-            if let Ok(Slot::Live(state)) = self.get(*run_id).await {
+            if let Ok(Resident::Live(state)) = self.get(*run_id).await {
                 if !state.status.is_terminal() {
                     still_active.push(*run_id);
                 }

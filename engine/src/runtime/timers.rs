@@ -109,7 +109,7 @@ async fn fire(engine: &Engine, key: TimerKey) {
         .timer_lateness()
         .record(late.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
     if let Some(armed) = engine.fire_schedule(key.run_id).await {
-        if armed.map(|fire_at| TimerKey::new(fire_at, key.run_id, 0)) != Some(key) {
+        if armed.map(|fire_at| TimerKey::schedule(fire_at, key.run_id)) != Some(key) {
             // The schedule is armed elsewhere now: this entry is stale.
             if let Err(error) = engine.writer().remove_timer(key).await {
                 tracing::error!(%error, "cannot drop a stale schedule timer");
@@ -123,7 +123,7 @@ async fn fire(engine: &Engine, key: TimerKey) {
     {
         Ok(state) => state.timers.iter().any(|timer| timer.timer == key.timer),
         Err(Error::NotFound(_)) | Err(Error::Conflict(_)) => {
-            tracing::warn!(run = %key.run_id, timer = key.timer, "dropping a timer of a run that is gone or corrupt");
+            tracing::warn!(run = %key.run_id, timer = %key.timer, "dropping a timer of a run that is gone or corrupt");
             false
         }
         Err(error) => {

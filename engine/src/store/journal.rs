@@ -27,7 +27,7 @@ use super::{
     decode_event, decode_value, encode_value, restore, Commit, Error, Expired, ScheduleCommit,
     Store, TimerKey, STORE_FORMAT,
 };
-use crate::machine::{Event, RunState};
+use crate::machine::{Event, RunState, TimerId};
 use crate::schedule::Schedule;
 
 mod archived;

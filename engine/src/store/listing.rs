@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::definition::CoreAction;
 use crate::machine::{RunState, RunStatus};
 
 /// A run's line in a listing, stored with every commit that changes it (`listings` tree).
@@ -61,7 +62,7 @@ impl Listing {
                 .map(|timer| {
                     (
                         super::TimerKey::new(timer.fire_at, state.id, timer.timer).fire_at_ms,
-                        timer.timer,
+                        timer.timer.0,
                     )
                 })
                 .collect(),
@@ -123,7 +124,7 @@ pub fn current_step(state: &RunState) -> Option<String> {
     active
         .iter()
         .rev()
-        .find(|step| step.action != "for_each")
+        .find(|step| !CoreAction::ForEach.is(&step.action))
         .or_else(|| active.last())
         .map(|step| step.key.clone())
 }
@@ -156,7 +157,7 @@ pub fn wait(state: &RunState) -> Option<Wait> {
     }
     let kind = match step.waiting_for? {
         WaitingFor::Approval => "approval",
-        WaitingFor::Timer if step.action == "window" => "window",
+        WaitingFor::Timer if CoreAction::Window.is(&step.action) => "window",
         WaitingFor::Timer | WaitingFor::Retry => "timer",
         WaitingFor::Poll => "poll",
         WaitingFor::Iterations => return None,

@@ -38,7 +38,7 @@ pub use self::journal::Journal;
 pub use self::listing::{Counts, ListQuery, Listing, Page};
 pub use self::memory::{MemoryStore, MemoryTables};
 pub use self::sled::{SledStore, SledTables};
-use crate::machine::{Event, EventKind, RunState};
+use crate::machine::{Event, EventKind, RunState, TimerId};
 pub use envelope::FORMAT;
 
 /// The layout of the store on disk (trees, keys, write-ahead log), recorded in `meta/format`.
@@ -107,19 +107,25 @@ pub struct TimerKey {
     /// Milliseconds since the Unix epoch (instants before it are clamped to 0).
     pub fire_at_ms: u64,
     pub run_id: Uuid,
-    /// The seq of the `TimerArmed` event.
-    pub timer: u64,
+    /// The timer: the seq of its `TimerArmed` event.
+    pub timer: TimerId,
 }
 
 impl TimerKey {
     pub const LEN: usize = 8 + 16 + 8;
 
-    pub fn new(fire_at: DateTime<Utc>, run_id: Uuid, timer: u64) -> TimerKey {
+    pub fn new(fire_at: DateTime<Utc>, run_id: Uuid, timer: TimerId) -> TimerKey {
         TimerKey {
             fire_at_ms: u64::try_from(fire_at.timestamp_millis()).unwrap_or(0),
             run_id,
             timer,
         }
+    }
+
+    /// A schedule's next firing: the schedule's id in place of a run's, and timer 0 (a run's
+    /// timers are the seqs of their events, which start at 1).
+    pub fn schedule(fire_at: DateTime<Utc>, schedule_id: Uuid) -> TimerKey {
+        TimerKey::new(fire_at, schedule_id, TimerId(0))
     }
 
     pub fn fire_at(&self) -> DateTime<Utc> {
@@ -131,7 +137,7 @@ impl TimerKey {
         let mut bytes = [0u8; Self::LEN];
         bytes[..8].copy_from_slice(&self.fire_at_ms.to_be_bytes());
         bytes[8..24].copy_from_slice(self.run_id.as_bytes());
-        bytes[24..].copy_from_slice(&self.timer.to_be_bytes());
+        bytes[24..].copy_from_slice(&self.timer.0.to_be_bytes());
         bytes
     }
 
@@ -142,7 +148,7 @@ impl TimerKey {
         Some(TimerKey {
             fire_at_ms: u64::from_be_bytes(bytes[..8].try_into().ok()?),
             run_id: Uuid::from_slice(&bytes[8..24]).ok()?,
-            timer: u64::from_be_bytes(bytes[24..].try_into().ok()?),
+            timer: TimerId(u64::from_be_bytes(bytes[24..].try_into().ok()?)),
         })
     }
 }
@@ -308,10 +314,10 @@ impl ScheduleCommit {
         if old_fire != new_fire {
             commit
                 .timers_remove
-                .extend(old_fire.map(|fire| TimerKey::new(fire, schedule.id, 0)));
+                .extend(old_fire.map(|fire| TimerKey::schedule(fire, schedule.id)));
             commit
                 .timers_add
-                .extend(new_fire.map(|fire| TimerKey::new(fire, schedule.id, 0)));
+                .extend(new_fire.map(|fire| TimerKey::schedule(fire, schedule.id)));
         }
         Ok(commit)
     }
@@ -326,15 +332,12 @@ impl ScheduleCommit {
             value: None,
             timers_add: Vec::new(),
             timers_remove: old_fire
-                .map(|fire| TimerKey::new(fire, schedule.id, 0))
+                .map(|fire| TimerKey::schedule(fire, schedule.id))
                 .into_iter()
                 .collect(),
         }
     }
 }
-
-/// A run read back at start-up: its state, or why it could not be read.
-pub type LoadedRun = Result<RunState, (Uuid, Error)>;
 
 /// The journal, in domain terms.
 pub trait Store: Send + Sync + 'static {
@@ -413,23 +416,9 @@ pub trait Store: Send + Sync + 'static {
         Ok(0)
     }
 
-    /// The ids of the runs that are not parked (see [`Commit::parked`]).
+    /// The ids of the runs that are not parked (see [`Commit::parked`]): those the daemon
+    /// works on at start-up.
     fn active_run_ids(&self) -> Result<Vec<Uuid>, Error>;
-
-    /// The runs that are not parked: those the daemon works on at start-up. Each is its
-    /// latest state (with its pinned definition), or the error that kept it from being read;
-    /// one bad run never hides the others.
-    fn load_active_runs(&self) -> Result<Vec<LoadedRun>, Error> {
-        let mut loaded = Vec::new();
-        for run_id in self.active_run_ids()? {
-            match self.load_run(run_id) {
-                Ok(Some(state)) => loaded.push(Ok(state)),
-                Ok(None) => {}
-                Err(error) => loaded.push(Err((run_id, error))),
-            }
-        }
-        Ok(loaded)
-    }
 
     /// The ids of the runs whose id starts with the bytes `prefix`, at most `limit`.
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error>;

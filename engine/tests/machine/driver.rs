@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use runbook_engine::definition::{self, Definition, OnFailure};
 use runbook_engine::machine::{
-    self, ActionFailure, Actor, Call, Decision, Effect, Event, EventKind, Input, Rejection,
+    self, ActionFailure, Actor, Call, CallId, Decision, Effect, Event, EventKind, Input, Rejection,
     RunState, RunStatus, StepStatus,
 };
 
@@ -39,7 +39,7 @@ pub(crate) struct Driver {
     /// Calls the machine asked to abort: they still report, and the report must change nothing.
     pub(crate) aborted: Vec<Call>,
     /// Calls lost in a restart that recovery has not reported `Interrupted` yet.
-    pub(crate) lost: BTreeSet<u32>,
+    pub(crate) lost: BTreeSet<CallId>,
     /// `Effect::Continue`s of committed decisions not fed back yet.
     pub(crate) continues: usize,
     /// Crash right after the next decision that yields (`Effect::Continue`) is committed, before
@@ -262,8 +262,8 @@ impl Driver {
         if replayed.definition != self.state.definition {
             return Err("replaying the journal does not give the pinned definition".to_owned());
         }
-        let in_state: BTreeSet<u32> = calls_in_state(&self.state).into_iter().collect();
-        let in_flight: BTreeSet<u32> = self
+        let in_state: BTreeSet<CallId> = calls_in_state(&self.state).into_iter().collect();
+        let in_flight: BTreeSet<CallId> = self
             .pending
             .iter()
             .map(|call| call.call)
@@ -412,7 +412,7 @@ impl Driver {
     /// An action call ended.
     pub(crate) fn finish_call(
         &mut self,
-        call: u32,
+        call: CallId,
         result: Result<Value, ActionFailure>,
     ) -> Result<(), Rejection> {
         let Some(index) = self.pending.iter().position(|pending| pending.call == call) else {
@@ -423,7 +423,7 @@ impl Driver {
     }
 
     /// The call of `step` (of its undo when `undo`) in `calls`.
-    pub(crate) fn call_of(&self, calls: &[Call], step: &str, undo: bool) -> u32 {
+    pub(crate) fn call_of(&self, calls: &[Call], step: &str, undo: bool) -> CallId {
         match calls
             .iter()
             .find(|call| call.step == step && call.undo == undo)
@@ -444,7 +444,7 @@ impl Driver {
     /// machine journals how it ended (`aborted_call_ended`, which rollback waits for) — or, when
     /// it ran to its end anyway (`completed`: it succeeded), its result (`aborted_call_completed`),
     /// and a rollback then undoes it.
-    pub(crate) fn late_report(&mut self, call: u32, completed: bool) {
+    pub(crate) fn late_report(&mut self, call: CallId, completed: bool) {
         let Some(index) = self.aborted.iter().position(|aborted| aborted.call == call) else {
             self.fail(&format!("late_report: call #{call} was not aborted"));
         };
@@ -604,49 +604,17 @@ impl Driver {
         self.aborted.clear();
         self.continues = 0;
         // A call that was being aborted is re-attached only to be stopped: its end is reported.
-        for step in &self.state.steps {
-            if let Some(call) = step.aborting {
-                self.aborted.push(Call {
-                    run_id: self.run_id,
-                    call,
-                    step: step.key.clone(),
-                    attempt: step.attempts,
-                    undo: false,
-                    action: step.action.clone(),
-                    input: (*step.input).clone(),
-                });
-            }
-        }
+        let (aborted, in_flight): (Vec<_>, Vec<_>) = self
+            .state
+            .calls_in_flight()
+            .into_iter()
+            .partition(|found| found.aborting);
+        self.aborted
+            .extend(aborted.into_iter().map(|found| found.call));
         if self.state.status.is_terminal() {
             return;
         }
-        let mut in_flight = Vec::new();
-        for step in &self.state.steps {
-            if let Some(call) = step.call {
-                in_flight.push(Call {
-                    run_id: self.run_id,
-                    call,
-                    step: step.key.clone(),
-                    attempt: step.attempts,
-                    undo: false,
-                    action: step.action.clone(),
-                    input: (*step.input).clone(),
-                });
-            }
-            if let Some(undo) = &step.undo {
-                if let Some(call) = undo.call {
-                    in_flight.push(Call {
-                        run_id: self.run_id,
-                        call,
-                        step: step.key.clone(),
-                        attempt: undo.attempts,
-                        undo: true,
-                        action: undo.action.clone(),
-                        input: undo.input.clone(),
-                    });
-                }
-            }
-        }
+        let in_flight: Vec<Call> = in_flight.into_iter().map(|found| found.call).collect();
         self.lost = in_flight.iter().map(|call| call.call).collect();
         self.log("> continue".to_owned());
         let _ = self.feed(Input::Continue);
@@ -736,7 +704,7 @@ impl Driver {
 
     /// The action of a call in flight journals a note about it (the exec supervisor's pid): one
     /// `CallNoted` event, and nothing else changes.
-    pub(crate) fn note(&mut self, call: u32, note: Value) -> Result<(), Rejection> {
+    pub(crate) fn note(&mut self, call: CallId, note: Value) -> Result<(), Rejection> {
         self.log(format!("> note #{call} {note}"));
         let before_len = self.journal.len();
         let result = self.feed(Input::CallNote {
@@ -775,7 +743,7 @@ pub(crate) fn to_json<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).expect("serializes to JSON")
 }
 
-pub(crate) fn calls_in_state(state: &RunState) -> Vec<u32> {
+pub(crate) fn calls_in_state(state: &RunState) -> Vec<CallId> {
     state
         .steps
         .iter()

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use serde_json::json;
 
-use runbook_engine::machine::{ActionFailure, Input, IterationStatus, StepStatus, WaitingFor};
+use runbook_engine::machine::{
+    ActionFailure, Input, IterationStatus, StepStatus, TimerId, WaitingFor,
+};
 
 use super::*;
 
@@ -354,7 +356,7 @@ impl Driver {
                 Ok(())
             }
             Op::EarlyFire { pick } => {
-                let early: Vec<u64> = self
+                let early: Vec<TimerId> = self
                     .state
                     .timers
                     .iter()

@@ -156,7 +156,7 @@ impl Parser<'_> {
             }
             return Ok(Step {
                 id,
-                action: "for_each".to_owned(),
+                action: CoreAction::ForEach.name().to_owned(),
                 description: step.description.clone(),
                 with: Value::Null,
                 timeout,
@@ -220,7 +220,7 @@ impl Parser<'_> {
         let mut until_span = step.until.as_ref().map(|until| until.span());
 
         // wait_until is sugar: poll the inner action until `condition` holds.
-        if action_name == "wait_until" {
+        if CoreAction::WaitUntil.is(&action_name) {
             let object = with.as_object().cloned().unwrap_or_default();
             let inner_action = object
                 .get("action")
@@ -316,7 +316,7 @@ impl Parser<'_> {
                 .cloned()
                 .unwrap_or(Value::Object(Default::default()));
         }
-        if action_name == "for_each" || action_name == "wait_until" {
+        if CoreAction::ForEach.is(&action_name) || CoreAction::WaitUntil.is(&action_name) {
             return Err(self.error(
                 action,
                 format!("{}: {action_name:?} cannot be used here", at("action")),
@@ -443,13 +443,13 @@ impl Parser<'_> {
         };
         match actions.schema(action) {
             None => {
-                let mut known: Vec<&str> = crate::definition::CORE_ACTIONS.to_vec();
+                let mut known = CoreAction::step_action_names();
                 known.extend(actions.names());
                 let hint = match crate::action::schema::nearest(action, &known) {
                     Some(near) => format!("did you mean {near:?}?"),
                     None => format!(
                         "core actions: {}",
-                        crate::definition::CORE_ACTIONS.join(", ")
+                        CoreAction::step_action_names().join(", ")
                     ),
                 };
                 // At the step's line, as `validate` reports it for a definition read back.

@@ -73,11 +73,7 @@ impl Decider {
             0
         };
         for (position, step) in steps.iter().enumerate().skip(start) {
-            let key = if top {
-                step.id.clone()
-            } else {
-                format!("{prefix}.{}", step.id)
-            };
+            let key = step_key::child(prefix, &step.id);
             let Some(state) = self.state.step(&key) else {
                 self.start_step(step, &key);
                 return Progress::Busy;
@@ -160,7 +156,7 @@ impl Decider {
         let mut blocked = None;
         for &index in &running {
             let before = self.events.len();
-            match self.advance_sequence(&for_each.steps, &format!("{key}[{index}]")) {
+            match self.advance_sequence(&for_each.steps, &step_key::iteration(key, index)) {
                 Progress::Done => {
                     self.emit(EventKind::IterationFinished {
                         step: key.to_owned(),
@@ -200,8 +196,10 @@ impl Decider {
                             .steps
                             .iter()
                             .filter_map(|inner| {
-                                let state =
-                                    self.state.step(&format!("{key}[{index}].{}", inner.id))?;
+                                let state = self.state.step(&step_key::child(
+                                    &step_key::iteration(key, index),
+                                    &inner.id,
+                                ))?;
                                 Some((
                                     inner.id.clone(),
                                     state.output.clone().unwrap_or(Value::Null),

@@ -14,8 +14,10 @@ use super::context;
 use super::event::{
     Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,
 };
+use super::ids::{CallId, TimerId};
 use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
-use crate::definition::{Concurrency, Definition, OnFailure, Step};
+use super::step_key;
+use crate::definition::{Concurrency, CoreAction, Definition, OnFailure, Step};
 use crate::{calendar, template};
 
 mod advance;
@@ -28,26 +30,26 @@ mod start;
 pub enum Input {
     /// An action call ended (or was canceled).
     ActionFinished {
-        call: u32,
+        call: CallId,
         result: Result<Value, ActionFailure>,
     },
     /// A durable timer is due.
     TimerFired {
-        timer: u64,
+        timer: TimerId,
     },
     /// After a restart: the call was in flight and cannot be re-attached.
     Interrupted {
-        call: u32,
+        call: CallId,
     },
     /// After a restart: the call was in flight but certainly never started what it does (an
     /// exec whose supervisor was never released); `reason` says how that is known.
     NotStarted {
-        call: u32,
+        call: CallId,
         reason: String,
     },
     /// An action journals a note about its call in flight (see `EventKind::CallNoted`).
     CallNote {
-        call: u32,
+        call: CallId,
         note: Value,
     },
     /// Go on with whatever can start (after a yield, and at recovery).
@@ -109,7 +111,7 @@ pub enum Effect {
     Call(Call),
     /// Cancel an action call in flight (timeout, cancel, rollback).
     Abort {
-        call: u32,
+        call: CallId,
     },
     /// Feed `Input::Continue` once this decision is durable: a step ended within it, and the
     /// next one starts in a commit of its own.
@@ -119,12 +121,72 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     pub run_id: Uuid,
-    pub call: u32,
+    pub call: CallId,
     pub step: String,
     pub attempt: u32,
     pub undo: bool,
     pub action: String,
     pub input: Value,
+}
+
+/// A call the run's state shows in flight: after a restart, recovery hands it back to its
+/// action (see `runtime::Engine::recover`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallInFlight {
+    pub call: Call,
+    /// The last note the call recorded: what it needs to find its work again.
+    pub note: Option<Value>,
+    /// It was being stopped (timeout, cancel, rollback): re-attached only to stop it and learn
+    /// that it ended. Such a call may outlive its run's end.
+    pub aborting: bool,
+}
+
+impl RunState {
+    /// Every call in flight, in step order: a step's call (or the call being stopped), then its
+    /// undo's. A finished run has only calls being stopped.
+    pub fn calls_in_flight(&self) -> Vec<CallInFlight> {
+        let live = !self.status.is_terminal();
+        let mut found = Vec::new();
+        for step in &self.steps {
+            let main = match (step.aborting, step.call) {
+                (Some(call), _) => Some((call, true)),
+                (None, Some(call)) if live => Some((call, false)),
+                _ => None,
+            };
+            if let Some((call, aborting)) = main {
+                found.push(CallInFlight {
+                    call: Call {
+                        run_id: self.id,
+                        call,
+                        step: step.key.clone(),
+                        attempt: step.attempts,
+                        undo: false,
+                        action: step.action.clone(),
+                        input: (*step.input).clone(),
+                    },
+                    note: step.note.clone(),
+                    aborting,
+                });
+            }
+            let undo = step.undo.as_ref().filter(|_| live);
+            if let Some((undo, call)) = undo.and_then(|undo| undo.call.map(|call| (undo, call))) {
+                found.push(CallInFlight {
+                    call: Call {
+                        run_id: self.id,
+                        call,
+                        step: step.key.clone(),
+                        attempt: undo.attempts,
+                        undo: true,
+                        action: undo.action.clone(),
+                        input: undo.input.clone(),
+                    },
+                    note: undo.note.clone(),
+                    aborting: false,
+                });
+            }
+        }
+        found
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -262,7 +324,7 @@ impl Decider {
             });
             return;
         }
-        let timer = self.state.last_seq + 1;
+        let timer = TimerId(self.state.last_seq + 1);
         self.emit(EventKind::TimerArmed {
             timer,
             fire_at,
@@ -277,11 +339,7 @@ impl Decider {
             .state
             .timers
             .iter()
-            .filter(|timer| {
-                key.is_none_or(|key| {
-                    timer.step == key || timer.step.starts_with(&format!("{key}["))
-                })
-            })
+            .filter(|timer| key.is_none_or(|key| step_key::is_within(&timer.step, key)))
             .map(|timer| (timer.timer, timer.fire_at))
             .collect();
         for (timer, fire_at) in timers {
@@ -292,14 +350,12 @@ impl Decider {
     /// Stops every active step under `key` (or all): aborts calls in flight, marks them canceled.
     fn cancel_active(&mut self, key: Option<&str>) {
         self.cancel_timers(key);
-        let active: Vec<(String, Option<u32>)> = self
+        let active: Vec<(String, Option<CallId>)> = self
             .state
             .steps
             .iter()
             .filter(|step| step.status.is_active())
-            .filter(|step| {
-                key.is_none_or(|key| step.key == key || step.key.starts_with(&format!("{key}[")))
-            })
+            .filter(|step| key.is_none_or(|key| step_key::is_within(&step.key, key)))
             .map(|step| (step.key.clone(), step.call))
             .collect();
         for (step, call) in active {
@@ -309,7 +365,7 @@ impl Decider {
             self.emit(EventKind::StepCanceled { step });
         }
         if key.is_none() {
-            let undos: Vec<(String, u32)> = self
+            let undos: Vec<(String, CallId)> = self
                 .state
                 .steps
                 .iter()

@@ -19,12 +19,11 @@ impl Decider {
             .state
             .steps
             .iter()
-            .filter(|step| step.key.rsplit('.').next() == Some(typed) && wanted(step))
+            .filter(|step| step_key::id(&step.key) == typed && wanted(step))
             .map(|step| step.key.as_str())
             .collect();
-        let instance_of = |step: &Arc<crate::machine::state::StepState>| {
-            step.key.rsplit('.').next() == Some(typed)
-        };
+        let instance_of =
+            |step: &Arc<crate::machine::state::StepState>| step_key::id(&step.key) == typed;
         match matches.as_slice() {
             [one] => Ok((*one).to_owned()),
             // The step exists but cannot take the request now: a conflict, not a missing step.
@@ -111,21 +110,22 @@ impl Decider {
     /// itself if it is a gate, every gate under it (a loop's iterations) that was not approved,
     /// and, for a loop, the gates of its body (iterations not started yet have them too).
     pub(super) fn gates_passed_by(&self, key: &str) -> Vec<String> {
-        let nested = format!("{key}[");
         let mut gates: Vec<String> = self
             .state
             .steps
             .iter()
-            .filter(|step| step.key == key || step.key.starts_with(&nested))
-            .filter(|step| step.action == "approval" && step.status != StepStatus::Succeeded)
+            .filter(|step| step_key::is_within(&step.key, key))
+            .filter(|step| {
+                CoreAction::Approval.is(&step.action) && step.status != StepStatus::Succeeded
+            })
             .map(|step| step.key.clone())
             .collect();
         let definition = self.definition();
         if let Some(for_each) = definition.step(key).and_then(|step| step.for_each.as_ref()) {
             let mut body: Vec<&Step> = for_each.steps.iter().collect();
             while let Some(step) = body.pop() {
-                if step.action == "approval" {
-                    gates.push(format!("{key}[*].{}", step.id));
+                if CoreAction::Approval.is(&step.action) {
+                    gates.push(step_key::child(&step_key::every_iteration(key), &step.id));
                 }
                 if let Some(inner) = &step.for_each {
                     body.extend(inner.steps.iter());

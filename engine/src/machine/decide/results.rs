@@ -6,7 +6,7 @@ use serde_json::json;
 use super::*;
 
 impl Decider {
-    pub(super) fn on_call_finished(&mut self, call: u32, result: Result<Value, ActionFailure>) {
+    pub(super) fn on_call_finished(&mut self, call: CallId, result: Result<Value, ActionFailure>) {
         // From the newest step back: a call in flight belongs to a recent step, and a long run
         // must not walk every finished step for each result.
         if let Some(step) = self
@@ -45,7 +45,7 @@ impl Decider {
     /// is journaled.
     pub(super) fn on_aborted_call_result(
         &mut self,
-        call: u32,
+        call: CallId,
         result: Result<Value, ActionFailure>,
     ) {
         let Some(step) = self
@@ -75,7 +75,7 @@ impl Decider {
     }
 
     /// The call of a canceled step really ended: rollback may go on.
-    pub(super) fn on_aborted_call_ended(&mut self, call: u32) {
+    pub(super) fn on_aborted_call_ended(&mut self, call: CallId) {
         let aborted = self
             .state
             .steps
@@ -168,18 +168,17 @@ impl Decider {
     }
 
     pub(super) fn cancel_active_children_and_timers(&mut self, key: &str) {
-        let nested_prefix = format!("{key}[");
         if self
             .state
             .steps
             .iter()
-            .any(|step| step.key.starts_with(&nested_prefix) && step.status.is_active())
+            .any(|step| step_key::is_nested_in(&step.key, key) && step.status.is_active())
         {
             let children: Vec<String> = self
                 .state
                 .steps
                 .iter()
-                .filter(|step| step.key.starts_with(&nested_prefix) && step.status.is_active())
+                .filter(|step| step_key::is_nested_in(&step.key, key) && step.status.is_active())
                 .map(|step| step.key.clone())
                 .collect();
             for child in children {
@@ -189,7 +188,7 @@ impl Decider {
         self.cancel_timers(Some(key));
     }
 
-    pub(super) fn on_timer(&mut self, timer: u64) {
+    pub(super) fn on_timer(&mut self, timer: TimerId) {
         let Some(active) = self
             .state
             .timers
@@ -263,7 +262,7 @@ impl Decider {
         }
     }
 
-    pub(super) fn on_interrupted(&mut self, call: u32) {
+    pub(super) fn on_interrupted(&mut self, call: CallId) {
         let definition = self.definition();
         if let Some(step) = self
             .state
@@ -316,7 +315,7 @@ impl Decider {
 
     /// After a restart: the call never started what it does, so starting it again is safe,
     /// idempotent or not. Journaled as such, then started again (same attempt: it never ran).
-    pub(super) fn on_not_started(&mut self, call: u32, reason: String) {
+    pub(super) fn on_not_started(&mut self, call: CallId, reason: String) {
         let definition = self.definition();
         if let Some(step) = self
             .state

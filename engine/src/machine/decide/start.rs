@@ -27,8 +27,8 @@ impl Decider {
                     self.emit(EventKind::StepStarted {
                         step: key.to_owned(),
                         attempt: 1,
-                        call: 0,
-                        action: "noop".to_owned(),
+                        call: None,
+                        action: CoreAction::Noop.name().to_owned(),
                         input: Value::Null,
                     });
                     self.fail(key, format!("when: {message}"), false);
@@ -49,8 +49,8 @@ impl Decider {
                     self.emit(EventKind::StepStarted {
                         step: key.to_owned(),
                         attempt: 1,
-                        call: 0,
-                        action: "for_each".to_owned(),
+                        call: None,
+                        action: CoreAction::ForEach.name().to_owned(),
                         input: Value::Array(items),
                     });
                     // A timeout that cannot be rendered has failed the loop already.
@@ -60,8 +60,8 @@ impl Decider {
                     self.emit(EventKind::StepStarted {
                         step: key.to_owned(),
                         attempt: 1,
-                        call: 0,
-                        action: "for_each".to_owned(),
+                        call: None,
+                        action: CoreAction::ForEach.name().to_owned(),
                         input: Value::Null,
                     });
                     self.fail(key, message.to_string(), false);
@@ -135,7 +135,7 @@ impl Decider {
                 self.emit(EventKind::StepStarted {
                     step: key.to_owned(),
                     attempt,
-                    call: 0,
+                    call: None,
                     action: step.action.clone(),
                     input: Value::Null,
                 });
@@ -147,7 +147,7 @@ impl Decider {
         self.emit(EventKind::StepStarted {
             step: key.to_owned(),
             attempt,
-            call,
+            call: Some(call),
             action: step.action.clone(),
             input: input.clone(),
         });
@@ -172,16 +172,16 @@ impl Decider {
                 return;
             }
         }
-        match step.action.as_str() {
-            "noop" => {
+        match CoreAction::of(&step.action) {
+            Some(CoreAction::Noop) => {
                 self.complete(key, Ok(input));
                 self.yield_after_commit();
             }
-            "wait" => match wait_deadline(&input, self.now) {
+            Some(CoreAction::Wait) => match wait_deadline(&input, self.now) {
                 Ok(fire_at) => self.arm(TimerPurpose::Wait, key, fire_at),
                 Err(message) => self.fail(key, message, false),
             },
-            "window" => {
+            Some(CoreAction::Window) => {
                 let expression = input
                     .get("cron")
                     .and_then(Value::as_str)
@@ -194,7 +194,7 @@ impl Decider {
                     Err(message) => self.fail(key, message, false),
                 }
             }
-            "approval" => {
+            Some(CoreAction::Approval) => {
                 let prompt = input
                     .get("prompt")
                     .and_then(Value::as_str)
@@ -205,13 +205,13 @@ impl Decider {
                     prompt,
                 });
             }
-            action => self.effects.push(Effect::Call(Call {
+            _ => self.effects.push(Effect::Call(Call {
                 run_id: self.state.id,
                 call,
                 step: key.to_owned(),
                 attempt,
                 undo: false,
-                action: action.to_owned(),
+                action: step.action.clone(),
                 input,
             })),
         }
@@ -246,7 +246,7 @@ impl Decider {
                     action: undo.action.clone(),
                     input: input.clone(),
                 });
-                if undo.action == "noop" {
+                if CoreAction::Noop.is(&undo.action) {
                     self.emit(EventKind::UndoSucceeded {
                         step: key.to_owned(),
                         output: input,

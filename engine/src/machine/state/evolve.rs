@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::*;
+use crate::definition::{makes_call, CoreAction};
 
 /// Applies one event. Events that do not fit (a journal written by a buggy build) are applied as
 /// far as they make sense and never panic.
@@ -53,14 +54,12 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             action,
             input,
         } => {
-            let is_call = !matches!(
-                action.as_str(),
-                "noop" | "wait" | "window" | "approval" | "for_each"
-            );
-            if is_call {
-                state.next_call = state.next_call.max(call + 1);
+            let (is_call, for_each) = (makes_call(action), CoreAction::ForEach.is(action));
+            let call = call.filter(|_| is_call);
+            if let Some(call) = call {
+                state.next_call = state.next_call.max(call.next());
             }
-            let iterations = (action == "for_each").then(|| {
+            let iterations = for_each.then(|| {
                 input
                     .as_array()
                     .map(|items| {
@@ -91,12 +90,12 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                     if !polls_on {
                         existing.waiting_since = None;
                     }
-                    if action == "for_each" {
+                    if for_each {
                         existing.waiting_since = Some(at);
                     }
                     existing.status = status;
                     existing.attempts = *attempt;
-                    existing.call = is_call.then_some(*call);
+                    existing.call = call;
                     existing.input = Arc::new(input.clone());
                     existing.finished_at = None;
                     existing.error = None;
@@ -114,14 +113,14 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         action: action.clone(),
                         status,
                         attempts: *attempt,
-                        call: is_call.then_some(*call),
+                        call,
                         polls: 0,
                         started_at: at,
                         finished_at: None,
                         input: Arc::new(input.clone()),
                         output: None,
                         error: None,
-                        waiting_for: (action == "for_each").then_some(WaitingFor::Iterations),
+                        waiting_for: for_each.then_some(WaitingFor::Iterations),
                         fire_at: None,
                         late_by_ms: None,
                         prompt: None,
@@ -131,7 +130,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
                         undo: None,
                         note: None,
                         aborting: None,
-                        waiting_since: (action == "for_each").then_some(at),
+                        waiting_since: for_each.then_some(at),
                         iterations_done: DonePrefix::default(),
                     });
                 }
@@ -502,7 +501,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             action,
             input,
         } => {
-            state.next_call = state.next_call.max(call + 1);
+            state.next_call = state.next_call.max(call.next());
             if let Some(existing) = state.step_mut(step) {
                 existing.undo = Some(UndoState {
                     status: StepStatus::Running,

@@ -15,13 +15,13 @@ impl Checker {
         if self.draining.is_cancelled() {
             let check = StepCheck::noted("not_checked", "not checked: the daemon is shutting down");
             self.set(key, check.clone());
-            self.set_under(&format!("{key}["), &check);
+            self.set_under(key, &check);
             return Ok(None);
         }
         if Instant::now() >= self.deadline {
             let check = StepCheck::noted("not_checked", limit_note(&self.limits));
             self.set(key, check.clone());
-            self.set_under(&format!("{key}["), &check);
+            self.set_under(key, &check);
             return Ok(None);
         }
         let mut when_now = None;
@@ -36,7 +36,7 @@ impl Checker {
                         ..StepCheck::noted("skipped", format!("when is false now: {condition}"))
                     };
                     self.set(key, check.clone());
-                    self.set_under(&format!("{key}["), &check);
+                    self.set_under(key, &check);
                     return Ok(None);
                 }
                 Ok(true) => when_now = Some(true),
@@ -75,7 +75,7 @@ impl Checker {
                 self.set(key, check);
                 let pending =
                     StepCheck::noted("pending", "inside a loop whose items are known at run time");
-                self.set_under(&format!("{key}["), &pending);
+                self.set_under(key, &pending);
                 return Ok(None);
             };
             self.expand(step, key, &items, context).await?;
@@ -94,7 +94,7 @@ impl Checker {
                         self.limits.iterations
                     ),
                 );
-                self.set_under(&format!("{key}["), &skipped);
+                self.set_under(key, &skipped);
                 return Ok(None);
             }
             for (index, item) in items.into_iter().enumerate() {
@@ -104,25 +104,27 @@ impl Checker {
                     map.insert("index".to_owned(), Value::from(index));
                 }
                 let saved = self.unknown.clone();
-                self.walk(&for_each.steps, format!("{key}[{index}]"), inner)
-                    .await?;
+                self.walk(
+                    &for_each.steps,
+                    crate::machine::step_key::iteration(key, index),
+                    inner,
+                )
+                .await?;
                 self.unknown = saved;
             }
             return Ok(None);
         }
-        match step.action.as_str() {
-            "wait" | "window" | "approval" | "noop" => {
-                let (with, scope) = (step.with.clone(), context.clone());
-                let input = crate::runtime::off_workers(move || template::render(&with, &scope))
-                    .await?
-                    .ok();
-                let what = describe_core(&step.action, input.as_ref().unwrap_or(&step.with));
-                let mut check = StepCheck::noted("described", format!("not executed: {what}"));
-                when_note(&mut check);
-                self.set(key, check);
-                return Ok(None);
-            }
-            _ => {}
+        // The core actions the machine decides itself have nothing to run: described.
+        if CoreAction::of(&step.action).is_some_and(CoreAction::is_done_by_machine) {
+            let (with, scope) = (step.with.clone(), context.clone());
+            let input = crate::runtime::off_workers(move || template::render(&with, &scope))
+                .await?
+                .ok();
+            let what = describe_core(&step.action, input.as_ref().unwrap_or(&step.with));
+            let mut check = StepCheck::noted("described", format!("not executed: {what}"));
+            when_note(&mut check);
+            self.set(key, check);
+            return Ok(None);
         }
         let (with, scope) = (step.with.clone(), context.clone());
         let input =

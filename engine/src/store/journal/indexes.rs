@@ -183,7 +183,7 @@ impl<T: Tables> Journal<T> {
                 let timer_key = TimerKey {
                     fire_at_ms: *fire_at_ms,
                     run_id,
-                    timer: *timer,
+                    timer: TimerId(*timer),
                 };
                 if self
                     .tables
@@ -273,7 +273,7 @@ impl<T: Tables> Journal<T> {
                 continue;
             }
             match listed(timer.run_id)? {
-                Some(line) if line.timers.contains(&(timer.fire_at_ms, timer.timer)) => {}
+                Some(line) if line.timers.contains(&(timer.fire_at_ms, timer.timer.0)) => {}
                 Some(line) => {
                     problems.push(format!(
                         "timer {} of run {} ({}) is not armed by the run",
