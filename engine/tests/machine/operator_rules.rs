@@ -2,7 +2,7 @@
 //! it; a canceled run can still be rolled back; `cancel` with `rollback` runs the undos; what a
 //! run waits for, and since when.
 
-use runbook_engine::machine::{Actor, Input, Rejection, RunStatus, StepStatus};
+use runbook_engine::machine::{Actor, CallId, Input, Rejection, RunStatus, StepStatus};
 use runbook_engine::store::listing;
 
 use super::*;
@@ -381,4 +381,35 @@ on_failure = "continue"
         other => panic!("expected a conflict, got {other:?}"),
     }
     run_script(&mut driver, "skip each[0].work\nexpect succeeded");
+}
+
+/// A retry after a timeout starts the step's next call while the timed-out one may still be
+/// stopping: both are in flight, and recovery after a crash must hand back both — the stopped
+/// one only to be stopped and heard from, the new one to go on. (Recovery used to take the
+/// step's call *or* its stopped call, and flagged the one it took as stopped: the new attempt
+/// was killed at the restart and the stopped call's end was never awaited.)
+#[test]
+fn a_retried_step_has_two_calls_in_flight_the_stopped_one_and_the_new_one() {
+    let mut driver = Driver::new(
+        r#"
+name = "r"
+
+[[steps]]
+id = "drain"
+action = "exec"
+with = { command = "drain" }
+timeout = "2s"
+"#,
+    );
+    run_script(&mut driver, "advance 2s\nretry drain\n");
+    let found: Vec<(CallId, bool)> = driver
+        .state
+        .calls_in_flight()
+        .into_iter()
+        .map(|found| (found.call.call, found.aborting))
+        .collect();
+    assert_eq!(found, [(CallId(1), true), (CallId(2), false)]);
+    // After a crash, both come back: the stopped call's end is still awaited.
+    run_script(&mut driver, "restart\nlate drain\n");
+    assert!(driver.state.steps.iter().all(|step| step.aborting.is_none()));
 }

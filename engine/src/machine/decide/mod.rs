@@ -18,7 +18,7 @@ use super::ids::{CallId, TimerId};
 use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
 use super::step_key;
 use crate::definition::{Concurrency, CoreAction, Definition, OnFailure, Step};
-use crate::{calendar, template};
+use crate::template;
 
 mod advance;
 mod operator;
@@ -142,18 +142,17 @@ pub struct CallInFlight {
 }
 
 impl RunState {
-    /// Every call in flight, in step order: a step's call (or the call being stopped), then its
-    /// undo's. A finished run has only calls being stopped.
+    /// Every call in flight, in step order: a step's call being stopped, its current call, then
+    /// its undo's. A finished run has only calls being stopped.
     pub fn calls_in_flight(&self) -> Vec<CallInFlight> {
         let live = !self.status.is_terminal();
         let mut found = Vec::new();
         for step in &self.steps {
-            let main = match (step.aborting, step.call) {
-                (Some(call), _) => Some((call, true)),
-                (None, Some(call)) if live => Some((call, false)),
-                _ => None,
-            };
-            if let Some((call, aborting)) = main {
+            // A call being stopped can still run beside the step's next attempt (a retry after
+            // a timeout): both are in flight.
+            let stopping = step.aborting.map(|call| (call, true));
+            let current = step.call.filter(|_| live).map(|call| (call, false));
+            for (call, aborting) in stopping.into_iter().chain(current) {
                 found.push(CallInFlight {
                     call: Call {
                         run_id: self.id,
@@ -164,7 +163,12 @@ impl RunState {
                         action: step.action.clone(),
                         input: (*step.input).clone(),
                     },
-                    note: step.note.clone(),
+                    // The note is the current call's once one started (`CallNoted` keeps only
+                    // its notes); until then it is the stopped call's.
+                    note: step
+                        .note
+                        .clone()
+                        .filter(|_| !aborting || step.call.is_none()),
                     aborting,
                 });
             }
