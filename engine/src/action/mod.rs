@@ -6,6 +6,7 @@
 //! itself; `exec` lives here; domain actions (`rocketmq.*`) are registered by the `runbooks`
 //! crate.
 
+pub mod core_input;
 mod exec;
 mod log;
 pub mod schema;

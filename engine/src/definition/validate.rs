@@ -63,24 +63,17 @@ fn is_template(text: &str) -> bool {
 
 /// Static checks of a core action's input (the parts that are not templates).
 pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String> {
+    use crate::action::core_input::{self, Stage};
     let field = |name: &str| with.get(name);
-    let text_field = |name: &str| -> Result<Option<&str>, String> {
-        match field(name) {
-            None => Ok(None),
-            Some(Value::String(text)) => Ok(Some(text.as_str())),
-            Some(_) => Err(format!("{name}: must be a string")),
-        }
-    };
+    let text_field = |name: &str| core_input::text(with, name);
     match CoreAction::of(action) {
         Some(CoreAction::Exec) => {
-            match field("command") {
-                Some(Value::String(command)) if !command.trim().is_empty() => {}
-                Some(Value::Array(argv)) if !argv.is_empty() && argv.iter().all(Value::is_string) => {}
-                _ => return Err("command: exec needs `command`, a shell string or an argv list of strings".to_owned()),
-            }
+            core_input::exec_argv(with)?;
             if let Some(parse) = text_field("parse")? {
                 if !is_template(parse) && !matches!(parse, "text" | "json" | "lines") {
-                    return Err(format!("parse: unknown value {parse:?} (text, json, lines)"));
+                    return Err(format!(
+                        "parse: unknown value {parse:?} (text, json, lines)"
+                    ));
                 }
             }
             if let Some(pattern) = text_field("regex")? {
@@ -94,37 +87,22 @@ pub(crate) fn check_core_input(action: &str, with: &Value) -> Result<(), String>
                 }
             }
             if let Some(env) = field("env") {
-                if !env.as_object().is_some_and(|env| env.values().all(Value::is_string)) {
+                if !env
+                    .as_object()
+                    .is_some_and(|env| env.values().all(Value::is_string))
+                {
                     return Err("env: must be a table of strings".to_owned());
                 }
             }
             text_field("cwd")?;
         }
-        Some(CoreAction::Wait) => match (text_field("duration")?, text_field("until")?) {
-            (Some(duration), None) => {
-                if !is_template(duration) {
-                    crate::duration::parse(duration).map_err(|message| format!("duration: {message}"))?;
-                }
-            }
-            (None, Some(until)) => {
-                if !is_template(until) {
-                    let until = chrono::DateTime::parse_from_rfc3339(until).map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
-                    crate::duration::check_deadline(until.with_timezone(&chrono::Utc), SystemClock.now())
-                        .map_err(|message| format!("until: {message}"))?;
-                }
-            }
-            _ => return Err("wait needs exactly one of `duration` (e.g. \"72h\") or `until` (an RFC 3339 instant)".to_owned()),
-        },
+        // The one check that needs today's date: an `until` in the past, a cron that will
+        // not match for years, are mistakes whenever the file is read.
+        Some(CoreAction::Wait) => {
+            core_input::wait_deadline(with, SystemClock.now(), Stage::Literal)?;
+        }
         Some(CoreAction::Window) => {
-            let cron = text_field("cron")?.ok_or("cron: window needs `cron` (e.g. \"0 4 * * *\")")?;
-            let zone = text_field("tz")?;
-            if !is_template(cron) && !zone.is_some_and(is_template) {
-                // The one check that needs today's date: a cron that will not match for years
-                // (`0 0 30 2 *` never does) is a mistake, whenever the file is read.
-                crate::calendar::Calendar::parse(cron, zone.unwrap_or("UTC"))?
-                    .next_within_horizon(SystemClock.now())
-                    .map_err(|message| format!("cron: {message}"))?;
-            }
+            core_input::window_next(with, SystemClock.now(), Stage::Literal)?;
         }
         Some(CoreAction::Approval) => {
             text_field("prompt")?;

@@ -45,6 +45,7 @@ use crate::store::{self, Commit, Writer};
 pub use archiver::run_archiver;
 pub use check::{check, CheckLimits, CheckSummary, StepCheck};
 pub use plan::{plan, Plan, PlannedStep};
+pub use resident::Resident;
 pub use retention::{run_collector, Collected};
 pub use schedules::{Backfill, ScheduleSpec, BACKFILL_LIMIT};
 pub use timers::run_timers;
@@ -98,16 +99,6 @@ impl From<Rejection> for Error {
     }
 }
 
-/// A run as the engine holds it. The state is shared, not copied, with readers.
-#[derive(Debug, Clone)]
-pub enum Resident {
-    Live(Arc<RunState>),
-    /// Its records could not be read; `reason` names the key.
-    Corrupt {
-        reason: String,
-    },
-}
-
 struct Inner {
     writer: Writer,
     clock: Arc<dyn Clock>,
@@ -157,28 +148,13 @@ impl Engine {
                 Err(error) => tracing::error!(%error, "a schedule is corrupt; it is left out"),
             }
         }
-        let mut runs = HashMap::new();
         // The runs that are not parked: those the daemon works on. One that cannot be read
         // is kept as such, and never hides the others.
+        let mut runs = HashMap::new();
         let store = writer.store();
         for run_id in store.active_run_ids()? {
-            match store.load_run(run_id) {
-                Ok(Some(state)) => {
-                    runs.insert(
-                        run_id,
-                        Arc::new(Mutex::new(Resident::Live(Arc::new(state)))),
-                    );
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
-                    runs.insert(
-                        run_id,
-                        Arc::new(Mutex::new(Resident::Corrupt {
-                            reason: error.to_string(),
-                        })),
-                    );
-                }
+            if let Some(resident) = Resident::from_read(run_id, store.load_run(run_id)) {
+                runs.insert(run_id, Arc::new(Mutex::new(resident)));
             }
         }
         Ok(Engine {

@@ -8,6 +8,35 @@ use uuid::Uuid;
 
 use super::*;
 
+/// A run as the engine holds it. The state is shared, not copied, with readers.
+#[derive(Debug, Clone)]
+pub enum Resident {
+    Live(Arc<RunState>),
+    /// Its records could not be read; `reason` names the key.
+    Corrupt {
+        reason: String,
+    },
+}
+
+impl Resident {
+    /// A run as read from the store: live, or, when its records cannot be read, corrupt (logged,
+    /// and never touched again); `None` when the store has no such run.
+    pub(super) fn from_read(
+        run_id: Uuid,
+        read: Result<Option<RunState>, store::Error>,
+    ) -> Option<Resident> {
+        match read {
+            Ok(state) => state.map(|state| Resident::Live(Arc::new(state))),
+            Err(error) => {
+                tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
+                Some(Resident::Corrupt {
+                    reason: error.to_string(),
+                })
+            }
+        }
+    }
+}
+
 impl Engine {
     /// After the store was reopened (it failed, e.g. on a full disk): the journal on disk is
     /// the truth, so every run in memory or not parked, and every schedule, is read again, and
@@ -47,9 +76,9 @@ impl Engine {
                     .clone();
                 // Read under the run's lock, so that a transition committed meanwhile is kept.
                 let mut guard = resident.lock().await;
-                *guard = match store.load_run(run_id) {
-                    Ok(Some(state)) => Resident::Live(Arc::new(state)),
-                    Ok(None) => {
+                *guard = match Resident::from_read(run_id, store.load_run(run_id)) {
+                    Some(resident) => resident,
+                    None => {
                         drop(guard);
                         self.inner
                             .runs
@@ -58,9 +87,6 @@ impl Engine {
                             .remove(&run_id);
                         continue;
                     }
-                    Err(error) => Resident::Corrupt {
-                        reason: error.to_string(),
-                    },
                 };
             }
             if let Ok(loaded) = store.load_schedules() {
@@ -105,16 +131,15 @@ impl Engine {
         if let Some(resident) = runs.get(&run_id) {
             return Ok(Some(resident.clone()));
         }
-        let resident = match self.inner.writer.store().load_run(run_id) {
-            Ok(Some(state)) => Resident::Live(Arc::new(state)),
-            Ok(None) => return Ok(None),
-            Err(error) if error.is_failure() => return Err(error.into()),
-            Err(error) => {
-                tracing::error!(run = %run_id, %error, "run is corrupt; it is left untouched");
-                Resident::Corrupt {
-                    reason: error.to_string(),
-                }
+        let read = self.inner.writer.store().load_run(run_id);
+        // A store that cannot be read at all is not a corrupt run.
+        if let Err(error) = &read {
+            if error.is_failure() {
+                return Err(error.clone().into());
             }
+        }
+        let Some(resident) = Resident::from_read(run_id, read) else {
+            return Ok(None);
         };
         let resident = Arc::new(Mutex::new(resident));
         runs.insert(run_id, resident.clone());

@@ -40,21 +40,7 @@ pub fn would_run(input: &Value) -> Result<String, ActionFailure> {
 
 pub(crate) fn spec(input: &Value) -> Result<ExecSpec, ActionFailure> {
     let invalid = |message: String| ActionFailure::permanent(format!("exec: {message}"));
-    let argv = match input.get("command") {
-        Some(Value::String(command)) => vec!["sh".to_owned(), "-c".to_owned(), command.clone()],
-        Some(Value::Array(argv)) if !argv.is_empty() => argv
-            .iter()
-            .map(|arg| match arg {
-                Value::String(text) => text.clone(),
-                other => other.to_string(),
-            })
-            .collect(),
-        _ => {
-            return Err(invalid(
-                "`command` must be a string or a non-empty list".to_owned(),
-            ))
-        }
-    };
+    let argv = crate::action::core_input::exec_argv(input).map_err(invalid)?;
     let env: Vec<(String, String)> = input
         .get("env")
         .and_then(Value::as_object)

@@ -2,6 +2,7 @@
 //! undo.
 
 use super::*;
+use crate::action::core_input::{self, Stage};
 
 impl Decider {
     pub(super) fn start_step(&mut self, step: &Step, key: &str) {
@@ -177,20 +178,17 @@ impl Decider {
                 self.complete(key, Ok(input));
                 self.yield_after_commit();
             }
-            Some(CoreAction::Wait) => match wait_deadline(&input, self.now) {
-                Ok(fire_at) => self.arm(TimerPurpose::Wait, key, fire_at),
-                Err(message) => self.fail(key, message, false),
-            },
+            Some(CoreAction::Wait) => {
+                match core_input::wait_deadline(&input, self.now, Stage::Rendered) {
+                    Ok(Some(fire_at)) => self.arm(TimerPurpose::Wait, key, fire_at),
+                    Ok(None) => self.fail(key, "wait: no deadline".to_owned(), false),
+                    Err(message) => self.fail(key, message, false),
+                }
+            }
             Some(CoreAction::Window) => {
-                let expression = input
-                    .get("cron")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let zone = input.get("tz").and_then(Value::as_str).unwrap_or("UTC");
-                match calendar::Calendar::parse(expression, zone)
-                    .and_then(|calendar| calendar.next_within_horizon(self.now))
-                {
-                    Ok(fire_at) => self.arm(TimerPurpose::Window, key, fire_at),
+                match core_input::window_next(&input, self.now, Stage::Rendered) {
+                    Ok(Some(fire_at)) => self.arm(TimerPurpose::Window, key, fire_at),
+                    Ok(None) => self.fail(key, "window: no next opening".to_owned(), false),
                     Err(message) => self.fail(key, message, false),
                 }
             }
@@ -278,21 +276,4 @@ impl Decider {
             }
         }
     }
-}
-
-fn wait_deadline(input: &Value, now: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    if let Some(duration) = input.get("duration").and_then(Value::as_str) {
-        return crate::duration::parse(duration)
-            .map(|duration| crate::duration::after(now, duration))
-            .map_err(|message| format!("duration: {message}"));
-    }
-    if let Some(until) = input.get("until").and_then(Value::as_str) {
-        let until = DateTime::parse_from_rfc3339(until)
-            .map(|instant| instant.with_timezone(&Utc))
-            .map_err(|error| format!("until: {until:?} is not an RFC 3339 instant: {error}"))?;
-        crate::duration::check_deadline(until, now)
-            .map_err(|message| format!("until: {message}"))?;
-        return Ok(until);
-    }
-    Err("wait needs `duration` or `until`".to_owned())
 }
