@@ -298,11 +298,49 @@ impl PartialEq for DonePrefix {
 /// event. A cache, never stored and never compared: built by one walk when first asked (after a
 /// restore), then kept by [`evolve`] from the steps each event touched (every change to a step
 /// goes through [`RunState::step_mut`] or [`RunState::push_step`], which note its position).
-#[derive(Default)]
+#[derive(Default, Clone, PartialEq, Debug)]
 struct InFlight {
-    positions: std::sync::Mutex<Option<Live>>,
+    positions: Cache<Option<Live>>,
     /// The steps the event being applied changed.
-    touched: Vec<usize>,
+    touched: Cache<Vec<usize>>,
+}
+
+/// A cache inside a pure value: derived from the value, so it is cloned with it, but never
+/// compared (two states are equal whatever their caches hold) and never shown. The lock lets a
+/// reader fill it through `&self`; it is never held across anything but the filling.
+#[derive(Default)]
+struct Cache<T>(std::sync::Mutex<T>);
+
+impl<T> Cache<T> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn get_mut(&mut self) -> &mut T {
+        self.0
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl<T: Clone> Clone for Cache<T> {
+    fn clone(&self) -> Cache<T> {
+        Cache(std::sync::Mutex::new(self.lock().clone()))
+    }
+}
+
+impl<T> PartialEq for Cache<T> {
+    fn eq(&self, _: &Cache<T>) -> bool {
+        true
+    }
+}
+
+impl<T> std::fmt::Debug for Cache<T> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("cache")
+    }
 }
 
 #[derive(Clone, Default)]
@@ -332,11 +370,8 @@ impl Live {
 impl InFlight {
     /// The positions, built from `steps` if not known yet.
     fn live(&self, steps: &Vector<Arc<StepState>>) -> Live {
-        let mut guard = self
-            .positions
+        self.positions
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        guard
             .get_or_insert_with(|| {
                 let mut live = Live::default();
                 for (position, step) in steps.iter().enumerate() {
@@ -349,12 +384,8 @@ impl InFlight {
 
     /// Brings the positions up to date with the steps touched since the last call.
     fn settle(&mut self, steps: &Vector<Arc<StepState>>) {
-        let touched = std::mem::take(&mut self.touched);
-        let positions = self
-            .positions
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(live) = positions {
+        let touched = std::mem::take(self.touched.get_mut());
+        if let Some(live) = self.positions.get_mut() {
             for position in touched {
                 live.note(position, steps.get(position).map(|step| &**step));
             }
@@ -374,37 +405,12 @@ impl InFlight {
     }
 }
 
-impl Clone for InFlight {
-    fn clone(&self) -> InFlight {
-        let guard = self
-            .positions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        InFlight {
-            positions: std::sync::Mutex::new(guard.clone()),
-            touched: self.touched.clone(),
-        }
-    }
-}
-
-impl PartialEq for InFlight {
-    fn eq(&self, _: &InFlight) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for InFlight {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("InFlight")
-    }
-}
-
 /// Where each step instance sits in [`RunState::steps`], by a hash of its key: a cache for
 /// lookups (a run with many steps would otherwise search them all for each), never stored and
 /// never compared. Steps are only ever appended, so it extends itself as they are. A persistent
 /// map, so that cloning the state for a decision does not copy an entry per step.
-#[derive(Default)]
-struct StepIndex(std::sync::Mutex<(usize, HashMap<u64, usize>)>);
+#[derive(Default, Clone, PartialEq, Debug)]
+struct StepIndex(Cache<(usize, HashMap<u64, usize>)>);
 
 impl StepIndex {
     fn hash(key: &str) -> u64 {
@@ -413,10 +419,7 @@ impl StepIndex {
     }
 
     fn position(&self, steps: &Vector<Arc<StepState>>, key: &str) -> Option<usize> {
-        let mut guard = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut guard = self.0.lock();
         let (indexed, positions) = &mut *guard;
         if *indexed > steps.len() {
             *indexed = 0;
@@ -434,28 +437,6 @@ impl StepIndex {
             Some(_) => steps.iter().position(|step| step.key == key),
             None => None,
         }
-    }
-}
-
-impl Clone for StepIndex {
-    fn clone(&self) -> StepIndex {
-        let guard = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        StepIndex(std::sync::Mutex::new(guard.clone()))
-    }
-}
-
-impl PartialEq for StepIndex {
-    fn eq(&self, _: &StepIndex) -> bool {
-        true
-    }
-}
-
-impl std::fmt::Debug for StepIndex {
-    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.write_str("StepIndex")
     }
 }
 
@@ -527,12 +508,13 @@ impl RunState {
     /// Every change to a step goes through here or [`RunState::push_step`].
     fn step_mut(&mut self, key: &str) -> Option<&mut StepState> {
         let position = self.index.position(&self.steps, key)?;
-        self.in_flight.touched.push(position);
+        self.in_flight.touched.get_mut().push(position);
         self.steps.get_mut(position).map(Arc::make_mut)
     }
 
     fn push_step(&mut self, step: StepState) -> &mut StepState {
-        self.in_flight.touched.push(self.steps.len());
+        let next = self.steps.len();
+        self.in_flight.touched.get_mut().push(next);
         self.steps.push_back(Arc::new(step));
         let last = self.steps.len() - 1;
         Arc::make_mut(&mut self.steps[last])

@@ -411,5 +411,9 @@ timeout = "2s"
     assert_eq!(found, [(CallId(1), true), (CallId(2), false)]);
     // After a crash, both come back: the stopped call's end is still awaited.
     run_script(&mut driver, "restart\nlate drain\n");
-    assert!(driver.state.steps.iter().all(|step| step.aborting.is_none()));
+    assert!(driver
+        .state
+        .steps
+        .iter()
+        .all(|step| step.aborting.is_none()));
 }
