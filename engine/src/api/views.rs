@@ -276,18 +276,19 @@ use crate::store::listing::{current_step, reason};
 
 fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Vec<StepView>) {
     for definition in definitions {
-        let key = crate::machine::step_key::child(prefix, &definition.id);
+        let key = crate::definition::step_key::child(prefix, &definition.id);
         match state.step(&key) {
             Some(step) => {
                 out.push(step_view(step));
-                if let (Some(for_each), Some(iterations)) = (&definition.for_each, &step.iterations)
+                if let (Some(for_each), Some(iterations)) =
+                    (definition.for_each(), &step.iterations)
                 {
                     for (index, iteration) in iterations.iter().enumerate() {
                         if iteration.status != crate::machine::IterationStatus::Pending {
                             list_steps(
                                 state,
                                 &for_each.steps,
-                                &crate::machine::step_key::iteration(&key, index),
+                                &crate::definition::step_key::iteration(&key, index),
                                 out,
                             );
                         }
@@ -296,7 +297,7 @@ fn list_steps(state: &RunState, definitions: &[Step], prefix: &str, out: &mut Ve
             }
             None => out.push(StepView {
                 id: key,
-                action: definition.action.clone(),
+                action: definition.action().to_owned(),
                 state: "pending".to_owned(),
                 attempts: 0,
                 polls: 0,

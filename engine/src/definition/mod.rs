@@ -9,7 +9,9 @@ mod core;
 mod depth;
 mod params;
 mod parse;
+mod record;
 mod scope;
+pub mod step_key;
 mod validate;
 
 use std::time::Duration;
@@ -158,44 +160,85 @@ impl ParamKind {
     }
 }
 
+/// One step of a runbook. What it is — an action or a loop — is one field, and each of its
+/// durations is a value or a template, never both: `record.rs` keeps the form the journal has
+/// always stored (a run pins its definition in its first event).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "record::StepRecord", into = "record::StepRecord")]
 pub struct Step {
     pub id: String,
-    /// `exec`, `wait`, `approval`, `window`, `noop`, a domain action, or `for_each`.
-    pub action: String,
-    #[serde(default)]
+    pub kind: StepKind,
     pub description: String,
     /// The action's input; strings in it are templates.
-    #[serde(default)]
     pub with: Value,
     /// Bounds the whole step (all attempts and polls) from its first start; durable.
-    #[serde(default, with = "crate::duration::opt_ms")]
-    pub timeout: Option<Duration>,
+    pub timeout: Option<DurationSpec>,
     pub retry: Option<RetryPolicy>,
     /// A condition (minijinja expression); the step is skipped when false.
     pub when: Option<String>,
     /// A condition on `output`; the action is polled every `every` until it holds.
     pub until: Option<String>,
-    #[serde(default, with = "crate::duration::opt_ms")]
-    pub every: Option<Duration>,
-    /// `timeout` given as a template (`"{{ params.retention }}"`), rendered when the step starts.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout_template: Option<String>,
-    /// `every` given as a template, rendered at each poll.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub every_template: Option<String>,
+    pub every: Option<DurationSpec>,
     /// A name under which later steps see this step's output.
     pub capture: Option<String>,
-    #[serde(default)]
     pub on_failure: OnFailure,
     /// May the step be re-run blindly when a crash left its outcome unknown?
-    #[serde(default)]
     pub idempotent: bool,
     pub undo: Option<Box<Undo>>,
-    pub for_each: Option<ForEach>,
     /// Line of the step in its file, for messages.
-    #[serde(default)]
     pub line: usize,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepKind {
+    /// Runs an action: `exec`, `wait`, `approval`, `window`, `noop` or a domain action.
+    Action(String),
+    /// Runs its nested steps once per item.
+    Loop(ForEach),
+}
+
+/// A duration as written: a value, or a template rendered when it is needed
+/// (`"{{ params.retention }}"`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DurationSpec {
+    Fixed(Duration),
+    Template(String),
+}
+
+impl DurationSpec {
+    /// Fixed or still to be rendered, from what the parser read.
+    pub fn of(fixed: Option<Duration>, template: Option<String>) -> Option<DurationSpec> {
+        fixed
+            .map(DurationSpec::Fixed)
+            .or(template.map(DurationSpec::Template))
+    }
+
+    /// As written: `72h`, or the template.
+    pub fn text(&self) -> String {
+        match self {
+            DurationSpec::Fixed(duration) => crate::duration::format(*duration),
+            DurationSpec::Template(template) => template.clone(),
+        }
+    }
+}
+
+impl Step {
+    /// The action's name; a loop's is `for_each`, as the journal names it.
+    pub fn action(&self) -> &str {
+        match &self.kind {
+            StepKind::Action(action) => action,
+            StepKind::Loop(_) => CoreAction::ForEach.name(),
+        }
+    }
+
+    /// The loop, if the step is one.
+    pub fn for_each(&self) -> Option<&ForEach> {
+        match &self.kind {
+            StepKind::Loop(for_each) => Some(for_each),
+            StepKind::Action(_) => None,
+        }
+    }
 }
 
 /// The compensating action of a step, run by `rollback`.
@@ -273,15 +316,14 @@ impl Definition {
         });
         let mut steps = &self.steps;
         let mut found = None;
-        for (depth, segment) in key.split('.').enumerate() {
-            let id = segment.split('[').next().unwrap_or(segment);
+        for (depth, id) in step_key::ids(key).enumerate() {
             let step = if depth == 0 {
                 steps.get(*positions.get(id)?)?
             } else {
                 steps.iter().find(|step| step.id == id)?
             };
             found = Some(step);
-            if let Some(for_each) = &step.for_each {
+            if let Some(for_each) = step.for_each() {
                 steps = &for_each.steps;
             }
         }
@@ -295,11 +337,11 @@ impl Definition {
             self.all_steps().iter().any(|step| {
                 step.when.is_some()
                     || step.until.is_some()
-                    || step.timeout_template.is_some()
-                    || step.every_template.is_some()
+                    || matches!(step.timeout, Some(DurationSpec::Template(_)))
+                    || matches!(step.every, Some(DurationSpec::Template(_)))
                     || crate::template::has_template(&step.with)
                     || step
-                        .for_each
+                        .for_each()
                         .as_ref()
                         .is_some_and(|for_each| crate::template::has_template(&for_each.items))
                     || step
@@ -315,7 +357,7 @@ impl Definition {
         fn walk<'a>(steps: &'a [Step], out: &mut Vec<&'a Step>) {
             for step in steps {
                 out.push(step);
-                if let Some(for_each) = &step.for_each {
+                if let Some(for_each) = step.for_each() {
                     walk(&for_each.steps, out);
                 }
             }

@@ -16,8 +16,8 @@ use toml::Spanned;
 
 use super::scope::Scope;
 use super::{
-    Concurrency, CoreAction, Definition, Error, Errors, ForEach, OnFailure, ParamKind, ParamSpec,
-    RetryPolicy, Step, Undo,
+    Concurrency, CoreAction, Definition, DurationSpec, Error, Errors, ForEach, OnFailure,
+    ParamKind, ParamSpec, RetryPolicy, Step, StepKind, Undo,
 };
 use crate::action::Registry;
 use crate::template::{self, TemplateKind};

@@ -9,7 +9,7 @@ use crate::clock::{Clock, SystemClock};
 pub fn validate(definition: &Definition, is_known: &dyn Fn(&str) -> bool) -> Result<(), Error> {
     check_nesting(definition, &definition.steps, 0)?;
     for step in definition.all_steps() {
-        let mut actions = vec![("action", step.action.as_str())];
+        let mut actions = vec![("action", step.action())];
         if let Some(undo) = &step.undo {
             actions.push(("undo.action", undo.action.as_str()));
         }
@@ -38,7 +38,7 @@ fn check_nesting(
     depth: usize,
 ) -> Result<(), Error> {
     for step in steps {
-        if let Some(for_each) = &step.for_each {
+        if let Some(for_each) = step.for_each() {
             if depth >= super::MAX_NESTING {
                 return Err(Error {
                     file: definition.source.clone(),

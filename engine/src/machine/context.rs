@@ -25,13 +25,13 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
         let scope = if prefix.is_empty() {
             Some(&state.definition.steps)
         } else {
-            super::step_key::split_iteration(prefix)
+            crate::definition::step_key::split_iteration(prefix)
                 .and_then(|(loop_key, _)| state.definition.step(loop_key))
-                .and_then(|step| step.for_each.as_ref())
+                .and_then(|step| step.for_each())
                 .map(|for_each| &for_each.steps)
         };
         for definition in scope.into_iter().flatten() {
-            let key = super::step_key::child(prefix, &definition.id);
+            let key = crate::definition::step_key::child(prefix, &definition.id);
             let Some(step) = state.step(&key) else {
                 continue;
             };
@@ -53,13 +53,13 @@ pub fn for_step(state: &RunState, key: &str) -> Value {
 
     // Loop variables of the enclosing loops, outermost first.
     for prefix in prefixes.iter().skip(1) {
-        let Some((loop_key, index)) = super::step_key::split_iteration(prefix) else {
+        let Some((loop_key, index)) = crate::definition::step_key::split_iteration(prefix) else {
             continue;
         };
         let Some(definition) = state
             .definition
             .step(loop_key)
-            .and_then(|step| step.for_each.as_ref())
+            .and_then(|step| step.for_each())
         else {
             continue;
         };

@@ -20,7 +20,6 @@ mod event;
 mod ids;
 mod poll_history;
 mod state;
-pub mod step_key;
 
 pub use context::for_step as context_for_step;
 pub use decide::{

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::plan::{Plan, PlannedStep};
 use super::Error;
 use crate::action::{ActionContext, LogSink, Recorder, Registry};
-use crate::definition::{CoreAction, Definition, Step};
+use crate::definition::{CoreAction, Definition, DurationSpec, Step};
 use crate::template;
 
 mod step;
@@ -272,7 +272,7 @@ impl Checker {
     /// Gives the steps inside the iterations of the loop `key` that have no check yet `check`.
     fn set_under(&mut self, key: &str, check: &StepCheck) {
         for step in &mut self.planned {
-            if crate::machine::step_key::is_nested_in(&step.key, key) && step.check.is_none() {
+            if crate::definition::step_key::is_nested_in(&step.key, key) && step.check.is_none() {
                 step.check = Some(check.clone());
             }
         }
@@ -292,7 +292,7 @@ impl Checker {
         Box::pin(async move {
             let mut context = context;
             for step in steps {
-                let key = crate::machine::step_key::child(&prefix, &step.id);
+                let key = crate::definition::step_key::child(&prefix, &step.id);
                 let output = self.step(step, &key, &context).await?;
                 let name = format!("steps.{}", step.id);
                 match output {
@@ -346,7 +346,7 @@ impl Checker {
         items: &[Value],
         context: &Value,
     ) -> Result<(), Error> {
-        let Some(for_each) = &step.for_each else {
+        let Some(for_each) = step.for_each() else {
             return Ok(());
         };
         if let Some(planned) = self.planned.iter_mut().find(|planned| planned.key == key) {
@@ -356,7 +356,7 @@ impl Checker {
                 items.len()
             ));
         }
-        let wildcard = crate::machine::step_key::every_iteration(key);
+        let wildcard = crate::definition::step_key::every_iteration(key);
         let Some(at) = self
             .planned
             .iter()
@@ -376,7 +376,7 @@ impl Checker {
             }
             let (steps, prefix, actions) = (
                 for_each.steps.clone(),
-                crate::machine::step_key::iteration(key, index),
+                crate::definition::step_key::iteration(key, index),
                 self.actions.clone(),
             );
             expanded.extend(

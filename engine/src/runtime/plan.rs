@@ -6,7 +6,7 @@ use serde_json::{json, Map, Value};
 use super::check::{CheckSummary, StepCheck};
 use super::Error;
 use crate::action::Registry;
-use crate::definition::{self, CoreAction, Definition, RetryPolicy, Step};
+use crate::definition::{self, CoreAction, Definition, DurationSpec, RetryPolicy, Step};
 use crate::template;
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,9 +127,9 @@ pub(super) fn plan_steps(
         field: Some(format!("steps.{key}.{field}")),
     };
     for step in definition {
-        let key = crate::machine::step_key::child(prefix, &step.id);
+        let key = crate::definition::step_key::child(prefix, &step.id);
         let mut note = step.description.clone();
-        if let Some(for_each) = &step.for_each {
+        if let Some(for_each) = step.for_each() {
             match template::render(&for_each.items, context) {
                 Err(error) if error.is_limit() => return Err(limit(&key, "for_each", error)),
                 Ok(Value::Array(items)) => {
@@ -161,7 +161,7 @@ pub(super) fn plan_steps(
                         }
                         plan_steps(
                             &for_each.steps,
-                            &crate::machine::step_key::iteration(&key, index),
+                            &crate::definition::step_key::iteration(&key, index),
                             &inner,
                             actions,
                             out,
@@ -183,7 +183,7 @@ pub(super) fn plan_steps(
                     });
                     plan_steps(
                         &for_each.steps,
-                        &crate::machine::step_key::every_iteration(&key),
+                        &crate::definition::step_key::every_iteration(&key),
                         context,
                         actions,
                         out,
@@ -204,7 +204,11 @@ pub(super) fn plan_steps(
             }
         };
         if let Some(until) = &step.until {
-            let every = step.every.map(crate::duration::format).unwrap_or_default();
+            let every = step
+                .every
+                .as_ref()
+                .map(DurationSpec::text)
+                .unwrap_or_default();
             note = format!(
                 "{note}{}polled every {every} until {until}",
                 if note.is_empty() { "" } else { "; " }
@@ -226,14 +230,14 @@ pub(super) fn plan_steps(
             }
         };
         out.push(PlannedStep {
-            action: step.action.clone(),
+            action: step.action().to_owned(),
             input,
             when: step.when.clone(),
             note: (!note.is_empty()).then_some(note),
             timeout: timeout_of(step),
             retry: step.retry.as_ref().map(PlannedRetry::from),
             undo,
-            mutates: mutates(&step.action),
+            mutates: mutates(step.action()),
             check: None,
             key,
         });
@@ -243,7 +247,5 @@ pub(super) fn plan_steps(
 
 /// A step's timeout as written: a duration, or the template that gives one.
 fn timeout_of(step: &Step) -> Option<String> {
-    step.timeout
-        .map(crate::duration::format)
-        .or_else(|| step.timeout_template.clone())
+    step.timeout.as_ref().map(DurationSpec::text)
 }

@@ -156,16 +156,13 @@ impl Parser<'_> {
             }
             return Ok(Step {
                 id,
-                action: CoreAction::ForEach.name().to_owned(),
                 description: step.description.clone(),
                 with: Value::Null,
-                timeout,
+                timeout: DurationSpec::of(timeout, timeout_template),
                 retry: None,
                 when,
                 until: None,
                 every: None,
-                timeout_template,
-                every_template: None,
                 capture: step
                     .capture
                     .as_ref()
@@ -173,7 +170,7 @@ impl Parser<'_> {
                 on_failure,
                 idempotent: true,
                 undo: None,
-                for_each: Some(ForEach {
+                kind: StepKind::Loop(ForEach {
                     items: items_value,
                     var,
                     mode,
@@ -405,16 +402,14 @@ impl Parser<'_> {
         };
         Ok(Step {
             id,
-            action: action_name,
+            kind: StepKind::Action(action_name),
             description: step.description.clone(),
             with,
-            timeout,
+            timeout: DurationSpec::of(timeout, timeout_template),
             retry,
             when,
             until,
-            every,
-            timeout_template,
-            every_template,
+            every: DurationSpec::of(every, every_template),
             capture: step
                 .capture
                 .as_ref()
@@ -422,7 +417,6 @@ impl Parser<'_> {
             on_failure,
             idempotent: step.idempotent,
             undo,
-            for_each: None,
             line,
         })
     }

@@ -159,3 +159,28 @@ fn durations_may_be_templates_checked_like_any_other() {
     let wait_until = "name = \"x\"\n[params.t]\ndefault = \"1m\"\n[[steps]]\nid = \"a\"\naction = \"wait_until\"\nwith = { action = \"exec\", with = { command = \"true\" }, condition = \"output.exit_code == 0\", timeout = \"{{ params.t }}\" }\n";
     check(wait_until, Ok(()));
 }
+
+#[test]
+fn a_step_is_journaled_in_the_form_journals_have_always_had() {
+    // A run pins its definition in its first event: the typed step (StepKind, DurationSpec)
+    // must write and read the fields every journal so far holds.
+    let text = format!(
+        "{HEAD}[params.retention]\ndefault = \"1h\"\n\
+         [[steps]]\nid = \"poll\"\naction = \"exec\"\nwith = {{ command = \"true\" }}\n\
+         until = \"output.exit_code == 0\"\nevery = \"{{{{ params.retention }}}}\"\ntimeout = \"2h\"\n\
+         [[steps]]\nid = \"each\"\nfor_each = [\"a\", \"b\"]\ntimeout = \"{{{{ params.retention }}}}\"\n\
+         [[steps.steps]]\nid = \"one\"\naction = \"noop\"\n"
+    );
+    let definition = parse("t.toml", &text).unwrap();
+    let json = serde_json::to_value(&definition.steps).unwrap();
+    assert_eq!(json[0]["action"], "exec");
+    assert_eq!(json[0]["timeout"], 7_200_000);
+    assert_eq!(json[0]["every_template"], "{{ params.retention }}");
+    assert!(json[0]["every"].is_null() && json[0]["for_each"].is_null());
+    assert_eq!(json[1]["action"], "for_each");
+    assert_eq!(json[1]["timeout_template"], "{{ params.retention }}");
+    assert_eq!(json[1]["for_each"]["steps"][0]["action"], "noop");
+    assert!(json[1].get("every_template").is_none());
+    let back: Vec<super::Step> = serde_json::from_value(json).unwrap();
+    assert_eq!(back, definition.steps);
+}

@@ -113,7 +113,7 @@ impl Decider {
                 }
                 StepStatus::Canceled => return Progress::Busy,
                 StepStatus::Running | StepStatus::Waiting => {
-                    return match &step.for_each {
+                    return match step.for_each() {
                         Some(_) => self.advance_loop(step, &key),
                         None => Progress::Busy,
                     }
@@ -124,7 +124,7 @@ impl Decider {
     }
 
     pub(super) fn advance_loop(&mut self, step: &Step, key: &str) -> Progress {
-        let Some(for_each) = &step.for_each else {
+        let Some(for_each) = step.for_each() else {
             return Progress::Busy;
         };
         let width = for_each.width as usize;

@@ -16,8 +16,8 @@ use super::event::{
 };
 use super::ids::{CallId, TimerId};
 use super::state::{evolve, IterationStatus, RunState, StepStatus, WaitingFor};
-use super::step_key;
-use crate::definition::{Concurrency, CoreAction, Definition, OnFailure, Step};
+use crate::definition::step_key;
+use crate::definition::{Concurrency, CoreAction, Definition, DurationSpec, OnFailure, Step};
 use crate::template;
 
 mod advance;

@@ -121,13 +121,13 @@ impl Decider {
             .map(|step| step.key.clone())
             .collect();
         let definition = self.definition();
-        if let Some(for_each) = definition.step(key).and_then(|step| step.for_each.as_ref()) {
+        if let Some(for_each) = definition.step(key).and_then(|step| step.for_each()) {
             let mut body: Vec<&Step> = for_each.steps.iter().collect();
             while let Some(step) = body.pop() {
-                if CoreAction::Approval.is(&step.action) {
+                if CoreAction::Approval.is(step.action()) {
                     gates.push(step_key::child(&step_key::every_iteration(key), &step.id));
                 }
-                if let Some(inner) = &step.for_each {
+                if let Some(inner) = step.for_each() {
                     body.extend(inner.steps.iter());
                 }
             }
@@ -308,7 +308,7 @@ impl Decider {
                 self.state.id
             )));
         };
-        if step.for_each.is_some()
+        if step.for_each().is_some()
             && state
                 .iterations
                 .as_ref()
@@ -324,7 +324,7 @@ impl Decider {
             by,
             comment,
         });
-        if step.for_each.is_some() {
+        if step.for_each().is_some() {
             self.start_step(step, &key);
         } else {
             self.start_attempt(step, &key, state.attempts + 1);

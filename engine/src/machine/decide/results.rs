@@ -109,7 +109,7 @@ impl Decider {
                                 output,
                             });
                             let every = self
-                                .step_duration(key, step.every, &step.every_template, "every")
+                                .step_duration(key, step.every.as_ref(), "every")
                                 .and_then(|every| {
                                     crate::duration::check_poll_interval(
                                         every.unwrap_or(std::time::Duration::from_secs(5)),
@@ -236,7 +236,7 @@ impl Decider {
                         self.effects.push(Effect::Abort { call });
                     }
                     let limit = self
-                        .step_duration(key, step.timeout, &step.timeout_template, "timeout")
+                        .step_duration(key, step.timeout.as_ref(), "timeout")
                         .ok()
                         .flatten()
                         .map(crate::duration::format)

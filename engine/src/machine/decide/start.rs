@@ -7,7 +7,7 @@ use crate::action::core_input::{self, Stage};
 impl Decider {
     pub(super) fn start_step(&mut self, step: &Step, key: &str) {
         // The context holds every step's view: built only when a template needs it.
-        let scope = if step.when.is_some() || step.for_each.is_some() {
+        let scope = if step.when.is_some() || step.for_each().is_some() {
             context::for_step(&self.state, key)
         } else {
             Value::Null
@@ -37,7 +37,7 @@ impl Decider {
                 }
             }
         }
-        if let Some(for_each) = &step.for_each {
+        if let Some(for_each) = step.for_each() {
             let items = template::render(&for_each.items, &scope).and_then(|items| match items {
                 Value::Array(items) => Ok(items),
                 Value::Null => Ok(Vec::new()),
@@ -77,12 +77,13 @@ impl Decider {
     pub(super) fn step_duration(
         &self,
         key: &str,
-        fixed: Option<std::time::Duration>,
-        template: &Option<String>,
+        spec: Option<&DurationSpec>,
         field: &str,
     ) -> Result<Option<std::time::Duration>, String> {
-        let Some(template) = template else {
-            return Ok(fixed);
+        let template = match spec {
+            None => return Ok(None),
+            Some(DurationSpec::Fixed(duration)) => return Ok(Some(*duration)),
+            Some(DurationSpec::Template(template)) => template,
         };
         let scope = context::for_step(&self.state, key);
         let rendered = template::render(&Value::String(template.clone()), &scope)
@@ -106,7 +107,7 @@ impl Decider {
         if armed {
             return true;
         }
-        match self.step_duration(key, step.timeout, &step.timeout_template, "timeout") {
+        match self.step_duration(key, step.timeout.as_ref(), "timeout") {
             Ok(Some(timeout)) => {
                 self.arm(
                     TimerPurpose::Timeout,
@@ -137,7 +138,7 @@ impl Decider {
                     step: key.to_owned(),
                     attempt,
                     call: None,
-                    action: step.action.clone(),
+                    action: step.action().to_owned(),
                     input: Value::Null,
                 });
                 self.fail(key, format!("with: {message}"), false);
@@ -149,7 +150,7 @@ impl Decider {
             step: key.to_owned(),
             attempt,
             call: Some(call),
-            action: step.action.clone(),
+            action: step.action().to_owned(),
             input: input.clone(),
         });
         if !self.arm_timeout(step, key) {
@@ -157,7 +158,7 @@ impl Decider {
         }
         // The core actions decided here get their rendered input checked against their schema
         // here (the runtime checks the others before their call).
-        if let Some(schema) = crate::action::schema::core(&step.action) {
+        if let Some(schema) = crate::action::schema::core(step.action()) {
             let problems = schema.check(&input, true);
             if !problems.is_empty() {
                 let problems: Vec<String> = problems
@@ -166,14 +167,14 @@ impl Decider {
                     .collect();
                 let message = format!(
                     "{}: the rendered input does not fit: {}",
-                    step.action,
+                    step.action(),
                     problems.join("; ")
                 );
                 self.fail(key, message, false);
                 return;
             }
         }
-        match CoreAction::of(&step.action) {
+        match CoreAction::of(step.action()) {
             Some(CoreAction::Noop) => {
                 self.complete(key, Ok(input));
                 self.yield_after_commit();
@@ -209,7 +210,7 @@ impl Decider {
                 step: key.to_owned(),
                 attempt,
                 undo: false,
-                action: step.action.clone(),
+                action: step.action().to_owned(),
                 input,
             })),
         }

@@ -197,7 +197,7 @@ pub fn evolve(state: &mut RunState, event: &Event) {
             let action = state
                 .definition
                 .step(step)
-                .map(|definition| definition.action.clone())
+                .map(|definition| definition.action().to_owned())
                 .unwrap_or_default();
             let existing = match state.index.position(&state.steps, step) {
                 Some(_) => state.step_mut(step).expect("the step was just found"),

@@ -54,7 +54,7 @@ impl Checker {
                 });
             }
         };
-        if let Some(for_each) = &step.for_each {
+        if let Some(for_each) = step.for_each() {
             let (items, scope) = (for_each.items.clone(), context.clone());
             let rendered =
                 crate::runtime::off_workers(move || template::render(&items, &scope)).await?;
@@ -106,7 +106,7 @@ impl Checker {
                 let saved = self.unknown.clone();
                 self.walk(
                     &for_each.steps,
-                    crate::machine::step_key::iteration(key, index),
+                    crate::definition::step_key::iteration(key, index),
                     inner,
                 )
                 .await?;
@@ -115,12 +115,12 @@ impl Checker {
             return Ok(None);
         }
         // The core actions the machine decides itself have nothing to run: described.
-        if CoreAction::of(&step.action).is_some_and(CoreAction::is_done_by_machine) {
+        if CoreAction::of(step.action()).is_some_and(CoreAction::is_done_by_machine) {
             let (with, scope) = (step.with.clone(), context.clone());
             let input = crate::runtime::off_workers(move || template::render(&with, &scope))
                 .await?
                 .ok();
-            let what = describe_core(&step.action, input.as_ref().unwrap_or(&step.with));
+            let what = describe_core(step.action(), input.as_ref().unwrap_or(&step.with));
             let mut check = StepCheck::noted("described", format!("not executed: {what}"));
             when_note(&mut check);
             self.set(key, check);
@@ -154,9 +154,9 @@ impl Checker {
                 });
             }
         }
-        let Some(action) = self.actions.get(&step.action) else {
+        let Some(action) = self.actions.get(step.action()) else {
             let mut check = StepCheck::new("failed");
-            check.error = Some(format!("unknown action {:?}", step.action));
+            check.error = Some(format!("unknown action {:?}", step.action()));
             self.set(key, check);
             return Ok(None);
         };
@@ -166,7 +166,7 @@ impl Checker {
             let mut check = StepCheck::new("failed");
             check.error = Some(format!(
                 "{}: the rendered input does not fit: {}",
-                step.action,
+                step.action(),
                 problems
                     .iter()
                     .map(|problem| format!("with.{problem}"))
@@ -209,7 +209,7 @@ impl Checker {
                         "no_preview",
                         format!(
                             "no preview: would call {} with {}",
-                            step.action,
+                            step.action(),
                             serde_json::to_string(&input).unwrap_or_default()
                         ),
                     );
@@ -283,8 +283,8 @@ impl Checker {
                             .await?;
                     let every = step
                         .every
-                        .map(crate::duration::format)
-                        .or_else(|| step.every_template.clone())
+                        .as_ref()
+                        .map(DurationSpec::text)
                         .unwrap_or_default();
                     check.until = holds.as_ref().ok().copied();
                     check.note = Some(match holds {

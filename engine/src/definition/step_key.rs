@@ -39,6 +39,12 @@ pub fn id(key: &str) -> &str {
     key.rsplit('.').next().unwrap_or(key)
 }
 
+/// The step ids along a key: `deploy[2].restart` → `deploy`, `restart`.
+pub fn ids(key: &str) -> impl Iterator<Item = &str> {
+    key.split('.')
+        .map(|segment| segment.split('[').next().unwrap_or(segment))
+}
+
 /// An iteration prefix taken apart: `loop[2]` → (`loop`, 2); `a[0].loop[2]` → (`a[0].loop`, 2).
 pub fn split_iteration(prefix: &str) -> Option<(&str, usize)> {
     let open = prefix.rfind('[')?;
@@ -66,5 +72,6 @@ mod tests {
         assert_eq!(split_iteration("a[0].loop[12]"), Some(("a[0].loop", 12)));
         assert_eq!(split_iteration("deploy"), None);
         assert_eq!(every_iteration("deploy"), "deploy[*]");
+        assert_eq!(ids(&key).collect::<Vec<_>>(), ["deploy", "restart"]);
     }
 }
