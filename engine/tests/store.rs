@@ -432,6 +432,18 @@ fn a_finished_runs_journal_is_folded_and_reads_back_whole() {
     );
 }
 
+/// Moves every finished run to the archive, `batch` at a time, as the archiver does.
+fn archive_all(store: &SledStore, batch: usize) {
+    let mut after = None;
+    loop {
+        let (prepared, cursor) = store.archive_prepare(after, batch).unwrap();
+        let Some(cursor) = cursor else { break };
+        after = Some(cursor);
+        store.archive_commit(&prepared).unwrap();
+        store.sync().unwrap();
+    }
+}
+
 fn segments(dir: &Path) -> Vec<String> {
     let mut found: Vec<String> = std::fs::read_dir(dir.join("archive"))
         .unwrap()
@@ -631,14 +643,7 @@ fn a_run_read_while_the_archiver_moves_it_reads_whole() {
             })
         })
         .collect();
-    let mut after = None;
-    loop {
-        let (prepared, cursor) = store.archive_prepare(after, 4).unwrap();
-        let Some(cursor) = cursor else { break };
-        after = Some(cursor);
-        store.archive_commit(&prepared).unwrap();
-        store.sync().unwrap();
-    }
+    archive_all(store.as_ref(), 4);
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     for reader in readers {
         assert!(reader.join().unwrap() > 0);
@@ -670,14 +675,7 @@ fn verify_while_the_archiver_moves_runs_finds_no_problem_that_is_not_one() {
             passes
         })
     };
-    let mut after = None;
-    loop {
-        let (prepared, cursor) = store.archive_prepare(after, 1).unwrap();
-        let Some(cursor) = cursor else { break };
-        after = Some(cursor);
-        store.archive_commit(&prepared).unwrap();
-        store.sync().unwrap();
-    }
+    archive_all(store.as_ref(), 1);
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(verifier.join().unwrap() > 0);
     assert!(store.verify().unwrap().is_empty());

@@ -441,6 +441,20 @@ impl StepIndex {
 }
 
 impl RunState {
+    /// The step whose call `call` is.
+    pub(crate) fn step_with_call(&self, call: CallId) -> Option<&Arc<StepState>> {
+        self.steps.iter().find(|step| step.call == Some(call))
+    }
+
+    /// The step whose undo's call `call` is.
+    pub(crate) fn step_with_undo_call(&self, call: CallId) -> Option<&Arc<StepState>> {
+        self.steps.iter().find(|step| {
+            step.undo
+                .as_ref()
+                .is_some_and(|undo| undo.call == Some(call))
+        })
+    }
+
     /// Nothing happens in the run until a timer fires or somebody acts: it waits (on a timer,
     /// a poll or an approval), is paused, needs attention or has ended, and no action call of
     /// it is in flight. A parked run need not be in memory; a run that is not parked is loaded

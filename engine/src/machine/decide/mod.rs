@@ -427,7 +427,7 @@ impl Decider {
             Input::NotStarted { call, reason } => self.on_not_started(call, reason),
             Input::Continue => {}
             Input::CallNote { call, note } => {
-                if let Some(step) = self.state.steps.iter().find(|step| step.call == Some(call)) {
+                if let Some(step) = self.state.step_with_call(call) {
                     let step = step.key.clone();
                     self.emit(EventKind::CallNoted {
                         step,
@@ -435,11 +435,7 @@ impl Decider {
                         undo: false,
                         note,
                     });
-                } else if let Some(step) = self.state.steps.iter().find(|step| {
-                    step.undo
-                        .as_ref()
-                        .is_some_and(|undo| undo.call == Some(call))
-                }) {
+                } else if let Some(step) = self.state.step_with_undo_call(call) {
                     let step = step.key.clone();
                     self.emit(EventKind::CallNoted {
                         step,

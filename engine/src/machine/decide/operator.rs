@@ -219,6 +219,27 @@ impl Decider {
         Ok(())
     }
 
+    /// During a rollback, a retry or skip is of an undo that failed (or was cut short): the
+    /// step `typed` names, which must be one.
+    fn failed_undo(&self, typed: &str) -> Result<String, Rejection> {
+        let failed_undo = |step: &crate::machine::state::StepState| {
+            step.undo.as_ref().is_some_and(|undo| {
+                matches!(
+                    undo.status,
+                    StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
+                )
+            })
+        };
+        let key = self.resolve_step(typed, failed_undo)?;
+        if !self.state.step(&key).is_some_and(failed_undo) {
+            return Err(Rejection::Conflict(format!(
+                "run {} is rolling back and the undo of {key} has not failed",
+                self.state.id
+            )));
+        }
+        Ok(key)
+    }
+
     pub(super) fn retry(
         &mut self,
         typed: String,
@@ -228,21 +249,7 @@ impl Decider {
         self.ensure_not_finished()?;
         let definition = self.definition();
         if self.state.rollback.is_some() {
-            let failed_undo = |step: &crate::machine::state::StepState| {
-                step.undo.as_ref().is_some_and(|undo| {
-                    matches!(
-                        undo.status,
-                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
-                    )
-                })
-            };
-            let key = self.resolve_step(&typed, failed_undo)?;
-            if !self.state.step(&key).is_some_and(failed_undo) {
-                return Err(Rejection::Conflict(format!(
-                    "run {} is rolling back and the undo of {key} has not failed",
-                    self.state.id
-                )));
-            }
+            let key = self.failed_undo(&typed)?;
             self.emit(EventKind::RetryRequested {
                 step: key.clone(),
                 by,
@@ -340,21 +347,7 @@ impl Decider {
     ) -> Result<(), Rejection> {
         self.ensure_not_finished()?;
         if self.state.rollback.is_some() {
-            let failed_undo = |step: &crate::machine::state::StepState| {
-                step.undo.as_ref().is_some_and(|undo| {
-                    matches!(
-                        undo.status,
-                        StepStatus::Failed | StepStatus::Interrupted | StepStatus::Canceled
-                    )
-                })
-            };
-            let key = self.resolve_step(&typed, failed_undo)?;
-            if !self.state.step(&key).is_some_and(failed_undo) {
-                return Err(Rejection::Conflict(format!(
-                    "run {} is rolling back and the undo of {key} has not failed",
-                    self.state.id
-                )));
-            }
+            let key = self.failed_undo(&typed)?;
             self.emit(EventKind::UndoSkipped {
                 step: key,
                 by,

@@ -7,24 +7,11 @@ use super::*;
 
 impl Decider {
     pub(super) fn on_call_finished(&mut self, call: CallId, result: Result<Value, ActionFailure>) {
-        // From the newest step back: a call in flight belongs to a recent step, and a long run
-        // must not walk every finished step for each result.
-        if let Some(step) = self
-            .state
-            .steps
-            .iter()
-            .rev()
-            .find(|step| step.call == Some(call))
-            .map(|step| step.key.clone())
-        {
+        if let Some(step) = self.state.step_with_call(call).map(|step| step.key.clone()) {
             self.complete(&step, result);
             return;
         }
-        let undo_of = self.state.steps.iter().find(|step| {
-            step.undo
-                .as_ref()
-                .is_some_and(|undo| undo.call == Some(call))
-        });
+        let undo_of = self.state.step_with_undo_call(call);
         if let Some(step) = undo_of.map(|step| step.key.clone()) {
             match result {
                 Ok(output) => self.emit(EventKind::UndoSucceeded { step, output }),
@@ -264,13 +251,7 @@ impl Decider {
 
     pub(super) fn on_interrupted(&mut self, call: CallId) {
         let definition = self.definition();
-        if let Some(step) = self
-            .state
-            .steps
-            .iter()
-            .find(|step| step.call == Some(call))
-            .cloned()
-        {
+        if let Some(step) = self.state.step_with_call(call).cloned() {
             let rerun = definition
                 .step(&step.key)
                 .is_some_and(|definition| definition.idempotent);
@@ -286,17 +267,7 @@ impl Decider {
             }
             return;
         }
-        if let Some(step) = self
-            .state
-            .steps
-            .iter()
-            .find(|step| {
-                step.undo
-                    .as_ref()
-                    .is_some_and(|undo| undo.call == Some(call))
-            })
-            .cloned()
-        {
+        if let Some(step) = self.state.step_with_undo_call(call).cloned() {
             let rerun = definition
                 .step(&step.key)
                 .and_then(|definition| definition.undo.as_ref())
@@ -317,13 +288,7 @@ impl Decider {
     /// idempotent or not. Journaled as such, then started again (same attempt: it never ran).
     pub(super) fn on_not_started(&mut self, call: CallId, reason: String) {
         let definition = self.definition();
-        if let Some(step) = self
-            .state
-            .steps
-            .iter()
-            .find(|step| step.call == Some(call))
-            .cloned()
-        {
+        if let Some(step) = self.state.step_with_call(call).cloned() {
             self.emit(EventKind::CallNeverStarted {
                 step: step.key.clone(),
                 call,
@@ -337,13 +302,7 @@ impl Decider {
         }
         if let Some(step) = self
             .state
-            .steps
-            .iter()
-            .find(|step| {
-                step.undo
-                    .as_ref()
-                    .is_some_and(|undo| undo.call == Some(call))
-            })
+            .step_with_undo_call(call)
             .map(|step| step.key.clone())
         {
             self.emit(EventKind::CallNeverStarted {
