@@ -7,12 +7,7 @@ pub(super) async fn verify_store(State(app): State<AppState>) -> ApiResult {
     let store = app.engine.writer().store();
     let problems = tokio::task::spawn_blocking(move || store.verify())
         .await
-        .map_err(|error| {
-            Error::from(crate::store::Error::io(
-                "store verify",
-                &std::io::Error::other(error.to_string()),
-            ))
-        })?
+        .map_err(|error| Error::Internal(format!("store verify failed: {error}")))?
         .map_err(Error::from)?;
     ok(json!({ "ok": problems.is_empty(), "problems": problems }))
 }
