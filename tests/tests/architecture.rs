@@ -5,7 +5,9 @@
 //!   tokio, `std::fs`, sled, the engine's `clock` module, nor a wall or monotonic clock;
 //! - only the sled store (`engine/src/store/sled.rs`) names sled, and only the engine depends on it;
 //! - only `engine/src/clock.rs` reads the wall clock (`SystemTime::now`, `Utc::now`,
-//!   `Local::now`, `Uuid::now_v7`; clippy.toml forbids the chrono and uuid ones too).
+//!   `Local::now`, `Uuid::now_v7`; clippy.toml forbids the chrono and uuid ones too);
+//! - no file of `engine/src` is over 600 lines unless its head says why ("Over 600 lines on
+//!   purpose: ...").
 
 use std::path::{Path, PathBuf};
 
@@ -163,6 +165,27 @@ fn only_the_clock_reads_the_wall_clock() {
     assert!(
         found.is_empty(),
         "read time through runbook_engine::clock (engine/src/clock.rs) instead:\n{}",
+        found.join("\n")
+    );
+}
+
+/// The line count past which an engine file must say why it is one piece.
+const LONG_FILE: usize = 600;
+
+#[test]
+fn a_long_engine_file_says_why_it_is_one_piece() {
+    let mut found = Vec::new();
+    for file in sources("engine/src") {
+        let text = std::fs::read_to_string(root().join(&file)).expect("a source file");
+        let head: String = text.lines().take(30).collect::<Vec<_>>().join("\n");
+        let lines = text.lines().count();
+        if lines > LONG_FILE && !head.contains("Over 600 lines on purpose") {
+            found.push(format!("{}: {lines} lines", file.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "split these, or say at the top why each is one piece (\"Over 600 lines on purpose: ...\"):\n{}",
         found.join("\n")
     );
 }
