@@ -63,7 +63,11 @@ pub(crate) const STDERR_TAIL: usize = 2048;
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// After SIGKILL, how long to wait for the group to empty before giving up on it.
 const AFTER_SIGKILL: Duration = Duration::from_secs(5);
+/// How often the command's end is looked for: first every [`POLL_FIRST`], doubling up to
+/// [`POLL`] (most commands of a step end within milliseconds; a long one costs one look every
+/// 20 ms).
 const POLL: Duration = Duration::from_millis(20);
+const POLL_FIRST: Duration = Duration::from_micros(200);
 
 pub(crate) const SPEC_FILE: &str = "spec.json";
 pub(crate) const CHILD_FILE: &str = "child.json";
@@ -579,6 +583,7 @@ fn wait_for_command(pid: i32, grace: Duration, log: &LogSink) -> (Outcome, bool)
     let mut leader: Option<Outcome> = None;
     let mut term_sent: Option<Instant> = None;
     let mut kill_sent: Option<Instant> = None;
+    let mut pause = POLL_FIRST;
     loop {
         reap(pid, &mut leader);
         if STOP.load(Ordering::SeqCst) && term_sent.is_none() {
@@ -621,7 +626,8 @@ fn wait_for_command(pid: i32, grace: Duration, log: &LogSink) -> (Outcome, bool)
                 }
             }
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(POLL);
     }
 }
 
