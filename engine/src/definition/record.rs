@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{CoreAction, DurationSpec, ForEach, OnFailure, RetryPolicy, Step, StepKind, Undo};
+use super::{DurationSpec, ForEach, OnFailure, RetryPolicy, Step, StepKind, Undo};
 
 #[derive(Serialize, Deserialize)]
 pub(super) struct StepRecord {
@@ -81,7 +81,6 @@ impl From<Step> for StepRecord {
             StepKind::Loop(for_each) => Some(for_each),
             StepKind::Action(_) => None,
         };
-        debug_assert!(for_each.is_none() || CoreAction::ForEach.is(&action));
         StepRecord {
             id: step.id,
             action,
