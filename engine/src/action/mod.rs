@@ -120,7 +120,7 @@ impl Registry {
         let mut registry = Registry {
             actions: BTreeMap::new(),
         };
-        registry.register("exec", Exec);
+        registry.register(crate::definition::CoreAction::Exec.name(), Exec);
         registry
     }
 
