@@ -87,11 +87,19 @@ impl Engine {
         // Each batch scans on from the last one's end, never over the keys just deleted.
         let mut after = None;
         for batches in 1.. {
-            let batch = self
-                .inner
-                .writer
-                .store()
-                .expired_runs(before_ms, after.as_ref(), BATCH)?;
+            // Off the async workers and off the writer: the next batch found, and what its
+            // collection reads and deletes read in first, so that the commits sharing the
+            // writer's turn with it wait for its deletes, not for the disk.
+            let store = self.inner.writer.store();
+            let from = after;
+            let batch = tokio::task::spawn_blocking(move || {
+                let batch = store.expired_runs(before_ms, from.as_ref(), BATCH)?;
+                let ids: Vec<Uuid> = batch.iter().map(|expired| expired.run_id).collect();
+                store.warm_for_collect(&ids);
+                Ok::<_, crate::store::Error>(batch)
+            })
+            .await
+            .map_err(|error| Error::Internal(format!("a collection failed: {error}")))??;
             let Some(last) = batch.last() else {
                 break;
             };

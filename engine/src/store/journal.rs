@@ -499,6 +499,31 @@ impl<T: Tables> Store for Journal<T> {
         Ok(deleted)
     }
 
+    fn warm_for_collect(&self, runs: &[Uuid]) {
+        for run_id in runs {
+            let id = run_id.as_bytes();
+            let _ = self.tables.get(Tree::Archived, id);
+            let _ = self.tables.get(Tree::Active, id);
+            let Ok(Some(bytes)) = self.tables.get(Tree::Listings, id) else {
+                continue;
+            };
+            let Ok(line) = decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes) else {
+                continue;
+            };
+            let _ = self
+                .tables
+                .get(Tree::ByState, &listing::name_key(&line.state, *run_id));
+            let _ = self
+                .tables
+                .get(Tree::ByRunbook, &listing::name_key(&line.runbook, *run_id));
+            if let Some(finished_at) = line.finished_at {
+                let _ = self
+                    .tables
+                    .get(Tree::Finished, &listing::finished_key(finished_at, *run_id));
+            }
+        }
+    }
+
     fn expired_runs(
         &self,
         before_ms: u64,

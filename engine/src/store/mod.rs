@@ -383,6 +383,14 @@ pub trait Store: Send + Sync + 'static {
     /// the next sync. Returns the runs deleted.
     fn collect(&self, runs: &[Uuid]) -> Result<Vec<Uuid>, Error>;
 
+    /// Reads what [`Store::collect`] of `runs` will read and delete, so that the writer finds
+    /// it in memory: called off the writer just before a collection, it keeps the disk reads of
+    /// a long-unread history out of the commits that share the collection's turn. Only a
+    /// hint: changes nothing, and errors are left for the collection to meet.
+    fn warm_for_collect(&self, runs: &[Uuid]) {
+        let _ = runs;
+    }
+
     /// Checks the derived indexes against the runs, changing nothing; one line per problem.
     fn check(&self) -> Result<Vec<String>, Error>;
 

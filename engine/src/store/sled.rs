@@ -8,14 +8,19 @@
 //! whenever it likes). So sled never holds a change whose record is not durable, and opening
 //! the store replays every record since the last checkpoint over whatever part of them sled had
 //! written: each batch is on disk whole or not at all. sled is flushed (its log `fdatasync`ed,
-//! new blob files fsynced) only at a checkpoint: when the log segment passes
-//! [`wal::CHECKPOINT_BYTES`], at open after replaying the log, and at shutdown.
+//! new blob files fsynced) only at a checkpoint: at open after replaying the log, at shutdown,
+//! and when the log segment passes [`wal::CHECKPOINT_BYTES`]. That last one runs beside the
+//! commits, not in their way: the writer only starts a fresh log segment (keeping the old
+//! ones), and a thread of its own flushes sled — which makes durable everything applied before
+//! the flush began, so every record of the old segments — and only then deletes them. A crash
+//! before that leaves old and new segments, and replay reads them all in order.
 
 use std::fs::File;
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::SystemTime;
 
 use ::sled::{Db, Tree as SledTree};
@@ -29,16 +34,37 @@ use super::Error;
 pub type SledStore = Journal<SledTables>;
 
 pub struct SledTables {
-    db: Db,
     /// Indexed by [`Tree::code`].
     trees: Vec<SledTree>,
-    dir: PathBuf,
-    log_file: File,
-    blobs_seen: Mutex<Option<SystemTime>>,
+    durable: Arc<Durable>,
     wal: Mutex<Wal>,
     /// A log write failed: the log's end is unknown, so nothing more is written to it and sled
     /// is never checkpointed; the store must be opened again.
     failed: AtomicBool,
+    /// The checkpoint running beside the commits, if one is.
+    background: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// What making sled durable needs; shared with the background checkpoint.
+struct Durable {
+    db: Db,
+    dir: PathBuf,
+    log_file: File,
+    blobs_seen: Mutex<Option<SystemTime>>,
+}
+
+impl Durable {
+    /// sled durable as it is now: everything applied to it before this call, on disk.
+    fn flush(&self) -> Result<(), Error> {
+        let context = format!("cannot checkpoint the store in {}", self.dir.display());
+        self.db
+            .flush()
+            .map_err(|error| sled_error(&context, error))?;
+        self.log_file
+            .sync_data()
+            .map_err(|error| Error::io(&context, &error))?;
+        sync_blobs(&self.dir, &self.blobs_seen)
+    }
 }
 
 fn sled_error(context: &str, error: ::sled::Error) -> Error {
@@ -103,13 +129,16 @@ impl SledTables {
         let wal = Wal::create(&wal_dir, last_lsn + 1)
             .map_err(|error| Error::io(&format!("cannot start {}", wal_dir.display()), &error))?;
         let tables = SledTables {
-            log_file,
-            dir: dir.to_owned(),
-            blobs_seen,
+            durable: Arc::new(Durable {
+                log_file,
+                dir: dir.to_owned(),
+                blobs_seen,
+                db,
+            }),
             wal: Mutex::new(wal),
             failed: AtomicBool::new(false),
+            background: Mutex::new(None),
             trees,
-            db,
         };
         // The files sled just created must survive a power cut too.
         File::open(dir)
@@ -136,17 +165,75 @@ impl SledTables {
                 &std::io::Error::other("the store failed a write; it must be reopened"),
             ));
         }
-        let context = format!("cannot checkpoint the store in {}", self.dir.display());
-        self.db
-            .flush()
-            .map_err(|error| sled_error(&context, error))?;
-        self.log_file
-            .sync_data()
-            .map_err(|error| Error::io(&context, &error))?;
-        sync_blobs(&self.dir, &self.blobs_seen)?;
-        *wal = Wal::create(&self.dir.join("wal"), wal.next_lsn())
-            .map_err(|error| Error::io(&context, &error))?;
+        self.durable.flush()?;
+        let wal_dir = self.durable.dir.join("wal");
+        *wal = Wal::create(&wal_dir, wal.next_lsn())
+            .map_err(|error| Error::io(&format!("cannot start {}", wal_dir.display()), &error))?;
         Ok(())
+    }
+
+    /// Starts a checkpoint that does not hold the commits up: a fresh log segment now (the
+    /// old ones kept), sled flushed and the old segments deleted by a thread of its own. One
+    /// at a time: while one runs, the log grows.
+    fn checkpoint_beside(&self, wal: &mut Wal) {
+        let mut background = self
+            .background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if background
+            .as_ref()
+            .is_some_and(|running| !running.is_finished())
+        {
+            return;
+        }
+        if let Some(done) = background.take() {
+            let _ = done.join();
+        }
+        let wal_dir = self.durable.dir.join("wal");
+        let old = match Wal::rotate(&wal_dir, wal.next_lsn()) {
+            Ok((fresh, old)) => {
+                *wal = fresh;
+                old
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start a new log segment; the log keeps growing until a checkpoint succeeds");
+                return;
+            }
+        };
+        let durable = self.durable.clone();
+        let checkpoint = move || match durable.flush() {
+            Ok(()) => {
+                // A crash here leaves the old segments beside the new one: replay reads them all.
+                crate::failpoint::hit(crate::failpoint::Failpoint::CheckpointNewSegment);
+                if let Err(error) = wal::remove_segments(&wal_dir, &old) {
+                    tracing::warn!(%error, "cannot delete checkpointed log segments; the next checkpoint does");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "checkpoint failed; the log keeps growing until one succeeds");
+            }
+        };
+        match std::thread::Builder::new()
+            .name("checkpoint".to_owned())
+            .spawn(checkpoint)
+        {
+            Ok(handle) => *background = Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the checkpoint thread; the log keeps growing until one succeeds");
+            }
+        }
+    }
+
+    /// Waits for the checkpoint running beside the commits, if any.
+    fn join_background(&self) {
+        let running = self
+            .background
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(running) = running {
+            let _ = running.join();
+        }
     }
 }
 
@@ -196,6 +283,7 @@ const CACHE_BYTES: u64 = 32 << 20;
 impl Drop for SledTables {
     fn drop(&mut self) {
         // Leaves nothing to replay at the next open (unless a write failed).
+        self.join_background();
         if !self.failed.load(Ordering::SeqCst) {
             let mut wal = self.wal();
             if let Err(error) = self.checkpoint_with(&mut wal) {
@@ -245,7 +333,10 @@ impl Tables for SledTables {
             return Ok(());
         }
         let mut wal = self.wal();
-        let context = format!("cannot write the store's log in {}", self.dir.display());
+        let context = format!(
+            "cannot write the store's log in {}",
+            self.durable.dir.display()
+        );
         let size = match wal.append(ops) {
             Ok(size) => size,
             Err(error) => {
@@ -263,15 +354,86 @@ impl Tables for SledTables {
         if size > wal::CHECKPOINT_BYTES {
             // The batch is durable in the log whatever happens here; a failed checkpoint only
             // leaves more to replay at the next open.
-            if let Err(error) = self.checkpoint_with(&mut wal) {
-                tracing::warn!(%error, "checkpoint failed; the log keeps growing until one succeeds");
-            }
+            self.checkpoint_beside(&mut wal);
         }
         Ok(())
     }
 
     fn checkpoint(&self) -> Result<(), Error> {
+        self.join_background();
         let mut wal = self.wal();
         self.checkpoint_with(&mut wal)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            let target = to.join(entry.file_name());
+            if entry.file_type().unwrap().is_dir() {
+                copy_dir(&entry.path(), &target);
+            } else {
+                std::fs::copy(entry.path(), &target).unwrap();
+            }
+        }
+    }
+
+    fn wal_segments(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("wal"))
+            .unwrap()
+            .filter(|entry| {
+                entry
+                    .as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .and_then(|ext| ext.to_str())
+                    == Some("log")
+            })
+            .count()
+    }
+
+    /// Past the checkpoint size the commits go on into a fresh segment while sled is flushed
+    /// beside them; the old segment goes once sled is durable, and nothing is lost.
+    #[test]
+    fn a_checkpoint_beside_the_commits_keeps_every_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let value = vec![7u8; 1 << 20];
+        let writes = (wal::CHECKPOINT_BYTES >> 20) + 8;
+        {
+            let tables = SledTables::open(&store).unwrap();
+            for index in 0..writes {
+                let op = Op {
+                    tree: Tree::Meta,
+                    key: format!("k{index:03}").into_bytes(),
+                    value: Some(value.clone()),
+                };
+                tables.write(&[op]).unwrap();
+            }
+            tables.join_background();
+            assert_eq!(
+                wal_segments(&store),
+                1,
+                "the checkpointed segment is deleted"
+            );
+            // A crash now (a copy of the files, no checkpoint at close): the new segment holds
+            // what sled may not have written.
+            copy_dir(&store, &dir.path().join("crashed"));
+        }
+        let tables = SledTables::open(&dir.path().join("crashed")).unwrap();
+        for index in 0..writes {
+            let key = format!("k{index:03}");
+            assert_eq!(
+                tables.get(Tree::Meta, key.as_bytes()).unwrap().as_deref(),
+                Some(value.as_slice()),
+                "{key}"
+            );
+        }
     }
 }

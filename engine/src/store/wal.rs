@@ -127,6 +127,19 @@ fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+/// Deletes segments that [`Wal::rotate`] returned, once what they hold is durable elsewhere
+/// (one already gone is fine: a later checkpoint deleted it).
+pub fn remove_segments(dir: &Path, old: &[PathBuf]) -> std::io::Result<()> {
+    for segment in old {
+        match std::fs::remove_file(segment) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(error),
+        }
+    }
+    sync_dir(dir)
+}
+
 impl Wal {
     /// Reads every record with an lsn of at least `from_lsn`, in order, and returns them with
     /// the lsn the log ends at (the last record's, or `from_lsn - 1`).
@@ -187,9 +200,25 @@ impl Wal {
     /// Starts a fresh segment whose first record gets `next_lsn`, and deletes every older
     /// segment. Call only when everything in the older segments is durable elsewhere.
     pub fn create(dir: &Path, next_lsn: u64) -> std::io::Result<Wal> {
+        let (wal, old) = Wal::rotate(dir, next_lsn)?;
+        // A crash here leaves the old segments beside the new one: replay reads them all.
+        crate::failpoint::hit(crate::failpoint::Failpoint::CheckpointNewSegment);
+        remove_segments(dir, &old)?;
+        Ok(wal)
+    }
+
+    /// Starts a fresh segment whose first record gets `next_lsn`, keeping the older ones
+    /// (their records are not yet durable anywhere else: replay reads them all, in order,
+    /// then the new one). Returns them, for [`remove_segments`] once they are durable
+    /// elsewhere.
+    pub fn rotate(dir: &Path, next_lsn: u64) -> std::io::Result<(Wal, Vec<PathBuf>)> {
         std::fs::create_dir_all(dir)?;
-        let old = segments(dir)?;
         let path = dir.join(segment_name(next_lsn));
+        let old: Vec<PathBuf> = segments(dir)?
+            .into_iter()
+            .map(|(_, segment)| segment)
+            .filter(|segment| *segment != path)
+            .collect();
         let temporary = dir.join(format!("{}.new", segment_name(next_lsn)));
         let file = OpenOptions::new()
             .read(true)
@@ -208,15 +237,7 @@ impl Wal {
         wal.file.sync_all()?;
         std::fs::rename(&temporary, &path)?;
         sync_dir(dir)?;
-        // A crash here leaves the old segments beside the new one: replay reads them all.
-        crate::failpoint::hit(crate::failpoint::Failpoint::CheckpointNewSegment);
-        for (_, segment) in old {
-            if segment != path {
-                std::fs::remove_file(segment)?;
-            }
-        }
-        sync_dir(dir)?;
-        Ok(wal)
+        Ok((wal, old))
     }
 
     /// Zero-fills the file up to `position + at_least` (best effort: on a full disk the
@@ -307,6 +328,33 @@ mod tests {
         let (records, last) = Wal::read(&wal_dir, 0).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(last, 8);
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_old_segments_until_they_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal_dir = dir.path().join("wal");
+        let mut wal = Wal::create(&wal_dir, 1).unwrap();
+        wal.append(&[op(0, "a", Some("1"))]).unwrap();
+        wal.append(&[op(0, "a", Some("2"))]).unwrap();
+        let (mut fresh, old) = Wal::rotate(&wal_dir, wal.next_lsn()).unwrap();
+        fresh.append(&[op(0, "a", Some("3"))]).unwrap();
+        // A crash now: both segments, every record in order.
+        let (records, last) = Wal::read(&wal_dir, 0).unwrap();
+        assert_eq!(last, 3);
+        let values: Vec<_> = records
+            .iter()
+            .map(|(lsn, ops)| (*lsn, ops[0].value.clone().unwrap()))
+            .collect();
+        assert_eq!(
+            values,
+            vec![(1, b"1".to_vec()), (2, b"2".to_vec()), (3, b"3".to_vec())]
+        );
+        // Once what they hold is durable elsewhere, the old ones go (twice is fine).
+        remove_segments(&wal_dir, &old).unwrap();
+        remove_segments(&wal_dir, &old).unwrap();
+        assert_eq!(segments(&wal_dir).unwrap().len(), 1);
+        assert_eq!(Wal::read(&wal_dir, 0).unwrap().0.len(), 1);
     }
 
     #[test]

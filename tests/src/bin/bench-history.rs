@@ -225,7 +225,11 @@ async fn run(runs: usize) -> Result<Value> {
     // Listing and metrics, nothing collected meanwhile.
     daemon.extra_args = vec!["--retain".to_owned(), "0".to_owned()];
     let start_ms = daemon.start().await?;
-    eprintln!("== daemon up in {start_ms:.0} ms; 10 runs that need attention");
+    let memory_at_start = daemon.memory()?;
+    eprintln!(
+        "== daemon up in {start_ms:.0} ms, RSS {:.1} MB; 10 runs that need attention",
+        memory_at_start.rss_mb
+    );
     std::fs::write(
         daemon.data_dir().join("runbooks").join("stuck.toml"),
         "name = \"stuck\"\n[[steps]]\nid = \"fail\"\naction = \"exec\"\nwith = { command = \"exit 3\" }\n",
@@ -309,6 +313,7 @@ async fn run(runs: usize) -> Result<Value> {
         "ps_newest_50_ms": newest.summary(),
         "ps_needs_attention_ms": attention.summary(),
         "metrics_ms": metrics.summary(),
+        "rss_mb_at_start": memory_at_start.rss_mb,
         "rss_mb_after_listings": memory.rss_mb,
         "gc": {
             "collected": collected,
