@@ -38,6 +38,10 @@ const CATALOG: &[(&str, &str)] = &[
         "rocketmq.namesrv.migrate.toml",
         include_str!("../catalog/rocketmq.namesrv.migrate.toml"),
     ),
+    (
+        "rocketmq.group.to_dledger.toml",
+        include_str!("../catalog/rocketmq.group.to_dledger.toml"),
+    ),
 ];
 
 /// The built-in runbooks.

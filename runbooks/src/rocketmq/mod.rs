@@ -20,6 +20,9 @@
 //! | `rocketmq.reset_offset` / `restore_offsets` | reset by time, saving the previous offsets; put them back |
 //! | `rocketmq.config_file` | edit one key of a broker's config file (atomically, read back) |
 //! | `rocketmq.commitlog_md5` | md5 of the newest N commitlog files |
+//! | `rocketmq.commitlog_compare` / `commitlog_align` | several nodes' newest commitlog files and valid ends; align them on the longest log |
+//! | `rocketmq.copy_files` | a directory (a store's `config`) copied file by file, atomically |
+//! | `rocketmq.dledger_config` / `dledger_check` | write a node's DLedger config; check a group's configs together |
 //! | `rocketmq.command` | a stop/start command template with `{{ broker }}` placeholders, run by `exec` |
 //!
 //! `docs/rocketmq.md` describes inputs and outputs for operators.
@@ -29,7 +32,9 @@ mod broker_config;
 mod broker_stats;
 mod cluster;
 mod command;
+mod commitlog;
 mod consumer;
+mod dledger;
 mod files;
 pub mod input;
 mod metadata;
@@ -114,6 +119,26 @@ fn register_actions(registry: &mut Registry) {
         "rocketmq.commitlog_md5",
         FnAction(files::run_commitlog_md5, &files::COMMITLOG_MD5_SCHEMA),
     );
+    registry.register(
+        "rocketmq.commitlog_compare",
+        FnAction(commitlog::run_compare, &commitlog::COMPARE_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.commitlog_align",
+        FnAction(commitlog::run_align, &commitlog::ALIGN_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.copy_files",
+        FnAction(dledger::run_copy_files, &dledger::COPY_FILES_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.dledger_config",
+        FnAction(dledger::run_config, &dledger::CONFIG_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.dledger_check",
+        FnAction(dledger::run_check, &dledger::CHECK_SCHEMA),
+    );
     registry.register("rocketmq.command", command::Command);
 }
 
@@ -195,6 +220,50 @@ mod tests {
                 // One of `window` and `since` is needed.
                 if !all && name == "rocketmq.queue_writes" {
                     input["window"] = Value::from("1s");
+                }
+                // The file actions take absolute paths, tables that name nodes and at least
+                // three DLedger configs: a schema sample has none of them.
+                let missing = "/nonexistent-runbook-sample";
+                for (field, value) in [
+                    ("nodes", serde_json::json!({"a": format!("{missing}/a")})),
+                    (
+                        "new_nodes",
+                        serde_json::json!({"b": format!("{missing}/b")}),
+                    ),
+                    ("source", Value::from(format!("{missing}/source"))),
+                    ("target", Value::from(format!("{missing}/target"))),
+                    ("base", Value::from(format!("{missing}/base.conf"))),
+                    ("path", Value::from(format!("{missing}/path.conf"))),
+                    ("store_root", Value::from(format!("{missing}/store"))),
+                    (
+                        "commitlog",
+                        Value::from(format!("{missing}/store/commitlog")),
+                    ),
+                    ("peers", Value::from("n0-h:1;n1-h:2;n2-h:3")),
+                    ("self_id", Value::from("n0")),
+                    (
+                        "paths",
+                        Value::from(format!("{missing}/0;{missing}/1;{missing}/2")),
+                    ),
+                ] {
+                    let file_action = name.starts_with("rocketmq.commitlog_")
+                        || name.starts_with("rocketmq.dledger_")
+                        || name == "rocketmq.copy_files";
+                    if file_action && input.get(field).is_some() {
+                        input[field] = value;
+                    }
+                }
+                if name.starts_with("rocketmq.commitlog_") && input.get("count").is_some() {
+                    input["count"] = Value::from(2);
+                }
+                if name == "rocketmq.commitlog_align" && input.get("source").is_some() {
+                    input["source"] = Value::from("a");
+                }
+                if name == "rocketmq.commitlog_align" && input.get("reported").is_some() {
+                    input["reported"] = serde_json::json!({"a": 1});
+                }
+                if name == "rocketmq.dledger_config" && input.get("set").is_some() {
+                    input["set"] = serde_json::json!({"listenPort": 10911});
                 }
                 assert!(schema.check(&input, true).is_empty(), "{name}: {input}");
                 let context = ActionContext {
