@@ -1,6 +1,8 @@
 //! `runbook shim <call dir>` (hidden): the supervisor of one `exec` command. The daemon starts
-//! it in a new session; it is not meant to be typed. All of its logic, and its contract, live
-//! in `runbook_engine::action::shim`; this only hands it the call dir and its exit code.
+//! it in a new session when no `runbook-shim` (`src/bin/runbook-shim.rs`, the same supervisor in
+//! a small binary) sits beside it; it is not meant to be typed. All of its logic, and its
+//! contract, live in `runbook_engine::action::shim`; this only hands it the call dir and its
+//! exit code.
 
 use std::path::PathBuf;
 

@@ -61,8 +61,11 @@
 //! no terminal, so a remote command that writes nothing may outlive it. Give long remote
 //! commands their own limit (`timeout 600 ...`).
 //!
-//! The binary hosting the engine must offer the `shim` subcommand (the `runbook` binary does):
-//! the shim is `std::env::current_exe()` run as `<exe> shim <call dir>`.
+//! The shim is started as `<program> shim <call dir>`. The program is `runbook-shim`
+//! ([`SHIM_BINARY`]: the shim alone, which starts several times faster than the full binary)
+//! when it is an executable file beside the daemon's own executable, else the daemon's own
+//! binary, which must then offer the `shim` subcommand (the `runbook` binary does). Re-attaching
+//! needs neither: a shim is known by its journaled pid, start time and boot id.
 
 mod outcome;
 mod spec;
@@ -72,6 +75,7 @@ use outcome::*;
 pub use spec::would_run;
 pub(crate) use spec::{spec, ExecSpec};
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -91,6 +95,8 @@ const REATTACHED_POLL: Duration = Duration::from_millis(100);
 const SHIM_PATIENCE: Duration = Duration::from_secs(5);
 const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The supervisor's own binary, used when it sits beside the daemon's executable.
+pub const SHIM_BINARY: &str = "runbook-shim";
 
 pub struct Exec;
 
@@ -303,22 +309,33 @@ fn start_shim(
     })
 }
 
-/// The binary to run as `<exe> shim`: our own.
+/// The binary to run as `<program> shim <call dir>`, for this daemon.
 fn shim_program() -> Result<PathBuf, String> {
     let exe = std::env::current_exe()
         .map_err(|error| format!("cannot find the runbook binary to run its shim: {error}"))?;
-    if exe.exists() {
-        return Ok(exe);
-    }
-    // Replaced by an upgrade while the daemon runs: the link reads "<path> (deleted)".
-    if let Some(original) = exe
+    shim_program_for(&exe)
+}
+
+/// The shim's binary for a daemon whose executable is `exe` (as `/proc/self/exe` names it):
+/// [`SHIM_BINARY`] beside it if that is an executable file, else `exe` itself.
+fn shim_program_for(exe: &Path) -> Result<PathBuf, String> {
+    // Replaced by an upgrade while the daemon runs: the link reads "<path> (deleted)", and the
+    // binaries now at that path are the ones to use.
+    let installed = match exe
         .to_str()
         .and_then(|text| text.strip_suffix(" (deleted)"))
-        .map(PathBuf::from)
     {
-        if original.exists() {
-            return Ok(original);
-        }
+        Some(original) if !exe.exists() => PathBuf::from(original),
+        _ => exe.to_owned(),
+    };
+    let small = installed.with_file_name(SHIM_BINARY);
+    let executable = std::fs::metadata(&small)
+        .is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0);
+    if executable {
+        return Ok(small);
+    }
+    if installed.exists() {
+        return Ok(installed);
     }
     Err(format!(
         "the runbook binary {} is gone; cannot run its shim",

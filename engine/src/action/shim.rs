@@ -1,11 +1,13 @@
 //! `runbook shim`: the supervisor of one `exec` command, in a process of its own.
 //!
-//! The daemon starts `runbook shim <call dir>` in a new session, so that the daemon's death
+//! The daemon starts `runbook-shim shim <call dir>` (or `runbook shim <call dir>`: which binary,
+//! see [`super::exec`]) in a new session, so that the daemon's death
 //! (`kill -9`, a crash, a restart for an upgrade) does not take it down; journals the shim's pid,
 //! start time and boot id; and only then releases it (one byte, [`GO`], on the shim's stdin).
 //! The shim starts the command in its own process group, streams its stdout and stderr into the
 //! step log (capped, see [`LogSink`]), and when the command ends writes how it ended into the
-//! call dir. [`run`] is the whole process; it needs no async runtime.
+//! call dir. [`run`] is the whole process; it needs no async runtime, and between events it
+//! sleeps until a signal wakes it ([`wake`]).
 //!
 //! (Over 600 lines on purpose: the call dir's files, their writer and their readers are one
 //! protocol between the shim and the daemon, kept in one place.)
@@ -43,13 +45,16 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use self::wake::{Wake, STOP};
 use super::LogSink;
+
+mod wake;
 
 /// The format of the files in a call dir; a reader refuses any other.
 pub(crate) const FORMAT: u32 = 1;
@@ -63,9 +68,10 @@ pub(crate) const STDERR_TAIL: usize = 2048;
 pub const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(300);
 /// After SIGKILL, how long to wait for the group to empty before giving up on it.
 const AFTER_SIGKILL: Duration = Duration::from_secs(5);
-/// How often the command's end is looked for: first every [`POLL_FIRST`], doubling up to
-/// [`POLL`] (most commands of a step end within milliseconds; a long one costs one look every
-/// 20 ms).
+/// While the command is being stopped, how often the shim looks whether its group is empty
+/// (members that are not the shim's children end without a signal to it): first after
+/// [`POLL_FIRST`], doubling up to [`POLL`]. Until then it sleeps until a signal wakes it
+/// ([`wake`]), or looks this way if it cannot.
 const POLL: Duration = Duration::from_millis(20);
 const POLL_FIRST: Duration = Duration::from_micros(200);
 
@@ -348,23 +354,10 @@ pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
     read_versioned(&call_dir.join(STATUS_FILE))
 }
 
-/// Set by SIGTERM and SIGINT: stop the command.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_signal: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
 /// The shim process: runs the command described in `<call_dir>/spec.json` once released, and
 /// returns the process's exit code (0 once `status.json` is written).
 pub fn run(call_dir: &Path) -> i32 {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe); handlers are reset to
-    // the default in the command by exec.
-    unsafe {
-        let handler = on_stop_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-        libc::signal(libc::SIGTERM, handler);
-        libc::signal(libc::SIGINT, handler);
-    }
+    let wake = Wake::install();
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         eprintln!(
@@ -372,7 +365,7 @@ pub fn run(call_dir: &Path) -> i32 {
             std::io::Error::last_os_error()
         );
     }
-    let (status, stdout) = supervise(call_dir, &mut std::io::stdin().lock());
+    let (status, stdout) = supervise(call_dir, &mut std::io::stdin().lock(), &wake);
     let written = write_atomic(&call_dir.join(STDOUT_FILE), &stdout).and_then(|()| {
         let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
         write_atomic(&call_dir.join(STATUS_FILE), &json)
@@ -391,7 +384,7 @@ pub fn run(call_dir: &Path) -> i32 {
 }
 
 /// Waits for the go, runs the command to its end; the status and the kept stdout.
-fn supervise(call_dir: &Path, go: &mut impl Read) -> (Status, Vec<u8>) {
+fn supervise(call_dir: &Path, go: &mut impl Read, wake: &Wake) -> (Status, Vec<u8>) {
     let spec: Spec = match read_spec(call_dir) {
         Ok(Some(spec)) => spec,
         Ok(None) => {
@@ -508,7 +501,8 @@ fn supervise(call_dir: &Path, go: &mut impl Read) -> (Status, Vec<u8>) {
     }
     drop(done);
 
-    let (outcome, stopped) = wait_for_command(pid, Duration::from_millis(spec.grace_ms), &log);
+    let (outcome, stopped) =
+        wait_for_command(pid, Duration::from_millis(spec.grace_ms), &log, wake);
     let deadline = Instant::now() + DRAIN_AFTER_EXIT;
     for _ in 0..pumps {
         if drained
@@ -579,7 +573,7 @@ fn spawn_pump(
 
 /// Reaps children until the command (`pid`, leader of group `pid`) ended; on a stop request,
 /// stops the whole group first. How it ended, and whether it was stopped.
-fn wait_for_command(pid: i32, grace: Duration, log: &LogSink) -> (Outcome, bool) {
+fn wait_for_command(pid: i32, grace: Duration, log: &LogSink, wake: &Wake) -> (Outcome, bool) {
     let mut leader: Option<Outcome> = None;
     let mut term_sent: Option<Instant> = None;
     let mut kill_sent: Option<Instant> = None;
@@ -626,8 +620,14 @@ fn wait_for_command(pid: i32, grace: Duration, log: &LogSink) -> (Outcome, bool)
                 }
             }
         }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(POLL);
+        // Running and not asked to stop: only a signal (SIGCHLD, SIGTERM, SIGINT) can change
+        // that, and each one wakes the wait. Stopping: look again soon as well.
+        if term_sent.is_none() && wake.is_reliable() {
+            wake.wait(None);
+        } else {
+            wake.wait(Some(pause));
+            pause = (pause * 2).min(POLL);
+        }
     }
 }
 

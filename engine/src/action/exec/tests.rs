@@ -123,3 +123,35 @@ fn a_recorded_end_becomes_the_steps_result() -> Result<(), std::io::Error> {
     assert!(ssh.is_err_and(|failure| failure.message.starts_with("ssh to ops@b1:22 failed")));
     Ok(())
 }
+
+#[test]
+fn the_shim_is_runbook_shim_beside_the_daemon_else_the_daemon_itself() -> Result<(), std::io::Error>
+{
+    let dir = tempfile::tempdir()?;
+    let exe = dir.path().join("runbook");
+    let small = dir.path().join(SHIM_BINARY);
+    let with_mode = |path: &Path, mode: u32| {
+        std::fs::write(path, b"#!/bin/sh\n")?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    };
+    with_mode(&exe, 0o755)?;
+    assert_eq!(shim_program_for(&exe), Ok(exe.clone()), "alone: itself");
+
+    with_mode(&small, 0o644)?;
+    assert_eq!(shim_program_for(&exe), Ok(exe.clone()), "not executable");
+    with_mode(&small, 0o700)?;
+    assert_eq!(shim_program_for(&exe), Ok(small.clone()), "beside it");
+
+    // Upgraded while the daemon runs: the binaries now at its path.
+    let deleted = PathBuf::from(format!("{} (deleted)", exe.display()));
+    assert_eq!(shim_program_for(&deleted), Ok(small.clone()));
+    std::fs::remove_file(&small)?;
+    assert_eq!(shim_program_for(&deleted), Ok(exe.clone()));
+
+    // A directory of that name is no binary.
+    std::fs::create_dir(&small)?;
+    assert_eq!(shim_program_for(&exe), Ok(exe.clone()));
+    std::fs::remove_file(&exe)?;
+    assert!(shim_program_for(&deleted).is_err_and(|error| error.contains("is gone")));
+    Ok(())
+}

@@ -1,0 +1,182 @@
+//! Which binary supervises an `exec` command: `runbook-shim` when it sits beside the daemon's
+//! executable (it links only the supervisor, so it starts several times faster than the full
+//! `runbook`), else the daemon's own binary as `runbook shim`. Either way the supervisor's
+//! command line after the program is `shim <call dir>`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use runbook_tests::{binary, step_of, Daemon};
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// A step whose command prints its parent, the supervisor: its executable, then its argv, one
+/// word a line.
+const WHO_SUPERVISES: &str = r#"
+name = "who-supervises"
+[[steps]]
+id = "who"
+action = "exec"
+with = { command = "readlink /proc/$PPID/exe; tr '\\0' '\\n' < /proc/$PPID/cmdline" }
+"#;
+
+/// The supervisor as the step saw it: its executable and its argv after the program.
+fn supervisor_of(shown: &Value) -> Result<(PathBuf, Vec<String>)> {
+    let step = step_of(shown, "who").ok_or_else(|| anyhow!("no step `who` in {shown}"))?;
+    let stdout = step["output"]["stdout"]
+        .as_str()
+        .ok_or_else(|| anyhow!("no stdout in {step}"))?;
+    let mut lines = stdout.lines();
+    let exe = lines.next().ok_or_else(|| anyhow!("empty stdout"))?;
+    let argv: Vec<String> = lines.skip(1).map(str::to_owned).collect();
+    Ok((PathBuf::from(exe), argv))
+}
+
+/// `path` with its links resolved (as `/proc/<pid>/exe` shows it).
+fn real(path: &Path) -> Result<PathBuf> {
+    path.canonicalize()
+        .with_context(|| format!("resolving {}", path.display()))
+}
+
+#[test]
+fn the_daemon_supervises_commands_with_runbook_shim_beside_it() -> Result<()> {
+    let small = binary().with_file_name("runbook-shim");
+    assert!(
+        small.is_file(),
+        "{} is missing: `cargo build -p runbook-cli` builds it beside `runbook`",
+        small.display()
+    );
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file("who.toml", WHO_SUPERVISES)?;
+    let run = daemon.start_run(&file, &[])?;
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    let (exe, argv) = supervisor_of(&shown)?;
+    assert_eq!(exe, real(&small)?, "the supervisor's executable");
+    let call_dir = daemon
+        .call_dirs(&run)?
+        .pop()
+        .ok_or_else(|| anyhow!("no call dir"))?;
+    assert_eq!(argv, ["shim".to_owned(), call_dir.display().to_string()]);
+    Ok(())
+}
+
+/// A daemon run from a binary of its own directory (a hard link, or a copy), on a data dir of
+/// its own; killed by pid on drop.
+struct AloneDaemon {
+    data_dir: tempfile::TempDir,
+    child: Child,
+}
+
+impl AloneDaemon {
+    fn start(program: &Path) -> Result<AloneDaemon> {
+        let data_dir = tempfile::Builder::new().prefix("runbook-test-").tempdir()?;
+        let log = std::fs::File::create(data_dir.path().join("daemon.log"))?;
+        let child = Command::new(program)
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .arg("daemon")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let daemon = AloneDaemon { data_dir, child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !daemon.cli(&["list"])?.status.success() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon did not answer within 30 s; its log:\n{}",
+                    daemon.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
+        Ok(Command::new(binary())
+            .arg("--json")
+            .arg("--data-dir")
+            .arg(self.data_dir.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    }
+
+    fn json(&self, args: &[&str]) -> Result<Value> {
+        let output = self.cli(args)?;
+        if !output.status.success() {
+            bail!(
+                "runbook {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
+    fn run_to_success(&self, file: &Path) -> Result<Value> {
+        let started = self.json(&["start", &file.display().to_string()])?;
+        let run = started["id"]
+            .as_str()
+            .ok_or_else(|| anyhow!("no run id in {started}"))?
+            .to_owned();
+        let deadline = Instant::now() + LONG;
+        loop {
+            let shown = self.json(&["show", &run])?;
+            if shown["state"] == "succeeded" {
+                return Ok(shown);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "run {run} did not succeed: {shown}\ndaemon log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for AloneDaemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Puts `from` into `dir` under its own name: a hard link (a symlink would resolve back to
+/// `from`'s directory), else a copy.
+fn place(from: &Path, dir: &Path) -> Result<PathBuf> {
+    let name = from
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no name", from.display()))?;
+    let to = dir.join(name);
+    if std::fs::hard_link(from, &to).is_err() {
+        std::fs::copy(from, &to)
+            .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    }
+    Ok(to)
+}
+
+#[test]
+fn without_runbook_shim_beside_it_the_daemon_supervises_with_itself() -> Result<()> {
+    let bin = tempfile::Builder::new().prefix("runbook-bin-").tempdir()?;
+    let alone = place(&binary(), bin.path())?;
+    let daemon = AloneDaemon::start(&alone)?;
+    let file = daemon.data_dir.path().join("who.toml");
+    std::fs::write(&file, WHO_SUPERVISES)?;
+    let shown = daemon.run_to_success(&file)?;
+    let (exe, argv) = supervisor_of(&shown)?;
+    assert_eq!(exe, real(&alone)?, "the supervisor's executable");
+    assert_eq!(argv.first().map(String::as_str), Some("shim"), "{argv:?}");
+    Ok(())
+}
