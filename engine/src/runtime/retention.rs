@@ -13,15 +13,15 @@ use super::{Engine, Error};
 /// How many runs one batch deletes (one writer request, a dozen operations per archived run,
 /// joining the commits' group sync): a commit synced with it waits for at most this many
 /// runs' deletes.
-const BATCH: usize = 8;
+const BATCH: usize = 2;
 /// After each batch the collector waits this many times as long as the batch took (and at
-/// least [`PAUSE`]): it takes at most a third of the writer's time, whatever the load, and
+/// least [`PAUSE`]): it takes at most a quarter of the writer's time, whatever the load, and
 /// commits rarely find a batch ahead of them.
-const YIELD: u32 = 2;
+const YIELD: u32 = 3;
 const PAUSE: Duration = Duration::from_millis(1);
 /// Every this many batches, archive segments no run is in any more are deleted (and at the
 /// end): the disk space comes back as the collection goes.
-const TIDY_EVERY: usize = 64;
+const TIDY_EVERY: usize = 256;
 /// How often the background collector looks for expired runs.
 pub const EVERY: Duration = Duration::from_secs(600);
 
