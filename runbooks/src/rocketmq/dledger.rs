@@ -393,17 +393,9 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
             std::fs::create_dir_all(&parent).map_err(|error| {
                 ActionFailure::retryable(format!("{}: {error}", parent.display()))
             })?;
-            let temp = parent.join(format!(
-                ".{}.runbook-tmp",
-                path.file_name()
-                    .map(|name| name.to_string_lossy())
-                    .unwrap_or_default()
-            ));
-            write_synced(&temp, &text)?;
-            std::fs::rename(&temp, &path).map_err(|error| {
+            super::files::write_atomically(&path, &text).map_err(|error| {
                 ActionFailure::retryable(format!("{}: {error}", path.display()))
             })?;
-            sync_dir(&parent)?;
         }
         let reread = std::fs::read_to_string(&path).map_err(|error| {
             ActionFailure::retryable(format!("re-reading {}: {error}", path.display()))
@@ -446,15 +438,6 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
     })
     .await
     .map_err(|error| ActionFailure::retryable(format!("writing a DLedger config: {error}")))?
-}
-
-fn write_synced(path: &Path, text: &str) -> Result<(), ActionFailure> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path)
-        .map_err(|error| ActionFailure::retryable(format!("{}: {error}", path.display())))?;
-    file.write_all(text.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|error| ActionFailure::retryable(format!("{}: {error}", path.display())))
 }
 
 /// The input of `rocketmq.dledger_check` (read-only).

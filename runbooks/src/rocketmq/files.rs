@@ -131,7 +131,9 @@ pub fn with_property(text: &str, key: &str, value: Option<&str>) -> String {
     out
 }
 
-fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+/// Replaces (or creates) `path` with `text` atomically and durably: a temporary sibling, fsync,
+/// rename, fsync of the directory. A replaced file keeps its permissions.
+pub(super) fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|dir| !dir.as_os_str().is_empty())
@@ -141,11 +143,17 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temp = dir.join(format!(".{name}.runbook-tmp"));
-    let permissions = std::fs::metadata(path)?.permissions();
+    let permissions = match std::fs::metadata(path) {
+        Ok(meta) => Some(meta.permissions()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => return Err(error),
+    };
     {
         let mut file = std::fs::File::create(&temp)?;
         file.write_all(text.as_bytes())?;
-        file.set_permissions(permissions)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
         file.sync_all()?;
     }
     std::fs::rename(&temp, path)?;
