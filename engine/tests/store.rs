@@ -516,8 +516,11 @@ fn finished_runs_move_to_the_archive_whole_and_come_back_for_a_rollback() {
         for tree in [Tree::Runs, Tree::Folded] {
             assert_eq!(tables.get(tree, id.as_bytes()).unwrap(), None, "{tree:?}");
         }
-        assert!(tables.get(Tree::Archived, id.as_bytes()).unwrap().is_some());
-        assert!(tables.get(Tree::Listings, id.as_bytes()).unwrap().is_some());
+        let line = tables.get(Tree::Listings, id.as_bytes()).unwrap().unwrap();
+        assert!(
+            String::from_utf8_lossy(&line).contains("\"archived\""),
+            "{line:?}"
+        );
     }
     drop(tables);
 
@@ -679,4 +682,195 @@ fn verify_while_the_archiver_moves_runs_finds_no_problem_that_is_not_one() {
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     assert!(verifier.join().unwrap() > 0);
     assert!(store.verify().unwrap().is_empty());
+}
+
+/// A store as format 5 left it (pointers into the archive in a tree of their own, runs indexed
+/// by state, by runbook and by finish time) opens upgraded: every run reads back, lists and
+/// expires as before, `verify` finds nothing, and the old trees are empty.
+#[test]
+fn a_format_5_store_is_upgraded_when_it_opens() {
+    use runbook_engine::machine::RunStatus;
+    use runbook_engine::store::envelope;
+    use runbook_engine::store::listing::{ListQuery, Listing};
+    use runbook_engine::store::tables::{Op, Tables, Tree};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    let store = SledStore::open(&path).unwrap();
+    let ids: Vec<Uuid> = (1..=4).map(|n| Uuid::from_u64_pair(9, n)).collect();
+    let runs: Vec<_> = ids.iter().map(|id| finish(&store, *id)).collect();
+    store.sync().unwrap();
+    // Two archived, two still in the tables, and one that waits.
+    let (prepared, _) = store.archive_prepare(None, 2).unwrap();
+    assert_eq!(store.archive_commit(&prepared).unwrap(), ids[..2]);
+    store.sync().unwrap();
+    let waiting = drive(&store, 3, 0);
+    let queries = [
+        ListQuery {
+            all: true,
+            limit: 10,
+            ..ListQuery::default()
+        },
+        ListQuery {
+            limit: 10,
+            ..ListQuery::default()
+        },
+        ListQuery {
+            state: Some(RunStatus::Succeeded),
+            limit: 3,
+            ..ListQuery::default()
+        },
+        ListQuery {
+            runbook: Some("short".to_owned()),
+            all: true,
+            limit: 10,
+            ..ListQuery::default()
+        },
+    ];
+    let listed = |store: &SledStore| -> Vec<Vec<(Uuid, String)>> {
+        queries
+            .iter()
+            .map(|query| {
+                let page = store.list(query).unwrap();
+                page.runs
+                    .into_iter()
+                    .map(|(id, line)| (id, line.unwrap().state))
+                    .collect()
+            })
+            .collect()
+    };
+    let before = listed(&store);
+    assert_eq!(before[0].len(), 5);
+    assert_eq!(
+        before[1],
+        vec![(waiting.id, waiting.status.name().to_owned())]
+    );
+    assert_eq!(before[2].len(), 3);
+    assert_eq!(before[3].len(), 4);
+    let counts = store.counts().unwrap();
+    drop(store);
+
+    // Written back as format 5 kept it.
+    let tables = SledStore::open(&path).unwrap().into_tables();
+    let mut ops = Vec::new();
+    for entry in tables.scan(
+        Tree::Listings,
+        std::ops::Bound::Unbounded,
+        std::ops::Bound::Unbounded,
+        false,
+    ) {
+        let (key, bytes) = entry.unwrap();
+        let id = Uuid::from_slice(&key).unwrap();
+        let mut line: Listing = envelope::decode(&|| "line".to_owned(), &bytes).unwrap();
+        let index = [
+            line.state.as_bytes(),
+            &[0],
+            line.runbook.as_bytes(),
+            &[0],
+            id.as_bytes(),
+        ]
+        .concat();
+        ops.push(Op {
+            tree: Tree::ByStateRunbook,
+            key: index,
+            value: None,
+        });
+        let by = |name: &str| [name.as_bytes(), &[0], id.as_bytes()].concat();
+        ops.push(Op {
+            tree: Tree::ByState,
+            key: by(&line.state),
+            value: Some(Vec::new()),
+        });
+        ops.push(Op {
+            tree: Tree::ByRunbook,
+            key: by(&line.runbook),
+            value: Some(Vec::new()),
+        });
+        if let Some(finished_at) = line.finished_at {
+            let ms = u64::try_from(finished_at.timestamp_millis()).unwrap();
+            ops.push(Op {
+                tree: Tree::Finished,
+                key: [&ms.to_be_bytes()[..], id.as_bytes()].concat(),
+                value: Some(Vec::new()),
+            });
+        }
+        if let Some(pointer) = line.archived.take() {
+            ops.push(Op {
+                tree: Tree::Archived,
+                key: key.clone(),
+                value: Some(pointer.encode()),
+            });
+            ops.push(Op {
+                tree: Tree::Listings,
+                key,
+                value: Some(envelope::encode(&line).unwrap()),
+            });
+        }
+    }
+    ops.push(Op {
+        tree: Tree::Meta,
+        key: b"format".to_vec(),
+        value: Some(envelope::encode(&5u32).unwrap()),
+    });
+    tables.write(&ops).unwrap();
+    assert_eq!(
+        tables
+            .scan(
+                Tree::ByStateRunbook,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false
+            )
+            .count(),
+        0
+    );
+    assert_eq!(
+        tables
+            .scan(
+                Tree::Archived,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false
+            )
+            .count(),
+        2
+    );
+    drop(tables);
+
+    let store = SledStore::open(&path).unwrap();
+    assert_eq!(listed(&store), before);
+    assert_eq!(store.counts().unwrap(), counts);
+    for (index, (_, state, _)) in runs.iter().enumerate() {
+        assert_eq!(store.load_run(ids[index]).unwrap().as_ref(), Some(state));
+    }
+    assert_eq!(store.load_run(waiting.id).unwrap().as_ref(), Some(&waiting));
+    let expired: Vec<Uuid> = store
+        .expired_runs(u64::MAX, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|expired| expired.run_id)
+        .collect();
+    assert_eq!(expired, ids);
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    // The archived runs go with their lines, the segment with its last run.
+    assert_eq!(store.collect(&ids).unwrap(), ids);
+    store.sync().unwrap();
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    let tables = store.into_tables();
+    for tree in [
+        Tree::ByState,
+        Tree::ByRunbook,
+        Tree::Finished,
+        Tree::Archived,
+    ] {
+        let left = tables
+            .scan(
+                tree,
+                std::ops::Bound::Unbounded,
+                std::ops::Bound::Unbounded,
+                false,
+            )
+            .count();
+        assert_eq!(left, 0, "{tree:?}");
+    }
 }

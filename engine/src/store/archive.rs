@@ -51,8 +51,9 @@ pub const MAX_ENTRY: usize = 40 << 20;
 /// One record of a run: a key of a tree and its value.
 pub type Record = (Tree, Vec<u8>, Vec<u8>);
 
-/// Where a run's entry is: segment, offset, length (16 bytes in the `archived` tree).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where a run's entry is: segment, offset, length (in the run's listing line; 16 bytes in
+/// the `archived` tree of format 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pointer {
     pub segment: u32,
     pub offset: u64,

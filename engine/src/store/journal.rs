@@ -17,6 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::archive::{self, Archive, ArchivedRun, Pointer, Record};
@@ -124,7 +125,7 @@ impl<T: Tables> Journal<T> {
     }
 
     fn is_empty(&self) -> Result<bool, Error> {
-        Ok([Tree::Runs, Tree::Archived].into_iter().all(|tree| {
+        Ok([Tree::Runs, Tree::Listings].into_iter().all(|tree| {
             self.tables
                 .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
                 .next()
@@ -159,34 +160,45 @@ impl<T: Tables> Journal<T> {
         Ok(())
     }
 
-    /// The finished runs that finished before `before_ms`, oldest first, at most `limit`.
+    /// The finished runs that finished before `before_ms`, at most `limit`, in the order of
+    /// their ids (so of their creation): a run created at or after `before_ms` cannot have
+    /// finished before it, so the scan ends there, having read only the lines of runs created
+    /// before it — the expired ones and those still running or finished since (the runs that
+    /// were unfinished at that instant: a few, not a history).
     pub fn expired(
         &self,
         before_ms: u64,
         after: Option<&Expired>,
         limit: usize,
     ) -> Result<Vec<Expired>, Error> {
-        let end = before_ms.to_be_bytes();
-        let from = after.map(|after| {
-            let mut key = after.finished_at_ms.to_be_bytes().to_vec();
-            key.extend_from_slice(after.run_id.as_bytes());
-            key
-        });
+        // (A UUID v7 holds 48 bits of milliseconds: past them, every id is before.)
+        let end = DateTime::<Utc>::from_timestamp_millis(i64::try_from(before_ms).unwrap_or(-1))
+            .filter(|_| before_ms < 1 << 48)
+            .map(listing::first_id_at);
+        let from = after.map(|after| *after.run_id.as_bytes());
         let mut found = Vec::new();
         for entry in self.tables.scan(
-            Tree::Finished,
-            from.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-            Bound::Excluded(end.as_slice()),
+            Tree::Listings,
+            from.as_ref()
+                .map_or(Bound::Unbounded, |from| Bound::Excluded(from.as_slice())),
+            end.as_ref().map_or(Bound::Unbounded, |end| {
+                Bound::Excluded(end.as_bytes().as_slice())
+            }),
             false,
         ) {
-            let (key, _) = entry?;
-            let finished_at_ms = key
-                .get(..8)
-                .and_then(|bytes| bytes.try_into().ok())
-                .map(u64::from_be_bytes);
-            if let (Some(finished_at_ms), Some(run_id)) =
-                (finished_at_ms, listing::trailing_id(&key))
-            {
+            let (key, bytes) = entry?;
+            let Ok(run_id) = Uuid::from_slice(&key) else {
+                continue;
+            };
+            // (A line that does not decode is left for `store verify` to name.)
+            let Ok(line) = decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes) else {
+                continue;
+            };
+            let finished_at_ms = line
+                .finished_at
+                .filter(|_| line.is_finished())
+                .and_then(|at| u64::try_from(at.timestamp_millis()).ok());
+            if let Some(finished_at_ms) = finished_at_ms.filter(|at| *at < before_ms) {
                 found.push(Expired {
                     finished_at_ms,
                     run_id,
@@ -232,14 +244,14 @@ impl<T: Tables> Journal<T> {
         })
     }
 
-    /// Runs newest first from one index (`prefix` of `tree`, or the listings themselves).
+    /// Runs newest first from one index (`prefix` of `tree`), or from the listings themselves
+    /// with their lines (`tree` is `Listings`): at most `query.limit`.
     fn page_of(
         &self,
         tree: Tree,
         prefix: &[u8],
         query: &ListQuery,
-        filter: &dyn Fn(&Result<Listing, String>) -> bool,
-        out: &mut Vec<(Uuid, Result<Listing, String>)>,
+        out: &mut Vec<(Uuid, Option<Vec<u8>>)>,
     ) -> Result<(), Error> {
         let low: Vec<u8> = match query.since {
             Some(since) => [prefix, listing::first_id_at(since).as_bytes()].concat(),
@@ -258,30 +270,47 @@ impl<T: Tables> Journal<T> {
             },
             true,
         );
-        let mut taken = 0;
-        for entry in scan {
-            if taken >= query.limit {
-                break;
-            }
+        for entry in scan.take(query.limit) {
             let (key, value) = entry?;
-            let Some(run_id) = listing::trailing_id(&key) else {
-                continue;
-            };
-            let line = if tree == Tree::Listings {
-                decode_value(&|| format!("listings/{run_id}"), &value)
-            } else {
-                match self.tables.get(Tree::Listings, run_id.as_bytes())? {
-                    Some(bytes) => decode_value(&|| format!("listings/{run_id}"), &bytes),
-                    None => continue,
-                }
-            }
-            .map_err(|error: Error| error.to_string());
-            if filter(&line) {
-                out.push((run_id, line));
-                taken += 1;
+            if let Some(run_id) = listing::trailing_id(&key) {
+                out.push((run_id, (tree == Tree::Listings).then_some(value)));
             }
         }
         Ok(())
+    }
+
+    /// The runbooks that have runs in `state`, one seek each (not a walk of the runs).
+    fn runbooks_in(&self, state: &str) -> Result<Vec<String>, Error> {
+        let prefix = listing::index_prefix(state, None);
+        let end = super::tables::prefix_end(&prefix);
+        let mut runbooks = Vec::new();
+        let mut from = prefix.clone();
+        loop {
+            let next = self
+                .tables
+                .scan(
+                    Tree::ByStateRunbook,
+                    Bound::Included(from.as_slice()),
+                    end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+                    false,
+                )
+                .next()
+                .transpose()?;
+            let Some((key, _)) = next else {
+                return Ok(runbooks);
+            };
+            let Some((_, runbook, _)) = listing::index_parts(&key) else {
+                // A bad key (`store verify` names it): past it, byte by byte.
+                from = [key.as_slice(), &[0]].concat();
+                continue;
+            };
+            let runbook = runbook.to_owned();
+            match super::tables::prefix_end(&listing::index_prefix(state, Some(&runbook))) {
+                Some(past) => from = past,
+                None => return Ok(runbooks),
+            }
+            runbooks.push(runbook);
+        }
     }
 }
 
@@ -319,7 +348,8 @@ impl<T: Tables> Store for Journal<T> {
 
     fn find_runs(&self, prefix: &[u8], limit: usize) -> Result<Vec<Uuid>, Error> {
         let mut found = BTreeSet::new();
-        for tree in [Tree::Runs, Tree::Archived] {
+        // (An archived run is in the listings only.)
+        for tree in [Tree::Runs, Tree::Listings] {
             for entry in scan_prefix(&self.tables, tree, prefix, false).take(limit) {
                 if let Ok(run_id) = Uuid::from_slice(&entry?.0) {
                     found.insert(run_id);
@@ -429,51 +459,50 @@ impl<T: Tables> Store for Journal<T> {
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, Error> {
-        let mut runs = Vec::new();
-        let runbook = query.runbook.clone();
-        let of_runbook = move |line: &Result<Listing, String>| match (&runbook, line) {
-            (Some(runbook), Ok(line)) => &line.runbook == runbook,
-            _ => true,
-        };
-        match (&query.state, &query.runbook) {
-            (Some(state), _) => self.page_of(
-                Tree::ByState,
-                &listing::name_prefix(state.name()),
-                query,
-                &of_runbook,
-                &mut runs,
-            )?,
-            (None, Some(runbook)) => {
-                let all = query.all;
-                self.page_of(
-                    Tree::ByRunbook,
-                    &listing::name_prefix(runbook),
-                    query,
-                    &move |line| all || line.as_ref().map_or(true, |line| !line.is_finished()),
-                    &mut runs,
-                )?
-            }
-            (None, None) if query.all => {
-                self.page_of(Tree::Listings, &[], query, &|_| true, &mut runs)?
-            }
-            (None, None) => {
-                // The unfinished states, merged newest first.
-                for state in listing::STATES.iter().filter(|state| !state.is_terminal()) {
-                    self.page_of(
-                        Tree::ByState,
-                        &listing::name_prefix(state.name()),
-                        query,
-                        &|_| true,
-                        &mut runs,
-                    )?;
+        let mut found = Vec::new();
+        if query.state.is_none() && query.runbook.is_none() && query.all {
+            self.page_of(Tree::Listings, &[], query, &mut found)?;
+        } else {
+            // Each (state, runbook) prefix of the index is newest first: a page is the newest
+            // of their pages, merged.
+            let states: Vec<&str> = match &query.state {
+                Some(state) => vec![state.name()],
+                None => listing::STATES
+                    .iter()
+                    .filter(|state| query.all || !state.is_terminal())
+                    .map(|state| state.name())
+                    .collect(),
+            };
+            for state in states {
+                let runbooks = match &query.runbook {
+                    Some(runbook) => vec![runbook.clone()],
+                    None => self.runbooks_in(state)?,
+                };
+                for runbook in runbooks {
+                    let prefix = listing::index_prefix(state, Some(&runbook));
+                    self.page_of(Tree::ByStateRunbook, &prefix, query, &mut found)?;
                 }
-                runs.sort_by_key(|run| std::cmp::Reverse(run.0));
-                runs.truncate(query.limit);
+            }
+            found.sort_by_key(|run| std::cmp::Reverse(run.0));
+            found.truncate(query.limit);
+        }
+        let next = (found.len() >= query.limit && query.limit > 0)
+            .then(|| found.last().map(|(id, _)| *id))
+            .flatten();
+        // The lines of the page's runs only.
+        let mut runs = Vec::with_capacity(found.len());
+        for (run_id, line) in found {
+            let line = match line {
+                Some(line) => Some(line),
+                None => self.tables.get(Tree::Listings, run_id.as_bytes())?,
+            };
+            // (An index entry whose run has no line is stale: `store verify` repairs it.)
+            if let Some(bytes) = line {
+                let line = decode_value(&|| format!("listings/{run_id}"), &bytes)
+                    .map_err(|error: Error| error.to_string());
+                runs.push((run_id, line));
             }
         }
-        let next = (runs.len() >= query.limit && query.limit > 0)
-            .then(|| runs.last().map(|(id, _)| *id))
-            .flatten();
         Ok(Page { runs, next })
     }
 
@@ -502,7 +531,6 @@ impl<T: Tables> Store for Journal<T> {
     fn warm_for_collect(&self, runs: &[Uuid]) {
         for run_id in runs {
             let id = run_id.as_bytes();
-            let _ = self.tables.get(Tree::Archived, id);
             let _ = self.tables.get(Tree::Active, id);
             let Ok(Some(bytes)) = self.tables.get(Tree::Listings, id) else {
                 continue;
@@ -510,17 +538,10 @@ impl<T: Tables> Store for Journal<T> {
             let Ok(line) = decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes) else {
                 continue;
             };
-            let _ = self
-                .tables
-                .get(Tree::ByState, &listing::name_key(&line.state, *run_id));
-            let _ = self
-                .tables
-                .get(Tree::ByRunbook, &listing::name_key(&line.runbook, *run_id));
-            if let Some(finished_at) = line.finished_at {
-                let _ = self
-                    .tables
-                    .get(Tree::Finished, &listing::finished_key(finished_at, *run_id));
-            }
+            let _ = self.tables.get(
+                Tree::ByStateRunbook,
+                &listing::index_key(&line.state, &line.runbook, *run_id),
+            );
         }
     }
 

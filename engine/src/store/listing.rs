@@ -35,6 +35,10 @@ pub struct Listing {
     /// the run runs or has ended).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wait: Option<Wait>,
+    /// Where the run's records are, once the archiver moved them out of the tables
+    /// (`archive.rs`): one entry per archived run, not a tree of pointers beside the lines.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived: Option<super::archive::Pointer>,
 }
 
 /// What a run waits for (see [`wait`]).
@@ -72,6 +76,7 @@ impl Listing {
                 state.locks.clone()
             },
             wait: wait(state),
+            archived: None,
         }
     }
 
@@ -200,32 +205,35 @@ pub struct Page {
     pub next: Option<Uuid>,
 }
 
-/// `name ‖ 0 ‖ run_id`: the key of an index by a name.
-pub fn name_key(name: &str, run_id: Uuid) -> Vec<u8> {
-    let mut key = Vec::with_capacity(name.len() + 17);
-    key.extend_from_slice(name.as_bytes());
-    key.push(0);
+/// `state ‖ 0 ‖ runbook ‖ 0 ‖ run_id`: a run's key in the index by state and runbook.
+/// (State names and runbook names never hold a 0 byte: see `definition/parse.rs`.)
+pub fn index_key(state: &str, runbook: &str, run_id: Uuid) -> Vec<u8> {
+    let mut key = index_prefix(state, Some(runbook));
     key.extend_from_slice(run_id.as_bytes());
     key
 }
 
-/// `name ‖ 0`: the prefix of [`name_key`]s of one name.
-pub fn name_prefix(name: &str) -> Vec<u8> {
-    let mut key = name.as_bytes().to_vec();
+/// `state ‖ 0`, or `state ‖ 0 ‖ runbook ‖ 0`: the prefix of the index keys of one state, or of
+/// one state and runbook.
+pub fn index_prefix(state: &str, runbook: Option<&str>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(state.len() + runbook.map_or(0, str::len) + 18);
+    key.extend_from_slice(state.as_bytes());
     key.push(0);
+    if let Some(runbook) = runbook {
+        key.extend_from_slice(runbook.as_bytes());
+        key.push(0);
+    }
     key
 }
 
-/// `finished_at_ms ‖ run_id`.
-pub fn finished_key(finished_at: DateTime<Utc>, run_id: Uuid) -> Vec<u8> {
-    let mut key = Vec::with_capacity(24);
-    key.extend_from_slice(
-        &u64::try_from(finished_at.timestamp_millis())
-            .unwrap_or(0)
-            .to_be_bytes(),
-    );
-    key.extend_from_slice(run_id.as_bytes());
-    key
+/// The state, runbook and run id of an index key (`None`: not such a key).
+pub fn index_parts(key: &[u8]) -> Option<(&str, &str, Uuid)> {
+    let run_id = trailing_id(key)?;
+    let names = key.get(..key.len() - 16)?.strip_suffix(&[0])?;
+    let split = names.iter().position(|byte| *byte == 0)?;
+    let state = std::str::from_utf8(&names[..split]).ok()?;
+    let runbook = std::str::from_utf8(&names[split + 1..]).ok()?;
+    (!runbook.as_bytes().contains(&0)).then_some((state, runbook, run_id))
 }
 
 /// The smallest UUID v7 of an instant: every run created at or after it sorts at or after it.

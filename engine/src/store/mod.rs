@@ -45,9 +45,11 @@ pub use envelope::FORMAT;
 /// 1: sled only; 2: sled behind a write-ahead log, with the `active` index; 3: the log written
 /// before sled (all or nothing), listings, secondary indexes, counters, claims; 4: finished
 /// runs' journals folded into one compressed record (`fold.rs`); 5: finished runs moved to
-/// the archive's segment files (`archive.rs`). A build refuses
+/// the archive's segment files (`archive.rs`); 6: an archived run's pointer in its listing line,
+/// one index by state and runbook, retention from the listings (three entries fewer per finished
+/// run). A build refuses
 /// a store whose layout is newer than it knows, and upgrades an older one when it opens it.
-pub const STORE_FORMAT: u32 = 5;
+pub const STORE_FORMAT: u32 = 6;
 pub use writer::{Reopen, Writer, WriterStats};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -29,22 +29,25 @@ pub enum Tree {
     Active = 6,
     /// run_id → the run's listing line ([`super::Listing`]).
     Listings = 7,
-    /// state name ‖ 0 ‖ run_id → empty.
+    /// Format ≤ 5: state name ‖ 0 ‖ run_id → empty (now [`Tree::ByStateRunbook`]; the upgrade
+    /// to 6 empties it).
     ByState = 8,
-    /// runbook name ‖ 0 ‖ run_id → empty.
+    /// Format ≤ 5: runbook name ‖ 0 ‖ run_id → empty (now [`Tree::ByStateRunbook`]).
     ByRunbook = 9,
-    /// finished_at_ms ‖ run_id → empty, for every finished run (retention).
+    /// Format ≤ 5: finished_at_ms ‖ run_id → empty (retention now reads the listings).
     Finished = 10,
     /// a launch's unique claim (a schedule's instant) → the run id that holds it.
     Claims = 11,
     /// run_id → a finished run's events but its last, in one compressed record (`fold.rs`).
     Folded = 12,
-    /// run_id → where an archived run's records are (`archive.rs`).
+    /// Format ≤ 5: run_id → where an archived run's records are (now in its listing line).
     Archived = 13,
+    /// state name ‖ 0 ‖ runbook name ‖ 0 ‖ run_id → empty: every run, by state and runbook.
+    ByStateRunbook = 14,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 14] = [
+    pub const ALL: [Tree; 15] = [
         Tree::Runs,
         Tree::Events,
         Tree::Timers,
@@ -59,6 +62,7 @@ impl Tree {
         Tree::Claims,
         Tree::Folded,
         Tree::Archived,
+        Tree::ByStateRunbook,
     ];
 
     pub fn code(self) -> u8 {
@@ -86,6 +90,7 @@ impl Tree {
             Tree::Claims => "claims",
             Tree::Folded => "folded",
             Tree::Archived => "archived",
+            Tree::ByStateRunbook => "by_state_runbook",
         }
     }
 }

@@ -24,25 +24,34 @@ impl<T: Tables> Journal<T> {
 
     /// An archived run's records (`None`: the run is not archived).
     pub(super) fn archived(&self, run_id: Uuid) -> Result<Option<Vec<Record>>, Error> {
-        let Some(mut bytes) = self.tables.get(Tree::Archived, run_id.as_bytes())? else {
+        let Some(mut pointer) = self.pointer(run_id)? else {
             return Ok(None);
         };
         let archive = self.archive.as_ref().ok_or_else(|| Error::Corrupt {
-            key: format!("archived/{run_id}"),
+            key: format!("listings/{run_id}"),
             reason: "the run is archived, but this store has no archive".to_owned(),
         })?;
         loop {
-            let pointer = Pointer::decode(run_id, &bytes)?;
             match archive.read(run_id, &pointer) {
                 Ok(records) => return Ok(Some(records)),
                 // Collected, or reopened and archived again, while it was read (its old
                 // segment may be gone): read what the pointer says now.
-                Err(error) => match self.tables.get(Tree::Archived, run_id.as_bytes())? {
-                    Some(now) if now != bytes => bytes = now,
+                Err(error) => match self.pointer(run_id)? {
+                    Some(now) if now != pointer => pointer = now,
                     Some(_) => return Err(error),
                     None => return Ok(None),
                 },
             }
+        }
+    }
+
+    /// Where an archived run's records are, from its listing line (`None`: not archived).
+    pub(super) fn pointer(&self, run_id: Uuid) -> Result<Option<Pointer>, Error> {
+        match self.tables.get(Tree::Listings, run_id.as_bytes())? {
+            Some(bytes) => {
+                Ok(decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes)?.archived)
+            }
+            None => Ok(None),
         }
     }
 
@@ -78,11 +87,7 @@ impl<T: Tables> Journal<T> {
                 return from_archive(&records).map(Some);
             }
             let read = from_tables();
-            if self
-                .tables
-                .get(Tree::Archived, run_id.as_bytes())?
-                .is_none()
-            {
+            if self.pointer(run_id)?.is_none() {
                 return read.map(Some);
             }
         }

@@ -111,7 +111,8 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
-    /// Stores a run's listing line and moves its index entries (state, runbook, finish time).
+    /// Stores a run's listing line and moves its entry in the index by state and runbook.
+    /// (Its pointer into the archive is the archive's to set: see [`archive_run`].)
     pub(super) fn listing(
         &mut self,
         counts: &mut Counts,
@@ -122,51 +123,28 @@ impl<'a> Tx<'a> {
         if old.as_ref() == new {
             return Ok(());
         }
-        if let Some(old) = &old {
-            if new.is_none_or(|new| new.state != old.state) {
-                self.delete(Tree::ByState, listing::name_key(&old.state, run_id));
-                let count = counts.runs.entry(old.state.clone()).or_default();
-                *count = count.saturating_sub(1);
-            }
-            if new.is_none() {
-                self.delete(Tree::ByRunbook, listing::name_key(&old.runbook, run_id));
-            }
-            if let Some(finished_at) = old.finished_at {
-                if new.is_none_or(|new| new.finished_at != old.finished_at) {
-                    self.delete(Tree::Finished, listing::finished_key(finished_at, run_id));
-                }
-            }
+        let moved = |old: &Listing| {
+            new.is_none_or(|new| new.state != old.state || new.runbook != old.runbook)
+        };
+        if let Some(old) = old.as_ref().filter(|old| moved(old)) {
+            self.delete(
+                Tree::ByStateRunbook,
+                listing::index_key(&old.state, &old.runbook, run_id),
+            );
+            let count = counts.runs.entry(old.state.clone()).or_default();
+            *count = count.saturating_sub(1);
         }
         let Some(new) = new else {
             self.delete(Tree::Listings, run_id.as_bytes().to_vec());
             return Ok(());
         };
-        if old.as_ref().is_none_or(|old| old.state != new.state) {
+        if old.as_ref().is_none_or(moved) {
             self.put(
-                Tree::ByState,
-                listing::name_key(&new.state, run_id),
+                Tree::ByStateRunbook,
+                listing::index_key(&new.state, &new.runbook, run_id),
                 Vec::new(),
             );
             *counts.runs.entry(new.state.clone()).or_default() += 1;
-        }
-        if old.is_none() {
-            self.put(
-                Tree::ByRunbook,
-                listing::name_key(&new.runbook, run_id),
-                Vec::new(),
-            );
-        }
-        if let Some(finished_at) = new.finished_at {
-            if old
-                .as_ref()
-                .is_none_or(|old| old.finished_at != new.finished_at)
-            {
-                self.put(
-                    Tree::Finished,
-                    listing::finished_key(finished_at, run_id),
-                    Vec::new(),
-                );
-            }
         }
         self.put(
             Tree::Listings,
@@ -174,6 +152,11 @@ impl<'a> Tx<'a> {
             encode_value(new)?,
         );
         Ok(())
+    }
+
+    /// Where an archived run's records are (`None`: it is not archived).
+    pub(super) fn archived_at(&self, run_id: Uuid) -> Result<Option<Pointer>, Error> {
+        Ok(self.listed(run_id)?.and_then(|line| line.archived))
     }
 
     pub(super) fn listed(&self, run_id: Uuid) -> Result<Option<Listing>, Error> {
@@ -196,7 +179,7 @@ impl<'a> Tx<'a> {
 /// before it changes anything.
 pub(super) fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> {
     let id = commit.run_id;
-    if tx.get(Tree::Archived, id.as_bytes())?.is_some() {
+    if let Some(pointer) = tx.archived_at(id)? {
         if commit.expected_seq == 0 {
             // A new run's id must be unused.
             return Err(Error::Conflict {
@@ -207,7 +190,7 @@ pub(super) fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> 
         }
         // A finished run changes again (a rollback reopens it): its records come back into
         // the tables first, and the commit's checks read them there.
-        unarchive(tx, id)?;
+        unarchive(tx, id, pointer)?;
     }
     // The journal must end exactly where the caller thinks it does.
     // (A new run's id must be unused: its first event may be folded away.)
@@ -361,21 +344,34 @@ pub(super) fn schedule_commit(tx: &mut Tx<'_>, commit: &ScheduleCommit) -> Resul
 }
 
 /// Puts an archived run's records back into the tables and drops its pointer.
-pub(super) fn unarchive(tx: &mut Tx<'_>, run_id: Uuid) -> Result<(), Error> {
-    let Some(bytes) = tx.get(Tree::Archived, run_id.as_bytes())? else {
-        return Ok(());
-    };
-    let pointer = Pointer::decode(run_id, &bytes)?;
+pub(super) fn unarchive(tx: &mut Tx<'_>, run_id: Uuid, pointer: Pointer) -> Result<(), Error> {
     let archive = tx.archive.ok_or_else(|| Error::Corrupt {
-        key: format!("archived/{run_id}"),
+        key: format!("listings/{run_id}"),
         reason: "the run is archived, but this store has no archive".to_owned(),
     })?;
     // The records first, then the pointer goes: a reader always finds one or the other.
     for (tree, key, value) in archive.read(run_id, &pointer)? {
         tx.put(tree, key, value);
     }
-    tx.delete(Tree::Archived, run_id.as_bytes().to_vec());
+    set_pointer(tx, run_id, None)?;
     segment_count(tx, pointer.segment, -1)
+}
+
+/// Rewrites a run's listing line with `pointer` (its index entries stay as they are).
+fn set_pointer(tx: &mut Tx<'_>, run_id: Uuid, pointer: Option<Pointer>) -> Result<(), Error> {
+    let Some(mut line) = tx.listed(run_id)? else {
+        return Err(Error::Corrupt {
+            key: format!("listings/{run_id}"),
+            reason: "an archived run has no listing line".to_owned(),
+        });
+    };
+    line.archived = pointer;
+    tx.put(
+        Tree::Listings,
+        run_id.as_bytes().to_vec(),
+        encode_value(&line)?,
+    );
+    Ok(())
 }
 
 /// Moves one prepared run out of the tables, if its records are still exactly those archived
@@ -383,8 +379,9 @@ pub(super) fn unarchive(tx: &mut Tx<'_>, run_id: Uuid) -> Result<(), Error> {
 /// whether it was moved.
 pub(super) fn archive_run(tx: &mut Tx<'_>, run: &ArchivedRun) -> Result<bool, Error> {
     let id = run.run_id;
-    if !tx.listed(id)?.is_some_and(|line| line.is_finished())
-        || tx.get(Tree::Archived, id.as_bytes())?.is_some()
+    if !tx
+        .listed(id)?
+        .is_some_and(|line| line.is_finished() && line.archived.is_none())
         || tx.get(Tree::Runs, id.as_bytes())?.is_none()
     {
         return Ok(false);
@@ -404,7 +401,7 @@ pub(super) fn archive_run(tx: &mut Tx<'_>, run: &ArchivedRun) -> Result<bool, Er
     }
     // The pointer first, then the deletes (the tables apply a batch in order): a reader that
     // finds no pointer after reading the records read them whole (see `load_run`).
-    tx.put(Tree::Archived, id.as_bytes().to_vec(), run.pointer.encode());
+    set_pointer(tx, id, Some(run.pointer))?;
     for (tree, key, _) in &run.records {
         tx.delete(*tree, key.clone());
     }
@@ -445,15 +442,10 @@ pub(super) fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> 
     if tx.get(Tree::Active, run_id.as_bytes())?.is_some() {
         tx.delete(Tree::Active, run_id.as_bytes().to_vec());
     }
-    // Only what is there is deleted: a collection is a dozen operations per run, in the same
-    // log records as the commits it is synced with.
-    if let Some(bytes) = tx.get(Tree::Archived, run_id.as_bytes())? {
-        // (A pointer that does not decode is dropped all the same; its segment's count is
-        // then one too high, which keeps the file: never the other way round.)
-        tx.delete(Tree::Archived, run_id.as_bytes().to_vec());
-        if let Ok(pointer) = Pointer::decode(run_id, &bytes) {
-            segment_count(tx, pointer.segment, -1)?;
-        }
+    // Only what is there is deleted: an archived run is its line, its index entry and its
+    // segment's count, in the same log records as the commits it is synced with.
+    if let Some(pointer) = listed.archived {
+        segment_count(tx, pointer.segment, -1)?;
         return Ok(true);
     }
     tx.delete(Tree::Runs, run_id.as_bytes().to_vec());
