@@ -41,6 +41,14 @@ pub struct Listing {
     pub archived: Option<super::archive::Pointer>,
 }
 
+/// The one field of a listing line that says whether the run is archived, read without
+/// decoding the rest (every commit asks it of its run).
+#[derive(Debug, Deserialize)]
+pub(crate) struct ArchivedAt {
+    #[serde(default)]
+    pub archived: Option<super::archive::Pointer>,
+}
+
 /// What a run waits for (see [`wait`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Wait {

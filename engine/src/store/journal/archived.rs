@@ -48,9 +48,11 @@ impl<T: Tables> Journal<T> {
     /// Where an archived run's records are, from its listing line (`None`: not archived).
     pub(super) fn pointer(&self, run_id: Uuid) -> Result<Option<Pointer>, Error> {
         match self.tables.get(Tree::Listings, run_id.as_bytes())? {
-            Some(bytes) => {
-                Ok(decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes)?.archived)
-            }
+            Some(bytes) => Ok(decode_value::<listing::ArchivedAt>(
+                &|| format!("listings/{run_id}"),
+                &bytes,
+            )?
+            .archived),
             None => Ok(None),
         }
     }

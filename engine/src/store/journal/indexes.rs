@@ -270,11 +270,10 @@ impl<T: Tables> Journal<T> {
                 ops.push(op(Tree::ByStateRunbook, key, None));
                 continue;
             }
+            *counts.runs.entry(state.to_owned()).or_default() += 1;
             if listing::is_terminal(state) {
-                *counts.runs.entry(state.to_owned()).or_default() += 1;
                 continue;
             }
-            *counts.runs.entry(state.to_owned()).or_default() += 1;
             // Every armed timer of a run is in the index: a run never waits for nothing.
             for (fire_at_ms, timer) in &line.timers {
                 let timer_key = TimerKey {
