@@ -241,7 +241,8 @@ pub fn set_command_umask(umask: u32) {
     COMMAND_UMASK.store(umask, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Writes the shim's spec into the call dir and starts the shim in a new session.
+/// Writes the shim's spec into the call dir and starts the shim (which starts a session of its
+/// own).
 fn start_shim(
     spec: &ExecSpec,
     context: &ActionContext,
@@ -249,17 +250,21 @@ fn start_shim(
     let dir = &context.state_dir;
     let not_started =
         |what: String| ActionFailure::retryable(format!("{what}; the command was not started"));
+    // The status the shim will leave must survive a power cut: so must the entries of the
+    // directories created for it, which a sync of each one's parent makes durable.
+    let created: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|directory| !directory.exists())
+        .collect();
     std::fs::create_dir_all(dir).map_err(|error| {
         not_started(format!(
             "cannot create the call dir {}: {error}",
             dir.display()
         ))
     })?;
-    // The status the shim will leave must survive a power cut: so must the directories holding it.
-    for ancestor in dir.ancestors().skip(1).take(3) {
-        if let Err(error) = std::fs::File::open(ancestor).and_then(|directory| directory.sync_all())
-        {
-            tracing::warn!(dir = %ancestor.display(), %error, "cannot fsync a directory of the call dir");
+    for parent in created.iter().filter_map(|directory| directory.parent()) {
+        if let Err(error) = std::fs::File::open(parent).and_then(|directory| directory.sync_all()) {
+            tracing::warn!(dir = %parent.display(), %error, "cannot fsync a directory of the call dir");
         }
     }
     let shim_spec = shim::Spec {
@@ -274,7 +279,7 @@ fn start_shim(
     let spec_path = dir.join(shim::SPEC_FILE);
     serde_json::to_vec_pretty(&shim_spec)
         .map_err(std::io::Error::other)
-        .and_then(|json| shim::write_atomic(&spec_path, &json))
+        .and_then(|json| shim::write_visible(&spec_path, &json))
         .map_err(|error| not_started(format!("cannot write {}: {error}", spec_path.display())))?;
     let program = shim_program().map_err(not_started)?;
     let shim_log_path = dir.join(shim::SHIM_LOG_FILE);
@@ -284,6 +289,8 @@ fn start_shim(
             shim_log_path.display()
         ))
     })?;
+    // No code runs between fork and exec (the shim starts its own session first thing), so
+    // the spawn is a `posix_spawn`: no copy of the daemon's page tables per step.
     let mut command = tokio::process::Command::new(&program);
     command
         .arg("shim")
@@ -291,16 +298,6 @@ fn start_shim(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::from(shim_log));
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        command.pre_exec(|| {
-            if libc::setsid() < 0 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        });
-    }
     command.spawn().map_err(|error| {
         not_started(format!(
             "cannot start the supervisor `{} shim`: {error}",

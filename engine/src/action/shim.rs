@@ -28,8 +28,15 @@
 //! - The command never starts before the daemon sent [`GO`], and the daemon sends it only once
 //!   the journal holds the shim's identity. EOF instead (the daemon died first) → the shim
 //!   records `not_started` and exits without running anything.
-//! - `status.json` is written last and atomically (temporary file, fsync, rename, fsync of the
-//!   directory): a reader sees all of it or nothing, and it survives a power cut. It exists ⇒
+//! - Every file is written atomically (a temporary file, then a rename): a reader sees all of
+//!   it or nothing. `stdout` and `status.json` are also durable (fsync of the file, then of the
+//!   directory; the daemon syncs the call dir's own entries when it creates it): a command's
+//!   end survives a power cut. `spec.json` and `child.json` are not synced: they are read only
+//!   by the shim and daemon of the same boot (a killed process leaves the page cache whole),
+//!   and a power cut ends every process they name — the journaled boot id says so, and the
+//!   outcome is then what `status.json` says, or unknown. (Their syncs were a journal commit
+//!   of the file system each, on every step's path.)
+//! - `status.json` is written last: it exists ⇒
 //!   the command has ended (and, if it was stopped, no member of its process group is left);
 //!   the shim exits right after writing it.
 //! - SIGTERM or SIGINT to the shim means "stop the command": SIGTERM to its whole process group,
@@ -264,6 +271,19 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let directory = path
         .parent()
         .ok_or_else(|| std::io::Error::other(format!("{} has no directory", path.display())))?;
+    write_through_temporary(path, bytes, true)?;
+    File::open(directory)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically for readers (a temporary file, then a rename), without
+/// waiting for the disk: for the files that matter only while this boot lasts (`spec.json`,
+/// `child.json`). A killed daemon or shim leaves them whole in the page cache; a power cut ends
+/// every process they describe, and the boot id tells a reader so (see the module's contract).
+pub(crate) fn write_visible(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_through_temporary(path, bytes, false)
+}
+
+fn write_through_temporary(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
@@ -274,10 +294,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .mode(0o600)
         .open(&temporary)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
+    if sync {
+        file.sync_all()?;
+    }
     drop(file);
-    std::fs::rename(&temporary, path)?;
-    File::open(directory)?.sync_all()
+    std::fs::rename(&temporary, path)
 }
 
 /// Reads a JSON file of the call dir; `Ok(None)` if it does not exist.
@@ -357,6 +378,7 @@ pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
 /// The shim process: runs the command described in `<call_dir>/spec.json` once released, and
 /// returns the process's exit code (0 once `status.json` is written).
 pub fn run(call_dir: &Path) -> i32 {
+    leave_the_daemons_session();
     let wake = Wake::install();
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
@@ -380,6 +402,24 @@ pub fn run(call_dir: &Path) -> i32 {
             );
             1
         }
+    }
+}
+
+/// Puts the shim in a session of its own, so that the daemon's death (or a signal to the
+/// daemon's process group or terminal) does not reach it or its command. The shim does this
+/// itself rather than the daemon between fork and exec: a spawn with no code to run in the
+/// child lets the daemon start it with `posix_spawn` (a `vfork`), where a fork of the daemon's
+/// whole address space cost most of a millisecond per step. A shim started by a daemon that
+/// still did it (an upgrade in the middle of a run) already leads its session: nothing to do.
+fn leave_the_daemons_session() {
+    // SAFETY: setsid(2) and getsid(2) only change or read this process's session.
+    let result = unsafe { libc::setsid() };
+    let leads_own = unsafe { libc::getsid(0) == libc::getpid() };
+    if result < 0 && !leads_own {
+        eprintln!(
+            "runbook shim: cannot start a session of its own: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -430,16 +470,21 @@ fn supervise(call_dir: &Path, go: &mut impl Read, wake: &Wake) -> (Status, Vec<u
     if let Some(cwd) = &spec.cwd {
         command.current_dir(cwd);
     }
-    if let Some(umask) = spec.umask {
-        // SAFETY: umask(2) is async-signal-safe and only changes the child's creation mask.
+    // The command inherits the shim's mask at the spawn: set it around the spawn rather than
+    // between fork and exec, so that the spawn has no code to run in the child and can be a
+    // `posix_spawn`. The shim is alone in its process here (its pumps start later).
+    // SAFETY: umask(2) only changes this process's file creation mask.
+    let own_umask = spec
+        .umask
+        .map(|umask| unsafe { libc::umask((umask & 0o777) as libc::mode_t) });
+    let spawned = command.spawn();
+    if let Some(own_umask) = own_umask {
+        // SAFETY: as above; the shim's own files are created with its own mask again.
         unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
-                libc::umask((umask & 0o777) as libc::mode_t);
-                Ok(())
-            });
+            libc::umask(own_umask);
         }
     }
-    let mut child = match command.spawn() {
+    let mut child = match spawned {
         Ok(child) => child,
         Err(error) => {
             let place = spec
@@ -465,7 +510,7 @@ fn supervise(call_dir: &Path, go: &mut impl Read, wake: &Wake) -> (Status, Vec<u
     };
     let recorded = ProcessIdentity::of(pid).and_then(|identity| {
         let json = serde_json::to_vec_pretty(&identity).map_err(|error| error.to_string())?;
-        write_atomic(&call_dir.join(CHILD_FILE), &json).map_err(|error| error.to_string())
+        write_visible(&call_dir.join(CHILD_FILE), &json).map_err(|error| error.to_string())
     });
     if let Err(error) = recorded {
         eprintln!(
