@@ -2,10 +2,11 @@
 // service. The bench copies this file next to its npm install (outside the repository) and runs
 // it with `PORT=<port> node service.mjs`.
 //
-// - `bench/steps {steps}`: `steps` sequential `ctx.run` of an empty closure (a durable no-op
-//   step: the SDK resumes after the server has journaled the result); returns when the handler
-//   started and the wall-clock instant (ms, sub-ms precision) each step's result was
-//   acknowledged.
+// - `bench/steps {steps, exec}`: `steps` sequential `ctx.run` of an empty closure (a durable
+//   no-op step: the SDK resumes after the server has journaled the result), or, with `exec`, of
+//   a closure that runs the program `true` (`execFile`, no shell) and waits for it to end;
+//   returns when the handler started and the wall-clock instant (ms, sub-ms precision) each
+//   step's result was acknowledged.
 // - `bench/sleep {ms}`: a durable sleep; returns its deadline and the instant the handler ran on
 //   after it, so the bench can compute firing lateness the way it does for `runbook`.
 
@@ -23,6 +24,13 @@ if (typeof Promise.withResolvers !== "function") {
 }
 
 const restate = await import("@restatedev/restate-sdk");
+const { execFile } = await import("node:child_process");
+
+// Runs `true` and resolves when it has ended (rejects if it failed).
+const runTrue = () =>
+  new Promise((resolve, reject) =>
+    execFile("true", (error) => (error ? reject(error) : resolve())),
+  );
 
 const now = () => performance.timeOrigin + performance.now();
 
@@ -32,8 +40,9 @@ const bench = restate.service({
     steps: async (ctx, input) => {
       const started = now();
       const acked = [];
+      const step = input.exec ? runTrue : () => {};
       for (let i = 0; i < input.steps; i++) {
-        await ctx.run(() => {});
+        await ctx.run(step);
         acked.push(now());
       }
       return { started, acked };

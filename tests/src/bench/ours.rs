@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use super::http::{Conn, Endpoint};
 use super::pool::{self, pool};
-use super::results::{Idle, Latency, Recovery, Throughput, Timers};
+use super::results::{Idle, Latency, Recovery, Step, Throughput, Timers};
 use super::sys::{
     field_ms, free_disk_mb, peak_overlap, progress, wall_ms, Memory, Samples, Server,
 };
@@ -46,13 +46,17 @@ pub fn binary() -> Result<PathBuf> {
 }
 
 /// A runbook of `steps` sequential `noop` steps.
-pub fn steps_runbook(steps: usize) -> String {
-    let mut text =
-        format!("name = \"bench-steps\"\ndescription = \"bench: {steps} durable no-op steps\"\n");
+pub fn steps_runbook(steps: usize, step: Step) -> String {
+    let (what, action) = match step {
+        Step::Noop => ("durable no-op steps", "action = \"noop\"\n"),
+        Step::Exec => (
+            "exec steps of `true`",
+            "action = \"exec\"\nwith = { command = [\"true\"] }\n",
+        ),
+    };
+    let mut text = format!("name = \"bench-steps\"\ndescription = \"bench: {steps} {what}\"\n");
     for index in 0..steps {
-        text.push_str(&format!(
-            "\n[[steps]]\nid = \"s{index}\"\naction = \"noop\"\n"
-        ));
+        text.push_str(&format!("\n[[steps]]\nid = \"s{index}\"\n{action}"));
     }
     text
 }
@@ -212,11 +216,11 @@ async fn wait_ended(
 }
 
 /// One run of `steps` sequential noop steps.
-pub async fn latency(daemon: &Daemon, steps: usize) -> Result<Latency> {
+pub async fn latency(daemon: &Daemon, steps: usize, step: Step) -> Result<Latency> {
     let mut conn = daemon.endpoint.connect().await?;
     let id = start_run(
         &mut conn,
-        &start_body("bench-latency.toml", &steps_runbook(steps)),
+        &start_body("bench-latency.toml", &steps_runbook(steps, step)),
     )
     .await?;
     // (Polled less often for a long run: a view of every step costs the daemon O(steps).)
@@ -259,8 +263,9 @@ pub async fn throughput(
     runs: usize,
     steps: usize,
     in_flight: usize,
+    step: Step,
 ) -> Result<Throughput> {
-    let body = Arc::new(start_body("bench-steps.toml", &steps_runbook(steps)));
+    let body = Arc::new(start_body("bench-steps.toml", &steps_runbook(steps, step)));
     // A moving average of how long a run takes, in µs.
     let typical_us = Arc::new(AtomicU64::new(1000 * steps as u64));
     let started = Instant::now();

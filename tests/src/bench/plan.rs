@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 use super::ours::{self, Daemon};
 use super::report::{table, Row};
 use super::restate::{self, Install, Restate};
-use super::sys::{fsync_floor, load_average, progress, Samples};
-use super::table::{rows, Side};
+use super::results::Step;
+use super::sys::{load_average, progress};
+use super::table::{rows, Floors, Side};
 
 pub struct Sizes {
     /// Rounds of the idle, latency and throughput workloads (alternating who goes first).
@@ -20,6 +21,11 @@ pub struct Sizes {
     pub throughput_runs: usize,
     pub throughput_steps: usize,
     pub in_flight: usize,
+    /// The same two workloads with steps that run `true` (fewer: each spawns a process).
+    pub exec_latency_steps: usize,
+    pub exec_throughput_runs: usize,
+    pub exec_throughput_steps: usize,
+    pub exec_in_flight: usize,
     /// Timer phases: the first on both systems, the others on `runbook` alone.
     pub timers: Vec<usize>,
     pub timer_wait_ms: u64,
@@ -31,6 +37,7 @@ pub struct Sizes {
     /// Concurrent requests that create runs (timers, recovery).
     pub create_width: usize,
     pub fsync_iterations: usize,
+    pub spawn_iterations: usize,
     pub warmup: bool,
     /// Stop a `runbook` timer phase when the daemon's RSS exceeds this (the machine is shared).
     pub rss_limit_mb: f64,
@@ -44,12 +51,17 @@ impl Sizes {
             throughput_runs: 2_000,
             throughput_steps: 10,
             in_flight: 64,
+            exec_latency_steps: 100,
+            exec_throughput_runs: 500,
+            exec_throughput_steps: 10,
+            exec_in_flight: 32,
             timers: vec![10_000, 100_000, 1_000_000],
             timer_wait_ms: 5_000,
             timer_rate: Some(2_000.0),
             recovery_runs: 100_000,
             create_width: 64,
             fsync_iterations: 1_000,
+            spawn_iterations: 500,
             warmup: true,
             rss_limit_mb: 10_000.0,
         }
@@ -62,12 +74,17 @@ impl Sizes {
             throughput_runs: 20,
             throughput_steps: 5,
             in_flight: 8,
+            exec_latency_steps: 10,
+            exec_throughput_runs: 8,
+            exec_throughput_steps: 3,
+            exec_in_flight: 4,
             timers: vec![50],
             timer_wait_ms: 1_000,
             timer_rate: None,
             recovery_runs: 50,
             create_width: 8,
             fsync_iterations: 50,
+            spawn_iterations: 20,
             warmup: false,
             rss_limit_mb: 1_000.0,
         }
@@ -93,17 +110,40 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
     if sizes.warmup {
-        ours::latency(&daemon, 20).await?;
-        ours::throughput(&daemon, 128, sizes.throughput_steps, sizes.in_flight).await?;
+        ours::latency(&daemon, 20, Step::Noop).await?;
+        ours::throughput(
+            &daemon,
+            128,
+            sizes.throughput_steps,
+            sizes.in_flight,
+            Step::Noop,
+        )
+        .await?;
     }
     side.latency
-        .push(ours::latency(&daemon, sizes.latency_steps).await?);
+        .push(ours::latency(&daemon, sizes.latency_steps, Step::Noop).await?);
     side.throughput.push(
         ours::throughput(
             &daemon,
             sizes.throughput_runs,
             sizes.throughput_steps,
             sizes.in_flight,
+            Step::Noop,
+        )
+        .await?,
+    );
+    if sizes.warmup {
+        ours::latency(&daemon, 10, Step::Exec).await?;
+    }
+    side.exec_latency
+        .push(ours::latency(&daemon, sizes.exec_latency_steps, Step::Exec).await?);
+    side.exec_throughput.push(
+        ours::throughput(
+            &daemon,
+            sizes.exec_throughput_runs,
+            sizes.exec_throughput_steps,
+            sizes.exec_in_flight,
+            Step::Exec,
         )
         .await?,
     );
@@ -117,17 +157,40 @@ async fn restate_round(install: &Install, sizes: &Sizes, side: &mut Side) -> Res
     server.start().await?;
     server.start_service().await?;
     if sizes.warmup {
-        restate::latency(&server, 20).await?;
-        restate::throughput(&server, 128, sizes.throughput_steps, sizes.in_flight).await?;
+        restate::latency(&server, 20, Step::Noop).await?;
+        restate::throughput(
+            &server,
+            128,
+            sizes.throughput_steps,
+            sizes.in_flight,
+            Step::Noop,
+        )
+        .await?;
     }
     side.latency
-        .push(restate::latency(&server, sizes.latency_steps).await?);
+        .push(restate::latency(&server, sizes.latency_steps, Step::Noop).await?);
     side.throughput.push(
         restate::throughput(
             &server,
             sizes.throughput_runs,
             sizes.throughput_steps,
             sizes.in_flight,
+            Step::Noop,
+        )
+        .await?,
+    );
+    if sizes.warmup {
+        restate::latency(&server, 10, Step::Exec).await?;
+    }
+    side.exec_latency
+        .push(restate::latency(&server, sizes.exec_latency_steps, Step::Exec).await?);
+    side.exec_throughput.push(
+        restate::throughput(
+            &server,
+            sizes.exec_throughput_runs,
+            sizes.exec_throughput_steps,
+            sizes.exec_in_flight,
+            Step::Exec,
         )
         .await?,
     );
@@ -165,8 +228,8 @@ pub async fn run(options: Options) -> Result<()> {
     let scratch = tempfile::Builder::new()
         .prefix("runbook-bench-fsync-")
         .tempdir()?;
-    progress("fsync floor");
-    let floor_before = fsync_floor(scratch.path(), sizes.fsync_iterations)?;
+    progress("floors: fsync (append, overwrite), spawn");
+    let before = Floors::measure(scratch.path(), sizes)?;
     let (mut ours_side, mut restate_side) = (Side::default(), Side::default());
 
     for round in 0..sizes.rounds {
@@ -282,10 +345,8 @@ pub async fn run(options: Options) -> Result<()> {
             }
         }
     }
-    let floor_after = fsync_floor(scratch.path(), sizes.fsync_iterations)?;
-    // The floor is measured before and after everything else; the table uses both together.
-    let floor = Samples::new([floor_before.values(), floor_after.values()].concat());
-    let rows = rows(&ours_side, &restate_side, &floor, floor.pct(50.0), sizes);
+    let after = Floors::measure(scratch.path(), sizes)?;
+    let rows = rows(&ours_side, &restate_side, &before, &after, sizes);
     let rendered = table(&rows);
     let record = json!({
         "date": date_utc(),
@@ -293,8 +354,7 @@ pub async fn run(options: Options) -> Result<()> {
         "load_average_1m": {"before": load_before, "after": load_average()},
         "command": std::env::args().collect::<Vec<_>>(),
         "configuration": configuration(&install, scratch.path()),
-        "fsync_floor_ms": {"before": floor_before.summary(), "after": floor_after.summary(),
-                           "both": floor.summary()},
+        "floors_ms": {"before": before.json(), "after": after.json()},
         "runbook": ours_side.json(),
         "restate": restate_side.json(),
         "table": rows.iter().map(Row::json).collect::<Vec<_>>(),
@@ -316,6 +376,10 @@ pub async fn run(options: Options) -> Result<()> {
     }
     println!("raw numbers: {}", out.display());
     if options.smoke {
+        let exec = ours_side.exec_latency().unwrap_or_default();
+        if exec.steps != sizes.exec_latency_steps {
+            bail!("bench --smoke: no exec latency measured");
+        }
         let latency = ours_side.latency().unwrap_or_default();
         let throughput = ours_side.throughput().unwrap_or_default();
         let timers = ours_side.timers.first().cloned().unwrap_or_default();
@@ -327,10 +391,14 @@ pub async fn run(options: Options) -> Result<()> {
             );
         }
         println!(
-            "bench --smoke: ok: {} steps at p50 {:.2} ms, {:.0} steps/s, {} timers p99 {:.1} ms late, \
+            "bench --smoke: ok: {} steps at p50 {:.2} ms, {} exec steps of `true` at p50 {:.2} ms \
+             (spawn floor {:.2} ms), {:.0} steps/s, {} timers p99 {:.1} ms late, \
              recovery of {} runs ready in {:.0} ms",
             latency.steps,
             latency.per_step.pct(50.0),
+            exec.steps,
+            exec.per_step.pct(50.0),
+            before.spawn.pct(50.0),
             throughput.steps_per_s,
             timers.runs,
             timers.lateness.pct(99.0),

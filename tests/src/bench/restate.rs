@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use super::http::{Conn, Endpoint};
 use super::pool::{self, pool};
-use super::results::{Idle, Latency, Recovery, Throughput, Timers};
+use super::results::{Idle, Latency, Recovery, Step, Throughput, Timers};
 use super::sys::{free_port, peak_overlap, progress, wall_ms, Memory, Samples, Server};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(300);
@@ -337,10 +337,15 @@ async fn attach_all(restate: &Restate, ids: Vec<String>, width: usize) -> Result
 }
 
 /// One invocation of `steps` sequential `ctx.run` steps.
-pub async fn latency(restate: &Restate, steps: usize) -> Result<Latency> {
+/// The handler's input: `steps` sequential `ctx.run`, each empty or around `execFile("true")`.
+fn steps_body(steps: usize, step: Step) -> Value {
+    json!({"steps": steps, "exec": step == Step::Exec})
+}
+
+pub async fn latency(restate: &Restate, steps: usize, step: Step) -> Result<Latency> {
     let mut conn = restate.ingress.connect().await?;
     let output = conn
-        .post("/bench/steps", &json!({"steps": steps}))
+        .post("/bench/steps", &steps_body(steps, step))
         .await?
         .ok_json("POST /bench/steps")?;
     let acked: Vec<f64> = output["acked"]
@@ -365,18 +370,23 @@ pub async fn throughput(
     runs: usize,
     steps: usize,
     in_flight: usize,
+    step: Step,
 ) -> Result<Throughput> {
+    let body = steps_body(steps, step);
     let started = Instant::now();
     pool(
         "throughput",
         &restate.ingress,
         runs,
         in_flight,
-        move |mut conn, _| async move {
-            conn.post("/bench/steps", &json!({"steps": steps}))
-                .await?
-                .ok_json("POST /bench/steps")?;
-            Ok((conn, ()))
+        move |mut conn, _| {
+            let body = body.clone();
+            async move {
+                conn.post("/bench/steps", &body)
+                    .await?
+                    .ok_json("POST /bench/steps")?;
+                Ok((conn, ()))
+            }
         },
     )
     .await?;

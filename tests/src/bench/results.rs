@@ -4,7 +4,17 @@ use serde_json::{json, Value};
 
 use super::sys::Samples;
 
-/// One run of many sequential durable no-op steps.
+/// What one step of the latency and throughput workloads does, the same on both systems.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// A durable no-op: our `noop`, Restate's `ctx.run` of an empty closure.
+    Noop,
+    /// A durable run of the program `true` (no shell): our `exec` with `command = ["true"]`,
+    /// Restate's `ctx.run` around Node's `execFile("true")`.
+    Exec,
+}
+
+/// One run of many sequential durable steps.
 #[derive(Debug, Clone, Default)]
 pub struct Latency {
     pub steps: usize,

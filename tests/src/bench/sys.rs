@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use serde_json::{json, Value};
 
 /// A server process started by the bench, with its output going to `log`. Dropping it kills it
@@ -240,6 +240,57 @@ pub fn fsync_floor(dir: &Path, iterations: usize) -> Result<Samples> {
     }
     drop(file);
     std::fs::remove_file(&path)?;
+    Ok(Samples::new(samples))
+}
+
+/// The same operation the store's log does for a commit: `iterations` of (overwrite 4 KiB of a
+/// file whose blocks were written and synced beforehand + fdatasync), cycling over 1 MiB; ms per
+/// iteration. Cheaper than an append on most file systems: no block is allocated and the file's
+/// size does not change, so fdatasync writes no metadata.
+pub fn overwrite_floor(dir: &Path, iterations: usize) -> Result<Samples> {
+    const BLOCKS: usize = 256;
+    let path = dir.join("overwrite-floor.bin");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let block = [0x5au8; 4096];
+    for index in 0..BLOCKS {
+        file.write_all_at(&[0u8; 4096], (index * block.len()) as u64)?;
+    }
+    file.sync_all()?;
+    let mut samples = Vec::with_capacity(iterations);
+    for index in 0..iterations {
+        let started = Instant::now();
+        file.write_all_at(&block, ((index % BLOCKS) * block.len()) as u64)?;
+        file.sync_data()?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    drop(file);
+    std::fs::remove_file(&path)?;
+    Ok(Samples::new(samples))
+}
+
+/// The floor under any step that runs a command: `iterations` of spawning the program `true`
+/// (found on `PATH`, no shell, stdio on /dev/null) and waiting for it to end; ms per iteration.
+pub fn spawn_floor(iterations: usize) -> Result<Samples> {
+    let mut samples = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        let status = Command::new("true")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("spawning `true`")?;
+        samples.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !status.success() {
+            bail!("`true` ended with {status}");
+        }
+    }
     Ok(Samples::new(samples))
 }
 

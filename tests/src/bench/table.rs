@@ -1,12 +1,15 @@
 //! What the table shows: the median round of the repeated workloads for each system, every timer
 //! phase, recovery, and the targets `runbook` is held to.
 
+use std::path::Path;
+
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::plan::Sizes;
 use super::report::Row;
 use super::results::{median_by, Idle, Latency, Recovery, Throughput, Timers};
-use super::sys::Samples;
+use super::sys::{fsync_floor, overwrite_floor, spawn_floor, Samples};
 
 /// Everything measured on one system.
 #[derive(Default)]
@@ -14,6 +17,8 @@ pub struct Side {
     pub idle: Vec<Idle>,
     pub latency: Vec<Latency>,
     pub throughput: Vec<Throughput>,
+    pub exec_latency: Vec<Latency>,
+    pub exec_throughput: Vec<Throughput>,
     pub timers: Vec<Timers>,
     pub recovery: Option<Recovery>,
 }
@@ -23,6 +28,8 @@ impl Side {
         json!({"idle": self.idle.iter().map(Idle::json).collect::<Vec<_>>(),
                "latency": self.latency.iter().map(Latency::json).collect::<Vec<_>>(),
                "throughput": self.throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
+               "exec_latency": self.exec_latency.iter().map(Latency::json).collect::<Vec<_>>(),
+               "exec_throughput": self.exec_throughput.iter().map(Throughput::json).collect::<Vec<_>>(),
                "timers": self.timers.iter().map(Timers::json).collect::<Vec<_>>(),
                "recovery": self.recovery.as_ref().map(Recovery::json)})
     }
@@ -36,29 +43,82 @@ impl Side {
     pub fn throughput(&self) -> Option<Throughput> {
         median_by(&self.throughput, |throughput| throughput.steps_per_s)
     }
+    pub fn exec_latency(&self) -> Option<Latency> {
+        median_by(&self.exec_latency, |latency| latency.per_step.pct(50.0))
+    }
+    pub fn exec_throughput(&self) -> Option<Throughput> {
+        median_by(&self.exec_throughput, |throughput| throughput.steps_per_s)
+    }
 }
+
+/// The floors under a step on this machine, measured before and after the long phases.
+pub struct Floors {
+    /// Append 4 KiB + fdatasync.
+    pub append: Samples,
+    /// Overwrite 4 KiB of preallocated, synced blocks + fdatasync: what the log does.
+    pub overwrite: Samples,
+    /// Spawn `true` and wait for it.
+    pub spawn: Samples,
+}
+
+impl Floors {
+    pub fn measure(dir: &Path, sizes: &Sizes) -> Result<Floors> {
+        Ok(Floors {
+            append: fsync_floor(dir, sizes.fsync_iterations)?,
+            overwrite: overwrite_floor(dir, sizes.fsync_iterations)?,
+            spawn: spawn_floor(sizes.spawn_iterations)?,
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"append_fdatasync": self.append.summary(),
+               "overwrite_fdatasync": self.overwrite.summary(),
+               "spawn_true": self.spawn.summary()})
+    }
+}
+
+/// Which of the floors a row shows.
+type Pick = fn(&Floors) -> &Samples;
 
 /// The table: the median round of the repeated workloads, every timer phase, and the targets.
 pub fn rows(
     ours: &Side,
     restate: &Side,
-    floor: &Samples,
-    floor_p50: f64,
+    before: &Floors,
+    after: &Floors,
     sizes: &Sizes,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
+    let floor_rows: [(&str, Pick); 3] = [
+        ("fsync floor: append 4 KiB + fdatasync", |f| &f.append),
+        (
+            "fsync floor: overwrite 4 KiB of synced blocks + fdatasync (as the log)",
+            |f| &f.overwrite,
+        ),
+        ("spawn floor: spawn `true` and wait for it", |f| &f.spawn),
+    ];
+    for (what, samples) in floor_rows {
+        for (when, floors) in [("before", before), ("after", after)] {
+            let values = samples(floors);
+            rows.push(Row::new(
+                format!("{what}, {when} the long phases: p50 (ms)"),
+                Some(values.pct(50.0)),
+                None,
+                3,
+            ));
+            rows.push(Row::new("  p99 (ms)", Some(values.pct(99.0)), None, 3));
+        }
+    }
+    // A step is compared with the floors of both measurements together.
+    let both = |samples: Pick| {
+        Samples::new([samples(before).values(), samples(after).values()].concat()).pct(50.0)
+    };
+    let (overwrite_p50, spawn_p50) = (both(|f| &f.overwrite), both(|f| &f.spawn));
     let (l_ours, l_restate) = (ours.latency(), restate.latency());
     let pct = |latency: &Option<Latency>, q: f64| latency.as_ref().map(|l| l.per_step.pct(q));
-    rows.push(Row::new(
-        "fsync floor: append 4 KiB + fdatasync, p50 (ms)",
-        Some(floor.pct(50.0)),
-        None,
-        3,
-    ));
-    rows.push(Row::new("  p99 (ms)", Some(floor.pct(99.0)), None, 3));
     let steps = sizes.latency_steps;
     let mut p50 = Row::new(
-        format!("latency: 1 run × {steps} steps, per step p50 (ms)"),
+        format!("latency: 1 run × {steps} noop steps, per step p50 (ms)"),
         pct(&l_ours, 50.0),
         pct(&l_restate, 50.0),
         3,
@@ -79,11 +139,54 @@ pub fn rows(
         l_restate.as_ref().map(|l| l.whole_run_ms_per_step),
         3,
     ));
-    let multiple = pct(&l_ours, 50.0).map(|p| p / floor_p50);
+    let multiple = pct(&l_ours, 50.0).map(|p| p / overwrite_p50);
     rows.push(
-        Row::new("  per step p50 ÷ fsync floor p50", multiple, None, 2)
+        Row::new("  per step p50 ÷ overwrite floor p50", multiple, None, 2)
             .target("≤ 3", multiple.is_some_and(|m| m <= 3.0)),
     );
+    let (e_ours, e_restate) = (ours.exec_latency(), restate.exec_latency());
+    let steps = sizes.exec_latency_steps;
+    let mut exec_p50 = Row::new(
+        format!("exec latency: 1 run × {steps} steps running `true`, per step p50 (ms)"),
+        pct(&e_ours, 50.0),
+        pct(&e_restate, 50.0),
+        3,
+    );
+    if let Some(ours_p50) = exec_p50.ours {
+        let faster = exec_p50
+            .restate
+            .is_none_or(|restate_p50| ours_p50 < restate_p50);
+        exec_p50 = exec_p50.target("< 2 ms and < Restate", ours_p50 < 2.0 && faster);
+    }
+    rows.push(exec_p50);
+    rows.push(Row::new(
+        "  per step p99 (ms)",
+        pct(&e_ours, 99.0),
+        pct(&e_restate, 99.0),
+        3,
+    ));
+    rows.push(Row::new(
+        "  whole run ÷ steps (ms)",
+        e_ours.as_ref().map(|l| l.whole_run_ms_per_step),
+        e_restate.as_ref().map(|l| l.whole_run_ms_per_step),
+        3,
+    ));
+    rows.push(Row::new(
+        "  per step p50 − spawn floor p50 (ms)",
+        pct(&e_ours, 50.0).map(|p| p - spawn_p50),
+        pct(&e_restate, 50.0).map(|p| p - spawn_p50),
+        3,
+    ));
+    let (x_ours, x_restate) = (ours.exec_throughput(), restate.exec_throughput());
+    rows.push(Row::new(
+        format!(
+            "exec throughput: {} runs × {} steps running `true`, {} in flight (steps/s)",
+            sizes.exec_throughput_runs, sizes.exec_throughput_steps, sizes.exec_in_flight
+        ),
+        x_ours.as_ref().map(|t| t.steps_per_s),
+        x_restate.as_ref().map(|t| t.steps_per_s),
+        0,
+    ));
     let (t_ours, t_restate) = (ours.throughput(), restate.throughput());
     let mut throughput = Row::new(
         format!(

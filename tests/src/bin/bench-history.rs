@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
+use results::Step;
 use serde_json::{json, Map, Value};
 use uuid::Uuid;
 
@@ -97,7 +98,7 @@ fn steps_runbook() -> Arc<definition::Definition> {
     Arc::new(
         definition::parse(
             "history.toml",
-            &ours::steps_runbook(10).replace("bench-steps", "history"),
+            &ours::steps_runbook(10, Step::Noop).replace("bench-steps", "history"),
         )
         .expect("the history runbook parses"),
     )
@@ -286,7 +287,7 @@ async fn run(runs: usize) -> Result<Value> {
     };
     let mut steps = Vec::new();
     while !gc.is_finished() {
-        let latency = ours::latency(&daemon, 20).await?;
+        let latency = ours::latency(&daemon, 20, Step::Noop).await?;
         steps.extend_from_slice(latency.per_step.values());
     }
     let (report, gc_seconds) = gc.await??;
@@ -334,7 +335,7 @@ async fn long_runs(long: usize, items: usize) -> Result<Value> {
     let mut lengths = vec![10, (long / 10).max(10), long];
     lengths.dedup();
     for steps in lengths {
-        let latency = ours::latency(&daemon, steps).await?;
+        let latency = ours::latency(&daemon, steps, Step::Noop).await?;
         eprintln!(
             "== a run of {steps} noop steps: per step p50 {:.3} ms p99 {:.3} ms",
             latency.per_step.pct(50.0),
