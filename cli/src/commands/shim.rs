@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-/// The call dir holding `spec.json`.
+/// The call dir the command's end is recorded in.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The call dir (`<data>/runs/<run>/calls/<call>`) holding `spec.json`
+    /// The call dir (`<data>/runs/<run>/calls/<call>`); the spec comes on stdin
     #[arg(value_name = "CALL_DIR")]
     pub call_dir: PathBuf,
 }

@@ -75,7 +75,7 @@ use outcome::*;
 pub use spec::would_run;
 pub(crate) use spec::{spec, ExecSpec};
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -173,7 +173,7 @@ impl Action for Exec {
 
 async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let spec = spec(&input)?;
-    let mut child = start_shim(&spec, &context)?;
+    let (mut child, message) = start_shim(&spec, &context)?;
     let identity = match child
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
@@ -192,9 +192,23 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
             )));
         }
     };
+    // The spec goes down the pipe the go will follow (no file to create per step).
+    let mut go = child.stdin.take();
+    let sent = match go.as_mut() {
+        Some(pipe) => pipe.write_all(&message).await,
+        None => Err(std::io::Error::other("the supervisor has no stdin")),
+    };
+    if let Err(error) = sent {
+        drop(go);
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(ActionFailure::retryable(format!(
+            "cannot hand the command to its supervisor (pid {}): {error}; the command was not started",
+            identity.pid
+        )));
+    }
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that
     // dies before the go closes the pipe, and the shim then exits without running anything.
-    let go = child.stdin.take();
     let journaled = context.recorder.record(json!({ "shim": identity })).await;
     if let Err(error) = journaled {
         drop(go);
@@ -241,12 +255,12 @@ pub fn set_command_umask(umask: u32) {
     COMMAND_UMASK.store(umask, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Writes the shim's spec into the call dir and starts the shim (which starts a session of its
-/// own).
+/// Creates the call dir and starts the shim (which starts a session of its own); the bytes to
+/// send it before the go (its spec).
 fn start_shim(
     spec: &ExecSpec,
     context: &ActionContext,
-) -> Result<tokio::process::Child, ActionFailure> {
+) -> Result<(tokio::process::Child, Vec<u8>), ActionFailure> {
     let dir = &context.state_dir;
     let not_started =
         |what: String| ActionFailure::retryable(format!("{what}; the command was not started"));
@@ -276,19 +290,22 @@ fn start_shim(
         log: context.log.path().to_owned(),
         grace_ms: u64::try_from(spec.grace.as_millis()).unwrap_or(u64::MAX),
     };
-    let spec_path = dir.join(shim::SPEC_FILE);
-    serde_json::to_vec_pretty(&shim_spec)
-        .map_err(std::io::Error::other)
-        .and_then(|json| shim::write_visible(&spec_path, &json))
-        .map_err(|error| not_started(format!("cannot write {}: {error}", spec_path.display())))?;
+    let message = shim::spec_message(&shim_spec).map_err(not_started)?;
     let program = shim_program().map_err(not_started)?;
-    let shim_log_path = dir.join(shim::SHIM_LOG_FILE);
-    let shim_log = std::fs::File::create(&shim_log_path).map_err(|error| {
-        not_started(format!(
-            "cannot create {}: {error}",
-            shim_log_path.display()
-        ))
-    })?;
+    // The run's shims share one log of their own complaints (created once per run).
+    let shim_log_path = dir
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or(dir)
+        .join(shim::SHIM_LOG_FILE);
+    let shim_log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&shim_log_path)
+        .map_err(|error| {
+            not_started(format!("cannot open {}: {error}", shim_log_path.display()))
+        })?;
     // No code runs between fork and exec (the shim starts its own session first thing), so
     // the spawn is a `posix_spawn`: no copy of the daemon's page tables per step.
     let mut command = tokio::process::Command::new(&program);
@@ -298,12 +315,13 @@ fn start_shim(
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::from(shim_log));
-    command.spawn().map_err(|error| {
+    let child = command.spawn().map_err(|error| {
         not_started(format!(
             "cannot start the supervisor `{} shim`: {error}",
             program.display()
         ))
-    })
+    })?;
+    Ok((child, message))
 }
 
 /// The binary to run as `<program> shim <call dir>`, for this daemon.

@@ -1,9 +1,10 @@
 //! `runbook shim`: the supervisor of one `exec` command, in a process of its own.
 //!
 //! The daemon starts `runbook-shim shim <call dir>` (or `runbook shim <call dir>`: which binary,
-//! see [`super::exec`]) in a new session, so that the daemon's death
-//! (`kill -9`, a crash, a restart for an upgrade) does not take it down; journals the shim's pid,
-//! start time and boot id; and only then releases it (one byte, [`GO`], on the shim's stdin).
+//! see [`super::exec`]), which starts a session of its own first thing, so that the daemon's death
+//! (`kill -9`, a crash, a restart for an upgrade) does not take it down; sends it the [`Spec`] on
+//! its stdin; journals the shim's pid, start time and boot id; and only then releases it (one
+//! byte, [`GO`], on the same pipe).
 //! The shim starts the command in its own process group, streams its stdout and stderr into the
 //! step log (capped, see [`LogSink`]), and when the command ends writes how it ended into the
 //! call dir. [`run`] is the whole process; it needs no async runtime, and between events it
@@ -16,26 +17,35 @@
 //!
 //! `<data>/runs/<run>/calls/<call>/`, the same path after a daemon restart:
 //!
-//! - `spec.json` — what to run ([`Spec`]); written by the daemon before the shim starts.
 //! - `child.json` — the command's pid (which is also its process group id) and start time
 //!   ([`ProcessIdentity`]); written by the shim once the command runs.
-//! - `stdout` — the first MiB of the command's stdout (for `parse`); complete before `status.json`.
+//! - `stdout` — the first MiB of the command's stdout (for `parse`); complete before `status.json`;
+//!   absent if the command wrote nothing to stdout.
 //! - `status.json` — how the command ended ([`Status`]).
-//! - `shim.log` — the shim's own stderr (its complaints, never the command's output).
+//! - `spec.json` — what to run, as an older daemon handed it over (the shim still reads it when
+//!   such a daemon releases it with a bare [`GO`]); never written now.
+//!
+//! The shims of a run share one `shim.log` in the run's dir (`<data>/runs/<run>/shim.log`): their
+//! own stderr, complaints that name their call dir, never the command's output. (Every file a
+//! step creates costs an inode allocation on its path; the spec, the log and an empty stdout no
+//! longer do.)
 //!
 //! # Contract
 //!
-//! - The command never starts before the daemon sent [`GO`], and the daemon sends it only once
-//!   the journal holds the shim's identity. EOF instead (the daemon died first) → the shim
-//!   records `not_started` and exits without running anything.
+//! - The daemon's pipe carries [`SPEC`], the spec's length (4 bytes, big-endian, at most
+//!   [`MAX_SPEC_BYTES`]) and its JSON, then later [`GO`]. The command never starts before the
+//!   daemon sent [`GO`], and the daemon sends it only once the journal holds the shim's
+//!   identity. EOF instead (the daemon died first) → the shim records `not_started` and exits
+//!   without running anything. A bare [`GO`] with no spec before it comes from an older daemon:
+//!   the spec is then `spec.json`, read the way nobody else can have planted it.
 //! - Every file is written atomically (a temporary file, then a rename): a reader sees all of
 //!   it or nothing. `stdout` and `status.json` are also durable (fsync of the file, then of the
 //!   directory; the daemon syncs the call dir's own entries when it creates it): a command's
-//!   end survives a power cut. `spec.json` and `child.json` are not synced: they are read only
-//!   by the shim and daemon of the same boot (a killed process leaves the page cache whole),
-//!   and a power cut ends every process they name — the journaled boot id says so, and the
-//!   outcome is then what `status.json` says, or unknown. (Their syncs were a journal commit
-//!   of the file system each, on every step's path.)
+//!   end survives a power cut. `child.json` is not synced: it is read only by the shim and
+//!   daemon of the same boot (a killed process leaves the page cache whole), and a power cut
+//!   ends every process it names — the journaled boot id says so, and the outcome is then what
+//!   `status.json` says, or unknown. (Its sync was a journal commit of the file system, on
+//!   every step's path.)
 //! - `status.json` is written last: it exists ⇒
 //!   the command has ended (and, if it was stopped, no member of its process group is left);
 //!   the shim exits right after writing it.
@@ -67,6 +77,8 @@ mod wake;
 pub(crate) const FORMAT: u32 = 1;
 /// The byte that releases the command.
 pub(crate) const GO: u8 = b'g';
+/// The byte that starts the spec on the shim's stdin.
+pub(crate) const SPEC: u8 = b's';
 /// How much of stdout is kept for parsing (the log keeps more).
 pub(crate) const STDOUT_FOR_PARSE: usize = 1024 * 1024;
 /// How much of the end of stderr is kept for the step's error and output.
@@ -82,7 +94,7 @@ const AFTER_SIGKILL: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(20);
 const POLL_FIRST: Duration = Duration::from_micros(200);
 
-pub(crate) const SPEC_FILE: &str = "spec.json";
+const SPEC_FILE: &str = "spec.json";
 pub(crate) const CHILD_FILE: &str = "child.json";
 pub(crate) const STDOUT_FILE: &str = "stdout";
 pub(crate) const STATUS_FILE: &str = "status.json";
@@ -368,27 +380,78 @@ fn read_spec(call_dir: &Path) -> Result<Option<Spec>, String> {
 }
 
 /// The largest spec the shim reads (a command and its environment).
-const MAX_SPEC_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_SPEC_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The bytes the daemon sends before the go: [`SPEC`], the length, the spec's JSON.
+pub(crate) fn spec_message(spec: &Spec) -> Result<Vec<u8>, String> {
+    let json = serde_json::to_vec(spec).map_err(|error| error.to_string())?;
+    let length = u32::try_from(json.len())
+        .ok()
+        .filter(|length| u64::from(*length) <= MAX_SPEC_BYTES)
+        .ok_or_else(|| {
+            format!(
+                "the command's spec is {} bytes, over {MAX_SPEC_BYTES}",
+                json.len()
+            )
+        })?;
+    let mut message = Vec::with_capacity(json.len() + 5);
+    message.push(SPEC);
+    message.extend_from_slice(&length.to_be_bytes());
+    message.extend_from_slice(&json);
+    Ok(message)
+}
+
+/// Reads the spec the daemon sent after [`SPEC`] (its length, then its JSON).
+fn receive_spec(call_dir: &Path, pipe: &mut impl Read) -> Result<Spec, String> {
+    crate::private_dir::check_path_to(call_dir)
+        .map_err(|problem| format!("refusing to run from {}: {problem}", call_dir.display()))?;
+    let mut length = [0u8; 4];
+    pipe.read_exact(&mut length)
+        .map_err(|error| format!("the daemon stopped while it sent the spec: {error}"))?;
+    let length = u64::from(u32::from_be_bytes(length));
+    if length > MAX_SPEC_BYTES {
+        return Err(format!(
+            "the spec the daemon sent is {length} bytes, over {MAX_SPEC_BYTES}"
+        ));
+    }
+    let mut bytes = Vec::new();
+    pipe.take(length)
+        .read_to_end(&mut bytes)
+        .map_err(|error| format!("the daemon stopped while it sent the spec: {error}"))?;
+    if bytes.len() as u64 != length {
+        return Err("the daemon stopped while it sent the spec".to_owned());
+    }
+    let value: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|error| format!("the spec the daemon sent is not JSON: {error}"))?;
+    versioned(Path::new("the spec the daemon sent"), value)
+}
 
 /// The command's end, if the shim recorded it.
 pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
     read_versioned(&call_dir.join(STATUS_FILE))
 }
 
-/// The shim process: runs the command described in `<call_dir>/spec.json` once released, and
+/// The shim process: runs the command the daemon describes on its stdin once released, and
 /// returns the process's exit code (0 once `status.json` is written).
 pub fn run(call_dir: &Path) -> i32 {
-    leave_the_daemons_session();
+    leave_the_daemons_session(call_dir);
     let wake = Wake::install();
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         eprintln!(
-            "runbook shim: cannot become a child subreaper: {}",
+            "runbook shim ({}): cannot become a child subreaper: {}",
+            call_dir.display(),
             std::io::Error::last_os_error()
         );
     }
     let (status, stdout) = supervise(call_dir, &mut std::io::stdin().lock(), &wake);
-    let written = write_atomic(&call_dir.join(STDOUT_FILE), &stdout).and_then(|()| {
+    // No stdout file for a command that wrote nothing (a reader takes a missing one as empty).
+    let stdout_written = if stdout.is_empty() {
+        Ok(())
+    } else {
+        write_atomic(&call_dir.join(STDOUT_FILE), &stdout)
+    };
+    let written = stdout_written.and_then(|()| {
         let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
         write_atomic(&call_dir.join(STATUS_FILE), &json)
     });
@@ -396,9 +459,9 @@ pub fn run(call_dir: &Path) -> i32 {
         Ok(()) => 0,
         Err(error) => {
             eprintln!(
-                "runbook shim: cannot record the command's end ({:?}) in {}: {error}",
-                status.outcome,
-                call_dir.display()
+                "runbook shim ({}): cannot record the command's end ({:?}): {error}",
+                call_dir.display(),
+                status.outcome
             );
             1
         }
@@ -411,38 +474,48 @@ pub fn run(call_dir: &Path) -> i32 {
 /// child lets the daemon start it with `posix_spawn` (a `vfork`), where a fork of the daemon's
 /// whole address space cost most of a millisecond per step. A shim started by a daemon that
 /// still did it (an upgrade in the middle of a run) already leads its session: nothing to do.
-fn leave_the_daemons_session() {
+fn leave_the_daemons_session(call_dir: &Path) {
     // SAFETY: setsid(2) and getsid(2) only change or read this process's session.
     let result = unsafe { libc::setsid() };
     let leads_own = unsafe { libc::getsid(0) == libc::getpid() };
     if result < 0 && !leads_own {
         eprintln!(
-            "runbook shim: cannot start a session of its own: {}",
+            "runbook shim ({}): cannot start a session of its own: {}",
+            call_dir.display(),
             std::io::Error::last_os_error()
         );
     }
 }
 
 /// Waits for the go, runs the command to its end; the status and the kept stdout.
-fn supervise(call_dir: &Path, go: &mut impl Read, wake: &Wake) -> (Status, Vec<u8>) {
-    let spec: Spec = match read_spec(call_dir) {
-        Ok(Some(spec)) => spec,
-        Ok(None) => {
-            return (
-                Status::new(Outcome::NotStarted {
-                    reason: format!("no {SPEC_FILE} in {}", call_dir.display()),
-                }),
-                Vec::new(),
-            )
-        }
-        Err(reason) => return (Status::new(Outcome::NotStarted { reason }), Vec::new()),
-    };
+fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec<u8>) {
+    let not_started = |reason: String| (Status::new(Outcome::NotStarted { reason }), Vec::new());
+    let stopped = || "the daemon stopped before it released the command".to_owned();
     let mut byte = [0u8; 1];
-    let released = matches!(go.read(&mut byte), Ok(1)) && byte[0] == GO;
-    if !released {
-        let reason = "the daemon stopped before it released the command".to_owned();
-        return (Status::new(Outcome::NotStarted { reason }), Vec::new());
-    }
+    let first = match pipe.read(&mut byte) {
+        Ok(1) => byte[0],
+        _ => return not_started(stopped()),
+    };
+    let spec: Spec = match first {
+        SPEC => {
+            let spec = match receive_spec(call_dir, pipe) {
+                Ok(spec) => spec,
+                Err(reason) => return not_started(reason),
+            };
+            let released = matches!(pipe.read(&mut byte), Ok(1)) && byte[0] == GO;
+            if !released {
+                return not_started(stopped());
+            }
+            spec
+        }
+        // An older daemon: it wrote the spec into the call dir and released the shim already.
+        GO => match read_spec(call_dir) {
+            Ok(Some(spec)) => spec,
+            Ok(None) => return not_started(format!("no {SPEC_FILE} in {}", call_dir.display())),
+            Err(reason) => return not_started(reason),
+        },
+        _ => return not_started(stopped()),
+    };
     if STOP.load(Ordering::SeqCst) {
         return (
             Status::new(Outcome::NotStarted {
@@ -514,7 +587,7 @@ fn supervise(call_dir: &Path, go: &mut impl Read, wake: &Wake) -> (Status, Vec<u
     });
     if let Err(error) = recorded {
         eprintln!(
-            "runbook shim: cannot record the command's pid {pid} in {}: {error}",
+            "runbook shim ({}): cannot record the command's pid {pid}: {error}",
             call_dir.display()
         );
     }
