@@ -26,7 +26,9 @@ use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::input::Input;
-use super::session::{explain, now_ms, with_admin, Admin, BrokerRef, REQUEST_TIMEOUT};
+use super::session::{
+    each_concurrently, explain, now_ms, with_admin, Admin, BrokerRef, REQUEST_TIMEOUT,
+};
 use super::system::{is_system_group, is_system_topic};
 use super::topic::{broker_topic_configs, config_json};
 
@@ -85,14 +87,21 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 }
                 continue;
             }
-            context.log.line(&format!("subscription group {name} (from {from}) -> broker {}", target.name));
-            admin
-                .inner
-                .create_and_update_subscription_group_config(target.addr(), config.clone())
-                .await
-                .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused subscription group {name}: {}", target.name, target.addr, explain(&error))))?;
             copied_groups.push(name.clone());
         }
+        each_concurrently(copied_groups.clone(), |name: String| {
+            let (admin, target, context) = (&admin, &target, &context);
+            let (from, config) = &wanted_groups[&name];
+            async move {
+                context.log.line(&format!("subscription group {name} (from {from}) -> broker {}", target.name));
+                admin
+                    .inner
+                    .create_and_update_subscription_group_config(target.addr(), config.clone())
+                    .await
+                    .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused subscription group {name}: {}", target.name, target.addr, explain(&error))))
+            }
+        })
+        .await?;
 
         let target_topics = broker_topic_configs(&admin, &target).await?;
         let mut copied = Vec::new();
@@ -108,14 +117,21 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
                 }
                 continue;
             }
-            context.log.line(&format!("topic {name}: {} (from {from}) -> broker {}", config_json(config), target.name));
-            admin
-                .inner
-                .create_and_update_topic_config(target.addr(), config.clone())
-                .await
-                .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused topic {name}: {}", target.name, target.addr, explain(&error))))?;
             copied.push(name.clone());
         }
+        each_concurrently(copied.clone(), |name: String| {
+            let (admin, target, context) = (&admin, &target, &context);
+            let (from, config) = &wanted_topics[&name];
+            async move {
+                context.log.line(&format!("topic {name}: {} (from {from}) -> broker {}", config_json(config), target.name));
+                admin
+                    .inner
+                    .create_and_update_topic_config(target.addr(), config.clone())
+                    .await
+                    .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) refused topic {name}: {}", target.name, target.addr, explain(&error))))
+            }
+        })
+        .await?;
         for entry in &differing {
             context.log.line(&format!(
                 "differing {} {}: {} has {}, {} has {}{}",

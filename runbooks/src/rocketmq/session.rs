@@ -277,6 +277,28 @@ pub fn names_or_none<'a>(names: impl Iterator<Item = &'a String>) -> String {
     }
 }
 
+/// How many independent admin requests one action keeps in flight at once (a copy of thousands
+/// of topics to a new broker): enough to hide the round trip, few enough not to flood a broker.
+pub const CONCURRENT_REQUESTS: usize = 16;
+
+/// Runs `request` for every item over the same admin session, at most [`CONCURRENT_REQUESTS`]
+/// at once. The first error ends it: requests not yet sent are never sent, and those in flight
+/// may or may not have been applied (every caller's requests are idempotent: a retry of the
+/// action finds them done).
+pub async fn each_concurrently<I, F, Fut>(items: I, request: F) -> Result<(), ActionFailure>
+where
+    I: IntoIterator,
+    F: FnMut(I::Item) -> Fut,
+    Fut: Future<Output = Result<(), ActionFailure>>,
+{
+    use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+    stream::iter(items)
+        .map(request)
+        .buffer_unordered(CONCURRENT_REQUESTS)
+        .try_for_each(|()| std::future::ready(Ok(())))
+        .await
+}
+
 /// Runs `work` with a connected admin client and closes it afterwards, whatever happened.
 pub async fn with_admin<T, F, Fut>(namesrv: &[String], work: F) -> Result<T, ActionFailure>
 where
