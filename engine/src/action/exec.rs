@@ -199,12 +199,24 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
         None => Err(std::io::Error::other("the supervisor has no stdin")),
     };
     if let Err(error) = sent {
+        // The shim closed its end: it refused the call dir (its status says why) or it died.
         drop(go);
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        if tokio::time::timeout(SHIM_PATIENCE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+        let why = match shim::read_status(&context.state_dir) {
+            Ok(Some(status)) => describe(&status.outcome),
+            _ => format!(
+                "cannot hand the command to its supervisor (pid {}): {error}",
+                identity.pid
+            ),
+        };
         return Err(ActionFailure::retryable(format!(
-            "cannot hand the command to its supervisor (pid {}): {error}; the command was not started",
-            identity.pid
+            "{why}; the command was not started"
         )));
     }
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that

@@ -288,9 +288,9 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically for readers (a temporary file, then a rename), without
-/// waiting for the disk: for the files that matter only while this boot lasts (`spec.json`,
-/// `child.json`). A killed daemon or shim leaves them whole in the page cache; a power cut ends
-/// every process they describe, and the boot id tells a reader so (see the module's contract).
+/// waiting for the disk: for `child.json`, which matters only while this boot lasts. A killed
+/// daemon or shim leaves it whole in the page cache; a power cut ends the process it describes,
+/// and the boot id tells a reader so (see the module's contract).
 pub(crate) fn write_visible(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write_through_temporary(path, bytes, false)
 }
