@@ -165,6 +165,7 @@ fn main() -> Result<()> {
     if copied != (groups, topics) {
         bail!("the copy step reports {copied:?} (groups, topics) copied of ({groups}, {topics})");
     }
+    let (fresh_ms, reused_ms) = sessions(&cluster.namesrv(), 200)?;
     let ratio = ours_seconds / direct_seconds;
     println!(
         "copy of {topics} topics and {groups} groups to a new broker, {width} in flight:\n  \
@@ -173,9 +174,41 @@ fn main() -> Result<()> {
          runbook ÷ direct: {ratio:.2} (target ≤ 1.5: {})",
         if ratio <= 1.5 { "met" } else { "not met" }
     );
+    println!(
+        "one cluster query: on a fresh admin session (connect, query, close) {fresh_ms:.2} ms; \
+         on one reused session {reused_ms:.2} ms"
+    );
     drop(daemon);
     cluster.stop_all();
     Ok(())
+}
+
+/// What a session costs: the mean time of a cluster query with a session of its own (opened
+/// and closed around it, as every `rocketmq.*` action does), and on one reused session; ms.
+fn sessions(namesrv: &str, rounds: u32) -> Result<(f64, f64)> {
+    use runbook_runbooks::rocketmq::session::Admin;
+    let namesrv = vec![namesrv.to_owned()];
+    let failed = |failure: runbook_engine::action::ActionFailure| anyhow!(failure.message);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let started = Instant::now();
+        for _ in 0..rounds {
+            let admin = Admin::connect(&namesrv).await.map_err(failed)?;
+            admin.cluster_info().await.map_err(failed)?;
+            admin.close().await;
+        }
+        let fresh = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
+        let admin = Admin::connect(&namesrv).await.map_err(failed)?;
+        let started = Instant::now();
+        for _ in 0..rounds {
+            admin.cluster_info().await.map_err(failed)?;
+        }
+        let reused = started.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds);
+        admin.close().await;
+        Ok((fresh, reused))
+    })
 }
 
 /// Runs `request` for every item, `width` at a time; the first error ends it.
