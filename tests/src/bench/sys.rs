@@ -222,24 +222,39 @@ pub fn peak_overlap(intervals: &[(f64, f64)]) -> usize {
 /// The floor under any durable step on this disk: `iterations` of (append 4 KiB + fdatasync)
 /// to a file in `dir`, timed on the wall clock; ms per iteration.
 pub fn fsync_floor(dir: &Path, iterations: usize) -> Result<Samples> {
-    let path = dir.join("fsync-floor.bin");
+    timed_writes(&dir.join("fsync-floor.bin"), 0, iterations, |index| index)
+}
+
+/// `iterations` of (write 4 KiB at block `at(index)` + fdatasync) to a new file at `path` whose
+/// first `preallocated` blocks were written and synced beforehand; ms per iteration. The file
+/// is removed afterwards.
+fn timed_writes(
+    path: &Path,
+    preallocated: usize,
+    iterations: usize,
+    at: impl Fn(usize) -> usize,
+) -> Result<Samples> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
         .read(true)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
     let block = [0x5au8; 4096];
+    for index in 0..preallocated {
+        file.write_all_at(&[0u8; 4096], (index * block.len()) as u64)?;
+    }
+    file.sync_all()?;
     let mut samples = Vec::with_capacity(iterations);
     for index in 0..iterations {
         let started = Instant::now();
-        file.write_all_at(&block, (index * block.len()) as u64)?;
+        file.write_all_at(&block, (at(index) * block.len()) as u64)?;
         file.sync_data()?;
         samples.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     drop(file);
-    std::fs::remove_file(&path)?;
+    std::fs::remove_file(path)?;
     Ok(Samples::new(samples))
 }
 
@@ -249,29 +264,12 @@ pub fn fsync_floor(dir: &Path, iterations: usize) -> Result<Samples> {
 /// size does not change, so fdatasync writes no metadata.
 pub fn overwrite_floor(dir: &Path, iterations: usize) -> Result<Samples> {
     const BLOCKS: usize = 256;
-    let path = dir.join("overwrite-floor.bin");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let block = [0x5au8; 4096];
-    for index in 0..BLOCKS {
-        file.write_all_at(&[0u8; 4096], (index * block.len()) as u64)?;
-    }
-    file.sync_all()?;
-    let mut samples = Vec::with_capacity(iterations);
-    for index in 0..iterations {
-        let started = Instant::now();
-        file.write_all_at(&block, ((index % BLOCKS) * block.len()) as u64)?;
-        file.sync_data()?;
-        samples.push(started.elapsed().as_secs_f64() * 1000.0);
-    }
-    drop(file);
-    std::fs::remove_file(&path)?;
-    Ok(Samples::new(samples))
+    timed_writes(
+        &dir.join("overwrite-floor.bin"),
+        BLOCKS,
+        iterations,
+        |index| index % BLOCKS,
+    )
 }
 
 /// The floor under any step that runs a command: `iterations` of spawning the program `true`
