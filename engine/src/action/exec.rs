@@ -304,7 +304,8 @@ fn start_shim(
     };
     let message = shim::spec_message(&shim_spec).map_err(not_started)?;
     let program = shim_program().map_err(not_started)?;
-    // The run's shims share one log of their own complaints (created once per run).
+    // The run's shims share one log of their own complaints (created once per run), in the run
+    // dir: the call dir is `<run dir>/calls/<call>` (`runtime::calls::call_dir`).
     let shim_log_path = dir
         .parent()
         .and_then(Path::parent)
