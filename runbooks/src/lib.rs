@@ -42,6 +42,10 @@ const CATALOG: &[(&str, &str)] = &[
         "rocketmq.group.to_dledger.toml",
         include_str!("../catalog/rocketmq.group.to_dledger.toml"),
     ),
+    (
+        "rocketmq.cluster.rolling_upgrade.toml",
+        include_str!("../catalog/rocketmq.cluster.rolling_upgrade.toml"),
+    ),
 ];
 
 /// The built-in runbooks.

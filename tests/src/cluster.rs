@@ -87,6 +87,8 @@ pub struct NameServer {
     pub addr: String,
     child: Option<Child>,
     log: PathBuf,
+    /// Set when scripts start and stop it (a cluster of an older release): its pid file.
+    pid_file: Option<PathBuf>,
 }
 
 /// One broker process (a master, brokerId 0, or a slave of its group) and its files.
@@ -118,6 +120,9 @@ pub struct Cluster {
     pub namesrvs: Vec<NameServer>,
     pub brokers: BTreeMap<String, Broker>,
     bin: PathBuf,
+    /// An older release's binaries: the cluster starts on them, through scripts, and each
+    /// process also gets a `start.sh` for the current release (a rolling upgrade's target).
+    old_bin: Option<PathBuf>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -157,6 +162,33 @@ impl Cluster {
         brokers: &[&str],
         slaves: u64,
     ) -> Result<Cluster> {
+        Cluster::launch(dir, temp, namesrvs, brokers, slaves, None)
+    }
+
+    /// A cluster of `namesrvs` NameServers and master-only `brokers` running an older release
+    /// (the binaries in `old_bin`, see [`old_bin_dir`]), each process started and stopped by
+    /// scripts keyed by its address: `<dir>/ns/<addr>/{start-old,start,stop}.sh` and
+    /// `<dir>/addr/<addr>/{start-old,start,stop}.sh`, `start.sh` starting the current release.
+    pub fn start_old_release(
+        namesrvs: usize,
+        brokers: &[&str],
+        old_bin: PathBuf,
+    ) -> Result<Cluster> {
+        let temp = tempfile::Builder::new()
+            .prefix("runbook-rocketmq-")
+            .tempdir()?;
+        let dir = temp.path().to_owned();
+        Cluster::launch(dir, Some(temp), namesrvs, brokers, 0, Some(old_bin))
+    }
+
+    fn launch(
+        dir: PathBuf,
+        temp: Option<tempfile::TempDir>,
+        namesrvs: usize,
+        brokers: &[&str],
+        slaves: u64,
+        old_bin: Option<PathBuf>,
+    ) -> Result<Cluster> {
         let bin = bin_dir()?;
         std::fs::create_dir_all(&dir)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -170,6 +202,7 @@ impl Cluster {
             namesrvs: Vec::new(),
             brokers: BTreeMap::new(),
             bin,
+            old_bin,
             runtime,
         };
         for _ in 0..namesrvs {
@@ -182,8 +215,13 @@ impl Cluster {
             }
         }
         let keys: Vec<String> = cluster.brokers.keys().cloned().collect();
+        let start = if cluster.old_bin.is_some() {
+            "start-old.sh"
+        } else {
+            "start.sh"
+        };
         for key in &keys {
-            cluster.start_broker(key)?;
+            script(&cluster.broker(key)?.dir.join(start))?;
         }
         for key in &keys {
             cluster.wait_registered_replica(key, Duration::from_secs(60))?;
@@ -191,8 +229,46 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// The NameServer scripts' templates by address (`{{ namesrv_addr }}`): stop, start (the
+    /// current release) and start-old (the older one).
+    pub fn namesrv_script_by_addr(&self, script: &str) -> String {
+        format!(
+            "sh {}/ns/{{{{ namesrv_addr }}}}/{script}.sh",
+            self.dir.display()
+        )
+    }
+
+    /// A broker script's template by address: `stop`, `start` or `start-old`.
+    pub fn broker_script_by_addr(&self, script: &str) -> String {
+        format!(
+            "sh {}/addr/{{{{ broker_addr }}}}/{script}.sh",
+            self.dir.display()
+        )
+    }
+
+    /// The pid of NameServer `index` or of broker `key` now (from its pid file).
+    pub fn pid_of(&self, what: &str) -> Option<i32> {
+        let file = match what.strip_prefix("namesrv-") {
+            Some(index) => self
+                .namesrvs
+                .get(index.parse::<usize>().ok()?)?
+                .pid_file
+                .clone()?,
+            None => self.broker(what).ok()?.pid_file.clone(),
+        };
+        std::fs::read_to_string(file).ok()?.trim().parse().ok()
+    }
+
+    /// The executable a NameServer (`namesrv-<index>`) or broker process runs now.
+    pub fn executable_of(&self, what: &str) -> Option<PathBuf> {
+        std::fs::read_link(format!("/proc/{}/exe", self.pid_of(what)?)).ok()
+    }
+
     /// Starts one more NameServer (not yet known to any broker).
     pub fn add_namesrv(&mut self) -> Result<String> {
+        if let Some(old_bin) = self.old_bin.clone() {
+            return self.add_scripted_namesrv(&old_bin);
+        }
         let index = self.namesrvs.len();
         let port = free_port()?;
         let home = self.dir.join(format!("namesrv-{index}"));
@@ -221,6 +297,67 @@ impl Cluster {
             addr: addr.clone(),
             child: Some(child),
             log,
+            pid_file: None,
+        };
+        wait_listening(&addr, Duration::from_secs(30), &mut server)?;
+        self.namesrvs.push(server);
+        Ok(addr)
+    }
+
+    /// A NameServer of the older release, started by `start-old.sh`; `start.sh` starts the
+    /// current release on the same port (the older one takes `-p`/`-i`, the current one
+    /// `--listenPort`/`--bindAddress`).
+    fn add_scripted_namesrv(&mut self, old_bin: &Path) -> Result<String> {
+        let index = self.namesrvs.len();
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let home = self.dir.join(format!("namesrv-{index}"));
+        std::fs::create_dir_all(&home)?;
+        let log = home.join("namesrv.log");
+        let pid_file = home.join("namesrv.pid");
+        let start = |binary: &Path, args: String| {
+            format!(
+                "#!/bin/sh\n# Starts NameServer {addr} in the background unless it already runs.\nset -e\n\
+                 if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'namesrv {addr} already runs'; exit 0; fi\n\
+                 cd '{home}'\nROCKETMQ_HOME='{home}' setsid '{binary}' {args} >> '{log}' 2>&1 < /dev/null &\n\
+                 echo $! > '{pid}'\n\
+                 echo \"namesrv {addr} started (pid $(cat '{pid}'))\"\n",
+                pid = pid_file.display(),
+                home = home.display(),
+                binary = binary.display(),
+                log = log.display(),
+            )
+        };
+        std::fs::write(
+            home.join("start-old.sh"),
+            start(
+                &old_bin.join("rocketmq-namesrv-rust"),
+                format!("-p {port} -i 127.0.0.1"),
+            ),
+        )?;
+        std::fs::write(
+            home.join("start.sh"),
+            start(
+                &self.bin.join("rocketmq-namesrv-rust"),
+                format!(
+                    "--listenPort {port} --bindAddress 127.0.0.1 --log-filter '{}'",
+                    log_filter()
+                ),
+            ),
+        )?;
+        std::fs::write(
+            home.join("stop.sh"),
+            stop_script(&format!("namesrv {addr}"), &pid_file),
+        )?;
+        let by_addr = self.dir.join("ns");
+        std::fs::create_dir_all(&by_addr)?;
+        std::os::unix::fs::symlink(&home, by_addr.join(&addr))?;
+        script(&home.join("start-old.sh"))?;
+        let mut server = NameServer {
+            addr: addr.clone(),
+            child: None,
+            log,
+            pid_file: Some(pid_file),
         };
         wait_listening(&addr, Duration::from_secs(30), &mut server)?;
         self.namesrvs.push(server);
@@ -385,15 +522,41 @@ impl Cluster {
         )?;
         std::fs::write(
             dir.join("stop.sh"),
-            format!(
-                "#!/bin/sh\n# Stops broker {key} (SIGTERM, then SIGKILL after 20 s) and waits until it is gone.\n\
-                 [ -f '{pid}' ] || {{ echo 'broker {key} is not running'; exit 0; }}\npid=$(cat '{pid}')\n\
-                 kill -TERM \"$pid\" 2>/dev/null || {{ rm -f '{pid}'; echo 'broker {key} was not running'; exit 0; }}\n\
-                 i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -gt 200 ]; then kill -KILL \"$pid\"; fi; sleep 0.1; done\n\
-                 rm -f '{pid}'\necho \"broker {key} stopped (pid $pid)\"\n",
-                pid = pid_file.display(),
-            ),
+            stop_script(&format!("broker {key}"), &pid_file),
         )?;
+        if let Some(old_bin) = &self.old_bin {
+            // The older release reads TOML (serde names of its BrokerConfig and
+            // MessageStoreConfig), not Java properties.
+            let toml = dir.join("broker.toml");
+            std::fs::write(
+                &toml,
+                format!(
+                    "brokerIp1 = \"127.0.0.1\"\nlistenPort = {port}\nhaListenPort = {ha}\nnamesrvAddr = \"{namesrv}\"\n\
+                     storePathRootDir = \"{store}\"\nstorePathCommitLog = \"{commitlog}\"\nmappedFileSizeCommitLog = 1048576\n\
+                     brokerPermission = 6\nautoCreateTopicEnable = false\nautoCreateSubscriptionGroup = true\n\
+                     [brokerIdentity]\nbrokerName = \"{name}\"\nbrokerClusterName = \"{cluster}\"\nbrokerId = {id}\n\
+                     [brokerServerConfig]\nlistenPort = {port}\n",
+                    cluster = self.name,
+                    ha = port + 1,
+                    store = store.display(),
+                    commitlog = commitlog.display(),
+                ),
+            )?;
+            std::fs::write(
+                dir.join("start-old.sh"),
+                format!(
+                    "#!/bin/sh\n# Starts broker {key} on the older release unless it already runs.\nset -e\n\
+                     if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'broker {key} already runs'; exit 0; fi\n\
+                     cd '{dir}'\nROCKETMQ_HOME='{dir}' setsid '{bin}' -c '{toml}' -n '{namesrv}' >> '{log}' 2>&1 < /dev/null &\n\
+                     echo $! > '{pid}'\necho \"broker {key} started (pid $!)\"\n",
+                    pid = pid_file.display(),
+                    dir = dir.display(),
+                    bin = old_bin.join("rocketmq-broker-rust").display(),
+                    toml = toml.display(),
+                    log = log.display(),
+                ),
+            )?;
+        }
         let addr = format!("127.0.0.1:{port}");
         // <dir>/addr/<host:port> -> the broker's directory, for templates keyed by address.
         let by_addr = self.dir.join("addr");
@@ -779,6 +942,18 @@ impl Cluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+            if let Some(file) = &server.pid_file {
+                if let Some(pid) = std::fs::read_to_string(file)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<i32>().ok())
+                {
+                    // SAFETY: signalling a pid this harness's scripts started (its pid file).
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                    }
+                }
+                let _ = std::fs::remove_file(file);
+            }
         }
     }
 
@@ -834,6 +1009,38 @@ fn script(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A script that stops the process in `pid_file` (SIGTERM, then SIGKILL after 20 s) and waits
+/// until it is gone.
+fn stop_script(what: &str, pid_file: &Path) -> String {
+    format!(
+        "#!/bin/sh\n# Stops {what} (SIGTERM, then SIGKILL after 20 s) and waits until it is gone.\n\
+         [ -f '{pid}' ] || {{ echo '{what} is not running'; exit 0; }}\npid=$(cat '{pid}')\n\
+         kill -TERM \"$pid\" 2>/dev/null || {{ rm -f '{pid}'; echo '{what} was not running'; exit 0; }}\n\
+         i=0; while kill -0 \"$pid\" 2>/dev/null; do i=$((i+1)); if [ $i -gt 200 ]; then kill -KILL \"$pid\"; fi; sleep 0.1; done\n\
+         rm -f '{pid}'\necho \"{what} stopped (pid $pid)\"\n",
+        pid = pid_file.display(),
+    )
+}
+
+/// The directory of the older release's `rocketmq-namesrv-rust` and `rocketmq-broker-rust`
+/// (`RUNBOOK_ROCKETMQ_OLD_BIN`, default `~/.cache/runbook/rocketmq-0.7.0/bin`), if installed.
+pub fn old_bin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("RUNBOOK_ROCKETMQ_OLD_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
+            .join(".cache/runbook/rocketmq-0.7.0/bin"),
+    };
+    for binary in ["rocketmq-namesrv-rust", "rocketmq-broker-rust"] {
+        if !dir.join(binary).is_file() {
+            bail!(
+                "{} is missing: install the older release with\n  RUSTC_BOOTSTRAP=1 cargo install --locked --root \"$HOME/.cache/runbook/rocketmq-0.7.0\" --version 0.7.0 rocketmq-namesrv rocketmq-broker\n(.ci/run does it) or point RUNBOOK_ROCKETMQ_OLD_BIN at them",
+                dir.join(binary).display()
+            );
+        }
+    }
+    Ok(dir)
 }
 
 fn tail(path: &Path) -> String {
@@ -973,6 +1180,25 @@ impl Producer {
                 bail!("no message to {topic} was acknowledged; the last answer: {last_error}");
             }
             Ok(acked)
+        })
+    }
+
+    /// One send of a message keyed `key` to `topic` (the client's own retries on other brokers
+    /// included); the broker's or client's answer as an error text when it was not acknowledged.
+    pub fn send_one(&self, topic: &str, key: &str) -> Result<(), String> {
+        let producer = self.inner().map_err(|error| error.to_string())?;
+        self.runtime.block_on(async {
+            let message = Message::builder()
+                .topic(topic)
+                .tags("test")
+                .keys(vec![key.to_owned()])
+                .body_slice(key.as_bytes())
+                .build_unchecked();
+            match producer.send_with_timeout(message, 3000).await {
+                Ok(Some(result)) if result.send_status == SendStatus::SendOk => Ok(()),
+                Ok(other) => Err(format!("{other:?}")),
+                Err(error) => Err(runbook_runbooks::rocketmq::session::explain(&error)),
+            }
         })
     }
 

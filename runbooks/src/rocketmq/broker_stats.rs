@@ -12,6 +12,8 @@
 //! `backlog_total`, `backlog_not_reported`, `put_tps` (messages/s over the broker's shortest window), `get_tps`,
 //! `put_total_today`, `earliest_message_time_ms` (null when the store holds no message),
 //! `earliest_message_age_ms`, `commit_log_min_offset`, `commit_log_max_offset`, `has_messages`,
+//! `version` (`brokerVersionDesc`, e.g. `V5_3_1_SNAPSHOT`: the protocol version the broker
+//! speaks, what `clusterList` shows as `#Version`), `version_code` (`brokerVersion`),
 //! `observed_at_ms`, `raw` (every key as the broker reports it), and with `retention`:
 //! `retention_ms` and `retention_remaining` — a duration for a `wait` step: the full retention
 //! (the newest message is at most as old as now, since writes have stopped), or `0s` when the
@@ -236,6 +238,8 @@ pub async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFa
             "commit_log_min_offset": min_offset,
             "commit_log_max_offset": max_offset,
             "has_messages": has_messages,
+            "version": raw.get("brokerVersionDesc"),
+            "version_code": integer(raw.get("brokerVersion")),
             "observed_at_ms": now,
             "raw": raw,
         });

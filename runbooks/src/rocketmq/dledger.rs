@@ -24,7 +24,7 @@ use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
 use super::commitlog::{copy_atomically, md5_file, sync_dir};
-use super::files::property;
+use super::files::{property, render_placeholders, vars};
 use super::input::Input;
 use super::session::now_ms;
 
@@ -41,7 +41,7 @@ pub const COPY_FILES_SCHEMA: Schema = Schema {
         optional(
             "source",
             Kind::Text,
-            "the directory to copy (absolute, on this host), e.g. the master's store/config",
+            "the directory (or one file) to copy, absolute, on this host, e.g. the master's store/config",
         )
         .required(),
         optional(
@@ -50,6 +50,11 @@ pub const COPY_FILES_SCHEMA: Schema = Schema {
             "the directory to copy into (created if absent)",
         )
         .required(),
+        optional(
+            "vars",
+            Kind::Table,
+            "values of {{ name }} placeholders in source and target (e.g. broker_addr)",
+        ),
         optional(
             "overwrite",
             Kind::Bool,
@@ -60,6 +65,7 @@ pub const COPY_FILES_SCHEMA: Schema = Schema {
 
 fn absolute(input: &Input<'_>, field: &str) -> Result<PathBuf, ActionFailure> {
     let path = input.string(field)?;
+    let path = render_placeholders(input, field, &path, &vars(input)?)?;
     if !Path::new(&path).is_absolute() || path.contains('\n') {
         return Err(input.bad(field, format!("{path:?} is not an absolute path")));
     }
@@ -99,8 +105,8 @@ fn tree(dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ActionFailure> {
     Ok((files, skipped))
 }
 
-/// `rocketmq.copy_files`: copies every regular file of `source` into `target`, each atomically
-/// and read back by md5. Output: `files [{name, md5, copied}]`, `copied`, `unchanged`,
+/// `rocketmq.copy_files`: copies every regular file of `source` (or `source` itself, a file)
+/// into `target`, each atomically and read back by md5. Output: `files [{name, md5, copied}]`, `copied`, `unchanged`,
 /// `skipped` (symlinks, special files, deeper directories).
 pub async fn run_copy_files(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let reader = Input::new("rocketmq.copy_files", &input);
@@ -113,7 +119,15 @@ pub async fn run_copy_files(input: Value, context: ActionContext) -> Result<Valu
     let cancel = context.cancel.clone();
     let log = context.log.clone();
     tokio::task::spawn_blocking(move || -> Result<Value, ActionFailure> {
-        let (files, skipped) = tree(&source)?;
+        // One file: copied into `target` under its own name.
+        let (source, (files, skipped)) = match (source.is_file(), source.file_name()) {
+            (true, Some(name)) => {
+                let name = PathBuf::from(name);
+                let parent = source.parent().unwrap_or(Path::new("/")).to_owned();
+                (parent, (vec![name], Vec::new()))
+            }
+            _ => (source.clone(), tree(&source)?),
+        };
         if files.is_empty() {
             return Err(ActionFailure::permanent(format!(
                 "{}: no file to copy (is it the store's config directory?)",

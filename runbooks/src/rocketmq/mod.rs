@@ -9,7 +9,9 @@
 //! | `rocketmq.backup` | every broker's topics, groups and consumer offsets saved as JSON in the run's directory |
 //! | `rocketmq.cluster` | members, per NameServer; `expect = "registered" / "absent"` |
 //! | `rocketmq.broker_config` | get (`key`), set (`set`, keeps `previous` for undo), check (`expect`) |
-//! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left |
+//! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left, reported version |
+//! | `rocketmq.replication` | how far each slave of a group is behind its master; `caught_up` |
+//! | `rocketmq.probe` | one message sent to a broker and pulled back from it: it takes writes and serves reads |
 //! | `rocketmq.topic_list` / `topic_route` / `topic_status` | what the NameServers and brokers say about topics |
 //! | `rocketmq.topic_upsert` | read-modify-write of a topic config on its brokers |
 //! | `rocketmq.topic_order` | whether a topic is ordered; what a queue change does to its key → queue mapping |
@@ -39,6 +41,8 @@ mod files;
 pub mod input;
 mod metadata;
 mod preview;
+mod probe;
+mod replication;
 pub mod session;
 pub mod system;
 mod topic;
@@ -138,6 +142,11 @@ fn register_actions(registry: &mut Registry) {
     registry.register(
         "rocketmq.dledger_check",
         FnAction(dledger::run_check, &dledger::CHECK_SCHEMA),
+    );
+    registry.register("rocketmq.probe", FnAction(probe::run, &probe::SCHEMA));
+    registry.register(
+        "rocketmq.replication",
+        FnAction(replication::run, &replication::SCHEMA),
     );
     registry.register("rocketmq.command", command::Command);
 }
