@@ -172,7 +172,7 @@ fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<(
                 find(&shown, "groups[0]", "canary").is_some_and(|step| step["state"] == "waiting"),
                 "{shown}"
             );
-            // The canary: group 0 is on the new release, group 1 and the NameServers are not.
+            // The canary: the NameServers and group 0 are on the new release, group 1 is not.
             let first = find(&shown, "groups[0]", "replicas")
                 .and_then(|step| step["output"]["broker"]["name"].as_str())
                 .unwrap_or_default()
@@ -194,9 +194,13 @@ fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<(
                     .is_some_and(|exe| exe.starts_with(&old)),
                 "{second} before the approval"
             );
-            ensure!(cluster
-                .executable_of("namesrv-0")
-                .is_some_and(|exe| exe.starts_with(&old)));
+            for namesrv in ["namesrv-0", "namesrv-1"] {
+                let exe = cluster.executable_of(namesrv);
+                ensure!(
+                    exe.as_ref().is_some_and(|exe| exe.starts_with(&new)),
+                    "{namesrv} runs {exe:?} at the canary"
+                );
+            }
             daemon.cli(&["approve", &run])?;
             let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(400))?;
             Ok((shown, started.elapsed()))
