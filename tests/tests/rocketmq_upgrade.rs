@@ -290,13 +290,62 @@ fn a_broker_started_on_the_old_release_stops_the_roll_and_rollback_restores_it()
     cluster.create_topic(PROBE, &["broker-a", "broker-b"], 1)?;
     let backup = tempfile::tempdir()?;
     let daemon = Daemon::start()?;
+    let backup_dir = backup.path().display().to_string();
+    // The plan shows the whole procedure, in order, before anything runs.
+    let mut args = vec![
+        "plan".to_owned(),
+        "rocketmq.cluster.rolling_upgrade".to_owned(),
+    ];
+    for (key, value) in params(&cluster, &backup_dir, "start-old") {
+        args.push("-p".to_owned());
+        args.push(format!("{key}={value}"));
+    }
+    let plan = daemon.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    ensure!(
+        plan.status.success(),
+        "plan: {}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let mut at = 0;
+    for step in [
+        "backup",
+        "members",
+        "backup_files",
+        "checkpoint",
+        "namesrvs",
+        "namesrv_stop",
+        "namesrv_start",
+        "namesrv_registered",
+        "namesrv_version",
+        "groups",
+        "replicas",
+        "nodes",
+        "read_only",
+        "writes_stopped",
+        "caught_up",
+        "stop",
+        "gone",
+        "start",
+        "registered",
+        "version",
+        "writable",
+        "probe",
+        "canary",
+        "verify",
+    ] {
+        at += text[at..]
+            .find(step)
+            .ok_or_else(|| anyhow::anyhow!("step {step} not in order in the plan:\n{text}"))?;
+    }
+    ensure!(
+        cluster
+            .executable_of("namesrv-0")
+            .is_some_and(|exe| exe.starts_with(&old)),
+        "the plan ran something"
+    );
     // start_command starts the OLD binaries: the version check must catch it.
-    let run = start_run(
-        &daemon,
-        &cluster,
-        &backup.path().display().to_string(),
-        "start-old",
-    )?;
+    let run = start_run(&daemon, &cluster, &backup_dir, "start-old")?;
     let shown = daemon.wait_for(&run, Duration::from_secs(300), |shown| {
         shown["state"] == "needs_attention"
             || shown["state"] == "failed"
@@ -345,6 +394,106 @@ fn a_broker_started_on_the_old_release_stops_the_roll_and_rollback_restores_it()
     ensure!(
         cluster.pid_of(second) == untouched,
         "{second} was restarted"
+    );
+    Ok(())
+}
+
+/// The typed checks the upgrade relies on, each with a case that makes it fail: a slave that has
+/// not copied the master's newest messages is not caught up (the Rust 1.0.0 slave does not
+/// replicate, so messages sent to the master leave it behind); a probe of a read-only master is
+/// refused; the reported protocol version.
+#[test]
+fn replication_probe_and_version_checks_fail_when_they_should() -> Result<()> {
+    let cluster = Cluster::start_groups(1, &["broker-a"], 1)?;
+    cluster.create_topic(PROBE, &["broker-a"], 1)?;
+    cluster.create_topic(TOPIC, &["broker-a"], 2)?;
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "checks.toml",
+        r#"
+name = "checks"
+[params.namesrv]
+required = true
+[[steps]]
+id = "before"
+action = "rocketmq.replication"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a" }
+[[steps]]
+id = "sent"
+action = "approval"
+with = { prompt = "messages sent?" }
+[[steps]]
+id = "after"
+action = "rocketmq.replication"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a" }
+[[steps]]
+id = "stats"
+action = "rocketmq.broker_stats"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a" }
+[[steps]]
+id = "probe"
+action = "rocketmq.probe"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", topic = "runbook_probe" }
+[[steps]]
+id = "read_only"
+action = "rocketmq.broker_config"
+with = { namesrv = "{{ params.namesrv }}", broker_addr = "{{ steps.before.output.master.addr }}", set = { brokerPermission = "4" } }
+[[steps]]
+id = "refused"
+action = "rocketmq.probe"
+with = { namesrv = "{{ params.namesrv }}", broker = "broker-a", topic = "runbook_probe", timeout = "3s" }
+on_failure = "continue"
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    daemon.wait_step(&run, "sent", "waiting", Duration::from_secs(60))?;
+    let producer = cluster.producer()?;
+    producer.send(TOPIC, 50)?;
+    daemon.cli(&["approve", &run])?;
+    let shown = daemon.wait_for(&run, Duration::from_secs(120), |shown| {
+        shown["state"] == "succeeded"
+            || shown["state"] == "failed"
+            || shown["state"] == "needs_attention"
+    })?;
+    let output = |step: &str| {
+        step_of(&shown, step)
+            .map(|found| found["output"].clone())
+            .unwrap_or_default()
+    };
+    let before = output("before");
+    ensure!(before["slave_count"] == 1, "{before}");
+    let after = output("after");
+    ensure!(
+        after["caught_up"] == false,
+        "50 messages the slave lacks: {after}"
+    );
+    ensure!(
+        after["behind_total"]
+            .as_i64()
+            .is_some_and(|behind| behind > 0),
+        "{after}"
+    );
+    ensure!(
+        after["master"]["max_offset"].as_i64() > before["master"]["max_offset"].as_i64(),
+        "{before} / {after}"
+    );
+    ensure!(
+        output("stats")["version"] == "V5_3_1_SNAPSHOT",
+        "{}",
+        output("stats")
+    );
+    let probe = output("probe");
+    ensure!(
+        probe["queue_offset"].as_i64().is_some() && probe["read_ms"].as_u64().is_some(),
+        "{probe}"
+    );
+    let refused = step_of(&shown, "refused").cloned().unwrap_or_default();
+    ensure!(refused["state"] == "failed", "{refused}");
+    ensure!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|error| error.contains("refused the probe")),
+        "{refused}"
     );
     Ok(())
 }
