@@ -45,14 +45,22 @@ pub const INSTALL_HINT: &str =
 
 /// The directory holding `rocketmq-namesrv-rust` and `rocketmq-broker-rust`.
 pub fn bin_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("RUNBOOK_ROCKETMQ_BIN") {
+    server_dir("RUNBOOK_ROCKETMQ_BIN", "rocketmq", INSTALL_HINT)
+}
+
+/// The server binaries' directory: `$<variable>`, else `~/.cache/runbook/<cached>/bin`; both
+/// binaries must be there.
+fn server_dir(variable: &str, cached: &str, hint: &str) -> Result<PathBuf> {
+    let dir = match std::env::var_os(variable) {
         Some(dir) => PathBuf::from(dir),
         None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
-            .join(".cache/runbook/rocketmq/bin"),
+            .join(".cache/runbook")
+            .join(cached)
+            .join("bin"),
     };
     for binary in ["rocketmq-namesrv-rust", "rocketmq-broker-rust"] {
         if !dir.join(binary).is_file() {
-            bail!("{} is missing: install the RocketMQ server binaries with\n  {INSTALL_HINT}\nor point RUNBOOK_ROCKETMQ_BIN at them", dir.join(binary).display());
+            bail!("{} is missing: install the RocketMQ server binaries with\n  {hint}\nor point {variable} at them", dir.join(binary).display());
         }
     }
     Ok(dir)
@@ -1025,22 +1033,13 @@ fn stop_script(what: &str, pid_file: &Path) -> String {
 }
 
 /// The directory of the older release's `rocketmq-namesrv-rust` and `rocketmq-broker-rust`
-/// (`RUNBOOK_ROCKETMQ_OLD_BIN`, default `~/.cache/runbook/rocketmq-0.7.0/bin`), if installed.
+/// (`RUNBOOK_ROCKETMQ_OLD_BIN`, default `~/.cache/runbook/rocketmq-0.7.0/bin`).
 pub fn old_bin_dir() -> Result<PathBuf> {
-    let dir = match std::env::var_os("RUNBOOK_ROCKETMQ_OLD_BIN") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
-            .join(".cache/runbook/rocketmq-0.7.0/bin"),
-    };
-    for binary in ["rocketmq-namesrv-rust", "rocketmq-broker-rust"] {
-        if !dir.join(binary).is_file() {
-            bail!(
-                "{} is missing: install the older release with\n  RUSTC_BOOTSTRAP=1 cargo install --locked --root \"$HOME/.cache/runbook/rocketmq-0.7.0\" --version 0.7.0 rocketmq-namesrv rocketmq-broker\n(.ci/run does it) or point RUNBOOK_ROCKETMQ_OLD_BIN at them",
-                dir.join(binary).display()
-            );
-        }
-    }
-    Ok(dir)
+    server_dir(
+        "RUNBOOK_ROCKETMQ_OLD_BIN",
+        "rocketmq-0.7.0",
+        "RUSTC_BOOTSTRAP=1 cargo install --locked --root \"$HOME/.cache/runbook/rocketmq-0.7.0\" --version 0.7.0 rocketmq-namesrv rocketmq-broker (.ci/run does it)",
+    )
 }
 
 fn tail(path: &Path) -> String {

@@ -105,6 +105,20 @@ fn find<'a>(shown: &'a Value, within: &str, step: &str) -> Option<&'a Value> {
     })
 }
 
+/// The group the run took first (the canary) and the other one.
+fn groups_in_order(shown: &Value) -> (String, &'static str) {
+    let first = find(shown, "groups[0]", "replicas")
+        .and_then(|step| step["output"]["broker"]["name"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let second = if first == "broker-a" {
+        "broker-b"
+    } else {
+        "broker-a"
+    };
+    (first, second)
+}
+
 #[test]
 fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<()> {
     let old = old_bin_dir()?;
@@ -173,15 +187,7 @@ fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<(
                 "{shown}"
             );
             // The canary: the NameServers and group 0 are on the new release, group 1 is not.
-            let first = find(&shown, "groups[0]", "replicas")
-                .and_then(|step| step["output"]["broker"]["name"].as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let second = if first == "broker-a" {
-                "broker-b"
-            } else {
-                "broker-a"
-            };
+            let (first, second) = groups_in_order(&shown);
             ensure!(
                 cluster
                     .executable_of(&first)
@@ -357,15 +363,7 @@ fn a_broker_started_on_the_old_release_stops_the_roll_and_rollback_restores_it()
         failed.is_some_and(|step| step["state"] == "failed"),
         "{shown}"
     );
-    let first = find(&shown, "groups[0]", "replicas")
-        .and_then(|step| step["output"]["broker"]["name"].as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let second = if first == "broker-a" {
-        "broker-b"
-    } else {
-        "broker-a"
-    };
+    let (first, second) = groups_in_order(&shown);
     // The NameServer was upgraded; the second group was not touched.
     ensure!(cluster
         .executable_of("namesrv-0")
