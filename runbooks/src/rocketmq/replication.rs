@@ -10,8 +10,8 @@
 //!
 //! # Contract
 //!
-//! The master is read first, then each slave, so a slave can only look further behind than it
-//! is, never closer. Use it with `until = "output.caught_up"` after writes to the master stopped:
+//! Each slave is read first, then the master (whose log only grows), so a slave can only look
+//! further behind than it was, never closer. Use it with `until = "output.caught_up"` after writes to the master stopped:
 //! a master stopped while its slave lags loses what the slave has not copied.
 
 use rocketmq_client_rust::BrokerAdmin as _;
@@ -56,12 +56,17 @@ pub async fn run(input: Value, _context: ActionContext) -> Result<Value, ActionF
         let master = entry.master().ok_or_else(|| {
             ActionFailure::retryable(format!("broker {broker} has no master (brokerId 0) registered"))
         })?;
+        // Slaves first, then the master: the master's log only grows, so a slave read earlier
+        // can only look further behind than it was, never closer.
+        let mut offsets = Vec::new();
+        for (id, addr) in entry.addrs.iter().filter(|(id, _)| **id != 0) {
+            offsets.push((*id, addr.clone(), max_offset(&admin, &broker, addr).await?));
+        }
         let master_offset = max_offset(&admin, &broker, master).await?;
         let mut slaves = Vec::new();
         let mut behind_total = 0;
         let mut caught_up = true;
-        for (id, addr) in entry.addrs.iter().filter(|(id, _)| **id != 0) {
-            let offset = max_offset(&admin, &broker, addr).await?;
+        for (id, addr, offset) in offsets {
             let behind = (master_offset - offset).max(0);
             behind_total += behind;
             caught_up &= behind <= max_behind;
