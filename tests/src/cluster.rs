@@ -1182,25 +1182,6 @@ impl Producer {
         })
     }
 
-    /// One send of a message keyed `key` to `topic` (the client's own retries on other brokers
-    /// included); the broker's or client's answer as an error text when it was not acknowledged.
-    pub fn send_one(&self, topic: &str, key: &str) -> Result<(), String> {
-        let producer = self.inner().map_err(|error| error.to_string())?;
-        self.runtime.block_on(async {
-            let message = Message::builder()
-                .topic(topic)
-                .tags("test")
-                .keys(vec![key.to_owned()])
-                .body_slice(key.as_bytes())
-                .build_unchecked();
-            match producer.send_with_timeout(message, 3000).await {
-                Ok(Some(result)) if result.send_status == SendStatus::SendOk => Ok(()),
-                Ok(other) => Err(format!("{other:?}")),
-                Err(error) => Err(runbook_runbooks::rocketmq::session::explain(&error)),
-            }
-        })
-    }
-
     /// Sends `count` delayed messages with keys `<prefix>-0`.. to queue 0 of `topic` on
     /// `broker`; returns the acknowledged keys.
     pub fn send_delayed_to_broker(

@@ -150,7 +150,7 @@ fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<(
             while !stop.load(Ordering::SeqCst) {
                 let key = format!("roll-{index}");
                 loop {
-                    match producer.send_one(TOPIC, &key) {
+                    match producer.send_key(TOPIC, &key, None) {
                         Ok(()) => break,
                         Err(error) => {
                             refused.lock().unwrap().push(Refusal {
