@@ -16,7 +16,7 @@
 //! `$HOME/.cache/runbook/rocketmq/bin`); [`INSTALL_HINT`] says how to get them.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,26 +68,9 @@ fn server_dir(variable: &str, cached: &str, hint: &str) -> Result<PathBuf> {
 
 /// A port such that `port`, `port - 2` (the broker's fast port) and `port + 1` (its HA port)
 /// are free now.
+/// A broker's port: `port - 2` (its fast port), `port` and `port + 1` (HA) are free.
 fn free_broker_port() -> Result<u16> {
-    for _ in 0..200 {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        let port = listener.local_addr()?.port();
-        drop(listener);
-        if !(1100..=65000).contains(&port) {
-            continue;
-        }
-        if [port - 2, port + 1]
-            .iter()
-            .all(|other| TcpListener::bind(("127.0.0.1", *other)).is_ok())
-        {
-            return Ok(port);
-        }
-    }
-    bail!("no free port triple on 127.0.0.1")
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(crate::free_server_port(4)? + 2)
 }
 
 /// One NameServer process.
@@ -278,7 +261,7 @@ impl Cluster {
             return self.add_scripted_namesrv(&old_bin);
         }
         let index = self.namesrvs.len();
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let home = self.dir.join(format!("namesrv-{index}"));
         std::fs::create_dir_all(&home)?;
         let log = home.join("namesrv.log");
@@ -317,7 +300,7 @@ impl Cluster {
     /// `--listenPort`/`--bindAddress`).
     fn add_scripted_namesrv(&mut self, old_bin: &Path) -> Result<String> {
         let index = self.namesrvs.len();
-        let port = free_port()?;
+        let port = crate::free_port()?;
         let addr = format!("127.0.0.1:{port}");
         let home = self.dir.join(format!("namesrv-{index}"));
         std::fs::create_dir_all(&home)?;
@@ -726,6 +709,23 @@ impl Cluster {
                 .get(&CheetahString::from(key.as_str()))
                 .map(|value| value.to_string()))
         })
+    }
+
+    /// The last lines of every server's log (NameServers, then brokers), for a failure report.
+    pub fn server_logs(&self) -> String {
+        let namesrvs = self
+            .namesrvs
+            .iter()
+            .map(|server| format!("--- namesrv {} ---\n{}", server.addr, tail(&server.log)));
+        let brokers = self.brokers.values().map(|broker| {
+            format!(
+                "--- broker {} ({}) ---\n{}",
+                broker.key,
+                broker.addr,
+                tail(&broker.log)
+            )
+        });
+        namesrvs.chain(brokers).collect::<Vec<_>>().join("\n")
     }
 
     /// Waits until `name` is registered on every NameServer.

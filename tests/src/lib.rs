@@ -4,8 +4,10 @@
 //! Every process a test starts is owned by a value whose `Drop` kills it by pid, so a failing
 //! test leaves nothing behind.
 
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -233,10 +235,13 @@ impl Daemon {
                 return Ok(shown);
             }
             if Instant::now() > deadline {
+                // The state last: a truncated report keeps its end.
                 bail!(
-                    "timed out; last state of run {run}:\n{}\ndaemon log:\n{}",
+                    "timed out; daemon log (last 80 lines):\n{}\nlast state of run {run}:\n{}\n\
+                     its steps (id, state, error):\n{}",
+                    last_lines(&self.log(), 80),
                     serde_json::to_string_pretty(&shown)?,
-                    self.log()
+                    step_summary(&shown)
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -505,11 +510,64 @@ impl Daemon {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
+/// The last `count` lines of `text`.
+pub fn last_lines(text: &str, count: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(count)..].join("\n")
+}
+
+/// One line per step of a shown run: id, state, attempts and error.
+fn step_summary(shown: &Value) -> String {
+    shown["steps"]
+        .as_array()
+        .map(|steps| {
+            steps
+                .iter()
+                .map(|step| {
+                    format!(
+                        "{} {} attempts={} polls={} {}",
+                        step["id"].as_str().unwrap_or("?"),
+                        step["state"].as_str().unwrap_or("?"),
+                        step["attempts"],
+                        step["polls"],
+                        step["error"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .unwrap_or_default()
+}
+
+/// A free TCP port on 127.0.0.1 (free when asked; bind it soon), below the ephemeral range.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    free_server_port(1)
+}
+
+/// Ports handed out by this process so far (servers of the tests of one binary never share one).
+static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
+
+/// A free port below the kernel's ephemeral range, so that while a server is down for a restart
+/// no outgoing connection on this machine can take its port as a source port, and the restart
+/// finds it free again. `span` consecutive ports from the returned one are all free
+/// (a broker listens on `port - 2`, `port` and `port + 1`).
+pub fn free_server_port(span: u16) -> Result<u16> {
+    const LOW: usize = 12_000;
+    let high = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<usize>().ok())
+        .unwrap_or(32_768)
+        .max(LOW + 4_000);
+    let slots = (high - LOW) / 4;
+    let offset = std::process::id() as usize * 7;
+    for _ in 0..200 {
+        let slot = (offset + NEXT_PORT.fetch_add(1, Ordering::Relaxed)) % slots;
+        let first = (LOW + slot * 4) as u16;
+        if (first..first + span).all(|port| TcpListener::bind(("127.0.0.1", port)).is_ok()) {
+            return Ok(first);
+        }
+    }
+    bail!("no {span} free consecutive ports on 127.0.0.1 below the ephemeral range")
 }
 
 /// A real OpenSSH server on 127.0.0.1, for this test only: its own host key, an authorized user

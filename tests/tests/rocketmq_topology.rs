@@ -33,7 +33,9 @@ fn scale_out_copies_topics_and_groups_and_routes_the_new_broker() -> Result<()> 
     )?;
     daemon.wait_step(&run, "registered", "waiting", LONG)?;
     cluster.add_broker("broker-new")?;
-    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    let shown = daemon
+        .wait_state(&run, "succeeded", LONG)
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
 
     let copy = &step_of(&shown, "copy")
         .map(|step| step["output"].clone())
@@ -89,7 +91,9 @@ fn namesrv_migration_restarts_brokers_one_at_a_time_onto_every_new_namesrv() -> 
             ("start_command", &cluster.start_command()),
         ],
     )?;
-    let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(240))?;
+    let shown = daemon
+        .wait_state(&run, "succeeded", Duration::from_secs(240))
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
     for namesrv in [&old, &added] {
         assert_eq!(
             cluster.registered_on(namesrv)?,
@@ -150,7 +154,9 @@ fn namesrv_migration_moves_every_slave_too_slaves_first() -> Result<()> {
             ("start_command", &cluster.start_command_by_addr()),
         ],
     )?;
-    let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(300))?;
+    let shown = daemon
+        .wait_state(&run, "succeeded", Duration::from_secs(300))
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
     // Every process, slaves included, is registered on the new NameServer under its own id.
     let registered = cluster.registered_addrs_on(&added)?;
     for broker in cluster.brokers.values() {

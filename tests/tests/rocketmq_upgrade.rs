@@ -208,7 +208,9 @@ fn rolls_two_namesrvs_and_two_groups_from_0_7_to_1_0_under_traffic() -> Result<(
                 );
             }
             daemon.cli(&["approve", &run])?;
-            let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(400))?;
+            let shown = daemon
+                .wait_state(&run, "succeeded", Duration::from_secs(400))
+                .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
             Ok((shown, started.elapsed()))
         })();
         stop.store(true, Ordering::SeqCst);
