@@ -46,6 +46,10 @@ const CATALOG: &[(&str, &str)] = &[
         "rocketmq.cluster.rolling_upgrade.toml",
         include_str!("../catalog/rocketmq.cluster.rolling_upgrade.toml"),
     ),
+    (
+        "rocketmq.group.to_controller_mode.toml",
+        include_str!("../catalog/rocketmq.group.to_controller_mode.toml"),
+    ),
 ];
 
 /// The built-in runbooks.

@@ -37,6 +37,7 @@ use rocketmq_model::common::message::message_single::Message;
 use rocketmq_model::message::MessageQueue;
 use rocketmq_model::result::SendStatus;
 use rocketmq_model::topic::TopicConfig;
+use rocketmq_protocol::protocol::body::broker_replicas_info::ReplicaIdentity;
 use runbook_runbooks::rocketmq::session::client_runtime;
 
 /// How to install the server binaries the harness runs.
@@ -46,6 +47,29 @@ pub const INSTALL_HINT: &str =
 /// The directory holding `rocketmq-namesrv-rust` and `rocketmq-broker-rust`.
 pub fn bin_dir() -> Result<PathBuf> {
     server_dir("RUNBOOK_ROCKETMQ_BIN", "rocketmq", INSTALL_HINT)
+}
+
+/// How to install the controller the Controller-mode test runs: `dev-single` enables its file
+/// storage (`storage-file` alone leaves only the memory backend working), and no RocksDB build.
+pub const CONTROLLER_INSTALL_HINT: &str =
+    "cargo install --locked --root \"$HOME/.cache/runbook/rocketmq-controller-dev-single\" --version 1.0.0 rocketmq-controller --no-default-features --features dev-single (.ci/run does it)";
+
+/// The directory holding `rocketmq-controller-rust` (`RUNBOOK_ROCKETMQ_CONTROLLER_BIN`, default
+/// `~/.cache/runbook/rocketmq-controller-dev-single/bin`).
+pub fn controller_bin_dir() -> Result<PathBuf> {
+    let dir = match std::env::var_os("RUNBOOK_ROCKETMQ_CONTROLLER_BIN") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").ok_or_else(|| anyhow!("HOME is not set"))?)
+            .join(".cache/runbook/rocketmq-controller-dev-single/bin"),
+    };
+    let binary = dir.join("rocketmq-controller-rust");
+    if !binary.is_file() {
+        bail!(
+            "{} is missing: install it with\n  {CONTROLLER_INSTALL_HINT}\nor point RUNBOOK_ROCKETMQ_CONTROLLER_BIN at it",
+            binary.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// The server binaries' directory: `$<variable>`, else `~/.cache/runbook/<cached>/bin`; both
@@ -66,8 +90,6 @@ fn server_dir(variable: &str, cached: &str, hint: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A port such that `port`, `port - 2` (the broker's fast port) and `port + 1` (its HA port)
-/// are free now.
 /// A broker's port: `port - 2` (its fast port), `port` and `port + 1` (HA) are free.
 fn free_broker_port() -> Result<u16> {
     Ok(crate::free_server_port(4)? + 2)
@@ -80,6 +102,15 @@ pub struct NameServer {
     log: PathBuf,
     /// Set when scripts start and stop it (a cluster of an older release): its pid file.
     pid_file: Option<PathBuf>,
+}
+
+/// One standalone controller process (a single-node Raft group on file storage).
+pub struct ControllerNode {
+    /// Where brokers and admin clients reach it (`controllerAddr`).
+    pub addr: String,
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
 }
 
 /// One broker process (a master, brokerId 0, or a slave of its group) and its files.
@@ -110,6 +141,8 @@ pub struct Cluster {
     _temp: Option<tempfile::TempDir>,
     pub namesrvs: Vec<NameServer>,
     pub brokers: BTreeMap<String, Broker>,
+    /// Standalone controllers started by [`Cluster::start_controller`].
+    pub controllers: Vec<ControllerNode>,
     bin: PathBuf,
     /// An older release's binaries: the cluster starts on them, through scripts, and each
     /// process also gets a `start.sh` for the current release (a rolling upgrade's target).
@@ -192,6 +225,7 @@ impl Cluster {
             _temp: temp,
             namesrvs: Vec::new(),
             brokers: BTreeMap::new(),
+            controllers: Vec::new(),
             bin,
             old_bin,
             runtime,
@@ -253,6 +287,76 @@ impl Cluster {
     /// The executable a NameServer (`namesrv-<index>`) or broker process runs now.
     pub fn executable_of(&self, what: &str) -> Option<PathBuf> {
         std::fs::read_link(format!("/proc/{}/exe", self.pid_of(what)?)).ok()
+    }
+
+    /// Starts a standalone controller (`rocketmq-controller-rust`): one Raft node on file
+    /// storage, which bootstraps itself as the leader. Returns its address once it listens.
+    pub fn start_controller(&mut self) -> Result<String> {
+        let bin = controller_bin_dir()?;
+        let index = self.controllers.len();
+        let port = crate::free_server_port(2)?;
+        let dir = self.dir.join(format!("controller-{index}"));
+        std::fs::create_dir_all(&dir)?;
+        let config = dir.join("controller.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "rocketmqHome = \"{dir}\"\nconfigStorePath = \"{dir}/controller.properties\"\nnodeId = 1\n\
+                 listenAddr = \"127.0.0.1:{port}\"\nstoragePath = \"{dir}/storage\"\nstorageBackend = \"File\"\n\n\
+                 [[raftPeers]]\nid = 1\naddr = \"127.0.0.1:{raft}\"\n",
+                dir = dir.display(),
+                raft = port + 1,
+            ),
+        )?;
+        let log = dir.join("controller.log");
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(bin.join("rocketmq-controller-rust"))
+            .arg("-c")
+            .arg(&config)
+            .args(["--log-filter", &log_filter()])
+            .current_dir(&dir)
+            .env("ROCKETMQ_HOME", &dir)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting rocketmq-controller-rust")?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut node = ControllerNode {
+            addr: addr.clone(),
+            dir,
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(&addr).is_err() {
+            if let Some(child) = node.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!(
+                        "controller {addr} exited during start-up ({status}); its log ends:\n{}",
+                        tail(&node.log)
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "controller {addr} did not listen within 30 s; its log ends:\n{}",
+                    tail(&node.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.controllers.push(node);
+        Ok(addr)
+    }
+
+    /// The controller address list (`controllerAddr`).
+    pub fn controller_addr(&self) -> String {
+        self.controllers
+            .iter()
+            .map(|node| node.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(";")
     }
 
     /// Starts one more NameServer (not yet known to any broker).
@@ -725,7 +829,15 @@ impl Cluster {
                 tail(&broker.log)
             )
         });
-        namesrvs.chain(brokers).collect::<Vec<_>>().join("\n")
+        let controllers = self
+            .controllers
+            .iter()
+            .map(|node| format!("--- controller {} ---\n{}", node.addr, tail(&node.log)));
+        namesrvs
+            .chain(controllers)
+            .chain(brokers)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Waits until `name` is registered on every NameServer.
@@ -779,6 +891,44 @@ impl Cluster {
                 admin.shutdown().await;
             }
             result
+        })
+    }
+
+    /// The controller's view of broker group `name`: its master's address, the addresses in its
+    /// sync state set and those of its other replicas (all empty when the controller knows no
+    /// such group yet).
+    pub fn sync_state(&self, name: &str) -> Result<(String, Vec<String>, Vec<String>)> {
+        let controller = self
+            .controllers
+            .first()
+            .map(|node| node.addr.clone())
+            .ok_or_else(|| anyhow!("no controller was started"))?;
+        let name = name.to_owned();
+        self.with_admin(&self.namesrv(), |admin| async move {
+            let info = admin
+                .get_in_sync_state_data(
+                    CheetahString::from(controller.as_str()),
+                    vec![CheetahString::from(name.as_str())],
+                )
+                .await
+                .map_err(|error| anyhow!("controller {controller}: {error}"))?;
+            Ok(info
+                .get_replicas_info_table()
+                .iter()
+                .find(|(group, _)| group.as_str() == name)
+                .map(|(_, replicas)| {
+                    let addrs = |list: &[ReplicaIdentity]| {
+                        list.iter()
+                            .map(|one| one.get_broker_address().to_string())
+                            .collect()
+                    };
+                    (
+                        replicas.get_master_address().to_owned(),
+                        addrs(replicas.get_in_sync_replicas()),
+                        addrs(replicas.get_not_in_sync_replicas()),
+                    )
+                })
+                .unwrap_or_default())
         })
     }
 
@@ -943,6 +1093,12 @@ impl Cluster {
                     }
                 }
                 let _ = std::fs::remove_file(&broker.pid_file);
+            }
+        }
+        for node in &mut self.controllers {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
         for server in &mut self.namesrvs {

@@ -118,16 +118,21 @@ impl<'a> Input<'a> {
 
     /// The NameServer address list (`host:port;host:port`), at least one address.
     pub fn namesrv(&self) -> Result<Vec<String>, ActionFailure> {
-        let addresses = self.string_list("namesrv")?;
+        self.addr_list("namesrv")
+    }
+
+    /// A required address list (`host:port;host:port`), at least one address.
+    pub fn addr_list(&self, field: &str) -> Result<Vec<String>, ActionFailure> {
+        let addresses = self.string_list(field)?;
         if addresses.is_empty() {
-            return Err(self.bad("namesrv", "is required (host:port;host:port)"));
+            return Err(self.bad(field, "is required (host:port;host:port)"));
         }
         for address in &addresses {
             let valid = address
                 .rsplit_once(':')
                 .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
-                return Err(self.bad("namesrv", format!("{address:?} is not host:port")));
+                return Err(self.bad(field, format!("{address:?} is not host:port")));
             }
         }
         Ok(addresses)

@@ -11,6 +11,7 @@
 //! | `rocketmq.broker_config` | get (`key`), set (`set`, keeps `previous` for undo), check (`expect`) |
 //! | `rocketmq.broker_stats` | put TPS, earliest message time, retention left, reported version |
 //! | `rocketmq.replication` | how far each slave of a group is behind its master; `caught_up` |
+//! | `rocketmq.controller` / `sync_state` | the controllers' metadata (leader, peers); a group's master and sync state set |
 //! | `rocketmq.probe` | one message sent to a broker and pulled back from it: it takes writes and serves reads |
 //! | `rocketmq.topic_list` / `topic_route` / `topic_status` | what the NameServers and brokers say about topics |
 //! | `rocketmq.topic_upsert` | read-modify-write of a topic config on its brokers |
@@ -36,6 +37,7 @@ mod cluster;
 mod command;
 mod commitlog;
 mod consumer;
+mod controller;
 mod dledger;
 mod files;
 pub mod input;
@@ -144,6 +146,14 @@ fn register_actions(registry: &mut Registry) {
         FnAction(dledger::run_check, &dledger::CHECK_SCHEMA),
     );
     registry.register("rocketmq.probe", FnAction(probe::run, &probe::SCHEMA));
+    registry.register(
+        "rocketmq.controller",
+        FnAction(controller::run_meta, &controller::META_SCHEMA),
+    );
+    registry.register(
+        "rocketmq.sync_state",
+        FnAction(controller::run_sync_state, &controller::SYNC_STATE_SCHEMA),
+    );
     registry.register(
         "rocketmq.replication",
         FnAction(replication::run, &replication::SCHEMA),
