@@ -50,6 +50,10 @@ const CATALOG: &[(&str, &str)] = &[
         "rocketmq.group.to_controller_mode.toml",
         include_str!("../catalog/rocketmq.group.to_controller_mode.toml"),
     ),
+    (
+        "rocketmq.group.controller_persistent_id.toml",
+        include_str!("../catalog/rocketmq.group.controller_persistent_id.toml"),
+    ),
 ];
 
 /// The built-in runbooks.

@@ -108,8 +108,9 @@ pub struct NameServer {
 pub struct ControllerNode {
     /// Where brokers and admin clients reach it (`controllerAddr`).
     pub addr: String,
+    /// Its directory: `controller.toml`, `storage/`, `start.sh`, `stop.sh`.
     pub dir: PathBuf,
-    child: Option<Child>,
+    pid_file: PathBuf,
     log: PathBuf,
 }
 
@@ -290,7 +291,8 @@ impl Cluster {
     }
 
     /// Starts a standalone controller (`rocketmq-controller-rust`): one Raft node on file
-    /// storage, which bootstraps itself as the leader. Returns its address once it listens.
+    /// storage, which bootstraps itself as the leader, started by `<dir>/start.sh` and stopped
+    /// by `<dir>/stop.sh` (pid file). Returns its address once it listens.
     pub fn start_controller(&mut self) -> Result<String> {
         let bin = controller_bin_dir()?;
         let index = self.controllers.len();
@@ -309,35 +311,37 @@ impl Cluster {
             ),
         )?;
         let log = dir.join("controller.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(bin.join("rocketmq-controller-rust"))
-            .arg("-c")
-            .arg(&config)
-            .args(["--log-filter", &log_filter()])
-            .current_dir(&dir)
-            .env("ROCKETMQ_HOME", &dir)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting rocketmq-controller-rust")?;
+        let pid_file = dir.join("controller.pid");
+        // Scripts, so that a runbook can stop and start it (setsid: it outlives the shell).
+        std::fs::write(
+            dir.join("start.sh"),
+            format!(
+                "#!/bin/sh\n# Starts controller {index} in the background unless it already runs.\nset -e\n\
+                 if [ -f '{pid}' ] && kill -0 \"$(cat '{pid}')\" 2>/dev/null; then echo 'controller already runs'; exit 0; fi\n\
+                 cd '{dir}'\nROCKETMQ_HOME='{dir}' setsid '{bin}' -c '{config}' --log-filter '{filter}' >> '{log}' 2>&1 < /dev/null &\n\
+                 echo $! > '{pid}'\necho \"controller started (pid $!)\"\n",
+                pid = pid_file.display(),
+                dir = dir.display(),
+                bin = bin.join("rocketmq-controller-rust").display(),
+                config = config.display(),
+                filter = log_filter(),
+                log = log.display(),
+            ),
+        )?;
+        std::fs::write(
+            dir.join("stop.sh"),
+            stop_script(&format!("controller {index}"), &pid_file),
+        )?;
         let addr = format!("127.0.0.1:{port}");
-        let mut node = ControllerNode {
+        let node = ControllerNode {
             addr: addr.clone(),
             dir,
-            child: Some(child),
+            pid_file,
             log,
         };
+        script(&node.dir.join("start.sh"))?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(&addr).is_err() {
-            if let Some(child) = node.child.as_mut() {
-                if let Some(status) = child.try_wait()? {
-                    bail!(
-                        "controller {addr} exited during start-up ({status}); its log ends:\n{}",
-                        tail(&node.log)
-                    );
-                }
-            }
             if Instant::now() > deadline {
                 bail!(
                     "controller {addr} did not listen within 30 s; its log ends:\n{}",
@@ -348,6 +352,66 @@ impl Cluster {
         }
         self.controllers.push(node);
         Ok(addr)
+    }
+
+    /// Switches broker group `name` to Controller mode (for tests that start from one): both
+    /// keys appended to every process's config file, every process stopped, the master started
+    /// and elected, then the slaves started and registered.
+    pub fn enable_controller_mode(&self, name: &str) -> Result<()> {
+        let controller = self.controller_addr();
+        let replicas: Vec<Broker> = self.replicas(name).into_iter().cloned().collect();
+        for broker in &replicas {
+            let mut config = std::fs::read_to_string(&broker.config)?;
+            config.push_str(&format!(
+                "enableControllerMode=true\ncontrollerAddr={controller}\n"
+            ));
+            std::fs::write(&broker.config, config)?;
+        }
+        for broker in replicas.iter().rev() {
+            self.stop_broker(&broker.key)?;
+        }
+        let master = replicas
+            .iter()
+            .find(|broker| broker.id == 0)
+            .ok_or_else(|| anyhow!("group {name} has no master"))?;
+        self.start_broker(&master.key)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .sync_state(name)
+            .map(|(elected, _, _)| elected)
+            .unwrap_or_default()
+            != master.addr
+        {
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller did not elect {} within 60 s; {}",
+                    master.addr,
+                    tail(&master.log)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        for broker in replicas.iter().filter(|broker| broker.id != 0) {
+            self.start_broker(&broker.key)?;
+        }
+        // In controller mode the controller assigns the ids: wait for each address.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for broker in &replicas {
+            while !self.namesrvs.iter().all(|server| {
+                self.registered_addrs_on(&server.addr)
+                    .is_ok_and(|found| found.iter().any(|(_, _, addr)| *addr == broker.addr))
+            }) {
+                if Instant::now() > deadline {
+                    bail!(
+                        "{} is not registered within 60 s; {}",
+                        broker.key,
+                        tail(&broker.log)
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        Ok(())
     }
 
     /// The controller address list (`controllerAddr`).
@@ -1095,11 +1159,17 @@ impl Cluster {
                 let _ = std::fs::remove_file(&broker.pid_file);
             }
         }
-        for node in &mut self.controllers {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
+        for node in &self.controllers {
+            if let Some(pid) = std::fs::read_to_string(&node.pid_file)
+                .ok()
+                .and_then(|text| text.trim().parse::<i32>().ok())
+            {
+                // SAFETY: signalling a pid this harness's script started (its pid file).
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                }
             }
+            let _ = std::fs::remove_file(&node.pid_file);
         }
         for server in &mut self.namesrvs {
             if let Some(mut child) = server.child.take() {

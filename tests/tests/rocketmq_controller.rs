@@ -2,7 +2,8 @@
 //! converted to Controller mode against a real standalone controller (`rocketmq-controller-rust`
 //! 1.0.0, `.ci/run` installs it), while a producer and a consumer run the whole time and the daemon
 //! is `kill -9`-ed once mid-run; and the checks that stop it: controllers that do not answer, a
-//! master the controller never elects.
+//! master the controller never elects. And `rocketmq.group.controller_persistent_id`: the
+//! controller restarted on fresh data, the old master elected again, under traffic.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -332,5 +333,138 @@ fn a_slave_outside_the_sync_state_set_fails_the_in_sync_check() -> Result<()> {
         !in_sync.contains(slave) && others.contains(slave),
         "{in_sync:?} / {others:?}"
     );
+    Ok(())
+}
+
+#[test]
+fn fresh_controllers_elect_the_old_master_again_and_the_probe_catches_its_reused_offsets(
+) -> Result<()> {
+    let mut cluster = Cluster::start_groups(1, &["broker-a"], 1)?;
+    let controller = cluster.start_controller()?;
+    cluster.create_topic(PROBE, &["broker-a"], 1)?;
+    fill(&cluster)?;
+    cluster.enable_controller_mode("broker-a")?;
+    let master = cluster.broker("broker-a")?.clone();
+    let slave = cluster.broker("broker-a-s1")?.clone();
+    let controller_dir = cluster.controllers[0].dir.clone();
+    let storage = controller_dir.join("storage");
+    ensure!(storage.is_dir(), "{}", storage.display());
+    let params: Vec<(&str, String)> = vec![
+        ("namesrv", cluster.namesrv()),
+        ("cluster", "TestCluster".to_owned()),
+        ("broker", "broker-a".to_owned()),
+        ("controller", controller.clone()),
+        ("master_addr", master.addr.clone()),
+        ("slave_addr", slave.addr.clone()),
+        (
+            "master_store",
+            master.dir.join("store").display().to_string(),
+        ),
+        ("slave_store", slave.dir.join("store").display().to_string()),
+        ("controller_data", storage.display().to_string()),
+        (
+            "controller_stop_command",
+            format!("sh {}/stop.sh", controller_dir.display()),
+        ),
+        (
+            "controller_start_command",
+            format!("sh {}/start.sh", controller_dir.display()),
+        ),
+        // The Rust broker keeps its controller-assigned id in brokerIdentity.json and no epoch
+        // file; a controller on fresh data refuses an id it never assigned ("register broker to
+        // controller failed", the broker exits), so that file goes aside too.
+        (
+            "epoch_files",
+            "epochFileCheckpoint;epochFileCheckpoint.bak;brokerIdentity.json".to_owned(),
+        ),
+        ("probe_topic", PROBE.to_owned()),
+        ("require_in_sync", "false".to_owned()),
+        ("election_timeout", "90s".to_owned()),
+        ("stop_command", cluster.stop_command_by_addr()),
+        ("start_command", cluster.start_command_by_addr()),
+    ];
+    let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+
+    let mut daemon = Daemon::start()?;
+    let run = daemon.start_run("rocketmq.group.controller_persistent_id", &pairs)?;
+    // kill -9 once the controllers are back, before the brokers are touched.
+    daemon
+        .wait_for(&run, Duration::from_secs(240), |shown| {
+            succeeded(shown, "controllers_after") || settled(shown)
+        })
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
+    daemon.kill9();
+    daemon.restart()?;
+    // Everything up to the probe holds; then the probe finds the re-elected Rust master handing
+    // out queue offsets that already hold other messages (rocketmq-rust 1.0.0: its consume
+    // queue offsets restart after the reset): its attempts fail, and the run would stop there
+    // after the last one (minutes later; the test cancels it once the first has failed).
+    let reused = |shown: &Value| {
+        step_of(shown, "probe").is_some_and(|probe| {
+            probe["error"]
+                .as_str()
+                .is_some_and(|error| error.contains("without the probe's key"))
+        })
+    };
+    let shown = daemon
+        .wait_for(&run, Duration::from_secs(300), |shown| {
+            reused(shown) || settled(shown)
+        })
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
+    ensure!(reused(&shown), "{shown}");
+    ensure!(!succeeded(&shown, "probe"), "{shown}");
+    let canceled = daemon.cli(&["cancel", &run, "--yes"])?;
+    ensure!(
+        canceled.status.success(),
+        "{}",
+        String::from_utf8_lossy(&canceled.stderr)
+    );
+    for step in ["elected", "slave_known", "replicated", "registered"] {
+        ensure!(succeeded(&shown, step), "{step}: {shown}");
+    }
+    // The controllers' old data is aside, not deleted; they run on fresh data.
+    ensure!(
+        controller_dir.join(".runbook-removed/storage").is_dir() && storage.is_dir(),
+        "{shown}"
+    );
+    // No epoch file on the Rust broker (reported absent); its identity file moved aside.
+    for (step, broker) in [
+        ("master_epoch_aside", &master),
+        ("slave_epoch_aside", &slave),
+    ] {
+        let aside = step_of(&shown, step).cloned().unwrap_or_default();
+        ensure!(
+            aside["output"]["absent"]
+                .as_array()
+                .is_some_and(|absent| absent.len() == 2)
+                && aside["output"]["moved"]
+                    .as_array()
+                    .is_some_and(|moved| moved.len() == 1),
+            "{aside}"
+        );
+        let moved = broker
+            .dir
+            .join("store/.runbook-removed/brokerIdentity.json");
+        ensure!(moved.is_file(), "{}", moved.display());
+    }
+    // The old master was elected again on the fresh controller, the slave is its replica.
+    let (elected, in_sync, others) = cluster.sync_state("broker-a")?;
+    ensure!(elected == master.addr, "master {elected}: {shown}");
+    ensure!(
+        in_sync.contains(&slave.addr) || others.contains(&slave.addr),
+        "{in_sync:?} / {others:?}"
+    );
+    for step in [
+        "controller_stop",
+        "controller_start",
+        "stop_slave",
+        "stop_master",
+        "start_master",
+        "start_slave",
+    ] {
+        let attempts =
+            step_of(&shown, step).map_or(0, |found| found["attempts"].as_u64().unwrap_or(0));
+        ensure!(attempts == 1, "{step} ran {attempts} times: {shown}");
+    }
     Ok(())
 }

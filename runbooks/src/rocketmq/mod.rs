@@ -26,10 +26,12 @@
 //! | `rocketmq.commitlog_compare` / `commitlog_align` | several nodes' newest commitlog files and valid ends; align them on the longest log |
 //! | `rocketmq.copy_files` | a directory (a store's `config`) copied file by file, atomically |
 //! | `rocketmq.dledger_config` / `dledger_check` | write a node's DLedger config; check a group's configs together |
+//! | `rocketmq.move_aside` | files a guide says to delete (controller data, epoch files) renamed aside instead, undoable |
 //! | `rocketmq.command` | a stop/start command template with `{{ broker }}` placeholders, run by `exec` |
 //!
 //! `docs/rocketmq.md` describes inputs and outputs for operators.
 
+mod aside;
 mod backup;
 mod broker_config;
 mod broker_stats;
@@ -146,6 +148,7 @@ fn register_actions(registry: &mut Registry) {
         FnAction(dledger::run_check, &dledger::CHECK_SCHEMA),
     );
     registry.register("rocketmq.probe", FnAction(probe::run, &probe::SCHEMA));
+    registry.register("rocketmq.move_aside", FnAction(aside::run, &aside::SCHEMA));
     registry.register(
         "rocketmq.controller",
         FnAction(controller::run_meta, &controller::META_SCHEMA),
