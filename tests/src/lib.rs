@@ -260,6 +260,36 @@ impl Daemon {
         Ok(())
     }
 
+    /// Runs `runbook plan <runbook> -p k=v ...` and checks it names `steps` in this order (the
+    /// whole procedure shown before anything runs); returns the plan's text.
+    pub fn plan_shows_in_order(
+        &self,
+        runbook: &str,
+        params: &[(&str, String)],
+        steps: &[&str],
+    ) -> Result<String> {
+        let mut args = vec!["plan".to_owned(), runbook.to_owned()];
+        for (key, value) in params {
+            args.push("-p".to_owned());
+            args.push(format!("{key}={value}"));
+        }
+        let plan = self.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let text = String::from_utf8_lossy(&plan.stdout).into_owned();
+        ensure!(
+            plan.status.success(),
+            "plan: {}",
+            String::from_utf8_lossy(&plan.stderr)
+        );
+        let mut at = 0;
+        for step in steps {
+            at += text[at..]
+                .find(step)
+                .ok_or_else(|| anyhow!("step {step} not in order in the plan:\n{text}"))?
+                + step.len();
+        }
+        Ok(text)
+    }
+
     /// Waits until the run is in `state`.
     pub fn wait_state(&self, run: &str, state: &str, timeout: Duration) -> Result<Value> {
         self.wait_for(run, timeout, |shown| shown["state"] == state)

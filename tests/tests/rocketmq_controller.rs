@@ -58,6 +58,27 @@ fn fill(cluster: &Cluster) -> Result<()> {
     Ok(())
 }
 
+/// A run on a one-group cluster (master and slave, a controller, some messages) with `changes`
+/// to the params, until it stops by itself: the cluster and the run as shown then.
+fn run_until_settled(changes: &[(&str, &str)]) -> Result<(Cluster, Value)> {
+    let mut cluster = Cluster::start_groups(1, &["broker-a"], 1)?;
+    let controller = cluster.start_controller()?;
+    cluster.create_topic(PROBE, &["broker-a"], 1)?;
+    fill(&cluster)?;
+    let mut params = params(&cluster, &controller)?;
+    for (key, value) in params.iter_mut() {
+        if let Some((_, changed)) = changes.iter().find(|(name, _)| name == key) {
+            *value = (*changed).to_owned();
+        }
+    }
+    let daemon = Daemon::start()?;
+    let run = start_run(&daemon, &params)?;
+    let shown = daemon
+        .wait_for(&run, Duration::from_secs(240), settled)
+        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
+    Ok((cluster, shown))
+}
+
 fn start_run(daemon: &Daemon, params: &[(&'static str, String)]) -> Result<String> {
     let pairs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
     daemon.start_run("rocketmq.group.to_controller_mode", &pairs)
@@ -96,51 +117,32 @@ fn converts_a_group_to_controller_mode_under_traffic_across_a_kill9() -> Result<
     let master = cluster.broker("broker-a")?.clone();
     let slave = cluster.broker("broker-a-s1")?.clone();
 
-    let daemon_for_plan = Daemon::start()?;
     // The plan shows the whole procedure, in order, before anything runs.
-    let mut args = vec![
-        "plan".to_owned(),
-        "rocketmq.group.to_controller_mode".to_owned(),
-    ];
-    for (key, value) in &params {
-        args.push("-p".to_owned());
-        args.push(format!("{key}={value}"));
-    }
-    let plan = daemon_for_plan.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
-    ensure!(
-        plan.status.success(),
-        "plan: {}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
-    let mut at = 0;
-    for step in [
-        "backup",
-        "controllers",
-        "members",
-        "read_only",
-        "writes_stopped",
-        "stop_slave",
-        "stop_master",
-        "align",
-        "md5_after",
-        "master_mode",
-        "slave_controllers",
-        "start_master",
-        "elected",
-        "start_slave",
-        "slave_known",
-        "replicated",
-        "in_sync",
-        "writable",
-        "probe",
-    ] {
-        let found = text[at..]
-            .find(step)
-            .ok_or_else(|| anyhow::anyhow!("plan lacks {step} after byte {at}:\n{text}"))?;
-        at += found + step.len();
-    }
-    drop(daemon_for_plan);
+    Daemon::start()?.plan_shows_in_order(
+        "rocketmq.group.to_controller_mode",
+        &params,
+        &[
+            "backup",
+            "controllers",
+            "members",
+            "read_only",
+            "writes_stopped",
+            "stop_slave",
+            "stop_master",
+            "align",
+            "md5_after",
+            "master_mode",
+            "slave_controllers",
+            "start_master",
+            "elected",
+            "start_slave",
+            "slave_known",
+            "replicated",
+            "in_sync",
+            "writable",
+            "probe",
+        ],
+    )?;
 
     let began = Instant::now();
     let stop = AtomicBool::new(false);
@@ -272,24 +274,9 @@ fn controllers_that_do_not_answer_stop_the_run_before_any_change() -> Result<()>
 
 #[test]
 fn a_master_the_controller_never_elects_fails_the_election_check() -> Result<()> {
-    let mut cluster = Cluster::start_groups(1, &["broker-a"], 1)?;
-    let controller = cluster.start_controller()?;
-    cluster.create_topic(PROBE, &["broker-a"], 1)?;
-    fill(&cluster)?;
-    let mut params = params(&cluster, &controller)?;
-    for (key, value) in params.iter_mut() {
-        match *key {
-            // The master is never started: no controller can elect it.
-            "start_command" => *value = "true".to_owned(),
-            "election_timeout" => *value = "10s".to_owned(),
-            _ => {}
-        }
-    }
-    let daemon = Daemon::start()?;
-    let run = start_run(&daemon, &params)?;
-    let shown = daemon
-        .wait_for(&run, Duration::from_secs(240), settled)
-        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
+    // The master is never started: no controller can elect it.
+    let (_cluster, shown) =
+        run_until_settled(&[("start_command", "true"), ("election_timeout", "10s")])?;
     let step = step_of(&shown, "elected").cloned().unwrap_or_default();
     ensure!(
         step["state"] == "failed" && !succeeded(&shown, "start_slave"),
@@ -303,23 +290,8 @@ fn a_master_the_controller_never_elects_fails_the_election_check() -> Result<()>
 
 #[test]
 fn a_slave_outside_the_sync_state_set_fails_the_in_sync_check() -> Result<()> {
-    let mut cluster = Cluster::start_groups(1, &["broker-a"], 1)?;
-    let controller = cluster.start_controller()?;
-    cluster.create_topic(PROBE, &["broker-a"], 1)?;
-    fill(&cluster)?;
-    let mut params = params(&cluster, &controller)?;
-    for (key, value) in params.iter_mut() {
-        match *key {
-            "require_in_sync" => *value = "true".to_owned(),
-            "election_timeout" => *value = "15s".to_owned(),
-            _ => {}
-        }
-    }
-    let daemon = Daemon::start()?;
-    let run = start_run(&daemon, &params)?;
-    let shown = daemon
-        .wait_for(&run, Duration::from_secs(240), settled)
-        .inspect_err(|_| eprintln!("{}", cluster.server_logs()))?;
+    let (cluster, shown) =
+        run_until_settled(&[("require_in_sync", "true"), ("election_timeout", "15s")])?;
     // Elected, listed, replicating, and still not in the set: the check says so.
     for step in ["elected", "slave_known", "replicated"] {
         ensure!(succeeded(&shown, step), "{step}: {shown}");

@@ -300,52 +300,36 @@ fn a_broker_started_on_the_old_release_stops_the_roll_and_rollback_restores_it()
     let daemon = Daemon::start()?;
     let backup_dir = backup.path().display().to_string();
     // The plan shows the whole procedure, in order, before anything runs.
-    let mut args = vec![
-        "plan".to_owned(),
-        "rocketmq.cluster.rolling_upgrade".to_owned(),
-    ];
-    for (key, value) in params(&cluster, &backup_dir, "start-old") {
-        args.push("-p".to_owned());
-        args.push(format!("{key}={value}"));
-    }
-    let plan = daemon.cli(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let text = String::from_utf8_lossy(&plan.stdout).into_owned();
-    ensure!(
-        plan.status.success(),
-        "plan: {}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
-    let mut at = 0;
-    for step in [
-        "backup",
-        "members",
-        "backup_files",
-        "checkpoint",
-        "namesrvs",
-        "namesrv_stop",
-        "namesrv_start",
-        "namesrv_registered",
-        "namesrv_version",
-        "groups",
-        "replicas",
-        "nodes",
-        "read_only",
-        "writes_stopped",
-        "caught_up",
-        "stop",
-        "gone",
-        "start",
-        "registered",
-        "version",
-        "writable",
-        "probe",
-        "canary",
-        "verify",
-    ] {
-        at += text[at..]
-            .find(step)
-            .ok_or_else(|| anyhow::anyhow!("step {step} not in order in the plan:\n{text}"))?;
-    }
+    daemon.plan_shows_in_order(
+        "rocketmq.cluster.rolling_upgrade",
+        &params(&cluster, &backup_dir, "start-old"),
+        &[
+            "backup",
+            "members",
+            "backup_files",
+            "checkpoint",
+            "namesrvs",
+            "namesrv_stop",
+            "namesrv_start",
+            "namesrv_registered",
+            "namesrv_version",
+            "groups",
+            "replicas",
+            "nodes",
+            "read_only",
+            "writes_stopped",
+            "caught_up",
+            "stop",
+            "gone",
+            "start",
+            "registered",
+            "version",
+            "writable",
+            "probe",
+            "canary",
+            "verify",
+        ],
+    )?;
     ensure!(
         cluster
             .executable_of("namesrv-0")
