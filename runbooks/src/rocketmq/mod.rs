@@ -243,6 +243,21 @@ mod tests {
                 if !all && name == "rocketmq.queue_writes" {
                     input["window"] = Value::from("1s");
                 }
+                // One of `paths` and `moves` is needed.
+                if name == "rocketmq.move_aside" {
+                    if let Some(map) = input.as_object_mut() {
+                        map.remove("moves");
+                    }
+                    input["paths"] = Value::from("");
+                    for (field, value) in [
+                        ("dir", "/nonexistent-runbook-sample"),
+                        ("into", "/nonexistent-runbook-sample/aside"),
+                    ] {
+                        if input.get(field).is_some() {
+                            input[field] = Value::from(value);
+                        }
+                    }
+                }
                 // The file actions take absolute paths, tables that name nodes and at least
                 // three DLedger configs: a schema sample has none of them.
                 let missing = "/nonexistent-runbook-sample";
@@ -270,7 +285,8 @@ mod tests {
                 ] {
                     let file_action = name.starts_with("rocketmq.commitlog_")
                         || name.starts_with("rocketmq.dledger_")
-                        || name == "rocketmq.copy_files";
+                        || name == "rocketmq.copy_files"
+                        || name == "rocketmq.move_aside";
                     if file_action && input.get(field).is_some() {
                         input[field] = value;
                     }
