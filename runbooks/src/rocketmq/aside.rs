@@ -20,6 +20,7 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
+use super::commitlog::{io_error, sync_dir};
 use super::files::{render_placeholders, vars};
 use super::input::Input;
 
@@ -139,16 +140,6 @@ fn pairs(reader: &Input<'_>) -> Result<Vec<(PathBuf, PathBuf)>, ActionFailure> {
         ));
     }
     Ok(pairs)
-}
-
-fn io_error(path: &Path, error: std::io::Error) -> ActionFailure {
-    ActionFailure::retryable(format!("{}: {error}", path.display()))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), ActionFailure> {
-    std::fs::File::open(dir)
-        .and_then(|file| file.sync_all())
-        .map_err(|error| io_error(dir, error))
 }
 
 fn exists(path: &Path) -> bool {

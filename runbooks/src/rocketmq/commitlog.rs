@@ -82,7 +82,7 @@ pub(super) struct Scan {
 }
 
 /// Why an action stops: permanent (the files are not what they must be) or retryable (I/O).
-fn io_error(path: &Path, error: std::io::Error) -> ActionFailure {
+pub(super) fn io_error(path: &Path, error: std::io::Error) -> ActionFailure {
     ActionFailure::retryable(format!("{}: {error}", path.display()))
 }
 
