@@ -412,6 +412,50 @@ fn online_reset_is_verified_against_what_the_consumers_really_did() -> Result<()
     Ok(())
 }
 
+/// An online reset that nobody re-reads is not a success: the group is online, but its consumer
+/// now subscribes to another topic, so the offsets the broker wrote rest at the target with the
+/// topic's messages after them and nothing is replayed. The step stops and says so.
+#[test]
+fn online_reset_that_no_consumer_replays_is_not_a_success() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    cluster.create_topic("ReplayIdle", &["broker-a"], 2)?;
+    cluster.create_topic("ElsewhereTopic", &["broker-a"], 2)?;
+    let keys = send_keys(&cluster, "ReplayIdle", "idle", 20)?;
+    let mut consumer = cluster.keyed_consumer("idle_group", "ReplayIdle")?;
+    wait_deliveries(&consumer, &keys, 1)?;
+    std::thread::sleep(Duration::from_secs(6));
+    consumer.shutdown();
+    // The group online again: a new consumer of the topic, with nothing left to read.
+    let elsewhere = cluster.keyed_consumer("idle_group", "ReplayIdle")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let daemon = Daemon::start()?;
+    let namesrv = cluster.namesrv();
+
+    let run = daemon.start_run(
+        "rocketmq.consumer.reset_offset",
+        &[
+            ("namesrv", &namesrv),
+            ("group", "idle_group"),
+            ("topic", "ReplayIdle"),
+            ("timestamp", "0"),
+            ("settle", "5s"),
+        ],
+    )?;
+    let shown = daemon.wait_for(&run, LONG, |shown| {
+        shown["state"] == "needs_attention" || shown["state"] == "succeeded"
+    })?;
+    assert_eq!(shown["state"], "needs_attention", "{shown}");
+    let error = step_of(&shown, "reset")
+        .map(|step| step["error"].to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("did not reach the consumers") && error.contains("nothing was re-read"),
+        "{error}"
+    );
+    drop(elsewhere);
+    Ok(())
+}
+
 /// The undo of a reset on a broker that reads a per-queue reset request as a whole-topic reset
 /// by timestamp (useServerSideResetOffset=false, as Java 4.x brokers) with consumers online:
 /// refused with the reason and nothing replayed; once the consumers are stopped, the saved

@@ -550,8 +550,10 @@ async fn get_totals(
 /// client that did not take it commits its own offset over it at its next persist), so the
 /// offsets are watched for `settle`, then each must be at or after its target, and how far the
 /// group got past the targets on a broker must be covered by what was read from that broker
-/// since the reset (`msgGetTotalTodayNow` grew by at least that much). An offset still at its
-/// pre-reset value with nothing re-read fails.
+/// since the reset (`msgGetTotalTodayNow` grew by at least that much). An offset that rests at
+/// its target while messages follow it fails too: a consumer that took the reset re-reads them
+/// within `settle`, and one that did not leaves the broker's write in place until its next
+/// persist overwrites it, which a read-back at the wrong moment took for success.
 #[allow(clippy::too_many_arguments)]
 async fn verify_online(
     admin: &Admin,
@@ -577,6 +579,14 @@ async fn verify_online(
         .into_iter()
         .collect();
     let gets_after = get_totals(admin, &brokers).await?;
+    // Consumers that left during the settle (or a broker that still listed a closed one when it
+    // took the reset) leave the written offsets as an offline reset does: nobody to re-read.
+    let online = is_online(admin, group).await?;
+    if !online {
+        context.log.line(&format!(
+            "group {group}: no consumer is online after the settle; the offsets must rest at their targets"
+        ));
+    }
     let mut problems = Vec::new();
     let mut advanced: BTreeMap<String, (i64, Vec<String>)> = BTreeMap::new();
     for ((broker, queue_id), wanted) in targets {
@@ -597,6 +607,11 @@ async fn verify_online(
             problems.push(format!(
                 "broker {broker} queue {queue_id}: offset {} is before the target {wanted}",
                 queue.consumer_offset
+            ));
+        } else if online && queue.consumer_offset == *wanted && queue.broker_offset > *wanted {
+            problems.push(format!(
+                "broker {broker} queue {queue_id}: the offset rests at the target {wanted} with {} message(s) after it, nothing was re-read since the reset (before the reset {before}; a consumer that did not take it commits its own offset over it later; a slow consumer needs a longer settle)",
+                queue.broker_offset - wanted
             ));
         } else if queue.consumer_offset > *wanted {
             let entry = advanced.entry(broker.clone()).or_default();
