@@ -433,24 +433,7 @@ impl Cluster {
         let home = self.dir.join(format!("namesrv-{index}"));
         std::fs::create_dir_all(&home)?;
         let log = home.join("namesrv.log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new(self.bin.join("rocketmq-namesrv-rust"))
-            .args([
-                "--listenPort",
-                &port.to_string(),
-                "--bindAddress",
-                "127.0.0.1",
-                "--log-filter",
-                &log_filter(),
-            ])
-            .arg("--rocketmqHome")
-            .arg(&home)
-            .env("ROCKETMQ_HOME", &home)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("starting rocketmq-namesrv-rust")?;
+        let child = self.spawn_namesrv(port, &home, &log)?;
         let addr = format!("127.0.0.1:{port}");
         let mut server = NameServer {
             addr: addr.clone(),
@@ -461,6 +444,51 @@ impl Cluster {
         wait_listening(&addr, Duration::from_secs(30), &mut server)?;
         self.namesrvs.push(server);
         Ok(addr)
+    }
+
+    /// Starts NameServer `index` again (after [`Cluster::kill_namesrv`]) on its port and home.
+    pub fn restart_namesrv(&mut self, index: usize) -> Result<()> {
+        let server = self
+            .namesrvs
+            .get(index)
+            .ok_or_else(|| anyhow!("no NameServer {index}"))?;
+        let port: u16 = server
+            .addr
+            .rsplit(':')
+            .next()
+            .and_then(|port| port.parse().ok())
+            .ok_or_else(|| anyhow!("NameServer address {}", server.addr))?;
+        let log = server.log.clone();
+        let home = self.dir.join(format!("namesrv-{index}"));
+        let child = self.spawn_namesrv(port, &home, &log)?;
+        let server = &mut self.namesrvs[index];
+        server.child = Some(child);
+        let addr = server.addr.clone();
+        wait_listening(&addr, Duration::from_secs(30), server)
+    }
+
+    fn spawn_namesrv(&self, port: u16, home: &Path, log: &Path) -> Result<Child> {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        Command::new(self.bin.join("rocketmq-namesrv-rust"))
+            .args([
+                "--listenPort",
+                &port.to_string(),
+                "--bindAddress",
+                "127.0.0.1",
+                "--log-filter",
+                &log_filter(),
+            ])
+            .arg("--rocketmqHome")
+            .arg(home)
+            .env("ROCKETMQ_HOME", home)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("starting rocketmq-namesrv-rust")
     }
 
     /// A NameServer of the older release, started by `start-old.sh`; `start.sh` starts the

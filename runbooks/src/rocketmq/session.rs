@@ -3,19 +3,22 @@
 //!
 //! # Contract
 //!
-//! # Contract
-//!
 //! - An input error is permanent (another attempt will not cure it) and names the field.
 //! - A network error is retryable and names the NameServer or broker that did not answer.
 //! - "Does not exist" (a broker, a topic) is permanent and names the thing and where it was
 //!   looked up, with what does exist.
-//! - Every admin session opened is closed on every path; a cancelled action (timeout, cancel,
-//!   rollback) stops at its next await.
+//! - Sessions are shared: one per NameServer list within the process, used by every action
+//!   that names that list, concurrently. A session idle for a while is checked with a cluster
+//!   query before it is handed out (a new one replaces it if the query fails); an action that
+//!   fails retryably drops its session from the pool, so the next attempt connects afresh; a
+//!   session idle longer than [`IDLE_CLOSE`] is closed. A session is closed when the last
+//!   action using it ends (never under one); a cancelled action (timeout, cancel, rollback)
+//!   stops at its next await.
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use cheetah_string::CheetahString;
 use rocketmq_admin_core::client_adapter::{ClientRuntime, ClientRuntimeConfig, TelemetryHandle};
@@ -120,11 +123,37 @@ pub fn explain<E: std::fmt::Display + 'static>(error: &E) -> String {
     text
 }
 
-/// A started admin client bound to a NameServer list. Close it with [`Admin::close`].
+/// A started admin client bound to a NameServer list. Shut down when dropped (on the runtime
+/// it was dropped in), or with [`Admin::close`].
 pub struct Admin {
-    pub inner: DefaultMQAdminExt,
+    pub inner: Client,
     /// The address list as given (for messages).
     pub namesrv: String,
+}
+
+/// The admin client of an [`Admin`]: present from `connect` until it is shut down.
+pub struct Client(Option<DefaultMQAdminExt>);
+
+impl std::ops::Deref for Client {
+    type Target = DefaultMQAdminExt;
+
+    fn deref(&self) -> &DefaultMQAdminExt {
+        self.0
+            .as_ref()
+            .expect("an admin client is present until its session is dropped")
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.0.take() else {
+            return;
+        };
+        // Dropped outside any runtime (a process ending) there is nothing left to tell.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inner.shutdown().await });
+        }
+    }
 }
 
 impl Admin {
@@ -145,13 +174,16 @@ impl Admin {
             }
         })?;
         Ok(Admin {
-            inner,
+            inner: Client(Some(inner)),
             namesrv: joined,
         })
     }
 
+    /// Shuts the client down now (rather than in the background when dropped).
     pub async fn close(mut self) {
-        self.inner.shutdown().await;
+        if let Some(mut inner) = self.inner.0.take() {
+            inner.shutdown().await;
+        }
     }
 
     /// The cluster as this NameServer list sees it.
@@ -299,16 +331,91 @@ where
         .await
 }
 
-/// Runs `work` with a connected admin client and closes it afterwards, whatever happened.
+/// A session idle this long is checked with a cluster query before it is used again.
+pub const CHECK_AFTER: Duration = Duration::from_secs(10);
+
+/// A session idle this long is closed (at the next use of the pool).
+pub const IDLE_CLOSE: Duration = Duration::from_secs(120);
+
+/// A pooled session and when an action last took it.
+struct Pooled {
+    admin: Arc<Admin>,
+    last_used: Instant,
+}
+
+/// The shared sessions, by NameServer list as given (`a;b`).
+static POOL: Mutex<BTreeMap<String, Pooled>> = Mutex::new(BTreeMap::new());
+
+fn pool() -> std::sync::MutexGuard<'static, BTreeMap<String, Pooled>> {
+    // A panic while the lock was held left plain data: the map is still right.
+    POOL.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The pooled session for `namesrv` (checked if it was idle), or a new one put in the pool.
+/// Sessions idle past [`IDLE_CLOSE`] leave the pool here.
+async fn session(namesrv: &[String]) -> Result<Arc<Admin>, ActionFailure> {
+    let key = namesrv.join(";");
+    let now = Instant::now();
+    let (reused, idle) = {
+        let mut sessions = pool();
+        sessions.retain(|name, pooled| {
+            *name == key || now.duration_since(pooled.last_used) < IDLE_CLOSE
+        });
+        match sessions.get_mut(&key) {
+            Some(pooled) if now.duration_since(pooled.last_used) < IDLE_CLOSE => {
+                let idle = now.duration_since(pooled.last_used);
+                pooled.last_used = now;
+                (Some(Arc::clone(&pooled.admin)), idle)
+            }
+            _ => (None, Duration::ZERO),
+        }
+    };
+    if let Some(admin) = reused {
+        if idle < CHECK_AFTER || admin.cluster_info().await.is_ok() {
+            return Ok(admin);
+        }
+        forget(&admin);
+    }
+    let admin = Arc::new(Admin::connect(namesrv).await?);
+    pool().insert(
+        key,
+        Pooled {
+            admin: Arc::clone(&admin),
+            last_used: Instant::now(),
+        },
+    );
+    Ok(admin)
+}
+
+/// Takes `admin` out of the pool (if it is still the pooled one): it is closed when the last
+/// action using it ends.
+fn forget(admin: &Arc<Admin>) {
+    let mut sessions = pool();
+    if sessions
+        .get(&admin.namesrv)
+        .is_some_and(|pooled| Arc::ptr_eq(&pooled.admin, admin))
+    {
+        sessions.remove(&admin.namesrv);
+    }
+}
+
+/// How many admin sessions the pool holds (each one connected NameServer list).
+pub fn pooled_sessions() -> usize {
+    pool().len()
+}
+
+/// Runs `work` with the shared admin session of `namesrv` (see the module's contract). A
+/// retryable failure drops the session from the pool: the next attempt connects afresh.
 pub async fn with_admin<T, F, Fut>(namesrv: &[String], work: F) -> Result<T, ActionFailure>
 where
     F: FnOnce(Arc<Admin>) -> Fut,
     Fut: Future<Output = Result<T, ActionFailure>>,
 {
-    let admin = Arc::new(Admin::connect(namesrv).await?);
+    let admin = session(namesrv).await?;
     let result = work(Arc::clone(&admin)).await;
-    if let Ok(admin) = Arc::try_unwrap(admin) {
-        admin.close().await;
+    if result.as_ref().is_err_and(|failure| failure.retryable) {
+        forget(&admin);
     }
     result
 }

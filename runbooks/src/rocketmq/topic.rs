@@ -781,7 +781,7 @@ pub async fn run_queue_writes(
                 let mut offsets = BTreeMap::new();
                 for (broker, queue_id) in queues {
                     let queue = rocketmq_model::message::MessageQueue::from_parts(topic.as_str(), broker.name.as_str(), queue_id);
-                    let offset = rocketmq_client_rust::OffsetAdmin::max_offset(&admin.inner, broker.addr(), queue, REQUEST_TIMEOUT.as_millis() as u64)
+                    let offset = rocketmq_client_rust::OffsetAdmin::max_offset(&*admin.inner, broker.addr(), queue, REQUEST_TIMEOUT.as_millis() as u64)
                         .await
                         .map_err(|error| ActionFailure::retryable(format!("broker {} ({}) did not return the max offset of topic {topic} queue {queue_id}: {}", broker.name, broker.addr, explain(&error))))?;
                     offsets.insert((broker.name.clone(), queue_id), offset);

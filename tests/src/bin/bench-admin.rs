@@ -13,6 +13,9 @@
 //! daemon runs a one-step runbook, `rocketmq.copy_metadata` from the source to the second new
 //! broker; its time is the step's, from the journal (it also reads the target before and after,
 //! and checks the copy). Both targets are then checked to hold every group and topic.
+//!
+//! Then what one admin request costs: a cluster query on a fresh session and on a reused one,
+//! directly, and per step of a run of 100 read-only `rocketmq.cluster` steps in the daemon.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,6 +169,7 @@ fn main() -> Result<()> {
         bail!("the copy step reports {copied:?} (groups, topics) copied of ({groups}, {topics})");
     }
     let (fresh_ms, reused_ms) = sessions(&cluster.namesrv(), 200)?;
+    let step_ms = read_steps(&daemon, &namesrv, 100)?;
     let ratio = ours_seconds / direct_seconds;
     println!(
         "copy of {topics} topics and {groups} groups to a new broker, {width} in flight:\n  \
@@ -176,15 +180,42 @@ fn main() -> Result<()> {
     );
     println!(
         "one cluster query: on a fresh admin session (connect, query, close) {fresh_ms:.2} ms; \
-         on one reused session {reused_ms:.2} ms"
+         on one reused session {reused_ms:.2} ms\n  \
+         runbook, one rocketmq.cluster step (the query, its journal commits): {step_ms:.2} ms per step"
     );
     drop(daemon);
     cluster.stop_all();
     Ok(())
 }
 
+/// The mean time per step of a run of `count` `rocketmq.cluster` steps (a read-only admin
+/// query each, as a lag poll makes), from the run's start to its end in the journal; ms.
+fn read_steps(daemon: &Daemon, namesrv: &str, count: usize) -> Result<f64> {
+    let mut text = String::from("name = \"bench-read\"\n\n[params.namesrv]\nrequired = true\n");
+    for index in 0..count {
+        text.push_str(&format!(
+            "\n[[steps]]\nid = \"cluster_{index}\"\naction = \"rocketmq.cluster\"\n\
+             with = {{ namesrv = \"{{{{ params.namesrv }}}}\" }}\n"
+        ));
+    }
+    let file = daemon.data_dir.join("bench-read.toml");
+    std::fs::write(&file, text)?;
+    let run = daemon.start_run(
+        file.to_str().context("a UTF-8 path")?,
+        &[("namesrv", namesrv)],
+    )?;
+    let shown = daemon.wait_state(&run, "succeeded", Duration::from_secs(600))?;
+    let at = |field: &str| -> Result<f64> {
+        let text = shown[field]
+            .as_str()
+            .with_context(|| format!("the run's {field}"))?;
+        Ok(chrono::DateTime::parse_from_rfc3339(text)?.timestamp_micros() as f64 / 1e3)
+    };
+    Ok((at("finished_at")? - at("created_at")?) / count as f64)
+}
+
 /// What a session costs: the mean time of a cluster query with a session of its own (opened
-/// and closed around it, as every `rocketmq.*` action does), and on one reused session; ms.
+/// and closed around it), and on one reused session (as the daemon's actions share one); ms.
 fn sessions(namesrv: &str, rounds: u32) -> Result<(f64, f64)> {
     use runbook_runbooks::rocketmq::session::Admin;
     let namesrv = vec![namesrv.to_owned()];
