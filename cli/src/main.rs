@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 
 use crate::client::Client;
 use crate::commands::Context;
@@ -80,6 +80,12 @@ enum Command {
     Store(commands::store::Command),
     /// Start a daemon if needed and run the built-in `demo` runbook end to end
     Demo(commands::demo::Args),
+    /// Show this client's version and the daemon's
+    Version(commands::version::Args),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell
+    Completions(commands::docs::CompletionsArgs),
+    /// Print the manual page runbook(1), or write every command's page into a directory
+    Man(commands::docs::ManArgs),
     /// Internal: the supervisor of one `exec` command (started by the daemon)
     #[command(hide = true)]
     Shim(commands::shim::Args),
@@ -115,8 +121,11 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<()> {
     // Before the data dir is resolved: the shim needs none.
-    if let Command::Shim(args) = &cli.command {
-        commands::shim::run(args);
+    match &cli.command {
+        Command::Shim(args) => commands::shim::run(args),
+        Command::Completions(args) => return commands::docs::completions(Cli::command(), args),
+        Command::Man(args) => return commands::docs::man(Cli::command(), args),
+        _ => {}
     }
     let data_dir = match cli.data_dir {
         Some(data_dir) => data_dir,
@@ -148,7 +157,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Schedule(command) => commands::schedule::run(&ctx, command).await,
         Command::Store(command) => commands::store::run(&ctx, command).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
+        Command::Version(args) => commands::version::run(&ctx, args).await,
         Command::Shim(args) => commands::shim::run(&args),
+        Command::Completions(args) => commands::docs::completions(Cli::command(), &args),
+        Command::Man(args) => commands::docs::man(Cli::command(), &args),
     }
 }
 

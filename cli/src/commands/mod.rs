@@ -11,6 +11,7 @@ pub mod cancel;
 pub mod daemon;
 pub mod demo;
 pub mod describe;
+pub mod docs;
 pub mod list;
 pub mod logs;
 pub mod pause;
@@ -26,6 +27,7 @@ pub mod skip;
 pub mod start;
 pub mod store;
 pub mod validate;
+pub mod version;
 pub mod watch;
 
 use std::path::PathBuf;

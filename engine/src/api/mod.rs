@@ -87,6 +87,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/store/verify", get(verify_store))
         .route("/v1/store/gc", post(collect_store))
         .route("/metrics", get(metrics))
+        .route("/healthz", get(store::healthz))
+        .route("/readyz", get(store::readyz))
+        .route("/v1/version", get(store::version))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,

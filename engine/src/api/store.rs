@@ -50,10 +50,19 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     let mut text = String::new();
     let _ = writeln!(
         text,
+        "# HELP runbook_build_info The daemon's version and journal format.\n# TYPE runbook_build_info gauge\nrunbook_build_info{{version=\"{}\",journal_format=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION"),
+        crate::store::envelope::FORMAT
+    );
+    let _ = writeln!(
+        text,
         "# HELP runbook_runs Runs by state.\n# TYPE runbook_runs gauge"
     );
-    for (state, count) in by_state {
-        let _ = writeln!(text, "runbook_runs{{state=\"{state}\"}} {count}");
+    // Every state, zeros included: a query or an alert on a state no run is in yet still finds
+    // its series.
+    for state in crate::machine::RunStatus::ALL {
+        let count = by_state.get(state.name()).copied().unwrap_or(0);
+        let _ = writeln!(text, "runbook_runs{{state=\"{}\"}} {count}", state.name());
     }
     let _ = writeln!(
         text,
@@ -88,4 +97,42 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         "How long after its deadline each durable timer fired.",
     ));
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+// ----- health -----------------------------------------------------------------------------------
+
+/// `/healthz`: the daemon answers (its API task runs).
+pub(super) async fn healthz() -> Response {
+    ([("content-type", "text/plain")], "ok\n").into_response()
+}
+
+/// `/readyz`: the daemon can take work: its store (as the writer holds it now, reopened after
+/// a failure) answers a read. 503 with the API's error shape and the reason otherwise.
+pub(super) async fn readyz(State(app): State<AppState>) -> Response {
+    let store = app.engine.writer().store();
+    match tokio::task::spawn_blocking(move || store.counts()).await {
+        Ok(Ok(_)) => ([("content-type", "text/plain")], "ready\n").into_response(),
+        Ok(Err(error)) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the store cannot be read: {error}"),
+            None,
+        )
+        .into_response(),
+        Err(error) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the store read did not finish: {error}"),
+            None,
+        )
+        .into_response(),
+    }
+}
+
+/// `/v1/version`: the daemon's version and the journal format it writes.
+pub(super) async fn version() -> ApiResult {
+    ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "journal_format": crate::store::envelope::FORMAT,
+    }))
 }
