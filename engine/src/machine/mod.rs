@@ -21,7 +21,6 @@ mod ids;
 mod poll_history;
 mod state;
 
-pub use context::for_step as context_for_step;
 pub use decide::{
     create, decide, ActionFailure, Call, CallInFlight, Decision, Effect, Input, Rejection,
 };

@@ -53,10 +53,21 @@ pub fn steps_runbook(steps: usize, step: Step) -> String {
             "exec steps of `true`",
             "action = \"exec\"\nwith = { command = [\"true\"] }\n",
         ),
+        Step::Chained => ("noop steps naming the step before", "action = \"noop\"\n"),
     };
     let mut text = format!("name = \"bench-steps\"\ndescription = \"bench: {steps} {what}\"\n");
+    let pad = "x".repeat(1024);
     for index in 0..steps {
         text.push_str(&format!("\n[[steps]]\nid = \"s{index}\"\n{action}"));
+        if step == Step::Chained {
+            let before = match index {
+                0 => "0".to_owned(),
+                _ => format!("\"{{{{ steps.s{}.output.n }}}}\"", index - 1),
+            };
+            text.push_str(&format!(
+                "with = {{ before = {before}, n = {index}, pad = \"{pad}\" }}\n"
+            ));
+        }
     }
     text
 }

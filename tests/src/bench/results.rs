@@ -12,6 +12,9 @@ pub enum Step {
     /// A durable run of the program `true` (no shell): our `exec` with `command = ["true"]`,
     /// Restate's `ctx.run` around Node's `execFile("true")`.
     Exec,
+    /// Ours only: a `noop` whose input names the step before it (`{{ steps.<before>.output.n }}`)
+    /// and carries 1 KB, so that every step has an output and a template to render.
+    Chained,
 }
 
 /// One run of many sequential durable steps.

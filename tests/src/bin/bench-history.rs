@@ -343,6 +343,19 @@ async fn long_runs(long: usize, items: usize) -> Result<Value> {
         );
         rows.push(json!({"steps": steps, "per_step_ms": latency.per_step.summary()}));
     }
+    // Steps with outputs and templates: each names the step before it and carries 1 KB.
+    let mut chained = Vec::new();
+    let mut lengths = vec![(long / 10).max(10), long];
+    lengths.dedup();
+    for steps in lengths {
+        let latency = ours::latency(&daemon, steps, Step::Chained).await?;
+        eprintln!(
+            "== a run of {steps} noop steps, each naming the step before and carrying 1 KB: per step p50 {:.3} ms p99 {:.3} ms",
+            latency.per_step.pct(50.0),
+            latency.per_step.pct(99.0)
+        );
+        chained.push(json!({"steps": steps, "per_step_ms": latency.per_step.summary()}));
+    }
     // A serial for_each over `items` items of one noop step each.
     let text = format!(
         "name = \"bench-items\"\n[[steps]]\nid = \"each\"\nfor_each = \"{{{{ range({items}) | list }}}}\"\nserial = 1\n  [[steps.steps]]\n  id = \"item\"\n  action = \"noop\"\n"
@@ -399,6 +412,7 @@ async fn long_runs(long: usize, items: usize) -> Result<Value> {
     daemon.kill9();
     Ok(json!({
         "runs": rows,
+        "chained_runs": chained,
         "for_each": {
             "items": items,
             "seconds": elapsed,

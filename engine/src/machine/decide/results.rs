@@ -84,7 +84,11 @@ impl Decider {
             Ok(output) => match &step.until {
                 None => self.succeed(key, output),
                 Some(condition) => {
-                    let mut scope = context::for_step(&self.state, key);
+                    let wanted = context::Wanted::of([(
+                        condition.as_str(),
+                        template::TemplateKind::Expression,
+                    )]);
+                    let mut scope = context::for_templates(&self.state, key, &wanted);
                     if let Some(map) = scope.as_object_mut() {
                         map.insert("output".to_owned(), output.clone());
                     }

@@ -8,7 +8,15 @@ impl Decider {
     pub(super) fn start_step(&mut self, step: &Step, key: &str) {
         // The context holds every step's view: built only when a template needs it.
         let scope = if step.when.is_some() || step.for_each().is_some() {
-            context::for_step(&self.state, key)
+            let mut texts = Vec::new();
+            if let Some(condition) = &step.when {
+                texts.push((condition.as_str(), template::TemplateKind::Expression));
+            }
+            let mut wanted = context::Wanted::of(texts);
+            if let Some(for_each) = step.for_each() {
+                wanted = wanted.and(context::Wanted::of_values(&[&for_each.items]));
+            }
+            context::for_templates(&self.state, key, &wanted)
         } else {
             Value::Null
         };
@@ -85,7 +93,8 @@ impl Decider {
             Some(DurationSpec::Fixed(duration)) => return Ok(Some(*duration)),
             Some(DurationSpec::Template(template)) => template,
         };
-        let scope = context::for_step(&self.state, key);
+        let wanted = context::Wanted::of([(template.as_str(), template::TemplateKind::Text)]);
+        let scope = context::for_templates(&self.state, key, &wanted);
         let rendered = template::render(&Value::String(template.clone()), &scope)
             .map_err(|message| format!("{field}: {message}"))?;
         let text = match rendered {
@@ -127,7 +136,7 @@ impl Decider {
     /// Starts attempt (or poll) `attempt` of an action step.
     pub(super) fn start_attempt(&mut self, step: &Step, key: &str, attempt: u32) {
         let scope = if template::has_template(&step.with) {
-            context::for_step(&self.state, key)
+            context::for_templates(&self.state, key, &context::Wanted::of_values(&[&step.with]))
         } else {
             Value::Null
         };
@@ -221,7 +230,8 @@ impl Decider {
         let Some(undo) = definition.step(key).and_then(|step| step.undo.as_ref()) else {
             return;
         };
-        let mut scope = context::for_step(&self.state, key);
+        let wanted = context::Wanted::of_values(&[&undo.with]);
+        let mut scope = context::for_templates(&self.state, key, &wanted);
         let output = self
             .state
             .step(key)
