@@ -56,7 +56,7 @@ pub fn steps_runbook(steps: usize, step: Step) -> String {
         Step::Chained => ("noop steps naming the step before", "action = \"noop\"\n"),
     };
     let mut text = format!("name = \"bench-steps\"\ndescription = \"bench: {steps} {what}\"\n");
-    let pad = "x".repeat(1024);
+    let pad = "x".repeat(256);
     for index in 0..steps {
         text.push_str(&format!("\n[[steps]]\nid = \"s{index}\"\n{action}"));
         if step == Step::Chained {

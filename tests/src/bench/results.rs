@@ -13,7 +13,7 @@ pub enum Step {
     /// Restate's `ctx.run` around Node's `execFile("true")`.
     Exec,
     /// Ours only: a `noop` whose input names the step before it (`{{ steps.<before>.output.n }}`)
-    /// and carries 1 KB, so that every step has an output and a template to render.
+    /// and carries 256 B, so that every step has an output and a template to render.
     Chained,
 }
 

@@ -343,14 +343,14 @@ async fn long_runs(long: usize, items: usize) -> Result<Value> {
         );
         rows.push(json!({"steps": steps, "per_step_ms": latency.per_step.summary()}));
     }
-    // Steps with outputs and templates: each names the step before it and carries 1 KB.
+    // Steps with outputs and templates: each names the step before it and carries 256 B.
     let mut chained = Vec::new();
     let mut lengths = vec![(long / 10).max(10), long];
     lengths.dedup();
     for steps in lengths {
         let latency = ours::latency(&daemon, steps, Step::Chained).await?;
         eprintln!(
-            "== a run of {steps} noop steps, each naming the step before and carrying 1 KB: per step p50 {:.3} ms p99 {:.3} ms",
+            "== a run of {steps} noop steps, each naming the step before and carrying 256 B: per step p50 {:.3} ms p99 {:.3} ms",
             latency.per_step.pct(50.0),
             latency.per_step.pct(99.0)
         );
