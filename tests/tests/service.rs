@@ -1,10 +1,12 @@
 //! Running the daemon as a service: `/healthz`, `/readyz`, `/v1/version` and the build and
-//! zero-state series of `/metrics`; `runbook version` against a live and a stopped daemon;
+//! zero-state series of `/metrics`; `runbook version` against a live and a stopped daemon; the
+//! daemon's JSON log of run life cycles and operator actions;
 //! shell completions and manual pages generated from the CLI; the systemd unit in `contrib/`
 //! checked by `systemd-analyze verify`.
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use runbook_tests::{binary, Daemon};
@@ -181,5 +183,110 @@ fn the_systemd_unit_verifies() -> Result<()> {
         .filter(|line| line.contains("runbook.service"))
         .collect();
     assert!(about_the_unit.is_empty(), "{said}");
+    Ok(())
+}
+
+/// `--log-format json`: one JSON object a line, naming every operator action (who, which step)
+/// and every change of a run's state that matters to a person (waiting for an approval is not
+/// one; needing attention, ending are).
+#[test]
+fn the_json_log_records_run_life_cycles_and_operator_actions() -> Result<()> {
+    let daemon = Daemon::start_with(&["--log-format", "json"], &[])?;
+    let file = daemon.write_file(
+        "gate.toml",
+        r#"
+name = "gate-log"
+[[steps]]
+id = "gate"
+action = "approval"
+with = { prompt = "go?" }
+[[steps]]
+id = "broken"
+action = "exec"
+with = { command = ["false"] }
+"#,
+    )?;
+    let run = daemon.start_run(&file, &[])?;
+    daemon.wait_step(&run, "gate", "waiting", Duration::from_secs(30))?;
+    let approved = daemon.cli(&["approve", &run, "--comment", "go"])?;
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    daemon.wait_state(&run, "needs_attention", Duration::from_secs(30))?;
+    let skipped = daemon.cli(&["skip", &run, "broken", "--comment", "known"])?;
+    assert!(
+        skipped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&skipped.stderr)
+    );
+    daemon.wait_state(&run, "succeeded", Duration::from_secs(30))?;
+
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).with_context(|| format!("not JSON: {line}")))
+        .collect::<Result<_>>()?;
+    let of_run = |message: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|line| {
+                line["fields"]["message"] == message && line["fields"]["run"] == run.as_str()
+            })
+            .collect()
+    };
+    let actions: Vec<(String, String)> = of_run("operator action")
+        .iter()
+        .map(|line| {
+            (
+                line["fields"]["action"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                line["fields"]["step"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("approve".to_owned(), "-".to_owned()),
+            ("skip".to_owned(), "broken".to_owned())
+        ],
+        "{log}"
+    );
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    assert!(of_run("operator action")
+        .iter()
+        .all(|line| line["fields"]["uid"] == uid));
+    let states: Vec<(String, String, String)> = of_run("run state")
+        .iter()
+        .map(|line| {
+            let field = |name: &str| line["fields"][name].as_str().unwrap_or_default().to_owned();
+            (field("from"), field("to"), field("step"))
+        })
+        .collect();
+    assert_eq!(
+        states,
+        [
+            (
+                "running".to_owned(),
+                "needs_attention".to_owned(),
+                "broken".to_owned()
+            ),
+            (
+                "needs_attention".to_owned(),
+                "succeeded".to_owned(),
+                "-".to_owned()
+            ),
+        ],
+        "{log}"
+    );
+    assert_eq!(of_run("run started").len(), 1, "{log}");
     Ok(())
 }

@@ -90,6 +90,28 @@ pub enum Input {
     },
 }
 
+impl Input {
+    /// For an operator's input: who gave it, and the step it names.
+    pub fn operator(&self) -> Option<(&Actor, Option<&str>)> {
+        match self {
+            Input::Approve { by, step, .. } => Some((by, step.as_deref())),
+            Input::Retry { by, step, .. } | Input::Skip { by, step, .. } => {
+                Some((by, Some(step.as_str())))
+            }
+            Input::Pause { by, .. }
+            | Input::Resume { by, .. }
+            | Input::Cancel { by, .. }
+            | Input::Rollback { by, .. } => Some((by, None)),
+            Input::ActionFinished { .. }
+            | Input::TimerFired { .. }
+            | Input::Interrupted { .. }
+            | Input::NotStarted { .. }
+            | Input::CallNote { .. }
+            | Input::Continue => None,
+        }
+    }
+}
+
 /// How an action call failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActionFailure {
