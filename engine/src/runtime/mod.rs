@@ -17,6 +17,7 @@
 mod archiver;
 mod calls;
 mod check;
+mod lifecycle;
 mod plan;
 mod resident;
 mod retention;
@@ -39,7 +40,6 @@ use crate::clock::Clock;
 use crate::definition::{self, Definition};
 use crate::machine::{
     self, ActionFailure, Actor, Call, CallId, Decision, Effect, Event, Input, Rejection, RunState,
-    RunStatus,
 };
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
@@ -455,7 +455,7 @@ impl Engine {
         let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
-        log_transition(run_id, state, &next, &described, operator);
+        lifecycle::transition(run_id, state, &next, &described, operator);
         let next = Arc::new(next);
         *guard = Resident::Live(next.clone());
         drop(guard);
@@ -569,46 +569,6 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// An input's name, for an error message.
-/// The daemon log's record of a committed change: every operator action (who, which step, the
-/// run's state after it), and every change of a run's state but the flips between running and
-/// waiting a run makes at each step.
-fn log_transition(
-    run_id: Uuid,
-    before: &RunState,
-    after: &RunState,
-    input: &str,
-    operator: Option<(Actor, Option<String>)>,
-) {
-    if let Some((by, step)) = operator {
-        tracing::info!(
-            run = %run_id,
-            runbook = %after.runbook,
-            action = %input.to_lowercase(),
-            step = step.as_deref().unwrap_or("-"),
-            uid = by.uid,
-            user = by.name.as_deref().unwrap_or("-"),
-            state = after.status.name(),
-            "operator action"
-        );
-    }
-    let busy = |status: RunStatus| matches!(status, RunStatus::Running | RunStatus::Waiting);
-    if before.status != after.status && !(busy(before.status) && busy(after.status)) {
-        let step = after
-            .attention
-            .as_ref()
-            .map(|attention| attention.step.as_str())
-            .unwrap_or("-");
-        tracing::info!(
-            run = %run_id,
-            runbook = %after.runbook,
-            from = before.status.name(),
-            to = after.status.name(),
-            step,
-            "run state"
-        );
-    }
-}
-
 fn input_kind(input: &Input) -> String {
     let debug = format!("{input:?}");
     debug

@@ -11,12 +11,13 @@
 //!   that names that list, concurrently. A session idle for a while is checked with a cluster
 //!   query before it is handed out (a new one replaces it if the query fails); an action that
 //!   fails retryably drops its session from the pool, so the next attempt connects afresh; a
-//!   session idle longer than [`IDLE_CLOSE`] is closed. A session is closed when the last
+//!   session idle longer than [`IDLE_CLOSE`] leaves the pool (a background sweep). A session is closed when the last
 //!   action using it ends (never under one); a cancelled action (timeout, cancel, rollback)
 //!   stops at its next await.
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -162,9 +163,13 @@ impl Admin {
         let runtime = client_runtime().map_err(ActionFailure::permanent)?;
         let mut inner = DefaultMQAdminExt::with_timeout(runtime, REQUEST_TIMEOUT);
         inner.set_namesrv_addr(joined.as_str());
-        inner
-            .client_config_mut()
-            .set_instance_name(format!("runbook-{}-{}", std::process::id(), now_ms()).into());
+        // Unique within the process: the client refuses a second instance of a name it holds
+        // (two sessions opened in the same millisecond).
+        static OPENED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let serial = OPENED.fetch_add(1, Ordering::Relaxed);
+        inner.client_config_mut().set_instance_name(
+            format!("runbook-{}-{}-{serial}", std::process::id(), now_ms()).into(),
+        );
         inner.start().await.map_err(|error| {
             let error = explain(&error);
             {
@@ -334,7 +339,8 @@ where
 /// A session idle this long is checked with a cluster query before it is used again.
 pub const CHECK_AFTER: Duration = Duration::from_secs(10);
 
-/// A session idle this long is closed (at the next use of the pool).
+/// A session idle this long leaves the pool and is closed (when no action holds it); a sweep
+/// runs every quarter of it while the pool holds any.
 pub const IDLE_CLOSE: Duration = Duration::from_secs(120);
 
 /// A pooled session and when an action last took it.
@@ -352,16 +358,46 @@ fn pool() -> std::sync::MutexGuard<'static, BTreeMap<String, Pooled>> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Whether a task sweeps the pool (one while it holds any session).
+static SWEEPING: AtomicBool = AtomicBool::new(false);
+
+/// Takes the sessions idle past [`IDLE_CLOSE`] at `now` out of the pool; whether it is empty.
+fn sweep(now: Instant) -> bool {
+    let mut sessions = pool();
+    sessions.retain(|_, pooled| now.saturating_duration_since(pooled.last_used) < IDLE_CLOSE);
+    sessions.is_empty()
+}
+
+/// Starts the sweeping task unless one runs (on the runtime of the caller; none outside one).
+fn sweep_in_background() {
+    if SWEEPING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        SWEEPING.store(false, Ordering::SeqCst);
+        return;
+    };
+    runtime.spawn(async {
+        loop {
+            tokio::time::sleep(IDLE_CLOSE / 4).await;
+            if !sweep(Instant::now()) {
+                continue;
+            }
+            SWEEPING.store(false, Ordering::SeqCst);
+            // A session pooled between the sweep and the store found a sweeper running.
+            if pooled_sessions() == 0 || SWEEPING.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+    });
+}
+
 /// The pooled session for `namesrv` (checked if it was idle), or a new one put in the pool.
-/// Sessions idle past [`IDLE_CLOSE`] leave the pool here.
 async fn session(namesrv: &[String]) -> Result<Arc<Admin>, ActionFailure> {
     let key = namesrv.join(";");
     let now = Instant::now();
     let (reused, idle) = {
         let mut sessions = pool();
-        sessions.retain(|name, pooled| {
-            *name == key || now.duration_since(pooled.last_used) < IDLE_CLOSE
-        });
         match sessions.get_mut(&key) {
             Some(pooled) if now.duration_since(pooled.last_used) < IDLE_CLOSE => {
                 let idle = now.duration_since(pooled.last_used);
@@ -385,6 +421,7 @@ async fn session(namesrv: &[String]) -> Result<Arc<Admin>, ActionFailure> {
             last_used: Instant::now(),
         },
     );
+    sweep_in_background();
     Ok(admin)
 }
 
@@ -418,4 +455,39 @@ where
         forget(&admin);
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session idle past [`IDLE_CLOSE`] leaves the pool at the next sweep; one in use stays.
+    /// (Connecting starts the client; it reaches no NameServer until a request is made. Other
+    /// tests of this crate may pool sessions meanwhile: only these two lists are looked at.)
+    #[tokio::test]
+    async fn idle_sessions_leave_the_pool() {
+        let (idle, busy) = ("127.0.0.1:9", "127.0.0.1:10");
+        let pooled = |key: &str| pool().contains_key(key);
+        let first = session(&[idle.to_owned()]).await.expect("a session");
+        session(&[busy.to_owned()]).await.expect("a session");
+        assert!(pooled(idle) && pooled(busy));
+        let again = session(&[idle.to_owned()])
+            .await
+            .expect("the pooled session");
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a second session for the same list"
+        );
+
+        sweep(Instant::now());
+        assert!(pooled(idle) && pooled(busy), "a fresh session was swept");
+        pool().get_mut(busy).expect("pooled").last_used = Instant::now() + IDLE_CLOSE;
+        sweep(Instant::now() + IDLE_CLOSE + Duration::from_secs(1));
+        assert!(!pooled(idle), "the idle session stayed in the pool");
+        assert!(pooled(busy), "the session in use left the pool");
+        sweep(Instant::now() + IDLE_CLOSE * 3);
+        assert!(!pooled(busy));
+        // The swept session is still whole for the action holding it.
+        assert_eq!(first.namesrv, idle);
+    }
 }
