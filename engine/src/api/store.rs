@@ -60,7 +60,7 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
     );
     // Every state, zeros included: a query or an alert on a state no run is in yet still finds
     // its series.
-    for state in crate::machine::RunStatus::ALL {
+    for state in crate::store::listing::STATES {
         let count = by_state.get(state.name()).copied().unwrap_or(0);
         let _ = writeln!(text, "runbook_runs{{state=\"{}\"}} {count}", state.name());
     }

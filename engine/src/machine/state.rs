@@ -35,18 +35,6 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    /// Every state, in the order a listing shows them.
-    pub const ALL: [RunStatus; 8] = [
-        RunStatus::Running,
-        RunStatus::Waiting,
-        RunStatus::Paused,
-        RunStatus::NeedsAttention,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::Canceled,
-        RunStatus::RolledBack,
-    ];
-
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
