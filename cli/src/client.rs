@@ -1,4 +1,9 @@
-//! HTTP/1.1 client of the daemon's JSON API over its Unix socket (`<data-dir>/runbook.sock`).
+//! HTTP/1.1 client of the daemon's JSON API over its Unix socket (`<data-dir>/runbook.sock`), or
+//! over TLS to its TCP listener (`--server https://host:8443`, with `RUNBOOK_TOKEN`).
+//!
+//! The daemon's certificate is checked against a CA (`--ca-cert`) or pinned by its SHA-256
+//! fingerprint (`--server-fingerprint`, what `runbook version` shows on the daemon's host); a
+//! client with neither refuses to connect rather than trust whatever answers.
 //!
 //! One connection per request: the CLI makes a handful of calls (or one every 200 ms while
 //! following), so keeping connections alive would buy nothing and would make a daemon restart
@@ -13,6 +18,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Full};
@@ -20,8 +26,10 @@ use hyper::body::Bytes;
 use hyper::client::conn::http1;
 use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use serde_json::Value;
-use tokio::net::UnixStream;
+use tokio::net::{TcpStream, UnixStream};
 
 /// How often [`Client::get_patient`] retries while the daemon is unreachable.
 const RETRY_EVERY: Duration = Duration::from_millis(500);
@@ -29,8 +37,13 @@ const RETRY_EVERY: Duration = Duration::from_millis(500);
 /// A failed API call.
 #[derive(Debug)]
 pub enum ApiError {
-    /// Nothing answered on the socket, or the connection broke before a full answer arrived.
-    Unreachable { socket: PathBuf, cause: String },
+    /// Nothing answered on the socket (or at `remote`, the daemon's URL), or the connection
+    /// broke before a full answer arrived.
+    Unreachable {
+        socket: PathBuf,
+        remote: Option<String>,
+        cause: String,
+    },
     /// The daemon answered with an error body `{"error": {"code", "message", "field"}}`.
     Api {
         code: String,
@@ -50,7 +63,12 @@ impl ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::Unreachable { socket, cause } => {
+            ApiError::Unreachable {
+                remote: Some(url),
+                cause,
+                ..
+            } => write!(f, "cannot reach the daemon at {url}: {cause}"),
+            ApiError::Unreachable { socket, cause, .. } => {
                 let data_dir = socket.parent().unwrap_or(Path::new("."));
                 write!(
                     f,
@@ -77,15 +95,207 @@ impl fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
-/// A client of one daemon, addressed by its socket path.
+/// A client of one daemon, addressed by its socket path, or by its TCP listener's URL.
 #[derive(Debug, Clone)]
 pub struct Client {
     pub socket: PathBuf,
+    pub remote: Option<Remote>,
+}
+
+/// A daemon's TCP listener, the way to trust its certificate, and the token to present.
+#[derive(Clone)]
+pub struct Remote {
+    pub url: String,
+    host: String,
+    port: u16,
+    server_name: ServerName<'static>,
+    token: Option<String>,
+    tls: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for Remote {
+    // Never the token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Remote").field("url", &self.url).finish()
+    }
+}
+
+/// The TCP listener's default port.
+pub const DEFAULT_PORT: u16 = 8443;
+
+impl Remote {
+    /// `url` is `https://host[:port]`; the certificate is pinned by `fingerprint` (hex, colons
+    /// allowed) or checked against the CA certificates in `ca_cert`.
+    pub fn new(
+        url: &str,
+        token: Option<String>,
+        fingerprint: Option<&str>,
+        ca_cert: Option<&Path>,
+    ) -> Result<Remote, String> {
+        let (host, port) = parse_url(url)?;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|error| format!("--server {url}: {error}"))?;
+        let provider = runbook_engine::api::tls::provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| format!("TLS: {error}"))?;
+        let mut tls = match (fingerprint, ca_cert) {
+            (Some(fingerprint), _) => {
+                let pinned: String = fingerprint
+                    .chars()
+                    .filter(|c| *c != ':')
+                    .collect::<String>()
+                    .to_ascii_lowercase();
+                if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(format!(
+                        "--server-fingerprint {fingerprint:?}: expected the 64 hex digits of a SHA-256 \
+                         (what `runbook version` shows on the daemon's host)"
+                    ));
+                }
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(Pinned { pinned, provider }))
+                    .with_no_client_auth()
+            }
+            (None, Some(path)) => {
+                let mut roots = rustls::RootCertStore::empty();
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                    .and_then(|certs| certs.collect::<Result<_, _>>())
+                    .map_err(|error| format!("--ca-cert {}: {error}", path.display()))?;
+                let (added, _) = roots.add_parsable_certificates(certs);
+                if added == 0 {
+                    return Err(format!(
+                        "--ca-cert {}: no certificate in it",
+                        path.display()
+                    ));
+                }
+                builder.with_root_certificates(roots).with_no_client_auth()
+            }
+            (None, None) => {
+                return Err(format!(
+                    "--server {url}: say how to trust the daemon's certificate: \
+                     RUNBOOK_SERVER_FINGERPRINT (or --server-fingerprint; `runbook version` on the \
+                     daemon's host shows it) or RUNBOOK_CA_CERT (--ca-cert)"
+                ))
+            }
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Remote {
+            url: format!("https://{}", authority(&host, port)),
+            host,
+            port,
+            server_name,
+            token,
+            tls: Arc::new(tls),
+        })
+    }
+}
+
+/// `https://host[:port][/]` → host and port (IPv6 literals in brackets).
+fn parse_url(url: &str) -> Result<(String, u16), String> {
+    let bad = |why: &str| {
+        format!("--server {url:?}: {why} (expected https://HOST[:PORT], e.g. https://ops1:8443)")
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| bad("only https:// is supported"))?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.contains(['/', '?', '#', '@']) || rest.is_empty() {
+        return Err(bad("a host and port only"));
+    }
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed ["))?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match rest.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (rest, None),
+        }
+    };
+    let port = match port {
+        Some(port) => port.parse().map_err(|_| bad("the port is not a number"))?,
+        None => DEFAULT_PORT,
+    };
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Trusts exactly the certificate with the pinned SHA-256, and checks the handshake's
+/// signatures with its key.
+#[derive(Debug)]
+struct Pinned {
+    pinned: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let presented = runbook_engine::api::tls::fingerprint(end_entity.as_ref());
+        if presented == self.pinned {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(format!(
+                "the daemon's certificate has fingerprint {presented}, not the pinned {}",
+                self.pinned
+            )))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 impl Client {
-    pub fn new(socket: PathBuf) -> Client {
-        Client { socket }
+    pub fn new(socket: PathBuf, remote: Option<Remote>) -> Client {
+        Client { socket, remote }
     }
 
     /// `GET path` (path includes any query string).
@@ -123,21 +333,37 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, ApiError> {
-        let stream = UnixStream::connect(&self.socket)
-            .await
-            .map_err(|err| self.unreachable(err))?;
-        let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|err| self.unreachable(err))?;
-        // The connection task ends by itself once the response is read and `sender` dropped.
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let mut sender = match &self.remote {
+            None => {
+                let stream = UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|err| self.unreachable(err))?;
+                self.handshake(stream).await?
+            }
+            Some(remote) => {
+                let stream = TcpStream::connect((remote.host.as_str(), remote.port))
+                    .await
+                    .map_err(|err| self.unreachable(err))?;
+                let _ = stream.set_nodelay(true);
+                let tls = tokio_rustls::TlsConnector::from(remote.tls.clone())
+                    .connect(remote.server_name.clone(), stream)
+                    .await
+                    .map_err(|err| self.unreachable(format!("TLS: {err}")))?;
+                self.handshake(tls).await?
+            }
+        };
 
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::HOST, "localhost");
+        let mut builder = Request::builder().method(method).uri(path);
+        builder = match &self.remote {
+            None => builder.header(header::HOST, "localhost"),
+            Some(remote) => {
+                builder = builder.header(header::HOST, authority(&remote.host, remote.port));
+                match &remote.token {
+                    Some(token) => builder.header(header::AUTHORIZATION, format!("Bearer {token}")),
+                    None => builder,
+                }
+            }
+        };
         let body_bytes = match body {
             Some(value) => {
                 builder = builder.header(header::CONTENT_TYPE, "application/json");
@@ -181,9 +407,24 @@ impl Client {
         Err(api_error(status.as_u16(), &value))
     }
 
+    async fn handshake<I>(&self, io: I) -> Result<http1::SendRequest<Full<Bytes>>, ApiError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = http1::handshake(TokioIo::new(io))
+            .await
+            .map_err(|err| self.unreachable(err))?;
+        // The connection task ends by itself once the response is read and `sender` dropped.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
     fn unreachable(&self, cause: impl fmt::Display) -> ApiError {
         ApiError::Unreachable {
             socket: self.socket.clone(),
+            remote: self.remote.as_ref().map(|remote| remote.url.clone()),
             cause: cause.to_string(),
         }
     }
@@ -197,6 +438,8 @@ fn api_error(status: u16, body: &Value) -> ApiError {
         Some(code) => code.to_string(),
         None => match status {
             400 => "invalid",
+            401 => "unauthenticated",
+            403 => "forbidden",
             404 => "not_found",
             409 => "conflict",
             503 => "unavailable",
@@ -237,6 +480,31 @@ mod tests {
         assert_eq!(segment("loop[0].child"), "loop%5B0%5D.child");
         assert_eq!(segment("rocketmq.broker"), "rocketmq.broker");
         assert_eq!(segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn server_urls() {
+        assert_eq!(parse_url("https://ops1:9443"), Ok(("ops1".into(), 9443)));
+        assert_eq!(
+            parse_url("https://ops1/"),
+            Ok(("ops1".into(), DEFAULT_PORT))
+        );
+        assert_eq!(parse_url("https://[::1]:8443"), Ok(("::1".into(), 8443)));
+        for bad in [
+            "http://ops1",
+            "https://",
+            "https://a:b",
+            "https://u@h",
+            "https://h/x",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad}");
+        }
+        assert!(Remote::new("https://h", None, None, None)
+            .unwrap_err()
+            .contains("RUNBOOK_SERVER_FINGERPRINT"));
+        assert!(Remote::new("https://h", None, Some("abc"), None)
+            .unwrap_err()
+            .contains("64 hex digits"));
     }
 
     #[test]

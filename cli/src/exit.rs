@@ -11,6 +11,7 @@
 //! | 6 | the daemon is not reachable (socket missing, connection refused or dropped) |
 //! | 7 | the watched run ended in a state other than `succeeded` |
 //! | 8 | `plan --check`: the check of a step failed (a run would stop there) |
+//! | 9 | not allowed: no token, a bad one, or a role too small (`unauthenticated`, `forbidden`) |
 //!
 //! With `--json`, an error is printed as one line on stderr in the API's error shape (see
 //! [`json_error`]); a bad command line too (code `usage`).
@@ -34,6 +35,7 @@ pub const CONFLICT: u8 = 5;
 pub const UNREACHABLE: u8 = 6;
 pub const RUN_NOT_SUCCEEDED: u8 = 7;
 pub const CHECK_FAILED: u8 = 8;
+pub const DENIED: u8 = 9;
 
 /// An error raised by the CLI itself (not by the daemon) that carries its own exit code.
 #[derive(Debug)]
@@ -94,6 +96,7 @@ fn api_code(err: &ApiError) -> u8 {
             "not_found" => NOT_FOUND,
             "invalid" => INVALID,
             "conflict" | "ambiguous" => CONFLICT,
+            "unauthenticated" | "forbidden" | "too_many_failures" => DENIED,
             _ => OTHER,
         },
         ApiError::Protocol(_) => OTHER,

@@ -32,6 +32,21 @@ struct Cli {
     /// Machine output: print the daemon's JSON response on stdout
     #[arg(long, global = true)]
     json: bool,
+    /// Talk to a daemon's TCP listener instead of the local socket, e.g. https://ops1:8443
+    /// (the token comes from RUNBOOK_TOKEN)
+    #[arg(long, env = "RUNBOOK_SERVER", value_name = "URL", global = true)]
+    server: Option<String>,
+    /// The SHA-256 fingerprint of the daemon's certificate (`runbook version` on its host)
+    #[arg(
+        long,
+        env = "RUNBOOK_SERVER_FINGERPRINT",
+        value_name = "HEX",
+        global = true
+    )]
+    server_fingerprint: Option<String>,
+    /// The CA certificate(s) (PEM) that signed the daemon's certificate, instead of a pin
+    #[arg(long, env = "RUNBOOK_CA_CERT", value_name = "FILE", global = true)]
+    ca_cert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,6 +90,12 @@ enum Command {
     /// Cron triggers that launch runbooks: add, ls, show, pause, resume, rm, trigger, backfill
     #[command(subcommand)]
     Schedule(commands::schedule::Command),
+    /// Users of the TCP listener and their roles: add, ls, rm
+    #[command(subcommand)]
+    User(commands::access::UserCommand),
+    /// Bearer tokens of users: create (shown once), ls, revoke
+    #[command(subcommand)]
+    Token(commands::access::TokenCommand),
     /// Check the store: every record's format and checksum
     #[command(subcommand)]
     Store(commands::store::Command),
@@ -131,8 +152,25 @@ async fn run(cli: Cli) -> Result<()> {
         Some(data_dir) => data_dir,
         None => default_data_dir()?,
     };
+    let remote = match &cli.server {
+        Some(url) => Some(
+            client::Remote::new(
+                url,
+                std::env::var("RUNBOOK_TOKEN")
+                    .ok()
+                    .filter(|token| !token.trim().is_empty()),
+                cli.server_fingerprint.as_deref(),
+                cli.ca_cert.as_deref(),
+            )
+            .map_err(exit::invalid)?,
+        ),
+        None => None,
+    };
+    if remote.is_some() && matches!(cli.command, Command::Daemon(_) | Command::Demo(_)) {
+        bail!("--server is for talking to a daemon; `daemon` and `demo` run one here");
+    }
     let ctx = Context {
-        client: Client::new(data_dir.join("runbook.sock")),
+        client: Client::new(data_dir.join("runbook.sock"), remote),
         data_dir,
         json: cli.json,
     };
@@ -158,6 +196,8 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Store(command) => commands::store::run(&ctx, command).await,
         Command::Demo(args) => commands::demo::run(&ctx, args).await,
         Command::Version(args) => commands::version::run(&ctx, args).await,
+        Command::User(command) => commands::access::user(&ctx, command).await,
+        Command::Token(command) => commands::access::token(&ctx, command).await,
         Command::Shim(args) => commands::shim::run(&args),
         Command::Completions(args) => commands::docs::completions(Cli::command(), &args),
         Command::Man(args) => commands::docs::man(Cli::command(), &args),
@@ -256,6 +296,7 @@ mod tests {
         let gate = json!({"id": id, "state": "waiting", "current_step": "gate",
             "steps": [{"id": "gate", "state": "waiting", "waiting_for": "approval"}]});
         let unreachable = client::ApiError::Unreachable {
+            remote: None,
             socket: PathBuf::from("/tmp/data dir/runbook.sock"),
             cause: "connection refused".to_owned(),
         };
@@ -320,7 +361,8 @@ mod tests {
             Ok(Cli {
                 json: true,
                 data_dir: Some(_),
-                command: Command::Ps(_)
+                command: Command::Ps(_),
+                ..
             })
         ));
     }

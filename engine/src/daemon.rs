@@ -7,6 +7,7 @@
 //! <data-dir>/runbook.sock    the API (mode 0600)
 //! <data-dir>/store/          the journal (sled)
 //! <data-dir>/runs/<id>/      step logs and per-call state
+//! <data-dir>/tls/            the TCP listener's self-signed certificate and key, if generated
 //! ```
 //!
 //! The data dir is 0700 and everything in it 0600 / 0700 (the daemon runs with umask 077); the
@@ -34,6 +35,17 @@ pub struct Config {
     pub actions: Registry,
     /// Finished runs older than this are deleted (`None`: keep every run).
     pub retain: Option<std::time::Duration>,
+    /// The opt-in TCP listener (TLS, bearer tokens).
+    pub listen: Option<Listen>,
+}
+
+/// `runbook daemon --listen ADDR [--tls-cert FILE --tls-key FILE] [--metrics-public]`.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub addr: std::net::SocketAddr,
+    pub tls: crate::api::tls::TlsSource,
+    /// `/metrics` answers on it without a token (for a scraper that has none).
+    pub metrics_public: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +110,28 @@ pub async fn run(
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|error| Error::Io(format!("cannot restrict {}: {error}", socket.display())))?;
 
+    let tcp = match &config.listen {
+        Some(listen) => {
+            let certificate = crate::api::tls::load(&listen.tls, &data_dir, listen.addr)
+                .map_err(Error::Config)?;
+            let tcp = tokio::net::TcpListener::bind(listen.addr)
+                .await
+                .map_err(|error| Error::Io(format!("cannot listen on {}: {error}", listen.addr)))?;
+            let addr = tcp
+                .local_addr()
+                .map_err(|error| Error::Io(format!("cannot listen on {}: {error}", listen.addr)))?;
+            tracing::info!(
+                %addr,
+                fingerprint = %certificate.fingerprint,
+                certificate = %certificate.cert_path.display(),
+                generated = certificate.generated,
+                "TCP listener (TLS; clients pin the certificate with RUNBOOK_SERVER_FINGERPRINT)"
+            );
+            Some((tcp, certificate, addr))
+        }
+        None => None,
+    };
+
     engine.recover().await;
     engine.spawn_tracked(engine.clone().reload_on_reopen());
     let stop_timers = CancellationToken::new();
@@ -114,18 +148,54 @@ pub async fn run(
         engine: engine.clone(),
         catalog,
         retain: config.retain,
+        listener: tcp
+            .as_ref()
+            .map(|(_, certificate, addr)| crate::api::ListenerInfo {
+                addr: *addr,
+                fingerprint: certificate.fingerprint.clone(),
+            }),
+        metrics_public: config.listen.as_ref().is_some_and(|l| l.metrics_public),
+        failed_logins: Arc::default(),
     });
+    let stopping = CancellationToken::new();
     let drain_engine = engine.clone();
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<crate::api::Peer>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stop_serving = stopping.clone();
+    tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down: no new work; running steps keep running");
         drain_engine.stop_accepting();
-    })
+        stop_serving.cancel();
+    });
+    let remote = match tcp {
+        Some((tcp, certificate, _)) => {
+            let listener =
+                crate::api::tls::TlsListener::start(tcp, certificate.config, stopping.clone())
+                    .map_err(|error| Error::Io(format!("TCP listener: {error}")))?;
+            let service = app
+                .clone()
+                .into_make_service_with_connect_info::<crate::api::Caller>();
+            let stop = stopping.clone();
+            Some(tokio::spawn(async move {
+                axum::serve(listener, service)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }))
+        }
+        None => None,
+    };
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<crate::api::Caller>(),
+    )
+    .with_graceful_shutdown(stopping.clone().cancelled_owned())
     .await;
+    if let Some(remote) = remote {
+        match remote.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "serving the TCP listener"),
+            Err(error) => tracing::error!(%error, "the TCP listener's task"),
+        }
+    }
     stop_timers.cancel();
     let _ = timers.await;
     let _ = collector.await;

@@ -18,6 +18,7 @@
 //! An event is durable (flushed and fsynced) before any effect it implies starts, and every
 //! transition of a run (its events, snapshot, timer index and lock changes) commits atomically.
 
+pub mod access;
 pub mod action;
 pub mod api;
 pub mod calendar;

@@ -24,6 +24,20 @@ pub struct Args {
     /// finished, e.g. `90d`, `12h`; `0` keeps every run
     #[arg(long, default_value = "90d", value_parser = parse_retain)]
     pub retain: Retain,
+    /// Also serve the API over TCP with TLS on this address (e.g. `0.0.0.0:8443`), for users
+    /// with tokens (`runbook user add`, `runbook token create`)
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The listener's certificate chain (PEM) [default: a self-signed one, generated into
+    /// <data-dir>/tls on the first start]
+    #[arg(long, value_name = "FILE", requires = "tls_key", requires = "listen")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM)
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve /metrics on the listener without a token (for a scraper that has none)
+    #[arg(long, requires = "listen")]
+    pub metrics_public: bool,
 }
 
 /// `--retain`: a duration, or `0` for "keep all".
@@ -79,6 +93,13 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         builtin: runbook_runbooks::builtin(),
         actions: runbook_runbooks::actions(),
         retain: args.retain.0,
+        listen: args.listen.map(|addr| runbook_engine::daemon::Listen {
+            addr,
+            tls: runbook_engine::api::tls::TlsSource {
+                cert_and_key: args.tls_cert.zip(args.tls_key),
+            },
+            metrics_public: args.metrics_public,
+        }),
     };
     runbook_engine::daemon::run(config, shutdown)
         .await

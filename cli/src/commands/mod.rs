@@ -6,6 +6,7 @@
 //! call(s), render. Data goes to stdout (`--json`: the daemon's JSON as is, pretty); progress,
 //! confirmations and errors go to stderr.
 
+pub mod access;
 pub mod approve;
 pub mod cancel;
 pub mod daemon;

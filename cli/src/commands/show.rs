@@ -289,15 +289,19 @@ fn audit_row(entry: &AuditView) -> Vec<String> {
     ]
 }
 
-/// `uid 1000` for an actor `{"uid": 1000}` (`uid 0 (schedule:nightly)` with a name); the
-/// daemon itself when there is none.
+/// `uid 1000` for an actor `{"uid": 1000}` (`uid 0 (schedule:nightly)` with a name, `alice`
+/// for a user of a token); the daemon itself when there is none.
 pub fn actor(actor: Option<&ActorView>) -> String {
     match actor {
         Some(ActorView {
+            user: Some(user), ..
+        }) => user.clone(),
+        Some(ActorView {
             uid,
             name: Some(name),
+            ..
         }) => format!("uid {uid} ({name})"),
-        Some(ActorView { uid, name: None }) => format!("uid {uid}"),
+        Some(ActorView { uid, .. }) => format!("uid {uid}"),
         None => "the daemon".to_string(),
     }
 }

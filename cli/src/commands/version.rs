@@ -23,6 +23,13 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
     println!("client  {}", line(&client));
     let daemon = daemon?;
     println!("daemon  {}", line(&daemon));
+    if let Some(listener) = daemon["listener"].as_object() {
+        println!(
+            "listen  https://{} (certificate sha256 {})",
+            render::text(&listener["addr"]),
+            render::text(&listener["fingerprint"])
+        );
+    }
     Ok(())
 }
 

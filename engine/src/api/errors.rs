@@ -49,6 +49,9 @@ impl From<Error> for ApiError {
             Error::Conflict(message) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", message, None)
             }
+            Error::Forbidden(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message, None)
+            }
             Error::Unavailable(message) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -88,6 +91,8 @@ pub(super) async fn error_shape(method: Method, uri: Uri, response: Response) ->
     let (code, field) = match status {
         StatusCode::NOT_FOUND => ("not_found", None),
         StatusCode::CONFLICT => ("conflict", None),
+        StatusCode::UNAUTHORIZED => ("unauthenticated", None),
+        StatusCode::FORBIDDEN => ("forbidden", None),
         StatusCode::SERVICE_UNAVAILABLE => ("unavailable", None),
         StatusCode::PAYLOAD_TOO_LARGE => ("invalid", Some("body".to_owned())),
         status if status.is_server_error() => ("internal", None),

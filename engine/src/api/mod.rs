@@ -2,12 +2,15 @@
 //!
 //! Request bodies are read as bytes and decoded here, so that every malformed request gets the
 //! same error shape: `{"error": {"code", "message", "field"}}`, 4xx for the caller's mistakes and
-//! 5xx only for ours. The caller's uid comes from the socket's peer credentials.
+//! 5xx only for ours. The caller is the socket's peer uid, or the user of a bearer token on the
+//! TCP listener (`auth.rs`).
 
+mod auth;
 mod errors;
 mod runs;
 mod schedules;
 mod store;
+pub mod tls;
 mod views;
 
 use std::fmt::Write as _;
@@ -18,6 +21,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -26,10 +30,12 @@ use serde_json::{json, Map, Value};
 use crate::catalog::{Catalog, Source};
 use crate::machine::{Actor, Input};
 use crate::runtime::{self, Engine, Error, Resident};
+pub use auth::{needed, Caller, FailedLogins, Identity, Need};
 pub use views::{
     ActorView, ApprovalView, AttentionView, AuditView, RunSummary, RunView, StepView, UndoView,
 };
 
+use auth::*;
 use errors::*;
 use runs::*;
 use schedules::*;
@@ -44,30 +50,29 @@ pub struct AppState {
     pub catalog: Catalog,
     /// The daemon's retention (`--retain`; `None`: keep every run).
     pub retain: Option<std::time::Duration>,
+    /// The TCP listener, if there is one.
+    pub listener: Option<ListenerInfo>,
+    /// Whether `/metrics` on the TCP listener answers without a token.
+    pub metrics_public: bool,
+    pub failed_logins: std::sync::Arc<FailedLogins>,
 }
 
-/// The caller, from the Unix socket's peer credentials.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    pub uid: u32,
-}
-
-impl Connected<axum::serve::IncomingStream<'_, tokio::net::UnixListener>> for Peer {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        // SAFETY: getuid has no preconditions.
-        let own = unsafe { libc::getuid() };
-        Peer {
-            uid: stream
-                .io()
-                .peer_cred()
-                .map(|cred| cred.uid())
-                .unwrap_or(own),
-        }
-    }
+/// What `/v1/version` tells of the TCP listener.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerInfo {
+    pub addr: std::net::SocketAddr,
+    /// SHA-256 of its certificate, lowercase hex (what a client pins).
+    pub fingerprint: String,
 }
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/users", get(list_users).post(add_user))
+        .route("/v1/users/{name}", axum::routing::delete(remove_user))
+        .route("/v1/users/{name}/tokens", post(create_token))
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/{id}/revoke", post(revoke_token))
         .route("/v1/runbooks", get(list_runbooks))
         .route("/v1/runbooks/{name}", get(describe_runbook))
         .route("/v1/plan", post(plan))
@@ -99,6 +104,10 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authorize,
+        ))
         .layer(axum::middleware::map_response(error_shape))
         .with_state(state)
 }

@@ -80,9 +80,14 @@ pub(super) fn definition_of(
     }
 }
 
-pub(super) async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult {
+pub(super) async fn plan(
+    State(app): State<AppState>,
+    Extension(identity): Extension<Identity>,
+    bytes: Bytes,
+) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
     let definition = definition_of(&app, &request)?;
+    identity.check_runbook(&definition.name)?;
     let params = request.params;
     let actions = app.catalog.actions().clone();
     if request.check {
@@ -102,7 +107,7 @@ pub(super) async fn plan(State(app): State<AppState>, bytes: Bytes) -> ApiResult
 
 pub(super) async fn start_run(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> ApiResult {
     let request: StartRequest = body(&bytes)?;
@@ -113,12 +118,13 @@ pub(super) async fn start_run(
         ));
     }
     let definition = definition_of(&app, &request)?;
+    identity.check_runbook(&definition.name)?;
     let state = app
         .engine
         .create_run(
             definition,
             &request.params,
-            Actor::uid(peer.uid),
+            identity.actor(),
             request.comment,
         )
         .await?;
@@ -322,7 +328,7 @@ pub(super) struct OperatorRequest {
 
 pub(super) async fn run_verb(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(identity): Extension<Identity>,
     Path((id, verb)): Path<(String, String)>,
     bytes: Bytes,
 ) -> ApiResult {
@@ -333,7 +339,7 @@ pub(super) async fn run_verb(
             Some("rollback"),
         ));
     }
-    let by = Actor::uid(peer.uid);
+    let by = identity.actor();
     let comment = request.comment;
     let input = match verb.as_str() {
         "approve" => Input::Approve {
@@ -357,13 +363,28 @@ pub(super) async fn run_verb(
         }
     };
     let run_id = app.engine.resolve(&id)?;
+    check_scope(&app, &identity, run_id).await?;
     let state = app.engine.handle(run_id, input).await?;
     ok(RunView::from_state(&state))
 }
 
+/// Refuses a user whose runbook scope leaves out the run's runbook.
+async fn check_scope(
+    app: &AppState,
+    identity: &Identity,
+    run_id: uuid::Uuid,
+) -> Result<(), ApiError> {
+    if let Identity::User(_) = identity {
+        if let Resident::Live(state) = app.engine.get(run_id).await? {
+            identity.check_runbook(&state.runbook)?;
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn step_verb(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(identity): Extension<Identity>,
     Path((id, step, verb)): Path<(String, String, String)>,
     bytes: Bytes,
 ) -> ApiResult {
@@ -374,7 +395,7 @@ pub(super) async fn step_verb(
             Some("rollback"),
         ));
     }
-    let by = Actor::uid(peer.uid);
+    let by = identity.actor();
     let input = match verb.as_str() {
         "retry" => Input::Retry {
             step,
@@ -391,6 +412,7 @@ pub(super) async fn step_verb(
         }
     };
     let run_id = app.engine.resolve(&id)?;
+    check_scope(&app, &identity, run_id).await?;
     let state = app.engine.handle(run_id, input).await?;
     ok(RunView::from_state(&state))
 }

@@ -8,7 +8,7 @@ pub(super) async fn list_schedules(State(app): State<AppState>) -> ApiResult {
 
 pub(super) async fn add_schedule(
     State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
+    Extension(identity): Extension<Identity>,
     bytes: Bytes,
 ) -> ApiResult {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -19,7 +19,7 @@ pub(super) async fn add_schedule(
     }
     let spec: runtime::ScheduleSpec = serde_json::from_slice(&bytes)
         .map_err(|error| ApiError::invalid(format!("request body: {error}"), Some("body")))?;
-    let schedule = app.engine.add_schedule(spec, Actor::uid(peer.uid)).await?;
+    let schedule = app.engine.add_schedule(spec, identity.actor()).await?;
     Ok((StatusCode::CREATED, Json(schedule)).into_response())
 }
 

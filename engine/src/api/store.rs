@@ -130,9 +130,10 @@ pub(super) async fn readyz(State(app): State<AppState>) -> Response {
 }
 
 /// `/v1/version`: the daemon's version and the journal format it writes.
-pub(super) async fn version() -> ApiResult {
+pub(super) async fn version(State(app): State<AppState>) -> ApiResult {
     ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "journal_format": crate::store::envelope::FORMAT,
+        "listener": app.listener,
     }))
 }

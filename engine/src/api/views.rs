@@ -38,13 +38,16 @@ pub struct RunView {
     pub audit: Vec<AuditView>,
 }
 
-/// Who did something: the peer's uid, and its user name when it has one.
+/// Who did something: the peer's uid, its name when it has one (`schedule:nightly`), and the
+/// user of the token it came with over TCP.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
 pub struct ActorView {
     pub uid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Why a run waits for the operator.
@@ -85,6 +88,7 @@ impl From<&Actor> for ActorView {
         ActorView {
             uid: actor.uid,
             name: actor.name.clone(),
+            user: actor.user.clone(),
         }
     }
 }

@@ -12,18 +12,66 @@ use uuid::Uuid;
 use super::ids::{CallId, TimerId};
 use crate::definition::Definition;
 
-/// Who asked for something: the peer uid of the API caller (or the daemon's own uid for work it
-/// starts by itself, with a `name` such as `schedule:nightly`).
+/// Who asked for something: the peer uid of the API caller on the Unix socket (or the daemon's
+/// own uid for work it starts by itself, with a `name` such as `schedule:nightly`), or a user
+/// of the TCP listener (`user`, with the daemon's uid).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Actor {
     pub uid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The user of a token (`access.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// That user's role when they acted (local callers have every right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<crate::access::Role>,
 }
 
 impl Actor {
     pub fn uid(uid: u32) -> Actor {
-        Actor { uid, name: None }
+        Actor {
+            uid,
+            name: None,
+            user: None,
+            role: None,
+        }
+    }
+
+    /// A user of the TCP listener, acting through the daemon (whose uid is `uid`).
+    pub fn user(uid: u32, user: &crate::access::User) -> Actor {
+        Actor {
+            uid,
+            name: None,
+            user: Some(user.name.clone()),
+            role: Some(user.role),
+        }
+    }
+
+    /// Whether this actor may pass an approval gate (approve it, or skip or retry past it).
+    pub fn may_approve(&self) -> bool {
+        self.role
+            .is_none_or(|role| role >= crate::access::Role::Approver)
+    }
+
+    /// Whether two actors are the same person, for the two-person rule: users are compared by
+    /// name; a user is never a local uid; local callers are compared by uid.
+    pub fn same_person(&self, other: &Actor) -> bool {
+        match (&self.user, &other.user) {
+            (Some(a), Some(b)) => a == b,
+            (None, None) => self.uid == other.uid,
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Actor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.user, &self.name) {
+            (Some(user), _) => write!(f, "user {user}"),
+            (None, Some(name)) => write!(f, "uid {} ({name})", self.uid),
+            (None, None) => write!(f, "uid {}", self.uid),
+        }
     }
 }
 

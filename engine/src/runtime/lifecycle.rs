@@ -23,7 +23,7 @@ pub(super) fn transition(
             action = %input.to_lowercase(),
             step = step.as_deref().unwrap_or("-"),
             uid = by.uid,
-            user = by.name.as_deref().unwrap_or("-"),
+            user = by.user.as_deref().or(by.name.as_deref()).unwrap_or("-"),
             state = after.status.name(),
             "operator action"
         );

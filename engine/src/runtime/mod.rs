@@ -14,6 +14,7 @@
 //!   dropped from memory once nobody uses it, and read back from the store when an input (its
 //!   timer, an operator) or a reader needs it. Start-up loads only the runs that are not parked.
 
+mod access;
 mod archiver;
 mod calls;
 mod check;
@@ -43,6 +44,7 @@ use crate::machine::{
 };
 use crate::schedule::Schedule;
 use crate::store::{self, Commit, Writer};
+pub use access::{Refusal, TokenView};
 pub use archiver::run_archiver;
 pub use check::{check, CheckLimits, CheckSummary, StepCheck};
 pub use plan::{plan, Plan, PlannedStep};
@@ -64,6 +66,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Conflict(String),
+    /// The caller's role or runbook scope does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -92,6 +97,7 @@ impl From<Rejection> for Error {
         match rejection {
             Rejection::NotFound(message) => Error::NotFound(message),
             Rejection::Conflict(message) => Error::Conflict(message),
+            Rejection::Forbidden(message) => Error::Forbidden(message),
             Rejection::Invalid { message, field } => Error::Invalid {
                 message,
                 field: Some(field),
@@ -106,6 +112,10 @@ struct Inner {
     actions: Registry,
     catalog: Catalog,
     schedules: Mutex<BTreeMap<String, Schedule>>,
+    /// Users and tokens, read on every request over TCP.
+    access: RwLock<access::AccessTable>,
+    /// Held by a change to users or tokens: one at a time.
+    access_writes: Mutex<()>,
     data_dir: PathBuf,
     /// The runs held in memory (see the contract above), each behind its own lock.
     runs: RwLock<HashMap<Uuid, Arc<Mutex<Resident>>>>,
@@ -149,6 +159,7 @@ impl Engine {
                 Err(error) => tracing::error!(%error, "a schedule is corrupt; it is left out"),
             }
         }
+        let access = access::AccessTable::load(writer.store().as_ref())?;
         // The runs that are not parked: those the daemon works on. One that cannot be read
         // is kept as such, and never hides the others.
         let mut runs = HashMap::new();
@@ -165,6 +176,8 @@ impl Engine {
                 actions: catalog.actions().clone(),
                 catalog,
                 schedules: Mutex::new(schedules),
+                access: RwLock::new(access),
+                access_writes: Mutex::new(()),
                 data_dir: data_dir.to_owned(),
                 runs: RwLock::new(runs),
                 calls: StdMutex::new(HashMap::new()),

@@ -425,8 +425,8 @@ impl Engine {
         // SAFETY: getuid has no preconditions.
         let uid = unsafe { libc::getuid() };
         let by = Actor {
-            uid,
             name: Some(format!("schedule:{}", schedule.name)),
+            ..Actor::uid(uid)
         };
         let comment = Some(format!(
             "schedule {} ({outcome}) for {}",

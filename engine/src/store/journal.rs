@@ -25,8 +25,8 @@ use super::fold;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
 use super::{
-    decode_event, decode_value, encode_value, restore, Commit, Error, Expired, ScheduleCommit,
-    Store, TimerKey, STORE_FORMAT,
+    decode_event, decode_value, encode_value, restore, AccessCommit, Commit, Error, Expired,
+    ScheduleCommit, Store, TimerKey, STORE_FORMAT,
 };
 use crate::machine::{Event, RunState, TimerId};
 use crate::schedule::Schedule;
@@ -456,6 +456,28 @@ impl<T: Tables> Store for Journal<T> {
             loaded.push(decode_value(&|| format!("schedules/{name}"), &bytes));
         }
         Ok(loaded)
+    }
+
+    fn stage_access(&self, commit: &AccessCommit) -> Result<(), Error> {
+        self.stage_with(|tx| {
+            for (key, value) in &commit.changes {
+                match value {
+                    Some(value) => tx.put(Tree::Access, key.as_bytes().to_vec(), value.clone()),
+                    None => tx.delete(Tree::Access, key.as_bytes().to_vec()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.tables
+            .scan(Tree::Access, Bound::Unbounded, Bound::Unbounded, false)
+            .map(|entry| {
+                let (key, bytes) = entry?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()))
+            })
+            .collect()
     }
 
     fn list(&self, query: &ListQuery) -> Result<Page, Error> {

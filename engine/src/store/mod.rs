@@ -341,6 +341,13 @@ impl ScheduleCommit {
     }
 }
 
+/// A change to users and tokens (`access.rs`), applied atomically: each key of the `access`
+/// tree set to a record, or deleted (`None`).
+#[derive(Debug, Clone, Default)]
+pub struct AccessCommit {
+    pub changes: Vec<(String, Option<Vec<u8>>)>,
+}
+
 /// The journal, in domain terms.
 pub trait Store: Send + Sync + 'static {
     /// Stages one commit (not yet durable: see [`Store::sync`]). Fails with
@@ -461,6 +468,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every schedule, or the error that kept one from being read.
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error>;
+
+    /// Applies one change to users and tokens atomically (not yet durable: see
+    /// [`Store::sync`]).
+    fn stage_access(&self, commit: &AccessCommit) -> Result<(), Error>;
+
+    /// Every record of the `access` tree, by key.
+    fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error>;
 }
 
 /// Rebuilds a run's state from its snapshot payload, the first event (which pins the

@@ -44,10 +44,12 @@ pub enum Tree {
     Archived = 13,
     /// state name ‖ 0 ‖ runbook name ‖ 0 ‖ run_id → empty: every run, by state and runbook.
     ByStateRunbook = 14,
+    /// `user/<name>` → a user, `token/<id>` → a token (`access.rs`).
+    Access = 15,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 15] = [
+    pub const ALL: [Tree; 16] = [
         Tree::Runs,
         Tree::Events,
         Tree::Timers,
@@ -63,6 +65,7 @@ impl Tree {
         Tree::Folded,
         Tree::Archived,
         Tree::ByStateRunbook,
+        Tree::Access,
     ];
 
     pub fn code(self) -> u8 {
@@ -91,6 +94,7 @@ impl Tree {
             Tree::Folded => "folded",
             Tree::Archived => "archived",
             Tree::ByStateRunbook => "by_state_runbook",
+            Tree::Access => "access",
         }
     }
 }

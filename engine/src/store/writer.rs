@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::{Commit, Error, ScheduleCommit, Store, TimerKey};
+use super::{AccessCommit, Commit, Error, ScheduleCommit, Store, TimerKey};
 use crate::machine::{Event, RunState};
 
 /// The most commits that share one sync.
@@ -30,6 +30,7 @@ pub const REOPEN_EVERY: Duration = Duration::from_secs(1);
 enum Write {
     Run(Box<Commit>),
     Schedule(ScheduleCommit),
+    Access(AccessCommit),
     /// Deletes finished runs (retention); answers with those deleted.
     Collect(Vec<Uuid>),
     /// Moves archived runs out of the tables; answers with those moved.
@@ -109,6 +110,11 @@ impl Writer {
     /// Applies and syncs one schedule change; resolves when it is durable.
     pub async fn commit_schedule(&self, commit: ScheduleCommit) -> Result<(), Error> {
         self.send(Write::Schedule(commit)).await.map(drop)
+    }
+
+    /// Applies and syncs one change to users and tokens; resolves when it is durable.
+    pub async fn commit_access(&self, commit: AccessCommit) -> Result<(), Error> {
+        self.send(Write::Access(commit)).await.map(drop)
     }
 
     /// Drops a stale timer index entry, durably.
@@ -271,6 +277,7 @@ impl Loop {
                     crate::failpoint::hit(crate::failpoint::Failpoint::BeforeScheduleStaged);
                     unit(store.stage_schedule(commit))
                 }
+                Write::Access(commit) => unit(store.stage_access(commit)),
                 Write::RemoveTimer(key) => unit(store.remove_timer(key)),
                 Write::Collect(ids) => store.collect(ids),
                 Write::Archive(moved) => store.archive_commit(moved),
@@ -442,5 +449,11 @@ impl Store for Failed {
     }
     fn load_schedules(&self) -> Result<Vec<Result<crate::schedule::Schedule, Error>>, Error> {
         self.reads()?.load_schedules()
+    }
+    fn stage_access(&self, _: &AccessCommit) -> Result<(), Error> {
+        Err(self.error.clone())
+    }
+    fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        self.reads()?.load_access()
     }
 }

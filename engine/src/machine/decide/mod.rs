@@ -235,6 +235,9 @@ pub enum Rejection {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    /// The actor's role does not allow it.
+    #[error("{0}")]
+    Forbidden(String),
     /// The request lacks something it needs (`field` names it, e.g. `comment`).
     #[error("{message}")]
     Invalid { message: String, field: String },

@@ -102,7 +102,11 @@ impl Decider {
             by: by.clone(),
             comment: comment.clone(),
         });
-        self.succeed(&key, json!({"approved_by": by.uid, "comment": comment}));
+        let mut output = json!({"approved_by": by.uid, "comment": comment});
+        if let Some(user) = &by.user {
+            output["approved_by_user"] = json!(user);
+        }
+        self.succeed(&key, output);
         Ok(())
     }
 
@@ -154,10 +158,18 @@ impl Decider {
     /// The rules of an approval gate, which hold for whoever passes it, by `approve` or by
     /// `skip`/`retry`: a gate with `distinct_approver = true` is not passed by the run's starter.
     pub(super) fn check_approver(&self, gate: &str, by: &Actor) -> Result<(), Rejection> {
-        if self.wants_distinct_approver(gate) && by.uid == self.state.started_by.uid {
+        if !by.may_approve() {
+            return Err(Rejection::Forbidden(format!(
+                "step {gate} of run {} is an approval gate: {by} is {}, and passing a gate \
+                 takes the approver role",
+                self.state.id,
+                by.role.map_or("without a role", |role| role.name())
+            )));
+        }
+        if self.wants_distinct_approver(gate) && by.same_person(&self.state.started_by) {
             return Err(Rejection::Conflict(format!(
-                "step {gate} of run {} must be approved by someone other than uid {}, who started the run",
-                self.state.id, by.uid
+                "step {gate} of run {} must be approved by someone other than {by}, who started the run",
+                self.state.id
             )));
         }
         Ok(())
