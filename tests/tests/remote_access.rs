@@ -128,8 +128,9 @@ fn whoami(listener: &Listener, token: &str) -> Result<HttpResponse> {
     listener.call(Some(token), "GET", "/v1/whoami", Value::Null)
 }
 
-/// What a request must get for a role: through to its handler, or refused for the role.
-fn check(response: &HttpResponse, allowed: bool, what: &str) -> Result<()> {
+/// What a request must get for a role: through to its handler, or refused at the door for the
+/// role (`least`, named in the message).
+fn check(response: &HttpResponse, allowed: bool, least: &str, what: &str) -> Result<()> {
     if allowed {
         ensure!(
             ![401, 403, 429].contains(&response.status),
@@ -144,8 +145,12 @@ fn check(response: &HttpResponse, allowed: bool, what: &str) -> Result<()> {
             response.status,
             response.text()
         );
+        let error = &response.json()?["error"];
+        ensure!(error["code"] == "forbidden", "{what}: {}", response.text());
         ensure!(
-            response.json()?["error"]["code"] == "forbidden",
+            error["message"]
+                .as_str()
+                .is_some_and(|message| message.ends_with(&format!("needs the {least} role"))),
             "{what}: {}",
             response.text()
         );
@@ -302,6 +307,7 @@ fn every_verb_against_every_role() -> Result<()> {
             check(
                 &response,
                 rank(role) >= rank(least),
+                least,
                 &format!("{method} {concrete} as {role}"),
             )?;
         }
