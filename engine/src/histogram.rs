@@ -10,30 +10,54 @@ pub const BOUNDS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 10.0, 60.0,
 ];
 
-#[derive(Debug, Default)]
+/// The buckets of what takes minutes to days (a step of a runbook), in seconds.
+pub const LONG_BOUNDS: [f64; 12] = [
+    0.01, 0.1, 1.0, 10.0, 60.0, 300.0, 1800.0, 3600.0, 21600.0, 86400.0, 259200.0, 604800.0,
+];
+
+#[derive(Debug)]
 pub struct Histogram {
+    bounds: &'static [f64],
     inner: Mutex<Counts>,
+}
+
+impl Default for Histogram {
+    fn default() -> Histogram {
+        Histogram::with_bounds(&BOUNDS)
+    }
 }
 
 #[derive(Debug, Default, Clone)]
 struct Counts {
     /// Per bucket (not cumulative), plus one for what is above the last bound.
-    buckets: [u64; BOUNDS.len() + 1],
+    buckets: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
 impl Histogram {
+    /// A histogram with these (increasing) bucket bounds, in seconds.
+    pub fn with_bounds(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            inner: Mutex::new(Counts {
+                buckets: vec![0; bounds.len() + 1],
+                ..Counts::default()
+            }),
+        }
+    }
+
     pub fn record(&self, seconds: f64) {
         let seconds = if seconds.is_finite() {
             seconds.max(0.0)
         } else {
             0.0
         };
-        let bucket = BOUNDS
+        let bucket = self
+            .bounds
             .iter()
             .position(|bound| seconds <= *bound)
-            .unwrap_or(BOUNDS.len());
+            .unwrap_or(self.bounds.len());
         let mut counts = self
             .inner
             .lock()
@@ -53,7 +77,7 @@ impl Histogram {
         let mut text = String::new();
         let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (bound, count) in BOUNDS.iter().zip(counts.buckets.iter()) {
+        for (bound, count) in self.bounds.iter().zip(counts.buckets.iter()) {
             cumulative += count;
             let _ = writeln!(text, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
         }

@@ -96,7 +96,94 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         "runbook_timer_lateness_seconds",
         "How long after its deadline each durable timer fired.",
     ));
+    text.push_str(&app.engine.step_duration().render(
+        "runbook_step_duration_seconds",
+        "How long each step took, from its first start to its end (success or failure).",
+    ));
+    let _ = writeln!(text, "# HELP runbook_step_failures_total Failed step attempts, by runbook, since the daemon started.\n# TYPE runbook_step_failures_total counter");
+    let mut failures = app.engine.step_failures();
+    for name in app.catalog.entries().into_keys() {
+        failures.entry(name).or_default();
+    }
+    for (runbook, count) in &failures {
+        let _ = writeln!(
+            text,
+            "runbook_step_failures_total{{runbook=\"{}\"}} {count}",
+            label(runbook)
+        );
+    }
+    let store = app.engine.writer().store();
+    let unfinished = tokio::task::spawn_blocking(move || unfinished(store.as_ref()))
+        .await
+        .unwrap_or_else(|error| Err(format!("{error}")));
+    match unfinished {
+        Ok(unfinished) => render_unfinished(&mut text, &app, &unfinished),
+        Err(error) => tracing::warn!(%error, "metrics: the unfinished runs could not be read"),
+    }
     ([("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The most unfinished runs one scrape reads (their listing lines, from the index).
+const MAX_SCRAPED_RUNS: usize = 100_000;
+
+/// The listing lines of the unfinished runs, newest first.
+fn unfinished(store: &dyn crate::store::Store) -> Result<Vec<crate::store::Listing>, String> {
+    let mut lines = Vec::new();
+    let mut query = crate::store::ListQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list(&query).map_err(|error| error.to_string())?;
+        lines.extend(page.runs.into_iter().filter_map(|(_, line)| line.ok()));
+        match page.next {
+            Some(next) if lines.len() < MAX_SCRAPED_RUNS => query.before = Some(next),
+            _ => return Ok(lines),
+        }
+    }
+}
+
+fn render_unfinished(text: &mut String, app: &AppState, lines: &[crate::store::Listing]) {
+    let mut by = std::collections::BTreeMap::<(String, String), u64>::new();
+    // Every runbook of the catalogue has its series in every unfinished state, zeros included.
+    for runbook in app.catalog.entries().into_keys() {
+        for state in crate::store::listing::STATES {
+            if !state.is_terminal() {
+                by.insert((state.name().to_owned(), runbook.clone()), 0);
+            }
+        }
+    }
+    let now = app.engine.clock().now();
+    let (mut approvals, mut oldest) = (0u64, 0f64);
+    for line in lines {
+        *by.entry((line.state.clone(), line.runbook.clone()))
+            .or_default() += 1;
+        if let Some(wait) = line.wait.as_ref().filter(|wait| wait.kind == "approval") {
+            approvals += 1;
+            if let Some(since) = wait.since {
+                let age = (now - since).num_milliseconds().max(0) as f64 / 1000.0;
+                oldest = oldest.max(age);
+            }
+        }
+    }
+    let _ = writeln!(text, "# HELP runbook_unfinished_runs Unfinished runs by state and runbook.\n# TYPE runbook_unfinished_runs gauge");
+    for ((state, runbook), count) in &by {
+        let _ = writeln!(
+            text,
+            "runbook_unfinished_runs{{state=\"{state}\",runbook=\"{}\"}} {count}",
+            label(runbook)
+        );
+    }
+    let _ = writeln!(text, "# HELP runbook_approvals_pending Approval gates waiting for someone.\n# TYPE runbook_approvals_pending gauge\nrunbook_approvals_pending {approvals}");
+    let _ = writeln!(text, "# HELP runbook_approval_oldest_seconds How long the oldest pending approval has waited (0: none).\n# TYPE runbook_approval_oldest_seconds gauge\nrunbook_approval_oldest_seconds {oldest:.3}");
+}
+
+/// A label value as the exposition format wants it.
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 // ----- health -----------------------------------------------------------------------------------

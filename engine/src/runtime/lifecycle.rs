@@ -4,7 +4,45 @@
 
 use uuid::Uuid;
 
-use crate::machine::{Actor, RunState, RunStatus};
+use super::Engine;
+use crate::machine::{Actor, Event, EventKind, RunState, RunStatus};
+
+/// The most runbooks the failure counter keeps apart (runs of files may name any runbook); the
+/// rest are counted under `other`.
+const MAX_FAILURE_SERIES: usize = 1000;
+
+impl Engine {
+    /// Counts the steps that ended in a commit: their durations, and failed attempts.
+    pub(super) fn count_steps(&self, events: &[Event], after: &RunState) {
+        for event in events {
+            match &event.kind {
+                EventKind::StepSucceeded { step, .. } | EventKind::StepFailed { step, .. } => {
+                    if let Some(state) = after.step(step) {
+                        let ended = state.finished_at.unwrap_or(event.at);
+                        let seconds = (ended - state.started_at).num_milliseconds() as f64 / 1000.0;
+                        self.inner.step_duration.record(seconds);
+                    }
+                }
+                _ => continue,
+            }
+            if let EventKind::StepFailed { .. } = event.kind {
+                let mut failures = self
+                    .inner
+                    .step_failures
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let series = if failures.len() < MAX_FAILURE_SERIES
+                    || failures.contains_key(&after.runbook)
+                {
+                    after.runbook.clone()
+                } else {
+                    "other".to_owned()
+                };
+                *failures.entry(series).or_default() += 1;
+            }
+        }
+    }
+}
 
 /// The daemon log's record of a committed change: every operator action (who, which step, the
 /// run's state after it), and every change of a run's state but the flips between running and

@@ -123,6 +123,10 @@ struct Inner {
     timer_wake: Notify,
     /// How late each timer fired (deadline → firing), for `/metrics`.
     timer_lateness: crate::histogram::Histogram,
+    /// How long each step took, first start to end (`/metrics`).
+    step_duration: crate::histogram::Histogram,
+    /// Failed step attempts by runbook, since the daemon started (`/metrics`).
+    step_failures: StdMutex<BTreeMap<String, u64>>,
     accepting: AtomicBool,
     /// Cancelled at shutdown: no new action call starts (see [`ActionContext::draining`]).
     draining: CancellationToken,
@@ -183,6 +187,10 @@ impl Engine {
                 calls: StdMutex::new(HashMap::new()),
                 timer_wake: Notify::new(),
                 timer_lateness: crate::histogram::Histogram::default(),
+                step_duration: crate::histogram::Histogram::with_bounds(
+                    &crate::histogram::LONG_BOUNDS,
+                ),
+                step_failures: StdMutex::new(BTreeMap::new()),
                 accepting: AtomicBool::new(true),
                 draining: CancellationToken::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
@@ -469,6 +477,7 @@ impl Engine {
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
         lifecycle::transition(run_id, state, &next, &described, operator);
+        self.count_steps(&decision.events, &next);
         let next = Arc::new(next);
         *guard = Resident::Live(next.clone());
         drop(guard);
@@ -545,6 +554,19 @@ impl Engine {
     }
 
     /// How late timers fired, for `/metrics`.
+    pub fn step_duration(&self) -> &crate::histogram::Histogram {
+        &self.inner.step_duration
+    }
+
+    /// Failed step attempts by runbook since the daemon started.
+    pub fn step_failures(&self) -> BTreeMap<String, u64> {
+        self.inner
+            .step_failures
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
     pub fn timer_lateness(&self) -> &crate::histogram::Histogram {
         &self.inner.timer_lateness
     }
