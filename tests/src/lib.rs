@@ -347,6 +347,7 @@ pub fn lines(path: &str) -> Vec<String> {
         .collect()
 }
 pub mod cluster;
+pub mod webdriver;
 // ----- processes: what a step leaves running, and a real sshd (exec supervisor tests) -----------
 
 /// A process as `/proc/<pid>/stat` and `/proc/<pid>/cmdline` show it.

@@ -111,7 +111,8 @@ pub enum Need {
 pub fn needed(method: &Method, path: &str, metrics_public: bool) -> Need {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     match segments.as_slice() {
-        ["healthz"] | ["readyz"] => return Need::Nobody,
+        // The console's files hold no data (it logs in with a token, then calls the API).
+        ["healthz"] | ["readyz"] | [""] | ["ui"] | ["ui", ..] => return Need::Nobody,
         ["metrics"] if metrics_public => return Need::Nobody,
         ["v1", "users", ..] | ["v1", "tokens", ..] | ["v1", "store", "gc"] => {
             return Need::Role(Role::Admin)
@@ -368,6 +369,8 @@ mod tests {
         let role = Need::Role;
         assert_eq!(need(Method::GET, "/healthz"), Need::Nobody);
         assert_eq!(need(Method::GET, "/readyz"), Need::Nobody);
+        assert_eq!(need(Method::GET, "/ui/app.js"), Need::Nobody);
+        assert_eq!(need(Method::GET, "/"), Need::Nobody);
         assert_eq!(need(Method::GET, "/metrics"), role(Role::Viewer));
         assert_eq!(needed(&Method::GET, "/metrics", true), Need::Nobody);
         assert_eq!(need(Method::GET, "/v1/runs/abc"), role(Role::Viewer));

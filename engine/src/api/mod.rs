@@ -6,6 +6,7 @@
 //! TCP listener (`auth.rs`).
 
 mod auth;
+mod console;
 mod errors;
 mod runs;
 mod schedules;
@@ -67,6 +68,11 @@ pub struct ListenerInfo {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .route("/", get(console::to_console))
+        .route("/ui", get(console::to_console))
+        .route("/ui/", get(console::index))
+        .route("/ui/app.js", get(console::script))
+        .route("/ui/app.css", get(console::style))
         .route("/v1/whoami", get(whoami))
         .route("/v1/users", get(list_users).post(add_user))
         .route("/v1/users/{name}", axum::routing::delete(remove_user))
