@@ -37,6 +37,8 @@ pub struct Config {
     pub retain: Option<std::time::Duration>,
     /// The opt-in TCP listener (TLS, bearer tokens).
     pub listen: Option<Listen>,
+    /// The notification sinks file (`notify.rs`).
+    pub notify: Option<PathBuf>,
 }
 
 /// `runbook daemon --listen ADDR [--tls-cert FILE --tls-key FILE] [--metrics-public]`.
@@ -93,6 +95,11 @@ pub async fn run(
     let writer = Writer::start(Arc::new(store), Some(reopen));
     let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
     let engine = Engine::open(writer, Arc::new(SystemClock), catalog.clone(), &data_dir)?;
+    if let Some(path) = &config.notify {
+        let sinks = crate::notify::Config::load(path).map_err(Error::Config)?;
+        tracing::info!(file = %path.display(), sinks = sinks.sinks.len(), "notification sinks");
+        engine.set_notify(sinks);
+    }
 
     let socket = socket_path(&data_dir);
     match std::fs::remove_file(&socket) {
@@ -142,6 +149,7 @@ pub async fn run(
         stop_timers.clone(),
     ));
     let archiver = tokio::spawn(runtime::run_archiver(engine.clone(), stop_timers.clone()));
+    let outbox = tokio::spawn(runtime::run_outbox(engine.clone(), stop_timers.clone()));
     tracing::info!(data_dir = %data_dir.display(), socket = %socket.display(), "daemon ready");
 
     let app = crate::api::router(crate::api::AppState {
@@ -200,6 +208,7 @@ pub async fn run(
     let _ = timers.await;
     let _ = collector.await;
     let _ = archiver.await;
+    let _ = outbox.await;
     let _ = std::fs::remove_file(&socket);
     // Nothing commits during the final checkpoint: the tracked tasks have ended, and the
     // writer takes no more commits (a call that ends now is re-attached after the restart).

@@ -36,10 +36,12 @@ pub enum Failpoint {
     EffectBeforeRecord,
     /// The timer service is about to fire a due timer.
     TimerFire,
+    /// A notification is committed (with its transition) and about to be sent.
+    NotificationBeforeDelivery,
 }
 
 impl Failpoint {
-    pub const ALL: [Failpoint; 10] = [
+    pub const ALL: [Failpoint; 11] = [
         Failpoint::BeforeScheduleStaged,
         Failpoint::StagedBeforeSync,
         Failpoint::BeforeLogWrite,
@@ -50,6 +52,7 @@ impl Failpoint {
         Failpoint::DurableBeforeEffect,
         Failpoint::EffectBeforeRecord,
         Failpoint::TimerFire,
+        Failpoint::NotificationBeforeDelivery,
     ];
 
     /// The name `RUNBOOK_FAILPOINT` takes.
@@ -65,6 +68,7 @@ impl Failpoint {
             Failpoint::DurableBeforeEffect => "DurableBeforeEffect",
             Failpoint::EffectBeforeRecord => "EffectBeforeRecord",
             Failpoint::TimerFire => "TimerFire",
+            Failpoint::NotificationBeforeDelivery => "NotificationBeforeDelivery",
         }
     }
 

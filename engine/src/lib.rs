@@ -30,6 +30,7 @@ pub mod duration;
 pub mod failpoint;
 pub mod histogram;
 pub mod machine;
+pub mod notify;
 pub mod private_dir;
 pub mod runtime;
 pub mod schedule;

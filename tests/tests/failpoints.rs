@@ -8,14 +8,17 @@ use anyhow::{bail, Result};
 use runbook_engine::failpoint::Failpoint;
 use runbook_tests::{lines, Daemon};
 
-/// Every failpoint but those only a schedule reaches (`tests/schedules.rs` crashes there).
+/// Every failpoint but those only a schedule reaches (`tests/schedules.rs` crashes there) and
+/// the one only a notification reaches (`tests/notifications.rs` crashes there).
 fn points() -> Vec<Failpoint> {
     Failpoint::ALL
         .into_iter()
         .filter(|point| {
             !matches!(
                 point,
-                Failpoint::BeforeScheduleStaged | Failpoint::ScheduleLaunchedBeforeSaved
+                Failpoint::BeforeScheduleStaged
+                    | Failpoint::ScheduleLaunchedBeforeSaved
+                    | Failpoint::NotificationBeforeDelivery
             )
         })
         .collect()

@@ -38,6 +38,9 @@ pub struct Args {
     /// Serve /metrics on the listener without a token (for a scraper that has none)
     #[arg(long, requires = "listen")]
     pub metrics_public: bool,
+    /// Notification sinks (TOML: webhook, slack, dingtalk, feishu, wecom, email), see README
+    #[arg(long, value_name = "FILE")]
+    pub notify: Option<PathBuf>,
 }
 
 /// `--retain`: a duration, or `0` for "keep all".
@@ -100,6 +103,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             },
             metrics_public: args.metrics_public,
         }),
+        notify: args.notify,
     };
     runbook_engine::daemon::run(config, shutdown)
         .await

@@ -126,6 +126,41 @@ pub fn render_run(run: &RunView, now: DateTime<Utc>) -> String {
             out.push_str(&format!("  {line}\n"));
         }
     }
+    if !run.notifications.is_empty() {
+        out.push_str("\nnotifications:\n");
+        let rows: Vec<Vec<String>> = run
+            .notifications
+            .iter()
+            .map(|note| {
+                let at = |time: Option<DateTime<Utc>>| {
+                    time.map(render::short_timestamp).unwrap_or_default()
+                };
+                let how = match note.state.as_str() {
+                    "delivered" => format!("at {}", at(note.delivered_at)),
+                    _ => format!(
+                        "{}{}",
+                        note.last_error
+                            .as_deref()
+                            .map(render::first_line)
+                            .unwrap_or(""),
+                        note.next_attempt_at
+                            .map(|next| format!(" (next try {})", render::short_timestamp(next)))
+                            .unwrap_or_default()
+                    ),
+                };
+                vec![
+                    note.event.clone(),
+                    note.sink.clone(),
+                    note.state.clone(),
+                    note.attempts.to_string(),
+                    how,
+                ]
+            })
+            .collect();
+        for line in render::table(&["EVENT", "SINK", "STATE", "TRIES", "DETAIL"], &rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
     out
 }
 

@@ -33,7 +33,8 @@ use crate::machine::{Actor, Input};
 use crate::runtime::{self, Engine, Error, Resident};
 pub use auth::{needed, Caller, FailedLogins, Identity, Need};
 pub use views::{
-    ActorView, ApprovalView, AttentionView, AuditView, RunSummary, RunView, StepView, UndoView,
+    ActorView, ApprovalView, AttentionView, AuditView, NotificationView, RunSummary, RunView,
+    StepView, UndoView,
 };
 
 use auth::*;

@@ -242,7 +242,14 @@ pub(super) async fn list_runs(
 pub(super) async fn show_run(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let run_id = app.engine.resolve(&id)?;
     let resident = app.engine.get(run_id).await?;
-    ok(RunView::of(run_id, &resident))
+    let mut view = RunView::of(run_id, &resident);
+    let engine = app.engine.clone();
+    view.notifications = runtime::off_workers(move || engine.notifications_of(run_id))
+        .await?
+        .iter()
+        .map(NotificationView::from)
+        .collect();
+    ok(view)
 }
 
 pub(super) async fn run_events(State(app): State<AppState>, Path(id): Path<String>) -> ApiResult {

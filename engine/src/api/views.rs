@@ -36,6 +36,43 @@ pub struct RunView {
     pub error: Option<String>,
     pub steps: Vec<StepView>,
     pub audit: Vec<AuditView>,
+    /// Its notifications and how their delivery goes (`GET /v1/runs/{id}` only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<NotificationView>,
+}
+
+/// One notification of a run to one sink.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(default)]
+pub struct NotificationView {
+    pub id: String,
+    pub sink: String,
+    pub event: String,
+    pub step: Option<String>,
+    /// `pending`, `failing`, `delivered` or `abandoned`.
+    pub state: String,
+    pub attempts: u32,
+    pub created_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+}
+
+impl From<&crate::notify::Entry> for NotificationView {
+    fn from(entry: &crate::notify::Entry) -> NotificationView {
+        NotificationView {
+            id: entry.id.clone(),
+            sink: entry.sink.clone(),
+            event: entry.event.name().to_owned(),
+            step: entry.step.clone(),
+            state: entry.state().to_owned(),
+            attempts: entry.attempts,
+            created_at: Some(entry.created_at),
+            delivered_at: entry.delivered_at,
+            next_attempt_at: entry.next_attempt_at,
+            last_error: entry.last_error.clone(),
+        }
+    }
 }
 
 /// Who did something: the peer's uid, its name when it has one (`schedule:nightly`), and the
@@ -200,6 +237,7 @@ impl RunView {
                 error: Some(reason.clone()),
                 steps: Vec::new(),
                 audit: Vec::new(),
+                notifications: Vec::new(),
             },
         }
     }
@@ -240,6 +278,7 @@ impl RunView {
             error: state.error.clone(),
             steps,
             audit: state.audit.iter().map(AuditView::from).collect(),
+            notifications: Vec::new(),
         }
     }
 }

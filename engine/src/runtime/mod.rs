@@ -19,6 +19,7 @@ mod archiver;
 mod calls;
 mod check;
 mod lifecycle;
+mod outbox;
 mod plan;
 mod resident;
 mod retention;
@@ -47,6 +48,7 @@ use crate::store::{self, Commit, Writer};
 pub use access::{Refusal, TokenView};
 pub use archiver::run_archiver;
 pub use check::{check, CheckLimits, CheckSummary, StepCheck};
+pub use outbox::run_outbox;
 pub use plan::{plan, Plan, PlannedStep};
 pub use resident::Resident;
 pub use retention::{run_collector, Collected};
@@ -127,6 +129,10 @@ struct Inner {
     step_duration: crate::histogram::Histogram,
     /// Failed step attempts by runbook, since the daemon started (`/metrics`).
     step_failures: StdMutex<BTreeMap<String, u64>>,
+    /// The notification sinks (`--notify`), set once before recovery.
+    notify: std::sync::OnceLock<Arc<crate::notify::Config>>,
+    /// Wakes the outbox's delivery task after a commit that made entries.
+    outbox_wake: Notify,
     accepting: AtomicBool,
     /// Cancelled at shutdown: no new action call starts (see [`ActionContext::draining`]).
     draining: CancellationToken,
@@ -191,6 +197,8 @@ impl Engine {
                     &crate::histogram::LONG_BOUNDS,
                 ),
                 step_failures: StdMutex::new(BTreeMap::new()),
+                notify: std::sync::OnceLock::new(),
+                outbox_wake: Notify::new(),
                 accepting: AtomicBool::new(true),
                 draining: CancellationToken::new(),
                 tasks: tokio_util::task::TaskTracker::new(),
@@ -376,11 +384,16 @@ impl Engine {
         })?;
         let mut commit = Commit::new(0, &decision.events, &mut state, decision.settled())?;
         commit.claims.extend(claim);
+        commit.outbox = self.notifications(None, &state, &decision.events);
+        let notified = !commit.outbox.is_empty();
         let parked = commit.parked;
         match self.inner.writer.commit(commit).await {
             Ok(()) => {}
             Err(store::Error::Claimed { holder, .. }) => return Ok(Err(holder)),
             Err(error) => return Err(error.into()),
+        }
+        if notified {
+            self.wake_outbox();
         }
         if !parked {
             // (Unless an input of the new run, a timer, has read it from the store already.)
@@ -467,15 +480,20 @@ impl Engine {
             let settled = next.is_parked() && decision.settled();
             return Ok((state.clone(), settled));
         }
-        let commit = Commit::new(
+        let mut commit = Commit::new(
             state.last_seq,
             &decision.events,
             &mut next,
             decision.settled(),
         )?;
+        commit.outbox = self.notifications(Some(state), &next, &decision.events);
+        let notified = !commit.outbox.is_empty();
         let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
         self.inner.writer.commit(commit).await?;
+        if notified {
+            self.wake_outbox();
+        }
         lifecycle::transition(run_id, state, &next, &described, operator);
         self.count_steps(&decision.events, &next);
         let next = Arc::new(next);

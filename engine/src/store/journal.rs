@@ -24,9 +24,10 @@ use super::archive::{self, Archive, ArchivedRun, Pointer, Record};
 use super::fold;
 use super::listing::{self, Counts, ListQuery, Listing, Page};
 use super::tables::{scan_prefix, Op, Tables, Tree};
+use super::KeyValue;
 use super::{
     decode_event, decode_value, encode_value, restore, AccessCommit, Commit, Error, Expired,
-    ScheduleCommit, Store, TimerKey, STORE_FORMAT,
+    OutboxCommit, ScheduleCommit, Store, TimerKey, STORE_FORMAT,
 };
 use crate::machine::{Event, RunState, TimerId};
 use crate::schedule::Schedule;
@@ -468,6 +469,24 @@ impl<T: Tables> Store for Journal<T> {
             }
             Ok(())
         })
+    }
+
+    fn stage_outbox(&self, commit: &OutboxCommit) -> Result<(), Error> {
+        self.stage_with(|tx| {
+            for (key, value) in &commit.changes {
+                match value {
+                    Some(value) => tx.put(Tree::Outbox, key.clone(), value.clone()),
+                    None => tx.delete(Tree::Outbox, key.clone()),
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn load_outbox(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        scan_prefix(&self.tables, Tree::Outbox, prefix, false)
+            .map(|entry| entry.map(|(key, value)| (key.to_vec(), value.to_vec())))
+            .collect()
     }
 
     fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {

@@ -207,6 +207,9 @@ pub struct Commit {
     /// The run is parked after this commit (see [`RunState::is_parked`]) and nothing is left
     /// to continue: the daemon need not load it at start-up.
     pub parked: bool,
+    /// Notifications this transition causes, `(key, entry)` of the outbox (`notify.rs`):
+    /// committed with it, delivered after.
+    pub outbox: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Commit {
@@ -253,6 +256,7 @@ impl Commit {
             locks_acquire: Vec::new(),
             locks_release: Vec::new(),
             claims: Vec::new(),
+            outbox: Vec::new(),
             listing: Listing::of(snapshot),
             parked,
         };
@@ -346,6 +350,15 @@ impl ScheduleCommit {
 #[derive(Debug, Clone, Default)]
 pub struct AccessCommit {
     pub changes: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// A record's key and value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Changes to outbox entries (a delivery's outcome), applied atomically: `None` deletes.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxCommit {
+    pub changes: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// The journal, in domain terms.
@@ -475,6 +488,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every record of the `access` tree, by key.
     fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error>;
+
+    /// Applies outbox changes atomically (not yet durable: see [`Store::sync`]).
+    fn stage_outbox(&self, commit: &OutboxCommit) -> Result<(), Error>;
+
+    /// The outbox entries whose key starts with `prefix` (a run's id; empty: all), in order.
+    fn load_outbox(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error>;
 }
 
 /// Rebuilds a run's state from its snapshot payload, the first event (which pins the

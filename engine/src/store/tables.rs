@@ -46,10 +46,12 @@ pub enum Tree {
     ByStateRunbook = 14,
     /// `user/<name>` → a user, `token/<id>` → a token (`access.rs`).
     Access = 15,
+    /// run_id ‖ notification id → an outbox entry (`notify.rs`).
+    Outbox = 16,
 }
 
 impl Tree {
-    pub const ALL: [Tree; 16] = [
+    pub const ALL: [Tree; 17] = [
         Tree::Runs,
         Tree::Events,
         Tree::Timers,
@@ -66,6 +68,7 @@ impl Tree {
         Tree::Archived,
         Tree::ByStateRunbook,
         Tree::Access,
+        Tree::Outbox,
     ];
 
     pub fn code(self) -> u8 {
@@ -95,6 +98,7 @@ impl Tree {
             Tree::Archived => "archived",
             Tree::ByStateRunbook => "by_state_runbook",
             Tree::Access => "access",
+            Tree::Outbox => "outbox",
         }
     }
 }

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, watch};
 use uuid::Uuid;
 
-use super::{AccessCommit, Commit, Error, ScheduleCommit, Store, TimerKey};
+use super::KeyValue;
+use super::{AccessCommit, Commit, Error, OutboxCommit, ScheduleCommit, Store, TimerKey};
 use crate::machine::{Event, RunState};
 
 /// The most commits that share one sync.
@@ -31,6 +32,7 @@ enum Write {
     Run(Box<Commit>),
     Schedule(ScheduleCommit),
     Access(AccessCommit),
+    Outbox(OutboxCommit),
     /// Deletes finished runs (retention); answers with those deleted.
     Collect(Vec<Uuid>),
     /// Moves archived runs out of the tables; answers with those moved.
@@ -115,6 +117,11 @@ impl Writer {
     /// Applies and syncs one change to users and tokens; resolves when it is durable.
     pub async fn commit_access(&self, commit: AccessCommit) -> Result<(), Error> {
         self.send(Write::Access(commit)).await.map(drop)
+    }
+
+    /// Applies and syncs outbox changes (a delivery's outcome); resolves when durable.
+    pub async fn commit_outbox(&self, commit: OutboxCommit) -> Result<(), Error> {
+        self.send(Write::Outbox(commit)).await.map(drop)
     }
 
     /// Drops a stale timer index entry, durably.
@@ -278,6 +285,7 @@ impl Loop {
                     unit(store.stage_schedule(commit))
                 }
                 Write::Access(commit) => unit(store.stage_access(commit)),
+                Write::Outbox(commit) => unit(store.stage_outbox(commit)),
                 Write::RemoveTimer(key) => unit(store.remove_timer(key)),
                 Write::Collect(ids) => store.collect(ids),
                 Write::Archive(moved) => store.archive_commit(moved),
@@ -455,5 +463,11 @@ impl Store for Failed {
     }
     fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
         self.reads()?.load_access()
+    }
+    fn stage_outbox(&self, _: &OutboxCommit) -> Result<(), Error> {
+        Err(self.error.clone())
+    }
+    fn load_outbox(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
+        self.reads()?.load_outbox(prefix)
     }
 }

@@ -261,6 +261,9 @@ pub(super) fn run_commit(tx: &mut Tx<'_>, commit: &Commit) -> Result<(), Error> 
     for (seq, bytes) in &commit.events {
         tx.put(Tree::Events, event_key(id, *seq).to_vec(), bytes.clone());
     }
+    for (key, entry) in &commit.outbox {
+        tx.put(Tree::Outbox, key.clone(), entry.clone());
+    }
     if let Some(snapshot) = &commit.snapshot {
         tx.put(Tree::Runs, id.as_bytes().to_vec(), snapshot.clone());
         // Superseded poll rounds: history the snapshot makes redundant. Never the first
@@ -448,6 +451,13 @@ pub(super) fn collect_run(tx: &mut Tx<'_>, run_id: Uuid) -> Result<bool, Error> 
     let mut counts = tx.counts()?;
     tx.listing(&mut counts, run_id, None)?;
     tx.put_counts(&counts)?;
+    let notifications: Vec<Vec<u8>> =
+        scan_prefix(tx.tables, Tree::Outbox, run_id.as_bytes(), false)
+            .map(|entry| entry.map(|(key, _)| key))
+            .collect::<Result<_, _>>()?;
+    for key in notifications {
+        tx.delete(Tree::Outbox, key);
+    }
     if tx.get(Tree::Active, run_id.as_bytes())?.is_some() {
         tx.delete(Tree::Active, run_id.as_bytes().to_vec());
     }

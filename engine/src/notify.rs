@@ -1,0 +1,577 @@
+//! Notifications: who is told when a run needs someone, and how.
+//!
+//! Sinks come from a TOML file (`runbook daemon --notify FILE`): a generic webhook (JSON,
+//! HMAC-SHA256 signed, with an idempotency key), a Slack incoming webhook, DingTalk, Feishu/Lark
+//! and WeCom robots, and email through an SMTP relay. Each notification is an outbox entry
+//! committed with the transition that caused it (`runtime/outbox.rs` delivers them), so a crash
+//! between the two never loses one; a receiver may see one twice (at least once), and the
+//! idempotency key says which.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    ApprovalPending,
+    NeedsAttention,
+    Failed,
+    Succeeded,
+    Canceled,
+    RolledBack,
+}
+
+impl Event {
+    pub const ALL: [Event; 6] = [
+        Event::ApprovalPending,
+        Event::NeedsAttention,
+        Event::Failed,
+        Event::Succeeded,
+        Event::Canceled,
+        Event::RolledBack,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::ApprovalPending => "approval_pending",
+            Event::NeedsAttention => "needs_attention",
+            Event::Failed => "failed",
+            Event::Succeeded => "succeeded",
+            Event::Canceled => "canceled",
+            Event::RolledBack => "rolled_back",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Webhook,
+    Slack,
+    Dingtalk,
+    Feishu,
+    Wecom,
+    Email,
+}
+
+/// One sink, as configured.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sink {
+    pub name: String,
+    pub kind: Kind,
+    /// The endpoint of every kind but `email`.
+    pub url: Option<String>,
+    /// A file holding the signing secret: the webhook's HMAC key, DingTalk's or Feishu's
+    /// signing secret.
+    pub secret_file: Option<PathBuf>,
+    /// `email`: the relay, `host:port` (no authentication, no TLS: a local relay).
+    pub smtp: Option<String>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// The events this sink gets (default: every one).
+    pub events: Option<Vec<Event>>,
+    /// Only runs of these runbooks (comma-separated patterns, `*` for any characters).
+    pub runbooks: Option<String>,
+    #[serde(skip)]
+    pub secret: Option<String>,
+}
+
+/// The sinks file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default, rename = "sinks")]
+    pub sinks: Vec<Sink>,
+}
+
+/// The most sinks a file may configure.
+const MAX_SINKS: usize = 64;
+
+impl Config {
+    /// Reads and checks the sinks file; an error names the file (and line) and the field.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = crate::catalog::read_file(path)
+            .map_err(|error| format!("notify file {}: {error}", path.display()))?;
+        let mut config: Config = toml::from_str(&text).map_err(|error| {
+            let line = error
+                .span()
+                .map(|span| text[..span.start].lines().count().max(1));
+            match line {
+                Some(line) => format!("{}:{line}: {}", path.display(), error.message()),
+                None => format!("{}: {}", path.display(), error.message()),
+            }
+        })?;
+        let at =
+            |sink: &Sink, what: String| format!("{}: sink {:?}: {what}", path.display(), sink.name);
+        if config.sinks.len() > MAX_SINKS {
+            return Err(format!("{}: at most {MAX_SINKS} sinks", path.display()));
+        }
+        let mut names = std::collections::HashSet::new();
+        for sink in &mut config.sinks {
+            crate::access::check_name(&sink.name).map_err(|error| at(sink, error))?;
+            if !names.insert(sink.name.clone()) {
+                return Err(at(sink, "a second sink of that name".to_owned()));
+            }
+            if let Some(scope) = &sink.runbooks {
+                crate::access::check_scope(scope).map_err(|error| at(sink, error))?;
+            }
+            match sink.kind {
+                Kind::Email => {
+                    let smtp = sink
+                        .smtp
+                        .as_deref()
+                        .ok_or_else(|| at(sink, "email needs smtp = \"host:port\"".to_owned()))?;
+                    if smtp
+                        .rsplit_once(':')
+                        .and_then(|(_, port)| port.parse::<u16>().ok())
+                        .is_none()
+                    {
+                        return Err(at(sink, format!("smtp {smtp:?}: expected host:port")));
+                    }
+                    let from = sink.from.as_deref().unwrap_or_default();
+                    if !is_address(from) {
+                        return Err(at(
+                            sink,
+                            format!("from {from:?}: expected an email address"),
+                        ));
+                    }
+                    if sink.to.is_empty()
+                        || sink.to.len() > 50
+                        || !sink.to.iter().all(|to| is_address(to))
+                    {
+                        return Err(at(sink, "to: 1 to 50 email addresses".to_owned()));
+                    }
+                }
+                _ => {
+                    let url = sink
+                        .url
+                        .as_deref()
+                        .ok_or_else(|| at(sink, "needs url".to_owned()))?;
+                    if !(url.starts_with("https://") || url.starts_with("http://"))
+                        || url.len() > 2048
+                        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+                    {
+                        return Err(at(sink, format!("url {url:?}: expected an http(s) URL")));
+                    }
+                }
+            }
+            if let Some(file) = &sink.secret_file {
+                let secret = crate::catalog::read_file(file).map_err(|error| {
+                    at(sink, format!("secret_file {}: {error}", file.display()))
+                })?;
+                let secret = secret.trim().to_owned();
+                if secret.is_empty() {
+                    return Err(at(sink, format!("secret_file {} is empty", file.display())));
+                }
+                sink.secret = Some(secret);
+            } else if sink.kind == Kind::Webhook {
+                return Err(at(
+                    sink,
+                    "a webhook needs secret_file (its HMAC key)".to_owned(),
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The sinks that want `event` for a run of `runbook`.
+    pub fn sinks_for(&self, event: Event, runbook: &str) -> impl Iterator<Item = &Sink> {
+        let runbook = runbook.to_owned();
+        self.sinks.iter().filter(move |sink| {
+            sink.events
+                .as_ref()
+                .is_none_or(|events| events.contains(&event))
+                && sink.runbooks.as_ref().is_none_or(|scope| {
+                    scope
+                        .split(',')
+                        .any(|pattern| crate::access::glob_matches(pattern.trim(), &runbook))
+                })
+        })
+    }
+
+    pub fn sink(&self, name: &str) -> Option<&Sink> {
+        self.sinks.iter().find(|sink| sink.name == name)
+    }
+}
+
+/// A deliberately plain check: something@something, no spaces, no line breaks (the address
+/// goes into SMTP commands).
+fn is_address(text: &str) -> bool {
+    text.len() <= 254
+        && text
+            .split_once('@')
+            .is_some_and(|(user, host)| !user.is_empty() && !host.is_empty())
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "<>,;\"".contains(c))
+}
+
+/// One notification to deliver to one sink: the outbox entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The idempotency key: the same for every attempt.
+    pub id: String,
+    pub sink: String,
+    pub event: Event,
+    pub run: uuid::Uuid,
+    pub runbook: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub message: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Given up after [`MAX_ATTEMPTS`].
+    #[serde(default)]
+    pub abandoned: bool,
+}
+
+/// Attempts before an entry is given up (about a day of backoff).
+pub const MAX_ATTEMPTS: u32 = 40;
+
+impl Entry {
+    /// `pending`, `failing` (attempted, not delivered yet), `delivered` or `abandoned`.
+    pub fn state(&self) -> &'static str {
+        if self.delivered_at.is_some() {
+            "delivered"
+        } else if self.abandoned {
+            "abandoned"
+        } else if self.attempts > 0 {
+            "failing"
+        } else {
+            "pending"
+        }
+    }
+
+    /// The store key: the run's id, then the entry's id (in order of the commits).
+    pub fn key(&self) -> Vec<u8> {
+        let mut key = self.run.as_bytes().to_vec();
+        key.extend_from_slice(self.id.as_bytes());
+        key
+    }
+
+    /// When to try again after `attempts` failures: 2^n seconds, at most 10 minutes.
+    pub fn backoff(attempts: u32) -> Duration {
+        Duration::from_secs(1u64 << attempts.min(10)).min(Duration::from_secs(600))
+    }
+
+    fn text(&self) -> String {
+        format!("[runbook] {}", self.message)
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.id,
+            "event": self.event.name(),
+            "run": self.run.to_string(),
+            "runbook": self.runbook,
+            "step": self.step,
+            "message": self.message,
+            "at": self.created_at,
+        })
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104).
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new()
+        .chain_update(pad(0x36))
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(pad(0x5c))
+        .chain_update(inner)
+        .finalize()
+        .into()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// What a delivery sends over HTTP: URL, headers, body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// The HTTP request that delivers `entry` to `sink` at `now` (every kind but email).
+pub fn request(sink: &Sink, entry: &Entry, now: DateTime<Utc>) -> Request {
+    let url = sink.url.clone().unwrap_or_default();
+    let text = entry.text();
+    let mut headers = vec![("Content-Type".to_owned(), "application/json".to_owned())];
+    let (url, body) = match sink.kind {
+        Kind::Webhook => {
+            let body = entry.json().to_string();
+            let timestamp = now.timestamp().to_string();
+            let secret = sink.secret.as_deref().unwrap_or_default();
+            // Signed over "timestamp.body", so a captured request cannot be replayed later
+            // with another timestamp.
+            let signature = hex::encode(hmac_sha256(
+                secret.as_bytes(),
+                format!("{timestamp}.{body}").as_bytes(),
+            ));
+            headers.push(("Idempotency-Key".to_owned(), entry.id.clone()));
+            headers.push(("X-Runbook-Timestamp".to_owned(), timestamp));
+            headers.push((
+                "X-Runbook-Signature".to_owned(),
+                format!("sha256={signature}"),
+            ));
+            (url, body)
+        }
+        Kind::Slack => (url, serde_json::json!({ "text": text }).to_string()),
+        Kind::Wecom => (
+            url,
+            serde_json::json!({"msgtype": "text", "text": {"content": text}}).to_string(),
+        ),
+        Kind::Dingtalk => {
+            let body =
+                serde_json::json!({"msgtype": "text", "text": {"content": text}}).to_string();
+            match &sink.secret {
+                // DingTalk's signed robots: timestamp (ms) and base64(HMAC(secret, "ts\nsecret")).
+                Some(secret) => {
+                    let timestamp = now.timestamp_millis();
+                    let sign = base64(&hmac_sha256(
+                        secret.as_bytes(),
+                        format!("{timestamp}\n{secret}").as_bytes(),
+                    ));
+                    let joiner = if url.contains('?') { '&' } else { '?' };
+                    (
+                        format!(
+                            "{url}{joiner}timestamp={timestamp}&sign={}",
+                            url_encode(&sign)
+                        ),
+                        body,
+                    )
+                }
+                None => (url, body),
+            }
+        }
+        Kind::Feishu => {
+            let mut body = serde_json::json!({"msg_type": "text", "content": {"text": text}});
+            // Feishu/Lark's signed bots: base64(HMAC(key = "ts\nsecret", message = "")).
+            if let Some(secret) = &sink.secret {
+                let timestamp = now.timestamp();
+                let sign = base64(&hmac_sha256(
+                    format!("{timestamp}\n{secret}").as_bytes(),
+                    b"",
+                ));
+                body["timestamp"] = serde_json::json!(timestamp.to_string());
+                body["sign"] = serde_json::json!(sign);
+            }
+            (url, body.to_string())
+        }
+        Kind::Email => (url, String::new()),
+    };
+    Request {
+        url,
+        headers,
+        body: body.into_bytes(),
+    }
+}
+
+/// Whether a robot's answer says it took the message: DingTalk and WeCom answer
+/// `{"errcode": 0}`, Feishu `{"code": 0}` (or `StatusCode`), with HTTP 200 either way.
+pub fn accepted(kind: Kind, body: &[u8]) -> Result<(), String> {
+    let field = match kind {
+        Kind::Dingtalk | Kind::Wecom => "errcode",
+        Kind::Feishu => "code",
+        _ => return Ok(()),
+    };
+    let answer: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let code = answer
+        .get(field)
+        .or_else(|| answer.get("StatusCode"))
+        .and_then(serde_json::Value::as_i64);
+    match code {
+        Some(0) => Ok(()),
+        _ => Err(format!(
+            "the robot refused the message: {}",
+            String::from_utf8_lossy(&body[..body.len().min(300)])
+        )),
+    }
+}
+
+/// Sends `entry` as an email through the relay of `sink` (plain SMTP: EHLO, MAIL, RCPT, DATA).
+pub async fn send_email(sink: &Sink, entry: &Entry) -> Result<(), String> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let relay = sink.smtp.as_deref().unwrap_or_default();
+    let from = sink.from.as_deref().unwrap_or_default();
+    let stream = tokio::net::TcpStream::connect(relay)
+        .await
+        .map_err(|error| format!("SMTP relay {relay}: {error}"))?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    // Reads one reply (its continuation lines too) and checks its code.
+    async fn reply(
+        lines: &mut tokio::io::Lines<BufReader<tokio::net::tcp::OwnedReadHalf>>,
+        want: char,
+        after: &str,
+    ) -> Result<(), String> {
+        loop {
+            let line = lines
+                .next_line()
+                .await
+                .map_err(|error| format!("SMTP after {after}: {error}"))?
+                .ok_or_else(|| format!("SMTP after {after}: the relay closed the connection"))?;
+            if line.len() >= 4 && &line[3..4] == "-" {
+                continue;
+            }
+            return if line.starts_with(want) {
+                Ok(())
+            } else {
+                Err(format!("SMTP after {after}: {line}"))
+            };
+        }
+    }
+    reply(&mut lines, '2', "connecting").await?;
+    for (command, want) in [
+        ("EHLO runbook\r\n".to_owned(), '2'),
+        (format!("MAIL FROM:<{from}>\r\n"), '2'),
+    ] {
+        write
+            .write_all(command.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        reply(&mut lines, want, command.trim()).await?;
+    }
+    for to in &sink.to {
+        let command = format!("RCPT TO:<{to}>\r\n");
+        write
+            .write_all(command.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        reply(&mut lines, '2', command.trim()).await?;
+    }
+    write
+        .write_all(b"DATA\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    reply(&mut lines, '3', "DATA").await?;
+    let subject: String = entry
+        .text()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let mut body = String::new();
+    for line in entry.json().to_string().lines().chain(std::iter::once("")) {
+        // Dot-stuffing: a line that starts with a dot gets another.
+        if line.starts_with('.') {
+            body.push('.');
+        }
+        body.push_str(line);
+        body.push_str("\r\n");
+    }
+    let message = format!(
+        "From: <{from}>\r\nTo: {}\r\nSubject: {subject}\r\nMessage-ID: <{}@runbook>\r\n\
+         Date: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n\r\n{body}.\r\n",
+        sink.to
+            .iter()
+            .map(|to| format!("<{to}>"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        url_encode(&entry.id),
+        entry.created_at.to_rfc2822(),
+        entry
+            .message
+            .replace('\n', "\r\n")
+            .replace("\r\n.", "\r\n.."),
+    );
+    write
+        .write_all(message.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    reply(&mut lines, '2', "the message").await?;
+    let _ = write.write_all(b"QUIT\r\n").await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2 of RFC 4231.
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        let long_key = [0xaa; 131];
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &long_key,
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn base64_and_addresses() {
+        assert_eq!(base64(b"hello"), "aGVsbG8=");
+        assert_eq!(base64(b"hi"), "aGk=");
+        assert_eq!(base64(b"abc"), "YWJj");
+        assert!(is_address("ops@example.com"));
+        for bad in ["ops", "@x", "a b@x", "a@x\r\nRCPT TO:<e@x>", "<a@x>"] {
+            assert!(!is_address(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_ten_minutes() {
+        assert_eq!(Entry::backoff(0), Duration::from_secs(1));
+        assert_eq!(Entry::backoff(3), Duration::from_secs(8));
+        assert_eq!(Entry::backoff(30), Duration::from_secs(600));
+    }
+}
