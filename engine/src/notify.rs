@@ -24,16 +24,19 @@ pub enum Event {
     Succeeded,
     Canceled,
     RolledBack,
+    /// A schedule's instant passed while the daemon was down, and was not caught up.
+    ScheduleMissed,
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::ApprovalPending,
         Event::NeedsAttention,
         Event::Failed,
         Event::Succeeded,
         Event::Canceled,
         Event::RolledBack,
+        Event::ScheduleMissed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +47,7 @@ impl Event {
             Event::Succeeded => "succeeded",
             Event::Canceled => "canceled",
             Event::RolledBack => "rolled_back",
+            Event::ScheduleMissed => "schedule_missed",
         }
     }
 }
@@ -79,6 +83,14 @@ pub struct Sink {
     pub events: Option<Vec<Event>>,
     /// Only runs of these runbooks (comma-separated patterns, `*` for any characters).
     pub runbooks: Option<String>,
+    /// While an approval or an attention this sink was told of still waits: remind it this
+    /// often (`4h`).
+    #[serde(default, with = "optional_duration")]
+    pub remind_every: Option<Duration>,
+    /// And once it has waited this long (`12h`), tell `escalate_to` too.
+    #[serde(default, with = "optional_duration")]
+    pub escalate_after: Option<Duration>,
+    pub escalate_to: Option<String>,
     #[serde(skip)]
     pub secret: Option<String>,
 }
@@ -162,6 +174,22 @@ impl Config {
                     }
                 }
             }
+            for (field, value) in [
+                ("remind_every", sink.remind_every),
+                ("escalate_after", sink.escalate_after),
+            ] {
+                if value.is_some_and(|value| {
+                    value < Duration::from_secs(1) || value > Duration::from_secs(366 * 86400)
+                }) {
+                    return Err(at(sink, format!("{field}: between 1s and 366d")));
+                }
+            }
+            if sink.escalate_after.is_some() != sink.escalate_to.is_some() {
+                return Err(at(
+                    sink,
+                    "escalate_after and escalate_to go together".to_owned(),
+                ));
+            }
             if let Some(file) = &sink.secret_file {
                 let secret = crate::catalog::read_file(file).map_err(|error| {
                     at(sink, format!("secret_file {}: {error}", file.display()))
@@ -176,6 +204,13 @@ impl Config {
                     sink,
                     "a webhook needs secret_file (its HMAC key)".to_owned(),
                 ));
+            }
+        }
+        for sink in &config.sinks {
+            if let Some(target) = &sink.escalate_to {
+                if config.sink(target).is_none() {
+                    return Err(at(sink, format!("escalate_to: no sink {target:?}")));
+                }
             }
         }
         Ok(config)
@@ -196,8 +231,34 @@ impl Config {
         })
     }
 
+    /// How often the passing of time may make entries: half the shortest reminder or
+    /// escalation delay, at most 30 s, at least 1 s.
+    pub fn scan_every(&self) -> Duration {
+        self.sinks
+            .iter()
+            .flat_map(|sink| [sink.remind_every, sink.escalate_after])
+            .flatten()
+            .map(|delay| delay / 2)
+            .fold(Duration::from_secs(30), Duration::min)
+            .max(Duration::from_secs(1))
+    }
+
     pub fn sink(&self, name: &str) -> Option<&Sink> {
         self.sinks.iter().find(|sink| sink.name == name)
+    }
+}
+
+/// `remind_every = "4h"`: a duration in the runbooks' syntax.
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        crate::duration::parse(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom)
     }
 }
 

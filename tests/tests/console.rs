@@ -145,7 +145,7 @@ fn approve_a_gate_from_the_browser() -> Result<()> {
     let gate = step_of(&shown, "gate").context("no gate")?;
     assert_eq!(gate["output"]["approved_by_user"], "alice");
     assert_eq!(gate["approval"]["comment"], "lag is 0, go");
-    let audit = browser.text("section:last-of-type table")?;
+    let audit = browser.text("#audit table")?;
     ensure!(
         audit.contains("alice") && audit.contains("lag is 0, go"),
         "{audit}"

@@ -470,6 +470,68 @@ fn kill_9_between_the_transition_and_the_delivery() -> Result<()> {
 }
 
 #[test]
+fn waiting_approvals_are_reminded_then_escalated() -> Result<()> {
+    let receiver = Receiver::start(free_port()?)?;
+    let dir = tempfile::tempdir()?;
+    let notify = dir.path().join("notify.toml");
+    std::fs::write(
+        &notify,
+        format!(
+            "[[sinks]]\nname = \"team\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{port}/team\"\n\
+             events = [\"approval_pending\"]\nremind_every = \"2s\"\nescalate_after = \"3s\"\nescalate_to = \"pager\"\n\
+             [[sinks]]\nname = \"pager\"\nkind = \"wecom\"\nurl = \"http://127.0.0.1:{port}/wecom\"\nevents = []\n",
+            port = receiver.port
+        ),
+    )?;
+    let daemon = Daemon::start_full_with(
+        &["--notify", &notify.display().to_string()],
+        &[("gated.toml", GATED)],
+    )?;
+    let run = daemon.start_run("gated", &[])?;
+    daemon.wait_step(&run, "gate", "waiting", LONG)?;
+    let texts = |path: &str| -> Vec<String> {
+        receiver
+            .received(path)
+            .iter()
+            .map(|r| serde_json::from_str::<Value>(&r.body).unwrap_or_default())
+            .map(|v| {
+                v["text"]
+                    .as_str()
+                    .or(v["text"]["content"].as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    wait_until("a reminder and an escalation", || {
+        texts("/team").iter().any(|t| t.contains("reminder:"))
+            && texts("/wecom").iter().any(|t| t.contains("escalation:"))
+    })?;
+    let team = texts("/team");
+    ensure!(
+        team[0].contains("waits for an approval of gate"),
+        "{team:?}"
+    );
+    // Approved: no more reminders, and only one escalation ever.
+    ensure!(daemon
+        .cli(&["approve", &run, "--comment", "ok"])?
+        .status
+        .success());
+    daemon.wait_state(&run, "succeeded", LONG)?;
+    // (A reminder made just before the approval may still be on its way.)
+    std::thread::sleep(Duration::from_secs(1));
+    let reminded = texts("/team").len();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        texts("/team").len(),
+        reminded,
+        "reminded after the approval"
+    );
+    assert_eq!(texts("/wecom").len(), 1, "{:?}", texts("/wecom"));
+    Ok(())
+}
+
+#[test]
 fn a_bad_notify_file_stops_the_daemon_with_the_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let notify = dir.path().join("notify.toml");

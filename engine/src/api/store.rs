@@ -113,9 +113,11 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
         );
     }
     let store = app.engine.writer().store();
-    let unfinished = tokio::task::spawn_blocking(move || unfinished(store.as_ref()))
-        .await
-        .unwrap_or_else(|error| Err(format!("{error}")));
+    let unfinished = tokio::task::spawn_blocking(move || {
+        crate::store::unfinished(store.as_ref(), MAX_SCRAPED_RUNS).map_err(|e| e.to_string())
+    })
+    .await
+    .unwrap_or_else(|error| Err(format!("{error}")));
     match unfinished {
         Ok(unfinished) => render_unfinished(&mut text, &app, &unfinished),
         Err(error) => tracing::warn!(%error, "metrics: the unfinished runs could not be read"),
@@ -126,24 +128,11 @@ pub(super) async fn metrics(State(app): State<AppState>) -> Response {
 /// The most unfinished runs one scrape reads (their listing lines, from the index).
 const MAX_SCRAPED_RUNS: usize = 100_000;
 
-/// The listing lines of the unfinished runs, newest first.
-fn unfinished(store: &dyn crate::store::Store) -> Result<Vec<crate::store::Listing>, String> {
-    let mut lines = Vec::new();
-    let mut query = crate::store::ListQuery {
-        limit: 1000,
-        ..Default::default()
-    };
-    loop {
-        let page = store.list(&query).map_err(|error| error.to_string())?;
-        lines.extend(page.runs.into_iter().filter_map(|(_, line)| line.ok()));
-        match page.next {
-            Some(next) if lines.len() < MAX_SCRAPED_RUNS => query.before = Some(next),
-            _ => return Ok(lines),
-        }
-    }
-}
-
-fn render_unfinished(text: &mut String, app: &AppState, lines: &[crate::store::Listing]) {
+fn render_unfinished(
+    text: &mut String,
+    app: &AppState,
+    lines: &[(uuid::Uuid, crate::store::Listing)],
+) {
     let mut by = std::collections::BTreeMap::<(String, String), u64>::new();
     // Every runbook of the catalogue has its series in every unfinished state, zeros included.
     for runbook in app.catalog.entries().into_keys() {
@@ -155,7 +144,7 @@ fn render_unfinished(text: &mut String, app: &AppState, lines: &[crate::store::L
     }
     let now = app.engine.clock().now();
     let (mut approvals, mut oldest) = (0u64, 0f64);
-    for line in lines {
+    for (_, line) in lines {
         *by.entry((line.state.clone(), line.runbook.clone()))
             .or_default() += 1;
         if let Some(wait) = line.wait.as_ref().filter(|wait| wait.kind == "approval") {

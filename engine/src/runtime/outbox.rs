@@ -16,6 +16,9 @@ use crate::machine::{Event, RunState, RunStatus};
 use crate::notify::{self, Config, Entry, Kind};
 use crate::store::{self, OutboxCommit};
 
+/// The most unfinished runs one scan reads.
+const MAX_SCANNED_RUNS: usize = 100_000;
+
 /// Deliveries under way at once.
 const CONCURRENCY: usize = 4;
 /// How long one delivery may take.
@@ -176,15 +179,21 @@ pub async fn run_outbox(engine: Engine, stop: CancellationToken) {
             return;
         }
     };
+    let scan_every = config.scan_every();
+    let mut scanned: Option<std::time::Instant> = None;
     loop {
+        if scanned.is_none_or(|at| at.elapsed() >= scan_every) {
+            scanned = Some(std::time::Instant::now());
+            time_driven(&engine, &config).await;
+        }
         let now = engine.clock().now();
         let (due, next) = pending(&engine, now);
         if due.is_empty() {
             // Nothing due: sleep until the next retry, a new entry, or a minute.
             let wait = next
                 .map(|at| (at - now).to_std().unwrap_or_default())
-                .unwrap_or(Duration::from_secs(60))
-                .min(Duration::from_secs(60));
+                .unwrap_or(scan_every)
+                .min(scan_every);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = engine.inner.outbox_wake.notified() => {}
@@ -216,6 +225,182 @@ pub async fn run_outbox(engine: Engine, stop: CancellationToken) {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
         }
+    }
+}
+
+/// Reminders and escalations of approvals and attentions that still wait, and missed
+/// schedules: entries the passing of time makes. Their ids say which reminder of which wait
+/// they are, so a scan that finds one already made leaves it (and a crash between scans loses
+/// none: the next scan makes it).
+async fn time_driven(engine: &Engine, config: &Config) {
+    let timed = config
+        .sinks
+        .iter()
+        .any(|sink| sink.remind_every.is_some() || sink.escalate_to.is_some());
+    let schedules = config.sinks.iter().any(|sink| {
+        sink.events
+            .as_ref()
+            .is_none_or(|events| events.contains(&notify::Event::ScheduleMissed))
+    });
+    if !timed && !schedules {
+        return;
+    }
+    let now = engine.clock().now();
+    let mut made: Vec<Entry> = Vec::new();
+    let entry = |id: String, sink: &str, event, run, runbook: &str, step, message: String| Entry {
+        id,
+        sink: sink.to_owned(),
+        event,
+        run,
+        runbook: runbook.to_owned(),
+        step,
+        message,
+        created_at: now,
+        attempts: 0,
+        delivered_at: None,
+        last_error: None,
+        next_attempt_at: None,
+        abandoned: false,
+    };
+    if timed {
+        let store = engine.inner.writer.store();
+        let lines =
+            match super::off_workers(move || store::unfinished(store.as_ref(), MAX_SCANNED_RUNS))
+                .await
+            {
+                Ok(Ok(lines)) => lines,
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "notifications: the unfinished runs cannot be read");
+                    Vec::new()
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "notifications: the unfinished runs cannot be read");
+                    Vec::new()
+                }
+            };
+        for (run, line) in lines {
+            let Some(wait) = &line.wait else { continue };
+            let (event, what) = match (line.state.as_str(), wait.kind.as_str()) {
+                ("needs_attention", _) => (notify::Event::NeedsAttention, "an operator"),
+                (_, "approval") => (notify::Event::ApprovalPending, "an approval"),
+                _ => continue,
+            };
+            let Some(since) = wait.since else { continue };
+            let waited = (now - since).to_std().unwrap_or_default();
+            let step = line.current_step.clone();
+            let at = step.as_deref().unwrap_or("-");
+            for sink in config.sinks_for(event, &line.runbook) {
+                if let Some(every) = sink.remind_every {
+                    let nth = waited.as_secs() / every.as_secs().max(1);
+                    if nth >= 1 {
+                        made.push(entry(
+                            format!(
+                                "{run}-r{}-{}-remind{nth}-{}",
+                                since.timestamp_millis(),
+                                event.name(),
+                                sink.name
+                            ),
+                            &sink.name,
+                            event,
+                            run,
+                            &line.runbook,
+                            step.clone(),
+                            format!(
+                                "reminder: run {run} of {} has waited {} for {what} at {at}",
+                                line.runbook,
+                                crate::duration::format(Duration::from_secs(
+                                    waited.as_secs() / 60 * 60
+                                ))
+                            ),
+                        ));
+                    }
+                }
+                if let (Some(after), Some(target)) = (sink.escalate_after, &sink.escalate_to) {
+                    if waited >= after {
+                        made.push(entry(
+                            format!("{run}-r{}-{}-escalate-{target}", since.timestamp_millis(), event.name()),
+                            target,
+                            event,
+                            run,
+                            &line.runbook,
+                            step.clone(),
+                            format!(
+                                "escalation: run {run} of {} has waited {} for {what} at {at} (sink {} was told)",
+                                line.runbook,
+                                crate::duration::format(after),
+                                sink.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if schedules {
+        let day = chrono::TimeDelta::days(1);
+        for schedule in engine.schedules().await {
+            for firing in schedule
+                .history
+                .iter()
+                .filter(|f| f.outcome == "missed" && now - f.at < day)
+            {
+                for sink in config.sinks_for(notify::Event::ScheduleMissed, &schedule.runbook) {
+                    made.push(entry(
+                        format!(
+                            "{}-missed-{}-{}",
+                            schedule.id,
+                            firing.scheduled_at.timestamp_millis(),
+                            sink.name
+                        ),
+                        &sink.name,
+                        notify::Event::ScheduleMissed,
+                        schedule.id,
+                        &schedule.runbook,
+                        None,
+                        format!(
+                            "schedule {} missed its run of {} at {} (the daemon was down){}",
+                            schedule.name,
+                            schedule.runbook,
+                            firing.scheduled_at.to_rfc3339(),
+                            firing
+                                .detail
+                                .as_deref()
+                                .map(|d| format!(": {d}"))
+                                .unwrap_or_default()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    if made.is_empty() {
+        return;
+    }
+    let store = engine.inner.writer.store();
+    let mut changes = Vec::new();
+    for entry in made {
+        let key = entry.key();
+        let exists = store
+            .load_outbox(&key)
+            .map(|found| found.iter().any(|(k, _)| *k == key))
+            .unwrap_or(true);
+        if exists {
+            continue;
+        }
+        if let Ok(bytes) = store::encode_value(&entry) {
+            changes.push((key, Some(bytes)));
+        }
+    }
+    if changes.is_empty() {
+        return;
+    }
+    if let Err(error) = engine
+        .inner
+        .writer
+        .commit_outbox(OutboxCommit { changes })
+        .await
+    {
+        tracing::warn!(%error, "notifications: reminders not recorded; the next scan tries again");
     }
 }
 

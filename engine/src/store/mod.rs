@@ -352,6 +352,28 @@ pub struct AccessCommit {
     pub changes: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// The listing lines of the unfinished runs, newest first, at most `max` (read from the index
+/// by state and runbook, never a scan of every run).
+pub fn unfinished(store: &dyn Store, max: usize) -> Result<Vec<(Uuid, Listing)>, Error> {
+    let mut lines = Vec::new();
+    let mut query = ListQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    loop {
+        let page = store.list(&query)?;
+        lines.extend(
+            page.runs
+                .into_iter()
+                .filter_map(|(id, line)| line.ok().map(|line| (id, line))),
+        );
+        match page.next {
+            Some(next) if lines.len() < max => query.before = Some(next),
+            _ => return Ok(lines),
+        }
+    }
+}
+
 /// A record's key and value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 

@@ -251,7 +251,7 @@ async function renderRun(id) {
   const load = async () => {
     const run = await api('GET', '/v1/runs/' + encodeURIComponent(id));
     const open = app.log && app.log.step;
-    clear(body).append(runHeader(run), runActions(run), timeline(run), logPanel(run), auditTable(run));
+    clear(body).append(runHeader(run), runActions(run), timeline(run), logPanel(run), auditTable(run), notificationsTable(run));
     if (open) showLog(run, open.step, open.undo, false);
   };
   await load().catch((e) => banner(e.message));
@@ -432,13 +432,24 @@ function showLog(run, step, undo, fresh) {
 }
 
 function auditTable(run) {
-  return el('section', { class: 'card' }, el('h2', {}, 'Audit trail'),
+  return el('section', { class: 'card', id: 'audit' }, el('h2', {}, 'Audit trail'),
     run.audit.length ? el('div', { class: 'table-wrap' }, el('table', { class: 'audit' },
       el('thead', {}, el('tr', {}, el('th', {}, 'When'), el('th', {}, 'Who'), el('th', {}, 'Action'), el('th', {}, 'Step'), el('th', {}, 'Comment'))),
       el('tbody', {}, run.audit.map((entry) => el('tr', {},
         el('td', {}, when(entry.at)), el('td', {}, actorName(entry.actor)), el('td', {}, entry.action),
         el('td', { class: 'mono' }, entry.step || ''), el('td', {}, entry.comment || ''))))))
       : el('p', { class: 'muted' }, 'No operator action yet.'));
+}
+
+function notificationsTable(run) {
+  const notes = run.notifications || [];
+  if (!notes.length) return null;
+  return el('section', { class: 'card', id: 'notifications' }, el('h2', {}, 'Notifications'),
+    el('div', { class: 'table-wrap' }, el('table', { class: 'audit' },
+      el('thead', {}, el('tr', {}, el('th', {}, 'Event'), el('th', {}, 'Sink'), el('th', {}, 'State'), el('th', {}, 'Tries'), el('th', {}, 'Detail'))),
+      el('tbody', {}, notes.map((n) => el('tr', {},
+        el('td', {}, n.event.replace('_', ' ')), el('td', {}, n.sink), el('td', {}, n.state), el('td', {}, n.attempts),
+        el('td', {}, n.state === 'delivered' ? when(n.delivered_at) : (n.last_error || ''))))))));
 }
 
 // ----- start a run ------------------------------------------------------------------------------
