@@ -27,7 +27,7 @@ use hyper::client::conn::http1;
 use hyper::{header, Method, Request};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
 use tokio::net::{TcpStream, UnixStream};
 
@@ -135,28 +135,9 @@ impl Remote {
         let (host, port) = parse_url(url)?;
         let server_name = ServerName::try_from(host.clone())
             .map_err(|error| format!("--server {url}: {error}"))?;
-        let provider = runbook_engine::api::tls::provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|error| format!("TLS: {error}"))?;
-        let mut tls = match (fingerprint, ca_cert) {
-            (Some(fingerprint), _) => {
-                let pinned: String = fingerprint
-                    .chars()
-                    .filter(|c| *c != ':')
-                    .collect::<String>()
-                    .to_ascii_lowercase();
-                if pinned.len() != 64 || !pinned.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err(format!(
-                        "--server-fingerprint {fingerprint:?}: expected the 64 hex digits of a SHA-256 \
-                         (what `runbook version` shows on the daemon's host)"
-                    ));
-                }
-                builder
-                    .dangerous()
-                    .with_custom_certificate_verifier(Arc::new(Pinned { pinned, provider }))
-                    .with_no_client_auth()
-            }
+        let tls = match (fingerprint, ca_cert) {
+            (Some(fingerprint), _) => runbook_engine::api::tls::pinned_client_config(fingerprint)
+                .map_err(|error| format!("--server-fingerprint: {error}"))?,
             (None, Some(path)) => {
                 let mut roots = rustls::RootCertStore::empty();
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
@@ -169,7 +150,15 @@ impl Remote {
                         path.display()
                     ));
                 }
-                builder.with_root_certificates(roots).with_no_client_auth()
+                let mut tls = rustls::ClientConfig::builder_with_provider(
+                    runbook_engine::api::tls::provider(),
+                )
+                .with_safe_default_protocol_versions()
+                .map_err(|error| format!("TLS: {error}"))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                tls
             }
             (None, None) => {
                 return Err(format!(
@@ -179,7 +168,6 @@ impl Remote {
                 ))
             }
         };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Remote {
             url: format!("https://{}", authority(&host, port)),
             host,
@@ -227,69 +215,6 @@ fn authority(host: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
-    }
-}
-
-/// Trusts exactly the certificate with the pinned SHA-256, and checks the handshake's
-/// signatures with its key.
-#[derive(Debug)]
-struct Pinned {
-    pinned: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
-}
-
-impl rustls::client::danger::ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let presented = runbook_engine::api::tls::fingerprint(end_entity.as_ref());
-        if presented == self.pinned {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "the daemon's certificate has fingerprint {presented}, not the pinned {}",
-                self.pinned
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 

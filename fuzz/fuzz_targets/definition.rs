@@ -58,7 +58,7 @@ fn check(text: &str) {
             definition.clone(),
             params.clone(),
             Vec::new(),
-            Actor { uid: 0, name: None },
+            Actor::uid(0),
             None,
             now,
         );

@@ -720,6 +720,15 @@ pub fn keygen(path: &Path) -> Result<()> {
 }
 
 impl Daemon {
+    /// The SHA-256 of the certificate the daemon's TCP listener generated into its data dir.
+    pub fn tls_fingerprint(&self) -> Result<String> {
+        use rustls::pki_types::pem::PemObject;
+        let path = self.data_dir.join("tls/cert.pem");
+        let cert = rustls::pki_types::CertificateDer::from_pem_file(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        Ok(runbook_engine::api::tls::fingerprint(cert.as_ref()))
+    }
+
     /// Has the daemon process exited (by itself, e.g. at a failpoint)? Reaps it if so.
     pub fn exited(&mut self) -> bool {
         match self.child.as_mut().map(Child::try_wait) {
@@ -1072,69 +1081,20 @@ pub fn check_journal_extends(run: &str, seen: &[Value], events: &[Value]) -> Res
 
 // ----- HTTPS to the daemon's TCP listener (remote_access.rs) ------------------------------------
 
-/// Accepts any certificate: the tests of the listener's roles talk to a daemon they started
-/// (pinning is tested through the CLI, which checks the fingerprint).
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `method path` over HTTPS to 127.0.0.1:`port`, with `Authorization: Bearer <token>` when
-/// given; on a new connection, read until the daemon closes it.
+/// `method path` over HTTPS to 127.0.0.1:`port`, whose certificate must have the SHA-256
+/// `fingerprint`, with `Authorization: Bearer <token>` when given; on a new connection, read
+/// until the daemon closes it.
 pub fn https(
     port: u16,
+    fingerprint: &str,
     method: &str,
     path: &str,
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Result<HttpResponse> {
     use std::io::{Read, Write};
-    let provider = runbook_engine::api::tls::provider();
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
+    let config =
+        runbook_engine::api::tls::pinned_client_config(fingerprint).map_err(|e| anyhow!(e))?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     let connection = rustls::ClientConnection::new(Arc::new(config), name)?;
     let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;

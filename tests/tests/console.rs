@@ -165,14 +165,15 @@ fn approve_a_gate_from_the_browser() -> Result<()> {
 #[test]
 fn the_console_allows_only_its_own_script() -> Result<()> {
     let port = free_port()?;
-    let _daemon = Daemon::start_with(&["--listen", &format!("127.0.0.1:{port}")], &[])?;
+    let daemon = Daemon::start_with(&["--listen", &format!("127.0.0.1:{port}")], &[])?;
+    let pin = daemon.tls_fingerprint()?;
     // No token needed for the page itself: it holds no data.
     for (path, kind) in [
         ("/ui/", "text/html"),
         ("/ui/app.js", "text/javascript"),
         ("/ui/app.css", "text/css"),
     ] {
-        let response = https(port, "GET", path, None, None)?;
+        let response = https(port, &pin, "GET", path, None, None)?;
         ensure!(response.status == 200, "{path}: {}", response.status);
         ensure!(
             response
@@ -188,11 +189,14 @@ fn the_console_allows_only_its_own_script() -> Result<()> {
             "{policy}"
         );
     }
-    let root = https(port, "GET", "/", None, None)?;
+    let root = https(port, &pin, "GET", "/", None, None)?;
     assert_eq!(root.status, 302);
     assert_eq!(root.header("location"), Some("/ui/"));
     // The data is not public.
-    assert_eq!(https(port, "GET", "/v1/runs", None, None)?.status, 401);
+    assert_eq!(
+        https(port, &pin, "GET", "/v1/runs", None, None)?.status,
+        401
+    );
     // The script puts API values into the page as text only.
     let script = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/src/api/console/app.js"),

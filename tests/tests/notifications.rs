@@ -194,6 +194,16 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) -> Result<()> {
     Ok(())
 }
 
+/// A daemon whose `--notify` file (in `dir`) holds `sinks`, with the `gated` runbook.
+fn daemon_with_sinks(dir: &std::path::Path, sinks: &str) -> Result<Daemon> {
+    let notify = dir.join("notify.toml");
+    std::fs::write(&notify, sinks)?;
+    Daemon::start_full_with(
+        &["--notify", &notify.display().to_string()],
+        &[("gated.toml", GATED)],
+    )
+}
+
 fn write_secret(dir: &std::path::Path, name: &str, secret: &str) -> Result<String> {
     let path = dir.join(name);
     std::fs::write(&path, secret)?;
@@ -257,12 +267,7 @@ events = ["approval_pending", "succeeded"]
         wecom = url("/wecom"),
         smtp = smtp.port,
     );
-    let notify = dir.path().join("notify.toml");
-    std::fs::write(&notify, config)?;
-    let daemon = Daemon::start_full_with(
-        &["--notify", &notify.display().to_string()],
-        &[("gated.toml", GATED)],
-    )?;
+    let daemon = daemon_with_sinks(dir.path(), &config)?;
 
     let run = daemon.start_run("gated", &[])?;
     daemon.wait_step(&run, "gate", "waiting", LONG)?;
@@ -377,17 +382,12 @@ events = ["approval_pending", "succeeded"]
 fn a_failing_receiver_is_retried_and_show_says_why() -> Result<()> {
     let receiver = Receiver::start(free_port()?)?;
     let dir = tempfile::tempdir()?;
-    let notify = dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
-        format!(
+    let daemon = daemon_with_sinks(
+        dir.path(),
+        &format!(
             "[[sinks]]\nname = \"flaky\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{}/fail\"\n",
             receiver.port
         ),
-    )?;
-    let daemon = Daemon::start_full_with(
-        &["--notify", &notify.display().to_string()],
-        &[("gated.toml", GATED)],
     )?;
     let run = daemon.start_run("gated", &[])?;
     // The run does not wait for its notifications.
@@ -417,19 +417,14 @@ fn a_failing_receiver_is_retried_and_show_says_why() -> Result<()> {
 fn kill_9_between_the_transition_and_the_delivery() -> Result<()> {
     let receiver = Receiver::start(free_port()?)?;
     let dir = tempfile::tempdir()?;
-    let notify = dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
-        format!(
+    // The daemon kills itself (SIGKILL) once the notification is committed, before it is sent.
+    let mut daemon = daemon_with_sinks(
+        dir.path(),
+        &format!(
             "[[sinks]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\nsecret_file = \"{}\"\n",
             receiver.port,
             write_secret(dir.path(), "secret", "k")?
         ),
-    )?;
-    // The daemon kills itself (SIGKILL) once the notification is committed, before it is sent.
-    let mut daemon = Daemon::start_full_with(
-        &["--notify", &notify.display().to_string()],
-        &[("gated.toml", GATED)],
     )?;
     daemon.set_env(&[("RUNBOOK_FAILPOINT", "NotificationBeforeDelivery")]);
     daemon.terminate()?;
@@ -473,19 +468,14 @@ fn kill_9_between_the_transition_and_the_delivery() -> Result<()> {
 fn waiting_approvals_are_reminded_then_escalated() -> Result<()> {
     let receiver = Receiver::start(free_port()?)?;
     let dir = tempfile::tempdir()?;
-    let notify = dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
-        format!(
+    let daemon = daemon_with_sinks(
+        dir.path(),
+        &format!(
             "[[sinks]]\nname = \"team\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{port}/team\"\n\
              events = [\"approval_pending\"]\nremind_every = \"2s\"\nescalate_after = \"3s\"\nescalate_to = \"pager\"\n\
              [[sinks]]\nname = \"pager\"\nkind = \"wecom\"\nurl = \"http://127.0.0.1:{port}/wecom\"\nevents = []\n",
             port = receiver.port
         ),
-    )?;
-    let daemon = Daemon::start_full_with(
-        &["--notify", &notify.display().to_string()],
-        &[("gated.toml", GATED)],
     )?;
     let run = daemon.start_run("gated", &[])?;
     daemon.wait_step(&run, "gate", "waiting", LONG)?;
@@ -532,35 +522,82 @@ fn waiting_approvals_are_reminded_then_escalated() -> Result<()> {
 }
 
 #[test]
+fn a_missed_schedule_is_told() -> Result<()> {
+    let receiver = Receiver::start(free_port()?)?;
+    let dir = tempfile::tempdir()?;
+    let mut daemon = daemon_with_sinks(
+        dir.path(),
+        &format!(
+            "[[sinks]]\nname = \"team\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:{}/team\"\n\
+             events = [\"schedule_missed\"]\n",
+            receiver.port
+        ),
+    )?;
+    // Every 2 s; what falls due while the daemon is down is skipped (and recorded as missed).
+    daemon.json(&[
+        "schedule",
+        "add",
+        "every2",
+        "--runbook",
+        "gated",
+        "--cron",
+        "*/2 * * * * *",
+        "--catch-up",
+        "skip",
+        "--overlap",
+        "allow",
+    ])?;
+    std::thread::sleep(Duration::from_secs(3));
+    daemon.kill9();
+    std::thread::sleep(Duration::from_secs(5));
+    daemon.restart()?;
+    wait_until("a missed firing told", || {
+        receiver
+            .received("/team")
+            .iter()
+            .any(|r| r.body.contains("schedule every2 missed its run of gated"))
+    })?;
+    // Only schedule_missed was asked for: the runs the schedule started are not told.
+    ensure!(receiver
+        .received("/team")
+        .iter()
+        .all(|r| r.body.contains("missed")));
+    Ok(())
+}
+
+#[test]
 fn a_bad_notify_file_stops_the_daemon_with_the_line() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let notify = dir.path().join("notify.toml");
-    std::fs::write(
-        &notify,
+    let refused = |text: &str| -> Result<String> {
+        std::fs::write(&notify, text)?;
+        let data = tempfile::tempdir()?;
+        let output = std::process::Command::new(runbook_tests::binary())
+            .args(["--data-dir", &data.path().display().to_string()])
+            .args(["daemon", "--notify", &notify.display().to_string()])
+            .output()?;
+        ensure!(!output.status.success(), "the daemon started");
+        Ok(String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let stderr = refused(
         "[[sinks]]\nname = \"x\"\nkind = \"carrier-pigeon\"\nurl = \"http://127.0.0.1:1/\"\n",
     )?;
-    let data = tempfile::tempdir()?;
-    let output = std::process::Command::new(runbook_tests::binary())
-        .args(["--data-dir", &data.path().display().to_string()])
-        .args(["daemon", "--notify", &notify.display().to_string()])
-        .output()?;
-    ensure!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
         stderr.contains(&format!("{}:3", notify.display())) && stderr.contains("carrier-pigeon"),
         "{stderr}"
     );
-    std::fs::write(
-        &notify,
+    // An address that would smuggle an SMTP command.
+    let stderr = refused(
         "[[sinks]]\nname = \"mail\"\nkind = \"email\"\nsmtp = \"127.0.0.1:25\"\nfrom = \"a@b\"\nto = [\"x@y\\r\\nRCPT TO:<evil@z>\"]\n",
     )?;
-    let output = std::process::Command::new(runbook_tests::binary())
-        .args(["--data-dir", &data.path().display().to_string()])
-        .args(["daemon", "--notify", &notify.display().to_string()])
-        .output()?;
-    ensure!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(stderr.contains("sink \"mail\": to:"), "{stderr}");
+    let stderr = refused(
+        "[[sinks]]\nname = \"a\"\nkind = \"slack\"\nurl = \"http://127.0.0.1:1/\"\nescalate_after = \"1h\"\nescalate_to = \"nobody\"\n",
+    )?;
+    ensure!(
+        stderr.contains("escalate_to: no sink \"nobody\""),
+        "{stderr}"
+    );
     Ok(())
 }
 

@@ -53,6 +53,7 @@ const ROLES: [&str; 4] = ["viewer", "operator", "approver", "admin"];
 struct Listener {
     daemon: Daemon,
     port: u16,
+    fingerprint: String,
 }
 
 impl Listener {
@@ -67,7 +68,12 @@ impl Listener {
                 ("other.toml", OTHER),
             ],
         )?;
-        Ok(Listener { daemon, port })
+        let fingerprint = daemon.tls_fingerprint()?;
+        Ok(Listener {
+            daemon,
+            port,
+            fingerprint,
+        })
     }
 
     /// Adds a user on the local socket (the daemon's own user is an admin there) and returns
@@ -90,7 +96,14 @@ impl Listener {
         body: Value,
     ) -> Result<HttpResponse> {
         let body = body.to_string();
-        https(self.port, method, path, token, Some(body.as_bytes()))
+        https(
+            self.port,
+            &self.fingerprint,
+            method,
+            path,
+            token,
+            Some(body.as_bytes()),
+        )
     }
 
     fn start_gated(&self) -> Result<String> {
@@ -232,6 +245,13 @@ fn every_verb_against_every_role() -> Result<()> {
         (
             "POST",
             "/v1/runs/{run}/approve".into(),
+            json!({"comment": "ok"}),
+            "approver",
+        ),
+        // Encoded as the router decodes it: still an approval.
+        (
+            "POST",
+            "/v1/runs/{run}/%61pprove".into(),
             json!({"comment": "ok"}),
             "approver",
         ),
@@ -546,6 +566,10 @@ fn the_cli_pins_the_certificate_and_talks_to_the_listener() -> Result<()> {
 
     // Another certificate: the CLI refuses to talk (exit 6), naming both fingerprints.
     let fingerprint = listener.fingerprint()?;
+    assert_eq!(
+        fingerprint, listener.fingerprint,
+        "`runbook version` shows the certificate's"
+    );
     let mut wrong = fingerprint.clone();
     wrong.replace_range(
         0..1,

@@ -109,7 +109,13 @@ pub enum Need {
 /// approving `approver` (so does a skip or retry past a gate: the run's rules check that);
 /// users, tokens, schedules and the store `admin`.
 pub fn needed(method: &Method, path: &str, metrics_public: bool) -> Need {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // Decoded as the router decodes its parameters: `/v1/runs/x/%61pprove` is an approval.
+    let decoded: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .map(percent_decoded)
+        .collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     match segments.as_slice() {
         // The console's files hold no data (it logs in with a token, then calls the API).
         ["healthz"] | ["readyz"] | [""] | ["ui"] | ["ui", ..] => return Need::Nobody,
@@ -127,6 +133,30 @@ pub fn needed(method: &Method, path: &str, metrics_public: bool) -> Need {
         ["v1", "runs", _, "approve"] => Role::Approver,
         _ => Role::Operator,
     })
+}
+
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied().and_then(hex),
+            bytes.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(high), Some(low)) => {
+                out.push((high * 16 + low) as u8);
+                i += 3;
+            }
+            (byte, _, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Authenticates and authorizes every request, and hands handlers its [`Identity`].
