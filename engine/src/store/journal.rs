@@ -34,6 +34,7 @@ use crate::schedule::Schedule;
 
 mod archived;
 mod indexes;
+mod retention;
 mod rules;
 
 pub(crate) use rules::event_key;
@@ -146,6 +147,24 @@ impl<T: Tables> Journal<T> {
     }
 
     /// Stages one change through the rules: a refused one stages nothing.
+    /// Stages records of `tree` set (or deleted, `None`) as given.
+    fn stage_keyed<K: AsRef<[u8]>>(
+        &self,
+        tree: Tree,
+        changes: &[(K, Option<Vec<u8>>)],
+    ) -> Result<(), Error> {
+        self.stage_with(|tx| {
+            for (key, value) in changes {
+                let key = key.as_ref().to_vec();
+                match value {
+                    Some(value) => tx.put(tree, key, value.clone()),
+                    None => tx.delete(tree, key),
+                }
+            }
+            Ok(())
+        })
+    }
+
     fn stage_with(
         &self,
         rules: impl FnOnce(&mut Tx<'_>) -> Result<(), Error>,
@@ -159,57 +178,6 @@ impl<T: Tables> Journal<T> {
         staged.ops.extend(ops);
         staged.latest.extend(latest);
         Ok(())
-    }
-
-    /// The finished runs that finished before `before_ms`, at most `limit`, in the order of
-    /// their ids (so of their creation): a run created at or after `before_ms` cannot have
-    /// finished before it, so the scan ends there, having read only the lines of runs created
-    /// before it — the expired ones and those still running or finished since (the runs that
-    /// were unfinished at that instant: a few, not a history).
-    pub fn expired(
-        &self,
-        before_ms: u64,
-        after: Option<&Expired>,
-        limit: usize,
-    ) -> Result<Vec<Expired>, Error> {
-        // (A UUID v7 holds 48 bits of milliseconds: past them, every id is before.)
-        let end = DateTime::<Utc>::from_timestamp_millis(i64::try_from(before_ms).unwrap_or(-1))
-            .filter(|_| before_ms < 1 << 48)
-            .map(listing::first_id_at);
-        let from = after.map(|after| *after.run_id.as_bytes());
-        let mut found = Vec::new();
-        for entry in self.tables.scan(
-            Tree::Listings,
-            from.as_ref()
-                .map_or(Bound::Unbounded, |from| Bound::Excluded(from.as_slice())),
-            end.as_ref().map_or(Bound::Unbounded, |end| {
-                Bound::Excluded(end.as_bytes().as_slice())
-            }),
-            false,
-        ) {
-            let (key, bytes) = entry?;
-            let Ok(run_id) = Uuid::from_slice(&key) else {
-                continue;
-            };
-            // (A line that does not decode is left for `store verify` to name.)
-            let Ok(line) = decode_value::<Listing>(&|| format!("listings/{run_id}"), &bytes) else {
-                continue;
-            };
-            let finished_at_ms = line
-                .finished_at
-                .filter(|_| line.is_finished())
-                .and_then(|at| u64::try_from(at.timestamp_millis()).ok());
-            if let Some(finished_at_ms) = finished_at_ms.filter(|at| *at < before_ms) {
-                found.push(Expired {
-                    finished_at_ms,
-                    run_id,
-                });
-                if found.len() >= limit {
-                    break;
-                }
-            }
-        }
-        Ok(found)
     }
 
     /// A run's folded events (none if it has no folded record).
@@ -459,28 +427,8 @@ impl<T: Tables> Store for Journal<T> {
         Ok(loaded)
     }
 
-    fn stage_access(&self, commit: &AccessCommit) -> Result<(), Error> {
-        self.stage_with(|tx| {
-            for (key, value) in &commit.changes {
-                match value {
-                    Some(value) => tx.put(Tree::Access, key.as_bytes().to_vec(), value.clone()),
-                    None => tx.delete(Tree::Access, key.as_bytes().to_vec()),
-                }
-            }
-            Ok(())
-        })
-    }
-
     fn stage_outbox(&self, commit: &OutboxCommit) -> Result<(), Error> {
-        self.stage_with(|tx| {
-            for (key, value) in &commit.changes {
-                match value {
-                    Some(value) => tx.put(Tree::Outbox, key.clone(), value.clone()),
-                    None => tx.delete(Tree::Outbox, key.clone()),
-                }
-            }
-            Ok(())
-        })
+        self.stage_keyed(Tree::Outbox, &commit.changes)
     }
 
     fn load_outbox(&self, prefix: &[u8]) -> Result<Vec<KeyValue>, Error> {
@@ -489,12 +437,16 @@ impl<T: Tables> Store for Journal<T> {
             .collect()
     }
 
+    fn stage_access(&self, commit: &AccessCommit) -> Result<(), Error> {
+        self.stage_keyed(Tree::Access, &commit.changes)
+    }
+
     fn load_access(&self) -> Result<Vec<(String, Vec<u8>)>, Error> {
-        self.tables
-            .scan(Tree::Access, Bound::Unbounded, Bound::Unbounded, false)
+        scan_prefix(&self.tables, Tree::Access, &[], false)
             .map(|entry| {
-                let (key, bytes) = entry?;
-                Ok((String::from_utf8_lossy(&key).into_owned(), bytes.to_vec()))
+                entry.map(|(key, value)| {
+                    (String::from_utf8_lossy(&key).into_owned(), value.to_vec())
+                })
             })
             .collect()
     }
