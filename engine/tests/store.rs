@@ -259,6 +259,56 @@ fn derived_indexes_are_checked_and_repaired() {
     );
 }
 
+#[test]
+fn verify_reads_users_tokens_and_notifications() {
+    use runbook_engine::store::tables::{Op, Tables, Tree};
+    use runbook_engine::store::{AccessCommit, Journal, MemoryTables, OutboxCommit};
+
+    let store = Journal::over(MemoryTables::default());
+    let user = runbook_engine::access::User {
+        name: "alice".into(),
+        role: runbook_engine::access::Role::Approver,
+        runbooks: None,
+        created_at: Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap(),
+        created_by: "uid 0".into(),
+    };
+    store
+        .stage_access(&AccessCommit {
+            changes: vec![(
+                "user/alice".into(),
+                Some(runbook_engine::store::envelope::encode(&user).unwrap()),
+            )],
+        })
+        .unwrap();
+    store.sync().unwrap();
+    assert_eq!(store.verify().unwrap(), Vec::<String>::new());
+    store
+        .stage_outbox(&OutboxCommit {
+            changes: vec![(
+                [Uuid::from_u64_pair(1, 2).as_bytes().as_slice(), b"x-hook"].concat(),
+                Some(b"not an envelope".to_vec()),
+            )],
+        })
+        .unwrap();
+    store.sync().unwrap();
+    let tables = store.into_tables();
+    tables
+        .write(&[Op {
+            tree: Tree::Access,
+            key: b"token/00".to_vec(),
+            value: Some(b"garbage".to_vec()),
+        }])
+        .unwrap();
+    let store = Journal::open_over(tables, None, false).unwrap();
+    let problems = store.verify().unwrap().join("\n");
+    assert!(problems.contains("access/token/00"), "{problems}");
+    assert!(
+        problems.contains("outbox/00000000-0000-0001-0000-000000000002/x-hook"),
+        "{problems}"
+    );
+    assert!(!problems.contains("user/alice"), "{problems}");
+}
+
 /// A parked run in a store over any tables.
 fn drive_memory<T: runbook_engine::store::tables::Tables>(
     store: &runbook_engine::store::Journal<T>,

@@ -547,6 +547,27 @@ impl<T: Tables> Journal<T> {
                 problems.push(error.to_string());
             }
         }
+        // Users, tokens and notifications: each record decodes.
+        for (key, bytes) in self.load_access()? {
+            let what = || format!("access/{key}");
+            let decoded = if key.starts_with("user/") {
+                decode_value::<crate::access::User>(&what, &bytes).map(drop)
+            } else {
+                decode_value::<crate::access::Token>(&what, &bytes).map(drop)
+            };
+            problems.extend(decoded.err().map(|error| error.to_string()));
+        }
+        for (key, bytes) in self.load_outbox(&[])? {
+            let run = Uuid::from_slice(key.get(..16).unwrap_or_default()).unwrap_or_default();
+            let what = || {
+                format!(
+                    "outbox/{run}/{}",
+                    String::from_utf8_lossy(key.get(16..).unwrap_or_default())
+                )
+            };
+            let decoded = decode_value::<crate::notify::Entry>(&what, &bytes);
+            problems.extend(decoded.err().map(|error| error.to_string()));
+        }
         problems.extend(self.check_indexes(false)?);
         Ok(problems)
     }
