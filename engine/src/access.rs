@@ -72,12 +72,9 @@ pub struct User {
 impl User {
     /// Whether this user may act on runs of `runbook`.
     pub fn may_act_on(&self, runbook: &str) -> bool {
-        match &self.runbooks {
-            None => true,
-            Some(scope) => scope
-                .split(',')
-                .any(|pattern| glob_matches(pattern.trim(), runbook)),
-        }
+        self.runbooks
+            .as_deref()
+            .is_none_or(|scope| scope_matches(scope, runbook))
     }
 }
 
@@ -135,6 +132,14 @@ pub fn check_scope(scope: &str) -> Result<(), String> {
              (for example 'rocketmq.*'), at most {MAX_SCOPE} characters"
         ))
     }
+}
+
+/// Whether `runbook` matches one of the comma-separated patterns of `scope` (a user's
+/// `--runbooks`, a notification sink's `runbooks`).
+pub fn scope_matches(scope: &str, runbook: &str) -> bool {
+    scope
+        .split(',')
+        .any(|pattern| glob_matches(pattern.trim(), runbook))
 }
 
 /// `*` matches any run of characters (also none); everything else matches itself.

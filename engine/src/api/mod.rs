@@ -31,7 +31,7 @@ use serde_json::{json, Map, Value};
 use crate::catalog::{Catalog, Source};
 use crate::machine::{Actor, Input};
 use crate::runtime::{self, Engine, Error, Resident};
-pub use auth::{needed, Caller, FailedLogins, Identity, Need};
+pub use auth::{Caller, FailedLogins};
 pub use views::{
     ActorView, ApprovalView, AttentionView, AuditView, NotificationView, RunSummary, RunView,
     StepView, UndoView,

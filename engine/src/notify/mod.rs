@@ -226,11 +226,10 @@ impl Config {
             sink.events
                 .as_ref()
                 .is_none_or(|events| events.contains(&event))
-                && sink.runbooks.as_ref().is_none_or(|scope| {
-                    scope
-                        .split(',')
-                        .any(|pattern| crate::access::glob_matches(pattern.trim(), &runbook))
-                })
+                && sink
+                    .runbooks
+                    .as_deref()
+                    .is_none_or(|scope| crate::access::scope_matches(scope, &runbook))
         })
     }
 
