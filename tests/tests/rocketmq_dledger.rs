@@ -8,6 +8,10 @@
 //! master's log is the longer one, as after a slave that fell behind. Every byte of both logs was
 //! written by the broker.
 //!
+//! The master's and the third node's files are reached over ssh (a real sshd on 127.0.0.1, the
+//! same file system), the slave's on the daemon's host: copies go remote → local and remote →
+//! remote, and every step's output names the host it read or wrote.
+//!
 //! Each typed check has a case that makes it fail: the align refusing a copy that would shrink a
 //! log, files holding less than the broker reported, and two logs that disagree; the md5
 //! comparison of logs that differ; the config-directory copy over a differing file; the DLedger
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use runbook_tests::cluster::Cluster;
-use runbook_tests::{step_of, Daemon};
+use runbook_tests::{step_of, Daemon, Sshd};
 use serde_json::{json, Value};
 
 const LONG: Duration = Duration::from_secs(120);
@@ -154,6 +158,7 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
     let dledger_dir = cluster.dir.join("conf-dledger");
     let master_store = master.commitlog.parent().context("store")?.to_owned();
     let slave_store = slave.commitlog.parent().context("store")?.to_owned();
+    let sshd = Sshd::start()?;
     let mut daemon = Daemon::start()?;
     let stop_command = format!(
         "sh {}/addr/{{{{ broker_addr }}}}/stop.sh && sleep 3",
@@ -172,6 +177,10 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
         ("third_store", third_store.display().to_string()),
         ("master_config", master.config.display().to_string()),
         ("slave_config", slave.config.display().to_string()),
+        ("master_host", sshd.host.clone()),
+        ("third_host", sshd.host.clone()),
+        ("ssh_identity_file", sshd.user_key.display().to_string()),
+        ("ssh_known_hosts", sshd.known_hosts.display().to_string()),
         ("third_broker_ip", "127.0.0.1".to_owned()),
         ("third_listen_port", "30931".to_owned()),
         ("dledger_dir", dledger_dir.display().to_string()),
@@ -273,6 +282,42 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
     // The copy went from the master (longer) to the slave and the third node.
     let align = &step_of(&shown, "align").context("align")?["output"];
     ensure!(align["source"]["node"] == "master", "{align:#}");
+    // Read from the master over ssh, written to the slave here and to the third node over ssh.
+    ensure!(align["source"]["host"] == sshd.host.as_str(), "{align:#}");
+    for (node, host) in [
+        ("slave", Value::Null),
+        ("third", Value::from(sshd.host.as_str())),
+    ] {
+        let target = align["targets"]
+            .as_array()
+            .and_then(|targets| targets.iter().find(|target| target["node"] == node))
+            .with_context(|| format!("{node} target: {align:#}"))?;
+        ensure!(target["host"] == host, "{node}: {target:#}");
+    }
+    ensure!(
+        before["nodes"]["master"]["host"] == sshd.host.as_str(),
+        "{before:#}"
+    );
+    ensure!(before["nodes"]["slave"]["host"].is_null(), "{before:#}");
+    let copy_config = &step_of(&shown, "copy_config").context("copy_config")?["output"];
+    ensure!(
+        copy_config["source_host"] == sshd.host.as_str()
+            && copy_config["target_host"] == sshd.host.as_str(),
+        "{copy_config:#}"
+    );
+    let n2 = &step_of(&shown, "config_n2").context("config_n2")?["output"];
+    ensure!(
+        n2["host"] == sshd.host.as_str() && n2["base_host"] == sshd.host.as_str(),
+        "{n2:#}"
+    );
+    let n1 = &step_of(&shown, "config_n1").context("config_n1")?["output"];
+    ensure!(n1["host"].is_null(), "{n1:#}");
+    let sessions = sshd.log().matches("Accepted publickey").count();
+    ensure!(
+        sessions >= 10,
+        "only {sessions} ssh sessions for the nodes' files:\n{}",
+        sshd.log()
+    );
     let slave_target = align["targets"]
         .as_array()
         .and_then(|targets| targets.iter().find(|target| target["node"] == "slave"))
@@ -377,14 +422,20 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
         Ok(dir)
     };
 
-    // The longer log is the slave's this time: it is the source, whatever the node is called.
+    let over_ssh = |dir: &Path| json!({"dir": dir.display().to_string(), "host": sshd.host});
+    let identity = sshd.user_key.display().to_string();
+    let known_hosts = sshd.known_hosts.display().to_string();
+
+    // The longer log is the slave's this time: it is the source, whatever the node is called
+    // (both over ssh).
     let short = fresh("b-master", &slave_original)?;
     let long = fresh("b-slave", &master_original)?;
     let result = one_step(
         &daemon,
         "slave-longer",
         "rocketmq.commitlog_align",
-        json!({"nodes": {"master": short.display().to_string(), "slave": long.display().to_string()}}),
+        json!({"nodes": {"master": over_ssh(&short), "slave": over_ssh(&long)},
+               "identity_file": identity, "known_hosts": known_hosts}),
     )?;
     ensure!(result["state"] == "succeeded", "{result:#}");
     ensure!(
@@ -445,6 +496,34 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
         json!({"nodes": {"a": diverged.display().to_string(), "b": long.display().to_string()}, "count": 100}),
     )?;
     refused(&result, "not a prefix")?;
+    // The same two histories, each on a host reached over ssh: refused the same way.
+    let result = one_step(
+        &daemon,
+        "diverged-ssh",
+        "rocketmq.commitlog_align",
+        json!({"nodes": {"a": over_ssh(&diverged), "b": over_ssh(&long)}, "count": 100,
+               "identity_file": identity, "known_hosts": known_hosts}),
+    )?;
+    refused(&result, "not a prefix")?;
+    ensure!(
+        commitlog(&long)? == master_before,
+        "the longer log was touched"
+    );
+
+    // A host whose key is not trusted: nothing is read or written, and the error names it.
+    let untrusted = work.join("empty_known_hosts");
+    std::fs::write(&untrusted, "")?;
+    let result = one_step(
+        &daemon,
+        "untrusted",
+        "rocketmq.commitlog_compare",
+        json!({"nodes": {"a": over_ssh(&short), "b": long.display().to_string()},
+               "identity_file": identity, "known_hosts": untrusted.display().to_string()}),
+    )?;
+    refused(
+        &result,
+        &format!("ssh {}: could not connect or log in", sshd.host),
+    )?;
 
     // md5s that differ fail `expect = "equal"`.
     let result = one_step(
@@ -452,6 +531,14 @@ fn converts_a_master_slave_group_up_to_the_start_gate() -> Result<()> {
         "compare",
         "rocketmq.commitlog_compare",
         json!({"nodes": {"a": short.display().to_string(), "b": long.display().to_string()}, "expect": "equal"}),
+    )?;
+    refused(&result, "commitlogs differ")?;
+    let result = one_step(
+        &daemon,
+        "compare-ssh",
+        "rocketmq.commitlog_compare",
+        json!({"nodes": {"a": over_ssh(&short), "b": over_ssh(&long)}, "expect": "equal",
+               "identity_file": identity, "known_hosts": known_hosts}),
     )?;
     refused(&result, "commitlogs differ")?;
 

@@ -87,6 +87,26 @@ use self::ssh::{parse_host, remote_command, ssh_argv, KnownHosts, SshOptions};
 use super::shim::{self, Outcome, ProcStat, ProcessIdentity, Status};
 use super::{Action, ActionContext, ActionFailure, ActionFuture};
 
+/// The local argv that runs `argv` on `host` (`[user@]host[:port]`) over ssh, with the options
+/// an `exec` step takes (`identity_file`, `known_hosts`: strict, accept-new, off or a file): the
+/// same client, batch mode and host-key rules as `exec` with `host`, for actions that work on a
+/// broker's files. Every word reaches the remote shell single-quoted.
+pub fn ssh_command(
+    host: &str,
+    identity_file: Option<&str>,
+    known_hosts: Option<&str>,
+    argv: &[String],
+) -> Result<Vec<String>, String> {
+    let target = parse_host(host)?;
+    let options = SshOptions {
+        identity_file: identity_file.map(str::to_owned),
+        known_hosts: KnownHosts::parse(known_hosts)?,
+        connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+    };
+    let remote = remote_command(argv, &[], None)?;
+    Ok(ssh_argv(&target, &options, &remote))
+}
+
 /// How much of stdout the output keeps (the log keeps more).
 const STDOUT_IN_OUTPUT: usize = 64 * 1024;
 /// How often a re-attached daemon checks whether the shim still runs.

@@ -20,8 +20,8 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::commitlog::{io_error, sync_dir};
 use super::files::{render_placeholders, vars};
+use super::host_files::{io_error, sync_dir};
 use super::input::Input;
 
 /// The input of `rocketmq.move_aside`.

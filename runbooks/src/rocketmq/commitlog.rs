@@ -1,4 +1,4 @@
-//! Commitlog files of stopped brokers, on the daemon's host: `rocketmq.commitlog_compare`
+//! Commitlog files of stopped brokers, on the daemon's host or over ssh (`host_files`): `rocketmq.commitlog_compare`
 //! (md5 of the newest files of several nodes and where each node's valid log ends) and
 //! `rocketmq.commitlog_align` (make every node's log equal to the longest one by copying whole
 //! files), the two checks of the DLedger conversion guide ("md5sum at least the 2 newest
@@ -37,16 +37,15 @@
 //! (as in the guide); a file the target lacks there is copied.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use md5::{Digest, Md5};
 use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use super::host_files::{io_error, EntryKind, Host, SshOptions};
 use super::input::Input;
 use super::session::now_ms;
 
@@ -72,6 +71,7 @@ pub(super) struct LogFile {
 /// A node's commitlog directory as read: its files (by offset) and where its valid log ends.
 #[derive(Debug, Clone)]
 pub(super) struct Scan {
+    pub host: Host,
     pub dir: PathBuf,
     pub files: Vec<LogFile>,
     pub valid_end: u64,
@@ -81,46 +81,51 @@ pub(super) struct Scan {
     pub records: u64,
 }
 
-/// Why an action stops: permanent (the files are not what they must be) or retryable (I/O).
-pub(super) fn io_error(path: &Path, error: std::io::Error) -> ActionFailure {
-    ActionFailure::retryable(format!("{}: {error}", path.display()))
+/// A node's commitlog directory: on this host or over ssh.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct NodeDir {
+    pub host: Host,
+    pub dir: PathBuf,
+}
+
+impl NodeDir {
+    fn show(&self) -> String {
+        self.host.show(&self.dir)
+    }
 }
 
 /// The commitlog files of `dir`, by offset. A missing directory is an error unless `may_miss`.
-pub(super) fn list_files(dir: &Path, may_miss: bool) -> Result<Vec<LogFile>, ActionFailure> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(error) if may_miss && error.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Vec::new())
+pub(super) fn list_files(
+    host: &Host,
+    dir: &Path,
+    may_miss: bool,
+) -> Result<Vec<LogFile>, ActionFailure> {
+    let Some(entries) = host.list(dir, 1)? else {
+        if may_miss {
+            return Ok(Vec::new());
         }
-        Err(error) => {
-            return Err(ActionFailure::permanent(format!(
-                "commitlog directory {}: {error}",
-                dir.display()
-            )))
-        }
+        return Err(ActionFailure::permanent(format!(
+            "commitlog directory {}: no such directory",
+            host.show(dir)
+        )));
     };
     let mut files = Vec::new();
     for entry in entries {
-        let entry = entry.map_err(|error| io_error(dir, error))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_digit()) {
+        let name = entry.path.to_string_lossy().into_owned();
+        if entry.kind != EntryKind::File
+            || name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_digit())
+        {
             continue;
         }
         let Ok(base) = name.parse::<u64>() else {
             continue;
         };
-        let meta = entry
-            .metadata()
-            .map_err(|error| io_error(&entry.path(), error))?;
-        if !meta.is_file() {
-            continue;
-        }
         files.push(LogFile {
+            path: dir.join(&name),
             name,
             base,
-            size: meta.len(),
-            path: entry.path(),
+            size: entry.size,
         });
     }
     files.sort_by_key(|file| file.base);
@@ -200,15 +205,15 @@ pub(super) fn valid_message(record: &[u8], at: u64) -> bool {
 }
 
 /// Whether `file` starts with a record (message or blank) that checks out.
-fn starts_with_record(file: &LogFile) -> Result<bool, ActionFailure> {
-    let mut walk = FileWalk::open(file)?;
+fn starts_with_record(host: &Host, file: &LogFile) -> Result<bool, ActionFailure> {
+    let mut walk = FileWalk::open(host, file)?;
     Ok(walk.next_record()?.is_some())
 }
 
 /// Reads one file record by record.
 struct FileWalk<'a> {
     file: &'a LogFile,
-    reader: BufReader<File>,
+    reader: BufReader<Box<dyn Read + Send>>,
     pos: u64,
     record: Vec<u8>,
 }
@@ -219,11 +224,10 @@ enum Record {
 }
 
 impl<'a> FileWalk<'a> {
-    fn open(file: &'a LogFile) -> Result<FileWalk<'a>, ActionFailure> {
-        let handle = File::open(&file.path).map_err(|error| io_error(&file.path, error))?;
+    fn open(host: &Host, file: &'a LogFile) -> Result<FileWalk<'a>, ActionFailure> {
         Ok(FileWalk {
             file,
-            reader: BufReader::with_capacity(CHUNK, handle),
+            reader: BufReader::with_capacity(CHUNK, host.open(&file.path)?),
             pos: 0,
             record: Vec::new(),
         })
@@ -273,14 +277,15 @@ impl<'a> FileWalk<'a> {
 /// Lists `dir` and finds where its valid log ends, walking from the oldest of the newest
 /// `count` files.
 pub(super) fn scan(
-    dir: &Path,
+    node: &NodeDir,
     count: usize,
     may_miss: bool,
     cancel: &CancellationToken,
 ) -> Result<Scan, ActionFailure> {
-    let files = list_files(dir, may_miss)?;
+    let files = list_files(&node.host, &node.dir, may_miss)?;
     let mut scan = Scan {
-        dir: dir.to_owned(),
+        host: node.host.clone(),
+        dir: node.dir.clone(),
         valid_end: files.first().map_or(0, |file| file.base),
         files,
         walked_from: None,
@@ -290,7 +295,7 @@ pub(super) fn scan(
         return Ok(scan);
     }
     let mut from = scan.files.len().saturating_sub(count.max(1));
-    while from > 0 && !starts_with_record(&scan.files[from])? {
+    while from > 0 && !starts_with_record(&scan.host, &scan.files[from])? {
         from -= 1;
     }
     scan.walked_from = Some(scan.files[from].name.clone());
@@ -301,7 +306,7 @@ pub(super) fn scan(
             // A file that does not follow on where the log ended.
             break;
         }
-        let mut walk = FileWalk::open(file)?;
+        let mut walk = FileWalk::open(&scan.host, file)?;
         loop {
             if cancel.is_cancelled() {
                 return Err(ActionFailure::retryable("cancelled"));
@@ -328,30 +333,6 @@ pub(super) fn scan(
     Ok(scan)
 }
 
-/// md5 (hex) of a whole file.
-pub(super) fn md5_file(path: &Path, cancel: &CancellationToken) -> Result<String, ActionFailure> {
-    let mut file = File::open(path).map_err(|error| io_error(path, error))?;
-    let mut hasher = Md5::new();
-    let mut buffer = vec![0u8; CHUNK];
-    loop {
-        if cancel.is_cancelled() {
-            return Err(ActionFailure::retryable("cancelled"));
-        }
-        let read = file
-            .read(&mut buffer)
-            .map_err(|error| io_error(path, error))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
-    Ok(hex(&hasher.finalize()))
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The newest `count` files of a scan with their md5, newest first.
 fn newest_md5s(
     scan: &Scan,
@@ -362,22 +343,26 @@ fn newest_md5s(
         .iter()
         .rev()
         .take(count)
-        .map(|file| Ok((file.name.clone(), file.size, md5_file(&file.path, cancel)?)))
+        .map(|file| {
+            Ok((
+                file.name.clone(),
+                file.size,
+                scan.host.md5(&file.path, cancel)?,
+            ))
+        })
         .collect()
 }
 
 /// The offset of the first byte where `a` and `b` differ within their first `len` bytes, if
 /// any (a file shorter than `len` differs where it ends).
 fn first_difference(
-    a: &Path,
-    b: &Path,
+    (a_host, a): (&Host, &Path),
+    (b_host, b): (&Host, &Path),
     len: u64,
     cancel: &CancellationToken,
 ) -> Result<Option<u64>, ActionFailure> {
-    let mut left =
-        BufReader::with_capacity(CHUNK, File::open(a).map_err(|e| io_error(a, e))?).take(len);
-    let mut right =
-        BufReader::with_capacity(CHUNK, File::open(b).map_err(|e| io_error(b, e))?).take(len);
+    let mut left = BufReader::with_capacity(CHUNK, a_host.open(a)?).take(len);
+    let mut right = BufReader::with_capacity(CHUNK, b_host.open(b)?).take(len);
     let mut left_buf = vec![0u8; CHUNK];
     let mut right_buf = vec![0u8; CHUNK];
     let mut at = 0u64;
@@ -412,61 +397,16 @@ fn read_full(reader: &mut impl Read, buffer: &mut [u8]) -> std::io::Result<usize
     Ok(filled)
 }
 
-/// Copies `source` to `target` atomically: a temporary file in `temp_dir` (same file system),
-/// written, fsynced, renamed over `target`, the target's directory fsynced. Returns the md5 of
-/// the bytes copied.
+/// Copies `source` (on `from`) to `target` (on `to`) atomically: see [`Host::write_from`].
+/// Returns the md5 of the bytes copied.
 pub(super) fn copy_atomically(
-    source: &Path,
-    target: &Path,
+    (from, source): (&Host, &Path),
+    (to, target): (&Host, &Path),
     temp_dir: &Path,
     cancel: &CancellationToken,
 ) -> Result<String, ActionFailure> {
-    std::fs::create_dir_all(temp_dir).map_err(|error| io_error(temp_dir, error))?;
-    let name = target
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = temp_dir.join(format!("{name}.partial"));
-    let mut input = File::open(source).map_err(|error| io_error(source, error))?;
-    let mut output = File::create(&temp).map_err(|error| io_error(&temp, error))?;
-    let mut hasher = Md5::new();
-    let mut buffer = vec![0u8; CHUNK];
-    loop {
-        if cancel.is_cancelled() {
-            let _ = std::fs::remove_file(&temp);
-            return Err(ActionFailure::retryable("cancelled"));
-        }
-        let read = input
-            .read(&mut buffer)
-            .map_err(|error| io_error(source, error))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        output
-            .write_all(&buffer[..read])
-            .map_err(|error| io_error(&temp, error))?;
-    }
-    if let Ok(meta) = std::fs::metadata(source) {
-        let _ = output.set_permissions(meta.permissions());
-    }
-    output.sync_all().map_err(|error| io_error(&temp, error))?;
-    drop(output);
-    std::fs::rename(&temp, target).map_err(|error| {
-        ActionFailure::retryable(format!(
-            "renaming {} to {}: {error}",
-            temp.display(),
-            target.display()
-        ))
-    })?;
-    sync_dir(target.parent().unwrap_or(Path::new(".")))?;
-    Ok(hex(&hasher.finalize()))
-}
-
-pub(super) fn sync_dir(dir: &Path) -> Result<(), ActionFailure> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(|error| io_error(dir, error))
+    let mut reader = from.open(source)?;
+    to.write_from(&mut *reader, target, temp_dir, cancel)
 }
 
 /// `<dir>/../<name>`: beside the directory, on its file system, outside what a broker reads.
@@ -477,12 +417,14 @@ fn beside(dir: &Path, name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A `{label = dir}` table of an input.
+/// A `{label = dir}` table of an input: each value the directory on this host, or `{ dir, host }`
+/// for one reached over ssh (a blank `host` is this host).
 fn node_table(
     input: &Input<'_>,
     field: &str,
     required: bool,
-) -> Result<BTreeMap<String, PathBuf>, ActionFailure> {
+    ssh: &SshOptions,
+) -> Result<BTreeMap<String, NodeDir>, ActionFailure> {
     let map = match input.get(field) {
         None if required => return Err(input.bad(field, "is required")),
         None => return Ok(BTreeMap::new()),
@@ -495,14 +437,49 @@ fn node_table(
         }
     };
     let mut nodes = BTreeMap::new();
-    for (label, dir) in map {
-        let Some(dir) = dir.as_str().map(str::trim).filter(|dir| !dir.is_empty()) else {
+    for (label, value) in map {
+        let (dir, host) = match value {
+            Value::Object(node) => {
+                if let Some(key) = node
+                    .keys()
+                    .find(|key| !matches!(key.as_str(), "dir" | "host"))
+                {
+                    return Err(
+                        input.bad(field, format!("{label}: unknown key {key:?} (dir, host)"))
+                    );
+                }
+                (node.get("dir"), node.get("host"))
+            }
+            other => (Some(other), None),
+        };
+        let Some(dir) = dir
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|dir| !dir.is_empty())
+        else {
             return Err(input.bad(field, format!("{label}: must be a directory path")));
         };
-        if !Path::new(dir).is_absolute() {
+        if !Path::new(dir).is_absolute() || dir.contains('\n') {
             return Err(input.bad(field, format!("{label}: {dir:?} is not an absolute path")));
         }
-        nodes.insert(label.clone(), PathBuf::from(dir));
+        let host = match host {
+            None | Some(Value::Null) => None,
+            Some(Value::String(host)) => Some(host.as_str()),
+            Some(other) => {
+                return Err(input.bad(
+                    field,
+                    format!("{label}: host must be a string, not {other}"),
+                ))
+            }
+        };
+        let host = ssh.host(input, &format!("{field}.{label}.host"), host)?;
+        nodes.insert(
+            label.clone(),
+            NodeDir {
+                host,
+                dir: PathBuf::from(dir),
+            },
+        );
     }
     Ok(nodes)
 }
@@ -520,6 +497,19 @@ fn count_of(input: &Input<'_>) -> Result<usize, ActionFailure> {
     Ok(count as usize)
 }
 
+/// `identity_file` of the actions that reach nodes over ssh.
+pub(super) const IDENTITY_FILE: runbook_engine::action::schema::Key = optional(
+    "identity_file",
+    Kind::Text,
+    "the ssh key for the nodes with a host (as exec's identity_file)",
+);
+/// `known_hosts` of the actions that reach nodes over ssh.
+pub(super) const KNOWN_HOSTS: runbook_engine::action::schema::Key = optional(
+    "known_hosts",
+    Kind::Text,
+    "how the nodes' host keys are checked: strict (default), accept-new, off, or a known_hosts file (as exec's known_hosts)",
+);
+
 /// The input of `rocketmq.commitlog_compare` (read-only).
 pub const COMPARE_SCHEMA: Schema = Schema {
     mutates: false,
@@ -528,9 +518,11 @@ pub const COMPARE_SCHEMA: Schema = Schema {
         optional(
             "nodes",
             Kind::Table,
-            "node = commitlog directory (absolute, on this host), e.g. { master = \"/data/a/store/commitlog\", slave = \"...\" }",
+            "node = commitlog directory (absolute, on this host), or { dir, host } for one reached over ssh ([user@]host[:port]), e.g. { master = \"/data/a/store/commitlog\", slave = { dir = \"...\", host = \"root@10.0.0.2\" } }",
         )
         .required(),
+        IDENTITY_FILE,
+        KNOWN_HOSTS,
         optional("count", Kind::Int, "how many of the newest files (default 2, at least 2)"),
         optional(
             "expect",
@@ -547,7 +539,8 @@ pub const COMPARE_SCHEMA: Schema = Schema {
 /// the highest valid end) and `shortest`.
 pub async fn run_compare(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let reader = Input::new("rocketmq.commitlog_compare", &input);
-    let nodes = node_table(&reader, "nodes", true)?;
+    let ssh = SshOptions::of(&reader)?;
+    let nodes = node_table(&reader, "nodes", true, &ssh)?;
     if nodes.is_empty() {
         return Err(reader.bad("nodes", "names no node"));
     }
@@ -562,13 +555,14 @@ pub async fn run_compare(input: Value, context: ActionContext) -> Result<Value, 
         let mut per_node = serde_json::Map::new();
         let mut lists: BTreeMap<String, Vec<(String, u64, String)>> = BTreeMap::new();
         let mut ends: BTreeMap<String, u64> = BTreeMap::new();
-        for (label, dir) in &nodes {
-            let scan = scan(dir, count, false, &cancel)?;
+        for (label, node) in &nodes {
+            let scan = scan(node, count, false, &cancel)?;
             let newest = newest_md5s(&scan, count, &cancel)?;
             per_node.insert(
                 label.clone(),
                 json!({
-                    "dir": dir.display().to_string(),
+                    "dir": node.dir.display().to_string(),
+                    "host": node.host.name(),
                     "valid_end": scan.valid_end,
                     "file_count": scan.files.len(),
                     "files": newest.iter().map(|(name, size, md5)| json!({"name": name, "size": size, "md5": md5})).collect::<Vec<_>>(),
@@ -625,7 +619,11 @@ pub async fn run_compare(input: Value, context: ActionContext) -> Result<Value, 
     if let Some(nodes) = output["nodes"].as_object() {
         for (label, node) in nodes {
             context.log.line(&format!(
-                "{label} {}: valid end {}",
+                "{label} {}{}: valid end {}",
+                node["host"]
+                    .as_str()
+                    .map(|host| format!("{host}:"))
+                    .unwrap_or_default(),
                 node["dir"].as_str().unwrap_or_default(),
                 node["valid_end"]
             ));
@@ -651,9 +649,11 @@ pub const ALIGN_SCHEMA: Schema = Schema {
         optional(
             "nodes",
             Kind::Table,
-            "node = commitlog directory (absolute, on this host) of the existing nodes, each of which must exist",
+            "node = commitlog directory (absolute, on this host, or { dir, host } over ssh) of the existing nodes, each of which must exist",
         )
         .required(),
+        IDENTITY_FILE,
+        KNOWN_HOSTS,
         optional(
             "new_nodes",
             Kind::Table,
@@ -687,8 +687,9 @@ struct Plan {
 /// md5}], unchanged, moved_aside}]`, `copied_files`, `copied_bytes`, `valid_end`.
 pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let reader = Input::new("rocketmq.commitlog_align", &input);
-    let nodes = node_table(&reader, "nodes", true)?;
-    let new_nodes = node_table(&reader, "new_nodes", false)?;
+    let ssh = SshOptions::of(&reader)?;
+    let nodes = node_table(&reader, "nodes", true, &ssh)?;
+    let new_nodes = node_table(&reader, "new_nodes", false, &ssh)?;
     let count = count_of(&reader)?;
     let source_label = reader.opt_string("source")?;
     let mut reported: BTreeMap<String, u64> = BTreeMap::new();
@@ -721,7 +722,7 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
             return Err(reader.bad("new_nodes", format!("{label} is also in `nodes`")));
         }
     }
-    let mut dirs: Vec<&PathBuf> = nodes.values().chain(new_nodes.values()).collect();
+    let mut dirs: Vec<&NodeDir> = nodes.values().chain(new_nodes.values()).collect();
     dirs.sort();
     if dirs.windows(2).any(|pair| pair[0] == pair[1]) {
         return Err(reader.bad("nodes", "two nodes name the same directory"));
@@ -735,18 +736,18 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
     let log = context.log.clone();
     let output = tokio::task::spawn_blocking(move || -> Result<Value, ActionFailure> {
         let mut scans: BTreeMap<String, Scan> = BTreeMap::new();
-        for (label, dir) in &nodes {
-            scans.insert(label.clone(), scan(dir, count, false, &cancel)?);
+        for (label, node) in &nodes {
+            scans.insert(label.clone(), scan(node, count, false, &cancel)?);
         }
-        for (label, dir) in &new_nodes {
-            scans.insert(label.clone(), scan(dir, count, true, &cancel)?);
+        for (label, node) in &new_nodes {
+            scans.insert(label.clone(), scan(node, count, true, &cancel)?);
         }
         for (label, offset) in &reported {
             let end = scans[label].valid_end;
             if end < *offset {
                 return Err(ActionFailure::permanent(format!(
                     "node {label}: its broker reported commitlog max offset {offset} before it stopped, but the valid log in {} ends at {end}: the files lost data or the directory is not that broker's; nothing copied",
-                    nodes[label].display()
+                    nodes[label].show()
                 )));
             }
         }
@@ -767,12 +768,12 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
         if source.files.is_empty() || source.valid_end == source.files[0].base {
             return Err(ActionFailure::permanent(format!(
                 "node {source_label}: {} holds no valid commitlog record; nothing copied",
-                source.dir.display()
+                source.host.show(&source.dir)
             )));
         }
         log.line(&format!(
             "source: {source_label} {} (valid end {})",
-            source.dir.display(),
+            source.host.show(&source.dir),
             source.valid_end
         ));
         let window_start = source.files[source.files.len().saturating_sub(count)].base;
@@ -816,21 +817,21 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
                     } else {
                         return Err(ActionFailure::permanent(format!(
                             "{label}: {} is {} bytes, {source_label}'s {} bytes (below the compared files); nothing copied",
-                            theirs.path.display(), theirs.size, file.size
+                            target.host.show(&theirs.path), theirs.size, file.size
                         )));
                     }
                     continue;
                 }
                 // The target's valid bytes in this file must be the source's.
                 let valid_len = target.valid_end.saturating_sub(file.base).min(theirs.size);
-                if let Some(at) = first_difference(&theirs.path, &file.path, valid_len, &cancel)? {
+                if let Some(at) = first_difference((&target.host, &theirs.path), (&source.host, &file.path), valid_len, &cancel)? {
                     return Err(ActionFailure::permanent(format!(
                         "{label}'s log is not a prefix of {source_label}'s: {} and {} differ at commitlog offset {} (below {label}'s valid end {}): two histories, copying either way loses messages; nothing copied",
-                        theirs.path.display(), file.path.display(), file.base + at, target.valid_end
+                        target.host.show(&theirs.path), source.host.show(&file.path), file.base + at, target.valid_end
                     )));
                 }
                 if theirs.size == file.size
-                    && md5_file(&theirs.path, &cancel)? == md5_file(&file.path, &cancel)?
+                    && target.host.md5(&theirs.path, &cancel)? == source.host.md5(&file.path, &cancel)?
                 {
                     plan.unchanged.push(file.name.clone());
                 } else {
@@ -849,45 +850,41 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
         let mut copied_files = 0;
         let mut copied_bytes = 0;
         for plan in &plans {
-            std::fs::create_dir_all(&plan.scan.dir).map_err(|error| io_error(&plan.scan.dir, error))?;
+            let host = &plan.scan.host;
+            host.create_dir_all(&plan.scan.dir)?;
             let temp_dir = beside(&plan.scan.dir, ".runbook-commitlog-tmp");
-            if temp_dir.is_dir() {
-                // What an interrupted earlier attempt left.
-                let _ = std::fs::remove_dir_all(&temp_dir);
-            }
+            // What an interrupted earlier attempt left.
+            host.remove_own_dir(&temp_dir)?;
             let mut copied = Vec::new();
             for file in &plan.copy {
                 let target_path = plan.scan.dir.join(&file.name);
-                let md5 = copy_atomically(&file.path, &target_path, &temp_dir, &cancel)?;
-                let reread = md5_file(&target_path, &cancel)?;
-                let source_now = md5_file(&file.path, &cancel)?;
+                let md5 = copy_atomically((&source.host, &file.path), (host, &target_path), &temp_dir, &cancel)?;
+                let reread = host.md5(&target_path, &cancel)?;
+                let source_now = source.host.md5(&file.path, &cancel)?;
                 if reread != md5 || source_now != md5 {
                     return Err(ActionFailure::permanent(format!(
                         "{}: md5 {reread} after copying {} (md5 {md5}, now {source_now})",
-                        target_path.display(), file.path.display()
+                        host.show(&target_path), source.host.show(&file.path)
                     )));
                 }
-                log.line(&format!("{}: {} -> {} ({} bytes, md5 {md5})", plan.label, file.path.display(), target_path.display(), file.size));
+                log.line(&format!("{}: {} -> {} ({} bytes, md5 {md5})", plan.label, source.host.show(&file.path), host.show(&target_path), file.size));
                 copied_files += 1;
                 copied_bytes += file.size;
                 copied.push(json!({"name": file.name, "size": file.size, "md5": md5}));
             }
-            let _ = std::fs::remove_dir(&temp_dir);
+            host.remove_own_dir(&temp_dir)?;
             let mut moved = Vec::new();
             if !plan.move_aside.is_empty() {
                 let aside = beside(&plan.scan.dir, ".runbook-commitlog-removed");
-                std::fs::create_dir_all(&aside).map_err(|error| io_error(&aside, error))?;
                 for file in &plan.move_aside {
-                    std::fs::rename(&file.path, aside.join(&file.name)).map_err(|error| io_error(&file.path, error))?;
-                    log.line(&format!("{}: {} moved aside to {} (beyond {source_label}'s newest file, no valid record)", plan.label, file.path.display(), aside.display()));
+                    host.move_into(&file.path, &aside)?;
+                    log.line(&format!("{}: {} moved aside to {} (beyond {source_label}'s newest file, no valid record)", plan.label, host.show(&file.path), aside.display()));
                     moved.push(file.name.clone());
                 }
-                sync_dir(&plan.scan.dir)?;
-                sync_dir(&aside)?;
             }
             // An independent read: the target now ends where the source ends, and its newest
             // files are the source's.
-            let after = scan(&plan.scan.dir, count, false, &cancel)?;
+            let after = scan(&NodeDir { host: host.clone(), dir: plan.scan.dir.clone() }, count, false, &cancel)?;
             let ours = newest_md5s(&after, count, &cancel)?;
             let theirs = newest_md5s(&source, count, &cancel)?;
             if after.valid_end != source.valid_end || ours != theirs {
@@ -899,6 +896,7 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
             targets.push(json!({
                 "node": plan.label,
                 "dir": plan.scan.dir.display().to_string(),
+                "host": host.name(),
                 "valid_end_before": plan.scan.valid_end,
                 "valid_end_after": after.valid_end,
                 "copied": copied,
@@ -907,7 +905,7 @@ pub async fn run_align(input: Value, context: ActionContext) -> Result<Value, Ac
             }));
         }
         Ok(json!({
-            "source": {"node": source_label, "dir": source.dir.display().to_string(), "valid_end": source.valid_end},
+            "source": {"node": source_label, "dir": source.dir.display().to_string(), "host": source.host.name(), "valid_end": source.valid_end},
             "reported": reported,
             "targets": targets,
             "copied_files": copied_files,

@@ -23,8 +23,9 @@ use runbook_engine::action::schema::{optional, Kind, Schema};
 use runbook_engine::action::{ActionContext, ActionFailure};
 use serde_json::{json, Value};
 
-use super::commitlog::{copy_atomically, md5_file, sync_dir};
+use super::commitlog::{copy_atomically, list_files, IDENTITY_FILE, KNOWN_HOSTS};
 use super::files::{property, render_placeholders, vars};
+use super::host_files::{sync_dir, EntryKind, Host, SshOptions};
 use super::input::Input;
 use super::session::now_ms;
 
@@ -41,9 +42,21 @@ pub const COPY_FILES_SCHEMA: Schema = Schema {
         optional(
             "source",
             Kind::Text,
-            "the directory (or one file) to copy, absolute, on this host, e.g. the master's store/config",
+            "the directory (or one file) to copy, absolute, e.g. the master's store/config",
         )
         .required(),
+        optional(
+            "source_host",
+            Kind::Text,
+            "where `source` is: [user@]host[:port] over ssh (default: this host)",
+        ),
+        optional(
+            "target_host",
+            Kind::Text,
+            "where `target` is: [user@]host[:port] over ssh (default: this host)",
+        ),
+        IDENTITY_FILE,
+        KNOWN_HOSTS,
         optional(
             "target",
             Kind::Text,
@@ -74,30 +87,17 @@ fn absolute(input: &Input<'_>, field: &str) -> Result<PathBuf, ActionFailure> {
 
 /// Every regular file under `dir` (relative paths), at most [`MAX_DEPTH`] deep; symlinks and
 /// other special files are listed apart.
-fn tree(dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ActionFailure> {
+fn tree(host: &Host, dir: &Path) -> Result<(Vec<PathBuf>, Vec<String>), ActionFailure> {
+    let entries = host.list(dir, MAX_DEPTH + 1)?.ok_or_else(|| {
+        ActionFailure::permanent(format!("directory {}: no such directory", host.show(dir)))
+    })?;
     let mut files = Vec::new();
     let mut skipped = Vec::new();
-    let mut stack = vec![(PathBuf::new(), 0usize)];
-    while let Some((relative, depth)) = stack.pop() {
-        let here = dir.join(&relative);
-        let entries = std::fs::read_dir(&here).map_err(|error| {
-            ActionFailure::permanent(format!("directory {}: {error}", here.display()))
-        })?;
-        for entry in entries {
-            let entry = entry.map_err(|error| {
-                ActionFailure::retryable(format!("{}: {error}", here.display()))
-            })?;
-            let kind = entry.file_type().map_err(|error| {
-                ActionFailure::retryable(format!("{}: {error}", entry.path().display()))
-            })?;
-            let path = relative.join(entry.file_name());
-            if kind.is_file() {
-                files.push(path);
-            } else if kind.is_dir() && depth < MAX_DEPTH {
-                stack.push((path, depth + 1));
-            } else {
-                skipped.push(path.display().to_string());
-            }
+    for entry in entries {
+        match entry.kind {
+            EntryKind::File => files.push(entry.path),
+            EntryKind::Dir if entry.depth < MAX_DEPTH => {}
+            _ => skipped.push(entry.path.display().to_string()),
         }
     }
     files.sort();
@@ -112,26 +112,39 @@ pub async fn run_copy_files(input: Value, context: ActionContext) -> Result<Valu
     let reader = Input::new("rocketmq.copy_files", &input);
     let source = absolute(&reader, "source")?;
     let target = absolute(&reader, "target")?;
+    let ssh = SshOptions::of(&reader)?;
+    let source_host = ssh.host(
+        &reader,
+        "source_host",
+        reader.opt_string("source_host")?.as_deref(),
+    )?;
+    let target_host = ssh.host(
+        &reader,
+        "target_host",
+        reader.opt_string("target_host")?.as_deref(),
+    )?;
     let overwrite = reader.bool_or("overwrite", false)?;
-    if source == target || target.starts_with(&source) || source.starts_with(&target) {
+    if source_host == target_host
+        && (source == target || target.starts_with(&source) || source.starts_with(&target))
+    {
         return Err(reader.bad("target", "source and target overlap"));
     }
     let cancel = context.cancel.clone();
     let log = context.log.clone();
     tokio::task::spawn_blocking(move || -> Result<Value, ActionFailure> {
         // One file: copied into `target` under its own name.
-        let (source, (files, skipped)) = match (source.is_file(), source.file_name()) {
+        let (source, (files, skipped)) = match (source_host.is_file(&source)?, source.file_name()) {
             (true, Some(name)) => {
                 let name = PathBuf::from(name);
                 let parent = source.parent().unwrap_or(Path::new("/")).to_owned();
                 (parent, (vec![name], Vec::new()))
             }
-            _ => (source.clone(), tree(&source)?),
+            _ => (source.clone(), tree(&source_host, &source)?),
         };
         if files.is_empty() {
             return Err(ActionFailure::permanent(format!(
                 "{}: no file to copy (is it the store's config directory?)",
-                source.display()
+                source_host.show(&source)
             )));
         }
         // Check every file before writing any.
@@ -139,17 +152,17 @@ pub async fn run_copy_files(input: Value, context: ActionContext) -> Result<Valu
         for relative in &files {
             let from = source.join(relative);
             let to = target.join(relative);
-            let md5 = md5_file(&from, &cancel)?;
-            let existing = if to.is_file() {
-                Some(md5_file(&to, &cancel)?)
+            let md5 = source_host.md5(&from, &cancel)?;
+            let existing = if target_host.is_file(&to)? {
+                Some(target_host.md5(&to, &cancel)?)
             } else {
                 None
             };
             if existing.as_ref().is_some_and(|have| *have != md5) && !overwrite {
                 return Err(ActionFailure::permanent(format!(
                     "{} exists with other content than {} (set overwrite = true to replace it); nothing copied",
-                    to.display(),
-                    from.display()
+                    target_host.show(&to),
+                    source_host.show(&from)
                 )));
             }
             plan.push((relative, from, to, md5, existing));
@@ -158,33 +171,36 @@ pub async fn run_copy_files(input: Value, context: ActionContext) -> Result<Valu
         let mut copied = 0;
         for (relative, from, to, md5, existing) in plan {
             let parent = to.parent().unwrap_or(&target).to_owned();
-            std::fs::create_dir_all(&parent)
-                .map_err(|error| ActionFailure::retryable(format!("{}: {error}", parent.display())))?;
+            target_host.create_dir_all(&parent)?;
             let changed = existing.as_deref() != Some(md5.as_str());
             if changed {
                 let temp_dir = target.join(".runbook-copy-tmp");
-                let written = copy_atomically(&from, &to, &temp_dir, &cancel)?;
-                let _ = std::fs::remove_dir(&temp_dir);
-                let reread = md5_file(&to, &cancel)?;
+                let written = copy_atomically((&source_host, &from), (&target_host, &to), &temp_dir, &cancel)?;
+                target_host.remove_own_dir(&temp_dir)?;
+                let reread = target_host.md5(&to, &cancel)?;
                 if written != md5 || reread != md5 {
                     return Err(ActionFailure::permanent(format!(
                         "{}: md5 {reread} after copying {} (md5 {md5}; copied {written})",
-                        to.display(),
-                        from.display()
+                        target_host.show(&to),
+                        source_host.show(&from)
                     )));
                 }
                 copied += 1;
-                log.line(&format!("{} -> {} (md5 {md5})", from.display(), to.display()));
+                log.line(&format!("{} -> {} (md5 {md5})", source_host.show(&from), target_host.show(&to)));
             }
             out.push(json!({"name": relative.display().to_string(), "md5": md5, "copied": changed}));
         }
-        sync_dir(&target)?;
+        if target_host == Host::Local {
+            sync_dir(&target)?;
+        }
         for name in &skipped {
             log.line(&format!("skipped {name} (not a regular file, or too deep)"));
         }
         Ok(json!({
             "source": source.display().to_string(),
+            "source_host": source_host.name(),
             "target": target.display().to_string(),
+            "target_host": target_host.name(),
             "files": out,
             "copied": copied,
             "unchanged": files.len() - copied,
@@ -285,6 +301,18 @@ pub const CONFIG_SCHEMA: Schema = Schema {
         )
         .required(),
         optional("path", Kind::Text, "the DLedger config file to write").required(),
+        optional(
+            "host",
+            Kind::Text,
+            "where `path` is (and `base`, unless `base_host` says): [user@]host[:port] over ssh (default: this host)",
+        ),
+        optional(
+            "base_host",
+            Kind::Text,
+            "where `base` is, when not on `host` (a new node's config made from another node's)",
+        ),
+        IDENTITY_FILE,
+        KNOWN_HOSTS,
         optional("group", Kind::Text, "dLegerGroup (usually the brokerName)").required(),
         optional(
             "peers",
@@ -312,6 +340,12 @@ pub const CONFIG_SCHEMA: Schema = Schema {
 /// `previous` (the file's text before, null if it did not exist), `changed`.
 pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let reader = Input::new("rocketmq.dledger_config", &input);
+    let ssh = SshOptions::of(&reader)?;
+    let host = ssh.host(&reader, "host", reader.opt_string("host")?.as_deref())?;
+    let base_host = match reader.opt_string("base_host")? {
+        Some(text) => ssh.host(&reader, "base_host", Some(&text))?,
+        None => host.clone(),
+    };
     let base = absolute(&reader, "base")?;
     let path = absolute(&reader, "path")?;
     if path.extension().is_some_and(|ext| ext == "toml") {
@@ -376,9 +410,13 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
         one_line(&reader, key, value)?;
     }
     let log = context.log.clone();
+    let cancel = context.cancel.clone();
     tokio::task::spawn_blocking(move || -> Result<Value, ActionFailure> {
-        let base_text = std::fs::read_to_string(&base).map_err(|error| {
-            ActionFailure::permanent(format!("base config {}: {error}", base.display()))
+        let base_text = base_host.read_text(&base)?.ok_or_else(|| {
+            ActionFailure::permanent(format!(
+                "base config {}: no such file",
+                base_host.show(&base)
+            ))
         })?;
         let mut text = base_text.clone();
         let mut removed = Vec::new();
@@ -391,35 +429,22 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
         for (key, value) in &keys {
             text = super::files::with_property(&text, key, Some(value));
         }
-        let previous = match std::fs::read_to_string(&path) {
-            Ok(previous) => Some(previous),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-            Err(error) => {
-                return Err(ActionFailure::retryable(format!(
-                    "{}: {error}",
-                    path.display()
-                )))
-            }
-        };
+        let previous = host.read_text(&path)?;
         let changed = previous.as_deref() != Some(text.as_str());
         if changed {
             let parent = path.parent().unwrap_or(Path::new("/")).to_owned();
-            std::fs::create_dir_all(&parent).map_err(|error| {
-                ActionFailure::retryable(format!("{}: {error}", parent.display()))
-            })?;
-            super::files::write_atomically(&path, &text).map_err(|error| {
-                ActionFailure::retryable(format!("{}: {error}", path.display()))
-            })?;
+            host.create_dir_all(&parent)?;
+            host.write_from(&mut text.as_bytes(), &path, &parent, &cancel)?;
         }
-        let reread = std::fs::read_to_string(&path).map_err(|error| {
-            ActionFailure::retryable(format!("re-reading {}: {error}", path.display()))
+        let reread = host.read_text(&path)?.ok_or_else(|| {
+            ActionFailure::retryable(format!("re-reading {}: gone", host.show(&path)))
         })?;
         for (key, value) in &keys {
             let current = property(&reread, key);
             if current.as_deref() != Some(value.as_str()) {
                 return Err(ActionFailure::permanent(format!(
                     "{}: {key} reads {current:?} after writing {value:?}",
-                    path.display()
+                    host.show(&path)
                 )));
             }
         }
@@ -427,13 +452,13 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
             if property(&reread, key).is_some() {
                 return Err(ActionFailure::permanent(format!(
                     "{}: {key} is still set after writing",
-                    path.display()
+                    host.show(&path)
                 )));
             }
         }
         log.line(&format!(
             "{}{}: {}",
-            path.display(),
+            host.show(&path),
             if changed { "" } else { " (already so)" },
             keys.iter()
                 .map(|(key, value)| format!("{key}={value}"))
@@ -443,6 +468,8 @@ pub async fn run_config(input: Value, context: ActionContext) -> Result<Value, A
         Ok(json!({
             "path": path.display().to_string(),
             "base": base.display().to_string(),
+            "host": host.name(),
+            "base_host": base_host.name(),
             "keys": keys.iter().cloned().collect::<BTreeMap<String, String>>(),
             "removed": removed,
             "previous": previous,
@@ -465,6 +492,13 @@ pub const CHECK_SCHEMA: Schema = Schema {
             "the DLedger config file of every node of the group",
         )
         .required(),
+        optional(
+            "hosts",
+            Kind::List,
+            "where each of `paths` is, in the same order: [user@]host[:port] over ssh, blank for this host (default: all here)",
+        ),
+        IDENTITY_FILE,
+        KNOWN_HOSTS,
         optional("group", Kind::Text, "the dLegerGroup every file must name"),
     ],
 };
@@ -483,13 +517,40 @@ pub async fn run_check(input: Value, _context: ActionContext) -> Result<Value, A
         return Err(reader.bad("paths", "a DLedger group has at least 3 nodes"));
     }
     let group = reader.opt_string("group")?;
+    let ssh = SshOptions::of(&reader)?;
+    let hosts = match reader.get("hosts") {
+        None => vec![Host::Local; paths.len()],
+        Some(Value::Array(items)) if items.len() == paths.len() => items
+            .iter()
+            .map(|item| match item {
+                Value::String(text) => ssh.host(&reader, "hosts", Some(text)),
+                other => Err(reader.bad("hosts", format!("{other} is not a host"))),
+            })
+            .collect::<Result<Vec<Host>, ActionFailure>>()?,
+        Some(_) => {
+            return Err(reader.bad(
+                "hosts",
+                format!("must be a list of {} hosts, one per path", paths.len()),
+            ))
+        }
+    };
+    let paths: Vec<String> = paths
+        .iter()
+        .zip(&hosts)
+        .map(|(path, host)| host.show(Path::new(path)))
+        .collect();
+    let files: Vec<(Host, PathBuf)> = hosts
+        .into_iter()
+        .zip(reader.string_list("paths")?.into_iter().map(PathBuf::from))
+        .collect();
     tokio::task::spawn_blocking(move || -> Result<Value, ActionFailure> {
         let mut problems = Vec::new();
         let mut nodes = Vec::new();
         let mut texts = Vec::new();
-        for path in &paths {
-            let text = std::fs::read_to_string(path)
-                .map_err(|error| ActionFailure::permanent(format!("DLedger config {path}: {error}")))?;
+        for (host, path) in &files {
+            let text = host.read_text(path)?.ok_or_else(|| {
+                ActionFailure::permanent(format!("DLedger config {}: no such file", host.show(path)))
+            })?;
             texts.push(text);
         }
         let get = |index: usize, key: &str| property(&texts[index], key);
@@ -542,7 +603,7 @@ pub async fn run_check(input: Value, _context: ActionContext) -> Result<Value, A
             }
             match &commitlog {
                 None => problems.push(format!("{path}: storePathCommitLog is not set")),
-                Some(dir) => match super::commitlog::list_files(Path::new(dir), false) {
+                Some(dir) => match list_files(&files[index].0, Path::new(dir), false) {
                     Ok(files) if files.is_empty() => {
                         problems.push(format!("{path}: storePathCommitLog {dir} holds no commitlog file"))
                     }

@@ -42,6 +42,7 @@ mod consumer;
 mod controller;
 mod dledger;
 mod files;
+mod host_files;
 pub mod input;
 mod metadata;
 mod preview;
@@ -277,6 +278,13 @@ mod tests {
                         Value::from(format!("{missing}/store/commitlog")),
                     ),
                     ("peers", Value::from("n0-h:1;n1-h:2;n2-h:3")),
+                    ("host", Value::from("")),
+                    ("base_host", Value::from("")),
+                    ("source_host", Value::from("")),
+                    ("target_host", Value::from("")),
+                    ("hosts", serde_json::json!(["", "", ""])),
+                    ("known_hosts", Value::from("strict")),
+                    ("identity_file", Value::from(format!("{missing}/key"))),
                     ("self_id", Value::from("n0")),
                     (
                         "paths",
