@@ -177,33 +177,39 @@ pub(super) async fn authorize(
     let Need::Role(role) = need else {
         return next.run(request).await;
     };
-    if let Some(wait) = app.failed_logins.blocked(addr.ip()) {
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too_many_failures",
-            format!(
-                "too many failed logins from {}; try again in {}s",
-                addr.ip(),
-                wait.as_secs().max(1)
-            ),
-            None,
-        )
-        .into_response();
-        if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
-        }
-        return response;
-    }
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(presented) = presented else {
+    // A valid token is let in even while its address is held off: the limit slows guessing
+    // (and the log it makes), and must not let anyone who shares an address with the team (a
+    // NAT, a bastion host) lock the team out with a few bad tokens.
+    let checked = presented.map(|presented| app.engine.authenticate(presented));
+    if !matches!(checked, Some(Ok(_))) {
+        if let Some(wait) = app.failed_logins.blocked(addr.ip()) {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_failures",
+                format!(
+                    "too many failed logins from {}; try again in {}s",
+                    addr.ip(),
+                    wait.as_secs().max(1)
+                ),
+                None,
+            )
+            .into_response();
+            if let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
+    }
+    let Some(checked) = checked else {
         return unauthenticated("this listener needs `Authorization: Bearer <token>` (an admin makes one with `runbook token create <user>`)");
     };
-    let user = match app.engine.authenticate(presented) {
+    let user = match checked {
         Ok(user) => user,
         Err(refusal) => {
             app.failed_logins.record(addr.ip());

@@ -189,7 +189,8 @@ pub async fn run_outbox(engine: Engine, stop: CancellationToken) {
         let now = engine.clock().now();
         let (due, next) = pending(&engine, now);
         if due.is_empty() {
-            // Nothing due: sleep until the next retry, a new entry, or a minute.
+            // Nothing due: sleep until the next retry, a new entry, or the next scan for
+            // reminders, escalations and missed schedules (`scan_every`).
             let wait = next
                 .map(|at| (at - now).to_std().unwrap_or_default())
                 .unwrap_or(scan_every)
