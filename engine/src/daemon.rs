@@ -5,7 +5,7 @@
 //! ```text
 //! <data-dir>/daemon.lock     flock'ed by the running daemon; holds its pid
 //! <data-dir>/runbook.sock    the API (mode 0600)
-//! <data-dir>/store/          the journal (sled)
+//! <data-dir>/store/          the journal (sled; with `--store postgres`, the journal is in the database)
 //! <data-dir>/runs/<id>/      step logs and per-call state
 //! <data-dir>/tls/            the TCP listener's self-signed certificate and key, if generated
 //! ```
@@ -39,7 +39,20 @@ pub struct Config {
     pub listen: Option<Listen>,
     /// The notification sinks file (`notify.rs`).
     pub notify: Option<PathBuf>,
+    /// The journal in PostgreSQL instead of the embedded store.
+    pub postgres: Option<Postgres>,
 }
+
+/// `runbook daemon --store postgres`: the connection string (from a file or the environment,
+/// never the command line) and the lease's time to live.
+#[derive(Clone)]
+pub struct Postgres {
+    pub url: String,
+    pub lease_ttl: std::time::Duration,
+}
+
+/// The exit status of a daemon that lost the store's lease to another one.
+pub const EXIT_FENCED: i32 = 75;
 
 /// `runbook daemon --listen ADDR [--tls-cert FILE --tls-key FILE] [--metrics-public]`.
 #[derive(Debug, Clone)]
@@ -86,13 +99,18 @@ pub async fn run(
     crate::private_dir::check_data_dir(&data_dir).map_err(Error::Unsafe)?;
     let _lock = lock_data_dir(&data_dir)?;
 
-    let store_dir = data_dir.join("store");
-    let store = SledStore::open(&store_dir)?;
-    let reopen: crate::store::Reopen =
-        Arc::new(
-            move || Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn crate::store::Store>),
-        );
-    let writer = Writer::start(Arc::new(store), Some(reopen));
+    crate::action::set_daemon_identity(daemon_identity(&data_dir));
+    let writer = match &config.postgres {
+        None => {
+            let store_dir = data_dir.join("store");
+            let store = SledStore::open(&store_dir)?;
+            let reopen: crate::store::Reopen = Arc::new(move || {
+                Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn crate::store::Store>)
+            });
+            Writer::start(Arc::new(store), Some(reopen))
+        }
+        Some(postgres) => open_postgres(postgres, &data_dir).await?,
+    };
     let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
     let engine = Engine::open(writer, Arc::new(SystemClock), catalog.clone(), &data_dir)?;
     if let Some(path) = &config.notify {
@@ -218,6 +236,61 @@ pub async fn run(
     engine.writer().store().checkpoint()?;
     tracing::info!("daemon stopped");
     Ok(())
+}
+
+/// `<host name>:<data dir>`: which daemon this is, for the store's lease and the calls it starts.
+fn daemon_identity(data_dir: &Path) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    format!("{host}:{}", data_dir.display())
+}
+
+/// Waits for the PostgreSQL store's lease (a standby waits here), then opens the journal in it.
+/// A daemon that loses the lease later exits at once with [`EXIT_FENCED`]: its commits are
+/// refused by the database from then on, and a fresh start waits as a standby.
+async fn open_postgres(postgres: &Postgres, data_dir: &Path) -> Result<Writer, Error> {
+    use crate::store::postgres::{take_lease, PgStore, PgTables};
+    let holder = daemon_identity(data_dir);
+    tracing::info!(%holder, lease_ttl = ?postgres.lease_ttl, "PostgreSQL store: taking the lease (a standby waits here)");
+    let (url, ttl, me) = (postgres.url.clone(), postgres.lease_ttl, holder.clone());
+    let lease = tokio::task::spawn_blocking(move || {
+        let last = std::sync::Mutex::new(String::new());
+        take_lease(
+            &url,
+            &me,
+            ttl,
+            move |seen| {
+                let line = match seen {
+                    Ok(view) => format!("held by {} (epoch {})", view.holder, view.epoch),
+                    Err(error) => error.to_string(),
+                };
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if *last != line {
+                    tracing::info!(lease = %line, "standby: waiting for the store's lease");
+                    *last = line;
+                }
+            },
+            || {
+                tracing::error!("another daemon holds the store's lease now: this one commits nothing more and steps down");
+                std::process::exit(EXIT_FENCED);
+            },
+        )
+    })
+    .await
+    .map_err(|error| Error::Io(format!("taking the store's lease: {error}")))??;
+    tracing::info!(%holder, epoch = lease.epoch(), "PostgreSQL store: this daemon is active");
+    let opening = lease.clone();
+    let store = tokio::task::spawn_blocking(move || PgStore::open_leased(PgTables::open(opening)?))
+        .await
+        .map_err(|error| Error::Io(format!("opening the store: {error}")))??;
+    let reopen: crate::store::Reopen = Arc::new(move || {
+        Ok(
+            Arc::new(PgStore::open_leased(PgTables::open(lease.clone())?)?)
+                as Arc<dyn crate::store::Store>,
+        )
+    });
+    Ok(Writer::start(Arc::new(store), Some(reopen)))
 }
 
 /// Checks every record of the store in `data_dir` while no daemon runs on it; returns the

@@ -67,6 +67,28 @@ impl Daemon {
         env: &[(&str, &str)],
         runbooks: &[(&str, &str)],
     ) -> Result<Daemon> {
+        let mut daemon = Daemon::prepare(extra_args, env, runbooks)?;
+        if std::env::var("RUNBOOK_TEST_STORE").as_deref() == Ok("postgres") {
+            // The suites that run on both stores: a database of their own on this process's
+            // PostgreSQL server.
+            let url = shared_postgres_database()?;
+            daemon.extra_args.extend(
+                ["--store", "postgres", "--lease-ttl", "5s"]
+                    .iter()
+                    .map(|arg| arg.to_string()),
+            );
+            daemon.env.push(("RUNBOOK_POSTGRES_URL".to_owned(), url));
+        }
+        daemon.restart()?;
+        Ok(daemon)
+    }
+
+    /// A daemon on a fresh temporary data dir, not started yet (`spawn` starts it).
+    pub fn prepare(
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        runbooks: &[(&str, &str)],
+    ) -> Result<Daemon> {
         let temp = tempfile::Builder::new().prefix("runbook-test-").tempdir()?;
         let mut extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
         if !runbooks.is_empty() {
@@ -78,7 +100,7 @@ impl Daemon {
             extra_args.push("--runbooks-dir".to_owned());
             extra_args.push(dir.display().to_string());
         }
-        let mut daemon = Daemon {
+        Ok(Daemon {
             data_dir: temp.path().to_owned(),
             _temp: Some(temp),
             child: None,
@@ -87,13 +109,18 @@ impl Daemon {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
-        };
-        daemon.restart()?;
-        Ok(daemon)
+        })
     }
 
     /// Starts the daemon process (again) and waits until its API answers.
     pub fn restart(&mut self) -> Result<()> {
+        self.spawn()?;
+        self.wait_ready()
+    }
+
+    /// Starts the daemon process (again) without waiting for its API (a standby of a shared
+    /// store answers only once it holds the store).
+    pub fn spawn(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("the daemon is already running");
         }
@@ -114,11 +141,16 @@ impl Daemon {
             command.env(key, value);
         }
         self.child = Some(command.spawn().context("spawning the daemon")?);
-        self.wait_ready()
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_ready_for(Duration::from_secs(30))
+    }
+
+    /// Waits until the daemon's API answers.
+    pub fn wait_ready_for(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(child) = self.child.as_mut() {
                 if let Some(status) = child.try_wait()? {
@@ -139,9 +171,19 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         bail!(
-            "the daemon did not answer within 30 s; its log:\n{}",
+            "the daemon did not answer within {timeout:?}; its log:\n{}",
             self.log()
         )
+    }
+
+    /// Sends `signal` to the daemon process (SIGSTOP, SIGCONT, ...).
+    pub fn signal(&self, signal: i32) -> Result<()> {
+        let pid = self.pid().context("the daemon is not running")?;
+        // SAFETY: a signal to the pid of our own child, which has not been reaped.
+        if unsafe { libc::kill(pid as i32, signal) } != 0 {
+            bail!("kill({pid}, {signal}): {}", std::io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// The daemon's pid, while it runs.
@@ -330,6 +372,36 @@ impl Drop for Daemon {
     }
 }
 
+static SHARED_POSTGRES: std::sync::OnceLock<std::sync::Mutex<postgres::PgServer>> =
+    std::sync::OnceLock::new();
+
+/// A new database on this test process's own PostgreSQL server (started on first use, stopped
+/// by pid when the process exits).
+pub fn shared_postgres_database() -> Result<String> {
+    extern "C" fn stop_at_exit() {
+        if let Some(server) = SHARED_POSTGRES.get() {
+            let mut server = server.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = server.stop();
+            let _ = std::fs::remove_dir_all(server.dir());
+        }
+    }
+    let server = match SHARED_POSTGRES.get() {
+        Some(server) => server,
+        None => {
+            let started = postgres::PgServer::start()?;
+            if SHARED_POSTGRES.set(std::sync::Mutex::new(started)).is_ok() {
+                // SAFETY: registers a plain function to run at exit.
+                unsafe { libc::atexit(stop_at_exit) };
+            }
+            SHARED_POSTGRES.get().context("the shared server")?
+        }
+    };
+    server
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .create_database()
+}
+
 /// The step `id` of a `show --json` result.
 pub fn step_of<'a>(shown: &'a Value, id: &str) -> Option<&'a Value> {
     shown["steps"]
@@ -347,6 +419,7 @@ pub fn lines(path: &str) -> Vec<String> {
         .collect()
 }
 pub mod cluster;
+pub mod postgres;
 pub mod webdriver;
 // ----- processes: what a step leaves running, and a real sshd (exec supervisor tests) -----------
 

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +41,19 @@ pub struct Args {
     /// Notification sinks (TOML: webhook, slack, dingtalk, feishu, wecom, email), see README
     #[arg(long, value_name = "FILE")]
     pub notify: Option<PathBuf>,
+    /// Where the journal is: `embedded` (sled in <data-dir>/store) or `postgres` (the
+    /// connection string from --postgres-url-file or RUNBOOK_POSTGRES_URL; daemons on several
+    /// hosts may share one database: one is active, the others wait as standbys)
+    #[arg(long, default_value = "embedded", value_name = "KIND")]
+    pub store: String,
+    /// A file holding the PostgreSQL connection string (`postgres://user:pass@host/db` or
+    /// `host=... user=...`); kept out of the process list
+    #[arg(long, value_name = "FILE")]
+    pub postgres_url_file: Option<PathBuf>,
+    /// How long the store's lease lasts without renewal: a standby takes over that long after
+    /// the active daemon stopped renewing it
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub lease_ttl: String,
 }
 
 /// `--retain`: a duration, or `0` for "keep all".
@@ -90,6 +103,7 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         }
     };
 
+    let postgres = postgres(&args)?;
     let config = runbook_engine::daemon::Config {
         data_dir: ctx.data_dir.clone(),
         runbooks_dir: args.runbooks_dir,
@@ -104,10 +118,48 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
             metrics_public: args.metrics_public,
         }),
         notify: args.notify,
+        postgres,
     };
     runbook_engine::daemon::run(config, shutdown)
         .await
         .map_err(|err| anyhow!("{err}"))
+}
+
+/// The PostgreSQL store's settings, checked: the connection string never comes from the
+/// command line (every local user can read the process list).
+fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
+    let url = match args.store.as_str() {
+        "embedded" => {
+            if args.postgres_url_file.is_some() {
+                bail!("--postgres-url-file needs --store postgres");
+            }
+            return Ok(None);
+        }
+        "postgres" => match &args.postgres_url_file {
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("--postgres-url-file {}", path.display()))?
+                .trim()
+                .to_owned(),
+            None => std::env::var("RUNBOOK_POSTGRES_URL").map_err(|_| {
+                anyhow!("--store postgres: put the connection string in RUNBOOK_POSTGRES_URL or in a file named by --postgres-url-file")
+            })?,
+        },
+        other if other.starts_with("postgres://") || other.starts_with("postgresql://") => bail!(
+            "--store: give `postgres` and the connection string in RUNBOOK_POSTGRES_URL or --postgres-url-file: on the command line every local user could read it"
+        ),
+        other => bail!("--store {other:?}: `embedded` or `postgres`"),
+    };
+    if url.is_empty() || url.len() > 4096 || url.contains('\n') {
+        bail!("the PostgreSQL connection string must be one line of at most 4096 bytes");
+    }
+    let lease_ttl = runbook_engine::duration::parse(&args.lease_ttl)
+        .map_err(|error| anyhow!("--lease-ttl {}: {error}", args.lease_ttl))?;
+    if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(600))
+        .contains(&lease_ttl)
+    {
+        bail!("--lease-ttl {}: between 2s and 10m", args.lease_ttl);
+    }
+    Ok(Some(runbook_engine::daemon::Postgres { url, lease_ttl }))
 }
 
 /// glibc gives each thread that allocates concurrently an arena of its own (up to eight per

@@ -241,7 +241,10 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
     }
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that
     // dies before the go closes the pipe, and the shim then exits without running anything.
-    let journaled = context.recorder.record(json!({ "shim": identity })).await;
+    let journaled = context
+        .recorder
+        .record(json!({ "shim": identity, "daemon": daemon_identity() }))
+        .await;
     if let Err(error) = journaled {
         drop(go);
         let _ = child.wait().await;
@@ -281,6 +284,19 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
 /// The umask the commands run with: the one the daemon was started with (the daemon itself
 /// runs with a private one, see `private_dir`).
 static COMMAND_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0o022);
+
+static DAEMON_IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this daemon (`<host>:<data dir>`) in the note of each call it starts, so that a daemon
+/// that takes over a shared store knows a call it cannot re-attach to (its supervisor is on
+/// another host, its status in another data dir).
+pub fn set_daemon_identity(identity: String) {
+    let _ = DAEMON_IDENTITY.set(identity);
+}
+
+pub(crate) fn daemon_identity() -> &'static str {
+    DAEMON_IDENTITY.get().map_or("", String::as_str)
+}
 
 /// Sets the umask that commands run with (the daemon's own, before it made it private).
 pub fn set_command_umask(umask: u32) {

@@ -90,6 +90,11 @@ impl From<store::Error> for Error {
             store::Error::Full(_) | store::Error::Closed => {
                 Error::Unavailable(format!("{error}; nothing was changed"))
             }
+            // The PostgreSQL store's database is away, or another daemon holds the store.
+            store::Error::Io {
+                kind: std::io::ErrorKind::NotConnected | std::io::ErrorKind::PermissionDenied,
+                ..
+            } => Error::Unavailable(format!("{error}; nothing was changed")),
             other => Error::Internal(other.to_string()),
         }
     }

@@ -1,6 +1,7 @@
 //! The journal: runs, their events, the timer index and the lock table, behind [`Store`].
 //!
-//! [`SledStore`] is the embedded default and [`MemoryStore`] serves tests; no sled type crosses
+//! [`SledStore`] is the embedded default, [`postgres::PgStore`] the one several hosts share (one
+//! daemon at a time, fenced by a lease), and [`MemoryStore`] serves tests; no sled type crosses
 //! the trait. [`Writer`] owns the store's write path and batches concurrent commits into one
 //! durable sync (group commit).
 //!
@@ -25,6 +26,7 @@ mod fold;
 mod journal;
 pub mod listing;
 mod memory;
+pub mod postgres;
 mod sled;
 pub mod tables;
 mod wal;

@@ -27,6 +27,16 @@ pub(super) fn recovery(call_dir: &Path, note: Option<&Value>) -> Recovery {
             return Recovery::Unknown(format!("{error}: the command's outcome is unknown"))
         }
     }
+    let started_by = note
+        .and_then(|note| note.get("daemon"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if !started_by.is_empty() && started_by != super::daemon_identity() {
+        return Recovery::Unknown(format!(
+            "the command was started by the daemon at {started_by}, which stopped; its supervisor cannot be re-attached from this daemon ({}), and its log and exit status are in that daemon's data dir: the command's outcome is unknown",
+            super::daemon_identity()
+        ));
+    }
     let journaled = note
         .and_then(|note| note.get("shim"))
         .and_then(|shim| serde_json::from_value::<ProcessIdentity>(shim.clone()).ok());

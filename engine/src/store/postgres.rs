@@ -1,0 +1,568 @@
+//! [`Tables`] on PostgreSQL, for a daemon that another host can take over: the same commit
+//! rules (`journal.rs`) and record format as the embedded store, in one table of byte keys and
+//! values, with a lease that lets one daemon at a time commit.
+//!
+//! # Contract
+//!
+//! - Every [`Tables::write`] is one transaction (`synchronous_commit` on): it first moves the
+//!   lease row's `last_lsn` forward *where the row still names this daemon and its epoch and the
+//!   lease has not expired by the database's clock*; if that touches no row, the transaction is
+//!   rolled back and the store is *fenced*: this daemon lost the lease and never commits again.
+//!   So a daemon that was paused, partitioned or slow past its lease cannot write after another
+//!   took over, whatever its own clock says.
+//! - A transaction whose COMMIT got no answer (the connection broke) is settled by reading the
+//!   lease row again on a new connection: the batch was applied if and only if `last_lsn` is its
+//!   number. So `write` keeps the tables' rule: `Ok` means all of it, an error none of it.
+//! - The lease ([`Lease`]) is taken when it has expired or when its holder is this daemon itself
+//!   (same host and data dir: the data dir's lock proves the earlier process is gone), which
+//!   raises the epoch; it is renewed every quarter of its time to live. A renewal that finds
+//!   another epoch fences the store.
+//! - Schema versions: `runbook_schema` holds the version this build wrote; a newer one is refused
+//!   like a newer store format.
+//!
+//! The `postgres` client blocks on a runtime of its own, so every connection lives on a thread
+//! of this module and callers (threads of the daemon's runtime among them) hand it their work.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+
+use super::journal::Journal;
+use super::tables::{Op, Scan, Tables, Tree};
+use super::Error;
+
+/// The embedded store's rules over PostgreSQL.
+pub type PgStore = Journal<PgTables>;
+
+/// The schema this build writes (and the newest it reads).
+pub const SCHEMA_VERSION: i32 = 1;
+/// Connections: one writes (the writer commits one batch at a time), the others read; the lease
+/// has one more of its own.
+const CONNECTIONS: usize = 4;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS runbook_schema (version integer NOT NULL);
+CREATE TABLE IF NOT EXISTS runbook_kv (
+    tree smallint NOT NULL,
+    key bytea NOT NULL,
+    value bytea NOT NULL,
+    PRIMARY KEY (tree, key)
+);
+CREATE TABLE IF NOT EXISTS runbook_lease (
+    id integer PRIMARY KEY CHECK (id = 1),
+    holder text NOT NULL,
+    epoch bigint NOT NULL,
+    expires_at timestamptz NOT NULL,
+    last_lsn bigint NOT NULL
+);
+INSERT INTO runbook_lease VALUES (1, '', 0, '-infinity', 0) ON CONFLICT DO NOTHING;
+";
+
+type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+
+/// Connections on threads of their own.
+struct Pool {
+    url: Arc<str>,
+    writer: SyncSender<Job>,
+    readers: SyncSender<Job>,
+}
+
+impl Pool {
+    fn start(url: &str) -> Result<Pool, Error> {
+        let url: Arc<str> = Arc::from(url);
+        let spawn = |name: &str, jobs: Arc<Mutex<Receiver<Job>>>| -> Result<(), Error> {
+            std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    let mut client = None;
+                    loop {
+                        let job = match jobs.lock() {
+                            Ok(jobs) => jobs.recv(),
+                            Err(poisoned) => poisoned.into_inner().recv(),
+                        };
+                        let Ok(job) = job else { return };
+                        job(&mut client);
+                    }
+                })
+                .map(drop)
+                .map_err(|error| Error::io("cannot start a store thread", &error))
+        };
+        let (writer, writer_jobs) = sync_channel::<Job>(0);
+        spawn("store-pg-write", Arc::new(Mutex::new(writer_jobs)))?;
+        let (readers, reader_jobs) = sync_channel::<Job>(0);
+        let reader_jobs = Arc::new(Mutex::new(reader_jobs));
+        for index in 1..CONNECTIONS {
+            spawn(&format!("store-pg-read-{index}"), reader_jobs.clone())?;
+        }
+        Ok(Pool {
+            url,
+            writer,
+            readers,
+        })
+    }
+
+    /// Runs `work` on a connection (opened, or opened again after it broke). A connection that
+    /// failed is dropped (the next job opens a new one); a read that failed is tried once more
+    /// on a new connection (a server restart breaks every open one).
+    fn with<R: Send + 'static>(
+        &self,
+        write: bool,
+        work: impl Fn(&mut Client) -> Result<R, Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let (reply, answer) = sync_channel(1);
+        let url = self.url.clone();
+        let job: Job = Box::new(move |slot: &mut Option<Client>| {
+            let attempts = if write { 1 } else { 2 };
+            let mut result = Err(Error::Closed);
+            for _ in 0..attempts {
+                if slot.as_ref().is_none_or(Client::is_closed) {
+                    *slot = None;
+                    match connect(&url) {
+                        Ok(client) => *slot = Some(client),
+                        Err(error) => {
+                            result = Err(error);
+                            break;
+                        }
+                    }
+                }
+                let client = slot.as_mut().expect("connected above");
+                result = work(client);
+                if result.is_ok() {
+                    break;
+                }
+                *slot = None;
+            }
+            let _ = reply.send(result);
+        });
+        let sender = if write { &self.writer } else { &self.readers };
+        sender.send(job).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+}
+
+fn connect(url: &str) -> Result<Client, Error> {
+    let mut config: postgres::Config = url
+        .parse()
+        .map_err(|_| unavailable("the connection string does not parse".to_owned()))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.application_name("runbook");
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|error| unavailable(format!("cannot connect: {}", describe(&error))))?;
+    client
+        .batch_execute("SET synchronous_commit = on")
+        .map_err(pg_error)?;
+    Ok(client)
+}
+
+/// The database is away (or refused us): a retryable I/O error of the store.
+fn unavailable(message: String) -> Error {
+    Error::Io {
+        kind: std::io::ErrorKind::NotConnected,
+        message: format!("PostgreSQL store: {message}"),
+    }
+}
+
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+fn pg_error(error: postgres::Error) -> Error {
+    unavailable(describe(&error))
+}
+
+/// Who holds the lease, as the database says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeaseView {
+    pub holder: String,
+    pub epoch: i64,
+    /// Seconds until it expires (negative: expired).
+    pub expires_in_secs: f64,
+}
+
+/// This daemon's hold on the store.
+pub struct Lease {
+    url: Arc<str>,
+    pub holder: String,
+    pub ttl: Duration,
+    epoch: AtomicI64,
+    fenced: AtomicBool,
+}
+
+impl Lease {
+    pub fn epoch(&self) -> i64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Another daemon took the store over: nothing more is committed.
+    pub fn fenced(&self) -> bool {
+        self.fenced.load(Ordering::SeqCst)
+    }
+}
+
+/// Creates or checks the schema, then takes the lease (blocking: it waits while another daemon
+/// holds it, calling `waiting` with who that is now and then), then renews it on a thread of its
+/// own every quarter of `ttl` until another daemon holds it, when the store is fenced and
+/// `on_fenced` is called. A renewal that cannot reach the database is retried; the lease may
+/// then expire and be taken by another daemon, which the next renewal finds.
+pub fn take_lease(
+    url: &str,
+    holder: &str,
+    ttl: Duration,
+    waiting: impl Fn(&Result<LeaseView, Error>) + Send + 'static,
+    on_fenced: impl FnOnce() + Send + 'static,
+) -> Result<Arc<Lease>, Error> {
+    let lease = Arc::new(Lease {
+        url: Arc::from(url),
+        holder: holder.to_owned(),
+        ttl,
+        epoch: AtomicI64::new(0),
+        fenced: AtomicBool::new(false),
+    });
+    let (taken, answer) = sync_channel(1);
+    let held = lease.clone();
+    std::thread::Builder::new()
+        .name("store-pg-lease".to_owned())
+        .spawn(move || {
+            let mut client: Option<Client> = None;
+            let mut schema_checked = false;
+            loop {
+                let attempt = (|| -> Result<Option<i64>, Error> {
+                    let connected = match client.take() {
+                        Some(open) if !open.is_closed() => open,
+                        _ => connect(&held.url)?,
+                    };
+                    let client = client.insert(connected);
+                    if !schema_checked {
+                        create_schema(client)?;
+                        schema_checked = true;
+                    }
+                    let row = client
+                        .query_opt(
+                            "UPDATE runbook_lease SET holder = $1, epoch = epoch + 1, \
+                             expires_at = now() + make_interval(secs => $2) \
+                             WHERE id = 1 AND (expires_at < now() OR holder = $1) \
+                             RETURNING epoch",
+                            &[&held.holder, &held.ttl.as_secs_f64()],
+                        )
+                        .map_err(pg_error)?;
+                    Ok(row.map(|row| row.get::<_, i64>(0)))
+                })();
+                match attempt {
+                    Ok(Some(epoch)) => {
+                        held.epoch.store(epoch, Ordering::SeqCst);
+                        let _ = taken.send(Ok(()));
+                        break;
+                    }
+                    Ok(None) => waiting(&client.as_mut().map_or_else(
+                        || Err(Error::Closed),
+                        lease_view,
+                    )),
+                    Err(error @ Error::FormatTooNew { .. }) => {
+                        let _ = taken.send(Err(error));
+                        return;
+                    }
+                    Err(error) => waiting(&Err(error)),
+                }
+                std::thread::sleep(Duration::from_secs(1).min(held.ttl / 4));
+            }
+            loop {
+                std::thread::sleep(held.ttl / 4);
+                let renewed = (|| -> Result<u64, Error> {
+                    let connected = match client.take() {
+                        Some(open) if !open.is_closed() => open,
+                        _ => connect(&held.url)?,
+                    };
+                    client
+                        .insert(connected)
+                        .execute(
+                            "UPDATE runbook_lease SET expires_at = now() + make_interval(secs => $3) \
+                             WHERE id = 1 AND holder = $1 AND epoch = $2",
+                            &[&held.holder, &held.epoch(), &held.ttl.as_secs_f64()],
+                        )
+                        .map_err(pg_error)
+                })();
+                match renewed {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        held.fenced.store(true, Ordering::SeqCst);
+                        on_fenced();
+                        return;
+                    }
+                    Err(error) => tracing::warn!(%error, "cannot renew the store's lease; retrying"),
+                }
+            }
+        })
+        .map_err(|error| Error::io("cannot start the lease thread", &error))?;
+    answer.recv().map_err(|_| Error::Closed)??;
+    Ok(lease)
+}
+
+fn create_schema(client: &mut Client) -> Result<(), Error> {
+    let mut tx = client.transaction().map_err(pg_error)?;
+    // One daemon at a time creates the schema.
+    tx.execute("SELECT pg_advisory_xact_lock(7283910)", &[])
+        .map_err(pg_error)?;
+    tx.batch_execute(SCHEMA).map_err(pg_error)?;
+    let found: Option<i32> = tx
+        .query_one("SELECT max(version) FROM runbook_schema", &[])
+        .map_err(pg_error)?
+        .get(0);
+    match found {
+        Some(found) if found > SCHEMA_VERSION => {
+            return Err(Error::FormatTooNew {
+                found: found as u32,
+                supported: SCHEMA_VERSION as u32,
+            })
+        }
+        Some(_) => {}
+        None => {
+            tx.execute(
+                "INSERT INTO runbook_schema (version) VALUES ($1)",
+                &[&SCHEMA_VERSION],
+            )
+            .map_err(pg_error)?;
+        }
+    }
+    tx.commit().map_err(pg_error)
+}
+
+fn lease_view(client: &mut Client) -> Result<LeaseView, Error> {
+    let row = client
+        .query_one(
+            "SELECT holder, epoch, EXTRACT(EPOCH FROM (expires_at - now()))::float8 \
+             FROM runbook_lease WHERE id = 1",
+            &[],
+        )
+        .map_err(pg_error)?;
+    Ok(LeaseView {
+        holder: row.get(0),
+        epoch: row.get(1),
+        expires_in_secs: row.get::<_, Option<f64>>(2).unwrap_or(f64::NEG_INFINITY),
+    })
+}
+
+pub struct PgTables {
+    pool: Pool,
+    lease: Arc<Lease>,
+    next_lsn: Mutex<i64>,
+}
+
+impl PgTables {
+    /// The tables of a daemon that holds `lease`: refused (fenced) if the database says another
+    /// daemon holds it now.
+    pub fn open(lease: Arc<Lease>) -> Result<PgTables, Error> {
+        let pool = Pool::start(&lease.url)?;
+        let (holder, epoch) = (lease.holder.clone(), lease.epoch());
+        let last_lsn = pool.with(true, move |client| {
+            let row = client
+                .query_one(
+                    "SELECT last_lsn, holder, epoch FROM runbook_lease WHERE id = 1",
+                    &[],
+                )
+                .map_err(pg_error)?;
+            let held = row.get::<_, String>(1) == holder && row.get::<_, i64>(2) == epoch;
+            Ok(held.then(|| row.get::<_, i64>(0)))
+        })?;
+        let Some(last_lsn) = last_lsn else {
+            lease.fenced.store(true, Ordering::SeqCst);
+            return Err(fenced_error(&lease.holder));
+        };
+        Ok(PgTables {
+            pool,
+            lease,
+            next_lsn: Mutex::new(last_lsn + 1),
+        })
+    }
+
+    /// The lease as the database has it now.
+    pub fn holder(&self) -> Result<LeaseView, Error> {
+        self.pool.with(false, lease_view)
+    }
+
+    /// Whether the transaction numbered `lsn` was committed (after its COMMIT got no answer).
+    fn settled(&self, lsn: i64) -> Result<bool, Error> {
+        let epoch = self.lease.epoch();
+        self.pool.with(true, move |client| {
+            let row = client
+                .query_one(
+                    "SELECT last_lsn, epoch FROM runbook_lease WHERE id = 1",
+                    &[],
+                )
+                .map_err(pg_error)?;
+            Ok(row.get::<_, i64>(0) == lsn && row.get::<_, i64>(1) == epoch)
+        })
+    }
+}
+
+fn fenced_error(holder: &str) -> Error {
+    Error::Io {
+        kind: std::io::ErrorKind::PermissionDenied,
+        message: format!(
+            "PostgreSQL store: this daemon ({holder}) no longer holds the lease; another daemon took the store over"
+        ),
+    }
+}
+
+impl Tables for PgTables {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let key = key.to_vec();
+        self.pool.with(false, move |client| {
+            Ok(client
+                .query_opt(
+                    "SELECT value FROM runbook_kv WHERE tree = $1 AND key = $2",
+                    &[&i16::from(tree.code()), &key],
+                )
+                .map_err(pg_error)?
+                .map(|row| row.get(0)))
+        })
+    }
+
+    fn scan(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
+        let mut sql = "SELECT key, value FROM runbook_kv WHERE tree = $1".to_owned();
+        let mut keys: Vec<Vec<u8>> = Vec::new();
+        for (bound, inclusive, exclusive) in [(from, ">=", ">"), (to, "<=", "<")] {
+            let (op, key) = match bound {
+                Bound::Included(key) => (inclusive, key),
+                Bound::Excluded(key) => (exclusive, key),
+                Bound::Unbounded => continue,
+            };
+            keys.push(key.to_vec());
+            sql.push_str(&format!(" AND key {op} ${}", keys.len() + 1));
+        }
+        sql.push_str(if reverse {
+            " ORDER BY key DESC"
+        } else {
+            " ORDER BY key ASC"
+        });
+        let code = i16::from(tree.code());
+        let rows = self.pool.with(false, move |client| {
+            let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&code];
+            for key in &keys {
+                params.push(key);
+            }
+            let rows = client.query(sql.as_str(), &params).map_err(pg_error)?;
+            Ok(rows
+                .into_iter()
+                .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
+                .collect::<Vec<_>>())
+        });
+        match rows {
+            Ok(rows) => Box::new(rows.into_iter().map(Ok)),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
+    }
+
+    fn write(&self, ops: &[Op]) -> Result<(), Error> {
+        if self.lease.fenced() {
+            return Err(fenced_error(&self.lease.holder));
+        }
+        // The operations are absolute: the last one of each key is the batch's effect.
+        let mut last: std::collections::BTreeMap<(i16, Vec<u8>), Option<Vec<u8>>> =
+            std::collections::BTreeMap::new();
+        for op in ops {
+            last.insert(
+                (i16::from(op.tree.code()), op.key.clone()),
+                op.value.clone(),
+            );
+        }
+        let (mut set_trees, mut set_keys, mut set_values) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut del_trees, mut del_keys) = (Vec::new(), Vec::new());
+        for ((tree, key), value) in last {
+            match value {
+                Some(value) => {
+                    set_trees.push(tree);
+                    set_keys.push(key);
+                    set_values.push(value);
+                }
+                None => {
+                    del_trees.push(tree);
+                    del_keys.push(key);
+                }
+            }
+        }
+        let mut next = self.next_lsn.lock().unwrap_or_else(|p| p.into_inner());
+        let lsn = *next;
+        let holder = self.lease.holder.clone();
+        let epoch = self.lease.epoch();
+        let outcome = self.pool.with(true, move |client| {
+            let mut tx = client.transaction().map_err(pg_error)?;
+            let held = tx
+                .execute(
+                    "UPDATE runbook_lease SET last_lsn = $1 \
+                     WHERE id = 1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+                    &[&lsn, &holder, &epoch],
+                )
+                .map_err(pg_error)?;
+            if held == 0 {
+                let _ = tx.rollback();
+                return Ok(Some(false));
+            }
+            if !del_keys.is_empty() {
+                tx.execute(
+                    "DELETE FROM runbook_kv WHERE (tree, key) IN \
+                     (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
+                    &[&del_trees, &del_keys],
+                )
+                .map_err(pg_error)?;
+            }
+            if !set_keys.is_empty() {
+                tx.execute(
+                    "INSERT INTO runbook_kv (tree, key, value) \
+                     SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
+                     ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
+                    &[&set_trees, &set_keys, &set_values],
+                )
+                .map_err(pg_error)?;
+            }
+            match tx.commit() {
+                Ok(()) => Ok(Some(true)),
+                // No answer to COMMIT: settled below, on a new connection.
+                Err(_) => Ok(None),
+            }
+        })?;
+        match outcome {
+            Some(true) => {}
+            Some(false) => {
+                // The lease is another daemon's, or expired: renew decides which; until then
+                // nothing is written.
+                match self.holder() {
+                    Ok(view) if view.holder == self.lease.holder && view.epoch == epoch => {
+                        return Err(unavailable(
+                            "the lease expired before this commit (the database was away?); it is renewed before the next".to_owned(),
+                        ))
+                    }
+                    _ => {
+                        self.lease.fenced.store(true, Ordering::SeqCst);
+                        return Err(fenced_error(&self.lease.holder));
+                    }
+                }
+            }
+            None => {
+                if !self.settled(lsn)? {
+                    return Err(unavailable(
+                        "the connection broke before COMMIT was answered; the commit was not applied".to_owned(),
+                    ));
+                }
+            }
+        }
+        *next = lsn + 1;
+        Ok(())
+    }
+}
+
+impl PgStore {
+    /// Opens the journal over the tables once this daemon holds the lease: refuses a newer
+    /// format, upgrades an older one, repairs derived indexes. No archive: finished runs stay
+    /// in the database, which another host can read.
+    pub fn open_leased(tables: PgTables) -> Result<PgStore, Error> {
+        Journal::open_over(tables, None, true)
+    }
+}
