@@ -417,3 +417,48 @@ action = "noop"
     pg.stop()?;
     Ok(())
 }
+
+/// The fence inside every commit, apart from the renewal that usually notices first: once
+/// another daemon holds the lease, a commit of the old holder is refused and writes nothing.
+#[test]
+fn a_commit_after_another_daemon_took_the_lease_is_refused() -> Result<()> {
+    use runbook_engine::store::postgres::{take_lease, PgTables};
+    use runbook_engine::store::tables::{Op, Tables, Tree};
+    let mut pg = PgServer::start()?;
+    let url = pg.create_database()?;
+    let lease = take_lease(&url, "host-a:/data", Duration::from_secs(30), |_| {}, || {})?;
+    let tables = PgTables::open(lease.clone())?;
+    let op = |key: &str| Op {
+        tree: Tree::Meta,
+        key: key.as_bytes().to_vec(),
+        value: Some(b"1".to_vec()),
+    };
+    tables.write(&[op("before")])?;
+    let mut client = pg.client(database_of(&url))?;
+    client.execute(
+        "UPDATE runbook_lease SET holder = 'host-b:/data', epoch = epoch + 1",
+        &[],
+    )?;
+    let refused = tables
+        .write(&[op("after")])
+        .err()
+        .context("a commit after the lease moved was accepted")?;
+    ensure!(
+        refused.to_string().contains("no longer holds the lease"),
+        "{refused}"
+    );
+    ensure!(lease.fenced());
+    let mut count = |key: &str| -> Result<i64> {
+        Ok(client
+            .query_one(
+                "SELECT count(*) FROM runbook_kv WHERE key = $1",
+                &[&key.as_bytes()],
+            )?
+            .get(0))
+    };
+    ensure!(count("before")? == 1 && count("after")? == 0);
+    // Fenced for good: no later commit either, even if the lease were free again.
+    ensure!(tables.write(&[op("later")]).is_err() && count("later")? == 0);
+    pg.stop()?;
+    Ok(())
+}
