@@ -40,6 +40,8 @@ pub struct Daemon {
     child: Option<Child>,
     extra_args: Vec<String>,
     env: Vec<(String, String)>,
+    /// The PostgreSQL store's connection string, when the suites run on it.
+    postgres_url: Option<String>,
 }
 
 impl Daemon {
@@ -77,9 +79,19 @@ impl Daemon {
                     .iter()
                     .map(|arg| arg.to_string()),
             );
-            daemon.env.push(("RUNBOOK_POSTGRES_URL".to_owned(), url));
+            daemon.postgres_url = Some(url);
         }
         daemon.restart()?;
+        if daemon.postgres_url.is_some()
+            && !daemon
+                .log()
+                .contains("PostgreSQL store: this daemon is active")
+        {
+            bail!(
+                "RUNBOOK_TEST_STORE=postgres, but the daemon does not run on it:\n{}",
+                daemon.log()
+            );
+        }
         Ok(daemon)
     }
 
@@ -109,6 +121,7 @@ impl Daemon {
                 .iter()
                 .map(|(key, value)| (key.to_string(), value.to_string()))
                 .collect(),
+            postgres_url: None,
         })
     }
 
@@ -139,6 +152,9 @@ impl Daemon {
             .stderr(log);
         for (key, value) in &self.env {
             command.env(key, value);
+        }
+        if let Some(url) = &self.postgres_url {
+            command.env("RUNBOOK_POSTGRES_URL", url);
         }
         self.child = Some(command.spawn().context("spawning the daemon")?);
         Ok(())
@@ -830,6 +846,7 @@ impl Daemon {
             child: None,
             extra_args: Vec::new(),
             env: Vec::new(),
+            postgres_url: None,
         };
         daemon.restart()?;
         Ok(daemon)

@@ -116,6 +116,12 @@ with = {{ command = "echo never >> {marker}" }}
 
 #[test]
 fn a_finished_run_is_archived_and_still_rolls_back_after_a_crash() -> Result<()> {
+    if std::env::var("RUNBOOK_TEST_STORE").as_deref() == Ok("postgres") {
+        // The archive's segment files are the embedded store's; on PostgreSQL a finished run
+        // stays in the database, where another host can read it.
+        eprintln!("skipped on the PostgreSQL store: it has no archive");
+        return Ok(());
+    }
     let mut daemon = Daemon::start()?;
     let marker = daemon.path("archived.marker");
     let file = daemon.write_file(
