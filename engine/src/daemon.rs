@@ -100,16 +100,19 @@ pub async fn run(
     let _lock = lock_data_dir(&data_dir)?;
 
     crate::action::set_daemon_identity(daemon_identity(&data_dir));
-    let writer = match &config.postgres {
+    let (writer, lease) = match &config.postgres {
         None => {
             let store_dir = data_dir.join("store");
             let store = SledStore::open(&store_dir)?;
             let reopen: crate::store::Reopen = Arc::new(move || {
                 Ok(Arc::new(SledStore::open(&store_dir)?) as Arc<dyn crate::store::Store>)
             });
-            Writer::start(Arc::new(store), Some(reopen))
+            (Writer::start(Arc::new(store), Some(reopen)), None)
         }
-        Some(postgres) => open_postgres(postgres, &data_dir).await?,
+        Some(postgres) => {
+            let (writer, lease) = open_postgres(postgres, &data_dir).await?;
+            (writer, Some(lease))
+        }
     };
     let catalog = Catalog::new(&config.builtin, config.runbooks_dir.clone(), config.actions);
     let engine = Engine::open(writer, Arc::new(SystemClock), catalog.clone(), &data_dir)?;
@@ -182,6 +185,7 @@ pub async fn run(
             }),
         metrics_public: config.listen.as_ref().is_some_and(|l| l.metrics_public),
         failed_logins: Arc::default(),
+        lease: lease.clone(),
     });
     let stopping = CancellationToken::new();
     let drain_engine = engine.clone();
@@ -234,6 +238,19 @@ pub async fn run(
     engine.writer().close().await;
     served.map_err(|error| Error::Io(format!("serving the API: {error}")))?;
     engine.writer().store().checkpoint()?;
+    if let Some(lease) = lease {
+        // A standby takes the store over at once, not when the lease would have expired.
+        let released = tokio::task::spawn_blocking(move || lease.release()).await;
+        match released {
+            Ok(Ok(())) => tracing::info!("released the store's lease"),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "could not release the store's lease; it expires by itself")
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not release the store's lease; it expires by itself")
+            }
+        }
+    }
     tracing::info!("daemon stopped");
     Ok(())
 }
@@ -249,7 +266,10 @@ fn daemon_identity(data_dir: &Path) -> String {
 /// Waits for the PostgreSQL store's lease (a standby waits here), then opens the journal in it.
 /// A daemon that loses the lease later exits at once with [`EXIT_FENCED`]: its commits are
 /// refused by the database from then on, and a fresh start waits as a standby.
-async fn open_postgres(postgres: &Postgres, data_dir: &Path) -> Result<Writer, Error> {
+async fn open_postgres(
+    postgres: &Postgres,
+    data_dir: &Path,
+) -> Result<(Writer, Arc<crate::store::postgres::Lease>), Error> {
     use crate::store::postgres::{take_lease, PgStore, PgTables};
     let holder = daemon_identity(data_dir);
     tracing::info!(%holder, lease_ttl = ?postgres.lease_ttl, "PostgreSQL store: taking the lease (a standby waits here)");
@@ -284,13 +304,44 @@ async fn open_postgres(postgres: &Postgres, data_dir: &Path) -> Result<Writer, E
     let store = tokio::task::spawn_blocking(move || PgStore::open_leased(PgTables::open(opening)?))
         .await
         .map_err(|error| Error::Io(format!("opening the store: {error}")))??;
+    let held = lease.clone();
     let reopen: crate::store::Reopen = Arc::new(move || {
         Ok(
-            Arc::new(PgStore::open_leased(PgTables::open(lease.clone())?)?)
+            Arc::new(PgStore::open_leased(PgTables::open(held.clone())?)?)
                 as Arc<dyn crate::store::Store>,
         )
     });
-    Ok(Writer::start(Arc::new(store), Some(reopen)))
+    Ok((Writer::start(Arc::new(store), Some(reopen)), lease))
+}
+
+/// Copies the embedded store of `data_dir` (no daemon may run on it) into an empty PostgreSQL
+/// store (no daemon may hold it): every record, archived runs taken back out of the archive,
+/// each read back; then the copy's every record is checked like `store verify`. The data dir is
+/// left as it was.
+pub fn copy_to_postgres(
+    data_dir: &Path,
+    url: &str,
+) -> Result<(crate::store::CopyReport, Vec<String>), Error> {
+    use crate::store::postgres::{try_take_lease, PgStore, PgTables};
+    if !data_dir.join("store").exists() {
+        return Err(Error::Io(format!("no store in {}", data_dir.display())));
+    }
+    crate::private_dir::set_private_umask();
+    crate::private_dir::check_data_dir(data_dir).map_err(Error::Unsafe)?;
+    let _lock = lock_data_dir(data_dir)?;
+    let source = SledStore::open(&data_dir.join("store"))?;
+    let holder = format!("store copy from {}", daemon_identity(data_dir));
+    let lease = try_take_lease(url, &holder, std::time::Duration::from_secs(60))?;
+    let copied = (|| {
+        let report = source.copy_into(&PgTables::open(lease.clone())?)?;
+        let copy = PgStore::open_leased(PgTables::open(lease.clone())?)?;
+        let problems = crate::store::Store::verify(&copy)?;
+        Ok::<_, crate::store::Error>((report, problems))
+    })();
+    let released = lease.release();
+    let copied = copied?;
+    released?;
+    Ok(copied)
 }
 
 /// Checks every record of the store in `data_dir` while no daemon runs on it; returns the

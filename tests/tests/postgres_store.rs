@@ -195,6 +195,14 @@ with = { command = "echo last >> {{ params.n }}" }
         holder.ends_with(&*standby.data_dir.display().to_string()) && new_epoch > epoch,
         "{holder} epoch {new_epoch}"
     );
+    let version = standby.cli(&["version"])?;
+    let version = String::from_utf8_lossy(&version.stdout);
+    ensure!(
+        version.contains(&format!(
+            "store   postgres: active daemon {holder}, lease epoch {new_epoch}"
+        )),
+        "runbook version does not show the active daemon:\n{version}"
+    );
 
     // The durable wait goes on where it was; the idempotent step cut on the old host runs again
     // by itself; the non-idempotent one waits for the operator, naming the daemon it ran on.
@@ -459,6 +467,141 @@ fn a_commit_after_another_daemon_took_the_lease_is_refused() -> Result<()> {
     ensure!(count("before")? == 1 && count("after")? == 0);
     // Fenced for good: no later commit either, even if the lease were free again.
     ensure!(tables.write(&[op("later")]).is_err() && count("later")? == 0);
+    pg.stop()?;
+    Ok(())
+}
+
+/// `runbook store copy`: an embedded store with finished (archived) and waiting runs and a user,
+/// copied into PostgreSQL; a daemon on the copy shows the same runs and carries the waiting one
+/// on; a second copy into the same database is refused.
+#[test]
+fn an_embedded_store_is_copied_whole_into_postgres() -> Result<()> {
+    let mut pg = PgServer::start()?;
+    let url = pg.create_database()?;
+    let shared = Shared::new(
+        &url,
+        &[(
+            "copied.toml",
+            r#"
+name = "copied"
+[params.n]
+required = true
+[params.gate]
+default = "no"
+[[steps]]
+id = "a"
+action = "exec"
+with = { command = "echo a >> {{ params.n }}" }
+[[steps]]
+id = "gate"
+action = "approval"
+when = "params.gate == 'yes'"
+with = { prompt = "go on?" }
+[[steps]]
+id = "b"
+action = "exec"
+with = { command = "echo b >> {{ params.n }}" }
+"#,
+        )],
+    )?;
+    let runbooks = shared.dir.path().join("runbooks").display().to_string();
+    let mut embedded = Daemon::prepare(&["--runbooks-dir", &runbooks], &[], &[])?;
+    embedded.restart()?;
+    let mut runs = Vec::new();
+    for index in 0..3 {
+        let marker = shared.marker(&format!("copied-{index}"));
+        runs.push((run_started(&embedded, "copied", &marker)?, marker));
+    }
+    let gated_marker = shared.marker("gated");
+    let gated = embedded.start_run("copied", &[("n", &gated_marker), ("gate", "yes")])?;
+    for (run, _) in &runs {
+        embedded.wait_state(run, "succeeded", LONG)?;
+    }
+    embedded.wait_step(&gated, "gate", "waiting", LONG)?;
+    let added = embedded.cli(&["user", "add", "alice", "--role", "approver"])?;
+    ensure!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    embedded.wait_until(LONG, || {
+        Ok(embedded
+            .log()
+            .contains("moved finished runs to the archive"))
+    })?;
+    let summary = |shown: &serde_json::Value| {
+        let steps: Vec<(String, String)> = shown["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|step| (step["id"].to_string(), step["state"].to_string()))
+            .collect();
+        (
+            shown["state"].to_string(),
+            shown["runbook"].to_string(),
+            steps,
+        )
+    };
+    let mut before = Vec::new();
+    for run in runs.iter().map(|(run, _)| run).chain([&gated]) {
+        before.push(summary(&embedded.show(run)?));
+    }
+    embedded.terminate()?;
+
+    let copy = |daemon: &Daemon| -> Result<std::process::Output> {
+        Ok(std::process::Command::new(runbook_tests::binary())
+            .arg("--data-dir")
+            .arg(&daemon.data_dir)
+            .args([
+                "store",
+                "copy",
+                "--to",
+                "postgres",
+                "--postgres-url-file",
+                &shared.url_file,
+            ])
+            .output()?)
+    };
+    let copied = copy(&embedded)?;
+    let said = String::from_utf8_lossy(&copied.stderr);
+    ensure!(copied.status.success(), "store copy failed: {said}");
+    ensure!(
+        said.contains("4 run(s) (3 taken out of the archive)")
+            && said.contains("every record checks out"),
+        "{said}"
+    );
+
+    let mut daemon = shared.daemon()?;
+    daemon.restart()?;
+    for (index, run) in runs.iter().map(|(run, _)| run).chain([&gated]).enumerate() {
+        ensure!(
+            summary(&daemon.show(run)?) == before[index],
+            "{run} differs after the copy"
+        );
+    }
+    let users = daemon.cli(&["user", "ls"])?;
+    ensure!(String::from_utf8_lossy(&users.stdout).contains("alice"));
+    let approved = daemon.cli(&["approve", &gated, "--comment", "after the move"])?;
+    ensure!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    daemon.wait_state(&gated, "succeeded", LONG)?;
+    ensure!(
+        lines(&gated_marker) == ["a", "b"],
+        "{:?}",
+        lines(&gated_marker)
+    );
+    daemon.terminate()?;
+
+    let again = copy(&embedded)?;
+    ensure!(
+        !again.status.success() && String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "a copy into a store that holds runs: {}\n{}",
+        String::from_utf8_lossy(&again.stderr),
+        daemon.log()
+    );
     pg.stop()?;
     Ok(())
 }

@@ -125,6 +125,23 @@ pub async fn run(ctx: &Context, args: Args) -> Result<()> {
         .map_err(|err| anyhow!("{err}"))
 }
 
+/// The PostgreSQL connection string: from `file`, else RUNBOOK_POSTGRES_URL; one line.
+pub fn postgres_url(file: Option<&std::path::Path>) -> Result<String> {
+    let url = match file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("--postgres-url-file {}", path.display()))?
+            .trim()
+            .to_owned(),
+        None => std::env::var("RUNBOOK_POSTGRES_URL").map_err(|_| {
+            anyhow!("put the PostgreSQL connection string in RUNBOOK_POSTGRES_URL or in a file named by --postgres-url-file")
+        })?,
+    };
+    if url.is_empty() || url.len() > 4096 || url.contains('\n') {
+        bail!("the PostgreSQL connection string must be one line of at most 4096 bytes");
+    }
+    Ok(url)
+}
+
 /// The PostgreSQL store's settings, checked: the connection string never comes from the
 /// command line (every local user can read the process list).
 fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
@@ -135,23 +152,12 @@ fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
             }
             return Ok(None);
         }
-        "postgres" => match &args.postgres_url_file {
-            Some(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("--postgres-url-file {}", path.display()))?
-                .trim()
-                .to_owned(),
-            None => std::env::var("RUNBOOK_POSTGRES_URL").map_err(|_| {
-                anyhow!("--store postgres: put the connection string in RUNBOOK_POSTGRES_URL or in a file named by --postgres-url-file")
-            })?,
-        },
+        "postgres" => postgres_url(args.postgres_url_file.as_deref())?,
         other if other.starts_with("postgres://") || other.starts_with("postgresql://") => bail!(
             "--store: give `postgres` and the connection string in RUNBOOK_POSTGRES_URL or --postgres-url-file: on the command line every local user could read it"
         ),
         other => bail!("--store {other:?}: `embedded` or `postgres`"),
     };
-    if url.is_empty() || url.len() > 4096 || url.contains('\n') {
-        bail!("the PostgreSQL connection string must be one line of at most 4096 bytes");
-    }
     let lease_ttl = runbook_engine::duration::parse(&args.lease_ttl)
         .map_err(|error| anyhow!("--lease-ttl {}: {error}", args.lease_ttl))?;
     if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(600))

@@ -23,6 +23,15 @@ pub async fn run(ctx: &Context, _args: Args) -> Result<()> {
     println!("client  {}", line(&client));
     let daemon = daemon?;
     println!("daemon  {}", line(&daemon));
+    match daemon["store"]["kind"].as_str() {
+        Some("postgres") => println!(
+            "store   postgres: active daemon {}, lease epoch {}",
+            render::text(&daemon["store"]["active"]),
+            render::text(&daemon["store"]["epoch"])
+        ),
+        Some(kind) => println!("store   {kind}"),
+        None => {}
+    }
     if let Some(listener) = daemon["listener"].as_object() {
         println!(
             "listen  https://{} (certificate sha256 {})",

@@ -57,6 +57,8 @@ pub struct AppState {
     /// Whether `/metrics` on the TCP listener answers without a token.
     pub metrics_public: bool,
     pub failed_logins: std::sync::Arc<FailedLogins>,
+    /// The PostgreSQL store's lease this daemon holds (`None`: the embedded store).
+    pub lease: Option<std::sync::Arc<crate::store::postgres::Lease>>,
 }
 
 /// What `/v1/version` tells of the TCP listener.

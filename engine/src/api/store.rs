@@ -211,5 +211,15 @@ pub(super) async fn version(State(app): State<AppState>) -> ApiResult {
         "version": env!("CARGO_PKG_VERSION"),
         "journal_format": crate::store::envelope::FORMAT,
         "listener": app.listener,
+        "store": match &app.lease {
+            None => json!({"kind": "embedded"}),
+            Some(lease) => json!({
+                "kind": "postgres",
+                "active": lease.holder,
+                "epoch": lease.epoch(),
+                "lease_ttl_ms": lease.ttl.as_millis() as u64,
+                "fenced": lease.fenced(),
+            }),
+        },
     }))
 }

@@ -33,10 +33,12 @@ use crate::machine::{Event, RunState, TimerId};
 use crate::schedule::Schedule;
 
 mod archived;
+mod copy;
 mod indexes;
 mod retention;
 mod rules;
 
+pub use copy::CopyReport;
 pub(crate) use rules::event_key;
 use rules::{
     archive_run, archived_events, collect_run, event_seq, run_commit, schedule_commit, Tx,

@@ -36,7 +36,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 pub use self::archive::ArchivedRun;
-pub use self::journal::Journal;
+pub use self::journal::{CopyReport, Journal};
 pub use self::listing::{Counts, ListQuery, Listing, Page};
 pub use self::memory::{MemoryStore, MemoryTables};
 pub use self::sled::{SledStore, SledTables};

@@ -45,6 +45,7 @@ pub const SCHEMA_VERSION: i32 = 1;
 const CONNECTIONS: usize = 4;
 
 const SCHEMA: &str = "
+SET LOCAL client_min_messages = warning;
 CREATE TABLE IF NOT EXISTS runbook_schema (version integer NOT NULL);
 CREATE TABLE IF NOT EXISTS runbook_kv (
     tree smallint NOT NULL,
@@ -194,9 +195,26 @@ pub struct Lease {
     pub ttl: Duration,
     epoch: AtomicI64,
     fenced: AtomicBool,
+    /// Released: no more renewals.
+    released: AtomicBool,
 }
 
 impl Lease {
+    /// Gives the lease up at once (a standby may take it without waiting for it to expire);
+    /// nothing is committed through it afterwards.
+    pub fn release(&self) -> Result<(), Error> {
+        self.released.store(true, Ordering::SeqCst);
+        self.fenced.store(true, Ordering::SeqCst);
+        let mut client = connect(&self.url)?;
+        client
+            .execute(
+                "UPDATE runbook_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2",
+                &[&self.holder, &self.epoch()],
+            )
+            .map_err(pg_error)?;
+        Ok(())
+    }
+
     pub fn epoch(&self) -> i64 {
         self.epoch.load(Ordering::SeqCst)
     }
@@ -219,12 +237,30 @@ pub fn take_lease(
     waiting: impl Fn(&Result<LeaseView, Error>) + Send + 'static,
     on_fenced: impl FnOnce() + Send + 'static,
 ) -> Result<Arc<Lease>, Error> {
+    hold_lease(url, holder, ttl, Some(Box::new(waiting)), on_fenced)
+}
+
+/// [`take_lease`] without waiting: refused, naming the holder, while another daemon holds it.
+pub fn try_take_lease(url: &str, holder: &str, ttl: Duration) -> Result<Arc<Lease>, Error> {
+    hold_lease(url, holder, ttl, None, || {})
+}
+
+type Waiting = Box<dyn Fn(&Result<LeaseView, Error>) + Send>;
+
+fn hold_lease(
+    url: &str,
+    holder: &str,
+    ttl: Duration,
+    waiting: Option<Waiting>,
+    on_fenced: impl FnOnce() + Send + 'static,
+) -> Result<Arc<Lease>, Error> {
     let lease = Arc::new(Lease {
         url: Arc::from(url),
         holder: holder.to_owned(),
         ttl,
         epoch: AtomicI64::new(0),
         fenced: AtomicBool::new(false),
+        released: AtomicBool::new(false),
     });
     let (taken, answer) = sync_channel(1);
     let held = lease.clone();
@@ -261,20 +297,37 @@ pub fn take_lease(
                         let _ = taken.send(Ok(()));
                         break;
                     }
-                    Ok(None) => waiting(&client.as_mut().map_or_else(
-                        || Err(Error::Closed),
-                        lease_view,
-                    )),
+                    Ok(None) => {
+                        let view = client
+                            .as_mut()
+                            .map_or_else(|| Err(Error::Closed), lease_view);
+                        match &waiting {
+                            Some(waiting) => waiting(&view),
+                            None => {
+                                let _ = taken.send(Err(held_by(view)));
+                                return;
+                            }
+                        }
+                    }
                     Err(error @ Error::FormatTooNew { .. }) => {
                         let _ = taken.send(Err(error));
                         return;
                     }
-                    Err(error) => waiting(&Err(error)),
+                    Err(error) => match &waiting {
+                        Some(waiting) => waiting(&Err(error)),
+                        None => {
+                            let _ = taken.send(Err(error));
+                            return;
+                        }
+                    },
                 }
                 std::thread::sleep(Duration::from_secs(1).min(held.ttl / 4));
             }
             loop {
                 std::thread::sleep(held.ttl / 4);
+                if held.released.load(Ordering::SeqCst) {
+                    return;
+                }
                 let renewed = (|| -> Result<u64, Error> {
                     let connected = match client.take() {
                         Some(open) if !open.is_closed() => open,
@@ -303,6 +356,19 @@ pub fn take_lease(
         .map_err(|error| Error::io("cannot start the lease thread", &error))?;
     answer.recv().map_err(|_| Error::Closed)??;
     Ok(lease)
+}
+
+fn held_by(view: Result<LeaseView, Error>) -> Error {
+    Error::Io {
+        kind: std::io::ErrorKind::AlreadyExists,
+        message: match view {
+            Ok(view) => format!(
+                "PostgreSQL store: the daemon at {} holds the store (epoch {}, for {:.0} s more)",
+                view.holder, view.epoch, view.expires_in_secs
+            ),
+            Err(error) => format!("PostgreSQL store: another daemon holds the store ({error})"),
+        },
+    }
 }
 
 fn create_schema(client: &mut Client) -> Result<(), Error> {

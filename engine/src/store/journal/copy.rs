@@ -1,0 +1,142 @@
+//! Copying a journal into other tables (`runbook store copy`): every record as it is, an archived
+//! run's records taken back out of the archive (the target has none), then read back.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use super::super::archive;
+use super::super::listing::Listing;
+use super::super::tables::{Op, Tables, Tree};
+use super::super::{decode_value, encode_value, Error};
+use super::Journal;
+
+/// What was copied, per tree (after archived runs were taken out of the archive).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CopyReport {
+    pub records: BTreeMap<&'static str, u64>,
+    pub runs: u64,
+    pub unarchived_runs: u64,
+    pub bytes: u64,
+}
+
+/// Records per write to the target.
+const BATCH: usize = 512;
+
+impl<T: Tables> Journal<T> {
+    /// Writes every record of this journal into `target`, which must be empty, then reads each
+    /// one back from it and compares the bytes. An archived run's records go back into their
+    /// trees and its listing line loses its pointer, so the target reads it without an archive.
+    /// The archive's own bookkeeping (segment counts) is not copied.
+    pub fn copy_into(&self, target: &dyn Tables) -> Result<CopyReport, Error> {
+        for tree in Tree::ALL {
+            if let Some(entry) = target
+                .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
+                .next()
+            {
+                let (key, _) = entry?;
+                return Err(Error::Io {
+                    kind: std::io::ErrorKind::AlreadyExists,
+                    message: format!(
+                        "the target store is not empty ({}/{}): copy only into a new one",
+                        tree.name(),
+                        String::from_utf8_lossy(&key)
+                    ),
+                });
+            }
+        }
+        let mut report = CopyReport::default();
+        let mut batch: Vec<Op> = Vec::new();
+        let mut written: Vec<(Tree, Vec<u8>, digest::Sum)> = Vec::new();
+        let flush = |batch: &mut Vec<Op>, force: bool| -> Result<(), Error> {
+            if batch.len() >= BATCH || (force && !batch.is_empty()) {
+                target.write(batch)?;
+                batch.clear();
+            }
+            Ok(())
+        };
+        for tree in Tree::ALL {
+            for entry in self
+                .tables
+                .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
+            {
+                let (key, mut value) = entry?;
+                if tree == Tree::Meta && key.starts_with(archive::COUNT_PREFIX) {
+                    continue;
+                }
+                if tree == Tree::Listings {
+                    report.runs += 1;
+                    let run_id = uuid::Uuid::from_slice(&key).map_err(|_| Error::Corrupt {
+                        key: format!("listings/{}", String::from_utf8_lossy(&key)),
+                        reason: "not a run id".to_owned(),
+                    })?;
+                    if let Some(records) = self.archived(run_id)? {
+                        for (tree, key, value) in records {
+                            written.push((tree, key.clone(), digest::of(&value)));
+                            report.bytes += value.len() as u64;
+                            *report.records.entry(tree.name()).or_default() += 1;
+                            batch.push(Op {
+                                tree,
+                                key,
+                                value: Some(value),
+                            });
+                        }
+                        let mut listing: Listing =
+                            decode_value(&|| format!("listings/{run_id}"), &value)?;
+                        listing.archived = None;
+                        value = encode_value(&listing)?;
+                        report.unarchived_runs += 1;
+                    }
+                }
+                written.push((tree, key.clone(), digest::of(&value)));
+                report.bytes += value.len() as u64;
+                *report.records.entry(tree.name()).or_default() += 1;
+                batch.push(Op {
+                    tree,
+                    key,
+                    value: Some(value),
+                });
+                flush(&mut batch, false)?;
+            }
+        }
+        flush(&mut batch, true)?;
+        // Read back: every record, byte for byte (by digest), and nothing else.
+        for (tree, key, sum) in &written {
+            let found = target.get(*tree, key)?;
+            if found.as_deref().map(digest::of).as_ref() != Some(sum) {
+                return Err(Error::Corrupt {
+                    key: format!("{}/{}", tree.name(), String::from_utf8_lossy(key)),
+                    reason: "the copy reads back different or missing".to_owned(),
+                });
+            }
+        }
+        let mut in_target = 0u64;
+        for tree in Tree::ALL {
+            for entry in target.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+                entry?;
+                in_target += 1;
+            }
+        }
+        if in_target != written.len() as u64 {
+            return Err(Error::Corrupt {
+                key: "copy".to_owned(),
+                reason: format!(
+                    "the target holds {in_target} records, {} were copied",
+                    written.len()
+                ),
+            });
+        }
+        Ok(report)
+    }
+}
+
+/// A digest of a value, to compare what was written with what reads back without keeping
+/// every value in memory.
+mod digest {
+    use sha2::{Digest, Sha256};
+
+    pub type Sum = [u8; 32];
+
+    pub fn of(bytes: &[u8]) -> Sum {
+        Sha256::digest(bytes).into()
+    }
+}
