@@ -49,6 +49,17 @@ pub struct Config {
 pub struct Postgres {
     pub url: String,
     pub lease_ttl: std::time::Duration,
+    /// TLS to the database, the server's certificate checked against this CA (PEM).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Postgres {
+    pub fn target(&self) -> Result<crate::store::postgres::Target, crate::store::Error> {
+        match &self.ca_file {
+            Some(ca) => crate::store::postgres::Target::with_ca_file(&self.url, ca),
+            None => crate::store::postgres::Target::new(&self.url),
+        }
+    }
 }
 
 /// The exit status of a daemon that lost the store's lease to another one.
@@ -273,11 +284,12 @@ async fn open_postgres(
     use crate::store::postgres::{take_lease, PgStore, PgTables};
     let holder = daemon_identity(data_dir);
     tracing::info!(%holder, lease_ttl = ?postgres.lease_ttl, "PostgreSQL store: taking the lease (a standby waits here)");
-    let (url, ttl, me) = (postgres.url.clone(), postgres.lease_ttl, holder.clone());
+    let target = postgres.target()?;
+    let (ttl, me) = (postgres.lease_ttl, holder.clone());
     let lease = tokio::task::spawn_blocking(move || {
         let last = std::sync::Mutex::new(String::new());
         take_lease(
-            &url,
+            &target,
             &me,
             ttl,
             move |seen| {
@@ -320,7 +332,7 @@ async fn open_postgres(
 /// left as it was.
 pub fn copy_to_postgres(
     data_dir: &Path,
-    url: &str,
+    postgres: &Postgres,
 ) -> Result<(crate::store::CopyReport, Vec<String>), Error> {
     use crate::store::postgres::{try_take_lease, PgStore, PgTables};
     if !data_dir.join("store").exists() {
@@ -331,7 +343,11 @@ pub fn copy_to_postgres(
     let _lock = lock_data_dir(data_dir)?;
     let source = SledStore::open(&data_dir.join("store"))?;
     let holder = format!("store copy from {}", daemon_identity(data_dir));
-    let lease = try_take_lease(url, &holder, std::time::Duration::from_secs(60))?;
+    let lease = try_take_lease(
+        &postgres.target()?,
+        &holder,
+        std::time::Duration::from_secs(60),
+    )?;
     let copied = (|| {
         let report = source.copy_into(&PgTables::open(lease.clone())?)?;
         let copy = PgStore::open_leased(PgTables::open(lease.clone())?)?;

@@ -183,6 +183,36 @@ impl PgServer {
         Ok(())
     }
 
+    /// From now on TLS only on loopback: the server presents `cert_pem` (with `key_pem`), and a
+    /// connection without TLS is refused. Restarts the server.
+    pub fn require_tls(&mut self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let data = self.data();
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = data.join(name);
+            std::fs::write(&path, text)?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            if is_root() {
+                let status = Command::new("chown")
+                    .arg(format!("{SERVER_USER}:"))
+                    .arg(&path)
+                    .status()?;
+                if !status.success() {
+                    bail!("chown {}: {status}", path.display());
+                }
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf)?;
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text)?;
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+        )?;
+        self.stop()?;
+        self.restart()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
     }

@@ -39,22 +39,24 @@ impl Shared {
 
     /// A daemon on a data dir of its own, pointed at the shared database; not started.
     fn daemon(&self) -> Result<Daemon> {
+        self.daemon_with(&[])
+    }
+
+    fn daemon_with(&self, more: &[&str]) -> Result<Daemon> {
         let runbooks = self.dir.path().join("runbooks").display().to_string();
         let ttl = format!("{TTL_SECS}s");
-        Daemon::prepare(
-            &[
-                "--store",
-                "postgres",
-                "--postgres-url-file",
-                &self.url_file,
-                "--lease-ttl",
-                &ttl,
-                "--runbooks-dir",
-                &runbooks,
-            ],
-            &[],
-            &[],
-        )
+        let mut args = vec![
+            "--store",
+            "postgres",
+            "--postgres-url-file",
+            &self.url_file,
+            "--lease-ttl",
+            &ttl,
+            "--runbooks-dir",
+            &runbooks,
+        ];
+        args.extend_from_slice(more);
+        Daemon::prepare(&args, &[], &[])
     }
 }
 
@@ -430,11 +432,17 @@ action = "noop"
 /// another daemon holds the lease, a commit of the old holder is refused and writes nothing.
 #[test]
 fn a_commit_after_another_daemon_took_the_lease_is_refused() -> Result<()> {
-    use runbook_engine::store::postgres::{take_lease, PgTables};
+    use runbook_engine::store::postgres::{take_lease, PgTables, Target};
     use runbook_engine::store::tables::{Op, Tables, Tree};
     let mut pg = PgServer::start()?;
     let url = pg.create_database()?;
-    let lease = take_lease(&url, "host-a:/data", Duration::from_secs(30), |_| {}, || {})?;
+    let lease = take_lease(
+        &Target::new(&url)?,
+        "host-a:/data",
+        Duration::from_secs(30),
+        |_| {},
+        || {},
+    )?;
     let tables = PgTables::open(lease.clone())?;
     let op = |key: &str| Op {
         tree: Tree::Meta,
@@ -601,6 +609,78 @@ with = { command = "echo b >> {{ params.n }}" }
         "a copy into a store that holds runs: {}\n{}",
         String::from_utf8_lossy(&again.stderr),
         daemon.log()
+    );
+    pg.stop()?;
+    Ok(())
+}
+
+/// TLS to the database: a server that refuses connections without TLS; a daemon given the CA
+/// of its certificate works, one given another CA never connects, and a connection string that
+/// asks for TLS without a CA is refused at start.
+#[test]
+fn the_daemon_reaches_postgres_over_tls_and_checks_its_certificate() -> Result<()> {
+    let mut pg = PgServer::start()?;
+    let url = pg.create_database()?;
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()])?;
+    pg.require_tls(&server.cert.pem(), &server.signing_key.serialize_pem())?;
+    let shared = Shared::new(
+        &url,
+        &[(
+            "tls.toml",
+            r#"
+name = "tls"
+[params.n]
+required = true
+[[steps]]
+id = "a"
+action = "exec"
+with = { command = "echo a >> {{ params.n }}" }
+"#,
+        )],
+    )?;
+    let right_ca = shared.marker("server-ca.pem");
+    let wrong_ca = shared.marker("other-ca.pem");
+    std::fs::write(&right_ca, server.cert.pem())?;
+    std::fs::write(&wrong_ca, other.cert.pem())?;
+
+    // Without TLS the server refuses; with another CA the daemon refuses the server.
+    for (more, expect) in [
+        (vec![], "no encryption"),
+        (vec!["--postgres-ca-file", wrong_ca.as_str()], "certificate"),
+    ] {
+        let mut daemon = shared.daemon_with(&more)?;
+        daemon.spawn()?;
+        daemon.wait_until(Duration::from_secs(20), || {
+            Ok(daemon.log().contains(expect))
+        })?;
+        ensure!(
+            !daemon.log().contains("this daemon is active"),
+            "{:?}: became active:\n{}",
+            more,
+            daemon.log()
+        );
+        daemon.kill9();
+    }
+
+    let mut daemon = shared.daemon_with(&["--postgres-ca-file", &right_ca])?;
+    daemon.restart()?;
+    let marker = shared.marker("tls");
+    let run = run_started(&daemon, "tls", &marker)?;
+    daemon.wait_state(&run, "succeeded", LONG)?;
+    ensure!(lines(&marker) == ["a"]);
+    daemon.terminate()?;
+
+    // TLS asked for in the connection string, without a CA to check the server against.
+    std::fs::write(&shared.url_file, format!("{url} sslmode=require"))?;
+    let mut daemon = shared.daemon()?;
+    let refused = daemon
+        .restart()
+        .err()
+        .context("started without a CA for sslmode=require")?;
+    ensure!(
+        format!("{refused:#}").contains("--postgres-ca-file"),
+        "{refused:#}"
     );
     pg.stop()?;
     Ok(())

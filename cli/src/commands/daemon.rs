@@ -50,6 +50,10 @@ pub struct Args {
     /// `host=... user=...`); kept out of the process list
     #[arg(long, value_name = "FILE")]
     pub postgres_url_file: Option<PathBuf>,
+    /// TLS to PostgreSQL: the CA certificate(s) (PEM) that signed the server's certificate; the
+    /// server's name is the connection string's host
+    #[arg(long, value_name = "FILE")]
+    pub postgres_ca_file: Option<PathBuf>,
     /// How long the store's lease lasts without renewal: a standby takes over that long after
     /// the active daemon stopped renewing it
     #[arg(long, default_value = "10s", value_name = "DURATION")]
@@ -147,8 +151,8 @@ pub fn postgres_url(file: Option<&std::path::Path>) -> Result<String> {
 fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
     let url = match args.store.as_str() {
         "embedded" => {
-            if args.postgres_url_file.is_some() {
-                bail!("--postgres-url-file needs --store postgres");
+            if args.postgres_url_file.is_some() || args.postgres_ca_file.is_some() {
+                bail!("--postgres-url-file and --postgres-ca-file need --store postgres");
             }
             return Ok(None);
         }
@@ -165,7 +169,11 @@ fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
     {
         bail!("--lease-ttl {}: between 2s and 10m", args.lease_ttl);
     }
-    Ok(Some(runbook_engine::daemon::Postgres { url, lease_ttl }))
+    Ok(Some(runbook_engine::daemon::Postgres {
+        url,
+        lease_ttl,
+        ca_file: args.postgres_ca_file.clone(),
+    }))
 }
 
 /// glibc gives each thread that allocates concurrently an arena of its own (up to eight per

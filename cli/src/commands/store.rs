@@ -29,6 +29,9 @@ pub enum Command {
         /// A file holding the PostgreSQL connection string
         #[arg(long, value_name = "FILE")]
         postgres_url_file: Option<std::path::PathBuf>,
+        /// TLS to PostgreSQL: the CA certificate(s) (PEM) that signed the server's certificate
+        #[arg(long, value_name = "FILE")]
+        postgres_ca_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -37,14 +40,19 @@ pub async fn run(ctx: &Context, command: Command) -> Result<()> {
         Command::Copy {
             to,
             postgres_url_file,
+            postgres_ca_file,
         } => {
             if to != "postgres" {
                 anyhow::bail!("store copy --to {to:?}: only `postgres`");
             }
-            let url = super::daemon::postgres_url(postgres_url_file.as_deref())?;
+            let postgres = runbook_engine::daemon::Postgres {
+                url: super::daemon::postgres_url(postgres_url_file.as_deref())?,
+                lease_ttl: std::time::Duration::from_secs(60),
+                ca_file: postgres_ca_file,
+            };
             let data_dir = ctx.data_dir.clone();
             let (report, problems) = tokio::task::spawn_blocking(move || {
-                runbook_engine::daemon::copy_to_postgres(&data_dir, &url)
+                runbook_engine::daemon::copy_to_postgres(&data_dir, &postgres)
             })
             .await??;
             if ctx.json {

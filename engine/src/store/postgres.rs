@@ -20,6 +20,10 @@
 //! - Schema versions: `runbook_schema` holds the version this build wrote; a newer one is refused
 //!   like a newer store format.
 //!
+//! TLS: with a CA file ([`Target::with_ca_file`]) every connection is TLS (rustls, the server's
+//! certificate checked against that CA and the host name of the connection string); without
+//! one, a connection string that asks for TLS (`sslmode=require`) is refused.
+//!
 //! The `postgres` client blocks on a runtime of its own, so every connection lives on a thread
 //! of this module and callers (threads of the daemon's runtime among them) hand it their work.
 
@@ -29,6 +33,7 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use postgres::config::SslMode;
 use postgres::{Client, NoTls};
 
 use super::journal::Journal;
@@ -65,16 +70,70 @@ INSERT INTO runbook_lease VALUES (1, '', 0, '-infinity', 0) ON CONFLICT DO NOTHI
 
 type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
 
+/// Where the database is: the connection string, and TLS if a CA is given.
+#[derive(Clone)]
+pub struct Target {
+    url: Arc<str>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl Target {
+    /// A connection string (`postgres://...` or `host=... user=...`), checked now.
+    pub fn new(url: &str) -> Result<Target, Error> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|_| unavailable("the connection string does not parse".to_owned()))?;
+        if config.get_ssl_mode() == SslMode::Require {
+            return Err(unavailable(
+                "the connection string asks for TLS (sslmode=require): give the CA that signed the server's certificate (--postgres-ca-file)".to_owned(),
+            ));
+        }
+        Ok(Target {
+            url: Arc::from(url),
+            tls: None,
+        })
+    }
+
+    /// Every connection over TLS, the server's certificate checked against the CA certificates
+    /// of the PEM file `ca_file` and the host name of the connection string.
+    pub fn with_ca_file(url: &str, ca_file: &std::path::Path) -> Result<Target, Error> {
+        use rustls::pki_types::pem::PemObject;
+        let _: postgres::Config = url
+            .parse()
+            .map_err(|_| unavailable("the connection string does not parse".to_owned()))?;
+        let bad = |why: String| unavailable(format!("CA file {}: {why}", ca_file.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
+            .map_err(|error| bad(error.to_string()))?
+        {
+            roots
+                .add(cert.map_err(|error| bad(error.to_string()))?)
+                .map_err(|error| bad(error.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("holds no certificate".to_owned()));
+        }
+        let config = rustls::ClientConfig::builder_with_provider(crate::api::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|error| bad(error.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Target {
+            url: Arc::from(url),
+            tls: Some(Arc::new(config)),
+        })
+    }
+}
+
 /// Connections on threads of their own.
 struct Pool {
-    url: Arc<str>,
+    target: Target,
     writer: SyncSender<Job>,
     readers: SyncSender<Job>,
 }
 
 impl Pool {
-    fn start(url: &str) -> Result<Pool, Error> {
-        let url: Arc<str> = Arc::from(url);
+    fn start(target: &Target) -> Result<Pool, Error> {
         let spawn = |name: &str, jobs: Arc<Mutex<Receiver<Job>>>| -> Result<(), Error> {
             std::thread::Builder::new()
                 .name(name.to_owned())
@@ -100,7 +159,7 @@ impl Pool {
             spawn(&format!("store-pg-read-{index}"), reader_jobs.clone())?;
         }
         Ok(Pool {
-            url,
+            target: target.clone(),
             writer,
             readers,
         })
@@ -115,14 +174,14 @@ impl Pool {
         work: impl Fn(&mut Client) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = sync_channel(1);
-        let url = self.url.clone();
+        let target = self.target.clone();
         let job: Job = Box::new(move |slot: &mut Option<Client>| {
             let attempts = if write { 1 } else { 2 };
             let mut result = Err(Error::Closed);
             for _ in 0..attempts {
                 if slot.as_ref().is_none_or(Client::is_closed) {
                     *slot = None;
-                    match connect(&url) {
+                    match connect(&target) {
                         Ok(client) => *slot = Some(client),
                         Err(error) => {
                             result = Err(error);
@@ -145,15 +204,24 @@ impl Pool {
     }
 }
 
-fn connect(url: &str) -> Result<Client, Error> {
-    let mut config: postgres::Config = url
+fn connect(target: &Target) -> Result<Client, Error> {
+    let mut config: postgres::Config = target
+        .url
         .parse()
         .map_err(|_| unavailable("the connection string does not parse".to_owned()))?;
     config.connect_timeout(Duration::from_secs(5));
     config.application_name("runbook");
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|error| unavailable(format!("cannot connect: {}", describe(&error))))?;
+    let connected = match &target.tls {
+        Some(tls) => {
+            config.ssl_mode(SslMode::Require);
+            config.connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                (**tls).clone(),
+            ))
+        }
+        None => config.connect(NoTls),
+    };
+    let mut client =
+        connected.map_err(|error| unavailable(format!("cannot connect: {}", describe(&error))))?;
     client
         .batch_execute("SET synchronous_commit = on")
         .map_err(pg_error)?;
@@ -171,7 +239,16 @@ fn unavailable(message: String) -> Error {
 fn describe(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => {
+            // The cause (a refused certificate, a refused connection) is in the source chain.
+            let mut text = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
     }
 }
 
@@ -190,7 +267,7 @@ pub struct LeaseView {
 
 /// This daemon's hold on the store.
 pub struct Lease {
-    url: Arc<str>,
+    target: Target,
     pub holder: String,
     pub ttl: Duration,
     epoch: AtomicI64,
@@ -205,7 +282,7 @@ impl Lease {
     pub fn release(&self) -> Result<(), Error> {
         self.released.store(true, Ordering::SeqCst);
         self.fenced.store(true, Ordering::SeqCst);
-        let mut client = connect(&self.url)?;
+        let mut client = connect(&self.target)?;
         client
             .execute(
                 "UPDATE runbook_lease SET expires_at = '-infinity' WHERE id = 1 AND holder = $1 AND epoch = $2",
@@ -231,31 +308,31 @@ impl Lease {
 /// `on_fenced` is called. A renewal that cannot reach the database is retried; the lease may
 /// then expire and be taken by another daemon, which the next renewal finds.
 pub fn take_lease(
-    url: &str,
+    target: &Target,
     holder: &str,
     ttl: Duration,
     waiting: impl Fn(&Result<LeaseView, Error>) + Send + 'static,
     on_fenced: impl FnOnce() + Send + 'static,
 ) -> Result<Arc<Lease>, Error> {
-    hold_lease(url, holder, ttl, Some(Box::new(waiting)), on_fenced)
+    hold_lease(target, holder, ttl, Some(Box::new(waiting)), on_fenced)
 }
 
 /// [`take_lease`] without waiting: refused, naming the holder, while another daemon holds it.
-pub fn try_take_lease(url: &str, holder: &str, ttl: Duration) -> Result<Arc<Lease>, Error> {
-    hold_lease(url, holder, ttl, None, || {})
+pub fn try_take_lease(target: &Target, holder: &str, ttl: Duration) -> Result<Arc<Lease>, Error> {
+    hold_lease(target, holder, ttl, None, || {})
 }
 
 type Waiting = Box<dyn Fn(&Result<LeaseView, Error>) + Send>;
 
 fn hold_lease(
-    url: &str,
+    target: &Target,
     holder: &str,
     ttl: Duration,
     waiting: Option<Waiting>,
     on_fenced: impl FnOnce() + Send + 'static,
 ) -> Result<Arc<Lease>, Error> {
     let lease = Arc::new(Lease {
-        url: Arc::from(url),
+        target: target.clone(),
         holder: holder.to_owned(),
         ttl,
         epoch: AtomicI64::new(0),
@@ -273,7 +350,7 @@ fn hold_lease(
                 let attempt = (|| -> Result<Option<i64>, Error> {
                     let connected = match client.take() {
                         Some(open) if !open.is_closed() => open,
-                        _ => connect(&held.url)?,
+                        _ => connect(&held.target)?,
                     };
                     let client = client.insert(connected);
                     if !schema_checked {
@@ -331,7 +408,7 @@ fn hold_lease(
                 let renewed = (|| -> Result<u64, Error> {
                     let connected = match client.take() {
                         Some(open) if !open.is_closed() => open,
-                        _ => connect(&held.url)?,
+                        _ => connect(&held.target)?,
                     };
                     client
                         .insert(connected)
@@ -425,7 +502,7 @@ impl PgTables {
     /// The tables of a daemon that holds `lease`: refused (fenced) if the database says another
     /// daemon holds it now.
     pub fn open(lease: Arc<Lease>) -> Result<PgTables, Error> {
-        let pool = Pool::start(&lease.url)?;
+        let pool = Pool::start(&lease.target)?;
         let (holder, epoch) = (lease.holder.clone(), lease.epoch());
         let last_lsn = pool.with(true, move |client| {
             let row = client
