@@ -349,7 +349,10 @@ pub fn copy_to_postgres(
         std::time::Duration::from_secs(60),
     )?;
     let copied = (|| {
-        let report = source.copy_into(&PgTables::open(lease.clone())?)?;
+        let report = source.copy_into(
+            &PgTables::open(lease.clone())?,
+            &PgTables::open(lease.clone())?,
+        )?;
         let copy = PgStore::open_leased(PgTables::open(lease.clone())?)?;
         let problems = crate::store::Store::verify(&copy)?;
         Ok::<_, crate::store::Error>((report, problems))

@@ -68,7 +68,25 @@ CREATE TABLE IF NOT EXISTS runbook_lease (
 INSERT INTO runbook_lease VALUES (1, '', 0, '-infinity', 0) ON CONFLICT DO NOTHING;
 ";
 
-type Job = Box<dyn FnOnce(&mut Option<Client>) + Send>;
+type Job = Box<dyn FnOnce(&mut Option<Conn>) + Send>;
+
+/// A connection and the statements prepared on it (each is parsed once per connection, not at
+/// every call: half the round trips of a commit).
+struct Conn {
+    client: Client,
+    statements: std::collections::HashMap<String, postgres::Statement>,
+}
+
+impl Conn {
+    fn statement(&mut self, sql: &str) -> Result<postgres::Statement, Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).map_err(pg_error)?;
+        self.statements.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+}
 
 /// Where the database is: the connection string, and TLS if a CA is given.
 #[derive(Clone)]
@@ -138,14 +156,14 @@ impl Pool {
             std::thread::Builder::new()
                 .name(name.to_owned())
                 .spawn(move || {
-                    let mut client = None;
+                    let mut conn = None;
                     loop {
                         let job = match jobs.lock() {
                             Ok(jobs) => jobs.recv(),
                             Err(poisoned) => poisoned.into_inner().recv(),
                         };
                         let Ok(job) = job else { return };
-                        job(&mut client);
+                        job(&mut conn);
                     }
                 })
                 .map(drop)
@@ -171,26 +189,31 @@ impl Pool {
     fn with<R: Send + 'static>(
         &self,
         write: bool,
-        work: impl Fn(&mut Client) -> Result<R, Error> + Send + 'static,
+        work: impl Fn(&mut Conn) -> Result<R, Error> + Send + 'static,
     ) -> Result<R, Error> {
         let (reply, answer) = sync_channel(1);
         let target = self.target.clone();
-        let job: Job = Box::new(move |slot: &mut Option<Client>| {
+        let job: Job = Box::new(move |slot: &mut Option<Conn>| {
             let attempts = if write { 1 } else { 2 };
             let mut result = Err(Error::Closed);
             for _ in 0..attempts {
-                if slot.as_ref().is_none_or(Client::is_closed) {
+                if slot.as_ref().is_none_or(|conn| conn.client.is_closed()) {
                     *slot = None;
                     match connect(&target) {
-                        Ok(client) => *slot = Some(client),
+                        Ok(client) => {
+                            *slot = Some(Conn {
+                                client,
+                                statements: Default::default(),
+                            })
+                        }
                         Err(error) => {
                             result = Err(error);
                             break;
                         }
                     }
                 }
-                let client = slot.as_mut().expect("connected above");
-                result = work(client);
+                let conn = slot.as_mut().expect("connected above");
+                result = work(conn);
                 if result.is_ok() {
                     break;
                 }
@@ -496,6 +519,33 @@ pub struct PgTables {
     pool: Pool,
     lease: Arc<Lease>,
     next_lsn: Mutex<i64>,
+    cache: Mutex<Cache>,
+}
+
+/// Keys read or written lately, and their values (`None`: absent). Only the daemon holding the
+/// lease writes, so what it wrote last is what the database holds: a key's value is kept from
+/// the commit that wrote it (or the read that found it) on, and a read of it costs no round trip
+/// (a commit reads a few keys of its run before it writes). A read that raced a commit is not
+/// kept (`generation`). Emptied when it passes [`CACHE_BYTES`].
+#[derive(Default)]
+struct Cache {
+    entries: std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+    bytes: usize,
+    generation: u64,
+}
+
+const CACHE_BYTES: usize = 64 << 20;
+
+impl Cache {
+    fn put(&mut self, tree: Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let size = key.len() + value.as_ref().map_or(0, Vec::len) + 64;
+        if self.bytes + size > CACHE_BYTES {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.insert((tree.code(), key), value);
+    }
 }
 
 impl PgTables {
@@ -504,8 +554,9 @@ impl PgTables {
     pub fn open(lease: Arc<Lease>) -> Result<PgTables, Error> {
         let pool = Pool::start(&lease.target)?;
         let (holder, epoch) = (lease.holder.clone(), lease.epoch());
-        let last_lsn = pool.with(true, move |client| {
-            let row = client
+        let last_lsn = pool.with(true, move |conn| {
+            let row = conn
+                .client
                 .query_one(
                     "SELECT last_lsn, holder, epoch FROM runbook_lease WHERE id = 1",
                     &[],
@@ -522,19 +573,21 @@ impl PgTables {
             pool,
             lease,
             next_lsn: Mutex::new(last_lsn + 1),
+            cache: Mutex::default(),
         })
     }
 
     /// The lease as the database has it now.
     pub fn holder(&self) -> Result<LeaseView, Error> {
-        self.pool.with(false, lease_view)
+        self.pool.with(false, |conn| lease_view(&mut conn.client))
     }
 
     /// Whether the transaction numbered `lsn` was committed (after its COMMIT got no answer).
     fn settled(&self, lsn: i64) -> Result<bool, Error> {
         let epoch = self.lease.epoch();
-        self.pool.with(true, move |client| {
-            let row = client
+        self.pool.with(true, move |conn| {
+            let row = conn
+                .client
                 .query_one(
                     "SELECT last_lsn, epoch FROM runbook_lease WHERE id = 1",
                     &[],
@@ -556,16 +609,28 @@ fn fenced_error(holder: &str) -> Error {
 
 impl Tables for PgTables {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
-        let key = key.to_vec();
-        self.pool.with(false, move |client| {
-            Ok(client
-                .query_opt(
-                    "SELECT value FROM runbook_kv WHERE tree = $1 AND key = $2",
-                    &[&i16::from(tree.code()), &key],
-                )
+        let generation = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(value) = cache.entries.get(&(tree.code(), key.to_vec())) {
+                return Ok(value.clone());
+            }
+            cache.generation
+        };
+        let read = key.to_vec();
+        let value = self.pool.with(false, move |conn| {
+            let statement =
+                conn.statement("SELECT value FROM runbook_kv WHERE tree = $1 AND key = $2")?;
+            Ok(conn
+                .client
+                .query_opt(&statement, &[&i16::from(tree.code()), &read])
                 .map_err(pg_error)?
                 .map(|row| row.get(0)))
-        })
+        })?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.generation == generation {
+            cache.put(tree, key.to_vec(), value.clone());
+        }
+        Ok(value)
     }
 
     fn scan(&self, tree: Tree, from: Bound<&[u8]>, to: Bound<&[u8]>, reverse: bool) -> Scan<'_> {
@@ -586,12 +651,13 @@ impl Tables for PgTables {
             " ORDER BY key ASC"
         });
         let code = i16::from(tree.code());
-        let rows = self.pool.with(false, move |client| {
+        let rows = self.pool.with(false, move |conn| {
             let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&code];
             for key in &keys {
                 params.push(key);
             }
-            let rows = client.query(sql.as_str(), &params).map_err(pg_error)?;
+            let statement = conn.statement(&sql)?;
+            let rows = conn.client.query(&statement, &params).map_err(pg_error)?;
             Ok(rows
                 .into_iter()
                 .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
@@ -635,35 +701,35 @@ impl Tables for PgTables {
         let lsn = *next;
         let holder = self.lease.holder.clone();
         let epoch = self.lease.epoch();
-        let outcome = self.pool.with(true, move |client| {
-            let mut tx = client.transaction().map_err(pg_error)?;
+        let outcome = self.pool.with(true, move |conn| {
+            let fence = conn.statement(
+                "UPDATE runbook_lease SET last_lsn = $1 \
+                 WHERE id = 1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
+            )?;
+            let delete = conn.statement(
+                "DELETE FROM runbook_kv WHERE (tree, key) IN \
+                 (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
+            )?;
+            let insert = conn.statement(
+                "INSERT INTO runbook_kv (tree, key, value) \
+                 SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
+                 ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
+            )?;
+            let mut tx = conn.client.transaction().map_err(pg_error)?;
             let held = tx
-                .execute(
-                    "UPDATE runbook_lease SET last_lsn = $1 \
-                     WHERE id = 1 AND holder = $2 AND epoch = $3 AND expires_at > now()",
-                    &[&lsn, &holder, &epoch],
-                )
+                .execute(&fence, &[&lsn, &holder, &epoch])
                 .map_err(pg_error)?;
             if held == 0 {
                 let _ = tx.rollback();
                 return Ok(Some(false));
             }
             if !del_keys.is_empty() {
-                tx.execute(
-                    "DELETE FROM runbook_kv WHERE (tree, key) IN \
-                     (SELECT * FROM unnest($1::smallint[], $2::bytea[]))",
-                    &[&del_trees, &del_keys],
-                )
-                .map_err(pg_error)?;
+                tx.execute(&delete, &[&del_trees, &del_keys])
+                    .map_err(pg_error)?;
             }
             if !set_keys.is_empty() {
-                tx.execute(
-                    "INSERT INTO runbook_kv (tree, key, value) \
-                     SELECT * FROM unnest($1::smallint[], $2::bytea[], $3::bytea[]) \
-                     ON CONFLICT (tree, key) DO UPDATE SET value = excluded.value",
-                    &[&set_trees, &set_keys, &set_values],
-                )
-                .map_err(pg_error)?;
+                tx.execute(&insert, &[&set_trees, &set_keys, &set_values])
+                    .map_err(pg_error)?;
             }
             match tx.commit() {
                 Ok(()) => Ok(Some(true)),
@@ -697,6 +763,11 @@ impl Tables for PgTables {
             }
         }
         *next = lsn + 1;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache.generation += 1;
+        for op in ops {
+            cache.put(op.tree, op.key.clone(), op.value.clone());
+        }
         Ok(())
     }
 }

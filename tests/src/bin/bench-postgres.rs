@@ -1,10 +1,11 @@
-//! `bench-postgres`: the same workloads as `bench` on the embedded store and on the PostgreSQL
-//! store (a real server of this machine, started by the harness in a temporary directory), side
-//! by side in one run, and how long a standby takes to take over.
+//! `bench-postgres`: the same workloads as `bench` on the embedded store, on the PostgreSQL
+//! store (a real server of this machine, started by the harness in a temporary directory) and, with
+//! `--restate`, on Restate (`bench`'s Restate side: its server and a Node service), side by side
+//! in one run, and how long a standby takes to take over.
 //!
 //! ```text
 //! cargo build --release -p runbook-cli -p runbook-tests
-//! $CARGO_TARGET_DIR/release/bench-postgres [--rounds 3] [--runs 2000] [--failovers 3] [--out FILE.json]
+//! $CARGO_TARGET_DIR/release/bench-postgres [--rounds 3] [--runs 2000] [--failovers 3] [--restate] [--out FILE.json]
 //! ```
 //!
 //! Per round and store: latency (1 run of 200 `noop` steps: per-step p50 and p99 between durable
@@ -21,6 +22,8 @@ mod http;
 mod ours;
 #[path = "../bench/pool.rs"]
 mod pool;
+#[path = "../bench/restate.rs"]
+mod restate;
 #[path = "../bench/results.rs"]
 mod results;
 #[path = "../bench/sys.rs"]
@@ -44,6 +47,7 @@ fn main() -> Result<()> {
     let mut runs = 2000usize;
     let mut failovers = 3usize;
     let mut out: Option<PathBuf> = None;
+    let mut with_restate = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut number = |flag: &str| -> Result<usize> {
@@ -56,6 +60,7 @@ fn main() -> Result<()> {
             "--rounds" => rounds = number("--rounds")?.max(1),
             "--runs" => runs = number("--runs")?.max(1),
             "--failovers" => failovers = number("--failovers")?,
+            "--restate" => with_restate = true,
             "--out" => out = Some(PathBuf::from(args.next().context("--out needs a path")?)),
             other => bail!(
                 "unknown argument {other:?}: [--rounds N] [--runs N] [--failovers N] [--out FILE]"
@@ -73,10 +78,14 @@ fn main() -> Result<()> {
         std::fs::write(&url_file, pg.create_database()?)?;
         url_files.push(url_file.display().to_string());
     }
+    let install = match with_restate {
+        true => Some(restate::Install::prepare()?),
+        false => None,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let result = runtime.block_on(run(rounds, runs, failovers, &url_files, out));
+    let result = runtime.block_on(run(rounds, runs, failovers, &url_files, install, out));
     pg.stop()?;
     result
 }
@@ -113,16 +122,34 @@ fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
+async fn restate_round(install: &restate::Install, runs: usize) -> Result<Round> {
+    let mut server = restate::Restate::new(install)?;
+    server.start().await?;
+    server.start_service().await?;
+    restate::latency(&server, 20, Step::Noop).await?;
+    let latency = restate::latency(&server, LATENCY_STEPS, Step::Noop).await?;
+    let throughput =
+        restate::throughput(&server, runs, STEPS_PER_RUN, IN_FLIGHT, Step::Noop).await?;
+    server.kill9();
+    Ok(Round {
+        p50: latency.per_step.pct(0.5),
+        p99: latency.per_step.pct(0.99),
+        steps_per_s: throughput.steps_per_s,
+    })
+}
+
 async fn run(
     rounds: usize,
     runs: usize,
     failovers: usize,
     url_files: &[String],
+    install: Option<restate::Install>,
     out: Option<PathBuf>,
 ) -> Result<()> {
     let binary = ours::binary()?;
     let mut embedded = Vec::new();
     let mut postgres = Vec::new();
+    let mut restates = Vec::new();
     for (index, url_file) in url_files.iter().take(rounds).enumerate() {
         // Alternate which store goes first.
         for store in if index % 2 == 0 {
@@ -137,6 +164,10 @@ async fn run(
                 eprintln!("round {} on the embedded store", index + 1);
                 embedded.push(round(&binary, None, runs).await?);
             }
+        }
+        if let Some(install) = &install {
+            eprintln!("round {} on Restate", index + 1);
+            restates.push(restate_round(install, runs).await?);
         }
     }
     let mut takeovers = Vec::new();
@@ -181,21 +212,35 @@ async fn run(
     };
     let row = |name: &str, pick: fn(&Round) -> f64, digits: usize| {
         let (ours, pg) = (figure(&embedded, pick), figure(&postgres, pick));
+        let (theirs, ratio) = match restates.is_empty() {
+            true => ("—".to_owned(), "—".to_owned()),
+            false => {
+                let theirs = figure(&restates, pick);
+                (format!("{theirs:.digits$}"), format!("{:.2}", pg / theirs))
+            }
+        };
         println!(
-            "| {name:<58} | {ours:>9.digits$} | {pg:>10.digits$} | {:>6.2} |",
+            "| {name:<64} | {ours:>9.digits$} | {pg:>10.digits$} | {theirs:>8} | {:>8.2} | {ratio:>12} |",
             pg / ours
         );
     };
     println!(
-        "| {:<58} | {:>9} | {:>10} | {:>6} |",
-        "metric (median of rounds)", "embedded", "PostgreSQL", "PG ÷ embedded"
+        "| {:<64} | {:>9} | {:>10} | {:>8} | {:>8} | {:>12} |",
+        "metric (median of rounds)",
+        "embedded",
+        "PostgreSQL",
+        "Restate",
+        "PG ÷ emb",
+        "PG ÷ Restate"
     );
     println!(
-        "|{}|{}|{}|{}|",
-        "-".repeat(60),
+        "|{}|{}|{}|{}|{}|{}|",
+        "-".repeat(66),
         "-".repeat(11),
         "-".repeat(12),
-        "-".repeat(8)
+        "-".repeat(10),
+        "-".repeat(10),
+        "-".repeat(14)
     );
     row(
         &format!("latency: 1 run × {LATENCY_STEPS} noop steps, per step p50 (ms)"),
@@ -220,6 +265,7 @@ async fn run(
         "rounds": rounds,
         "runs": runs,
         "embedded": embedded.iter().map(|r| json!({"p50_ms": r.p50, "p99_ms": r.p99, "steps_per_s": r.steps_per_s})).collect::<Vec<_>>(),
+        "restate": restates.iter().map(|r| json!({"p50_ms": r.p50, "p99_ms": r.p99, "steps_per_s": r.steps_per_s})).collect::<Vec<_>>(),
         "postgres": postgres.iter().map(|r| json!({"p50_ms": r.p50, "p99_ms": r.p99, "steps_per_s": r.steps_per_s})).collect::<Vec<_>>(),
         "failover_seconds": takeovers,
         "lease_ttl_s": LEASE_TTL_S,

@@ -24,10 +24,11 @@ const BATCH: usize = 512;
 
 impl<T: Tables> Journal<T> {
     /// Writes every record of this journal into `target`, which must be empty, then reads each
-    /// one back from it and compares the bytes. An archived run's records go back into their
+    /// one back through `check` (the same store opened again: no cache of `target` answers) and
+    /// compares the bytes. An archived run's records go back into their
     /// trees and its listing line loses its pointer, so the target reads it without an archive.
     /// The archive's own bookkeeping (segment counts) is not copied.
-    pub fn copy_into(&self, target: &dyn Tables) -> Result<CopyReport, Error> {
+    pub fn copy_into(&self, target: &dyn Tables, check: &dyn Tables) -> Result<CopyReport, Error> {
         for tree in Tree::ALL {
             if let Some(entry) = target
                 .scan(tree, Bound::Unbounded, Bound::Unbounded, false)
@@ -101,7 +102,7 @@ impl<T: Tables> Journal<T> {
         flush(&mut batch, true)?;
         // Read back: every record, byte for byte (by digest), and nothing else.
         for (tree, key, sum) in &written {
-            let found = target.get(*tree, key)?;
+            let found = check.get(*tree, key)?;
             if found.as_deref().map(digest::of).as_ref() != Some(sum) {
                 return Err(Error::Corrupt {
                     key: format!("{}/{}", tree.name(), String::from_utf8_lossy(key)),
@@ -111,7 +112,7 @@ impl<T: Tables> Journal<T> {
         }
         let mut in_target = 0u64;
         for tree in Tree::ALL {
-            for entry in target.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
+            for entry in check.scan(tree, Bound::Unbounded, Bound::Unbounded, false) {
                 entry?;
                 in_target += 1;
             }
