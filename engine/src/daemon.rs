@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! <data-dir>/daemon.lock     flock'ed by the running daemon; holds its pid
+//! <data-dir>/daemon-id       this daemon's random id (a store's lease and its calls name it)
 //! <data-dir>/runbook.sock    the API (mode 0600)
 //! <data-dir>/store/          the journal (sled; with `--store postgres`, the journal is in the database)
 //! <data-dir>/runs/<id>/      step logs and per-call state
@@ -267,11 +268,31 @@ pub async fn run(
 }
 
 /// `<host name>:<data dir>`: which daemon this is, for the store's lease and the calls it starts.
+/// The id is random, made once per data dir (`<data-dir>/daemon-id`): two hosts that share a
+/// host name and a data dir path (containers) are still two daemons, and a restart on the same
+/// data dir (whose lock proves the earlier process gone) is the same one.
 fn daemon_identity(data_dir: &Path) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    format!("{host}:{}", data_dir.display())
+    let id_file = data_dir.join("daemon-id");
+    let valid = |id: &str| id.len() == 8 && id.chars().all(|c| c.is_ascii_hexdigit());
+    let id = match std::fs::read_to_string(&id_file) {
+        Ok(id) if valid(id.trim()) => id.trim().to_owned(),
+        _ => {
+            let mut bytes = [0u8; 4];
+            if let Err(error) = getrandom::getrandom(&mut bytes) {
+                tracing::warn!(%error, "no random daemon id; using the pid");
+                bytes = std::process::id().to_be_bytes();
+            }
+            let id = hex::encode(bytes);
+            if let Err(error) = std::fs::write(&id_file, &id) {
+                tracing::warn!(%error, file = %id_file.display(), "cannot keep the daemon id: a restart will wait out its own lease");
+            }
+            id
+        }
+    };
+    format!("{host}#{id}:{}", data_dir.display())
 }
 
 /// Waits for the PostgreSQL store's lease (a standby waits here), then opens the journal in it.

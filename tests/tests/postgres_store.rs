@@ -685,3 +685,57 @@ with = { command = "echo a >> {{ params.n }}" }
     pg.stop()?;
     Ok(())
 }
+
+/// A database whose schema a newer release wrote is refused at start, naming both versions,
+/// and nothing in it is changed.
+#[test]
+fn a_newer_schema_is_refused() -> Result<()> {
+    let mut pg = PgServer::start()?;
+    let url = pg.create_database()?;
+    let shared = Shared::new(&url, &[])?;
+    let mut first = shared.daemon()?;
+    first.restart()?;
+    first.terminate()?;
+    let mut client = pg.client(database_of(&url))?;
+    client.execute("UPDATE runbook_schema SET version = 99", &[])?;
+    let lease_before = lease(&pg, database_of(&url))?;
+    let mut daemon = shared.daemon()?;
+    let refused = daemon
+        .restart()
+        .err()
+        .context("a daemon started on a newer schema")?;
+    ensure!(
+        format!("{refused:#}").contains("format 99, newer than this build understands (1)"),
+        "{refused:#}"
+    );
+    ensure!(
+        lease(&pg, database_of(&url))? == lease_before,
+        "the lease changed"
+    );
+    pg.stop()?;
+    Ok(())
+}
+
+/// A connection string on the command line (readable by every local user in the process list)
+/// is refused without being echoed; so is an unknown store.
+#[test]
+fn the_connection_string_never_comes_from_the_command_line() -> Result<()> {
+    let data_dir = tempfile::Builder::new().prefix("runbook-test-").tempdir()?;
+    for store in [
+        "postgres://runbook:s3cret@db.example/runbook",
+        "host=db.example password=s3cret",
+    ] {
+        let output = std::process::Command::new(runbook_tests::binary())
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["daemon", "--store", store])
+            .output()?;
+        let said = String::from_utf8_lossy(&output.stderr);
+        ensure!(!output.status.success(), "{store}: the daemon started");
+        ensure!(
+            said.contains("--store") && !said.contains("s3cret"),
+            "{store}: {said}"
+        );
+    }
+    Ok(())
+}

@@ -160,7 +160,8 @@ fn postgres(args: &Args) -> Result<Option<runbook_engine::daemon::Postgres>> {
         other if other.starts_with("postgres://") || other.starts_with("postgresql://") => bail!(
             "--store: give `postgres` and the connection string in RUNBOOK_POSTGRES_URL or --postgres-url-file: on the command line every local user could read it"
         ),
-        other => bail!("--store {other:?}: `embedded` or `postgres`"),
+        // (Not echoed: it might be a connection string with a password.)
+        _ => bail!("--store: `embedded` or `postgres`"),
     };
     let lease_ttl = runbook_engine::duration::parse(&args.lease_ttl)
         .map_err(|error| anyhow!("--lease-ttl {}: {error}", args.lease_ttl))?;

@@ -287,7 +287,7 @@ static COMMAND_UMASK: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU3
 
 static DAEMON_IDENTITY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
-/// Names this daemon (`<host>:<data dir>`) in the note of each call it starts, so that a daemon
+/// Names this daemon (`<host>#<id>:<data dir>`) in the note of each call it starts, so that a daemon
 /// that takes over a shared store knows a call it cannot re-attach to (its supervisor is on
 /// another host, its status in another data dir).
 pub fn set_daemon_identity(identity: String) {

@@ -45,16 +45,7 @@ impl<T: Tables> Journal<T> {
                 });
             }
         }
-        let mut report = CopyReport::default();
-        let mut batch: Vec<Op> = Vec::new();
-        let mut written: Vec<(Tree, Vec<u8>, digest::Sum)> = Vec::new();
-        let flush = |batch: &mut Vec<Op>, force: bool| -> Result<(), Error> {
-            if batch.len() >= BATCH || (force && !batch.is_empty()) {
-                target.write(batch)?;
-                batch.clear();
-            }
-            Ok(())
-        };
+        let mut copying = Copying::default();
         for tree in Tree::ALL {
             for entry in self
                 .tables
@@ -65,41 +56,35 @@ impl<T: Tables> Journal<T> {
                     continue;
                 }
                 if tree == Tree::Listings {
-                    report.runs += 1;
+                    copying.report.runs += 1;
                     let run_id = uuid::Uuid::from_slice(&key).map_err(|_| Error::Corrupt {
                         key: format!("listings/{}", String::from_utf8_lossy(&key)),
                         reason: "not a run id".to_owned(),
                     })?;
                     if let Some(records) = self.archived(run_id)? {
                         for (tree, key, value) in records {
-                            written.push((tree, key.clone(), digest::of(&value)));
-                            report.bytes += value.len() as u64;
-                            *report.records.entry(tree.name()).or_default() += 1;
-                            batch.push(Op {
-                                tree,
-                                key,
-                                value: Some(value),
-                            });
+                            copying.push(tree, key, value);
                         }
                         let mut listing: Listing =
                             decode_value(&|| format!("listings/{run_id}"), &value)?;
                         listing.archived = None;
                         value = encode_value(&listing)?;
-                        report.unarchived_runs += 1;
+                        copying.report.unarchived_runs += 1;
                     }
                 }
-                written.push((tree, key.clone(), digest::of(&value)));
-                report.bytes += value.len() as u64;
-                *report.records.entry(tree.name()).or_default() += 1;
-                batch.push(Op {
-                    tree,
-                    key,
-                    value: Some(value),
-                });
-                flush(&mut batch, false)?;
+                copying.push(tree, key, value);
+                if copying.batch.len() >= BATCH {
+                    target.write(&copying.batch)?;
+                    copying.batch.clear();
+                }
             }
         }
-        flush(&mut batch, true)?;
+        if !copying.batch.is_empty() {
+            target.write(&copying.batch)?;
+        }
+        let Copying {
+            written, report, ..
+        } = copying;
         // Read back: every record, byte for byte (by digest), and nothing else.
         for (tree, key, sum) in &written {
             let found = check.get(*tree, key)?;
@@ -127,6 +112,27 @@ impl<T: Tables> Journal<T> {
             });
         }
         Ok(report)
+    }
+}
+
+/// What is being written, and what is to be read back.
+#[derive(Default)]
+struct Copying {
+    batch: Vec<Op>,
+    written: Vec<(Tree, Vec<u8>, digest::Sum)>,
+    report: CopyReport,
+}
+
+impl Copying {
+    fn push(&mut self, tree: Tree, key: Vec<u8>, value: Vec<u8>) {
+        self.written.push((tree, key.clone(), digest::of(&value)));
+        self.report.bytes += value.len() as u64;
+        *self.report.records.entry(tree.name()).or_default() += 1;
+        self.batch.push(Op {
+            tree,
+            key,
+            value: Some(value),
+        });
     }
 }
 
