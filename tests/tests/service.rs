@@ -64,7 +64,10 @@ fn health_readiness_version_and_metrics() -> Result<()> {
         String::from_utf8_lossy(&shown.stderr)
     );
     let expected = format!("{} (journal format 1)", env!("CARGO_PKG_VERSION"));
-    assert_eq!(text, format!("client  {expected}\ndaemon  {expected}\n"));
+    assert_eq!(
+        text,
+        format!("client  {expected}\ndaemon  {expected}\nstore   embedded\n")
+    );
     let json = daemon.json(&["version"])?;
     assert_eq!(
         json["daemon"]["version"],
