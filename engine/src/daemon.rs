@@ -112,6 +112,7 @@ pub async fn run(
     let _lock = lock_data_dir(&data_dir)?;
 
     crate::action::set_daemon_identity(daemon_identity(&data_dir));
+    crate::action::keep_spare_supervisor(&data_dir);
     let (writer, lease) = match &config.postgres {
         None => {
             let store_dir = data_dir.join("store");

@@ -589,19 +589,31 @@ impl Daemon {
         }
     }
 
-    /// The live (not zombie) `runbook shim` processes working for this data dir.
+    /// The live (not zombie) `runbook shim` processes supervising a command for this data dir:
+    /// `shim <call dir>`, or `shim - <dir>` with a command in its session (a spare the daemon
+    /// keeps for its next call has none, and exits with the daemon).
     pub fn shims(&self) -> Vec<Proc> {
         let data_dir = self.data_dir.display().to_string();
-        processes()
-            .into_iter()
+        let all = processes();
+        let supervises = |shim: &Proc| {
+            all.iter()
+                .any(|process| process.session == shim.pid && process.pid != shim.pid)
+        };
+        all.iter()
             .filter(|process| !process.is_zombie())
             .filter(|process| process.cmdline.get(1).is_some_and(|verb| verb == "shim"))
-            .filter(|process| {
-                process
-                    .cmdline
-                    .get(2)
-                    .is_some_and(|dir| dir.starts_with(&data_dir))
+            .filter(|process| match process.cmdline.get(2).map(String::as_str) {
+                Some("-") => {
+                    process
+                        .cmdline
+                        .get(3)
+                        .is_some_and(|dir| dir.starts_with(&data_dir))
+                        && supervises(process)
+                }
+                Some(dir) => dir.starts_with(&data_dir),
+                None => false,
             })
+            .cloned()
             .collect()
     }
 

@@ -1,14 +1,14 @@
 //! Which binary supervises an `exec` command: `runbook-shim` when it sits beside the daemon's
 //! executable (it links only the supervisor, so it starts several times faster than the full
 //! `runbook`), else the daemon's own binary as `runbook shim`. Either way the supervisor's
-//! command line after the program is `shim <call dir>`.
+//! command line after the program is `shim - <dir>`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use runbook_tests::{binary, step_of, Daemon};
+use runbook_tests::{binary, processes, step_of, Daemon, Proc};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -55,11 +55,21 @@ fn the_daemon_supervises_commands_with_runbook_shim_beside_it() -> Result<()> {
     let shown = daemon.wait_state(&run, "succeeded", LONG)?;
     let (exe, argv) = supervisor_of(&shown)?;
     assert_eq!(exe, real(&small)?, "the supervisor's executable");
-    let call_dir = daemon
-        .call_dirs(&run)?
-        .pop()
-        .ok_or_else(|| anyhow!("no call dir"))?;
-    assert_eq!(argv, ["shim".to_owned(), call_dir.display().to_string()]);
+    // Started ahead of its call, for this daemon's data dir (or, when no spare was waiting,
+    // for the call's run).
+    let data_dir = daemon.data_dir.display().to_string();
+    let run_dir = daemon
+        .data_dir
+        .join("runs")
+        .join(&run)
+        .display()
+        .to_string();
+    assert!(
+        argv.len() == 3
+            && argv[..2] == ["shim", "-"]
+            && (argv[2] == data_dir || argv[2] == run_dir),
+        "{argv:?}"
+    );
     Ok(())
 }
 
@@ -178,5 +188,92 @@ fn without_runbook_shim_beside_it_the_daemon_supervises_with_itself() -> Result<
     let (exe, argv) = supervisor_of(&shown)?;
     assert_eq!(exe, real(&alone)?, "the supervisor's executable");
     assert_eq!(argv.first().map(String::as_str), Some("shim"), "{argv:?}");
+    Ok(())
+}
+
+/// Steps whose commands print their supervisor's command line, one line each.
+const SUPERVISORS: &str = r#"
+name = "supervisors"
+[[steps]]
+id = "s1"
+action = "exec"
+with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
+[[steps]]
+id = "s2"
+action = "exec"
+with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
+[[steps]]
+id = "s3"
+action = "exec"
+with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
+[[steps]]
+id = "s4"
+action = "exec"
+with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
+"#;
+
+/// Polls `done` until it holds; the error names `what`.
+fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// The spare supervisors of a daemon: `shim - <its data dir>`, waiting for a call.
+fn spares(daemon: &Daemon) -> Vec<Proc> {
+    let data_dir = daemon.data_dir.display().to_string();
+    processes()
+        .into_iter()
+        .filter(|process| !process.is_zombie())
+        .filter(|process| {
+            process.cmdline.get(1..).is_some_and(|argv| {
+                argv == [String::from("shim"), String::from("-"), data_dir.clone()]
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn a_spare_supervisor_serves_the_next_call_and_never_outlives_its_daemon() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let file = daemon.write_file("supervisors.toml", SUPERVISORS)?;
+    let run = daemon.start_run(&file, &[])?;
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    let data_dir = daemon.data_dir.display().to_string();
+    let ahead = ["s2", "s3", "s4"]
+        .iter()
+        .filter_map(|step| step_of(&shown, step))
+        .filter_map(|step| step["output"]["stdout"].as_str().map(str::to_owned))
+        .filter(|argv| argv.ends_with(&format!(" shim - {data_dir} ")))
+        .count();
+    assert!(
+        ahead >= 1,
+        "no step after the first ran under the spare started for it: {shown}"
+    );
+
+    // One spare waits now; killed while it waits, the next call starts a shim of its own.
+    eventually("a spare to wait", LONG, || spares(&daemon).len() == 1)?;
+    for spare in spares(&daemon) {
+        // SAFETY: kill(2) of a process this test's daemon started.
+        unsafe { libc::kill(spare.pid, libc::SIGKILL) };
+    }
+    let again = daemon.start_run(&file, &[])?;
+    let shown = daemon.wait_state(&again, "succeeded", LONG)?;
+    assert_eq!(
+        step_of(&shown, "s1").map(|step| step["attempts"].clone()),
+        Some(Value::from(1))
+    );
+
+    // The daemon killed, its spare exits: it had no call, so nothing ran and nothing is left.
+    eventually("a spare to wait", LONG, || spares(&daemon).len() == 1)?;
+    daemon.kill9();
+    eventually("the spare to exit with its daemon", LONG, || {
+        spares(&daemon).is_empty()
+    })?;
     Ok(())
 }

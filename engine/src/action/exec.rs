@@ -61,27 +61,31 @@
 //! no terminal, so a remote command that writes nothing may outlive it. Give long remote
 //! commands their own limit (`timeout 600 ...`).
 //!
-//! The shim is started as `<program> shim <call dir>`. The program is `runbook-shim`
+//! The shim is started as `<program> shim - <data dir>`, ahead of the call it will serve (one
+//! spare waits while the daemon runs, see `exec/spare.rs`), and learns its call dir from its
+//! stdin (a call that finds no spare starts `<program> shim - <run dir>`).
+//! The program is `runbook-shim`
 //! ([`SHIM_BINARY`]: the shim alone, which starts several times faster than the full binary)
 //! when it is an executable file beside the daemon's own executable, else the daemon's own
 //! binary, which must then offer the `shim` subcommand (the `runbook` binary does). Re-attaching
 //! needs neither: a shim is known by its journaled pid, start time and boot id.
 
 mod outcome;
+mod spare;
 mod spec;
 mod ssh;
 
 use outcome::*;
+pub use spare::enable as keep_spare_supervisor;
 pub use spec::would_run;
 pub(crate) use spec::{spec, ExecSpec};
 
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use self::ssh::{parse_host, remote_command, ssh_argv, KnownHosts, SshOptions};
 use super::shim::{self, Outcome, ProcStat, ProcessIdentity, Status};
@@ -164,6 +168,7 @@ impl Action for Exec {
                         Shim {
                             identity,
                             child: None,
+                            _following: None,
                         },
                         &spec,
                         &context,
@@ -193,52 +198,8 @@ impl Action for Exec {
 
 async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let spec = spec(&input)?;
-    let (mut child, message) = start_shim(&spec, &context)?;
-    let identity = match child
-        .id()
-        .and_then(|pid| i32::try_from(pid).ok())
-        .map(ProcessIdentity::of)
-    {
-        Some(Ok(identity)) => identity,
-        other => {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            let error = match other {
-                Some(Err(error)) => error,
-                _ => "it has no pid".to_owned(),
-            };
-            return Err(ActionFailure::retryable(format!(
-                "cannot identify the command's supervisor: {error}; the command was not started"
-            )));
-        }
-    };
-    // The spec goes down the pipe the go will follow (no file to create per step).
-    let mut go = child.stdin.take();
-    let sent = match go.as_mut() {
-        Some(pipe) => pipe.write_all(&message).await,
-        None => Err(std::io::Error::other("the supervisor has no stdin")),
-    };
-    if let Err(error) = sent {
-        // The shim closed its end: it refused the call dir (its status says why) or it died.
-        drop(go);
-        if tokio::time::timeout(SHIM_PATIENCE, child.wait())
-            .await
-            .is_err()
-        {
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-        }
-        let why = match shim::read_status(&context.state_dir) {
-            Ok(Some(status)) => describe(&status.outcome),
-            _ => format!(
-                "cannot hand the command to its supervisor (pid {}): {error}",
-                identity.pid
-            ),
-        };
-        return Err(ActionFailure::retryable(format!(
-            "{why}; the command was not started"
-        )));
-    }
+    let message = prepare_call(&spec, &context)?;
+    let (mut child, identity, mut go) = hand_over(&message, &context).await?;
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that
     // dies before the go closes the pipe, and the shim then exits without running anything.
     let journaled = context
@@ -264,16 +225,17 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
             "the daemon was shutting down; the command was not started",
         ));
     }
-    if let Some(mut go) = go {
-        // A shim that cannot be released has died; `follow` reports that.
-        if let Err(error) = go.write_all(&[shim::GO]).await {
-            tracing::warn!(run = %context.run_id, step = %context.step, %error, "cannot release the command's supervisor");
-        }
+    // A shim that cannot be released has died; `follow` reports that.
+    if let Err(error) = go.write_all(&[shim::GO]).await {
+        tracing::warn!(run = %context.run_id, step = %context.step, %error, "cannot release the command's supervisor");
     }
+    // The next call's shim starts while this one's command runs, off every step's path.
+    spare::refill(&context.draining);
     follow(
         Shim {
             identity,
             child: Some(child),
+            _following: Some(go),
         },
         &spec,
         &context,
@@ -303,17 +265,13 @@ pub fn set_command_umask(umask: u32) {
     COMMAND_UMASK.store(umask, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Creates the call dir and starts the shim (which starts a session of its own); the bytes to
-/// send it before the go (its spec).
-fn start_shim(
-    spec: &ExecSpec,
-    context: &ActionContext,
-) -> Result<(tokio::process::Child, Vec<u8>), ActionFailure> {
+/// Creates the call dir; the bytes that hand the call to a shim before the go (the call dir,
+/// the run's shim log, the spec).
+fn prepare_call(spec: &ExecSpec, context: &ActionContext) -> Result<Vec<u8>, ActionFailure> {
     let dir = &context.state_dir;
-    let not_started =
-        |what: String| ActionFailure::retryable(format!("{what}; the command was not started"));
-    // The status the shim will leave must survive a power cut: so must the entries of the
-    // directories created for it, which a sync of each one's parent makes durable.
+    // The status a shim leaves while no daemon follows it must survive a power cut: so must
+    // the entries of the directories created for it, which a sync of each one's parent makes
+    // durable.
     let created: Vec<&Path> = dir
         .ancestors()
         .take_while(|directory| !directory.exists())
@@ -324,11 +282,28 @@ fn start_shim(
             dir.display()
         ))
     })?;
-    for parent in created.iter().filter_map(|directory| directory.parent()) {
+    // The call dir's own entry is synced by the shim when it must (see `shim::run`): while
+    // the daemon follows the call, it journals the end itself.
+    for parent in created
+        .iter()
+        .filter(|directory| *directory != dir)
+        .filter_map(|directory| directory.parent())
+    {
         if let Err(error) = std::fs::File::open(parent).and_then(|directory| directory.sync_all()) {
             tracing::warn!(dir = %parent.display(), %error, "cannot fsync a directory of the call dir");
         }
     }
+    // The run's shims share one log of their own complaints, in the run dir: the call dir is
+    // `<run dir>/calls/<call>` (`runtime::calls::call_dir`).
+    let call = shim::Call {
+        format: shim::FORMAT,
+        call_dir: dir.clone(),
+        shim_log: dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(dir)
+            .join(shim::SHIM_LOG_FILE),
+    };
     let shim_spec = shim::Spec {
         format: shim::FORMAT,
         umask: Some(COMMAND_UMASK.load(std::sync::atomic::Ordering::Relaxed)),
@@ -338,39 +313,79 @@ fn start_shim(
         log: context.log.path().to_owned(),
         grace_ms: u64::try_from(spec.grace.as_millis()).unwrap_or(u64::MAX),
     };
-    let message = shim::spec_message(&shim_spec).map_err(not_started)?;
-    let program = shim_program().map_err(not_started)?;
-    // The run's shims share one log of their own complaints (created once per run), in the run
-    // dir: the call dir is `<run dir>/calls/<call>` (`runtime::calls::call_dir`).
-    let shim_log_path = dir
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(dir)
-        .join(shim::SHIM_LOG_FILE);
-    let shim_log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&shim_log_path)
-        .map_err(|error| {
-            not_started(format!("cannot open {}: {error}", shim_log_path.display()))
-        })?;
-    // No code runs between fork and exec (the shim starts its own session first thing), so
-    // the spawn is a `posix_spawn`: no copy of the daemon's page tables per step.
-    let mut command = tokio::process::Command::new(&program);
-    command
-        .arg("shim")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(shim_log));
-    let child = command.spawn().map_err(|error| {
-        not_started(format!(
-            "cannot start the supervisor `{} shim`: {error}",
-            program.display()
-        ))
-    })?;
-    Ok((child, message))
+    let mut message = shim::call_message(&call).map_err(not_started)?;
+    message.extend(shim::spec_message(&shim_spec).map_err(not_started)?);
+    Ok(message)
+}
+
+fn not_started(what: String) -> ActionFailure {
+    ActionFailure::retryable(format!("{what}; the command was not started"))
+}
+
+/// Hands the call to a shim: the one started ahead for it if there is one, else a new one. The
+/// shim, its identity, and the pipe the go goes down.
+async fn hand_over(
+    message: &[u8],
+    context: &ActionContext,
+) -> Result<
+    (
+        tokio::process::Child,
+        ProcessIdentity,
+        tokio::process::ChildStdin,
+    ),
+    ActionFailure,
+> {
+    if let Some(spare::Spare {
+        mut child,
+        identity,
+    }) = spare::take()
+    {
+        if let Some(mut pipe) = child.stdin.take() {
+            if pipe.write_all(message).await.is_ok() {
+                return Ok((child, identity, pipe));
+            }
+        }
+        // It died while it waited (someone killed it): it had no call, so nothing ran.
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    // For the call's run (its dir holds the call dir and the run's shim log).
+    let run_dir = context
+        .state_dir
+        .ancestors()
+        .nth(2)
+        .unwrap_or(&context.state_dir);
+    let (mut child, identity) = spare::spawn(run_dir).map_err(not_started)?;
+    let sent = match child.stdin.as_mut() {
+        Some(pipe) => pipe.write_all(message).await,
+        None => Err(std::io::Error::other("the supervisor has no stdin")),
+    };
+    match (sent, child.stdin.take()) {
+        (Ok(()), Some(pipe)) => Ok((child, identity, pipe)),
+        (sent, pipe) => {
+            // The shim closed its end: it refused the call dir (its status says why) or died.
+            drop(pipe);
+            if tokio::time::timeout(SHIM_PATIENCE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+            let error = sent.err().map_or_else(
+                || "the supervisor has no stdin".to_owned(),
+                |error| error.to_string(),
+            );
+            let why = match shim::read_status(&context.state_dir) {
+                Ok(Some(status)) => describe(&status.outcome),
+                _ => format!(
+                    "cannot hand the command to its supervisor (pid {}): {error}",
+                    identity.pid
+                ),
+            };
+            Err(not_started(why))
+        }
+    }
 }
 
 /// The binary to run as `<program> shim <call dir>`, for this daemon.
@@ -412,12 +427,23 @@ struct Shim {
     identity: ProcessIdentity,
     /// Set when this daemon started it: it must also reap it.
     child: Option<tokio::process::Child>,
+    /// The shim's stdin, held open while this daemon follows the call (the shim then leaves
+    /// the journaling of the end to it, see `shim::run`).
+    _following: Option<tokio::process::ChildStdin>,
 }
 
 impl Shim {
-    /// Resolves once the shim has ended.
+    /// Resolves once the shim has recorded the command's end ([`shim::ENDED`] on its stdout)
+    /// or has ended.
     async fn exited(&mut self) {
         if let Some(child) = &mut self.child {
+            if let Some(ended) = &mut child.stdout {
+                // The byte, or EOF: the shim exited (and may have recorded nothing).
+                let mut byte = [0u8; 1];
+                let _ = ended.read(&mut byte).await;
+                child.stdout = None;
+                return;
+            }
             if child.wait().await.is_ok() {
                 return;
             }

@@ -22,7 +22,9 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-pub use self::exec::{set_command_umask, set_daemon_identity, ssh_command, would_run, Exec};
+pub use self::exec::{
+    keep_spare_supervisor, set_command_umask, set_daemon_identity, ssh_command, would_run, Exec,
+};
 pub use self::log::LogSink;
 pub use self::schema::Schema;
 pub use crate::machine::ActionFailure;

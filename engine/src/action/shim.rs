@@ -1,10 +1,12 @@
 //! `runbook shim`: the supervisor of one `exec` command, in a process of its own.
 //!
-//! The daemon starts `runbook-shim shim <call dir>` (or `runbook shim <call dir>`: which binary,
-//! see [`super::exec`]), which starts a session of its own first thing, so that the daemon's death
-//! (`kill -9`, a crash, a restart for an upgrade) does not take it down; sends it the [`Spec`] on
-//! its stdin; journals the shim's pid, start time and boot id; and only then releases it (one
-//! byte, [`GO`], on the same pipe).
+//! The daemon starts `runbook-shim shim -` (or `runbook shim -`: which binary, see
+//! [`super::exec`]) ahead of the call it will serve (a spare, see `exec/spare.rs`); the shim
+//! starts a session of its own first thing, so that the daemon's death (`kill -9`, a crash, a
+//! restart for an upgrade) does not take it down. For a call, the daemon sends it the call dir
+//! ([`Call`]) and the [`Spec`] on its stdin; journals the shim's pid, start time and boot id; and
+//! only then releases it (one byte, [`GO`], on the same pipe). A shim started as
+//! `shim <call dir>` (by an older daemon) gets only the spec.
 //! The shim starts the command in its own process group, streams its stdout and stderr into the
 //! step log (capped, see [`LogSink`]), and when the command ends writes how it ended into the
 //! call dir. [`run`] is the whole process; it needs no async runtime, and between events it
@@ -18,7 +20,8 @@
 //! `<data>/runs/<run>/calls/<call>/`, the same path after a daemon restart:
 //!
 //! - `child.json` — the command's pid (which is also its process group id) and start time
-//!   ([`ProcessIdentity`]); written by the shim once the command runs.
+//!   ([`ProcessIdentity`]); written by the shim once the command has run for
+//!   [`RECORD_CHILD_AFTER`], or when it is to be stopped.
 //! - `stdout` — the first MiB of the command's stdout (for `parse`); complete before `status.json`;
 //!   absent if the command wrote nothing to stdout.
 //! - `status.json` — how the command ended ([`Status`]).
@@ -32,23 +35,32 @@
 //!
 //! # Contract
 //!
-//! - The daemon's pipe carries [`SPEC`], the spec's length (4 bytes, big-endian, at most
+//! - The daemon's pipe carries, for a shim started ahead, [`CALL`], the call's length and its
+//!   JSON (`shim/ahead.rs`); then [`SPEC`], the spec's length (4 bytes, big-endian, at most
 //!   [`MAX_SPEC_BYTES`]) and its JSON, then later [`GO`]. The command never starts before the
 //!   daemon sent [`GO`], and the daemon sends it only once the journal holds the shim's
-//!   identity. EOF instead (the daemon died first) → the shim records `not_started` and exits
-//!   without running anything. A bare [`GO`] with no spec before it comes from an older daemon:
-//!   the spec is then `spec.json`, read the way nobody else can have planted it.
+//!   identity. EOF instead (the daemon died first) → the shim records `not_started` (if it had
+//!   its call dir) and exits without running anything. A bare [`GO`] with no spec before it
+//!   comes from an older daemon: the spec is then `spec.json`, read the way nobody else can
+//!   have planted it.
+//! - After the go the daemon keeps the pipe open for as long as it follows the call. That is
+//!   how the shim knows whether the daemon will journal the command's end itself.
 //! - Every file is written atomically (a temporary file, then a rename): a reader sees all of
-//!   it or nothing. `stdout` and `status.json` are also durable (fsync of the file, then of the
-//!   directory; the daemon syncs the call dir's own entries when it creates it): a command's
-//!   end survives a power cut. `child.json` is not synced: it is read only by the shim and
-//!   daemon of the same boot (a killed process leaves the page cache whole), and a power cut
-//!   ends every process it names — the journaled boot id says so, and the outcome is then what
-//!   `status.json` says, or unknown. (Its sync was a journal commit of the file system, on
-//!   every step's path.)
+//!   it or nothing. `stdout` and `status.json` are durable (fsync of each file, of the call dir
+//!   and of the call dir's entry in `calls/`) when the shim finds the pipe closed at the end:
+//!   no daemon follows the call, and a command that ended while the daemon was down survives a
+//!   power cut before it comes back. While the daemon follows, they are only written, since
+//!   the daemon journals the result a moment later (one commit, which a power cut in between
+//!   also loses: the step is then interrupted, re-run if idempotent, else put to the operator;
+//!   never run twice). Syncing them anyway cost four device flushes on every step's path.
+//!   `child.json` is not synced: it is read only by the shim and daemon of the same boot (a
+//!   killed process leaves the page cache whole), and a power cut ends every process it names
+//!   — the journaled boot id says so, and the outcome is then what `status.json` says, or
+//!   unknown.
 //! - `status.json` is written last: it exists ⇒
 //!   the command has ended (and, if it was stopped, no member of its process group is left);
-//!   the shim exits right after writing it.
+//!   then the shim writes one byte, [`ENDED`], on its stdout (the daemon's pipe: the daemon
+//!   need not wait for the process to end) and exits.
 //! - SIGTERM or SIGINT to the shim means "stop the command": SIGTERM to its whole process group,
 //!   SIGKILL after the spec's grace period, then wait until the group is empty. The shim is a
 //!   child subreaper (`PR_SET_CHILD_SUBREAPER`), so the orphans of the group are re-parented to
@@ -68,8 +80,11 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use self::ahead::call_message;
 use self::wake::{Wake, STOP};
 use super::LogSink;
+
+mod ahead;
 
 mod wake;
 
@@ -77,6 +92,14 @@ mod wake;
 pub(crate) const FORMAT: u32 = 1;
 /// The byte that releases the command.
 pub(crate) const GO: u8 = b'g';
+/// The byte the shim writes on its stdout once the command's end is recorded, right before it
+/// exits.
+pub(crate) const ENDED: u8 = b'e';
+/// The byte that starts the [`Call`] on the stdin of a shim started ahead of its call.
+pub(crate) const CALL: u8 = b'c';
+/// In place of the call dir on the command line (`shim - <data dir>`): the shim was started
+/// ahead of its call, which comes first on its stdin ([`CALL`]).
+pub const AHEAD: &str = "-";
 /// The byte that starts the spec on the shim's stdin.
 pub(crate) const SPEC: u8 = b's';
 /// How much of stdout is kept for parsing (the log keeps more).
@@ -93,6 +116,8 @@ const AFTER_SIGKILL: Duration = Duration::from_secs(5);
 /// ([`wake`]), or looks this way if it cannot.
 const POLL: Duration = Duration::from_millis(20);
 const POLL_FIRST: Duration = Duration::from_micros(200);
+/// How long a command runs before its pid is recorded in `child.json` (see [`ChildFile`]).
+const RECORD_CHILD_AFTER: Duration = Duration::from_millis(20);
 
 const SPEC_FILE: &str = "spec.json";
 pub(crate) const CHILD_FILE: &str = "child.json";
@@ -114,6 +139,15 @@ pub(crate) struct Spec {
     /// The umask the command runs with (the shim's own is private); absent in older specs.
     #[serde(default)]
     pub umask: Option<u32>,
+}
+
+/// Which call a shim started ahead of it serves: its dir, and the run's log of shim complaints
+/// (the shim's stderr from then on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Call {
+    pub format: u32,
+    pub call_dir: PathBuf,
+    pub shim_log: PathBuf,
 }
 
 /// How the command ended.
@@ -434,27 +468,72 @@ pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
 /// The shim process: runs the command the daemon describes on its stdin once released, and
 /// returns the process's exit code (0 once `status.json` is written).
 pub fn run(call_dir: &Path) -> i32 {
-    leave_the_daemons_session(call_dir);
+    supervise_from(Some(call_dir), call_dir)
+}
+
+/// A shim the daemon of `data_dir` started before it had a call for it (`shim - <data dir>`), so
+/// that its start-up is not on a step's path: it gets ready, then waits for its [`Call`] (in
+/// `data_dir`), then runs like [`run`]. EOF instead (the daemon stopped, or never needed it)
+/// ends it at once: it had no call dir, so nothing is recorded.
+pub fn run_ahead(data_dir: &Path) -> i32 {
+    supervise_from(None, data_dir)
+}
+
+/// The shim's process: its call dir, or `None` to wait for it (then `place` is the data dir).
+fn supervise_from(call_dir: Option<&Path>, place: &Path) -> i32 {
+    leave_the_daemons_session(place);
     let wake = Wake::install();
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         eprintln!(
             "runbook shim ({}): cannot become a child subreaper: {}",
-            call_dir.display(),
+            place.display(),
             std::io::Error::last_os_error()
         );
     }
-    let (status, stdout) = supervise(call_dir, &mut std::io::stdin().lock(), &wake);
+    let mut pipe = std::io::stdin().lock();
+    let call_dir = match call_dir {
+        Some(call_dir) => call_dir.to_owned(),
+        None => match ahead::receive_call(&mut pipe, place) {
+            Some(call_dir) => call_dir,
+            None => return 0,
+        },
+    };
+    let call_dir = call_dir.as_path();
+    let (status, stdout) = supervise(call_dir, &mut pipe, &wake);
+    // The daemon that released the command keeps this pipe open while it follows the command,
+    // and journals its end itself: then the files need only be visible to it. Else (it stopped
+    // or died meanwhile, or is an older daemon that closes the pipe at the go) they must
+    // survive a power cut on their own.
+    let durable = !daemon_follows();
+    let write = |path: &Path, bytes: &[u8]| {
+        if durable {
+            write_atomic(path, bytes)
+        } else {
+            write_visible(path, bytes)
+        }
+    };
     // No stdout file for a command that wrote nothing (a reader takes a missing one as empty).
     let stdout_written = if stdout.is_empty() {
         Ok(())
     } else {
-        write_atomic(&call_dir.join(STDOUT_FILE), &stdout)
+        write(&call_dir.join(STDOUT_FILE), &stdout)
     };
     let written = stdout_written.and_then(|()| {
         let json = serde_json::to_vec_pretty(&status).map_err(std::io::Error::other)?;
-        write_atomic(&call_dir.join(STATUS_FILE), &json)
+        write(&call_dir.join(STATUS_FILE), &json)?;
+        match call_dir.parent() {
+            // The call dir's own entry (the daemon does not sync it when it creates the dir).
+            Some(calls) if durable => File::open(calls)?.sync_all(),
+            _ => Ok(()),
+        }
     });
+    if written.is_ok() {
+        // The daemon need not wait for this process to end: the status is there. (Nobody reads
+        // a shim that an older daemon started with its stdout on /dev/null.)
+        // SAFETY: write(2) of one byte from a live array to descriptor 1.
+        unsafe { libc::write(1, [ENDED].as_ptr().cast(), 1) };
+    }
     match written {
         Ok(()) => 0,
         Err(error) => {
@@ -466,6 +545,18 @@ pub fn run(call_dir: &Path) -> i32 {
             1
         }
     }
+}
+
+/// Whether the daemon still holds the other end of the shim's stdin (nothing to read, no
+/// hang-up): it follows the command.
+fn daemon_follows() -> bool {
+    let mut pollfd = libc::pollfd {
+        fd: 0,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    unsafe { libc::poll(&mut pollfd, 1, 0) == 0 }
 }
 
 /// Puts the shim in a session of its own, so that the daemon's death (or a signal to the
@@ -581,17 +672,7 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
             Vec::new(),
         );
     };
-    let recorded = ProcessIdentity::of(pid).and_then(|identity| {
-        let json = serde_json::to_vec_pretty(&identity).map_err(|error| error.to_string())?;
-        write_visible(&call_dir.join(CHILD_FILE), &json).map_err(|error| error.to_string())
-    });
-    if let Err(error) = recorded {
-        eprintln!(
-            "runbook shim ({}): cannot record the command's pid {pid}: {error}",
-            call_dir.display()
-        );
-    }
-
+    let leader = ChildFile::new(call_dir, pid);
     let log = LogSink::new(spec.log.clone());
     let stdout_kept = Arc::new(Mutex::new(Vec::new()));
     let stderr_kept = Arc::new(Mutex::new(Vec::new()));
@@ -620,7 +701,7 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
     drop(done);
 
     let (outcome, stopped) =
-        wait_for_command(pid, Duration::from_millis(spec.grace_ms), &log, wake);
+        wait_for_command(leader, Duration::from_millis(spec.grace_ms), &log, wake);
     let deadline = Instant::now() + DRAIN_AFTER_EXIT;
     for _ in 0..pumps {
         if drained
@@ -689,9 +770,67 @@ fn spawn_pump(
     });
 }
 
-/// Reaps children until the command (`pid`, leader of group `pid`) ended; on a stop request,
-/// stops the whole group first. How it ended, and whether it was stopped.
-fn wait_for_command(pid: i32, grace: Duration, log: &LogSink, wake: &Wake) -> (Outcome, bool) {
+/// `child.json`, written once the command has run for [`RECORD_CHILD_AFTER`] or is to be
+/// stopped, whichever comes first: it matters only to a daemon that must stop or report a
+/// command whose shim failed it, and a command that ends within a few milliseconds (a check,
+/// `true`) is spared the creation of a file.
+struct ChildFile<'a> {
+    call_dir: &'a Path,
+    pid: i32,
+    /// Read at the spawn, while the command cannot have been reaped.
+    identity: Result<ProcessIdentity, String>,
+    started: Instant,
+    written: bool,
+}
+
+impl<'a> ChildFile<'a> {
+    fn new(call_dir: &'a Path, pid: i32) -> ChildFile<'a> {
+        ChildFile {
+            call_dir,
+            pid,
+            identity: ProcessIdentity::of(pid),
+            started: Instant::now(),
+            written: false,
+        }
+    }
+
+    fn write(&mut self) {
+        if self.written {
+            return;
+        }
+        self.written = true;
+        let recorded = self.identity.clone().and_then(|identity| {
+            let json = serde_json::to_vec_pretty(&identity).map_err(|error| error.to_string())?;
+            write_visible(&self.call_dir.join(CHILD_FILE), &json).map_err(|error| error.to_string())
+        });
+        if let Err(error) = recorded {
+            eprintln!(
+                "runbook shim ({}): cannot record the command's pid {}: {error}",
+                self.call_dir.display(),
+                self.pid
+            );
+        }
+    }
+
+    /// Writes the file once it is due; how long until it is (`None`: written).
+    fn write_when_due(&mut self) -> Option<Duration> {
+        let due = RECORD_CHILD_AFTER.saturating_sub(self.started.elapsed());
+        if due.is_zero() {
+            self.write();
+        }
+        (!self.written).then_some(due)
+    }
+}
+
+/// Reaps children until the command (leader of the group with its pid) ended; on a stop
+/// request, stops the whole group first. How it ended, and whether it was stopped.
+fn wait_for_command(
+    mut child_file: ChildFile,
+    grace: Duration,
+    log: &LogSink,
+    wake: &Wake,
+) -> (Outcome, bool) {
+    let pid = child_file.pid;
     let mut leader: Option<Outcome> = None;
     let mut term_sent: Option<Instant> = None;
     let mut kill_sent: Option<Instant> = None;
@@ -699,6 +838,7 @@ fn wait_for_command(pid: i32, grace: Duration, log: &LogSink, wake: &Wake) -> (O
     loop {
         reap(pid, &mut leader);
         if STOP.load(Ordering::SeqCst) && term_sent.is_none() {
+            child_file.write();
             log.line(&format!(
                 "[runbook] stopping the command: SIGTERM to its process group {pid}"
             ));
@@ -740,8 +880,9 @@ fn wait_for_command(pid: i32, grace: Duration, log: &LogSink, wake: &Wake) -> (O
         }
         // Running and not asked to stop: only a signal (SIGCHLD, SIGTERM, SIGINT) can change
         // that, and each one wakes the wait. Stopping: look again soon as well.
+        let child_file_due = child_file.write_when_due();
         if term_sent.is_none() && wake.is_reliable() {
-            wake.wait(None);
+            wake.wait(child_file_due);
         } else {
             wake.wait(Some(pause));
             pause = (pause * 2).min(POLL);
