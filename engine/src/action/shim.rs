@@ -587,25 +587,42 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
         Ok(1) => byte[0],
         _ => return not_started(stopped()),
     };
-    let spec: Spec = match first {
+    let (spec, output): (Spec, std::io::Result<Output>) = match first {
         SPEC => {
             let spec = match receive_spec(call_dir, pipe) {
                 Ok(spec) => spec,
                 Err(reason) => return not_started(reason),
             };
+            // The output's pipes and their pumps are made while the daemon journals this shim,
+            // off the command's path (no output can come before the command starts).
+            let output = Output::start(&spec.log);
             let released = matches!(pipe.read(&mut byte), Ok(1)) && byte[0] == GO;
             if !released {
                 return not_started(stopped());
             }
-            spec
+            (spec, output)
         }
         // An older daemon: it wrote the spec into the call dir and released the shim already.
         GO => match read_spec(call_dir) {
-            Ok(Some(spec)) => spec,
+            Ok(Some(spec)) => {
+                let output = Output::start(&spec.log);
+                (spec, output)
+            }
             Ok(None) => return not_started(format!("no {SPEC_FILE} in {}", call_dir.display())),
             Err(reason) => return not_started(reason),
         },
         _ => return not_started(stopped()),
+    };
+    let output = match output {
+        Ok(output) => output,
+        Err(error) => {
+            return (
+                Status::new(Outcome::SpawnFailed {
+                    error: format!("cannot make the pipes for the command's output: {error}"),
+                }),
+                Vec::new(),
+            )
+        }
     };
     if STOP.load(Ordering::SeqCst) {
         return (
@@ -627,8 +644,8 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
     command
         .args(&spec.argv[1..])
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .stdout(Stdio::from(output.stdout))
+        .stderr(Stdio::from(output.stderr));
     std::os::unix::process::CommandExt::process_group(&mut command, 0);
     command.envs(spec.env.iter().map(|(key, value)| (key, value)));
     if let Some(cwd) = &spec.cwd {
@@ -636,19 +653,22 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
     }
     // The command inherits the shim's mask at the spawn: set it around the spawn rather than
     // between fork and exec, so that the spawn has no code to run in the child and can be a
-    // `posix_spawn`. The shim is alone in its process here (its pumps start later).
+    // `posix_spawn`. (The pumps, already running, create no file before the command writes.)
     // SAFETY: umask(2) only changes this process's file creation mask.
     let own_umask = spec
         .umask
         .map(|umask| unsafe { libc::umask((umask & 0o777) as libc::mode_t) });
     let spawned = command.spawn();
+    // The shim's copies of the pipes' write ends: once closed, the pumps see EOF when the
+    // command (and whatever inherited its output) is done.
+    drop(command);
     if let Some(own_umask) = own_umask {
         // SAFETY: as above; the shim's own files are created with its own mask again.
         unsafe {
             libc::umask(own_umask);
         }
     }
-    let mut child = match spawned {
+    let child = match spawned {
         Ok(child) => child,
         Err(error) => {
             let place = spec
@@ -673,44 +693,23 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
         );
     };
     let leader = ChildFile::new(call_dir, pid);
-    let log = LogSink::new(spec.log.clone());
-    let stdout_kept = Arc::new(Mutex::new(Vec::new()));
-    let stderr_kept = Arc::new(Mutex::new(Vec::new()));
-    let (done, drained) = mpsc::channel::<()>();
-    let mut pumps = 0;
-    if let Some(pipe) = child.stdout.take() {
-        pumps += 1;
-        spawn_pump(
-            pipe,
-            log.clone(),
-            stdout_kept.clone(),
-            Keep::Head(STDOUT_FOR_PARSE),
-            done.clone(),
-        );
-    }
-    if let Some(pipe) = child.stderr.take() {
-        pumps += 1;
-        spawn_pump(
-            pipe,
-            log.clone(),
-            stderr_kept.clone(),
-            Keep::Tail(STDERR_TAIL),
-            done.clone(),
-        );
-    }
-    drop(done);
-
-    let (outcome, stopped) =
-        wait_for_command(leader, Duration::from_millis(spec.grace_ms), &log, wake);
+    let (outcome, stopped) = wait_for_command(
+        leader,
+        Duration::from_millis(spec.grace_ms),
+        &output.log,
+        wake,
+    );
     let deadline = Instant::now() + DRAIN_AFTER_EXIT;
-    for _ in 0..pumps {
-        if drained
+    for _ in 0..2 {
+        if output
+            .drained
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .is_err()
         {
             break;
         }
     }
+    let (stdout_kept, stderr_kept) = (output.stdout_kept, output.stderr_kept);
     let stdout = stdout_kept
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
@@ -726,6 +725,69 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
         stderr_tail: String::from_utf8_lossy(&stderr).into_owned(),
     };
     (status, stdout)
+}
+
+/// The command's stdout and stderr: pipes whose read ends two pumps copy into the step log,
+/// keeping the head of stdout and the tail of stderr.
+struct Output {
+    /// The write ends, for the command.
+    stdout: std::os::fd::OwnedFd,
+    stderr: std::os::fd::OwnedFd,
+    log: LogSink,
+    stdout_kept: Arc<Mutex<Vec<u8>>>,
+    stderr_kept: Arc<Mutex<Vec<u8>>>,
+    /// One message per pump whose pipe closed.
+    drained: mpsc::Receiver<()>,
+}
+
+impl Output {
+    fn start(log: &Path) -> std::io::Result<Output> {
+        let log = LogSink::new(log.to_owned());
+        let (stdout_read, stdout) = pipe()?;
+        let (stderr_read, stderr) = pipe()?;
+        let stdout_kept = Arc::new(Mutex::new(Vec::new()));
+        let stderr_kept = Arc::new(Mutex::new(Vec::new()));
+        let (done, drained) = mpsc::channel::<()>();
+        spawn_pump(
+            File::from(stdout_read),
+            log.clone(),
+            stdout_kept.clone(),
+            Keep::Head(STDOUT_FOR_PARSE),
+            done.clone(),
+        );
+        spawn_pump(
+            File::from(stderr_read),
+            log.clone(),
+            stderr_kept.clone(),
+            Keep::Tail(STDERR_TAIL),
+            done,
+        );
+        Ok(Output {
+            stdout,
+            stderr,
+            log,
+            stdout_kept,
+            stderr_kept,
+            drained,
+        })
+    }
+}
+
+/// A pipe, both ends closed on exec (the command gets its end as its stdout or stderr).
+fn pipe() -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    let mut fds: [libc::c_int; 2] = [-1, -1];
+    // SAFETY: pipe2 writes two new descriptors into the array, owned here alone from then on.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: as above: both are open and owned by nobody else.
+    Ok(unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 enum Keep {

@@ -12,7 +12,7 @@ use super::report::{table, Row};
 use super::restate::{self, Install, Restate};
 use super::results::Step;
 use super::sys::{load_average, progress};
-use super::table::{rows, Floors, Side};
+use super::table::{baseline_rows, rows, Floors, Side};
 
 pub struct Sizes {
     /// Rounds of the idle, latency and throughput workloads (alternating who goes first).
@@ -96,6 +96,8 @@ pub struct Options {
     pub smoke: bool,
     pub ours_only: bool,
     pub out: Option<PathBuf>,
+    /// Another `runbook` build whose exec phases run in the same rounds (before ⇄ after).
+    pub baseline: Option<PathBuf>,
 }
 
 /// A wait long enough that all `runs` are created before the first fires (so all are pending at
@@ -132,6 +134,29 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
         )
         .await?,
     );
+    if sizes.warmup {
+        ours::latency(&daemon, 10, Step::Exec).await?;
+    }
+    side.exec_latency
+        .push(ours::latency(&daemon, sizes.exec_latency_steps, Step::Exec).await?);
+    side.exec_throughput.push(
+        ours::throughput(
+            &daemon,
+            sizes.exec_throughput_runs,
+            sizes.exec_throughput_steps,
+            sizes.exec_in_flight,
+            Step::Exec,
+        )
+        .await?,
+    );
+    daemon.kill9();
+    Ok(())
+}
+
+/// The exec phases alone, on another build (`--baseline`), in the same rounds as ours.
+async fn baseline_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()> {
+    let mut daemon = Daemon::new(binary)?;
+    daemon.start().await?;
     if sizes.warmup {
         ours::latency(&daemon, 10, Step::Exec).await?;
     }
@@ -231,6 +256,7 @@ pub async fn run(options: Options) -> Result<()> {
     progress("floors: fsync (append, overwrite), spawn");
     let before = Floors::measure(scratch.path(), sizes)?;
     let (mut ours_side, mut restate_side) = (Side::default(), Side::default());
+    let mut baseline_side = Side::default();
 
     for round in 0..sizes.rounds {
         let ours_first = round % 2 == 0;
@@ -238,6 +264,15 @@ pub async fn run(options: Options) -> Result<()> {
             if (turn == 0) == ours_first {
                 progress(&format!("round {}/{}: runbook", round + 1, sizes.rounds));
                 ours_round(&binary, sizes, &mut ours_side).await?;
+                if let Some(baseline) = &options.baseline {
+                    progress(&format!(
+                        "round {}/{}: runbook baseline {}",
+                        round + 1,
+                        sizes.rounds,
+                        baseline.display()
+                    ));
+                    baseline_round(baseline, sizes, &mut baseline_side).await?;
+                }
             } else if let Some(install) = &install {
                 progress(&format!("round {}/{}: restate", round + 1, sizes.rounds));
                 attempt(
@@ -346,7 +381,10 @@ pub async fn run(options: Options) -> Result<()> {
         }
     }
     let after = Floors::measure(scratch.path(), sizes)?;
-    let rows = rows(&ours_side, &restate_side, &before, &after, sizes);
+    let mut rows = rows(&ours_side, &restate_side, &before, &after, sizes);
+    if options.baseline.is_some() {
+        rows.extend(baseline_rows(&ours_side, &baseline_side, sizes));
+    }
     let rendered = table(&rows);
     let record = json!({
         "date": date_utc(),
@@ -357,6 +395,10 @@ pub async fn run(options: Options) -> Result<()> {
         "floors_ms": {"before": before.json(), "after": after.json()},
         "runbook": ours_side.json(),
         "restate": restate_side.json(),
+        "baseline": options.baseline.as_ref().map(|binary| json!({
+            "binary": binary.display().to_string(),
+            "runbook": baseline_side.json(),
+        })),
         "table": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "errors": errors,
     });

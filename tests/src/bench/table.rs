@@ -329,3 +329,32 @@ pub fn rows(
     }
     rows
 }
+
+/// The exec rows of this build beside another one run in the same rounds (`--baseline`); the
+/// "restate" column holds the baseline's figure there.
+pub fn baseline_rows(ours: &Side, baseline: &Side, sizes: &Sizes) -> Vec<Row> {
+    let pct = |latency: &Option<Latency>, q: f64| latency.as_ref().map(|l| l.per_step.pct(q));
+    let (e_ours, e_base) = (ours.exec_latency(), baseline.exec_latency());
+    let steps = sizes.exec_latency_steps;
+    let (x_ours, x_base) = (ours.exec_throughput(), baseline.exec_throughput());
+    vec![
+        Row::new(
+            format!("exec latency, this build ÷ baseline build: 1 run × {steps} steps, p50 (ms)"),
+            pct(&e_ours, 50.0),
+            pct(&e_base, 50.0),
+            3,
+        ),
+        Row::new(
+            "  per step p99 (ms), this build ÷ baseline build",
+            pct(&e_ours, 99.0),
+            pct(&e_base, 99.0),
+            3,
+        ),
+        Row::new(
+            "exec throughput, this build ÷ baseline build (steps/s)",
+            x_ours.as_ref().map(|t| t.steps_per_s),
+            x_base.as_ref().map(|t| t.steps_per_s),
+            0,
+        ),
+    ]
+}

@@ -56,6 +56,7 @@ fn parse_args() -> Result<Options> {
         smoke: false,
         ours_only: false,
         out: None,
+        baseline: None,
     };
     let mut args = std::env::args().skip(1);
     let number = |value: Option<String>, flag: &str| -> Result<usize> {
@@ -88,13 +89,19 @@ fn parse_args() -> Result<Options> {
                     .map(|item| number(Some(item.to_owned()), "--timers"))
                     .collect::<Result<_>>()?;
             }
+            "--baseline" => {
+                options.baseline = Some(PathBuf::from(
+                    args.next().context("--baseline needs a runbook binary")?,
+                ))
+            }
             "--out" => {
                 options.out = Some(PathBuf::from(args.next().context("--out needs a path")?))
             }
             "-h" | "--help" => {
                 println!(
                     "usage: bench [--smoke] [--ours-only] [--rounds N] [--timers N,N,..] \
-                     [--timer-rate N] [--recovery N] [--rss-limit-mb MB] [--out FILE.json]"
+                     [--timer-rate N] [--recovery N] [--rss-limit-mb MB] [--baseline RUNBOOK_BIN] \
+                     [--out FILE.json]"
                 );
                 std::process::exit(0);
             }
