@@ -212,18 +212,6 @@ action = "exec"
 with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
 "#;
 
-/// Polls `done` until it holds; the error names `what`.
-fn eventually(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Ok(())
-}
-
 /// The spare supervisors of a daemon: `shim - <its data dir>`, waiting for a call.
 fn spares(daemon: &Daemon) -> Vec<Proc> {
     let data_dir = daemon.data_dir.display().to_string();
@@ -257,7 +245,7 @@ fn a_spare_supervisor_serves_the_next_call_and_never_outlives_its_daemon() -> Re
     );
 
     // One spare waits now; killed while it waits, the next call starts a shim of its own.
-    eventually("a spare to wait", LONG, || spares(&daemon).len() == 1)?;
+    daemon.wait_until(LONG, || Ok(spares(&daemon).len() == 1))?;
     for spare in spares(&daemon) {
         // SAFETY: kill(2) of a process this test's daemon started.
         unsafe { libc::kill(spare.pid, libc::SIGKILL) };
@@ -270,10 +258,10 @@ fn a_spare_supervisor_serves_the_next_call_and_never_outlives_its_daemon() -> Re
     );
 
     // The daemon killed, its spare exits: it had no call, so nothing ran and nothing is left.
-    eventually("a spare to wait", LONG, || spares(&daemon).len() == 1)?;
+    daemon.wait_until(LONG, || Ok(spares(&daemon).len() == 1))?;
     daemon.kill9();
-    eventually("the spare to exit with its daemon", LONG, || {
-        spares(&daemon).is_empty()
-    })?;
+    daemon
+        .wait_until(LONG, || Ok(spares(&daemon).is_empty()))
+        .context("the spare must exit with its daemon")?;
     Ok(())
 }

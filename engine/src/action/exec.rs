@@ -388,7 +388,7 @@ async fn hand_over(
     }
 }
 
-/// The binary to run as `<program> shim <call dir>`, for this daemon.
+/// The binary to run as `<program> shim - <dir>`, for this daemon.
 fn shim_program() -> Result<PathBuf, String> {
     let exe = std::env::current_exe()
         .map_err(|error| format!("cannot find the runbook binary to run its shim: {error}"))?;

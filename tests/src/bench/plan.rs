@@ -134,14 +134,21 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
         )
         .await?,
     );
+    exec_phases(&daemon, sizes, side).await?;
+    daemon.kill9();
+    Ok(())
+}
+
+/// Exec steps of `true`: latency, then throughput.
+async fn exec_phases(daemon: &Daemon, sizes: &Sizes, side: &mut Side) -> Result<()> {
     if sizes.warmup {
-        ours::latency(&daemon, 10, Step::Exec).await?;
+        ours::latency(daemon, 10, Step::Exec).await?;
     }
     side.exec_latency
-        .push(ours::latency(&daemon, sizes.exec_latency_steps, Step::Exec).await?);
+        .push(ours::latency(daemon, sizes.exec_latency_steps, Step::Exec).await?);
     side.exec_throughput.push(
         ours::throughput(
-            &daemon,
+            daemon,
             sizes.exec_throughput_runs,
             sizes.exec_throughput_steps,
             sizes.exec_in_flight,
@@ -149,7 +156,6 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
         )
         .await?,
     );
-    daemon.kill9();
     Ok(())
 }
 
@@ -157,21 +163,7 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
 async fn baseline_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()> {
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
-    if sizes.warmup {
-        ours::latency(&daemon, 10, Step::Exec).await?;
-    }
-    side.exec_latency
-        .push(ours::latency(&daemon, sizes.exec_latency_steps, Step::Exec).await?);
-    side.exec_throughput.push(
-        ours::throughput(
-            &daemon,
-            sizes.exec_throughput_runs,
-            sizes.exec_throughput_steps,
-            sizes.exec_in_flight,
-            Step::Exec,
-        )
-        .await?,
-    );
+    exec_phases(&daemon, sizes, side).await?;
     daemon.kill9();
     Ok(())
 }
