@@ -1,9 +1,10 @@
 //! `runbook shim`: the supervisor of one `exec` command, in a process of its own.
 //!
-//! The daemon starts `runbook-shim shim -` (or `runbook shim -`: which binary, see
-//! [`super::exec`]) ahead of the call it will serve (a spare, see `exec/spare.rs`); the shim
-//! starts a session of its own first thing, so that the daemon's death (`kill -9`, a crash, a
-//! restart for an upgrade) does not take it down. For a call, the daemon sends it the call dir
+//! The daemon starts `runbook-shim shim - <data dir>` (or `runbook shim - <data dir>`: which
+//! binary, see [`super::exec`]) ahead of the call it will serve (a spare, see `exec/spare.rs`,
+//! or `- <run dir>` when none waits); the shim starts a session of its own first thing, so
+//! that the daemon's death (`kill -9`, a crash, a restart for an upgrade) does not take it
+//! down. For a call, the daemon sends it the call dir
 //! ([`Call`]) and the [`Spec`] on its stdin; journals the shim's pid, start time and boot id; and
 //! only then releases it (one byte, [`GO`], on the same pipe). A shim started as
 //! `shim <call dir>` (by an older daemon) gets only the spec.
