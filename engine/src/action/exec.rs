@@ -293,16 +293,11 @@ fn prepare_call(spec: &ExecSpec, context: &ActionContext) -> Result<Vec<u8>, Act
             tracing::warn!(dir = %parent.display(), %error, "cannot fsync a directory of the call dir");
         }
     }
-    // The run's shims share one log of their own complaints, in the run dir: the call dir is
-    // `<run dir>/calls/<call>` (`runtime::calls::call_dir`).
+    // The run's shims share one log of their own complaints, in the run dir.
     let call = shim::Call {
         format: shim::FORMAT,
         call_dir: dir.clone(),
-        shim_log: dir
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(dir)
-            .join(shim::SHIM_LOG_FILE),
+        shim_log: run_dir(dir).join(shim::SHIM_LOG_FILE),
     };
     let shim_spec = shim::Spec {
         format: shim::FORMAT,
@@ -316,6 +311,11 @@ fn prepare_call(spec: &ExecSpec, context: &ActionContext) -> Result<Vec<u8>, Act
     let mut message = shim::call_message(&call).map_err(not_started)?;
     message.extend(shim::spec_message(&shim_spec).map_err(not_started)?);
     Ok(message)
+}
+
+/// The run dir of a call dir, `<run dir>/calls/<call>` (`runtime::calls::call_dir`).
+fn run_dir(call_dir: &Path) -> &Path {
+    call_dir.ancestors().nth(2).unwrap_or(call_dir)
 }
 
 fn not_started(what: String) -> ActionFailure {
@@ -350,12 +350,7 @@ async fn hand_over(
         let _ = child.wait().await;
     }
     // For the call's run (its dir holds the call dir and the run's shim log).
-    let run_dir = context
-        .state_dir
-        .ancestors()
-        .nth(2)
-        .unwrap_or(&context.state_dir);
-    let (mut child, identity) = spare::spawn(run_dir).map_err(not_started)?;
+    let (mut child, identity) = spare::spawn(run_dir(&context.state_dir)).map_err(not_started)?;
     let sent = match child.stdin.as_mut() {
         Some(pipe) => pipe.write_all(message).await,
         None => Err(std::io::Error::other("the supervisor has no stdin")),

@@ -1,12 +1,13 @@
-//! The supervisors of `exec` calls, started: one is kept waiting for the next call, so that a
+//! Supervisors of `exec` calls started ahead: one is kept waiting for the next call, so that a
 //! step does not wait for a shim's start (an exec of its binary, its loading, its set-up: most of
 //! a millisecond on a small VM; about a third of what a step of `true` cost).
 //!
 //! A spare is `<program> shim - <data dir>` ([`shim::AHEAD`]): it has left the daemon's session
 //! and is ready; it learns its call dir (which must be in the data dir) from its stdin
 //! ([`shim::call_message`]), then follows the usual contract (spec, journaled identity, go). A
-//! call that finds no spare starts `<program> shim - <run dir>`, which works the same way. It never runs anything without a call: when the
-//! daemon stops, dies or is killed, the pipe closes and the spare exits with nothing to record.
+//! call that finds no spare starts `<program> shim - <run dir>`, which works the same way. A
+//! spare never runs anything without a call: when the daemon stops, dies or is killed, the pipe
+//! closes and the spare exits with nothing to record.
 //! A spare taken for a call is replaced in the background, off the step's path.
 //!
 //! Spares are kept only in a daemon ([`enable`]; `daemon::run`), whose single runtime owns the
