@@ -436,6 +436,7 @@ pub fn lines(path: &str) -> Vec<String> {
 }
 pub mod cluster;
 pub mod postgres;
+pub mod remoting;
 pub mod webdriver;
 // ----- processes: what a step leaves running, and a real sshd (exec supervisor tests) -----------
 

@@ -1,7 +1,9 @@
 //! The `rocketmq.*` actions against a real cluster (two brokers, one NameServer): what they
 //! read, that their changes are checked by reading back, and that a broker, topic or NameServer
 //! that does not exist stops the run in `needs_attention` with an error naming it; a lag query
-//! that fails fails the poll; messages that expired on the broker are no lag.
+//! that fails fails the poll, the group's retry-topic query included (lost by a proxy in front of
+//! the real broker, while the retry topic holds unread messages); messages that expired on the
+//! broker are no lag.
 
 use std::time::Duration;
 
@@ -9,10 +11,14 @@ use anyhow::{anyhow, Result};
 use cheetah_string::CheetahString;
 use rocketmq_client_rust::{OffsetAdmin as _, TopicAdmin as _};
 use runbook_tests::cluster::Cluster;
+use runbook_tests::remoting::{self, RemotingProxy};
 use runbook_tests::{step_of, Daemon};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(90);
+/// Request codes: GET_CONSUME_STATS, LOCK_BATCH_MQ.
+const GET_CONSUME_STATS: i32 = 208;
+const LOCK_BATCH_MQ: i32 = 41;
 
 fn output<'a>(shown: &'a Value, step: &str) -> &'a Value {
     &step_of(shown, step).unwrap_or_else(|| panic!("no step {step} in {shown}"))["output"]
@@ -250,6 +256,89 @@ with = { namesrv = "{{ params.namesrv }}", group = "lag_group", topic = "LagTopi
     );
     let error = shown.to_string();
     assert!(error.contains("lag_group"), "{shown}");
+    Ok(())
+}
+
+#[test]
+fn a_lost_retry_topic_query_fails_the_poll_instead_of_hiding_the_retry_lag() -> Result<()> {
+    let cluster = Cluster::start(1, &["broker-a"])?;
+    cluster.create_topic("RetryLagTopic", &["broker-a"], 2)?;
+    let producer = cluster.producer()?;
+    let mut consumer = cluster.consumer("retry_group", "RetryLagTopic")?;
+    let read = producer.send_keyed("RetryLagTopic", "read", 20)?;
+    consumer.wait_keys(&read, LONG)?;
+    consumer.shutdown();
+    // The group's retry topic (its consumer's subscription made it) holds messages the group
+    // has not read: lag that only the `%RETRY%` query sees.
+    let retry = "%RETRY%retry_group";
+    anyhow::ensure!(
+        cluster.route_brokers(retry)? == ["broker-a"],
+        "the consumer did not make {retry}"
+    );
+    // The Rust broker 1.0.0 sends a message for a retry topic to the dead-letter queue unless
+    // its group holds a queue lock (an inverted check): a lock of 60 s lets them in.
+    let broker = cluster.broker("broker-a")?.addr.clone();
+    let lock = serde_json::json!({
+        "consumerGroup": "retry_group",
+        "clientId": "harness-lock",
+        "onlyThisBroker": true,
+        "mqSet": [{ "topic": "RetryLagTopic", "brokerName": "broker-a", "queueId": 0 }],
+    });
+    let (code, remark, _) = remoting::call(
+        &broker,
+        LOCK_BATCH_MQ,
+        serde_json::json!({}),
+        &serde_json::to_vec(&lock)?,
+    )?;
+    anyhow::ensure!(code == 0, "locking a queue of retry_group: {code} {remark}");
+    let unread = producer.send_keyed(retry, "retry", 10)?;
+    assert_eq!(unread.len(), 10);
+
+    let daemon = Daemon::start()?;
+    let file = daemon.write_file(
+        "retry_lag.toml",
+        r#"
+name = "retry_lag"
+[params.namesrv]
+required = true
+[[steps]]
+id = "progress"
+action = "rocketmq.consumer_progress"
+with = { namesrv = "{{ params.namesrv }}", group = "retry_group", topic = "RetryLagTopic" }
+"#,
+    )?;
+    let finished = |shown: &Value| shown["state"] != "running" && shown["state"] != "pending";
+    // Answered: the lag is the retry topic's 10 messages.
+    let run = daemon.start_run(&file, &[("namesrv", &cluster.namesrv())])?;
+    let shown = daemon.wait_for(&run, LONG, finished)?;
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    assert_eq!(output(&shown, "progress")["diff_total"], 10, "{shown}");
+
+    // The same poll where the broker loses every consume-stats request on the retry topic (the
+    // client's timeout) and answers every other one.
+    let lossy = RemotingProxy::broker(&broker, move |request| {
+        request.code == GET_CONSUME_STATS && request.mentions(retry)
+    })?;
+    let namesrv = RemotingProxy::namesrv(&cluster.namesrv(), &broker, &lossy.addr)?;
+    let run = daemon.start_run(&file, &[("namesrv", &namesrv.addr)])?;
+    let shown = daemon.wait_for(&run, LONG, finished)?;
+    assert!(
+        lossy.lost() >= 1,
+        "no retry-topic query reached the proxy: {shown}"
+    );
+    assert_ne!(
+        shown["state"],
+        "succeeded",
+        "a lost retry-topic query read as no lag, hiding {} unread message(s): {shown}",
+        unread.len()
+    );
+    let error = step_of(&shown, "progress")
+        .map(|step| step["error"].to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("retry_group") && error.contains(retry),
+        "{error}\n{shown}"
+    );
     Ok(())
 }
 
