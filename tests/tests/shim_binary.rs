@@ -212,8 +212,10 @@ action = "exec"
 with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
 "#;
 
-/// The spare supervisors of a daemon: `shim - <its data dir>`, waiting for a call.
-fn spares(daemon: &Daemon) -> Vec<Proc> {
+/// The processes started as `shim - <the daemon's data dir>`: the spares waiting for a call
+/// (each leads a session of its own) and the spare-maker (in the daemon's session), as
+/// `(spares, makers)`.
+fn spares_and_makers(daemon: &Daemon) -> (Vec<Proc>, Vec<Proc>) {
     let data_dir = daemon.data_dir.display().to_string();
     processes()
         .into_iter()
@@ -223,7 +225,11 @@ fn spares(daemon: &Daemon) -> Vec<Proc> {
                 argv == [String::from("shim"), String::from("-"), data_dir.clone()]
             })
         })
-        .collect()
+        .partition(|process| process.session == process.pid)
+}
+
+fn spares(daemon: &Daemon) -> Vec<Proc> {
+    spares_and_makers(daemon).0
 }
 
 #[test]
@@ -244,24 +250,49 @@ fn a_spare_supervisor_serves_the_next_call_and_never_outlives_its_daemon() -> Re
         "no step after the first ran under the spare started for it: {shown}"
     );
 
-    // One spare waits now; killed while it waits, the next call starts a shim of its own.
+    // One spare waits now, forked by the one spare-maker (the daemon's child, in its session,
+    // named so in `ps`).
     daemon.wait_until(LONG, || Ok(spares(&daemon).len() == 1))?;
-    for spare in spares(&daemon) {
+    let (waiting, makers) = spares_and_makers(&daemon);
+    assert_eq!(makers.len(), 1, "{makers:?}");
+    assert_eq!(waiting[0].ppid, makers[0].pid, "{waiting:?} {makers:?}");
+    assert_eq!(Some(makers[0].ppid as u32), daemon.pid(), "{makers:?}");
+    let comm = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert_eq!(comm(makers[0].pid).trim(), "runbook-spares");
+    assert_eq!(comm(waiting[0].pid).trim(), "runbook-shim");
+
+    // The daemon killed, its spare and the spare-maker exit: the spare had no call, so nothing
+    // ran and nothing is left.
+    daemon.kill9();
+    daemon
+        .wait_until(LONG, || {
+            let (spares, makers) = spares_and_makers(&daemon);
+            Ok(spares.is_empty() && makers.is_empty())
+        })
+        .context("the spare and the spare-maker must exit with their daemon")?;
+
+    // Restarted, the daemon keeps a forked spare again; with the spare and the spare-maker
+    // killed, the next calls start their shims without them.
+    daemon.restart()?;
+    let again = daemon.start_run(&file, &[])?;
+    daemon.wait_state(&again, "succeeded", LONG)?;
+    daemon.wait_until(LONG, || {
+        let (spares, makers) = spares_and_makers(&daemon);
+        Ok(spares.len() == 1 && makers.len() == 1)
+    })?;
+    let (waiting, makers) = spares_and_makers(&daemon);
+    for process in waiting.iter().chain(makers.iter()) {
         // SAFETY: kill(2) of a process this test's daemon started.
-        unsafe { libc::kill(spare.pid, libc::SIGKILL) };
+        unsafe { libc::kill(process.pid, libc::SIGKILL) };
     }
     let again = daemon.start_run(&file, &[])?;
     let shown = daemon.wait_state(&again, "succeeded", LONG)?;
-    assert_eq!(
-        step_of(&shown, "s1").map(|step| step["attempts"].clone()),
-        Some(Value::from(1))
-    );
-
-    // The daemon killed, its spare exits: it had no call, so nothing ran and nothing is left.
-    daemon.wait_until(LONG, || Ok(spares(&daemon).len() == 1))?;
-    daemon.kill9();
-    daemon
-        .wait_until(LONG, || Ok(spares(&daemon).is_empty()))
-        .context("the spare must exit with its daemon")?;
+    for step in ["s1", "s2", "s3", "s4"] {
+        assert_eq!(
+            step_of(&shown, step).map(|step| step["attempts"].clone()),
+            Some(Value::from(1)),
+            "{shown}"
+        );
+    }
     Ok(())
 }

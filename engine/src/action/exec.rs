@@ -85,8 +85,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use self::spare::Shim;
 use self::ssh::{parse_host, remote_command, ssh_argv, KnownHosts, SshOptions};
 use super::shim::{self, Outcome, ProcStat, ProcessIdentity, Status};
 use super::{Action, ActionContext, ActionFailure, ActionFuture};
@@ -168,7 +168,8 @@ impl Action for Exec {
                         Shim {
                             identity,
                             child: None,
-                            _following: None,
+                            to: None,
+                            ended: None,
                         },
                         &spec,
                         &context,
@@ -199,48 +200,38 @@ impl Action for Exec {
 async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let spec = spec(&input)?;
     let message = prepare_call(&spec, &context)?;
-    let (mut child, identity, mut go) = hand_over(&message, &context).await?;
+    let mut shim = hand_over(&message, &context).await?;
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that
     // dies before the go closes the pipe, and the shim then exits without running anything.
     let journaled = context
         .recorder
-        .record(json!({ "shim": identity, "daemon": daemon_identity() }))
+        .record(json!({ "shim": shim.identity, "daemon": daemon_identity() }))
         .await;
     if let Err(error) = journaled {
-        drop(go);
-        let _ = child.wait().await;
-        return Err(ActionFailure::retryable(format!("cannot journal the command's supervisor (pid {}): {error}; the command was not started", identity.pid)));
+        shim.close().await;
+        return Err(ActionFailure::retryable(format!("cannot journal the command's supervisor (pid {}): {error}; the command was not started", shim.identity.pid)));
     }
     if context.cancel.is_cancelled() {
-        drop(go);
-        let _ = child.wait().await;
+        shim.close().await;
         return Err(ActionFailure::permanent("canceled"));
     }
     if context.draining.is_cancelled() {
         // Shutting down: release nothing new. The shim records `not_started`, and the restarted
         // daemon starts the call again.
-        drop(go);
-        let _ = child.wait().await;
+        shim.close().await;
         return Err(ActionFailure::never_started(
             "the daemon was shutting down; the command was not started",
         ));
     }
-    // A shim that cannot be released has died; `follow` reports that.
-    if let Err(error) = go.write_all(&[shim::GO]).await {
+    // A shim that cannot be released has died; `follow` reports that. Its stdin stays open
+    // while this daemon follows the call (the shim then leaves the journaling of the end to
+    // it, see `shim::run`).
+    if let Err(error) = shim.send(&[shim::GO]).await {
         tracing::warn!(run = %context.run_id, step = %context.step, %error, "cannot release the command's supervisor");
     }
-    // The next call's shim starts while this one's command runs, off every step's path.
+    // The next call's shim is made while this one's command runs, off every step's path.
     spare::refill(&context.draining);
-    follow(
-        Shim {
-            identity,
-            child: Some(child),
-            _following: Some(go),
-        },
-        &spec,
-        &context,
-    )
-    .await
+    follow(shim, &spec, &context).await
 }
 
 /// The umask the commands run with: the one the daemon was started with (the daemon itself
@@ -322,65 +313,35 @@ fn not_started(what: String) -> ActionFailure {
     ActionFailure::retryable(format!("{what}; the command was not started"))
 }
 
-/// Hands the call to a shim: the one started ahead for it if there is one, else a new one. The
-/// shim, its identity, and the pipe the go goes down.
-async fn hand_over(
-    message: &[u8],
-    context: &ActionContext,
-) -> Result<
-    (
-        tokio::process::Child,
-        ProcessIdentity,
-        tokio::process::ChildStdin,
-    ),
-    ActionFailure,
-> {
-    if let Some(spare::Spare {
-        mut child,
-        identity,
-    }) = spare::take()
-    {
-        if let Some(mut pipe) = child.stdin.take() {
-            if pipe.write_all(message).await.is_ok() {
-                return Ok((child, identity, pipe));
-            }
+/// Hands the call to a shim: the one started ahead for it if there is one, else a new one.
+async fn hand_over(message: &[u8], context: &ActionContext) -> Result<Shim, ActionFailure> {
+    if let Some(mut shim) = spare::take() {
+        if shim.send(message).await.is_ok() {
+            return Ok(shim);
         }
         // It died while it waited (someone killed it): it had no call, so nothing ran.
-        let _ = child.start_kill();
-        let _ = child.wait().await;
+        shim.kill().await;
     }
     // For the call's run (its dir holds the call dir and the run's shim log).
-    let (mut child, identity) = spare::spawn(run_dir(&context.state_dir)).map_err(not_started)?;
-    let sent = match child.stdin.as_mut() {
-        Some(pipe) => pipe.write_all(message).await,
-        None => Err(std::io::Error::other("the supervisor has no stdin")),
+    let mut shim = spare::spawn(run_dir(&context.state_dir)).map_err(not_started)?;
+    let Err(error) = shim.send(message).await else {
+        return Ok(shim);
     };
-    match (sent, child.stdin.take()) {
-        (Ok(()), Some(pipe)) => Ok((child, identity, pipe)),
-        (sent, pipe) => {
-            // The shim closed its end: it refused the call dir (its status says why) or died.
-            drop(pipe);
-            if tokio::time::timeout(SHIM_PATIENCE, child.wait())
-                .await
-                .is_err()
-            {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-            }
-            let error = sent.err().map_or_else(
-                || "the supervisor has no stdin".to_owned(),
-                |error| error.to_string(),
-            );
-            let why = match shim::read_status(&context.state_dir) {
-                Ok(Some(status)) => describe(&status.outcome),
-                _ => format!(
-                    "cannot hand the command to its supervisor (pid {}): {error}",
-                    identity.pid
-                ),
-            };
-            Err(not_started(why))
-        }
+    // The shim closed its end: it refused the call dir (its status says why) or died.
+    if tokio::time::timeout(SHIM_PATIENCE, shim.close())
+        .await
+        .is_err()
+    {
+        shim.kill().await;
     }
+    let why = match shim::read_status(&context.state_dir) {
+        Ok(Some(status)) => describe(&status.outcome),
+        _ => format!(
+            "cannot hand the command to its supervisor (pid {}): {error}",
+            shim.identity.pid
+        ),
+    };
+    Err(not_started(why))
 }
 
 /// The binary to run as `<program> shim - <dir>`, for this daemon.
@@ -415,38 +376,6 @@ fn shim_program_for(exe: &Path) -> Result<PathBuf, String> {
         "the runbook binary {} is gone; cannot run its shim",
         exe.display()
     ))
-}
-
-/// A running shim, as this daemon sees it.
-struct Shim {
-    identity: ProcessIdentity,
-    /// Set when this daemon started it: it must also reap it.
-    child: Option<tokio::process::Child>,
-    /// The shim's stdin, held open while this daemon follows the call (the shim then leaves
-    /// the journaling of the end to it, see `shim::run`).
-    _following: Option<tokio::process::ChildStdin>,
-}
-
-impl Shim {
-    /// Resolves once the shim has recorded the command's end ([`shim::ENDED`] on its stdout)
-    /// or has ended.
-    async fn exited(&mut self) {
-        if let Some(child) = &mut self.child {
-            if let Some(ended) = &mut child.stdout {
-                // The byte, or EOF: the shim exited (and may have recorded nothing).
-                let mut byte = [0u8; 1];
-                let _ = ended.read(&mut byte).await;
-                child.stdout = None;
-                return;
-            }
-            if child.wait().await.is_ok() {
-                return;
-            }
-        }
-        while self.identity.is_alive() {
-            tokio::time::sleep(REATTACHED_POLL).await;
-        }
-    }
 }
 
 /// Follows a released shim to its end (or stops it when the call is canceled).

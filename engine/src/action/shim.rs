@@ -2,7 +2,8 @@
 //!
 //! The daemon starts `runbook-shim shim - <data dir>` (or `runbook shim - <data dir>`: which
 //! binary, see [`super::exec`]) ahead of the call it will serve (a spare, see `exec/spare.rs`,
-//! or `- <run dir>` when none waits); the shim starts a session of its own first thing, so
+//! or `- <run dir>` when none waits; spares are forked by one spare-maker, see `shim/forker.rs`);
+//! the shim starts a session of its own first thing, so
 //! that the daemon's death (`kill -9`, a crash, a restart for an upgrade) does not take it
 //! down. For a call, the daemon sends it the call dir
 //! ([`Call`]) and the [`Spec`] on its stdin; journals the shim's pid, start time and boot id; and
@@ -86,6 +87,7 @@ use self::wake::{Wake, STOP};
 use super::LogSink;
 
 mod ahead;
+pub(crate) mod forker;
 
 mod wake;
 
@@ -482,6 +484,9 @@ pub fn run_ahead(data_dir: &Path) -> i32 {
 
 /// The shim's process: its call dir, or `None` to wait for it (then `place` is the data dir).
 fn supervise_from(call_dir: Option<&Path>, place: &Path) -> i32 {
+    if call_dir.is_none() && forker::asked() {
+        return forker::serve(place);
+    }
     leave_the_daemons_session(place);
     let wake = Wake::install();
     // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes who adopts the orphans of our subtree.
