@@ -109,6 +109,26 @@ fn become_spare(ours: [&OwnedFd; 2], theirs: [&OwnedFd; 2], data_dir: &Path) -> 
     std::process::exit(super::run_ahead(data_dir))
 }
 
+/// The length of a control message carrying two descriptors, and a zeroed buffer for it
+/// (`u64` words: aligned as `cmsghdr` wants).
+fn control_buffer() -> (libc::c_uint, Vec<u64>) {
+    let size = (2 * std::mem::size_of::<RawFd>()) as libc::c_uint;
+    // SAFETY: CMSG_SPACE only computes a length.
+    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
+    (size, vec![0u64; space.div_ceil(8)])
+}
+
+/// A message header of one buffer and `control`; it points into both, which must outlive it.
+fn header(iov: &mut libc::iovec, control: &mut [u64]) -> libc::msghdr {
+    // SAFETY: a zeroed msghdr is valid (no buffers).
+    let mut message: libc::msghdr = unsafe { std::mem::zeroed() };
+    message.msg_iov = iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.as_mut_ptr().cast();
+    message.msg_controllen = std::mem::size_of_val(control) as _;
+    message
+}
+
 /// Sends `pid` and `fds` over the socket on descriptor 0.
 fn send(pid: libc::pid_t, fds: [RawFd; 2]) -> std::io::Result<()> {
     let data = pid.to_be_bytes();
@@ -116,25 +136,18 @@ fn send(pid: libc::pid_t, fds: [RawFd; 2]) -> std::io::Result<()> {
         iov_base: data.as_ptr() as *mut libc::c_void,
         iov_len: data.len(),
     };
-    let size = std::mem::size_of_val(&fds) as libc::c_uint;
-    // SAFETY: CMSG_SPACE only computes a length.
-    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
-    // u64 words: a control buffer aligned as cmsghdr wants.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: a zeroed msghdr is valid; every pointer set below stays live until sendmsg returns.
+    let (size, mut control) = control_buffer();
+    let message = header(&mut iov, &mut control);
+    // SAFETY: the header's buffers are live until sendmsg returns; the control buffer has room
+    // for one header and two descriptors.
     unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = space as _;
-        let header = libc::CMSG_FIRSTHDR(&message);
-        (*header).cmsg_level = libc::SOL_SOCKET;
-        (*header).cmsg_type = libc::SCM_RIGHTS;
-        (*header).cmsg_len = libc::CMSG_LEN(size) as _;
+        let first = libc::CMSG_FIRSTHDR(&message);
+        (*first).cmsg_level = libc::SOL_SOCKET;
+        (*first).cmsg_type = libc::SCM_RIGHTS;
+        (*first).cmsg_len = libc::CMSG_LEN(size) as _;
         std::ptr::copy_nonoverlapping(
             fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(header),
+            libc::CMSG_DATA(first),
             size as usize,
         );
         loop {
@@ -157,18 +170,11 @@ pub(crate) fn receive(socket: RawFd) -> std::io::Result<(libc::pid_t, OwnedFd, O
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
     };
-    let size = (2 * std::mem::size_of::<RawFd>()) as libc::c_uint;
-    // SAFETY: CMSG_SPACE only computes a length.
-    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    // SAFETY: a zeroed msghdr is valid; every pointer set below stays live until recvmsg
-    // returns; the descriptors are taken only from a well-formed SCM_RIGHTS header.
+    let (size, mut control) = control_buffer();
+    let mut message = header(&mut iov, &mut control);
+    // SAFETY: the header's buffers are live until recvmsg returns; the descriptors are taken
+    // only from a well-formed SCM_RIGHTS header.
     unsafe {
-        let mut message: libc::msghdr = std::mem::zeroed();
-        message.msg_iov = &mut iov;
-        message.msg_iovlen = 1;
-        message.msg_control = control.as_mut_ptr().cast();
-        message.msg_controllen = space as _;
         let read = loop {
             let read = libc::recvmsg(socket, &mut message, libc::MSG_CMSG_CLOEXEC);
             if read >= 0 {
@@ -179,11 +185,11 @@ pub(crate) fn receive(socket: RawFd) -> std::io::Result<(libc::pid_t, OwnedFd, O
                 return Err(error);
             }
         };
-        let header = libc::CMSG_FIRSTHDR(&message);
-        let whole = !header.is_null()
-            && (*header).cmsg_level == libc::SOL_SOCKET
-            && (*header).cmsg_type == libc::SCM_RIGHTS
-            && (*header).cmsg_len as usize == libc::CMSG_LEN(size) as usize;
+        let first = libc::CMSG_FIRSTHDR(&message);
+        let whole = !first.is_null()
+            && (*first).cmsg_level == libc::SOL_SOCKET
+            && (*first).cmsg_type == libc::SCM_RIGHTS
+            && (*first).cmsg_len as usize == libc::CMSG_LEN(size) as usize;
         if !whole {
             return Err(std::io::Error::other(if read == 0 {
                 "the spare-maker closed its socket".to_owned()
@@ -193,7 +199,7 @@ pub(crate) fn receive(socket: RawFd) -> std::io::Result<(libc::pid_t, OwnedFd, O
         }
         let mut fds: [RawFd; 2] = [-1, -1];
         std::ptr::copy_nonoverlapping(
-            libc::CMSG_DATA(header),
+            libc::CMSG_DATA(first),
             fds.as_mut_ptr().cast::<u8>(),
             size as usize,
         );
