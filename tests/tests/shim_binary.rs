@@ -188,6 +188,29 @@ fn without_runbook_shim_beside_it_the_daemon_supervises_with_itself() -> Result<
     let (exe, argv) = supervisor_of(&shown)?;
     assert_eq!(exe, real(&alone)?, "the supervisor's executable");
     assert_eq!(argv.first().map(String::as_str), Some("shim"), "{argv:?}");
+    // Its spares are exec'd: the full binary runs threads, so it never forks them.
+    let data_dir = daemon.data_dir.path().display().to_string();
+    let started_ahead = || -> (Vec<Proc>, Vec<Proc>) {
+        processes()
+            .into_iter()
+            .filter(|process| !process.is_zombie())
+            .filter(|process| {
+                process.cmdline.get(1..).is_some_and(|argv| {
+                    argv == [String::from("shim"), String::from("-"), data_dir.clone()]
+                })
+            })
+            .partition(|process| process.session == process.pid)
+    };
+    let deadline = Instant::now() + LONG;
+    while started_ahead().0.is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (spares, makers) = started_ahead();
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    assert!(
+        makers.is_empty(),
+        "a spare-maker of the full binary: {makers:?}"
+    );
     Ok(())
 }
 

@@ -12,8 +12,9 @@
 //! A spare taken for a call is replaced in the background. The replacement is forked by the
 //! spare-maker (`shim/forker.rs`), a shim started once with a socket as its stdin: a fork of
 //! that small process costs a fraction of an exec of the shim's binary, which, started while a
-//! step ran, slowed that step on a small host. Without a spare-maker (it cannot start, or it
-//! died and was restarted less than [`FORKER_RETRY`] ago) spares are exec'd as before.
+//! step ran, slowed that step on a small host. Without a spare-maker (the shim is the full
+//! `runbook` binary, which cannot fork safely; it cannot start; or it failed less than
+//! [`FORKER_RETRY`] ago) spares are exec'd as before.
 //!
 //! Spares are kept only in a daemon ([`enable`]; `daemon::run`), whose single runtime owns the
 //! waiting child for the life of the process; elsewhere (the engine's own tests, which start a
@@ -48,6 +49,8 @@ const FORKER_PATIENCE: Duration = Duration::from_secs(2);
 
 enum Forker {
     None,
+    /// The shim's binary cannot fork spares (see [`start_forker`]).
+    Unavailable,
     Running {
         socket: UnixStream,
         _process: tokio::process::Child,
@@ -209,6 +212,9 @@ fn ask_forker(data_dir: &Path) -> Result<Option<(libc::pid_t, OwnedFd, OwnedFd)>
     if matches!(*forker, Forker::FailedAt(at) if at.elapsed() < FORKER_RETRY) {
         return Ok(None);
     }
+    if matches!(*forker, Forker::Unavailable) {
+        return Ok(None);
+    }
     if !matches!(*forker, Forker::Running { .. }) {
         *forker = match start_forker(data_dir) {
             Ok(running) => running,
@@ -234,9 +240,15 @@ fn ask_forker(data_dir: &Path) -> Result<Option<(libc::pid_t, OwnedFd, OwnedFd)>
     }
 }
 
-/// Starts the spare-maker: `<program> shim - <data dir>` with a socket as its stdin.
+/// Starts the spare-maker: `<program> shim - <data dir>` with a socket as its stdin. Only the
+/// shim's own binary can be one: it has a single thread, which is what makes a fork of it safe
+/// (the full `runbook` binary runs its async runtime's threads before it reads its command
+/// line); with that binary, spares are exec'd.
 fn start_forker(data_dir: &Path) -> Result<Forker, String> {
     let program = super::shim_program()?;
+    if program.file_name() != Some(std::ffi::OsStr::new(super::SHIM_BINARY)) {
+        return Ok(Forker::Unavailable);
+    }
     let (socket, theirs) =
         UnixStream::pair().map_err(|error| format!("cannot make a socket pair: {error}"))?;
     socket

@@ -34,6 +34,17 @@ pub(super) fn asked() -> bool {
 
 /// The spare-maker's life: one spare per [`FORK`] read from its stdin, until EOF.
 pub(super) fn serve(data_dir: &Path) -> i32 {
+    // A fork copies only the thread that forks: with other threads, a lock one of them held
+    // would stay locked in every spare. The daemon starts only the single-threaded binary as
+    // the spare-maker; this refuses any other way it could have been started.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(0, Iterator::count);
+    if threads != 1 {
+        eprintln!(
+            "runbook shim (spares for {}): {threads} threads where one is needed to fork spares safely; exiting",
+            data_dir.display()
+        );
+        return 1;
+    }
     // SAFETY: signal(2) and prctl(2) only change this process's disposition and name.
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
