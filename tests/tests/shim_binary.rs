@@ -189,18 +189,7 @@ fn without_runbook_shim_beside_it_the_daemon_supervises_with_itself() -> Result<
     assert_eq!(exe, real(&alone)?, "the supervisor's executable");
     assert_eq!(argv.first().map(String::as_str), Some("shim"), "{argv:?}");
     // Its spares are exec'd: the full binary runs threads, so it never forks them.
-    let data_dir = daemon.data_dir.path().display().to_string();
-    let started_ahead = || -> (Vec<Proc>, Vec<Proc>) {
-        processes()
-            .into_iter()
-            .filter(|process| !process.is_zombie())
-            .filter(|process| {
-                process.cmdline.get(1..).is_some_and(|argv| {
-                    argv == [String::from("shim"), String::from("-"), data_dir.clone()]
-                })
-            })
-            .partition(|process| process.session == process.pid)
-    };
+    let started_ahead = || started_ahead_for(daemon.data_dir.path());
     let deadline = Instant::now() + LONG;
     while started_ahead().0.is_empty() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -239,7 +228,12 @@ with = { command = "tr '\\0' ' ' < /proc/$PPID/cmdline" }
 /// (each leads a session of its own) and the spare-maker (in the daemon's session), as
 /// `(spares, makers)`.
 fn spares_and_makers(daemon: &Daemon) -> (Vec<Proc>, Vec<Proc>) {
-    let data_dir = daemon.data_dir.display().to_string();
+    started_ahead_for(&daemon.data_dir)
+}
+
+/// As [`spares_and_makers`], for the daemon of `data_dir`.
+fn started_ahead_for(data_dir: &Path) -> (Vec<Proc>, Vec<Proc>) {
+    let data_dir = data_dir.display().to_string();
     processes()
         .into_iter()
         .filter(|process| !process.is_zombie())
