@@ -313,3 +313,120 @@ fn a_spare_supervisor_serves_the_next_call_and_never_outlives_its_daemon() -> Re
     }
     Ok(())
 }
+
+/// `runbook_store_commits_total`, from the daemon's `/metrics`.
+fn commits(daemon: &Daemon) -> Result<u64> {
+    let metrics = String::from_utf8_lossy(&daemon.api("GET", "/metrics", None)?.body).into_owned();
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("runbook_store_commits_total "))
+        .and_then(|count| count.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no runbook_store_commits_total in {metrics}"))
+}
+
+#[test]
+fn a_step_handed_to_a_spare_journals_its_start_and_its_supervisor_in_one_commit() -> Result<()> {
+    const STEPS: u64 = 8;
+    let daemon = Daemon::start()?;
+    // A first run leaves a spare waiting.
+    let file = daemon.write_file("supervisors.toml", SUPERVISORS)?;
+    let run = daemon.start_run(&file, &[])?;
+    daemon.wait_state(&run, "succeeded", LONG)?;
+    daemon.wait_until(LONG, || Ok(spares(&daemon).len() == 1))?;
+    // Each command runs long enough for the next spare to be ready before its step ends.
+    let mut text = String::from("name = \"slow\"\n");
+    for step in 1..=STEPS {
+        text.push_str(&format!(
+            "[[steps]]\nid = \"s{step}\"\naction = \"exec\"\nwith = {{ command = [\"sleep\", \"0.2\"] }}\n"
+        ));
+    }
+    let file = daemon.write_file("slow.toml", &text)?;
+    let before = commits(&daemon)?;
+    let run = daemon.start_run(&file, &[])?;
+    daemon.wait_state(&run, "succeeded", LONG)?;
+    let commits = commits(&daemon)? - before;
+    // The run's creation with the first step's start, then each step's end with the next
+    // one's start (the last one's with the run's end): the supervisor's identity rides along
+    // with each start. Journaled on its own before the go, it took one more commit a step.
+    assert!(
+        commits <= STEPS + 2,
+        "{commits} commits for {STEPS} steps (at most {} if each step's supervisor is journaled with its start; {} if on its own)",
+        STEPS + 2,
+        2 * STEPS + 1
+    );
+    // And journaled it is, before each command ran: the note names the shim that ran it.
+    let events = daemon.events(&run)?;
+    for step in 1..=STEPS {
+        let step = format!("s{step}");
+        let noted = events.iter().any(|event| {
+            event["kind"] == "call_noted"
+                && event["step"] == step.as_str()
+                && event["note"]["shim"]["pid"].is_i64()
+        });
+        assert!(noted, "no journaled supervisor for {step}: {events:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_call_handed_to_a_spare_whose_start_was_lost_in_a_crash_still_runs_once() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let marker = daemon.path("marker");
+    // The first command runs long enough for a spare to wait when it ends.
+    let file = daemon.write_file(
+        "lost-start.toml",
+        &format!(
+            r#"
+name = "lost-start"
+[[steps]]
+id = "first"
+action = "exec"
+with = {{ command = "sleep 0.5" }}
+[[steps]]
+id = "second"
+action = "exec"
+with = {{ command = "echo started >> {marker}; sleep 3" }}
+"#
+        ),
+    )?;
+    // The daemon dies before the log gets its third commit: the first step's end with the
+    // second's start, whose call the spare was handed before the commit.
+    daemon.kill9();
+    daemon.set_env(&[
+        ("RUNBOOK_FAILPOINT", "BeforeLogWrite"),
+        ("RUNBOOK_FAILPOINT_SKIP", "2"),
+    ]);
+    daemon.restart()?;
+    let run = daemon.start_run(&file, &[])?;
+    let deadline = Instant::now() + LONG;
+    while !daemon.exited() {
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not crash at its failpoint: {}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The spare got no go: it recorded that nothing started, in the dir of a call number that
+    // no commit holds, and which the restarted daemon gives the second step again.
+    let status =
+        |dir: &PathBuf| std::fs::read_to_string(dir.join("status.json")).unwrap_or_default();
+    daemon.wait_until(LONG, || {
+        Ok(daemon
+            .call_dirs(&run)?
+            .iter()
+            .any(|dir| status(dir).contains("not_started")))
+    })?;
+    assert!(!Path::new(&marker).exists(), "the second command ran");
+    daemon.set_env(&[]);
+    daemon.restart()?;
+    // Its command runs under a journaled supervisor: a crash now re-attaches to it, and the
+    // status a never-released shim left in the same dir is not taken for its end.
+    daemon.wait_until(LONG, || Ok(runbook_tests::lines(&marker).len() == 1))?;
+    daemon.kill9();
+    daemon.restart()?;
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    assert_eq!(runbook_tests::lines(&marker), ["started"], "{shown}");
+    Ok(())
+}

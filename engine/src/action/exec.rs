@@ -35,7 +35,9 @@
 //!
 //! Each call runs under `runbook shim` ([`super::shim`]) in its own session, so the daemon's death
 //! does not end it. The shim's identity (pid, start time, boot id) is journaled (`CallNoted`)
-//! before the shim is allowed to start the command. After a daemon restart, [`Exec::reattach`]
+//! before the shim is allowed to start the command; when a spare shim waits, the call is handed
+//! to it before the step's start is committed ([`Exec::prepare`]), and the note is journaled
+//! in that same commit. After a daemon restart, [`Exec::reattach`]
 //! decides from the call dir and that note:
 //!
 //! 1. `status.json` exists → the command ended, maybe while the daemon was down: its real exit
@@ -89,7 +91,7 @@ use serde_json::{json, Map, Value};
 use self::spare::Shim;
 use self::ssh::{parse_host, remote_command, ssh_argv, KnownHosts, SshOptions};
 use super::shim::{self, Outcome, ProcStat, ProcessIdentity, Status};
-use super::{Action, ActionContext, ActionFailure, ActionFuture};
+use super::{Action, ActionContext, ActionFailure, ActionFuture, Held, Prepared};
 
 /// The local argv that runs `argv` on `host` (`[user@]host[:port]`) over ssh, with the options
 /// an `exec` step takes (`identity_file`, `known_hosts`: strict, accept-new, off or a file): the
@@ -131,6 +133,48 @@ impl Action for Exec {
 
     fn call(&self, input: Value, context: ActionContext) -> ActionFuture {
         Box::pin(run(input, context))
+    }
+
+    /// Hands the call to the spare shim, if one waits, before the commit that starts it: the
+    /// shim's identity is then journaled with the start, and the go follows that one commit.
+    fn prepare(&self, input: &Value, context: &ActionContext) -> Option<Prepared> {
+        let spec = spec(input).ok()?;
+        let shim = spare::take()?;
+        let message = match prepare_call(&spec, context) {
+            Ok(message) => message,
+            Err(_) => {
+                // The call reports it when it runs the usual way.
+                spare::give_back(shim);
+                return None;
+            }
+        };
+        let mut shim = shim;
+        // A spare that died meanwhile had no call: the call starts its own shim when it runs.
+        let unsent = shim.send_now(&message).ok()?;
+        Some(Prepared {
+            note: supervisor_note(&shim),
+            held: Box::new(Handed { shim, unsent }),
+        })
+    }
+
+    fn call_prepared(&self, input: Value, context: ActionContext, held: Held) -> ActionFuture {
+        match held.downcast::<Handed>() {
+            Ok(handed) => Box::pin(run_prepared(input, context, *handed)),
+            Err(_) => Box::pin(run(input, context)),
+        }
+    }
+
+    /// The start was not journaled: the shim gets EOF before any go, records that the command
+    /// did not start, and exits; this waits for that.
+    fn discard(
+        &self,
+        held: Held,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            if let Ok(mut handed) = held.downcast::<Handed>() {
+                handed.shim.close().await;
+            }
+        })
     }
 
     /// The command it would run, as the shell would get it; nothing is started.
@@ -197,20 +241,55 @@ impl Action for Exec {
     }
 }
 
+/// A call handed to a shim before its start was journaled ([`Exec::prepare`]): the shim, and
+/// what of the call and spec did not fit in its pipe at once.
+struct Handed {
+    shim: Shim,
+    unsent: Vec<u8>,
+}
+
+/// The note that journals the call's shim (and this daemon) before the go.
+fn supervisor_note(shim: &Shim) -> Value {
+    json!({ "shim": shim.identity, "daemon": daemon_identity() })
+}
+
 async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailure> {
     let spec = spec(&input)?;
     let message = prepare_call(&spec, &context)?;
     let mut shim = hand_over(&message, &context).await?;
     // Write-ahead: the shim's identity is durable before the command may start; a daemon that
     // dies before the go closes the pipe, and the shim then exits without running anything.
-    let journaled = context
-        .recorder
-        .record(json!({ "shim": shim.identity, "daemon": daemon_identity() }))
-        .await;
+    let journaled = context.recorder.record(supervisor_note(&shim)).await;
     if let Err(error) = journaled {
         shim.close().await;
         return Err(ActionFailure::retryable(format!("cannot journal the command's supervisor (pid {}): {error}; the command was not started", shim.identity.pid)));
     }
+    release(shim, &spec, &context).await
+}
+
+/// A call whose shim was journaled with its start: the rest of the call and spec, then the go.
+async fn run_prepared(
+    input: Value,
+    context: ActionContext,
+    handed: Handed,
+) -> Result<Value, ActionFailure> {
+    let spec = spec(&input)?;
+    let Handed { mut shim, unsent } = handed;
+    if !unsent.is_empty() {
+        if let Err(error) = shim.send(&unsent).await {
+            return Err(refused(shim, error, &context).await);
+        }
+    }
+    release(shim, &spec, &context).await
+}
+
+/// Releases a shim whose identity is journaled (unless the call was canceled or the daemon is
+/// shutting down meanwhile), and follows the command to its end.
+async fn release(
+    mut shim: Shim,
+    spec: &ExecSpec,
+    context: &ActionContext,
+) -> Result<Value, ActionFailure> {
     if context.cancel.is_cancelled() {
         shim.close().await;
         return Err(ActionFailure::permanent("canceled"));
@@ -231,7 +310,7 @@ async fn run(input: Value, context: ActionContext) -> Result<Value, ActionFailur
     }
     // The next call's shim is made while this one's command runs, off every step's path.
     spare::refill(&context.draining);
-    follow(shim, &spec, &context).await
+    follow(shim, spec, context).await
 }
 
 /// The umask the commands run with: the one the daemon was started with (the daemon itself
@@ -267,6 +346,25 @@ fn prepare_call(spec: &ExecSpec, context: &ActionContext) -> Result<Vec<u8>, Act
         .ancestors()
         .take_while(|directory| !directory.exists())
         .collect();
+    if created.is_empty() {
+        // The dir of a call whose start is journaled only now holds nothing of a command: what
+        // is there was left by a shim handed this call number before a commit that failed (or
+        // a daemon that died first), which got no go and recorded that it did not start.
+        for file in [shim::STATUS_FILE, shim::STDOUT_FILE, shim::CHILD_FILE] {
+            match std::fs::remove_file(dir.join(file)) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), file, "removed what a shim that never got its go left")
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => {
+                    return Err(not_started(format!(
+                        "cannot clear {file} in the call dir {}: {error}",
+                        dir.display()
+                    )))
+                }
+            }
+        }
+    }
     std::fs::create_dir_all(dir).map_err(|error| {
         not_started(format!(
             "cannot create the call dir {}: {error}",
@@ -324,10 +422,15 @@ async fn hand_over(message: &[u8], context: &ActionContext) -> Result<Shim, Acti
     }
     // For the call's run (its dir holds the call dir and the run's shim log).
     let mut shim = spare::spawn(run_dir(&context.state_dir)).map_err(not_started)?;
-    let Err(error) = shim.send(message).await else {
-        return Ok(shim);
-    };
-    // The shim closed its end: it refused the call dir (its status says why) or died.
+    match shim.send(message).await {
+        Ok(()) => Ok(shim),
+        Err(error) => Err(refused(shim, error, context).await),
+    }
+}
+
+/// Why a shim could not be handed its call (writing to it failed with `error`): it closed its
+/// end, because it refused the call dir (its status says why) or died.
+async fn refused(mut shim: Shim, error: std::io::Error, context: &ActionContext) -> ActionFailure {
     if tokio::time::timeout(SHIM_PATIENCE, shim.close())
         .await
         .is_err()
@@ -341,7 +444,7 @@ async fn hand_over(message: &[u8], context: &ActionContext) -> Result<Shim, Acti
             shim.identity.pid
         ),
     };
-    Err(not_started(why))
+    not_started(why)
 }
 
 /// The binary to run as `<program> shim - <dir>`, for this daemon.

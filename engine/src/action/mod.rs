@@ -68,6 +68,27 @@ pub trait Action: Send + Sync + 'static {
         None
     }
 
+    /// Makes a call ready before the commit that starts it, so that the note it would journal
+    /// first (with its [`Recorder`]) is journaled in that same commit: one device flush less
+    /// on the step's path. It must not block nor begin the call's effect, for the start may
+    /// never become durable (then [`Action::discard`] gets what it kept). `None`: the call
+    /// starts the usual way, with [`Action::call`].
+    fn prepare(&self, _input: &Value, _context: &ActionContext) -> Option<Prepared> {
+        None
+    }
+
+    /// Runs a call [`Action::prepare`] made ready, once its start and its note are durable.
+    fn call_prepared(&self, input: Value, context: ActionContext, _held: Held) -> ActionFuture {
+        self.call(input, context)
+    }
+
+    /// Gives up a call [`Action::prepare`] made ready whose start was not journaled; resolves
+    /// once nothing of it is left to act.
+    fn discard(&self, held: Held) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        drop(held);
+        Box::pin(async {})
+    }
+
     /// What a call with `input` would change, computed by reading the current state only
     /// (`runbook plan --check`): `{"changes": [{"what", "before", "after"}], "note"}`, plus
     /// `"runs"` (the command) for an action that runs a command. `None`: the action cannot
@@ -75,6 +96,16 @@ pub trait Action: Send + Sync + 'static {
     fn preview(&self, _input: Value, _context: ActionContext) -> Option<ActionFuture> {
         None
     }
+}
+
+/// What an action keeps of a call it made ready ([`Action::prepare`]); only it knows the type.
+pub type Held = Box<dyn std::any::Any + Send>;
+
+/// A call made ready before its start is journaled: the note to journal with the start, and
+/// what the action keeps for [`Action::call_prepared`].
+pub struct Prepared {
+    pub note: Value,
+    pub held: Held,
 }
 
 type RecordFn =

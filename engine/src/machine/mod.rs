@@ -22,7 +22,8 @@ mod poll_history;
 mod state;
 
 pub use decide::{
-    create, decide, ActionFailure, Call, CallInFlight, Decision, Effect, Input, Rejection,
+    create, decide, note_call, ActionFailure, Call, CallInFlight, Decision, Effect, Input,
+    Rejection,
 };
 pub use event::{
     Actor, AttentionReason, Event, EventKind, FinalState, SuspendedTimer, TimerPurpose,

@@ -1,17 +1,23 @@
-//! Action calls: released after the commit that starts them, fed back as an input when they
-//! end, aborted on request, and offered to their action to re-attach after a restart.
+//! Action calls: made ready before the commit that starts them when their action can (its note
+//! then goes into that commit), released after it, fed back as an input when they end, aborted
+//! on request, and offered to their action to re-attach after a restart.
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::*;
+use crate::action::{Held, Prepared};
 use crate::machine::CallInFlight;
+
+/// The calls of a decision that their actions made ready before its commit.
+pub(super) type PreparedCalls = Vec<(CallId, Held)>;
 
 /// How a call is launched.
 pub(super) enum Launch {
-    /// Its start was just journaled: run the action.
-    Start,
+    /// Its start was just journaled: run the action (with what it kept of the call if it made
+    /// it ready before the commit).
+    Start { held: Option<Held> },
     /// It was in flight when the daemon stopped: re-attach to it, with the last note it
     /// recorded (what it needs to find its work again), if any.
     Reattach { note: Option<Value> },
@@ -69,7 +75,69 @@ impl Engine {
         self.inner.timer_wake.notify_one();
     }
 
-    pub(super) fn after_commit(&self, run_id: Uuid, decision: &Decision) {
+    /// Before the commit of a decision that starts calls: each call whose action can make it
+    /// ready now (`Action::prepare`) is, and the note it would journal first is added to the
+    /// decision (and applied to `next`), so that its start and its note take one commit.
+    pub(super) fn prepare_calls(
+        &self,
+        next: &mut RunState,
+        decision: &mut Decision,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> PreparedCalls {
+        let mut prepared = PreparedCalls::new();
+        if self.inner.draining.is_cancelled() {
+            return prepared;
+        }
+        for effect in &decision.effects {
+            let Effect::Call(call) = effect else {
+                continue;
+            };
+            let Some(action) = self.inner.actions.get(&call.action) else {
+                continue;
+            };
+            // An input that does not fit is refused when the call runs, with its reason.
+            if !action.schema().check(&call.input, true).is_empty() {
+                continue;
+            }
+            let context = self.action_context(call, CancellationToken::new(), None);
+            let Some(Prepared { note, held }) = action.prepare(&call.input, &context) else {
+                continue;
+            };
+            match machine::note_call(next, call.call, note, now) {
+                Ok(event) => {
+                    decision.events.push(event);
+                    prepared.push((call.call, held));
+                }
+                Err(rejection) => {
+                    tracing::error!(run = %call.run_id, step = %call.step, %rejection, "cannot journal a prepared call's note");
+                    self.spawn_tracked(action.discard(held));
+                }
+            }
+        }
+        prepared
+    }
+
+    /// A decision's commit failed: the calls made ready for it are given up (their start is
+    /// not journaled, and their call ids may be used again).
+    pub(super) async fn discard_prepared(&self, decision: &Decision, prepared: PreparedCalls) {
+        for (number, held) in prepared {
+            let action = decision.effects.iter().find_map(|effect| match effect {
+                Effect::Call(call) if call.call == number => self.inner.actions.get(&call.action),
+                _ => None,
+            });
+            match action {
+                Some(action) => action.discard(held).await,
+                None => drop(held),
+            }
+        }
+    }
+
+    pub(super) fn after_commit(
+        &self,
+        run_id: Uuid,
+        decision: &Decision,
+        mut prepared: PreparedCalls,
+    ) {
         let armed = decision
             .events
             .iter()
@@ -79,7 +147,13 @@ impl Engine {
         }
         for effect in &decision.effects {
             match effect {
-                Effect::Call(call) => self.spawn(call.clone(), Launch::Start),
+                Effect::Call(call) => {
+                    let held = prepared
+                        .iter()
+                        .position(|(number, _)| *number == call.call)
+                        .map(|index| prepared.swap_remove(index).1);
+                    self.spawn(call.clone(), Launch::Start { held });
+                }
                 // Shutting down: the restarted daemon continues the run (recovery feeds every
                 // live run `Continue`).
                 Effect::Continue if self.inner.draining.is_cancelled() => {}
@@ -110,9 +184,9 @@ impl Engine {
     /// Runs an action call, or (after a restart) re-attaches to one, and feeds its end back as
     /// an input.
     pub(super) fn spawn(&self, call: Call, launch: Launch) {
-        let (reattach, note) = match launch {
-            Launch::Start => (false, None),
-            Launch::Reattach { note } => (true, note),
+        let (reattach, note, held) = match launch {
+            Launch::Start { held } => (false, None, held),
+            Launch::Reattach { note } => (true, note, None),
         };
         if self.inner.draining.is_cancelled() && !reattach {
             // Shutting down: its start is journaled, nothing was released; the restarted
@@ -128,32 +202,7 @@ impl Engine {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .insert((call.run_id, call.call), token.clone());
         tokio::spawn(async move {
-            let recorder = {
-                let engine = engine.clone();
-                let (run_id, number) = (call.run_id, call.call);
-                Recorder::new(move |note| {
-                    let engine = engine.clone();
-                    Box::pin(async move {
-                        engine
-                            .handle(run_id, Input::CallNote { call: number, note })
-                            .await
-                            .map(|_| ())
-                            .map_err(|error| error.to_string())
-                    })
-                })
-            };
-            let context = ActionContext {
-                run_id: call.run_id,
-                step: call.step.clone(),
-                attempt: call.attempt,
-                undo: call.undo,
-                cancel: token,
-                draining: engine.inner.draining.clone(),
-                log: LogSink::new(engine.log_path(call.run_id, &call.step, call.undo)),
-                state_dir: engine.call_dir(call.run_id, call.call),
-                note,
-                recorder,
-            };
+            let context = engine.action_context(&call, token, note);
             let action = engine.inner.actions.get(&call.action);
             let future = match (&action, reattach) {
                 (None, _) => None,
@@ -168,23 +217,27 @@ impl Engine {
                     // A template may have rendered to a value the action does not take:
                     // refused here, naming the key, before the action sees it.
                     let problems = action.schema().check(&call.input, true);
-                    if problems.is_empty() {
-                        Some(action.call(call.input.clone(), context))
-                    } else {
-                        let message = format!(
-                            "{}: the rendered input does not fit: {}",
-                            call.action,
-                            problems
-                                .iter()
-                                .map(|problem| format!("with.{problem}"))
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        );
-                        context.log.line(&format!("[runbook] {message}"));
-                        Some(
-                            Box::pin(async move { Err(ActionFailure::permanent(message)) })
-                                as crate::action::ActionFuture,
-                        )
+                    match (problems.is_empty(), held) {
+                        (true, Some(held)) => {
+                            Some(action.call_prepared(call.input.clone(), context, held))
+                        }
+                        (true, None) => Some(action.call(call.input.clone(), context)),
+                        (false, _) => {
+                            let message = format!(
+                                "{}: the rendered input does not fit: {}",
+                                call.action,
+                                problems
+                                    .iter()
+                                    .map(|problem| format!("with.{problem}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            );
+                            context.log.line(&format!("[runbook] {message}"));
+                            Some(
+                                Box::pin(async move { Err(ActionFailure::permanent(message)) })
+                                    as crate::action::ActionFuture,
+                            )
+                        }
                     }
                 }
                 (Some(action), true) => action.reattach(call.input.clone(), context),
@@ -252,6 +305,41 @@ impl Engine {
                     tracing::warn!(run = %call.run_id, step = %call.step, dir = %dir.display(), %error, "cannot remove a poll's call directory");
                 }
             }
+        }
+    }
+
+    /// What the action of `call` is told about it.
+    fn action_context(
+        &self,
+        call: &Call,
+        cancel: CancellationToken,
+        note: Option<Value>,
+    ) -> ActionContext {
+        let recorder = {
+            let engine = self.clone();
+            let (run_id, number) = (call.run_id, call.call);
+            Recorder::new(move |note| {
+                let engine = engine.clone();
+                Box::pin(async move {
+                    engine
+                        .handle(run_id, Input::CallNote { call: number, note })
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| error.to_string())
+                })
+            })
+        };
+        ActionContext {
+            run_id: call.run_id,
+            step: call.step.clone(),
+            attempt: call.attempt,
+            undo: call.undo,
+            cancel,
+            draining: self.inner.draining.clone(),
+            log: LogSink::new(self.log_path(call.run_id, &call.step, call.undo)),
+            state_dir: self.call_dir(call.run_id, call.call),
+            note,
+            recorder,
         }
     }
 

@@ -318,26 +318,37 @@ impl Engine {
         };
         let now = self.inner.clock.now();
         let run_id = new_run_id(now);
-        let (mut state, decision) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            machine::create(run_id, definition, params, locks, by, comment, now)
-        }))
-        .map_err(|panic| {
-            let reason = format!(
-                "the engine failed creating the run ({}); nothing was stored",
-                panic_message(&panic)
-            );
-            tracing::error!(%reason, "internal error");
-            Error::Internal(reason)
-        })?;
-        let mut commit = Commit::new(0, &decision.events, &mut state, decision.settled())?;
+        let (mut state, mut decision) =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                machine::create(run_id, definition, params, locks, by, comment, now)
+            }))
+            .map_err(|panic| {
+                let reason = format!(
+                    "the engine failed creating the run ({}); nothing was stored",
+                    panic_message(&panic)
+                );
+                tracing::error!(%reason, "internal error");
+                Error::Internal(reason)
+            })?;
+        let prepared = self.prepare_calls(&mut state, &mut decision, now);
+        let commit = Commit::new(0, &decision.events, &mut state, decision.settled());
+        let mut commit = match commit {
+            Ok(commit) => commit,
+            Err(error) => {
+                self.discard_prepared(&decision, prepared).await;
+                return Err(error.into());
+            }
+        };
         commit.claims.extend(claim);
         commit.outbox = self.notifications(None, &state, &decision.events);
         let notified = !commit.outbox.is_empty();
         let parked = commit.parked;
-        match self.inner.writer.commit(commit).await {
-            Ok(()) => {}
-            Err(store::Error::Claimed { holder, .. }) => return Ok(Err(holder)),
-            Err(error) => return Err(error.into()),
+        if let Err(error) = self.inner.writer.commit(commit).await {
+            self.discard_prepared(&decision, prepared).await;
+            return match error {
+                store::Error::Claimed { holder, .. } => Ok(Err(holder)),
+                error => Err(error.into()),
+            };
         }
         if notified {
             self.wake_outbox();
@@ -352,7 +363,7 @@ impl Engine {
                 .or_insert_with(|| Arc::new(Mutex::new(Resident::Live(Arc::new(state.clone())))));
         }
         tracing::info!(run = %run_id, runbook = %state.runbook, "run started");
-        self.after_commit(run_id, &decision);
+        self.after_commit(run_id, &decision, prepared);
         Ok(Ok(state))
     }
 
@@ -427,17 +438,29 @@ impl Engine {
             let settled = next.is_parked() && decision.settled();
             return Ok((state.clone(), settled));
         }
-        let mut commit = Commit::new(
+        let mut decision = decision;
+        let prepared = self.prepare_calls(&mut next, &mut decision, now);
+        let commit = Commit::new(
             state.last_seq,
             &decision.events,
             &mut next,
             decision.settled(),
-        )?;
+        );
+        let mut commit = match commit {
+            Ok(commit) => commit,
+            Err(error) => {
+                self.discard_prepared(&decision, prepared).await;
+                return Err(error.into());
+            }
+        };
         commit.outbox = self.notifications(Some(state), &next, &decision.events);
         let notified = !commit.outbox.is_empty();
         let parked = commit.parked;
         let ended = !state.status.is_terminal() && next.status.is_terminal();
-        self.inner.writer.commit(commit).await?;
+        if let Err(error) = self.inner.writer.commit(commit).await {
+            self.discard_prepared(&decision, prepared).await;
+            return Err(error.into());
+        }
         if notified {
             self.wake_outbox();
         }
@@ -457,7 +480,7 @@ impl Engine {
             self.spawn_tracked(async move { engine.schedule_run_ended(&schedule, run_id).await });
         }
         crate::failpoint::hit(crate::failpoint::Failpoint::DurableBeforeEffect);
-        self.after_commit(run_id, &decision);
+        self.after_commit(run_id, &decision, prepared);
         Ok((next, parked))
     }
 

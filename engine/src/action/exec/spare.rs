@@ -77,6 +77,22 @@ impl Shim {
         }
     }
 
+    /// Writes what of `bytes` its stdin takes without waiting; the rest.
+    pub fn send_now(&mut self, bytes: &[u8]) -> std::io::Result<Vec<u8>> {
+        let Some(to) = &self.to else {
+            return Err(std::io::Error::other("the supervisor's stdin is closed"));
+        };
+        let mut sent = 0;
+        while sent < bytes.len() {
+            match to.try_write(&bytes[sent..]) {
+                Ok(written) => sent += written,
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(bytes[sent..].to_vec())
+    }
+
     /// Resolves once the shim has recorded the command's end ([`shim::ENDED`] on its stdout)
     /// or has ended.
     pub async fn exited(&mut self) {
@@ -139,6 +155,14 @@ pub(super) fn take() -> Option<Shim> {
         None | Some(Ok(None)) => Some(spare),
         // It ended (or cannot be asked): it had no call, so nothing ran; dropping it reaps it.
         Some(_) => None,
+    }
+}
+
+/// Puts back a spare [`take`] took for a call that could not use it.
+pub(super) fn give_back(spare: Shim) {
+    let mut slot = SLOT.lock().unwrap_or_else(PoisonError::into_inner);
+    if slot.is_none() {
+        *slot = Some(spare);
     }
 }
 

@@ -283,6 +283,45 @@ pub fn decide(
     Ok(decider.finish())
 }
 
+/// Journals `note` for `call`, in flight in `state`, as the next event: applied to `state` and
+/// returned, for the shell to add to a decision that started the call (a note an action had
+/// ready before the call's start was journaled, see `Action::prepare`). Equal to deciding
+/// [`Input::CallNote`], without a copy of the state.
+pub fn note_call(
+    state: &mut RunState,
+    call: CallId,
+    note: Value,
+    now: DateTime<Utc>,
+) -> Result<Event, Rejection> {
+    let event = Event {
+        seq: state.last_seq + 1,
+        at: now,
+        kind: call_noted(state, call, note)?,
+    };
+    evolve(state, &event);
+    Ok(event)
+}
+
+/// The `CallNoted` event for a call in flight (a step's or an undo's).
+fn call_noted(state: &RunState, call: CallId, note: Value) -> Result<EventKind, Rejection> {
+    let (step, undo) = if let Some(step) = state.step_with_call(call) {
+        (step, false)
+    } else if let Some(step) = state.step_with_undo_call(call) {
+        (step, true)
+    } else {
+        return Err(Rejection::Conflict(format!(
+            "call {call} of run {} is not in flight",
+            state.id
+        )));
+    };
+    Ok(EventKind::CallNoted {
+        step: step.key.clone(),
+        call,
+        undo,
+        note,
+    })
+}
+
 struct Decider {
     state: RunState,
     now: DateTime<Utc>,
@@ -452,28 +491,8 @@ impl Decider {
             Input::NotStarted { call, reason } => self.on_not_started(call, reason),
             Input::Continue => {}
             Input::CallNote { call, note } => {
-                if let Some(step) = self.state.step_with_call(call) {
-                    let step = step.key.clone();
-                    self.emit(EventKind::CallNoted {
-                        step,
-                        call,
-                        undo: false,
-                        note,
-                    });
-                } else if let Some(step) = self.state.step_with_undo_call(call) {
-                    let step = step.key.clone();
-                    self.emit(EventKind::CallNoted {
-                        step,
-                        call,
-                        undo: true,
-                        note,
-                    });
-                } else {
-                    return Err(Rejection::Conflict(format!(
-                        "call {call} of run {} is not in flight",
-                        self.state.id
-                    )));
-                }
+                let noted = call_noted(&self.state, call, note)?;
+                self.emit(noted);
             }
             Input::Approve { step, by, comment } => return self.approve(step, by, comment),
             Input::Pause { by, comment } => {
