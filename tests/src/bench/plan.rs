@@ -111,10 +111,18 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
     side.idle.push(ours::idle(binary).await?);
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
+    noop_phases(&daemon, sizes, side).await?;
+    exec_phases(&daemon, sizes, side).await?;
+    daemon.kill9();
+    Ok(())
+}
+
+/// Noop steps: latency, then throughput.
+async fn noop_phases(daemon: &Daemon, sizes: &Sizes, side: &mut Side) -> Result<()> {
     if sizes.warmup {
-        ours::latency(&daemon, 20, Step::Noop).await?;
+        ours::latency(daemon, 20, Step::Noop).await?;
         ours::throughput(
-            &daemon,
+            daemon,
             128,
             sizes.throughput_steps,
             sizes.in_flight,
@@ -123,10 +131,10 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
         .await?;
     }
     side.latency
-        .push(ours::latency(&daemon, sizes.latency_steps, Step::Noop).await?);
+        .push(ours::latency(daemon, sizes.latency_steps, Step::Noop).await?);
     side.throughput.push(
         ours::throughput(
-            &daemon,
+            daemon,
             sizes.throughput_runs,
             sizes.throughput_steps,
             sizes.in_flight,
@@ -134,8 +142,6 @@ async fn ours_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()>
         )
         .await?,
     );
-    exec_phases(&daemon, sizes, side).await?;
-    daemon.kill9();
     Ok(())
 }
 
@@ -159,10 +165,12 @@ async fn exec_phases(daemon: &Daemon, sizes: &Sizes, side: &mut Side) -> Result<
     Ok(())
 }
 
-/// The exec phases alone, on another build (`--baseline`), in the same rounds as ours.
+/// The exec phases of another build (`--baseline`), in the same rounds as ours, after the same
+/// noop phases (not shown), so that its exec steps find a store as large as ours do.
 async fn baseline_round(binary: &Path, sizes: &Sizes, side: &mut Side) -> Result<()> {
     let mut daemon = Daemon::new(binary)?;
     daemon.start().await?;
+    noop_phases(&daemon, sizes, &mut Side::default()).await?;
     exec_phases(&daemon, sizes, side).await?;
     daemon.kill9();
     Ok(())
