@@ -211,6 +211,73 @@ with = {{ command = "echo next >> {marker}" }}
     Ok(())
 }
 
+#[test]
+fn a_command_end_reported_to_a_daemon_that_died_before_journaling_it_is_kept() -> Result<()> {
+    let mut daemon = Daemon::start()?;
+    let marker = daemon.path("marker");
+    let file = daemon.write_file(
+        "reported.toml",
+        &format!(
+            r#"
+name = "reported"
+[[steps]]
+id = "work"
+action = "exec"
+with = {{ command = "echo ran >> {marker}; echo the output" }}
+[[steps]]
+id = "next"
+action = "exec"
+with = {{ command = "echo next >> {marker}" }}
+"#
+        ),
+    )?;
+    // A followed command's end goes to the daemon over the shim's pipe, not into the call dir.
+    let plain = daemon.start_run(&file, &[])?;
+    daemon.wait_state(&plain, "succeeded", LONG)?;
+    for dir in daemon.call_dirs(&plain)? {
+        assert!(
+            !dir.join("status.json").exists(),
+            "{}: a followed command's end was written",
+            dir.display()
+        );
+    }
+    std::fs::remove_file(&marker)?;
+
+    // The daemon dies with the first command's end in hand, before it journals it: the shim,
+    // never told that it is journaled, writes it into the call dir, and the restarted daemon
+    // takes that as the step's result rather than an unknown outcome.
+    daemon.kill9();
+    daemon.set_env(&[("RUNBOOK_FAILPOINT", "EffectBeforeRecord")]);
+    daemon.restart()?;
+    let run = daemon.start_run(&file, &[])?;
+    let deadline = Instant::now() + LONG;
+    while !daemon.exited() {
+        if Instant::now() > deadline {
+            bail!(
+                "the daemon did not crash at its failpoint: {}",
+                daemon.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let call = daemon
+        .call_dirs(&run)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no call dir"))?;
+    eventually("the shim to record the end", LONG, || {
+        call.join("status.json").exists()
+    })?;
+    daemon.set_env(&[]);
+    daemon.restart()?;
+    let shown = daemon.wait_state(&run, "succeeded", LONG)?;
+    assert_eq!(lines(&marker), ["ran", "next"], "{shown}");
+    let work = step_of(&shown, "work").ok_or_else(|| anyhow!("no step `work` in {shown}"))?;
+    assert_eq!(work["attempts"], 1, "{shown}");
+    assert_eq!(work["output"]["stdout"], "the output\n", "{shown}");
+    Ok(())
+}
+
 /// Starts a run of one exec step that spawns two grandchildren and outlives its timeout; returns
 /// the run, the command's process group, and what the step left in the end.
 fn timed_out(

@@ -41,7 +41,9 @@
 //! decides from the call dir and that note:
 //!
 //! 1. `status.json` exists → the command ended, maybe while the daemon was down: its real exit
-//!    status is the step's result.
+//!    status is the step's result. (A daemon that follows a call gets the end over the shim's
+//!    pipe and tells the shim once the result is journaled; only a shim that is not told
+//!    writes `status.json`.)
 //! 2. else the journaled shim is alive (same pid, same start time, same boot) → re-attach: wait
 //!    for its status. It kept appending the command's output to the step log all along.
 //! 3. else → the outcome is unknown (the host rebooted, the shim was killed, its pid now belongs
@@ -200,7 +202,7 @@ impl Action for Exec {
                 ));
                 tracing::info!(run = %context.run_id, step = %context.step, "the command ended while the daemon was down ({how})");
                 Some(Box::pin(async move {
-                    finish(status, &spec, &context.state_dir)
+                    finish(status, None, &spec, &context.state_dir)
                 }))
             }
             Recovery::Running(identity) => {
@@ -396,6 +398,8 @@ fn prepare_call(spec: &ExecSpec, context: &ActionContext) -> Result<Vec<u8>, Act
         cwd: spec.cwd.clone(),
         log: context.log.path().to_owned(),
         grace_ms: u64::try_from(spec.grace.as_millis()).unwrap_or(u64::MAX),
+        // A daemon that journals the result takes the end over the pipe.
+        report: context.settle.is_some(),
     };
     let mut message = shim::call_message(&call).map_err(not_started)?;
     message.extend(shim::spec_message(&shim_spec).map_err(not_started)?);
@@ -487,59 +491,87 @@ async fn follow(
     spec: &ExecSpec,
     context: &ActionContext,
 ) -> Result<Value, ActionFailure> {
-    let stop = tokio::select! {
-        () = shim.exited() => false,
-        () = context.cancel.cancelled() => true,
+    let identity = shim.identity.clone();
+    // One wait for the shim's end, kept across a stop: a report may be on its way when the
+    // cancel comes, and must not be read from its middle.
+    let (reported, stopped) = {
+        let exited = shim.exited();
+        tokio::pin!(exited);
+        tokio::select! {
+            reported = &mut exited => (reported, false),
+            () = context.cancel.cancelled() => (stop_command(&identity, exited.as_mut(), spec, context).await, true),
+        }
     };
-    if stop {
-        return stop_command(shim, spec, context).await;
+    let status = match reported {
+        Some(shim::Report { status, stdout }) => {
+            // Once the result is journaled, the shim may exit without writing it.
+            if let Some(settle) = &context.settle {
+                settle.after_journaled(move || shim.acknowledge());
+            }
+            Some((status, Some(stdout)))
+        }
+        None => match shim::read_status(&context.state_dir) {
+            Ok(status) => status.map(|status| (status, None)),
+            Err(error) if !stopped => {
+                return Err(ActionFailure::permanent(format!(
+                    "cannot read how the command ended: {error}; its outcome is unknown"
+                )))
+            }
+            Err(_) => None,
+        },
+    };
+    if stopped {
+        // The command may have run to its end anyway: it ignored SIGTERM and finished within
+        // the grace, or it had finished when the stop came. Then its change is made, and its
+        // real result is the call's (the machine journals it and a rollback undoes it).
+        return match status {
+            Some((status, stdout)) if matches!(status.outcome, Outcome::Exited { .. }) => {
+                let how = describe(&status.outcome);
+                context.log.line(&format!(
+                    "[runbook] the command ran to its end although it was asked to stop ({how}): its result counts"
+                ));
+                finish(status, stdout, spec, &context.state_dir)
+            }
+            _ => Err(ActionFailure::permanent("canceled")),
+        };
     }
-    match shim::read_status(&context.state_dir) {
-        Ok(Some(status)) => finish(status, spec, &context.state_dir),
-        Ok(None) => Err(ActionFailure::permanent(format!(
+    match status {
+        Some((status, stdout)) => finish(status, stdout, spec, &context.state_dir),
+        None => Err(ActionFailure::permanent(format!(
             "the command's supervisor (runbook shim, pid {}) ended without recording how the command ended in {}; its outcome is unknown{}",
-            shim.identity.pid,
+            identity.pid,
             context.state_dir.display(),
             still_running(&context.state_dir)
         ))),
-        Err(error) => Err(ActionFailure::permanent(format!("cannot read how the command ended: {error}; its outcome is unknown"))),
     }
 }
 
 /// Timeout, cancel or rollback: the shim stops the command's group; if it does not, we do.
+/// What the shim reported, if it did, once it ended.
 async fn stop_command(
-    mut shim: Shim,
+    shim: &ProcessIdentity,
+    mut exited: std::pin::Pin<&mut impl std::future::Future<Output = Option<shim::Report>>>,
     spec: &ExecSpec,
     context: &ActionContext,
-) -> Result<Value, ActionFailure> {
-    shim.identity.signal(libc::SIGTERM);
-    if tokio::time::timeout(spec.grace + SHIM_PATIENCE, shim.exited())
-        .await
-        .is_err()
+) -> Option<shim::Report> {
+    shim.signal(libc::SIGTERM);
+    if let Ok(reported) = tokio::time::timeout(spec.grace + SHIM_PATIENCE, &mut exited).await {
+        return reported;
+    }
+    tracing::warn!(run = %context.run_id, step = %context.step, pid = shim.pid, "the command's supervisor did not stop it; killing its process group");
+    context.log.line(
+        "[runbook] the supervisor did not stop the command in time: SIGKILL to its process group",
+    );
+    if let Ok(Some(leader)) =
+        shim::read_json::<ProcessIdentity>(&context.state_dir.join(shim::CHILD_FILE))
     {
-        tracing::warn!(run = %context.run_id, step = %context.step, pid = shim.identity.pid, "the command's supervisor did not stop it; killing its process group");
-        context.log.line("[runbook] the supervisor did not stop the command in time: SIGKILL to its process group");
-        if let Ok(Some(leader)) =
-            shim::read_json::<ProcessIdentity>(&context.state_dir.join(shim::CHILD_FILE))
-        {
-            shim::signal_group(&leader, libc::SIGKILL);
-        }
-        shim.identity.signal(libc::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(2), shim.exited()).await;
+        shim::signal_group(&leader, libc::SIGKILL);
     }
-    // The command may have run to its end anyway: it ignored SIGTERM and finished within the
-    // grace, or it had finished when the stop came. Then its change is made, and its real result
-    // is the call's (the machine journals it and a rollback undoes it).
-    match shim::read_status(&context.state_dir) {
-        Ok(Some(status)) if matches!(status.outcome, Outcome::Exited { .. }) => {
-            let how = describe(&status.outcome);
-            context.log.line(&format!(
-                "[runbook] the command ran to its end although it was asked to stop ({how}): its result counts"
-            ));
-            finish(status, spec, &context.state_dir)
-        }
-        _ => Err(ActionFailure::permanent("canceled")),
-    }
+    shim.signal(libc::SIGKILL);
+    tokio::time::timeout(Duration::from_secs(2), &mut exited)
+        .await
+        .ok()
+        .flatten()
 }
 
 #[cfg(test)]

@@ -52,6 +52,40 @@ pub struct ActionContext {
     pub note: Option<Value>,
     /// Journals a note about this call, durably.
     pub recorder: Recorder,
+    /// What to do once the call's result is journaled; `None` where nobody journals it (a
+    /// call made inside another action).
+    pub settle: Option<Settle>,
+}
+
+/// What an action leaves to do once its result is journaled (`exec`: tell its shim that it may
+/// exit without writing the command's end into the call dir). Dropped without running when
+/// the result is not journaled.
+#[derive(Clone, Default)]
+pub struct Settle(Arc<std::sync::Mutex<Vec<AfterJournaled>>>);
+
+type AfterJournaled = Box<dyn FnOnce() + Send>;
+
+impl Settle {
+    /// Runs `then` once the result is journaled; drops it if it never is.
+    pub fn after_journaled(&self, then: impl FnOnce() + Send + 'static) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(then));
+    }
+
+    /// The result is journaled.
+    pub fn journaled(&self) {
+        let pending = std::mem::take(
+            &mut *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for then in pending {
+            then();
+        }
+    }
 }
 
 pub trait Action: Send + Sync + 'static {

@@ -10,8 +10,8 @@
 //! only then releases it (one byte, [`GO`], on the same pipe). A shim started as
 //! `shim <call dir>` (by an older daemon) gets only the spec.
 //! The shim starts the command in its own process group, streams its stdout and stderr into the
-//! step log (capped, see [`LogSink`]), and when the command ends writes how it ended into the
-//! call dir. [`run`] is the whole process; it needs no async runtime, and between events it
+//! step log (capped, see [`LogSink`]), and when the command ends reports how it ended to the
+//! daemon that follows it ([`Report`]), or writes it into the call dir when none takes it. [`run`] is the whole process; it needs no async runtime, and between events it
 //! sleeps until a signal wakes it ([`wake`]).
 //!
 //! (Over 600 lines on purpose: the call dir's files, their writer and their readers are one
@@ -26,7 +26,7 @@
 //!   [`RECORD_CHILD_AFTER`], or when it is to be stopped.
 //! - `stdout` — the first MiB of the command's stdout (for `parse`); complete before `status.json`;
 //!   absent if the command wrote nothing to stdout.
-//! - `status.json` — how the command ended ([`Status`]).
+//! - `status.json` — how the command ended ([`Status`]), when no daemon took the [`Report`].
 //! - `spec.json` — what to run, as an older daemon handed it over (the shim still reads it when
 //!   such a daemon releases it with a bare [`GO`]); never written now.
 //!
@@ -47,6 +47,12 @@
 //!   have planted it.
 //! - After the go the daemon keeps the pipe open for as long as it follows the call. That is
 //!   how the shim knows whether the daemon will journal the command's end itself.
+//! - A daemon whose spec says [`Spec::report`] and that still follows the call when the command
+//!   ends gets the end on the shim's stdout ([`REPORT`], then the status and the kept stdout)
+//!   instead of files, and answers [`ACK`] once its journal holds the result; the shim then
+//!   exits with nothing written (a step of `true` creates no file but its call dir). EOF
+//!   instead of the ack (the daemon died or stopped before the result was durable): the shim
+//!   writes the end into the call dir, durably, as below, for the restarted daemon.
 //! - Every file is written atomically (a temporary file, then a rename): a reader sees all of
 //!   it or nothing. `stdout` and `status.json` are durable (fsync of each file, of the call dir
 //!   and of the call dir's entry in `calls/`) when the shim finds the pipe closed at the end:
@@ -59,7 +65,7 @@
 //!   killed process leaves the page cache whole), and a power cut ends every process it names
 //!   — the journaled boot id says so, and the outcome is then what `status.json` says, or
 //!   unknown.
-//! - `status.json` is written last: it exists ⇒
+//! - `status.json` is written last (when it is written): it exists ⇒
 //!   the command has ended (and, if it was stopped, no member of its process group is left);
 //!   then the shim writes one byte, [`ENDED`], on its stdout (the daemon's pipe: the daemon
 //!   need not wait for the process to end) and exits.
@@ -98,6 +104,14 @@ pub(crate) const GO: u8 = b'g';
 /// The byte the shim writes on its stdout once the command's end is recorded, right before it
 /// exits.
 pub(crate) const ENDED: u8 = b'e';
+/// The byte that starts the [`Report`] of the command's end on the shim's stdout, sent instead
+/// of files to a daemon that follows the call and asked for it ([`Spec::report`]).
+pub(crate) const REPORT: u8 = b'r';
+/// The byte a daemon sends once it journaled a [`Report`]: the shim then exits with nothing
+/// to write.
+pub(crate) const ACK: u8 = b'a';
+/// The largest status a [`Report`] carries (its stderr tail is at most [`STDERR_TAIL`]).
+pub(crate) const MAX_REPORTED_STATUS: u32 = 64 * 1024;
 /// The byte that starts the [`Call`] on the stdin of a shim started ahead of its call.
 pub(crate) const CALL: u8 = b'c';
 /// In place of the call dir on the command line (`shim - <data dir>`): the shim was started
@@ -142,6 +156,17 @@ pub(crate) struct Spec {
     /// The umask the command runs with (the shim's own is private); absent in older specs.
     #[serde(default)]
     pub umask: Option<u32>,
+    /// The daemon takes the command's end over the pipe ([`REPORT`]) and acknowledges it once
+    /// journaled ([`ACK`]); false in older specs, whose daemons read the files.
+    #[serde(default)]
+    pub report: bool,
+}
+
+/// How the command ended, as reported over the pipe: what `status.json` and `stdout` would hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Report {
+    pub status: Status,
+    pub stdout: Vec<u8>,
 }
 
 /// Which call a shim started ahead of it serves: its dir, and the run's log of shim complaints
@@ -463,6 +488,13 @@ fn receive_spec(call_dir: &Path, pipe: &mut impl Read) -> Result<Spec, String> {
     versioned(Path::new("the spec the daemon sent"), value)
 }
 
+/// A reported status ([`Report`]), refused in any format but [`FORMAT`].
+pub(crate) fn decode_status(bytes: &[u8]) -> Result<Status, String> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|error| format!("the reported status is not JSON: {error}"))?;
+    versioned(Path::new("the reported status"), value)
+}
+
 /// The command's end, if the shim recorded it.
 pub(crate) fn read_status(call_dir: &Path) -> Result<Option<Status>, String> {
     read_versioned(&call_dir.join(STATUS_FILE))
@@ -506,7 +538,14 @@ fn supervise_from(call_dir: Option<&Path>, place: &Path) -> i32 {
         },
     };
     let call_dir = call_dir.as_path();
-    let (status, stdout) = supervise(call_dir, &mut pipe, &wake);
+    let mut reports = false;
+    let (status, stdout) = supervise(call_dir, &mut pipe, &wake, &mut reports);
+    // A daemon that follows the command and asked for it takes its end over the pipe, journals
+    // it, and acknowledges: then there is nothing to write. Without the acknowledgement (the
+    // daemon died or stopped first) the end is written as below, durably.
+    if reports && daemon_follows() && report(&status, &stdout) && acknowledged(&mut pipe) {
+        return 0;
+    }
     // The daemon that released the command keeps this pipe open while it follows the command,
     // and journals its end itself: then the files need only be visible to it. Else (it stopped
     // or died meanwhile, or is an older daemon that closes the pipe at the go) they must
@@ -553,6 +592,46 @@ fn supervise_from(call_dir: Option<&Path>, place: &Path) -> i32 {
     }
 }
 
+/// Sends the command's end to the daemon on stdout: [`REPORT`], the status's length and JSON,
+/// the kept stdout's length and bytes. False if the daemon cannot get it.
+fn report(status: &Status, stdout: &[u8]) -> bool {
+    let Ok(json) = serde_json::to_vec(status) else {
+        return false;
+    };
+    let (Ok(json_length), Ok(stdout_length)) =
+        (u32::try_from(json.len()), u32::try_from(stdout.len()))
+    else {
+        return false;
+    };
+    if json_length > MAX_REPORTED_STATUS {
+        return false;
+    }
+    let mut message = Vec::with_capacity(json.len() + stdout.len() + 9);
+    message.push(REPORT);
+    message.extend_from_slice(&json_length.to_be_bytes());
+    message.extend_from_slice(&json);
+    message.extend_from_slice(&stdout_length.to_be_bytes());
+    message.extend_from_slice(stdout);
+    // SAFETY: descriptor 1 is open for the life of the process; the `File` is never dropped,
+    // so it is not closed here.
+    let mut out =
+        std::mem::ManuallyDrop::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(1) });
+    out.write_all(&message).is_ok()
+}
+
+/// Waits for the daemon's [`ACK`] of a report; false on EOF (it died or stopped before it
+/// journaled the end) or anything else.
+fn acknowledged(pipe: &mut impl Read) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match pipe.read(&mut byte) {
+            Ok(1) => return byte[0] == ACK,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether the daemon still holds the other end of the shim's stdin (nothing to read, no
 /// hang-up): it follows the command.
 fn daemon_follows() -> bool {
@@ -584,8 +663,14 @@ fn leave_the_daemons_session(call_dir: &Path) {
     }
 }
 
-/// Waits for the go, runs the command to its end; the status and the kept stdout.
-fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec<u8>) {
+/// Waits for the go, runs the command to its end; the status and the kept stdout. `reports`:
+/// the daemon's spec asked for the end over the pipe ([`Spec::report`]).
+fn supervise(
+    call_dir: &Path,
+    pipe: &mut impl Read,
+    wake: &Wake,
+    reports: &mut bool,
+) -> (Status, Vec<u8>) {
     let not_started = |reason: String| (Status::new(Outcome::NotStarted { reason }), Vec::new());
     let stopped = || "the daemon stopped before it released the command".to_owned();
     let mut byte = [0u8; 1];
@@ -619,6 +704,7 @@ fn supervise(call_dir: &Path, pipe: &mut impl Read, wake: &Wake) -> (Status, Vec
         },
         _ => return not_started(stopped()),
     };
+    *reports = spec.report;
     let output = match output {
         Ok(output) => output,
         Err(error) => {

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::*;
-use crate::action::{Held, Prepared};
+use crate::action::{Held, Prepared, Settle};
 use crate::machine::CallInFlight;
 
 /// The calls of a decision that their actions made ready before its commit.
@@ -203,6 +203,7 @@ impl Engine {
             .insert((call.run_id, call.call), token.clone());
         tokio::spawn(async move {
             let context = engine.action_context(&call, token, note);
+            let settle = context.settle.clone();
             let action = engine.inner.actions.get(&call.action);
             let future = match (&action, reattach) {
                 (None, _) => None,
@@ -280,6 +281,9 @@ impl Engine {
                 tracing::error!(run = %call.run_id, step = %call.step, %error, "cannot record the end of a step");
                 return;
             }
+            if let Some(settle) = settle {
+                settle.journaled();
+            }
             engine.forget_poll_call_dir(&call).await;
         });
     }
@@ -340,6 +344,7 @@ impl Engine {
             state_dir: self.call_dir(call.run_id, call.call),
             note,
             recorder,
+            settle: Some(Settle::default()),
         }
     }
 

@@ -323,6 +323,7 @@ mod tests {
                     state_dir: dir.path().join("state"),
                     note: None,
                     recorder: Recorder::discard(),
+                    settle: None,
                 };
                 let result = tokio::time::timeout(
                     Duration::from_secs(3),

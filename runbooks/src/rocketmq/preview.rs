@@ -644,6 +644,7 @@ mod tests {
             state_dir: dir.join("state"),
             note: None,
             recorder: runbook_engine::action::Recorder::discard(),
+            settle: None,
         }
     }
 

@@ -92,9 +92,11 @@ pub(super) fn describe(outcome: &Outcome) -> String {
     }
 }
 
-/// The step's result from the shim's status and the kept stdout.
+/// The step's result from the shim's status and the kept stdout (reported with it, or else in
+/// the call dir).
 pub(super) fn finish(
     status: Status,
+    stdout: Option<Vec<u8>>,
     spec: &ExecSpec,
     call_dir: &Path,
 ) -> Result<Value, ActionFailure> {
@@ -132,7 +134,7 @@ pub(super) fn finish(
         });
     }
     let stdout_path = call_dir.join(shim::STDOUT_FILE);
-    let stdout = match std::fs::read(&stdout_path) {
+    let stdout = match stdout.map_or_else(|| std::fs::read(&stdout_path), Ok) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(error) => {

@@ -93,23 +93,47 @@ impl Shim {
         Ok(bytes[sent..].to_vec())
     }
 
-    /// Resolves once the shim has recorded the command's end ([`shim::ENDED`] on its stdout)
-    /// or has ended.
-    pub async fn exited(&mut self) {
+    /// Resolves once the shim has reported the command's end ([`shim::REPORT`]: returned; the
+    /// shim then waits for [`Shim::acknowledge`]) or recorded it in the call dir
+    /// ([`shim::ENDED`]), or has ended. Cancel-safe only until the shim writes: a caller that
+    /// stops waiting must not wait again (see `exec::follow`).
+    pub async fn exited(&mut self) -> Option<shim::Report> {
         if let Some(ended) = &mut self.ended {
             // The byte, or EOF: the shim exited (and may have recorded nothing).
             let mut byte = [0u8; 1];
-            let _ = ended.read(&mut byte).await;
+            let first = ended.read(&mut byte).await;
+            let reported = match first {
+                Ok(1) if byte[0] == shim::REPORT => Some(read_report(ended).await),
+                _ => None,
+            };
+            if let Some(Err(error)) = &reported {
+                // Without an acknowledgement the shim writes the end into the call dir, then
+                // exits.
+                tracing::warn!(pid = self.identity.pid, %error, "cannot read the end the command's supervisor reported; reading its call dir");
+                self.to = None;
+                let mut rest = [0u8; 256];
+                while matches!(ended.read(&mut rest).await, Ok(read) if read > 0) {}
+            }
             self.ended = None;
-            return;
+            return reported.and_then(Result::ok);
         }
         if let Some(child) = &mut self.child {
             if child.wait().await.is_ok() {
-                return;
+                return None;
             }
         }
         while self.identity.is_alive() {
             tokio::time::sleep(super::REATTACHED_POLL).await;
+        }
+        None
+    }
+
+    /// Tells a shim that reported the command's end that it is journaled: it exits without
+    /// writing it into the call dir.
+    pub fn acknowledge(mut self) {
+        if let Some(to) = self.to.take() {
+            // A full pipe or a gone shim: it reads EOF instead, and writes the end (durably).
+            let _ = to.try_write(&[shim::ACK]);
         }
     }
 
@@ -138,6 +162,28 @@ impl Shim {
             }
         }
     }
+}
+
+/// The rest of a [`shim::Report`] after its first byte.
+async fn read_report(ended: &mut pipe::Receiver) -> std::io::Result<shim::Report> {
+    let status_length = ended.read_u32().await?;
+    if status_length > shim::MAX_REPORTED_STATUS {
+        return Err(std::io::Error::other(format!(
+            "a status of {status_length} bytes"
+        )));
+    }
+    let mut status = vec![0u8; status_length as usize];
+    ended.read_exact(&mut status).await?;
+    let stdout_length = ended.read_u32().await?;
+    if stdout_length as usize > shim::STDOUT_FOR_PARSE {
+        return Err(std::io::Error::other(format!(
+            "a stdout of {stdout_length} bytes"
+        )));
+    }
+    let mut stdout = vec![0u8; stdout_length as usize];
+    ended.read_exact(&mut stdout).await?;
+    let status = shim::decode_status(&status).map_err(std::io::Error::other)?;
+    Ok(shim::Report { status, stdout })
 }
 
 /// Keeps a spare shim for calls in `data_dir` from now on (the daemon calls this once, in its

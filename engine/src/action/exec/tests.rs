@@ -101,6 +101,7 @@ fn a_recorded_end_becomes_the_steps_result() -> Result<(), std::io::Error> {
     };
     let output = finish(
         exited(0),
+        None,
         &spec_of(json!({"command": "x", "parse": "json"}))?,
         dir,
     );
@@ -108,7 +109,7 @@ fn a_recorded_end_becomes_the_steps_result() -> Result<(), std::io::Error> {
         output.ok().map(|output| output["json"]["lag"].clone()),
         Some(json!(0))
     );
-    let failed = finish(exited(3), &spec_of(json!({"command": "x"}))?, dir);
+    let failed = finish(exited(3), None, &spec_of(json!({"command": "x"}))?, dir);
     assert!(
         failed.as_ref().is_err_and(|failure| failure.retryable
             && failure.message == "command exited with code 3: last words"),
@@ -117,6 +118,7 @@ fn a_recorded_end_becomes_the_steps_result() -> Result<(), std::io::Error> {
     );
     let ssh = finish(
         exited(255),
+        None,
         &spec_of(json!({"command": "x", "host": "ops@b1:22"}))?,
         dir,
     );

@@ -200,6 +200,7 @@ impl Checker {
             state_dir: self.dir.join(format!("{}.state", self.calls)),
             note: None,
             recorder: Recorder::discard(),
+            settle: None,
         };
         let future = if schema.mutates {
             match action.preview(input.clone(), call_context) {
