@@ -678,6 +678,24 @@ pub fn free_port() -> Result<u16> {
     free_server_port(1)
 }
 
+/// A listener on a free port of 127.0.0.1 (as [`free_port`]), for a server of the test itself:
+/// a port taken between the look and the bind (by a process outside this test) is passed over
+/// for the next one.
+pub fn listen_on_free_port() -> Result<TcpListener> {
+    let mut last = None;
+    for _ in 0..20 {
+        let port = free_port()?;
+        match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => return Ok(listener),
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => last = Some(error),
+            Err(error) => return Err(error).with_context(|| format!("binding 127.0.0.1:{port}")),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no free port on 127.0.0.1 to listen on: {last:?}"
+    ))
+}
+
 /// Ports handed out by this process so far (servers of the tests of one binary never share one).
 static NEXT_PORT: AtomicUsize = AtomicUsize::new(0);
 
@@ -829,6 +847,22 @@ impl Daemon {
         let cert = rustls::pki_types::CertificateDer::from_pem_file(&path)
             .with_context(|| format!("reading {}", path.display()))?;
         Ok(runbook_engine::api::tls::fingerprint(cert.as_ref()))
+    }
+
+    /// Waits until the daemon process exits by itself (at the failpoint it was started with);
+    /// the error names the failpoint and holds the daemon's log.
+    pub fn wait_crashed(&mut self, failpoint: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while !self.exited() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the daemon did not crash at {failpoint} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     /// Has the daemon process exited (by itself, e.g. at a failpoint)? Reaps it if so.

@@ -13,7 +13,7 @@
 //! serialization, 0 JSON, 1 ROCKETMQ), the header and the body.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -84,9 +84,9 @@ impl RemotingProxy {
     }
 
     fn start(upstream: &str, mode: Mode) -> Result<RemotingProxy> {
-        let port = crate::free_port()?;
-        let listener = TcpListener::bind(("127.0.0.1", port))
-            .with_context(|| format!("binding a proxy for {upstream} on port {port}"))?;
+        let listener = crate::listen_on_free_port()
+            .with_context(|| format!("binding a proxy for {upstream}"))?;
+        let port = listener.local_addr()?.port();
         let addr = format!("127.0.0.1:{port}");
         let lost = Arc::new(AtomicUsize::new(0));
         let stopping = Arc::new(AtomicBool::new(false));

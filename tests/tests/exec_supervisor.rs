@@ -250,16 +250,7 @@ with = {{ command = "echo next >> {marker}" }}
     daemon.set_env(&[("RUNBOOK_FAILPOINT", "EffectBeforeRecord")]);
     daemon.restart()?;
     let run = daemon.start_run(&file, &[])?;
-    let deadline = Instant::now() + LONG;
-    while !daemon.exited() {
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not crash at its failpoint: {}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_crashed("EffectBeforeRecord", LONG)?;
     let call = daemon
         .call_dirs(&run)?
         .into_iter()

@@ -181,16 +181,7 @@ fn a_crash_before_a_schedule_change_is_staged_loses_it_whole() -> Result<()> {
         "0 0 3 * * *",
     ];
     let _ = daemon.cli(&add)?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.exited() {
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not crash at BeforeScheduleStaged; log:\n{}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_crashed("BeforeScheduleStaged", Duration::from_secs(10))?;
     daemon.set_env(&[]);
     daemon.restart()?;
     let verify = daemon.cli(&["store", "verify"])?;

@@ -8,14 +8,14 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use runbook_engine::notify::hmac_sha256;
-use runbook_tests::{free_port, Daemon};
+use runbook_tests::{listen_on_free_port, Daemon};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
@@ -46,8 +46,9 @@ struct Receiver {
 }
 
 impl Receiver {
-    fn start(port: u16) -> Result<Receiver> {
-        let listener = TcpListener::bind(("127.0.0.1", port))?;
+    fn start() -> Result<Receiver> {
+        let listener = listen_on_free_port()?;
+        let port = listener.local_addr()?.port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let healed = Arc::new(AtomicBool::new(false));
         let (seen, ok) = (requests.clone(), healed.clone());
@@ -133,8 +134,8 @@ struct SmtpSink {
 
 impl SmtpSink {
     fn start() -> Result<SmtpSink> {
-        let port = free_port()?;
-        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let listener = listen_on_free_port()?;
+        let port = listener.local_addr()?.port();
         let messages = Arc::new(Mutex::new(Vec::new()));
         let kept = messages.clone();
         std::thread::spawn(move || {
@@ -212,7 +213,7 @@ fn write_secret(dir: &std::path::Path, name: &str, secret: &str) -> Result<Strin
 
 #[test]
 fn every_kind_of_sink_gets_the_approval_and_the_end() -> Result<()> {
-    let receiver = Receiver::start(free_port()?)?;
+    let receiver = Receiver::start()?;
     let smtp = SmtpSink::start()?;
     let dir = tempfile::tempdir()?;
     let url = |path: &str| format!("http://127.0.0.1:{}{path}", receiver.port);
@@ -380,7 +381,7 @@ events = ["approval_pending", "succeeded"]
 
 #[test]
 fn a_failing_receiver_is_retried_and_show_says_why() -> Result<()> {
-    let receiver = Receiver::start(free_port()?)?;
+    let receiver = Receiver::start()?;
     let dir = tempfile::tempdir()?;
     let daemon = daemon_with_sinks(
         dir.path(),
@@ -415,7 +416,7 @@ fn a_failing_receiver_is_retried_and_show_says_why() -> Result<()> {
 
 #[test]
 fn kill_9_between_the_transition_and_the_delivery() -> Result<()> {
-    let receiver = Receiver::start(free_port()?)?;
+    let receiver = Receiver::start()?;
     let dir = tempfile::tempdir()?;
     // The daemon kills itself (SIGKILL) once the notification is committed, before it is sent.
     let mut daemon = daemon_with_sinks(
@@ -466,7 +467,7 @@ fn kill_9_between_the_transition_and_the_delivery() -> Result<()> {
 
 #[test]
 fn waiting_approvals_are_reminded_then_escalated() -> Result<()> {
-    let receiver = Receiver::start(free_port()?)?;
+    let receiver = Receiver::start()?;
     let dir = tempfile::tempdir()?;
     let daemon = daemon_with_sinks(
         dir.path(),
@@ -523,7 +524,7 @@ fn waiting_approvals_are_reminded_then_escalated() -> Result<()> {
 
 #[test]
 fn a_missed_schedule_is_told() -> Result<()> {
-    let receiver = Receiver::start(free_port()?)?;
+    let receiver = Receiver::start()?;
     let dir = tempfile::tempdir()?;
     let mut daemon = daemon_with_sinks(
         dir.path(),

@@ -333,14 +333,7 @@ fn a_crash_between_launch_and_schedule_never_launches_an_instant_twice() -> Resu
             "10",
         ],
     )?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !daemon.exited() {
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "the failpoint was never reached"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    daemon.wait_crashed("ScheduleLaunchedBeforeSaved", Duration::from_secs(20))?;
     daemon.set_env(&[]);
     daemon.restart()?;
     daemon.wait_until(Duration::from_secs(20), || {

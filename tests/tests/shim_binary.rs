@@ -398,16 +398,7 @@ with = {{ command = "echo started >> {marker}; sleep 3" }}
     ]);
     daemon.restart()?;
     let run = daemon.start_run(&file, &[])?;
-    let deadline = Instant::now() + LONG;
-    while !daemon.exited() {
-        if Instant::now() > deadline {
-            bail!(
-                "the daemon did not crash at its failpoint: {}",
-                daemon.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    daemon.wait_crashed("BeforeLogWrite", LONG)?;
     // The spare got no go: it recorded that nothing started, in the dir of a call number that
     // no commit holds, and which the restarted daemon gives the second step again.
     let status =
