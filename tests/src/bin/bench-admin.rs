@@ -130,6 +130,9 @@ fn main() -> Result<()> {
         Ok(started.elapsed().as_secs_f64())
     })?;
 
+    // The step finds the source by its name on the NameServer: a broker that has just been
+    // filled with thousands of topics may take a heartbeat or two to register again.
+    cluster.wait_registered("broker-src", Duration::from_secs(300))?;
     eprintln!("[bench-admin] runbook: rocketmq.copy_metadata");
     let daemon = Daemon::start()?;
     let file = daemon.data_dir.join("bench-copy.toml");
