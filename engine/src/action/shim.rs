@@ -11,7 +11,8 @@
 //! `shim <call dir>` (by an older daemon) gets only the spec.
 //! The shim starts the command in its own process group, streams its stdout and stderr into the
 //! step log (capped, see [`LogSink`]), and when the command ends reports how it ended to the
-//! daemon that follows it ([`Report`]), or writes it into the call dir when none takes it. [`run`] is the whole process; it needs no async runtime, and between events it
+//! daemon that follows it ([`Report`]), or writes it into the call dir when none takes it.
+//! [`run`] is the whole process; it needs no async runtime, and between events it
 //! sleeps until a signal wakes it ([`wake`]).
 //!
 //! (Over 600 lines on purpose: the call dir's files, their writer and their readers are one
